@@ -1,0 +1,50 @@
+# kabanero-otc developer entry points. `make test` and `make demo` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PY313 := $(shell PYENV_VERSION=3.13 pyenv which python 2>/dev/null || command -v python3.13 2>/dev/null)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: rabbitmq venv lint typecheck unit test test-real-mongo bench demo run clean lock
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
+	@test -x $(PY) || $(PY313) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lock: venv  ## refresh the pinned lock after changing pyproject.toml dependencies
+	$(PY) -m pip install -q -e '.[dev]' && $(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+rabbitmq:
+	@bash scripts/ensure-rabbitmq.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
+# and the embedded MongoDB wire server (or MONGODB_URL when set).
+test: venv rabbitmq lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+bench: venv rabbitmq
+	$(PY) -m bench.run
+
+demo: venv rabbitmq
+	$(PY) -m scripts.stack demo
+
+run: venv rabbitmq
+	$(PY) -m scripts.stack run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Embedded MongoDB-wire-compatible server (mongoeco) for development and tests."""

@@ -1,0 +1,170 @@
+"""Fault injection for ``/toolchain/v2`` calls, configured through ``POST /_emulator/faults``.
+
+Per call, in this order: latency; a 429 storm (``Retry-After``); a seeded share of 5xx; then, after
+authentication, per-path rules (e.g. the next POST of a tool named X answers 400). After a successful
+mutating call, "commit then drop" closes the TCP connection without sending the response.
+Injected errors happen before the handler runs, so they never change state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from typing import Any, Self
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from emulators.otc.clock import Clock
+from emulators.otc.errors import ApiError
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimitFault(_Strict):
+    """Answer 429 for the next ``count`` calls and/or for ``seconds`` (both: whichever ends first)."""
+
+    count: int | None = Field(default=None, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+    retry_after: int = Field(default=1, ge=0)
+    """Value of the ``Retry-After`` header, in seconds."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if self.count is None and self.seconds is None:
+            raise ValueError("rate_limit needs 'count' and/or 'seconds'")
+        return self
+
+
+class ErrorRule(_Strict):
+    """A scripted error for matching calls, checked after authentication."""
+
+    path: str
+    """Regular expression that must match the whole request path."""
+    method: str | None = None
+    name: str | None = None
+    """Only when the JSON body's ``name`` equals this."""
+    status: int = Field(default=400, ge=400, le=599)
+    code: str | None = None
+    message: str = "Request rejected (emulated fault)"
+    times: int | None = Field(default=None, ge=1)
+    """How many matching calls fail; None: every one (permanent)."""
+
+
+class FaultConfig(_Strict):
+    seed: int | None = None
+    """Seed of the random draws behind ``error_rate`` (same seed and call order: same failures)."""
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of calls answered with ``error_status`` (one random draw per call)."""
+    error_status: int = Field(default=503, ge=500, le=599)
+    rate_limit: RateLimitFault | None = None
+    latency_ms: int = Field(default=0, ge=0)
+    drop_after_commit: int = Field(default=0, ge=0)
+    """The next N successful mutating calls are applied, then the connection closes unanswered."""
+    rules: list[ErrorRule] = Field(default_factory=list)
+
+
+class FaultStatus(BaseModel):
+    """``GET /_emulator/faults``: the configuration and what is left of it."""
+
+    config: FaultConfig
+    rate_limit_remaining: int | None
+    rate_limit_until: float | None
+    drop_after_commit_remaining: int
+    rules_remaining: list[int | None]
+    retry_not_before: float | None
+
+
+class FaultInjector:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.configure(FaultConfig())
+
+    def configure(self, config: FaultConfig) -> None:
+        now = self._clock.now()
+        self.config = config
+        self._rng = random.Random(config.seed)
+        rl = config.rate_limit
+        self._storm_left = rl.count if rl else None
+        self._storm_until = now + rl.seconds if rl and rl.seconds is not None else None
+        self._storm_active = rl is not None
+        self._drops_left = config.drop_after_commit
+        self._rules_left: list[int | None] = [r.times for r in config.rules]
+        self._compiled = [re.compile(r.path) for r in config.rules]
+        self.retry_not_before: float | None = None
+
+    def clear(self) -> None:
+        self.configure(FaultConfig())
+
+    def status(self) -> FaultStatus:
+        return FaultStatus(
+            config=self.config,
+            rate_limit_remaining=self._storm_left if self._storm_active else None,
+            rate_limit_until=self._storm_until if self._storm_active else None,
+            drop_after_commit_remaining=self._drops_left,
+            rules_remaining=list(self._rules_left),
+            retry_not_before=self.retry_not_before,
+        )
+
+    def _in_storm(self, now: float) -> bool:
+        if not self._storm_active:
+            return False
+        if (self._storm_left is not None and self._storm_left <= 0) or (
+            self._storm_until is not None and now >= self._storm_until
+        ):
+            self._storm_active = False
+            return False
+        if self._storm_left is not None:
+            self._storm_left -= 1
+        return True
+
+    async def before_auth(self, request: web.Request) -> None:
+        """Latency, 429 storm and random 5xx; records ``otc.early``/``otc.fault`` on the request."""
+        if self.config.latency_ms:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+        now = self._clock.now()
+        request["otc.early"] = None if self.retry_not_before is None else now < self.retry_not_before
+        rl = self.config.rate_limit
+        if rl is not None and self._in_storm(now):
+            self.retry_not_before = now + rl.retry_after
+            request["otc.fault"] = "429"
+            raise ApiError(
+                429,
+                "Rate limit exceeded, retry later (emulated fault)",
+                headers={"Retry-After": str(rl.retry_after)},
+            )
+        if self.config.error_rate > 0 and self._rng.random() < self.config.error_rate:
+            request["otc.fault"] = "5xx"
+            raise ApiError(
+                self.config.error_status,
+                "The service is temporarily unavailable (emulated fault)",
+            )
+
+    def apply_rules(self, request: web.Request, body: Any) -> None:
+        body_name = body.get("name") if isinstance(body, dict) else None
+        for n, rule in enumerate(self.config.rules):
+            if self._rules_left[n] == 0:
+                continue
+            if rule.method is not None and rule.method.upper() != request.method:
+                continue
+            if not self._compiled[n].fullmatch(request.path):
+                continue
+            if rule.name is not None and rule.name != body_name:
+                continue
+            left = self._rules_left[n]
+            if left is not None:
+                self._rules_left[n] = left - 1
+            request["otc.fault"] = "rule"
+            raise ApiError(rule.status, rule.message, code=rule.code)
+
+    def take_drop(self, request: web.Request) -> bool:
+        """Whether to drop the connection after this (successful) call."""
+        if request.method not in MUTATING or self._drops_left <= 0:
+            return False
+        self._drops_left -= 1
+        return True

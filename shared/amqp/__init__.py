@@ -1,0 +1,20 @@
+"""RabbitMQ plumbing: connection, topology (ARCHITECTURE §4), confirmed publisher, ack-policy consumer."""
+
+from shared.amqp.connection import AmqpConnection
+from shared.amqp.consumer import Consumer, PermanentError, RetryableError
+from shared.amqp.publisher import Publisher, PublishError
+from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES, Topology, declare_topology
+
+__all__ = [
+    "DEAD_EXCHANGE",
+    "EXCHANGE",
+    "QUEUES",
+    "AmqpConnection",
+    "Consumer",
+    "PermanentError",
+    "PublishError",
+    "Publisher",
+    "RetryableError",
+    "Topology",
+    "declare_topology",
+]

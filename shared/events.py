@@ -1,0 +1,202 @@
+"""CloudEvents envelope and the versioned data models every service exchanges (ARCHITECTURE §4).
+
+The envelope is CloudEvents 1.0 structured JSON. The routing key is the CloudEvent ``type`` minus
+``io.kabanero.otc.``. Every ``data`` model carries ``schema_version`` so a consumer can refuse a
+shape it does not know instead of misreading it. ``revision`` is monotonic per source key: a
+consumer that has applied revision N acknowledges and skips anything <= N (stale).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TYPE_PREFIX = "io.kabanero.otc."
+CONTENT_TYPE = "application/cloudevents+json"
+
+ServiceKind = Literal["kabanero", "kabanero-events"]
+ServiceEvent = Literal["provisioned", "updated", "bound", "unbound", "deprovisioned"]
+
+
+class RoutingKeys:
+    """Every routing key of the ``kabanero-otc.events`` exchange."""
+
+    @staticmethod
+    def service(kind: ServiceKind, event: ServiceEvent) -> str:
+        return f"service.{kind}.{event}"
+
+    INSTANCE_CHANGED = "kabanero.instance.changed"
+    INSTANCE_DELETED = "kabanero.instance.deleted"
+    TRIGGER_CREATED = "kabanero.trigger.created"
+    TRIGGER_UPDATED = "kabanero.trigger.updated"
+    TRIGGER_DELETED = "kabanero.trigger.deleted"
+    SNAPSHOT = "kabanero.snapshot"
+    TOOL_APPLY = "otc.tool.apply"
+    TOOL_REMOVE = "otc.tool.remove"
+
+
+class CloudEvent(BaseModel):
+    """CloudEvents 1.0 structured-mode envelope."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def routing_key(self) -> str:
+        return self.type.removeprefix(TYPE_PREFIX)
+
+    @classmethod
+    def for_data(
+        cls,
+        routing_key: str,
+        data: BaseModel,
+        *,
+        source: str,
+        subject: str | None = None,
+        id: str | None = None,
+    ) -> CloudEvent:
+        return cls(
+            id=id or str(uuid.uuid4()),
+            source=source,
+            type=TYPE_PREFIX + routing_key,
+            subject=subject,
+            data=data.model_dump(mode="json"),
+        )
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- broker-api: service.<kind>.<event> -------------------------------------------------------
+
+
+class ServiceParameters(_Data):
+    """Which Kabanero instance a service stands for (cluster + namespace [+ name])."""
+
+    cluster: str
+    namespace: str
+    name: str | None = None
+    label: str = ""
+
+
+class ServiceEventData(_Data):
+    """A committed change of one OTC service instance. No secrets, ever."""
+
+    schema_version: Literal[1] = 1
+    kind: ServiceKind
+    instance_id: str
+    service_id: str
+    organization_guid: str | None = None
+    parameters: ServiceParameters
+    dashboard_url: str | None = None
+    toolchains: list[str] = Field(default_factory=list, description="bound toolchain ids after the change")
+    toolchain_id: str | None = Field(default=None, description="the toolchain a bind/unbind concerns")
+    revision: int = Field(ge=0, description="record revision; monotonic per instance")
+    deleted: bool = False
+
+
+# --- kabanero-watcher: kabanero.* ---------------------------------------------------------------
+
+
+class InstanceRef(_Data):
+    """A Kabanero instance is (cluster, namespace); ``name`` is the Kabanero CR's name."""
+
+    cluster: str
+    namespace: str
+    name: str | None = None
+
+
+class Repository(_Data):
+    """A git repository an instance uses, derived per kabanero.md §7."""
+
+    url: str = Field(description="normalized https URL of the repository (no .git, no trailing /)")
+    kind: Literal["trigger", "pipeline", "gitops", "stack-hub", "unknown"] = "unknown"
+    ref: str | None = None
+    source: str | None = Field(default=None, description="where in the CR it came from")
+
+
+class InstanceData(_Data):
+    """``kabanero.instance.changed|deleted``: an instance's identity, version and repositories."""
+
+    schema_version: Literal[1] = 1
+    instance: InstanceRef
+    uid: str | None = None
+    version: str | None = Field(default=None, description="Kabanero spec.version")
+    repositories: list[Repository] = Field(default_factory=list)
+    content_hash: str
+    revision: int = Field(ge=0)
+    deleted: bool = False
+
+
+class TriggerKey(_Data):
+    """Stable identity of one event trigger (kabanero.md §6)."""
+
+    cluster: str
+    namespace: str
+    generation: Literal["mediation", "legacy"]
+    owner: str = Field(description="EventMediator name (mediation) or Kabanero name (legacy)")
+    name: str = Field(description="mediation name (mediation) or trigger id (legacy)")
+
+    @property
+    def id(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.generation}/{self.owner}/{self.name}"
+
+
+class TriggerData(_Data):
+    """``kabanero.trigger.created|updated|deleted`` and the items of a snapshot."""
+
+    schema_version: Literal[1] = 1
+    key: TriggerKey
+    instance: InstanceRef
+    content: dict[str, Any] = Field(default_factory=dict, description="the trigger's spec slice")
+    content_hash: str
+    version: str | None = Field(default=None, description="legacy sha256, or content hash")
+    url: str | None = Field(default=None, description="archive or endpoint URL where known")
+    repositories: list[Repository] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list)
+    revision: int = Field(ge=0)
+    deleted: bool = False
+
+
+class SnapshotData(_Data):
+    """``kabanero.snapshot``: the whole derived state of one instance, for level-triggered reconcile."""
+
+    schema_version: Literal[1] = 1
+    instance: InstanceRef
+    exists: bool = Field(description="False when the instance has no Kabanero CR (any more)")
+    version: str | None = None
+    repositories: list[Repository] = Field(default_factory=list)
+    triggers: list[TriggerData] = Field(default_factory=list)
+    revision: int = Field(ge=0, description="snapshot sequence per instance")
+
+
+# --- github-linker -> otc-writer: otc.tool.* --------------------------------------------------
+
+
+class ToolCommand(_Data):
+    """``otc.tool.apply|remove``: make one tool exist (with exactly this content) or not exist.
+
+    ``key`` is deterministic (same desired tool -> same key), so replays are idempotent; ``name``
+    is the OTC tool name used to resolve ambiguous creates.
+    """
+
+    schema_version: Literal[1] = 1
+    purpose: str = Field(description="ledger namespace, e.g. 'github'")
+    key: str = Field(min_length=1, max_length=512)
+    toolchain_id: str
+    tool_type_id: str
+    name: str = Field(min_length=1, max_length=128)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    revision: int = Field(ge=0, description="monotonic per key; older commands are skipped")

@@ -1,0 +1,96 @@
+"""Liveness, readiness and Prometheus metrics over HTTP, shared by every service.
+
+``/healthz`` answers whether the process is doing its job (a vital loop is alive); ``/readyz``
+whether it can serve now (dependencies reachable). Checks are small callables registered by the
+components that know their own state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from shared.lifecycle import Runtime
+
+log = logging.getLogger(__name__)
+
+CheckResult = bool | tuple[bool, str]
+Check = Callable[[], CheckResult | Awaitable[CheckResult]]
+
+
+class Health:
+    """Registry of named liveness/readiness checks and the service's metrics registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._live: dict[str, Check] = {}
+        self._ready: dict[str, Check] = {}
+
+    def add_liveness(self, name: str, check: Check) -> None:
+        self._live[name] = check
+
+    def add_readiness(self, name: str, check: Check) -> None:
+        self._ready[name] = check
+
+    @staticmethod
+    async def _run(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
+        ok_all, details = True, {}
+        for name, check in checks.items():
+            try:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                result = (False, f"{type(exc).__name__}: {exc}")
+            ok, detail = result if isinstance(result, tuple) else (result, "")
+            ok_all = ok_all and ok
+            details[name] = ("ok" if ok else "failing") + (f": {detail}" if detail else "")
+        return ok_all, details
+
+    async def liveness(self) -> tuple[bool, dict[str, str]]:
+        return await self._run(self._live)
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        return await self._run(self._ready)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, details = await self.liveness()
+        return web.json_response(
+            {"status": "ok" if ok else "failing", "checks": details}, status=200 if ok else 503
+        )
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, details = await self.readiness()
+        return web.json_response(
+            {"status": "ok" if ok else "failing", "checks": details}, status=200 if ok else 503
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def start_http(runtime: Runtime, app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on host:port, register its cleanup on the runtime, log where it listens."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    runtime.on_cleanup(runner.cleanup)
+    for addr in runner.addresses:
+        log.info("listening on http://%s:%s", addr[0], addr[1], extra={"service": runtime.name})
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (tests bind port 0)."""
+    return int(runner.addresses[0][1])

@@ -1,0 +1,29 @@
+"""Settings every service reads from the environment (ARCHITECTURE §2).
+
+Each service subclasses :class:`CommonSettings`; the resulting object is built once in ``main()``
+and passed down, never read from a global.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Connection and runtime settings shared by all services."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = Field(default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"))
+    mongodb_url: SecretStr = Field(default=SecretStr("mongodb://127.0.0.1:27017/kabanero_otc"))
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_format: Literal["json", "text", "auto"] = "auto"
+    log_level: str = "INFO"
+    # Bounded first connection: a service that cannot reach its dependencies at start fails loudly.
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)

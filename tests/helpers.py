@@ -1,0 +1,97 @@
+"""Test helpers: deadline-bounded waits and a tap that captures events from a real queue."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared.amqp.topology import EXCHANGE
+from shared.events import CloudEvent
+
+
+async def wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
+class EventTap:
+    """A private queue bound to the events exchange; collects every event that matches."""
+
+    def __init__(self, amqp_url: str, patterns: tuple[str, ...] = ("#",), exchange: str = EXCHANGE) -> None:
+        self._url = amqp_url
+        self._patterns = patterns
+        self._exchange = exchange
+        self._conn: AbstractRobustConnection | None = None
+        self.events: list[CloudEvent] = []
+        self.messages: list[AbstractIncomingMessage] = []
+
+    async def __aenter__(self) -> Self:
+        self._conn = await aio_pika.connect_robust(self._url)
+        channel = await self._conn.channel()
+        exchange = await channel.declare_exchange(self._exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for pattern in self._patterns:
+            await queue.bind(exchange, routing_key=pattern)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.messages.append(message)
+        self.events.append(CloudEvent.model_validate_json(message.body))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    def of_type(self, routing_key: str) -> list[CloudEvent]:
+        return [e for e in self.events if e.routing_key == routing_key]
+
+    async def wait_for(
+        self, count: int, *, routing_key: str | None = None, timeout: float = 10.0
+    ) -> list[CloudEvent]:
+        def enough() -> bool:
+            got = self.of_type(routing_key) if routing_key else self.events
+            return len(got) >= count
+
+        await wait_until(enough, timeout=timeout, what=f"{count} x {routing_key or 'any event'}")
+        return self.of_type(routing_key) if routing_key else list(self.events)
+
+
+async def drain_queue(amqp_url: str, queue: str, *, timeout: float = 0.5) -> list[AbstractIncomingMessage]:
+    """Read (and ack) everything currently in ``queue``, e.g. a ``.dead`` queue."""
+    conn = await aio_pika.connect_robust(amqp_url)
+    try:
+        channel = await conn.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        out: list[AbstractIncomingMessage] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = await q.get(no_ack=True, fail=False)
+            if msg is None:
+                await asyncio.sleep(0.05)
+                continue
+            out.append(msg)
+        return out
+    finally:
+        await conn.close()
