@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.rabbit_node import RabbitNode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,3 +102,14 @@ def amqp_url() -> Iterator[str]:
     finally:
         with contextlib.suppress(urllib.error.URLError):
             _mgmt("DELETE", f"vhosts/{quoted}")
+
+
+@pytest.fixture(scope="session")
+def private_rabbit() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the tests' own, for tests that stop the broker."""
+    node = RabbitNode()
+    node.start()
+    try:
+        yield node
+    finally:
+        node.cleanup()

@@ -89,7 +89,7 @@ class Consumer:
     async def run(self) -> None:
         """Consume until cancelled; on cancel stop taking messages and let in-flight ones finish."""
         channel = await self._connection.channel(prefetch=self._prefetch)
-        queue: AbstractQueue = await channel.get_queue(self.queue_name, ensure=False)
+        queue: AbstractQueue = await channel.get_queue(self.queue_name, ensure=True)
         tag = await queue.consume(self._on_message)
         self.consuming = True
         log.info("consuming", extra={"queue": self.queue_name, "prefetch": self._prefetch})
