@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): bounded loads on loopback; figures go to bench/results.md."""

@@ -73,9 +73,7 @@ def conflict(rt: ResourceType, name: str) -> ApiError:
 def invalid(rt: ResourceType, name: str, field: str, message: str) -> ApiError:
     details = _details(rt, name)
     details["causes"] = [{"reason": "FieldValueInvalid", "message": message, "field": field}]
-    return ApiError(
-        422, "Invalid", f'{rt.kind} "{name}" is invalid: {field}: {message}', details=details
-    )
+    return ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {field}: {message}', details=details)
 
 
 def bad_request(message: str) -> ApiError:
@@ -96,8 +94,14 @@ def gone_continue() -> ApiError:
 
 
 def method_not_allowed(method: str) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({method})")
+    return ApiError(
+        405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({method})"
+    )
 
 
 def unsupported_media_type(content_type: str) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type!r})")
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type!r})",
+    )

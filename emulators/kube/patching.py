@@ -56,7 +56,11 @@ def _parent(doc: Any, tokens: list[str]) -> Any:
         elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
             node = node[int(token)]
         else:
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: path {token!r} not found")
+            raise ApiError(
+                422,
+                "Invalid",
+                f"the server rejected our request due to an error in our request: path {token!r} not found",
+            )
     return node
 
 
@@ -126,7 +130,9 @@ def json_patch(target: Any, operations: Any) -> Any:
             doc = _add(doc, tokens, value)
         elif kind == "test":
             if _get(doc, tokens) != op.get("value"):
-                raise ApiError(422, "Invalid", f"the server rejected our request: test failed at {op['path']}")
+                raise ApiError(
+                    422, "Invalid", f"the server rejected our request: test failed at {op['path']}"
+                )
         else:
             raise bad_request(f"unknown json patch operation {kind!r}")
     return doc

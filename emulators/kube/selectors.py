@@ -72,7 +72,7 @@ class Selector:
                 raise bad_request(f"invalid field selector: {term!r}")
             name, op, value = match.groups()
             if name not in ("metadata.name", "metadata.namespace"):
-                raise ApiError(400, "BadRequest", f'field label not supported: {name}')
+                raise ApiError(400, "BadRequest", f"field label not supported: {name}")
             fields.append((name, "!=" if op == "!=" else "=", value))
         return cls(labels, tuple(fields))
 

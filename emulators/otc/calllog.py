@@ -10,10 +10,11 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from emulators.otc.clock import Clock
 from emulators.otc.models import CallRecord, iso, utc_now_from
+from emulators.otc.request_keys import DROPPED, EARLY, FAULT, TRACE
 
 CONTROL_PREFIX = "/_emulator"
 _MASKED_FORM_KEYS = frozenset({"apikey", "refresh_token", "password"})
@@ -60,7 +61,7 @@ async def _request_body(request: web.Request) -> Any:
 
 def call_log_middleware(log: CallLog) -> Middleware:
     @web.middleware
-    async def middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(CONTROL_PREFIX):
             return await handler(request)
         body = await _request_body(request)
@@ -74,17 +75,17 @@ def call_log_middleware(log: CallLog) -> Middleware:
             status = exc.status
             raise
         finally:
-            dropped = bool(request.get("otc.dropped"))
+            dropped = request.get(DROPPED, False)
             log.add(
                 method=request.method,
                 path=request.path,
                 query=dict(request.query),
                 status=status,
                 body=body,
-                trace=request.get("otc.trace"),
-                fault="drop" if dropped else request.get("otc.fault"),
+                trace=request.get(TRACE),
+                fault="drop" if dropped else request.get(FAULT),
                 dropped=dropped,
-                early=request.get("otc.early"),
+                early=request.get(EARLY),
                 duration_ms=round((time.monotonic() - started) * 1000, 3),
             )
 

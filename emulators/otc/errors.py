@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from emulators.otc.request_keys import TRACE
+
 TRANSACTION_HEADER = "X-Global-Transaction-ID"
 MORE_INFO = "https://cloud.ibm.com/apidocs/toolchain"
 
@@ -61,11 +63,11 @@ def error_body(status: int, message: str, code: str, trace: str) -> dict[str, An
 
 def transaction_id(request: web.Request) -> str:
     """One id per request: taken from the client's header when sent, as IBM's gateway does."""
-    existing = request.get("otc.trace")
-    if isinstance(existing, str):
+    existing: str | None = request.get(TRACE)
+    if existing is not None:
         return existing
     trace = request.headers.get(TRANSACTION_HEADER) or str(uuid.uuid4())
-    request["otc.trace"] = trace
+    request[TRACE] = trace
     return trace
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from emulators.otc.clock import Clock
 from emulators.otc.errors import ApiError
+from emulators.otc.request_keys import EARLY, FAULT
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -128,18 +129,19 @@ class FaultInjector:
         if self.config.latency_ms:
             await asyncio.sleep(self.config.latency_ms / 1000)
         now = self._clock.now()
-        request["otc.early"] = None if self.retry_not_before is None else now < self.retry_not_before
+        if self.retry_not_before is not None:
+            request[EARLY] = now < self.retry_not_before
         rl = self.config.rate_limit
         if rl is not None and self._in_storm(now):
             self.retry_not_before = now + rl.retry_after
-            request["otc.fault"] = "429"
+            request[FAULT] = "429"
             raise ApiError(
                 429,
                 "Rate limit exceeded, retry later (emulated fault)",
                 headers={"Retry-After": str(rl.retry_after)},
             )
         if self.config.error_rate > 0 and self._rng.random() < self.config.error_rate:
-            request["otc.fault"] = "5xx"
+            request[FAULT] = "5xx"
             raise ApiError(
                 self.config.error_status,
                 "The service is temporarily unavailable (emulated fault)",
@@ -159,7 +161,7 @@ class FaultInjector:
             left = self._rules_left[n]
             if left is not None:
                 self._rules_left[n] = left - 1
-            request["otc.fault"] = "rule"
+            request[FAULT] = "rule"
             raise ApiError(rule.status, rule.message, code=rule.code)
 
     def take_drop(self, request: web.Request) -> bool:

@@ -17,9 +17,11 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from emulators.otc.clock import Clock
 from emulators.otc.errors import TRANSACTION_HEADER, ApiError
+from emulators.otc.request_keys import TRACE
 from emulators.otc.settings import OtcEmulatorSettings
 
 APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
@@ -114,7 +116,7 @@ class TokenIssuer:
 
 
 def _iam_error(request: web.Request, status: int, code: str, message: str) -> web.Response:
-    trace = request.get("otc.trace") or str(uuid.uuid4())
+    trace = request.get(TRACE) or str(uuid.uuid4())
     body = {
         "errorCode": code,
         "errorMessage": message,
@@ -123,13 +125,13 @@ def _iam_error(request: web.Request, status: int, code: str, message: str) -> we
     return web.json_response(body, status=status, headers={TRANSACTION_HEADER: trace})
 
 
-def token_handler(settings: OtcEmulatorSettings, issuer: TokenIssuer) -> web.Handler:
+def token_handler(settings: OtcEmulatorSettings, issuer: TokenIssuer) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/x-www-form-urlencoded":
             return _iam_error(
                 request, 400, "BXNIM0109E", "Content type must be application/x-www-form-urlencoded"
             )
-        form = await request.post()
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         grant_type = form.get("grant_type")
         api_key = form.get("apikey")
         if not grant_type:
@@ -153,7 +155,7 @@ def token_handler(settings: OtcEmulatorSettings, issuer: TokenIssuer) -> web.Han
                 f"Validation of property 'response_type' with value '{response_type}' failed. "
                 "Valid values: 'cloud_iam'",
             )
-        if not isinstance(api_key, str) or not api_key:
+        if not api_key:
             return _iam_error(
                 request, 400, "BXNIM0109E", "Property missing or empty. Property name(s): 'apikey'"
             )

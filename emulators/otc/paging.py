@@ -23,7 +23,6 @@ class _Sequenced(Protocol):
     def seq(self) -> int: ...
 
 
-
 def encode_cursor(after_seq: int) -> str:
     return base64.urlsafe_b64encode(f"after:{after_seq}".encode()).decode().rstrip("=")
 

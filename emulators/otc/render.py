@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from emulators.otc.models import Referent, Tool, Toolchain, ToolchainRecord, ToolRecord, iso
 from emulators.otc.settings import OtcEmulatorSettings
 
 API_PREFIX = "/toolchain/v2"
 UI_BASE = "https://cloud.ibm.com/devops"
+
+
+_GITHUB_REPO = re.compile(r"^https://github\.com/([^/\s]+)/([^/\s]+?)(?:\.git)?/?$")
+
+
+def _github_api_href(params: dict[str, Any]) -> str | None:
+    """GitHub tools point at the repository's API; other tools have no ``api_href`` here."""
+    url = params.get("repo_url")
+    match = _GITHUB_REPO.match(url) if isinstance(url, str) else None
+    return f"https://api.github.com/repos/{match[1]}/{match[2]}" if match else None
 
 
 class Renderer:
@@ -51,10 +64,7 @@ class Renderer:
             toolchain_id=rec.toolchain_id,
             toolchain_crn=self.toolchain_crn(rec.toolchain_id),
             href=f"{self.api}/toolchains/{rec.toolchain_id}/tools/{rec.id}",
-            referent=Referent(
-                ui_href=ui_href,
-                api_href=f"{self.api}/toolchains/{rec.toolchain_id}/tools/{rec.id}/referent",
-            ),
+            referent=Referent(ui_href=ui_href, api_href=_github_api_href(params)),
             name=rec.name,
             updated_at=iso(rec.updated_at),
             parameters=params,

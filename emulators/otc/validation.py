@@ -104,13 +104,11 @@ def _check_url(params: Mapping[str, Any], key: str) -> None:
         raise bad(f"Parameter '{key}' must be an http(s) URL", code="invalid_parameter")
 
 
-def _git(tool_type: str, default_git_id: str) -> Callable[[dict[str, Any]], None]:
-    def rules(params: dict[str, Any]) -> None:
+def _git(tool_type: str, default_git_id: str) -> Callable[[dict[str, Any], bool], None]:
+    def rules(params: dict[str, Any], create: bool) -> None:
         _require(params, tool_type, "type")
         if params["type"] not in GITHUB_TYPES:
-            raise bad(
-                f"Parameter 'type' must be one of {', '.join(GITHUB_TYPES)}", code="invalid_parameter"
-            )
+            raise bad(f"Parameter 'type' must be one of {', '.join(GITHUB_TYPES)}", code="invalid_parameter")
         if params["type"] == "link":
             _require(params, tool_type, "repo_url")
         else:
@@ -119,13 +117,14 @@ def _git(tool_type: str, default_git_id: str) -> Callable[[dict[str, Any]], None
             _require(params, tool_type, "source_repo_url")
         for key in ("repo_url", "source_repo_url", "api_root_url", "root_url"):
             _check_url(params, key)
-        params.setdefault("git_id", default_git_id)
-        params.setdefault("has_issues", True)
+        if create:
+            params.setdefault("git_id", default_git_id)
+            params.setdefault("has_issues", True)
 
     return rules
 
 
-def _customtool(params: dict[str, Any]) -> None:
+def _customtool(params: dict[str, Any], create: bool) -> None:
     _require(params, "customtool", "type", "lifecyclePhase", "name", "dashboard_url")
     if params["lifecyclePhase"] not in LIFECYCLE_PHASES:
         raise bad(
@@ -135,16 +134,16 @@ def _customtool(params: dict[str, Any]) -> None:
     _check_url(params, "dashboard_url")
 
 
-def _pipeline(params: dict[str, Any]) -> None:
+def _pipeline(params: dict[str, Any], create: bool) -> None:
     if params.get("type", "tekton") not in ("tekton", "classic"):
         raise bad("Parameter 'type' must be one of tekton, classic", code="invalid_parameter")
 
 
-def _slack(params: dict[str, Any]) -> None:
+def _slack(params: dict[str, Any], create: bool) -> None:
     _require(params, "slack", "api_token", "channel_name")
 
 
-_RULES: dict[str, Callable[[dict[str, Any]], None]] = {
+_RULES: dict[str, Callable[[dict[str, Any], bool], None]] = {
     "githubconsolidated": _git("githubconsolidated", "github"),
     "hostedgit": _git("hostedgit", "hostedgit"),
     "customtool": _customtool,
@@ -163,12 +162,15 @@ def check_tool_type(tool_type_id: str) -> None:
         raise bad(f"Unknown tool_type_id '{tool_type_id}'", code="invalid_tool_type")
 
 
-def normalize_parameters(tool_type_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate and fill defaults; returns a new dict (the input is not changed)."""
+def normalize_parameters(tool_type_id: str, params: dict[str, Any], *, create: bool) -> dict[str, Any]:
+    """Validate, and on create fill OTC's defaults; returns a new dict (the input is not changed).
+
+    Defaults are not re-applied on PATCH, so a ``null`` in a merge-patch really removes the key.
+    """
     result = copy.deepcopy(params)
     rules = _RULES.get(tool_type_id)
     if rules is not None:
-        rules(result)
+        rules(result, create)
     return result
 
 

@@ -1,0 +1,608 @@
+"""Objects, the global resourceVersion counter, per-type change history and watch subscriptions.
+
+Everything here is synchronous and runs on the event loop thread, so a change, its history entry and its
+delivery to every subscription happen atomically; a watch that starts from resourceVersion X gets exactly
+the retained changes after X and then everything that follows, with no gap and no duplicate.
+
+Semantics (as the real API server, unless noted):
+
+- one global, strictly increasing resourceVersion (a decimal string); every committed change bumps it;
+  an update that changes nothing commits nothing (same resourceVersion, no event);
+- `metadata.generation` (custom resources only) starts at 1 and is bumped when anything outside
+  `metadata` and `status` changes; with a status subresource, writes to the main resource keep the stored
+  status and `/status` writes change only the status;
+- optimistic concurrency: a write carrying a `metadata.resourceVersion` different from the stored one fails
+  with 409 Conflict (writes without one are unconditional);
+- delete of an object with finalizers sets `deletionTimestamp` (MODIFIED) and keeps it; once the last
+  finalizer is removed the object is really deleted (DELETED carrying the final state);
+- history: the last `history_window` changes per resource type are kept; a watch or an exact list from an
+  older resourceVersion fails with 410 Expired; `compact()` drops all history at once;
+- deviation: a namespaced object created in a namespace that does not exist creates that Namespace
+  (unless `auto_namespaces=False`, then 404 like the real server); deleting a namespace does not cascade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import math
+import re
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from . import errors
+from .errors import ApiError
+from .patching import apply_patch
+from .resources import NAMESPACES, Registry, ResourceType
+from .selectors import Selector
+
+Obj = dict[str, Any]
+ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change of one object."""
+
+    rv: int
+    type: ChangeType
+    obj: Obj
+    """The new state (for DELETED: the final state, carrying the deletion's resourceVersion)."""
+    old: Obj | None
+    """The state before the change (None for ADDED)."""
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One open watch: its filter, its pending events and the fault-injection controls."""
+
+    rt: ResourceType
+    namespace: str | None
+    selector: Selector
+    pending: deque[tuple[str, Obj]] = field(default_factory=deque)
+    signal: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever something happens that the stream should look at (event, drop, stall, release)."""
+    drop_mode: Literal["abort", "close"] | None = None
+    stall_until: float | None = None
+    """`time.monotonic()` deadline of an injected stall (math.inf: until released)."""
+
+    def offer(self, change: Change) -> None:
+        """Queue the change translated for this subscription's filter, if it concerns it."""
+        translated = self.translate(change)
+        if translated is not None:
+            self.pending.append(translated)
+            self.signal.set()
+
+    def _concerns(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and obj.get("metadata", {}).get("namespace") != self.namespace:
+            return False
+        return self.selector.matches(obj)
+
+    def translate(self, change: Change) -> tuple[str, Obj] | None:
+        """An object leaving (entering) the selection is DELETED (ADDED) for this watch, as upstream."""
+        now_in = self._concerns(change.obj)
+        if change.type == "DELETED":
+            return ("DELETED", change.obj) if now_in else None
+        was_in = change.type == "MODIFIED" and self._concerns(change.old)
+        if now_in and was_in:
+            return ("MODIFIED", change.obj)
+        if now_in:
+            return ("ADDED", change.obj)
+        if was_in:
+            return ("DELETED", change.obj)
+        return None
+
+    def drop(self, mode: Literal["abort", "close"]) -> None:
+        self.drop_mode = mode
+        self.signal.set()
+
+    def stall(self, seconds: float | None) -> None:
+        self.stall_until = math.inf if seconds is None else time.monotonic() + seconds
+        self.signal.set()
+
+    def release(self) -> None:
+        self.stall_until = None
+        self.signal.set()
+
+
+def _encode_continue(rv: int, after: tuple[str, str]) -> str:
+    raw = json.dumps({"rv": rv, "after": list(after)}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["rv"]), (str(data["after"][0]), str(data["after"][1]))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise errors.bad_request(f"continue key is not valid: {exc}") from exc
+
+
+def parse_rv(value: str | None) -> int | None:
+    """None for "unset" ("" or absent); "0" is returned as 0 ("any")."""
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise errors.bad_request(f"invalid resource version {value!r}")
+    return int(value)
+
+
+def _meta(obj: Any) -> Obj:
+    if not isinstance(obj, dict):
+        raise errors.bad_request("the object must be a JSON object")
+    meta = obj.get("metadata")
+    if meta is None:
+        meta = obj["metadata"] = {}
+    if not isinstance(meta, dict):
+        raise errors.bad_request("metadata must be a JSON object")
+    return meta
+
+
+def _spec_slice(obj: Obj) -> Obj:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+class Store:
+    """In-memory object store with Kubernetes write semantics; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        history_window: int = 1000,
+        auto_namespaces: bool = True,
+    ) -> None:
+        if history_window < 1:
+            raise ValueError("history_window must be >= 1")
+        self.registry = registry or Registry()
+        self.history_window = history_window
+        self.auto_namespaces = auto_namespaces
+        self.subscriptions: set[Subscription] = set()
+        self._rv = 0
+        self._objects: dict[ResourceType, dict[tuple[str, str], Obj]] = {}
+        self._history: dict[ResourceType, deque[Change]] = {}
+        self._floor: dict[ResourceType, int] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def resource_version(self) -> int:
+        """The current (latest committed) global resourceVersion."""
+        return self._rv
+
+    def reset(self) -> None:
+        """Forget all objects and history (resourceVersions keep increasing) and recreate the default
+        namespaces. Open watches are not touched here (see `Faults.reset`)."""
+        self._objects = {rt: {} for rt in self.registry.resources}
+        self._history = {rt: deque(maxlen=self.history_window) for rt in self.registry.resources}
+        self._floor = {rt: self._rv for rt in self.registry.resources}
+        for name in INITIAL_NAMESPACES:
+            self._create_namespace(name)
+
+    def compact(self) -> int:
+        """Drop every retained change: a watch from any resourceVersion older than the current one gets
+        410. Returns the current resourceVersion."""
+        for rt in self.registry.resources:
+            self._history[rt].clear()
+            self._floor[rt] = self._rv
+        return self._rv
+
+    def oldest_watchable(self, rt: ResourceType) -> int:
+        """The oldest resourceVersion a watch of `rt` can start from."""
+        return self._floor[rt]
+
+    def counts(self) -> dict[str, int]:
+        return {rt.qualified: len(self._objects[rt]) for rt in self.registry.resources}
+
+    def history_sizes(self) -> dict[str, int]:
+        return {rt.qualified: len(self._history[rt]) for rt in self.registry.resources}
+
+    def _commit(self, rt: ResourceType, kind: ChangeType, obj: Obj, old: Obj | None) -> Obj:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        if kind == "DELETED":
+            self._objects[rt].pop(key, None)
+        else:
+            self._objects[rt][key] = obj
+        snapshot = copy.deepcopy(obj)
+        change = Change(self._rv, kind, snapshot, old)
+        history = self._history[rt]
+        if len(history) == history.maxlen:
+            self._floor[rt] = history[0].rv
+        history.append(change)
+        for sub in list(self.subscriptions):
+            if sub.rt == rt:
+                sub.offer(change)
+        return copy.deepcopy(obj)
+
+    def _resolve(self, resource: str | ResourceType | None, obj: Obj | None = None) -> ResourceType:
+        if resource is not None:
+            return self.registry.resolve(resource)
+        if obj is not None:
+            rt = self.registry.by_kind(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+            if rt is not None:
+                return rt
+            raise errors.bad_request(
+                f"no resource type for apiVersion={obj.get('apiVersion')!r} kind={obj.get('kind')!r}"
+            )
+        raise ValueError("resource type or object with apiVersion/kind required")
+
+    def _key(self, rt: ResourceType, namespace: str | None, name: str) -> tuple[str, str]:
+        if rt.namespaced:
+            return (namespace or "default", name)
+        return ("", name)
+
+    def _stored(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        obj = self._objects[rt].get(self._key(rt, namespace, name))
+        if obj is None:
+            raise errors.not_found(rt, name)
+        return obj
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, resource: str | ResourceType, namespace: str | None, name: str) -> Obj:
+        rt = self._resolve(resource)
+        return copy.deepcopy(self._stored(rt, namespace, name))
+
+    def _snapshot(self, rt: ResourceType, rv: int) -> dict[tuple[str, str], Obj]:
+        """The objects of `rt` as of resourceVersion `rv` (rolled back through the retained history)."""
+        if rv < self._floor[rt]:
+            raise errors.expired(rv, self._floor[rt])
+        objects = dict(self._objects[rt])
+        for change in reversed(self._history[rt]):
+            if change.rv <= rv:
+                break
+            meta = change.obj["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            if change.old is None:
+                objects.pop(key, None)
+            else:
+                objects[key] = change.old
+        return objects
+
+    def list_objects(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None = None,
+        selector: Selector | None = None,
+    ) -> list[Obj]:
+        """Current objects, sorted by (namespace, name)."""
+        rt = self._resolve(resource)
+        selector = selector or Selector()
+        return [
+            copy.deepcopy(obj)
+            for key, obj in sorted(self._objects[rt].items())
+            if (namespace is None or key[0] == namespace) and selector.matches(obj)
+        ]
+
+    def list_body(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None = None,
+        selector: Selector | None = None,
+        *,
+        resource_version: str | None = None,
+        resource_version_match: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> Obj:
+        """A `<Kind>List` body as the list endpoint returns it."""
+        rt = self._resolve(resource)
+        selector = selector or Selector()
+        after: tuple[str, str] | None = None
+        requested = parse_rv(resource_version)
+        if continue_token:
+            at, after = _decode_continue(continue_token)
+            if at < self._floor[rt]:
+                raise errors.gone_continue()
+            objects = self._snapshot(rt, at)
+        elif requested is None or requested == 0:
+            at, objects = self._rv, self._objects[rt]
+        elif requested > self._rv:
+            raise ApiError(504, "Timeout", f"Too large resource version: {requested}, current: {self._rv}")
+        elif resource_version_match == "Exact":
+            at, objects = requested, self._snapshot(rt, requested)
+        else:  # NotOlderThan (also the legacy meaning of a bare resourceVersion)
+            at, objects = self._rv, self._objects[rt]
+        keys = [
+            key
+            for key, obj in sorted(objects.items())
+            if (namespace is None or key[0] == namespace)
+            and (after is None or key > after)
+            and selector.matches(obj)
+        ]
+        metadata: Obj = {"resourceVersion": str(at)}
+        if limit is not None and limit > 0 and len(keys) > limit:
+            metadata["continue"] = _encode_continue(at, keys[limit - 1])
+            metadata["remainingItemCount"] = len(keys) - limit
+            keys = keys[:limit]
+        return {
+            "apiVersion": rt.api_version,
+            "kind": rt.list_kind,
+            "metadata": metadata,
+            "items": [copy.deepcopy(objects[key]) for key in keys],
+        }
+
+    # ------------------------------------------------------------------ writes
+
+    def _create_namespace(self, name: str) -> Obj:
+        obj: Obj = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": now_rfc3339(),
+                "labels": {"kubernetes.io/metadata.name": name},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }
+        return self._commit(NAMESPACES, "ADDED", obj, None)
+
+    def create(
+        self,
+        obj: Obj,
+        *,
+        resource: str | ResourceType | None = None,
+        namespace: str | None = None,
+    ) -> Obj:
+        """Create `obj` (its type from `resource` or from apiVersion/kind). Namespace: `namespace`,
+        else `metadata.namespace`, else "default". Status is kept as given (the HTTP layer drops it
+        for types with a status subresource, as the API server does)."""
+        rt = self._resolve(resource, obj)
+        new = copy.deepcopy(obj)
+        meta = _meta(new)
+        name = meta.get("name") or ""
+        if not name and meta.get("generateName"):
+            name = f"{meta['generateName']}{secrets.token_hex(3)[:5]}"
+        if not isinstance(name, str) or not name:
+            raise errors.invalid(rt, "", "metadata.name", "Required value: name or generateName is required")
+        if len(name) > 253 or not _NAME_RE.match(name):
+            raise errors.invalid(
+                rt,
+                name,
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )
+        if rt.namespaced:
+            body_ns = meta.get("namespace")
+            if namespace and body_ns and body_ns != namespace:
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            ns = namespace or body_ns or "default"
+            if not self._objects[NAMESPACES].get(("", ns)):
+                if not self.auto_namespaces:
+                    raise errors.not_found(NAMESPACES, ns)
+                self._create_namespace(ns)
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+            ns = ""
+        if (ns, name) in self._objects[rt]:
+            raise errors.already_exists(rt, name)
+        new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        meta["name"] = name
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        for transient in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "generation"):
+            meta.pop(transient, None)
+        if rt.tracks_generation:
+            meta["generation"] = 1
+        if rt is NAMESPACES:
+            new.setdefault("spec", {"finalizers": ["kubernetes"]})
+            new.setdefault("status", {"phase": "Active"})
+        return self._commit(rt, "ADDED", new, None)
+
+    def _write(self, rt: ResourceType, old: Obj, proposed: Any, subresource: str | None) -> Obj:
+        """Validate and commit `proposed` as the next state of `old` (update and patch share this)."""
+        meta = _meta(proposed)
+        old_meta = old["metadata"]
+        name = old_meta["name"]
+        if meta.get("name", name) != name:
+            raise errors.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
+        sent_rv = meta.get("resourceVersion")
+        if sent_rv not in (None, "") and str(sent_rv) != old_meta["resourceVersion"]:
+            raise errors.conflict(rt, name)
+        if subresource == "status":
+            new = copy.deepcopy(old)
+            if "status" in proposed:
+                new["status"] = copy.deepcopy(proposed["status"])
+            else:
+                new.pop("status", None)
+        elif subresource is None:
+            new = copy.deepcopy(proposed)
+            new_meta = new["metadata"]
+            for kept in (
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+            ):
+                if kept in old_meta:
+                    new_meta[kept] = old_meta[kept]
+                else:
+                    new_meta.pop(kept, None)
+            new_meta["name"] = name
+            if rt.status_subresource:
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+                else:
+                    new.pop("status", None)
+            if rt.tracks_generation and _spec_slice(new) != _spec_slice(old):
+                new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        else:
+            raise errors.no_such_resource()
+        new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        if new == old:
+            return copy.deepcopy(old)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            return self._commit(rt, "DELETED", new, old)
+        return self._commit(rt, "MODIFIED", new, old)
+
+    def update(
+        self,
+        obj: Obj,
+        *,
+        resource: str | ResourceType | None = None,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> Obj:
+        """PUT semantics: replace the object (or only its status with `subresource="status"`)."""
+        rt = self._resolve(resource, obj)
+        meta = _meta(obj)
+        name = name or meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.invalid(rt, "", "metadata.name", "Required value: name is required")
+        if rt.namespaced and namespace and meta.get("namespace") not in (None, namespace):
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
+        old = self._stored(rt, namespace or meta.get("namespace"), name)
+        return self._write(rt, old, copy.deepcopy(obj), subresource)
+
+    def patch(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str = "application/merge-patch+json",
+        *,
+        subresource: str | None = None,
+    ) -> Obj:
+        rt = self._resolve(resource)
+        old = self._stored(rt, namespace, name)
+        proposed = apply_patch(copy.deepcopy(old), patch, content_type)
+        return self._write(rt, old, proposed, subresource)
+
+    def delete(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None,
+        name: str,
+        *,
+        precondition_rv: str | None = None,
+        precondition_uid: str | None = None,
+    ) -> Obj:
+        """Delete, or with finalizers only mark as deleting. Returns the object as it is now."""
+        rt = self._resolve(resource)
+        old = self._stored(rt, namespace, name)
+        meta = old["metadata"]
+        if precondition_uid and precondition_uid != meta["uid"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {precondition_uid}, UID in object meta: {meta['uid']}",
+            )
+        if precondition_rv and precondition_rv != meta["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: ResourceVersion in precondition: {precondition_rv}, "
+                f"ResourceVersion in object meta: {meta['resourceVersion']}",
+            )
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return copy.deepcopy(old)
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._commit(rt, "MODIFIED", new, old)
+        return self._commit(rt, "DELETED", copy.deepcopy(old), old)
+
+    # ------------------------------------------------------------------ test conveniences
+
+    def apply(self, obj: Obj, *, resource: str | ResourceType | None = None) -> Obj:
+        """Create `obj`, or replace the stored one unconditionally (keeping uid, creationTimestamp,
+        generation rules and, unless `obj` has one, the status). A `status` in `obj` is written through
+        the status subresource (so it never bumps generation)."""
+        rt = self._resolve(resource, obj)
+        meta = _meta(obj)
+        namespace = meta.get("namespace") if rt.namespaced else None
+        key = self._key(rt, namespace, str(meta.get("name", "")))
+        if key not in self._objects[rt]:
+            return self.create(obj, resource=rt)
+        body = copy.deepcopy(obj)
+        body["metadata"].pop("resourceVersion", None)
+        result = self.update(body, resource=rt, namespace=key[0] or None)
+        if rt.status_subresource and "status" in obj:
+            result = self.update(
+                {"metadata": {"name": key[1]}, "status": obj["status"]},
+                resource=rt,
+                namespace=key[0] or None,
+                subresource="status",
+            )
+        return result
+
+    def patch_status(
+        self, resource: str | ResourceType, namespace: str | None, name: str, status: Any
+    ) -> Obj:
+        """Replace the status through the status subresource (never bumps generation)."""
+        rt = self._resolve(resource)
+        stored = self._stored(rt, namespace, name)
+        proposed = copy.deepcopy(stored)
+        proposed["status"] = copy.deepcopy(status)
+        return self._write(rt, stored, proposed, "status" if rt.status_subresource else None)
+
+    def remove_finalizers(self, resource: str | ResourceType, namespace: str | None, name: str) -> Obj:
+        """Clear `metadata.finalizers` (completing a pending delete)."""
+        return self.patch(resource, namespace, name, {"metadata": {"finalizers": None}})
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None = None,
+        selector: Selector | None = None,
+        resource_version: str | None = None,
+    ) -> Subscription:
+        """Open a subscription. Unset or "0": synthetic ADDED for the current objects first. Otherwise
+        the retained changes after that resourceVersion (410 Expired if some were dropped)."""
+        rt = self._resolve(resource)
+        sub = Subscription(rt, namespace, selector or Selector())
+        since = parse_rv(resource_version)
+        if not since:
+            for _, obj in sorted(self._objects[rt].items()):
+                if sub._concerns(obj):
+                    sub.pending.append(("ADDED", copy.deepcopy(obj)))
+        else:
+            if since < self._floor[rt]:
+                raise errors.expired(since, self._floor[rt])
+            for change in self._history[rt]:
+                if change.rv > since and (translated := sub.translate(change)) is not None:
+                    sub.pending.append(translated)
+        if sub.pending:
+            sub.signal.set()
+        self.subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscriptions.discard(sub)

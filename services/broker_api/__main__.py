@@ -1,0 +1,3 @@
+from services.broker_api.app import main
+
+main()

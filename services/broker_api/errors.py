@@ -1,0 +1,52 @@
+"""The broker's error hierarchy; the HTTP middleware maps it (and only it) to status + description."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class BrokerError(Exception):
+    """An answer other than success; ``description`` is safe to show (no secrets, no input echo)."""
+
+    status = 500
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class BadRequest(BrokerError):
+    status = 400
+
+
+class Unauthorized(BrokerError):
+    status = 401
+
+
+class NotFound(BrokerError):
+    status = 404
+
+
+class MethodNotAllowed(BrokerError):
+    status = 405
+
+
+class PayloadTooLarge(BrokerError):
+    status = 413
+
+
+class Unavailable(BrokerError):
+    """Storage unreachable or contention not resolved in time: the request may be retried."""
+
+    status = 503
+
+
+def from_validation(exc: ValidationError, *, prefix: str = "") -> BadRequest:
+    """400 naming each bad field with pydantic's message, never the offending input."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body"
+        msg = "is required" if err["type"] == "missing" else err["msg"]
+        parts.append(f"'{field}' {msg}")
+    return BadRequest("invalid request: " + "; ".join(parts))

@@ -1,0 +1,181 @@
+"""Wire models of the broker contract (ARCHITECTURE §3) and the stored record (``service_instances``).
+
+Request models ignore unknown fields (OTC sends more than we read). Secrets are typed ``SecretStr``
+so an accidental ``repr`` or log shows ``**********``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from shared.events import ServiceKind
+
+ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
+ID_RE = re.compile(ID_PATTERN)
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SCHEMA_VERSION = 1
+
+
+def _credential(v: object) -> object:
+    """Credentials are opaque to us: a non-empty string, or an object we store as JSON."""
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return v
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ParametersIn(_Request):
+    """Service parameters as OTC sends them; every key optional (defaults come from settings)."""
+
+    cluster: str | None = Field(default=None, min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
+    name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+
+
+class ProvisionRequest(_Request):
+    """Body of ``PUT /service_instances/{sid}`` (create or update)."""
+
+    service_id: str = Field(min_length=1, max_length=255)
+    organization_guid: str | None = Field(default=None, max_length=255)
+    parameters: ParametersIn = Field(default_factory=ParametersIn)
+    service_credentials: SecretStr | None = None
+    dashboard_url: str | None = Field(default=None, max_length=2048, description="accepted, not used")
+
+    _cred = field_validator("service_credentials", mode="before")(_credential)
+
+
+class UpdateRequest(_Request):
+    """Body of ``PATCH /service_instances/{sid}``: only the keys present change."""
+
+    service_id: str | None = Field(default=None, min_length=1, max_length=255)
+    organization_guid: str | None = Field(default=None, max_length=255)
+    parameters: ParametersIn | None = None
+    service_credentials: SecretStr | None = None
+
+
+class BindRequest(_Request):
+    """Body of ``PUT /service_instances/{sid}/toolchains/{tid}``."""
+
+    toolchain_credentials: SecretStr
+
+    _cred = field_validator("toolchain_credentials", mode="before")(_credential)
+
+    @field_validator("toolchain_credentials")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("must not be empty")
+        return v
+
+
+class MessageRequest(_Request):
+    """Body of ``POST /messaging/accept`` (an OTC lifecycle message, otc-api §2.7)."""
+
+    service_id: str = Field(min_length=1, max_length=255)
+    instance_id: str = Field(pattern=ID_PATTERN)
+    toolchain_id: str = Field(pattern=ID_PATTERN)
+    payload: dict[str, Any]
+
+
+class Parameters(BaseModel):
+    """Resolved parameters of an instance (stored and returned)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cluster: str
+    namespace: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Short text for the OTC tool card: ``<cluster>/<namespace>[/<name>]``."""
+        return "/".join(p for p in (self.cluster, self.namespace, self.name) if p)
+
+
+class ParametersOut(BaseModel):
+    """Parameters as returned to OTC, with the tool card label."""
+
+    cluster: str
+    namespace: str
+    name: str | None = None
+    label: str = Field(description="human text for the OTC tool card, '<cluster>/<namespace>[/<name>]'")
+
+
+class InstanceResponse(BaseModel):
+    """200 body of PUT/PATCH."""
+
+    instance_id: str
+    dashboard_url: str
+    parameters: ParametersOut
+    organization_guid: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: ``{"description": ...}`` naming the problem."""
+
+    description: str
+
+
+class StatusResponse(BaseModel):
+    status: Literal["ok", "warn"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class VersionResponse(BaseModel):
+    build: str
+    name: str = "kabanero-otc broker-api"
+
+
+# --- stored record ------------------------------------------------------------------------------
+
+
+class Binding(BaseModel):
+    id: str
+    credentials: str = Field(description="Fernet token of the toolchain_credentials")
+    bound_at: datetime
+
+
+class OutboxEntry(BaseModel):
+    id: str
+    revision: int
+    routing_key: str
+    event: dict[str, Any]
+
+
+class InstanceRecord(BaseModel):
+    """One ``service_instances`` document; ``_id`` is ``<kind>:<sid>``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    key: str = Field(alias="_id")
+    schema_version: int = SCHEMA_VERSION
+    kind: ServiceKind
+    instance_id: str
+    service_id: str
+    state: Literal["active", "deleted"] = "active"
+    organization_guid: str | None = None
+    parameters: Parameters
+    dashboard_url: str
+    service_credentials: str | None = Field(default=None, description="Fernet token")
+    toolchains: list[Binding] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+    revision: int = 0
+    outbox: list[OutboxEntry] = Field(default_factory=list)
+
+    @property
+    def toolchain_ids(self) -> list[str]:
+        return [b.id for b in self.toolchains]
+
+    def document(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")

@@ -1,0 +1,98 @@
+"""Publishing the events committed in ``service_instances.outbox`` (at least once, in order per sid).
+
+After a commit the request handler calls :meth:`Outbox.flush` for its sid; a background task
+(:meth:`Outbox.run`) retries every document that still has pending entries (index
+``outbox_pending``). Entries are published in revision order and pulled only after the broker
+confirmed them, so RabbitMQ being down delays events but never loses or reorders them. A crash
+between confirm and pull re-publishes the same event id: consumers skip stale revisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from services.broker_api.models import OutboxEntry
+from shared.amqp import PublishError
+from shared.events import CloudEvent
+from shared.mongo import Document
+
+log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    async def publish(self, event: CloudEvent) -> None: ...
+
+
+class Outbox:
+    def __init__(
+        self, collection: AsyncCollection[Document], sink: EventSink, registry: CollectorRegistry
+    ) -> None:
+        self._collection = collection
+        self._sink = sink
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.published = Counter(
+            "broker_api_events_published_total", "service events confirmed by RabbitMQ", registry=registry
+        )
+        self.failures = Counter(
+            "broker_api_event_publish_failures_total",
+            "publish attempts that failed (the event stays in the outbox)",
+            registry=registry,
+        )
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    async def flush(self, key: str) -> bool:
+        """Publish every pending event of one document in revision order; False if one failed."""
+        async with self._lock(key):
+            doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
+            if not doc:
+                return True
+            entries = sorted(
+                (OutboxEntry.model_validate(e) for e in doc.get("outbox") or []), key=lambda e: e.revision
+            )
+            for entry in entries:
+                try:
+                    await self._sink.publish(CloudEvent.model_validate(entry.event))
+                except PublishError as exc:
+                    self.failures.inc()
+                    log.warning(
+                        "event not published yet, kept in outbox",
+                        extra={"event_id": entry.id, "routing_key": entry.routing_key, "error": str(exc)},
+                    )
+                    return False
+                self.published.inc()
+                await self._collection.update_one({"_id": key}, {"$pull": {"outbox": {"id": entry.id}}})
+            return True
+
+    async def drain(self) -> int:
+        """One pass over every document with pending events; returns how many are still pending."""
+        pending = 0
+        cursor = self._collection.find({"outbox.id": {"$exists": True}}, {"_id": 1})
+        keys = [doc["_id"] async for doc in cursor]
+        for key in keys:
+            if not await self.flush(key):
+                pending += 1
+        return pending
+
+    async def run(self, interval_s: float) -> None:
+        """Background drainer: survives MongoDB/RabbitMQ outages, retrying every ``interval_s``."""
+        while True:
+            try:
+                pending = await self.drain()
+                if pending:
+                    log.info("outbox still pending", extra={"documents": pending})
+            except PyMongoError as exc:
+                log.warning("outbox drain failed, will retry", extra={"error": type(exc).__name__})
+            await asyncio.sleep(interval_s)

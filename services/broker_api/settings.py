@@ -1,0 +1,109 @@
+"""broker-api settings (environment names are contracts, ARCHITECTURE §2; extra ones in README).
+
+| env | default | meaning |
+|---|---|---|
+| ``BROKER_ID`` / ``BROKER_SECRET`` | required | HTTP Basic credentials OTC presents |
+| ``CREDENTIALS_KEY`` | required | Fernet key (urlsafe base64, 32 bytes) encrypting stored credentials |
+| ``HTTP_PORT`` | 8080 | API + /healthz /readyz /metrics /openapi.json (0 = any free port) |
+| ``ALLOWED_CLUSTERS`` | ``default`` | comma-separated cluster names accepted in ``parameters.cluster``; the
+  first one is the default |
+| ``DEFAULT_NAMESPACE`` | ``kabanero`` | ``parameters.namespace`` when omitted |
+| ``KABANERO_DASHBOARD_URL_PATTERN`` | see below | ``dashboard_url`` template; placeholders ``{cluster}``,
+  ``{namespace}``, ``{name}`` (Kabanero CR name, ``kabanero`` when unset), ``{instance_id}``, ``{service_id}`` |
+| ``OUTBOX_DRAIN_INTERVAL_S`` | 5 | how often unpublished events are retried |
+| ``BUILD_VERSION`` | package version | reported by ``GET /version`` |
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+DEFAULT_DASHBOARD_PATTERN = "https://kabanero-landing-{namespace}.apps.{cluster}.example.com/"
+_PLACEHOLDERS = {
+    "cluster": "c",
+    "namespace": "n",
+    "name": "k",
+    "instance_id": "i",
+    "service_id": "s",
+}
+
+
+class SettingsError(Exception):
+    """A missing or invalid setting; the message names the variables, never their values."""
+
+
+class Settings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    broker_id: str = Field(min_length=1)
+    broker_secret: SecretStr
+    credentials_key: SecretStr
+    allowed_clusters: str = "default"
+    default_namespace: str = "kabanero"
+    kabanero_dashboard_url_pattern: str = DEFAULT_DASHBOARD_PATTERN
+    outbox_drain_interval_s: float = Field(default=5.0, gt=0)
+    build_version: str = "0.1.0"
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+    @field_validator("broker_secret")
+    @classmethod
+    def _secret_not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("credentials_key")
+    @classmethod
+    def _fernet_key(cls, v: SecretStr) -> SecretStr:
+        try:
+            raw = base64.urlsafe_b64decode(v.get_secret_value().encode())
+        except (binascii.Error, ValueError):
+            raise ValueError("must be urlsafe base64 (a Fernet key)") from None
+        if len(raw) != 32:
+            raise ValueError("must decode to exactly 32 bytes (a Fernet key)")
+        return v
+
+    @field_validator("allowed_clusters")
+    @classmethod
+    def _clusters(cls, v: str) -> str:
+        if not [c for c in v.split(",") if c.strip()]:
+            raise ValueError("must name at least one cluster")
+        return v
+
+    @field_validator("kabanero_dashboard_url_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            v.format(**_PLACEHOLDERS)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"unknown or malformed placeholder {exc}; allowed: {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}"
+            ) from None
+        return v
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.allowed_clusters.split(",") if c.strip())
+
+    @property
+    def default_cluster(self) -> str:
+        return self.clusters[0]
+
+
+def load_settings() -> Settings:
+    """Read the environment; a clear error naming each bad variable (values are never echoed)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            msg = "is required" if err["type"] == "missing" else err["msg"]
+            problems.append(f"{name} {msg}")
+        raise SettingsError("invalid broker-api settings: " + "; ".join(problems)) from None

@@ -1,0 +1,160 @@
+"""``service_instances`` (owned by broker-api): atomic per-document commits with an event outbox.
+
+Concurrency: every change is an optimistic compare-and-set on ``revision``: read, compute the new
+record (pure, :mod:`instances`), then ``update_one({_id, revision: read})`` (or ``insert_one`` for a
+new sid, unique ``_id``). A lost race matches nothing and is recomputed from a fresh read, so
+concurrent requests on one sid (also across replicas) serialize without a lock and never
+overwrite each other. An in-process lock per sid only cuts down useless retries.
+
+No lost events: the same single-document update that commits the change appends its events to
+``outbox``; :class:`services.broker_api.outbox.Outbox` publishes and pulls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from services.broker_api.errors import Unavailable
+from services.broker_api.instances import Change, record_key
+from services.broker_api.models import InstanceRecord, OutboxEntry
+from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceKind, ServiceParameters
+from shared.mongo import Document
+
+log = logging.getLogger(__name__)
+
+COLLECTION = "service_instances"
+MAX_ATTEMPTS = 200
+
+
+@dataclass(frozen=True)
+class Commit:
+    record: InstanceRecord | None
+    events: tuple[OutboxEntry, ...]
+
+
+def _event_entries(change: Change, base_revision: int, source: str, now: datetime) -> list[OutboxEntry]:
+    rec = change.record
+    entries = []
+    for i, pending in enumerate(change.events):
+        revision = base_revision + i + 1
+        data = ServiceEventData(
+            kind=rec.kind,
+            instance_id=rec.instance_id,
+            service_id=rec.service_id,
+            organization_guid=rec.organization_guid,
+            parameters=ServiceParameters(
+                cluster=rec.parameters.cluster,
+                namespace=rec.parameters.namespace,
+                name=rec.parameters.name,
+                label=rec.parameters.label,
+            ),
+            dashboard_url=rec.dashboard_url,
+            toolchains=list(pending.toolchains),
+            toolchain_id=pending.toolchain_id,
+            revision=revision,
+            deleted=pending.event == "deprovisioned",
+        )
+        routing_key = RoutingKeys.service(rec.kind, pending.event)
+        event_id = f"{rec.kind}:{rec.instance_id}:{revision}"
+        event = CloudEvent.for_data(
+            routing_key, data, source=source, subject=rec.instance_id, id=event_id
+        ).model_copy(update={"time": now})
+        entries.append(
+            OutboxEntry(
+                id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
+            )
+        )
+    return entries
+
+
+class InstanceStore:
+    def __init__(self, db: AsyncDatabase[Document], *, source: str) -> None:
+        self.collection: AsyncCollection[Document] = db[COLLECTION]
+        self._source = source
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("outbox.id", ASCENDING)], name="outbox_pending")
+        await self.collection.create_index(
+            [("kind", ASCENDING), ("instance_id", ASCENDING)], unique=True, name="kind_instance"
+        )
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    async def get(self, kind: ServiceKind, sid: str) -> InstanceRecord | None:
+        try:
+            doc = await self.collection.find_one({"_id": record_key(kind, sid)})
+        except PyMongoError as exc:
+            raise Unavailable("storage unavailable, retry later") from exc
+        return InstanceRecord.model_validate(doc) if doc else None
+
+    async def mutate(
+        self,
+        kind: ServiceKind,
+        sid: str,
+        compute: Callable[[InstanceRecord | None], Change | None],
+        *,
+        now: Callable[[], datetime],
+    ) -> Commit:
+        """Commit ``compute(current)`` with its outbox events atomically; retry on a lost race.
+
+        ``compute`` may raise a :class:`BrokerError` (e.g. 404): nothing is written then.
+        """
+        key = record_key(kind, sid)
+        lock = self._lock(key)
+        try:
+            async with lock:
+                for _ in range(MAX_ATTEMPTS):
+                    commit = await self._attempt(key, compute, now())
+                    if commit is not None:
+                        return commit
+                    await asyncio.sleep(random.uniform(0, 0.01))
+        except PyMongoError as exc:
+            raise Unavailable("storage unavailable, retry later") from exc
+        raise Unavailable("too much concurrent activity on this service instance, retry later")
+
+    async def _attempt(
+        self, key: str, compute: Callable[[InstanceRecord | None], Change | None], now: datetime
+    ) -> Commit | None:
+        doc = await self.collection.find_one({"_id": key})
+        current = InstanceRecord.model_validate(doc) if doc else None
+        change = compute(current)
+        if change is None:
+            return Commit(current, ())
+        base = current.revision if current else 0
+        entries = _event_entries(change, base, self._source, now)
+        record = change.record.model_copy(update={"revision": base + max(1, len(entries))})
+        fields = record.document()
+        fields.pop("outbox", None)
+        pushed = [e.model_dump(mode="python") for e in entries]
+        if current is None:
+            try:
+                await self.collection.insert_one({**fields, "outbox": pushed})
+            except DuplicateKeyError:
+                return None
+        else:
+            fields.pop("_id")
+            update: dict[str, Any] = {"$set": fields}
+            if pushed:
+                update["$push"] = {"outbox": {"$each": pushed}}
+            result = await self.collection.update_one({"_id": key, "revision": base}, update)
+            if result.matched_count == 0:
+                return None
+        return Commit(record, tuple(entries))

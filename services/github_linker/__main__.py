@@ -1,0 +1,3 @@
+from services.github_linker.app import main
+
+main()

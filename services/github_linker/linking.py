@@ -1,0 +1,240 @@
+"""Event handling: keep the facts, derive desired GitHub tools per toolchain, send the difference.
+
+Desired state of toolchain T: for every (not deleted) Kabanero service bound to T, one
+``githubconsolidated`` link tool per distinct repository of the service's instance; the key is per
+(T, repository URL), so two services wanting the same repository in T share one tool, which is removed
+only when no bound service wants it any more.
+
+The "before" of each diff is the tools ledger (what this service last sent per key), so the
+comparison is level-triggered: an unchanged event or snapshot sends nothing, and a missed change is
+corrected by the next event touching the toolchain. Order per event: compute with the new facts in
+memory, publish the commands (confirmed), record them in the ledger, and only then store the new
+facts; a crash anywhere replays the same diff on redelivery, and a replayed command is harmless
+(same key and content; otc-writer is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+from services.github_linker import naming
+from services.github_linker.settings import Settings
+from services.github_linker.store import InstanceState, ServiceState, Store
+from shared.amqp import Publisher, PublishError, RetryableError
+from shared.events import (
+    CloudEvent,
+    InstanceData,
+    InstanceRef,
+    Repository,
+    RoutingKeys,
+    ServiceEventData,
+    SnapshotData,
+    ToolCommand,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "github-linker"
+SERVICE_PREFIX = "service.kabanero."
+
+
+def instance_key(cluster: str, namespace: str) -> str:
+    return f"{cluster}/{namespace}"
+
+
+def key_of(event: CloudEvent) -> str:
+    """Serialization key for the consumer: the Kabanero instance an event concerns."""
+    data = event.data
+    ref = data.get("parameters") if event.routing_key.startswith("service.") else data.get("instance")
+    if (
+        isinstance(ref, dict)
+        and isinstance(ref.get("cluster"), str)
+        and isinstance(ref.get("namespace"), str)
+    ):
+        return instance_key(ref["cluster"], ref["namespace"])
+    return event.subject or event.id
+
+
+@dataclass(frozen=True)
+class DesiredTool:
+    key: str
+    url: str
+    command: ToolCommand  # revision 0: the real one is reserved when sent
+    content_hash: str
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "kotc_github_linker_events_total", "Events by outcome", ["outcome"], registry=registry
+        )
+        self.commands = Counter(
+            "kotc_github_linker_commands_total", "Tool commands sent", ["command"], registry=registry
+        )
+
+
+class Linker:
+    def __init__(self, *, store: Store, publisher: Publisher, settings: Settings, metrics: Metrics) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._settings = settings
+        self._metrics = metrics
+        self._ghe = {h.lower(): g for h, g in settings.ghe_hosts.items()}
+        self._github = frozenset(h.lower() for h in settings.github_hosts)
+        self._kinds = frozenset(settings.github_repo_kinds)
+        # Desired state of one toolchain can span instances: one diff at a time in this process.
+        self._lock = asyncio.Lock()
+
+    async def handle(self, event: CloudEvent) -> None:
+        rk = event.routing_key
+        async with self._lock:
+            if rk.startswith(SERVICE_PREFIX):
+                await self._on_service(ServiceEventData.model_validate(event.data))
+            elif rk in (RoutingKeys.INSTANCE_CHANGED, RoutingKeys.INSTANCE_DELETED):
+                data = InstanceData.model_validate(event.data)
+                repos = () if data.deleted or rk == RoutingKeys.INSTANCE_DELETED else data.repositories
+                await self._on_instance(data.instance, repos, revision=data.revision, snapshot=False)
+            elif rk == RoutingKeys.SNAPSHOT:
+                snap = SnapshotData.model_validate(event.data)
+                repos = snap.repositories if snap.exists else ()
+                await self._on_instance(snap.instance, repos, revision=snap.revision, snapshot=True)
+            else:
+                self._metrics.events.labels("ignored").inc()
+                log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+
+    # --- facts --------------------------------------------------------------------------------
+
+    async def _on_service(self, data: ServiceEventData) -> None:
+        if data.kind != "kabanero":
+            self._metrics.events.labels("ignored").inc()
+            return
+        old = await self._store.service(data.instance_id)
+        if old is not None and data.revision < old.revision:
+            self._skip_stale(data.instance_id, data.revision, old.revision)
+            return
+        new = ServiceState(
+            sid=data.instance_id,
+            instance=instance_key(data.parameters.cluster, data.parameters.namespace),
+            toolchains=() if data.deleted else tuple(sorted(set(data.toolchains))),
+            revision=data.revision,
+            deleted=data.deleted,
+        )
+        affected = set(new.toolchains) | set(old.toolchains if old else ())
+        await self._reconcile(affected, service=new)
+        await self._store.put_service(new)
+        self._metrics.events.labels("applied").inc()
+
+    async def _on_instance(
+        self, ref: InstanceRef, repos: Iterable[Repository], *, revision: int, snapshot: bool
+    ) -> None:
+        key = instance_key(ref.cluster, ref.namespace)
+        old = await self._store.instance(key) or InstanceState(key=key)
+        last = old.snapshot_revision if snapshot else old.revision
+        if revision < last:
+            self._skip_stale(key, revision, last)
+            return
+        urls = tuple(sorted({naming.normalize_url(r.url) for r in repos if r.kind in self._kinds}))
+        changes = {"repos": urls, ("snapshot_revision" if snapshot else "revision"): revision}
+        new = old.model_copy(update=changes)
+        affected = {t for s in await self._store.services_of(key) for t in s.toolchains}
+        await self._reconcile(affected, instance=new)
+        await self._store.put_instance(new)
+        self._metrics.events.labels("applied").inc()
+
+    def _skip_stale(self, key: str, revision: int, last: int) -> None:
+        self._metrics.events.labels("stale").inc()
+        log.info("skipping stale event", extra={"key": key, "revision": revision, "applied": last})
+
+    # --- desired state and diff ----------------------------------------------------------------
+
+    async def _reconcile(
+        self,
+        toolchains: Iterable[str],
+        *,
+        service: ServiceState | None = None,
+        instance: InstanceState | None = None,
+    ) -> None:
+        for toolchain_id in sorted(toolchains):
+            desired = await self._desired(toolchain_id, service=service, instance=instance)
+            sent = await self._store.tools_in(toolchain_id)
+            for key, tool in desired.items():
+                entry = sent.get(key)
+                if entry is None or not entry.present or entry.content_hash != tool.content_hash:
+                    await self._send(RoutingKeys.TOOL_APPLY, tool, present=True)
+            for key, entry in sent.items():
+                if entry.present and key not in desired:
+                    await self._send(
+                        RoutingKeys.TOOL_REMOVE, self._tool(toolchain_id, entry.url), present=False
+                    )
+
+    async def _desired(
+        self, toolchain_id: str, *, service: ServiceState | None, instance: InstanceState | None
+    ) -> dict[str, DesiredTool]:
+        services = [
+            s
+            for s in await self._store.services_bound_to(toolchain_id)
+            if not service or s.sid != service.sid
+        ]
+        if service is not None and toolchain_id in service.toolchains:
+            services.append(service)
+        urls: set[str] = set()
+        for key in {s.instance for s in services}:
+            state = (
+                instance if instance is not None and instance.key == key else await self._store.instance(key)
+            )
+            urls.update(state.repos if state else ())
+        tools = (self._tool(toolchain_id, url) for url in urls)
+        return {t.key: t for t in tools if t.command.parameters}
+
+    def _tool(self, toolchain_id: str, url: str) -> DesiredTool:
+        """The tool for ``url`` in ``toolchain_id``; empty parameters when its host is no known GitHub."""
+        git = naming.git_id(
+            url, github_git_id=self._settings.github_git_id, github_hosts=self._github, ghe_hosts=self._ghe
+        )
+        params = naming.link_parameters(url, git) if git else {}
+        name = naming.tool_name(url, github_hosts=self._github)
+        command = ToolCommand(
+            purpose=naming.PURPOSE,
+            key=naming.tool_key(toolchain_id, url),
+            toolchain_id=toolchain_id,
+            tool_type_id=naming.TOOL_TYPE_ID,
+            name=name,
+            parameters=params,
+            revision=0,
+        )
+        return DesiredTool(
+            key=command.key,
+            url=url,
+            command=command,
+            content_hash=naming.content_hash(naming.TOOL_TYPE_ID, name, params),
+        )
+
+    async def _send(self, routing_key: str, tool: DesiredTool, *, present: bool) -> None:
+        revision = await self._store.next_revision(
+            tool.key, toolchain_id=tool.command.toolchain_id, url=tool.url
+        )
+        command = tool.command.model_copy(update={"revision": revision})
+        event = CloudEvent.for_data(routing_key, command, source=SOURCE, subject=tool.key)
+        try:
+            await self._publisher.publish(event)
+        except PublishError as exc:
+            raise RetryableError(f"command not confirmed: {exc}") from exc
+        await self._store.mark_sent(
+            tool.key, revision=revision, present=present, content_hash=tool.content_hash if present else None
+        )
+        self._metrics.commands.labels(routing_key).inc()
+        log.info(
+            "sent %s",
+            routing_key,
+            extra={
+                "key": tool.key,
+                "toolchain_id": tool.command.toolchain_id,
+                "url": tool.url,
+                "revision": revision,
+            },
+        )

@@ -1,0 +1,84 @@
+"""Deterministic identities of GitHub tools: command key, OTC tool name, git_id, content.
+
+Pure functions: the same repository in the same toolchain always yields the same key and name, so a
+replayed or duplicated command is recognised by otc-writer's ledger, and an ambiguous create can be
+resolved by looking the name up in the toolchain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+PURPOSE = "github"
+TOOL_TYPE_ID = "githubconsolidated"
+NAME_MAX = 128
+# OTC's tool name rule: ^([^\x00-\x7F]|[a-zA-Z0-9-._ ])+$
+_DISALLOWED = re.compile(r"[^\x80-\U0010ffffa-zA-Z0-9\-._ ]")
+NAME_PATTERN = re.compile(r"^([^\x00-\x7F]|[a-zA-Z0-9\-._ ])+$")
+
+
+def normalize_url(url: str) -> str:
+    """One spelling per repository: lower-case scheme and host, no ``.git``, no trailing ``/``."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/").removesuffix(".git").rstrip("/")
+    netloc = parts.netloc.lower()
+    return urlunsplit((parts.scheme.lower() or "https", netloc, path, "", ""))
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _digest(url: str) -> str:
+    return hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()
+
+
+def tool_key(toolchain_id: str, url: str) -> str:
+    """Command/ledger key of the tool for ``url`` in ``toolchain_id`` (one per toolchain and repo)."""
+    return f"{PURPOSE}:{toolchain_id}:{_digest(url)[:16]}"
+
+
+def tool_name(url: str, *, github_hosts: Collection[str]) -> str:
+    """``github <owner>-<repo>`` (host first for non-github.com), valid for OTC.
+
+    When the readable form had to be altered (characters replaced, truncated, host-qualified or not
+    an owner/repo path) a short hash of the URL is appended so distinct repositories never share a name.
+    """
+    host = host_of(url)
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    readable = "-".join(segments)
+    if host not in github_hosts:
+        readable = f"{host} {readable}".strip()
+    raw = f"github {readable}".strip()
+    name = _DISALLOWED.sub("-", raw)
+    lossy = name != raw or len(name) > NAME_MAX or len(segments) != 2 or host not in github_hosts
+    if lossy:
+        suffix = " " + _digest(url)[:8]
+        name = name[: NAME_MAX - len(suffix)].rstrip() + suffix
+    return name
+
+
+def git_id(
+    url: str, *, github_git_id: str, github_hosts: Collection[str], ghe_hosts: Mapping[str, str]
+) -> str | None:
+    """OTC ``git_id`` for the repository's host; None when the host is not a known GitHub."""
+    host = host_of(url)
+    if host in ghe_hosts:
+        return ghe_hosts[host]
+    if host in github_hosts:
+        return github_git_id
+    return None
+
+
+def link_parameters(url: str, git: str) -> dict[str, Any]:
+    return {"type": "link", "repo_url": url, "git_id": git, "has_issues": False}
+
+
+def content_hash(tool_type_id: str, name: str, parameters: Mapping[str, Any]) -> str:
+    body = json.dumps([tool_type_id, name, parameters], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()

@@ -1,0 +1,212 @@
+"""Diff the derived state of a namespace against what was published, and publish the difference.
+
+Every event is published (confirmed) first and recorded second, one at a time, so the persisted
+state never runs ahead of the broker. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
+after a crash between confirm and record carries the same id and revision, which consumers
+already skip as stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter
+
+from services.kabanero_watcher.derive import Desired, DesiredInstance, DesiredTrigger
+from services.kabanero_watcher.state import PublishedState, Record
+from shared.events import CloudEvent, InstanceData, InstanceRef, RoutingKeys, SnapshotData, TriggerData
+
+log = logging.getLogger(__name__)
+
+PublishFn = Callable[[CloudEvent], Awaitable[None]]
+
+
+class NotLeader(Exception):
+    """The lease is no longer ours: publishing must stop at once."""
+
+
+class EmitMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "watcher_events_published",
+            "kabanero.* events published (confirmed)",
+            ["routing_key"],
+            registry=registry,
+        )
+
+
+class Emitter:
+    def __init__(
+        self,
+        state: PublishedState,
+        publish: PublishFn,
+        *,
+        is_leader: Callable[[], bool],
+        metrics: EmitMetrics | None = None,
+    ) -> None:
+        self.state = state
+        self.cluster = state.cluster
+        self._publish_fn = publish
+        self._is_leader = is_leader
+        self._metrics = metrics
+        self.source = f"/kabanero-watcher/{state.cluster}"
+        self.published = 0
+
+    async def _emit(self, routing_key: str, record: Record, subject: str) -> None:
+        if not self._is_leader():
+            raise NotLeader("lease lost before publishing")
+        event = CloudEvent(
+            id=f"{record.kind}:{record.key}:{record.revision}",
+            source=self.source,
+            type=f"io.kabanero.otc.{routing_key}",
+            subject=subject,
+            data=record.data,
+        )
+        await self._publish_fn(event)
+        await self.state.commit(record)
+        self.published += 1
+        if self._metrics is not None:
+            self._metrics.published.labels(routing_key).inc()
+        log.info(
+            "published %s",
+            routing_key,
+            extra={"event_id": event.id, "subject": subject, "revision": record.revision},
+        )
+
+    # --- instance ------------------------------------------------------------------------------
+
+    def _instance_key(self, namespace: str) -> str:
+        return f"{self.cluster}/{namespace}"
+
+    async def _instance_changed(self, inst: DesiredInstance) -> None:
+        key = self._instance_key(inst.ref.namespace)
+        revision = self.state.next_revision("instance", key)
+        data = InstanceData(
+            instance=inst.ref,
+            uid=inst.uid,
+            version=inst.version,
+            repositories=inst.repositories,
+            content_hash=inst.content_hash,
+            revision=revision,
+        )
+        record = Record(
+            cluster=self.cluster,
+            kind="instance",
+            key=key,
+            namespace=inst.ref.namespace,
+            content_hash=inst.content_hash,
+            revision=revision,
+            data=data.model_dump(mode="json"),
+        )
+        await self._emit(RoutingKeys.INSTANCE_CHANGED, record, key)
+
+    async def _deleted(self, routing_key: str, previous: Record) -> None:
+        revision = previous.revision + 1
+        data = previous.data | {"revision": revision, "deleted": True}
+        record = previous.model_copy(update={"revision": revision, "deleted": True, "data": data})
+        await self._emit(routing_key, record, previous.key)
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    async def _trigger(self, routing_key: str, trig: DesiredTrigger, instance: InstanceRef) -> None:
+        key = trig.key.id
+        revision = self.state.next_revision("trigger", key)
+        data = TriggerData(
+            key=trig.key,
+            instance=instance,
+            content=trig.content,
+            content_hash=trig.content_hash,
+            version=trig.version,
+            url=trig.url,
+            repositories=trig.repositories,
+            destinations=trig.destinations,
+            revision=revision,
+        )
+        record = Record(
+            cluster=self.cluster,
+            kind="trigger",
+            key=key,
+            namespace=trig.key.namespace,
+            content_hash=trig.content_hash,
+            revision=revision,
+            data=data.model_dump(mode="json"),
+        )
+        await self._emit(routing_key, record, key)
+
+    # --- one namespace ---------------------------------------------------------------------------
+
+    async def reconcile(self, desired: Desired) -> bool:
+        """Publish what differs; returns True when the instance just disappeared entirely."""
+        ns = desired.namespace
+        was_live = self.state.live_in_namespace(ns)
+        inst_key = self._instance_key(ns)
+        inst_prev = self.state.get("instance", inst_key)
+        if desired.instance is not None and (
+            inst_prev is None or inst_prev.deleted or inst_prev.content_hash != desired.instance.content_hash
+        ):
+            await self._instance_changed(desired.instance)
+
+        instance_ref = InstanceRef(
+            cluster=self.cluster,
+            namespace=ns,
+            name=desired.instance.ref.name if desired.instance else None,
+        )
+        for key_id, trig in sorted(desired.triggers.items()):
+            prev = self.state.get("trigger", key_id)
+            if prev is None or prev.deleted:
+                await self._trigger(RoutingKeys.TRIGGER_CREATED, trig, instance_ref)
+            elif prev.content_hash != trig.content_hash:
+                await self._trigger(RoutingKeys.TRIGGER_UPDATED, trig, instance_ref)
+
+        for prev in self.state.in_namespace(ns, "trigger"):
+            if prev.deleted or prev.key in desired.triggers:
+                continue
+            generation, owner = prev.data["key"]["generation"], prev.data["key"]["owner"]
+            if (generation, owner) in desired.frozen_owners or (
+                generation == "mediation" and desired.all_mediations_frozen
+            ):
+                continue
+            await self._deleted(RoutingKeys.TRIGGER_DELETED, prev)
+
+        if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
+            current = self.state.get("instance", inst_key)
+            if current is not None and not current.deleted:
+                await self._deleted(RoutingKeys.INSTANCE_DELETED, current)
+        return was_live and not self.state.live_in_namespace(ns)
+
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def snapshot_namespaces(self) -> list[str]:
+        return sorted(ns for ns in self.state.namespaces() if self.state.live_in_namespace(ns))
+
+    async def snapshot(self, namespace: str) -> None:
+        """The published state of one instance, for consumers that reconcile level-triggered."""
+        inst = self.state.get("instance", self._instance_key(namespace))
+        live_inst = inst if inst is not None and not inst.deleted else None
+        triggers = [
+            TriggerData.model_validate(r.data)
+            for r in self.state.in_namespace(namespace, "trigger")
+            if not r.deleted
+        ]
+        revision = self.state.next_revision("snapshot", self._instance_key(namespace))
+        data = SnapshotData(
+            instance=InstanceRef.model_validate(live_inst.data["instance"])
+            if live_inst
+            else InstanceRef(cluster=self.cluster, namespace=namespace),
+            exists=live_inst is not None,
+            version=live_inst.data.get("version") if live_inst else None,
+            repositories=live_inst.data.get("repositories", []) if live_inst else [],
+            triggers=triggers,
+            revision=revision,
+        )
+        record = Record(
+            cluster=self.cluster,
+            kind="snapshot",
+            key=self._instance_key(namespace),
+            namespace=namespace,
+            content_hash="",
+            revision=revision,
+            data=data.model_dump(mode="json"),
+        )
+        await self._emit(RoutingKeys.SNAPSHOT, record, record.key)

@@ -1,0 +1,186 @@
+"""One active replica: a coordination.k8s.io/v1 Lease, renewed with optimistic concurrency.
+
+Like client-go's leader election: a standby judges expiry by how long it has observed the record
+unchanged (its own monotonic clock), never by comparing wall clocks across machines. The leader
+considers itself leading only until ``last successful renew + duration`` (minus a margin) and
+checks that before every publish, so a partitioned leader stops before a standby can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from services.kabanero_watcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "coordination.k8s.io", "v1", "leases"
+
+
+def _micro_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseElector:
+    def __init__(
+        self,
+        api: client.CustomObjectsApi,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.identity = settings.holder_identity
+        self.name = settings.lease_name
+        self.namespace = settings.lease_namespace
+        self.duration = settings.lease_duration_s
+        self.renew_period = settings.lease_renew_s
+        self.timeout = settings.kube_request_timeout_s
+        self._clock = clock
+        self._valid_until = 0.0
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        self.changed = asyncio.Event()
+        self.leading_flag = False
+
+    def is_leader(self) -> bool:
+        return self.leading_flag and self._clock() < self._valid_until
+
+    def _body(self, *, rv: str | None, transitions: int, acquired: str | None) -> dict[str, Any]:
+        now = _micro_time(datetime.now(UTC))
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if rv is not None:
+            meta["resourceVersion"] = rv
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": self.duration,
+                "acquireTime": acquired or now,
+                "renewTime": now,
+                "leaseTransitions": transitions,
+            },
+        }
+
+    async def _read(self) -> dict[str, Any] | None:
+        try:
+            lease: dict[str, Any] = await self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return lease
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One election round; True when we hold the lease afterwards."""
+        started = self._clock()
+        lease = await self._read()
+        if lease is None:
+            try:
+                await self.api.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL,
+                    self._body(rv=None, transitions=0, acquired=None),
+                    _request_timeout=self.timeout,
+                )  # fmt: skip
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            return self._won(started)
+        spec = lease.get("spec") or {}
+        meta = lease.get("metadata") or {}
+        holder = spec.get("holderIdentity") or ""
+        observed = (holder, spec.get("renewTime"), meta.get("resourceVersion"))
+        if observed != self._observed:
+            self._observed, self._observed_at = observed, started
+        duration = spec.get("leaseDurationSeconds") or self.duration
+        expired = started - self._observed_at > float(duration)
+        if holder and holder != self.identity and not expired:
+            return False
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        acquired = spec.get("acquireTime") if holder == self.identity else None
+        try:
+            await self.api.replace_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name,
+                self._body(rv=meta.get("resourceVersion"), transitions=transitions, acquired=acquired),
+                _request_timeout=self.timeout,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 409:  # somebody else renewed or took it first
+                return False
+            raise
+        if holder != self.identity:
+            log.info(
+                "lease acquired", extra={"lease": self.name, "holder": self.identity, "previous": holder}
+            )
+        return self._won(started)
+
+    def _won(self, started: float) -> bool:
+        # Valid from when we sent the request, minus a margin for the renew round-trip.
+        self._valid_until = started + self.duration - min(self.renew_period, self.duration / 4)
+        return True
+
+    async def run(self) -> None:
+        """Election loop; sets/clears :attr:`leading_flag` and pulses :attr:`changed`."""
+        try:
+            while True:
+                try:
+                    ok = await self.try_acquire_or_renew()
+                except (ApiException, OSError, TimeoutError, ValueError) as exc:
+                    log.warning("lease round failed: %s", type(exc).__name__, extra={"error": str(exc)[:200]})
+                    ok = False
+                leading = ok or (self.leading_flag and self._clock() < self._valid_until)
+                if leading != self.leading_flag:
+                    self.leading_flag = leading
+                    log.info(
+                        "leadership %s", "gained" if leading else "lost", extra={"holder": self.identity}
+                    )
+                    self.changed.set()
+                await self._sleep_watching_expiry()
+        finally:
+            if self.leading_flag:
+                self.leading_flag = False
+                self.changed.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.release())
+
+    async def _sleep_watching_expiry(self) -> None:
+        end = self._clock() + self.renew_period
+        while self._clock() < end:
+            await asyncio.sleep(min(0.1, self.renew_period))
+            if self.leading_flag and not self.is_leader():
+                self.leading_flag = False
+                log.warning("lease expired before it could be renewed", extra={"holder": self.identity})
+                self.changed.set()
+                return
+
+    async def release(self) -> None:
+        """Give the lease up on a clean stop so a standby takes over at once."""
+        lease = await self._read()
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+            return
+        body = self._body(
+            rv=lease["metadata"].get("resourceVersion"),
+            transitions=int(lease["spec"].get("leaseTransitions") or 0),
+            acquired=lease["spec"].get("acquireTime"),
+        )
+        body["spec"]["holderIdentity"] = None
+        body["spec"]["leaseDurationSeconds"] = 1
+        await self.api.replace_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, body, _request_timeout=self.timeout
+        )
+        self._valid_until = 0.0
+        log.info("lease released", extra={"lease": self.name, "holder": self.identity})

@@ -1,0 +1,135 @@
+"""One leadership term: fresh cache, watch loops, the reconciler and the snapshot timer.
+
+Each term starts from nothing in memory: the persisted published state is loaded, every watched
+type is listed, and only once all lists are in (optional CRDs may be absent) is the first diff
+made, so a type that has not been listed yet can never look like "everything was deleted".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from kubernetes_asyncio import client
+
+from services.kabanero_watcher.cache import RESOURCES, ClusterCache
+from services.kabanero_watcher.emitting import Emitter
+from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.state import PublishedState
+from services.kabanero_watcher.watching import ResourceWatcher, WatchMetrics
+from shared.amqp import PublishError
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        api: client.CustomObjectsApi,
+        emitter: Emitter,
+        metrics: WatchMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.emitter = emitter
+        self.state: PublishedState = emitter.state
+        self.cache = ClusterCache(settings.cluster_name, legacy_triggers=settings.legacy_triggers)
+        scopes: list[str | None] = list(settings.watch_namespaces) or [None]
+        self.watchers = [
+            ResourceWatcher(
+                api=api,
+                resource=resource,
+                namespace=scope,
+                cache=self.cache,
+                settings=settings,
+                on_change=self._mark,
+                on_relist=self.request_snapshot,
+                metrics=metrics,
+            )
+            for resource in RESOURCES
+            for scope in scopes
+        ]
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._snapshot_due = False
+        self.synced = False
+        self.last_reconcile_ms: float | None = None
+
+    # --- signals from watchers -----------------------------------------------------------------
+
+    def _in_scope(self, namespace: str) -> bool:
+        return not self.settings.watch_namespaces or namespace in self.settings.watch_namespaces
+
+    def _mark(self, namespaces: set[str]) -> None:
+        self._dirty |= {ns for ns in namespaces if self._in_scope(ns)}
+        self._wake.set()
+
+    def request_snapshot(self) -> None:
+        self._snapshot_due = True
+        self._wake.set()
+
+    # --- health ----------------------------------------------------------------------------------
+
+    def oldest_activity_age(self) -> float:
+        now = time.monotonic()
+        return max(now - w.last_alive for w in self.watchers)
+
+    # --- loops -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.state.load()
+        async with asyncio.TaskGroup() as tg:
+            for watcher in self.watchers:
+                tg.create_task(watcher.run(), name=f"watch:{watcher.name}")
+            tg.create_task(self._reconcile_loop(), name="reconcile")
+            tg.create_task(self._snapshot_timer(), name="snapshot-timer")
+
+    async def _snapshot_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            self.request_snapshot()
+
+    async def _reconcile_loop(self) -> None:
+        await asyncio.gather(*(w.synced.wait() for w in self.watchers))
+        # First diff: everything the cluster has, plus everything we once published (deletes).
+        self._dirty |= {ns for ns in self.cache.namespaces() | self.state.namespaces() if self._in_scope(ns)}
+        self._snapshot_due = True
+        while True:
+            self._wake.clear()
+            try:
+                await self.reconcile_dirty()
+                if self._snapshot_due:
+                    await self._snapshots()
+                    self._snapshot_due = False
+                if not self.synced:
+                    self.synced = True
+                    log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
+            except PublishError as exc:
+                log.warning("publish failed; will retry: %s", exc)
+                await asyncio.sleep(self.settings.publish_retry_s)
+                continue
+            await self._wake.wait()
+
+    async def reconcile_dirty(self) -> int:
+        """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published."""
+        before = self.emitter.published
+        started = time.monotonic()
+        while self._dirty:
+            namespace = min(self._dirty)
+            self._dirty.discard(namespace)
+            try:
+                gone = await self.emitter.reconcile(self.cache.desired(namespace))
+                if gone:
+                    await self.emitter.snapshot(namespace)
+            except BaseException:
+                self._dirty.add(namespace)
+                raise
+        self.last_reconcile_ms = (time.monotonic() - started) * 1000
+        return self.emitter.published - before
+
+    async def _snapshots(self) -> None:
+        for namespace in self.emitter.snapshot_namespaces():
+            if self._in_scope(namespace):
+                await self.emitter.snapshot(namespace)

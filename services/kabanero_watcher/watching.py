@@ -1,0 +1,223 @@
+"""List-then-watch of one custom resource type (kabanero.md §9), feeding the cluster cache.
+
+- LIST gives the collection resourceVersion; WATCH resumes from the last RV seen (events and
+  BOOKMARKs), with a new ``Watch`` per connect (an exception closes a ``Watch`` for good).
+- 410 Gone (HTTP or ERROR event) means the history is lost: re-LIST and let the reconciler diff
+  the fresh list against the published state (that is where missed creates/updates/deletes come
+  from). The RV is never silently reset.
+- ``asyncio.timeout`` re-armed on every event turns a silently stalled stream into a reconnect.
+- A server-side ``timeoutSeconds`` ends streams normally; payload errors and other transport
+  failures reconnect from the last RV with backoff.
+- Optional CRDs answering 404 are treated as absent (no objects) and re-probed periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter
+
+from services.kabanero_watcher.cache import ClusterCache, ResourceSpec
+from services.kabanero_watcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class WatchMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "watcher_watch_events", "watch events received", ["resource", "type"], registry=registry
+        )
+        self.relists = Counter("watcher_relists", "LIST calls", ["resource", "reason"], registry=registry)
+        self.reconnects = Counter(
+            "watcher_reconnects", "watch reconnects", ["resource", "reason"], registry=registry
+        )
+
+
+class ResourceWatcher:
+    """Keeps the cache's view of one resource type (in one namespace, or all) up to date."""
+
+    def __init__(
+        self,
+        *,
+        api: client.CustomObjectsApi,
+        resource: ResourceSpec,
+        namespace: str | None,
+        cache: ClusterCache,
+        settings: Settings,
+        on_change: Callable[[set[str]], None],
+        on_relist: Callable[[], None],
+        metrics: WatchMetrics | None = None,
+    ) -> None:
+        self.api = api
+        self.resource = resource
+        self.namespace = namespace
+        self.cache = cache
+        self.settings = settings
+        self._on_change = on_change
+        self._on_relist = on_relist
+        self._metrics = metrics
+        self.synced = asyncio.Event()
+        self.last_alive = time.monotonic()
+        self.rv: str | None = None
+        self.name = resource.name + (f"@{namespace}" if namespace else "")
+
+    def _alive(self) -> None:
+        self.last_alive = time.monotonic()
+
+    def _count(self, kind: str, resource: str, reason: str) -> None:
+        if self._metrics is not None:
+            getattr(self._metrics, kind).labels(resource, reason).inc()
+
+    def _list_fn(self) -> Any:
+        r = self.resource
+        if self.namespace is None:
+            return self.api.list_cluster_custom_object, (r.group, r.version, r.plural)
+        return self.api.list_namespaced_custom_object, (r.group, r.version, self.namespace, r.plural)
+
+    async def relist(self, reason: str) -> None:
+        """LIST, replace the cache's view, remember the collection RV."""
+        fn, args = self._list_fn()
+        started = time.monotonic()
+        body = await fn(*args, _request_timeout=self.settings.kube_request_timeout_s)
+        items = body.get("items") or []
+        touched = self.cache.replace(self.resource, self.namespace, items)
+        self.rv = body.get("metadata", {}).get("resourceVersion")
+        self._count("relists", self.resource.name, reason)
+        self._alive()
+        log.info(
+            "listed %s",
+            self.name,
+            extra={
+                "items": len(items),
+                "rv": self.rv,
+                "reason": reason,
+                "ms": int((time.monotonic() - started) * 1000),
+            },
+        )
+        first = not self.synced.is_set()
+        self.synced.set()
+        self._on_change(touched)
+        if not first:
+            self._on_relist()
+
+    async def _stream(self) -> int:
+        """One watch connection from ``self.rv``; returns the number of events received."""
+        fn, args = self._list_fn()
+        received = 0
+        inactivity = self.settings.inactivity_timeout_s
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(inactivity) as deadline:
+            async with watch.Watch().stream(
+                fn,
+                *args,
+                resource_version=self.rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self.settings.watch_timeout_s,
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=self.settings.kube_request_timeout_s),
+            ) as stream:
+                async for event in stream:
+                    deadline.reschedule(loop.time() + inactivity)
+                    received += 1
+                    self._handle(event)
+        return received
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type"))
+        obj = event.get("raw_object")
+        self._alive()
+        self._count("events", self.resource.name, kind)
+        if not isinstance(obj, dict):
+            log.warning("watch event without an object", extra={"resource": self.name, "type": kind})
+            return
+        meta = obj.get("metadata")
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if kind == "BOOKMARK":
+            if isinstance(rv, str):
+                self.rv = rv
+            return
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            log.warning("unknown watch event type", extra={"resource": self.name, "type": kind})
+            return
+        namespace = self.cache.apply(self.resource, kind, obj)
+        if isinstance(rv, str):
+            self.rv = rv
+        if namespace is not None:
+            self._on_change({namespace})
+
+    async def run(self) -> None:
+        backoff = self.settings.reconnect_backoff_s
+        cap = self.settings.reconnect_backoff_max_s
+        reason = "initial"
+        while True:
+            try:
+                if self.rv is None or reason != "resume":
+                    await self.relist(reason)
+                reason = "resume"
+                received = await self._stream()
+                self._alive()
+                self._count("reconnects", self.resource.name, "stream-end")
+                if received:
+                    backoff = self.settings.reconnect_backoff_s
+                    continue
+                # A stream that ends without any event (dropped, or a server closing early): do
+                # not spin.
+                await asyncio.sleep(min(backoff, 0.2))
+                backoff = min(backoff * 2, cap)
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.warning(
+                        "history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv}
+                    )
+                    reason = "410"
+                    continue
+                if exc.status == 404 and self.resource.optional:
+                    if self.resource.name not in self.cache.absent:
+                        log.info("optional CRD absent (404)", extra={"resource": self.name})
+                    touched = self.cache.set_absent(self.resource, self.namespace)
+                    self.synced.set()
+                    self._alive()
+                    self._on_change(touched)
+                    reason = "reprobe"
+                    await self._sleep_alive(self.settings.optional_reprobe_s)
+                    continue
+                log.warning(
+                    "watch failed: %s",
+                    exc.status,
+                    extra={"resource": self.name, "reason": exc.reason},
+                )
+                reason = "resume" if self.rv else "error"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+            except TimeoutError:
+                log.warning(
+                    "no event or bookmark for %.1fs; reconnecting",
+                    self.settings.inactivity_timeout_s,
+                    extra={"resource": self.name, "rv": self.rv},
+                )
+                self._count("reconnects", self.resource.name, "inactivity")
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                log.warning(
+                    "watch transport error: %s",
+                    type(exc).__name__,
+                    extra={"resource": self.name, "error": str(exc)[:200]},
+                )
+                self._count("reconnects", self.resource.name, "error")
+                if self.rv is None:
+                    reason = "error"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+
+    async def _sleep_alive(self, seconds: float) -> None:
+        """Wait while staying 'alive' for liveness purposes (an absent CRD is not a stall)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 5.0))
+            self._alive()

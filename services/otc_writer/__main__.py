@@ -1,0 +1,3 @@
+from services.otc_writer.app import main
+
+main()

@@ -1,0 +1,160 @@
+"""otc-writer wiring: ``build(settings, deps=...)`` returns the runtime; ``main()`` runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from services.otc_writer.applier import ToolApplier, WriteHook
+from services.otc_writer.desired import TriggerToolStyle
+from services.otc_writer.ledger import Ledger
+from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig
+from services.otc_writer.projection import Projection
+from services.otc_writer.reconcile import Metrics, Reconciler, key_of_command, key_of_event
+from services.otc_writer.settings import Settings
+from shared.amqp import Consumer, Topology
+from shared.health import Health, bound_port, start_http
+from shared.infra import Infra
+from shared.lifecycle import Runtime, run_main
+from shared.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+NAME = "otc-writer"
+EVENTS_QUEUE = "otc-writer.events"
+COMMANDS_QUEUE = "otc-writer.commands"
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Optional overrides for tests."""
+
+    session: aiohttp.ClientSession | None = None
+    topology: Topology | None = None
+    owner: str | None = None
+    """Lease owner id of this process (default: a fresh UUID per start)."""
+    after_otc_write: WriteHook | None = None
+    """Called after each OTC write, before the ledger commit (crash injection in tests)."""
+    max_attempts: int = 5
+
+
+class OtcWriter(Runtime):
+    """The runtime plus what tests look at."""
+
+    http_port: int = 0
+    client: OtcClient
+    applier: ToolApplier
+    reconciler: Reconciler
+    ledger: Ledger
+    projection: Projection
+    consumers: list[Consumer]
+
+
+def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
+    deps = deps or Deps()
+    runtime = OtcWriter(NAME, shutdown_timeout=settings.shutdown_timeout_s)
+    health = Health()
+    infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
+    infra.attach(runtime)
+
+    owner = deps.owner or f"{NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    session_holder: dict[str, aiohttp.ClientSession] = {}
+    if deps.session is not None:
+        session_holder["s"] = deps.session
+
+    def session() -> aiohttp.ClientSession:
+        return session_holder["s"]
+
+    ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
+    projection = Projection(infra.db)
+    config = OtcClientConfig(
+        api_url=settings.otc_api_url,
+        rate_limit=settings.otc_rate_limit,
+        max_concurrency=settings.otc_max_concurrency,
+        timeout_s=settings.otc_timeout_s,
+        deadline_s=settings.otc_deadline_s,
+        max_attempts=settings.otc_max_attempts,
+        breaker_threshold=settings.otc_breaker_threshold,
+        breaker_reset_s=settings.otc_breaker_reset_s,
+    )
+    metrics = Metrics(health.registry)
+    style = TriggerToolStyle(
+        tool_type_id=settings.trigger_tool_type,
+        lifecycle_phase=settings.trigger_lifecycle_phase,
+        dashboard_url=settings.trigger_dashboard_url,
+    )
+    runtime.ledger = ledger
+    runtime.projection = projection
+    runtime.consumers = []
+
+    async def start() -> None:
+        if "s" not in session_holder:
+            session_holder["s"] = aiohttp.ClientSession()
+            runtime.on_cleanup(session_holder["s"].close)
+        iam = IamTokenManager(
+            session(), settings.otc_iam_url, settings.otc_api_key.get_secret_value(), timeout_s=settings.otc_timeout_s
+        )
+        runtime.client = OtcClient(config, session(), iam)
+        runtime.applier = ToolApplier(ledger, runtime.client, owner=owner, after_write=deps.after_otc_write)
+        runtime.reconciler = Reconciler(projection, ledger, runtime.applier, style, metrics)
+        await ledger.ensure_indexes()
+        await projection.ensure_indexes()
+        health.add_readiness("otc", lambda: (runtime.client.breaker.state != "open", runtime.client.breaker.state))
+        for queue, handler, key_of in (
+            (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event),
+            (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command),
+        ):
+            consumer = Consumer(
+                infra.amqp,
+                infra.publisher,
+                queue,
+                handler,
+                metrics=infra.consumer_metrics,
+                topology=infra.topology,
+                prefetch=settings.prefetch,
+                max_attempts=deps.max_attempts,
+                key_of=key_of,
+            )
+            runtime.consumers.append(consumer)
+            runtime.supervisor.spawn(f"consume:{queue}", consumer.run())
+        health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
+        app = web.Application()
+        health.add_routes(app)
+        runner = await start_http(runtime, app, settings.http_host, settings.http_port)
+        runtime.http_port = bound_port(runner)
+
+    runtime.on_startup(start)
+    return runtime
+
+
+def main() -> None:
+    settings = Settings()  # type: ignore[call-arg]  # OTC_API_KEY comes from the environment
+    configure_logging(settings)
+    deps = Deps()
+    crash_after = int(os.environ.get("OTC_WRITER_TEST_CRASH_AFTER_WRITES", "0") or 0)
+    if crash_after > 0:
+        deps = Deps(after_otc_write=_crash_after(crash_after))
+
+    async def _build() -> Runtime:
+        return build(settings, deps=deps)
+
+    run_main(_build)
+
+
+def _crash_after(n: int) -> WriteHook:
+    """Fault injection for tests: SIGKILL this process right after its n-th OTC write."""
+    count = 0
+
+    async def hook(op: str, ledger_id: str) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            log.critical("test fault: killing the process after an OTC write", extra={"op": op})
+            os.kill(os.getpid(), 9)
+
+    return hook

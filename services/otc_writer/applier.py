@@ -1,0 +1,202 @@
+"""Apply or remove one tool in one toolchain, exactly once, through the ledger (see ``ledger.py``).
+
+Under the key's lease: skip stale revisions; skip unchanged content (zero OTC calls); otherwise write
+the intent, make the one OTC write, commit. After an interrupted attempt (intent still pending) OTC is
+read first (the known tool id, else the deterministic name), so the retry adopts what the interrupted
+attempt did instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.otc_writer.desired import DesiredTool
+from services.otc_writer.ledger import Lease, Ledger
+from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, Tool
+
+log = logging.getLogger(__name__)
+
+WriteHook = Callable[[str, str], Awaitable[None]]
+"""Called after each successful OTC write, before the ledger commit: (operation, ledger id)."""
+
+
+class Outcome(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    UNCHANGED = "unchanged"
+    ADOPTED = "adopted"
+    """An interrupted attempt had already applied it; recorded without a new write."""
+    ABSENT = "absent"
+    STALE = "stale"
+
+
+def merge_patch_for(
+    current: dict[str, Any], desired: dict[str, Any], previously_applied: dict[str, Any]
+) -> dict[str, Any]:
+    """Minimal RFC 7386 patch from ``current`` to ``desired``; only keys we set are removed (null)."""
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    for k in previously_applied:
+        if k not in desired and k in current:
+            patch[k] = None
+    return patch
+
+
+class ToolApplier:
+    def __init__(self, ledger: Ledger, client: OtcClient, *, owner: str, after_write: WriteHook | None = None):
+        self._ledger = ledger
+        self._client = client
+        self._owner = owner
+        self._after_write = after_write
+        self.writes = 0
+
+    async def _wrote(self, op: str, lease: Lease) -> None:
+        self.writes += 1
+        if self._after_write is not None:
+            await self._after_write(op, lease.id)
+
+    async def apply(self, want: DesiredTool) -> Outcome:
+        lease = await self._ledger.acquire(
+            want.purpose, want.key, want.toolchain_id, self._owner, scope=want.scope
+        )
+        try:
+            outcome = await self._apply(lease, want)
+        except OtcError as exc:
+            await self._ledger.fail(lease, str(exc))
+            raise
+        except BaseException:
+            await self._ledger.release(lease)
+            raise
+        log.info(
+            "tool %s",
+            outcome,
+            extra={"ledger_id": lease.id, "tool_name": want.name, "revision": want.revision},
+        )
+        return outcome
+
+    async def _apply(self, lease: Lease, want: DesiredTool) -> Outcome:
+        doc = lease.doc
+        if want.revision < doc.get("revision", -1):
+            await self._ledger.release(lease)
+            return Outcome.STALE
+        pending = doc.get("pending")
+        fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
+        if doc.get("present") and doc.get("tool_id") and not pending and doc.get("content_hash") == want.hash:
+            await self._ledger.release(lease, fields)
+            return Outcome.UNCHANGED
+        applied: dict[str, Any] = doc.get("parameters") or {}
+        current: Tool | None = None
+        if pending:
+            current = await self._observe(want.toolchain_id, doc.get("tool_id"), pending.get("name") or want.name)
+            if current is None:
+                applied = {}
+        elif doc.get("present") and doc.get("tool_id"):
+            current = Tool(
+                id=doc["tool_id"],
+                toolchain_id=want.toolchain_id,
+                tool_type_id=doc.get("tool_type_id") or want.tool_type_id,
+                name=doc.get("tool_name"),
+                parameters=applied,
+            )
+        commit = {
+            **fields,
+            "tool_name": want.name,
+            "tool_type_id": want.tool_type_id,
+            "parameters": want.parameters,
+            "content_hash": want.hash,
+            "present": True,
+        }
+        if current is not None:
+            patch: dict[str, Any] = {}
+            params = merge_patch_for(current.parameters, want.parameters, applied)
+            if params:
+                patch["parameters"] = params
+            if current.name != want.name:
+                patch["name"] = want.name
+            if not patch:
+                await self._ledger.commit(lease, {**commit, "tool_id": current.id})
+                return Outcome.ADOPTED
+            await self._ledger.mark_pending(lease, "patch", want.name)
+            try:
+                tool = await self._client.update_tool(want.toolchain_id, current.id, patch)
+            except OtcNotFoundError:
+                log.warning("tool vanished from OTC, recreating", extra={"ledger_id": lease.id})
+            else:
+                await self._wrote("patch", lease)
+                await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
+                return Outcome.UPDATED
+        await self._ledger.mark_pending(lease, "create", want.name)
+        tool = await self._client.create_tool(
+            want.toolchain_id, tool_type_id=want.tool_type_id, name=want.name, parameters=want.parameters
+        )
+        await self._wrote("create", lease)
+        await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
+        return Outcome.CREATED
+
+    async def _observe(self, toolchain_id: str, tool_id: str | None, name: str) -> Tool | None:
+        """What OTC holds for an entry whose last attempt was interrupted."""
+        if tool_id:
+            try:
+                return await self._client.get_tool(toolchain_id, tool_id)
+            except OtcNotFoundError:
+                return None
+        try:
+            found = await self._client.find_tool_by_name(toolchain_id, name)
+        except OtcNotFoundError:
+            return None
+        return found[0] if found else None
+
+    async def remove(
+        self, purpose: str, key: str, toolchain_id: str, *, revision: int, name: str | None = None
+    ) -> Outcome:
+        lease = await self._ledger.acquire(purpose, key, toolchain_id, self._owner)
+        try:
+            outcome = await self._remove(lease, toolchain_id, revision, name)
+        except OtcError as exc:
+            await self._ledger.fail(lease, str(exc))
+            raise
+        except BaseException:
+            await self._ledger.release(lease)
+            raise
+        log.info("tool %s", outcome, extra={"ledger_id": lease.id, "revision": revision})
+        return outcome
+
+    async def _remove(self, lease: Lease, toolchain_id: str, revision: int, name: str | None) -> Outcome:
+        doc = lease.doc
+        if revision < doc.get("revision", -1):
+            await self._ledger.release(lease)
+            return Outcome.STALE
+        gone = {
+            "revision": revision,
+            "present": False,
+            "tool_id": None,
+            "parameters": None,
+            "content_hash": None,
+        }
+        pending = doc.get("pending")
+        tool_ids: list[str] = []
+        if doc.get("tool_id") and (doc.get("present") or pending):
+            tool_ids = [doc["tool_id"]]
+        elif pending:
+            # An interrupted create: it may have committed in OTC under its deterministic name.
+            wanted = pending.get("name") or name or doc.get("tool_name")
+            if wanted:
+                tool_ids = [t.id for t in await self._client.find_tool_by_name(toolchain_id, wanted)]
+        if not tool_ids:
+            await self._ledger.commit(lease, gone)
+            return Outcome.ABSENT
+        await self._ledger.mark_pending(lease, "delete", doc.get("tool_name") or name or "")
+        deleted = False
+        for tool_id in tool_ids:
+            try:
+                await self._client.delete_tool(toolchain_id, tool_id)
+                deleted = True
+            except OtcNotFoundError:
+                pass  # already gone: the desired state holds
+        if deleted:
+            await self._wrote("delete", lease)
+        await self._ledger.commit(lease, gone)
+        return Outcome.DELETED if deleted else Outcome.ABSENT

@@ -1,0 +1,129 @@
+"""Desired tools: what one trigger (or one command) must look like in one toolchain.
+
+Trigger tool names are deterministic and valid for OTC (≤128 characters, charset
+``^([^\\x00-\\x7F]|[a-zA-Z0-9-._ ])+$``): ``kabanero-trigger <namespace> <owner> <name> <hash8>``,
+disallowed ASCII replaced by ``-``, shortened when too long. The 8-hex suffix (sha256 of the
+trigger's full key, cluster and generation included) keeps names unique per toolchain even when
+sanitizing or truncating merges two triggers or two clusters share a namespace name; determinism is
+what lets an ambiguous create be resolved by looking the name up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from shared.events import InstanceRef, TriggerData, TriggerKey
+
+NAME_MAX = 128
+NAME_RE = re.compile(r"^([^\x00-\x7F]|[a-zA-Z0-9-._ ])+$")
+TRIGGER_PURPOSE = "trigger"
+
+
+def content_hash(tool_type_id: str, name: str, parameters: dict[str, Any]) -> str:
+    canonical = json.dumps(
+        {"tool_type_id": tool_type_id, "name": name, "parameters": parameters},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DesiredTool:
+    purpose: str
+    key: str
+    toolchain_id: str
+    tool_type_id: str
+    name: str
+    parameters: dict[str, Any] = field(hash=False)
+    revision: int
+    scope: str | None = None
+    """The instance (``cluster/namespace``) a trigger tool belongs to, for per-instance reconcile."""
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.tool_type_id, self.name, self.parameters)
+
+
+def instance_scope(instance: InstanceRef) -> str:
+    return f"{instance.cluster}/{instance.namespace}"
+
+
+def _sanitize(text: str) -> str:
+    return "".join(c if not c.isascii() or c.isalnum() or c in "-._ " else "-" for c in text)
+
+
+def trigger_tool_name(key: TriggerKey) -> str:
+    suffix = hashlib.sha256(key.id.encode()).hexdigest()[:8]
+    base = _sanitize(f"kabanero-trigger {key.namespace} {key.owner} {key.name}").strip() or "kabanero-trigger"
+    base = base[: NAME_MAX - len(suffix) - 1].rstrip()
+    name = f"{base} {suffix}"
+    assert NAME_RE.match(name) and len(name) <= NAME_MAX
+    return name
+
+
+@dataclass(frozen=True)
+class TriggerToolStyle:
+    tool_type_id: str = "customtool"
+    lifecycle_phase: str = "DELIVER"
+    dashboard_url: str = (
+        "https://kabanero.local/clusters/{cluster}/namespaces/{namespace}/triggers/{owner}/{name}"
+    )
+
+
+def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle) -> dict[str, Any]:
+    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content."""
+    key = trigger.key
+    dashboard = style.dashboard_url.format(
+        cluster=quote(key.cluster, safe=""),
+        namespace=quote(key.namespace, safe=""),
+        generation=quote(key.generation, safe=""),
+        owner=quote(key.owner, safe=""),
+        name=quote(key.name, safe=""),
+    )
+    kind = "mediation" if key.generation == "mediation" else "Kabanero CR trigger"
+    extra = {
+        "cluster": key.cluster,
+        "namespace": key.namespace,
+        "generation": key.generation,
+        "owner": key.owner,
+        "trigger": key.name,
+        "version": trigger.version,
+        "content_hash": trigger.content_hash,
+        "url": trigger.url,
+        "destinations": sorted(trigger.destinations),
+        "repositories": sorted(r.url for r in trigger.repositories),
+    }
+    return {
+        "type": "Kabanero Event Trigger",
+        "lifecyclePhase": style.lifecycle_phase,
+        "name": name,
+        "dashboard_url": dashboard,
+        "description": (
+            f"Kabanero event trigger ({kind}) {key.owner}/{key.name} in {key.cluster}/{key.namespace}. "
+            "Read-only mirror: the trigger is managed by gitops in the cluster."
+        )[:500],
+        "additional-properties": json.dumps(extra, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def desired_trigger_tool(
+    trigger: TriggerData, toolchain_id: str, style: TriggerToolStyle
+) -> DesiredTool:
+    name = trigger_tool_name(trigger.key)
+    return DesiredTool(
+        purpose=TRIGGER_PURPOSE,
+        key=trigger.key.id,
+        toolchain_id=toolchain_id,
+        tool_type_id=style.tool_type_id,
+        name=name,
+        parameters=trigger_parameters(trigger, name, style),
+        revision=trigger.revision,
+        scope=instance_scope(trigger.instance),
+    )

@@ -1,0 +1,177 @@
+"""The tool ledger: what otc-writer has applied to OTC, one document per (purpose, key, toolchain).
+
+Why each field exists:
+- ``tool_id`` / ``parameters`` / ``content_hash``: an unchanged desired tool costs no OTC call, and a
+  change is sent as a minimal merge-patch computed against what was applied.
+- ``revision``: compare-and-set; an apply or remove with an older revision is skipped, so a late or
+  redelivered older event never overwrites a newer applied state.
+- ``pending``: the intent written *before* a mutating OTC call. If the process dies between the call
+  and the ledger commit, the next attempt sees it and reads OTC (by tool id or deterministic name)
+  before writing: no duplicate create, no lost delete, no second identical write.
+- ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
+  around the OTC call. Two replicas consuming one queue thus never act on the same tool at once; a
+  crashed holder's lease simply expires. Commits are fenced on the lease owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import Document
+
+log = logging.getLogger(__name__)
+
+LEDGER = "otc_writer_ledger"
+SCHEMA_VERSION = 1
+
+
+def ledger_id(purpose: str, key: str, toolchain_id: str) -> str:
+    return f"{purpose}|{toolchain_id}|{key}"
+
+
+class LeaseBusy(Exception):
+    """Another replica holds the lease of this key longer than we are willing to wait."""
+
+
+class LeaseLost(Exception):
+    """Our lease expired and another replica took the key over before we committed."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: str
+    owner: str
+    doc: Document
+    """The ledger document as it was when the lease was taken."""
+
+
+class Ledger:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        *,
+        lease_ttl_s: float = 90.0,
+        lease_wait_s: float = 20.0,
+    ) -> None:
+        self.coll: AsyncCollection[Document] = db[LEDGER]
+        self._ttl = timedelta(seconds=lease_ttl_s)
+        self._wait_s = lease_wait_s
+
+    async def ensure_indexes(self) -> None:
+        await self.coll.create_index(
+            [("purpose", ASCENDING), ("key", ASCENDING), ("toolchain_id", ASCENDING)],
+            unique=True,
+            name="purpose_key_toolchain",
+        )
+        await self.coll.create_index([("purpose", ASCENDING), ("scope", ASCENDING)], name="purpose_scope")
+
+    async def acquire(
+        self, purpose: str, key: str, toolchain_id: str, owner: str, *, scope: str | None = None
+    ) -> Lease:
+        """Take the key's lease (creating its document), waiting up to ``lease_wait_s``."""
+        doc_id = ledger_id(purpose, key, toolchain_id)
+        deadline = time.monotonic() + self._wait_s
+        delay = 0.01
+        while True:
+            now = datetime.now(UTC)
+            try:
+                doc = await self.coll.find_one_and_update(
+                    {
+                        "_id": doc_id,
+                        "$or": [{"lease_owner": None}, {"lease_until": {"$lt": now}}],
+                    },
+                    {
+                        "$set": {"lease_owner": owner, "lease_until": now + self._ttl},
+                        "$setOnInsert": {
+                            "purpose": purpose,
+                            "key": key,
+                            "toolchain_id": toolchain_id,
+                            "scope": scope,
+                            "present": False,
+                            "revision": -1,
+                            "schema_version": SCHEMA_VERSION,
+                        },
+                    },
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                doc = None  # exists and leased by someone else
+            if doc is not None and doc.get("lease_owner") == owner:
+                return Lease(doc_id, owner, doc)
+            if time.monotonic() >= deadline:
+                raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def mark_pending(self, lease: Lease, op: str, name: str) -> None:
+        await self._fenced(
+            lease, {"$set": {"pending": {"op": op, "name": name, "since": datetime.now(UTC)}}}
+        )
+
+    async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
+        """Write the applied state and release the lease in one fenced update."""
+        await self._fenced(
+            lease,
+            {
+                "$set": {
+                    **fields,
+                    "pending": None,
+                    "last_error": None,
+                    "updated_at": datetime.now(UTC),
+                    "lease_owner": None,
+                    "lease_until": None,
+                }
+            },
+        )
+
+    async def fail(self, lease: Lease, error: str) -> None:
+        """Keep ``pending`` (the outcome may be unknown), record the error, release the lease."""
+        await self.coll.update_one(
+            {"_id": lease.id, "lease_owner": lease.owner},
+            {
+                "$set": {
+                    "last_error": error[:2000],
+                    "updated_at": datetime.now(UTC),
+                    "lease_owner": None,
+                    "lease_until": None,
+                }
+            },
+        )
+
+    async def release(self, lease: Lease, fields: dict[str, Any] | None = None) -> None:
+        await self.coll.update_one(
+            {"_id": lease.id, "lease_owner": lease.owner},
+            {"$set": {**(fields or {}), "lease_owner": None, "lease_until": None}},
+        )
+
+    async def _fenced(self, lease: Lease, update: dict[str, Any]) -> None:
+        result = await self.coll.update_one({"_id": lease.id, "lease_owner": lease.owner}, update)
+        if result.matched_count != 1:
+            raise LeaseLost(f"lease on {lease.id} lost before commit")
+
+    async def present_in_scope(self, purpose: str, scope: str) -> list[Document]:
+        """Entries that have, or may have (pending), a tool in OTC."""
+        cursor = self.coll.find(
+            {"purpose": purpose, "scope": scope, "$or": [{"present": True}, {"pending": {"$ne": None}}]}
+        )
+        return [d async for d in cursor]
+
+    async def present_for_key(self, purpose: str, key: str) -> list[Document]:
+        cursor = self.coll.find(
+            {"purpose": purpose, "key": key, "$or": [{"present": True}, {"pending": {"$ne": None}}]}
+        )
+        return [d async for d in cursor]
+
+    async def get(self, purpose: str, key: str, toolchain_id: str) -> Document | None:
+        return await self.coll.find_one({"_id": ledger_id(purpose, key, toolchain_id)})

@@ -1,0 +1,27 @@
+"""Toolchain API v2 + IAM client used by otc-writer (ARCHITECTURE §5)."""
+
+from services.otc_writer.otc_client.client import OtcClient, OtcClientConfig, Tool
+from services.otc_writer.otc_client.errors import (
+    OtcAmbiguousError,
+    OtcCircuitOpenError,
+    OtcConflictError,
+    OtcError,
+    OtcNotFoundError,
+    OtcPermanentError,
+    OtcRetryableError,
+)
+from services.otc_writer.otc_client.iam import IamTokenManager
+
+__all__ = [
+    "IamTokenManager",
+    "OtcAmbiguousError",
+    "OtcCircuitOpenError",
+    "OtcClient",
+    "OtcClientConfig",
+    "OtcConflictError",
+    "OtcError",
+    "OtcNotFoundError",
+    "OtcPermanentError",
+    "OtcRetryableError",
+    "Tool",
+]

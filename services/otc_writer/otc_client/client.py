@@ -1,0 +1,328 @@
+"""Toolchain API v2 tools client: timeouts, retries, rate limit, circuit breaker, ambiguous creates.
+
+Every call: breaker check -> Retry-After gate -> token bucket -> bearer token -> request with a
+total timeout. 429 pushes the shared "not before" gate by ``Retry-After``; 5xx and network errors
+back off with capped exponential backoff and full jitter; a 401 forces one token refresh. A POST that
+got no clean answer (timeout, dropped connection, 5xx) may have been committed: :meth:`create_tool`
+then looks the deterministic name up before it posts again, so retries never duplicate a tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from services.otc_writer.otc_client.errors import (
+    TRANSACTION_HEADER,
+    OtcAmbiguousError,
+    OtcCircuitOpenError,
+    OtcError,
+    OtcPermanentError,
+    OtcRetryableError,
+    classify,
+    ibm_message,
+)
+from services.otc_writer.otc_client.iam import IamTokenManager
+from services.otc_writer.otc_client.resilience import (
+    CircuitBreaker,
+    Clock,
+    NotBeforeGate,
+    Sleep,
+    TokenBucket,
+    full_jitter,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtcClientConfig:
+    api_url: str
+    """Toolchain API v2 base, e.g. ``https://api.us-south.devops.cloud.ibm.com/toolchain/v2``."""
+    rate_limit: float = 10.0
+    """Requests per second (token bucket, burst = max(1, rate))."""
+    max_concurrency: int = 8
+    timeout_s: float = 10.0
+    """Total timeout of one HTTP request."""
+    deadline_s: float = 45.0
+    """Upper bound of one operation with all its retries and waits."""
+    max_attempts: int = 5
+    backoff_base_s: float = 0.2
+    backoff_cap_s: float = 10.0
+    default_retry_after_s: float = 1.0
+    breaker_threshold: int = 5
+    breaker_reset_s: float = 10.0
+    page_limit: int = 100
+
+
+class Tool(BaseModel):
+    """A Toolchain API v2 tool (otc-api.md §4.4); only the fields we use are required."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    toolchain_id: str
+    tool_type_id: str
+    name: str | None = None
+    parameters: dict[str, Any] = {}
+    state: str | None = None
+
+
+class OtcClient:
+    def __init__(
+        self,
+        config: OtcClientConfig,
+        session: aiohttp.ClientSession,
+        iam: IamTokenManager,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._session = session
+        self._iam = iam
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._base = config.api_url.rstrip("/")
+        self.bucket = TokenBucket(config.rate_limit, clock=clock)
+        self.gate = NotBeforeGate(clock=clock)
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_reset_s, clock=clock)
+        self._concurrency = asyncio.Semaphore(config.max_concurrency)
+        self.calls = 0
+        """HTTP requests sent to the Toolchain API (metrics and benchmarks)."""
+
+    # --- tools API ---
+
+    async def list_tools(self, toolchain_id: str) -> list[Tool]:
+        """All tools of a toolchain, following ``next.start`` until the last page."""
+        tools: list[Tool] = []
+        start: str | None = None
+        path = f"/toolchains/{quote(toolchain_id, safe='')}/tools"
+        while True:
+            params = {"limit": str(self.config.page_limit)} | ({"start": start} if start else {})
+            body = await self._call("GET", path, params=params)
+            tools.extend(Tool.model_validate(t) for t in body.get("tools", []))
+            nxt = body.get("next")
+            start = nxt.get("start") if isinstance(nxt, dict) else None
+            if not start:
+                return tools
+
+    async def find_tool_by_name(self, toolchain_id: str, name: str) -> list[Tool]:
+        return [t for t in await self.list_tools(toolchain_id) if t.name == name]
+
+    async def get_tool(self, toolchain_id: str, tool_id: str) -> Tool:
+        body = await self._call("GET", self._tool_path(toolchain_id, tool_id))
+        return Tool.model_validate(body)
+
+    async def create_tool(
+        self, toolchain_id: str, *, tool_type_id: str, name: str, parameters: dict[str, Any]
+    ) -> Tool:
+        """POST a tool; after an ambiguous attempt, adopt a tool with that name instead of re-posting."""
+        path = f"/toolchains/{quote(toolchain_id, safe='')}/tools"
+        payload = {"tool_type_id": tool_type_id, "name": name, "parameters": parameters}
+        deadline = self._clock() + self.config.deadline_s
+        attempt = 0
+        while True:
+            try:
+                body = await self._call("POST", path, payload=payload, idempotent=False, deadline=deadline)
+                return Tool.model_validate(body)
+            except OtcAmbiguousError as exc:
+                attempt += 1
+                log.warning(
+                    "create outcome unknown, looking the tool up by name",
+                    extra={"toolchain_id": toolchain_id, "tool_name": name, "error": str(exc)},
+                )
+                found = await self.find_tool_by_name(toolchain_id, name)
+                if found:
+                    return found[0]
+                if attempt >= self.config.max_attempts or self._clock() >= deadline:
+                    raise
+                await self._backoff(attempt, deadline)
+
+    async def update_tool(self, toolchain_id: str, tool_id: str, patch: dict[str, Any]) -> Tool:
+        """Merge-patch (RFC 7386): a key set to None is removed."""
+        body = await self._call(
+            "PATCH", self._tool_path(toolchain_id, tool_id), payload=patch, content_type=MERGE_PATCH
+        )
+        return Tool.model_validate(body)
+
+    async def delete_tool(self, toolchain_id: str, tool_id: str) -> None:
+        await self._call("DELETE", self._tool_path(toolchain_id, tool_id))
+
+    @staticmethod
+    def _tool_path(toolchain_id: str, tool_id: str) -> str:
+        return f"/toolchains/{quote(toolchain_id, safe='')}/tools/{quote(tool_id, safe='')}"
+
+    # --- transport ---
+
+    async def _backoff(self, attempt: int, deadline: float) -> None:
+        delay = full_jitter(
+            attempt - 1, base=self.config.backoff_base_s, cap=self.config.backoff_cap_s, rng=self._rng
+        )
+        await self._sleep(max(0.0, min(delay, deadline - self._clock())))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        content_type: str = JSON,
+        idempotent: bool = True,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """One logical call with retries; returns the JSON body (``{}`` for 204)."""
+        deadline = deadline if deadline is not None else self._clock() + self.config.deadline_s
+        refreshed = False
+        attempt = 0
+        last: OtcError | None = None
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(method, path, payload, params, content_type, idempotent)
+            except _Unauthorized as exc:
+                if refreshed:
+                    raise OtcPermanentError(
+                        "OTC refused a freshly issued IAM token",
+                        status=401,
+                        transaction_id=exc.transaction_id,
+                        method=method,
+                        path=path,
+                    ) from None
+                refreshed = True
+                self._iam.invalidate(exc.token)
+                attempt -= 1
+                continue
+            except (OtcAmbiguousError, OtcCircuitOpenError):
+                raise
+            except OtcRetryableError as exc:
+                last = exc
+            if attempt >= self.config.max_attempts or self._clock() >= deadline:
+                assert last is not None
+                raise last
+            if self.gate.not_before > deadline:
+                raise last  # the advertised Retry-After ends after our deadline: let the queue retry
+            if last.status != 429:
+                await self._backoff(attempt, deadline)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        params: dict[str, str] | None,
+        content_type: str,
+        idempotent: bool,
+    ) -> dict[str, Any]:
+        if not self.breaker.allow():
+            raise OtcCircuitOpenError(
+                f"circuit open after repeated failures; retry in {self.breaker.retry_in():.1f}s",
+                method=method,
+                path=path,
+            )
+        verdict = False
+        try:
+            await self.gate.wait(self._sleep)
+            async with self._concurrency:
+                await self.gate.wait(self._sleep)
+                await self.bucket.acquire(self._sleep)
+                token = await self._iam.token()
+                result = await self._send(method, path, payload, params, content_type, idempotent, token)
+            self.breaker.success()
+            verdict = True
+            return result
+        except (OtcAmbiguousError, OtcRetryableError) as exc:
+            if exc.status != 429 and not isinstance(exc, OtcCircuitOpenError):
+                self.breaker.failure()
+                verdict = True
+            raise
+        finally:
+            if not verdict:
+                self.breaker.release_probe()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        params: dict[str, str] | None,
+        content_type: str,
+        idempotent: bool,
+        token: str,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": JSON}
+        data: bytes | None = None
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            headers["Content-Type"] = content_type
+        self.calls += 1
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            ) as resp:
+                status = resp.status
+                trace = resp.headers.get(TRANSACTION_HEADER)
+                retry_after = resp.headers.get("Retry-After")
+                raw = await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            # Never reached the server: safe to retry any method.
+            raise OtcRetryableError(
+                f"cannot connect: {type(exc).__name__}", method=method, path=path
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            cls = OtcRetryableError if idempotent else OtcAmbiguousError
+            raise cls(
+                f"no answer ({type(exc).__name__}); the request may have been applied",
+                method=method,
+                path=path,
+            ) from None
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        if 200 <= status < 300:
+            return body if isinstance(body, dict) else {}
+        message, code = ibm_message(body)
+        message = message or f"HTTP {status}"
+        if status == 401:
+            raise _Unauthorized(token, trace)
+        if status == 429:
+            wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
+            self.gate.push(wait)
+            log.warning("OTC rate limit: not calling for %.1fs", wait, extra={"path": path})
+        err = classify(status, message, code=code, transaction_id=trace, method=method, path=path)
+        if not idempotent and status >= 500:
+            raise OtcAmbiguousError(
+                err.message, status=status, code=code, transaction_id=trace, method=method, path=path
+            )
+        raise err
+
+
+class _Unauthorized(Exception):
+    def __init__(self, token: str, transaction_id: str | None) -> None:
+        super().__init__("401")
+        self.token = token
+        self.transaction_id = transaction_id

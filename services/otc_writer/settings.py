@@ -1,0 +1,39 @@
+"""otc-writer settings (ARCHITECTURE §2: ``OTC_API_URL``, ``OTC_IAM_URL``, ``OTC_API_KEY``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from shared.settings import CommonSettings
+
+
+class Settings(CommonSettings):
+    http_port: int = Field(default=8081, ge=0, le=65535)
+
+    otc_api_url: str = "https://api.us-south.devops.cloud.ibm.com/toolchain/v2"
+    otc_iam_url: str = "https://iam.cloud.ibm.com"
+    otc_api_key: SecretStr
+    otc_rate_limit: float = Field(default=10.0, gt=0, description="Toolchain API requests per second")
+    otc_max_concurrency: int = Field(default=8, ge=1)
+    otc_timeout_s: float = Field(default=10.0, gt=0, description="timeout of one HTTP request")
+    otc_deadline_s: float = Field(default=45.0, gt=0, description="one OTC operation with its retries")
+    otc_max_attempts: int = Field(default=5, ge=1)
+    otc_breaker_threshold: int = Field(default=5, ge=1)
+    otc_breaker_reset_s: float = Field(default=10.0, gt=0)
+
+    trigger_tool_type: str = "customtool"
+    trigger_lifecycle_phase: Literal["THINK", "CODE", "DELIVER", "RUN", "MANAGE", "LEARN", "CULTURE"] = (
+        "DELIVER"
+    )
+    trigger_dashboard_url: str = Field(
+        default="https://kabanero.local/clusters/{cluster}/namespaces/{namespace}/triggers/{owner}/{name}",
+        description="dashboard link of a trigger tool; fields: cluster, namespace, generation, owner, name",
+    )
+
+    prefetch: int = Field(default=16, ge=1)
+    lease_ttl_s: float = Field(
+        default=90.0, gt=0, description="per-tool lease; longer than one OTC operation (otc_deadline_s)"
+    )
+    lease_wait_s: float = Field(default=20.0, ge=0, description="wait for another replica's lease")

@@ -1,0 +1,365 @@
+"""Packaging and deployment files: Dockerfile, docker-compose.yml, k8s/ and the demo sample.
+
+Docker and a cluster are not available where the suite runs, so these checks read the files
+structurally and tie them to the code they start: every command names a runnable module with flags
+its CLI accepts, every environment variable is a setting the service reads, every required setting
+is provided, secrets are referenced (never embedded), and the Kubernetes security posture holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+SAMPLE = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
+
+SERVICES = {
+    "broker-api": "broker_api",
+    "kabanero-watcher": "kabanero_watcher",
+    "otc-writer": "otc_writer",
+    "github-linker": "github_linker",
+}
+REPLICAS = {"broker-api": 2, "kabanero-watcher": 2, "otc-writer": 2, "github-linker": 1}
+SECRET_NAME = "kabanero-otc-secrets"
+SECRET_ENVS = {"AMQP_URL", "MONGODB_URL", "BROKER_ID", "BROKER_SECRET", "CREDENTIALS_KEY", "OTC_API_KEY"}
+INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+Doc = dict[str, Any]
+
+
+def _load_all(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _interpolate(value: str) -> str:
+    """Compose-style ``${VAR...}`` substitution with a recognisable stand-in value."""
+    return INTERPOLATION.sub(lambda m: f"x-{m.group(1).lower()}", value)
+
+
+def _settings_fields(module: str) -> tuple[set[str], set[str]]:
+    """(every env name the service reads, the ones without a default)."""
+    settings_cls = importlib.import_module(f"services.{module}.settings").Settings
+    fields = settings_cls.model_fields
+    names = {name.upper() for name in fields}
+    required = {name.upper() for name, f in fields.items() if f.is_required()}
+    return names, required
+
+
+def _module_has_main(module: str) -> bool:
+    return (ROOT / Path(*module.split(".")) / "__main__.py").is_file()
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def _stages() -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    current = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if m := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE):
+            current = m.group(1)
+            stages[current] = [line]
+        elif current and line and not line.startswith("#"):
+            stages[current].append(line)
+    return stages
+
+
+def test_dockerfile_production_stage_is_default_non_root_and_without_dev_code() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.13-slim" in text
+    stages = _stages()
+    assert list(stages)[-1] == "runtime", "the last stage is the default build target"
+    runtime = "\n".join(stages["runtime"])
+    assert 'ENTRYPOINT ["python", "-m"]' in runtime
+    assert 'CMD ["services.broker_api"]' in runtime
+    user = re.search(r"^USER\s+(\d+)", runtime, re.MULTILINE)
+    assert user and int(user.group(1)) != 0, "numeric non-root user (Kubernetes runAsNonRoot)"
+    build = "\n".join(stages["build-runtime"])
+    assert "-c requirements.lock" in build, "runtime dependencies pinned by the lock"
+    assert "--no-deps ." in build
+    for path in ("emulators", "tests", "bench"):
+        assert f"COPY {path}" not in build + runtime, f"{path}/ must not reach the production image"
+    assert "COPY --from=build-runtime /opt/venv" in runtime
+    dev = "\n".join(stages["build-dev"])
+    assert "-r requirements.lock" in dev and "COPY emulators" in dev
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
+    entries = set((ROOT / ".dockerignore").read_text().split())
+    assert {".env", ".git", ".venv", "tests"} <= entries
+
+
+# --- docker compose -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> Doc:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_compose_services_run_the_image_with_infra_env_healthcheck_and_dependencies(compose: Doc) -> None:
+    services = compose["services"]
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3-management")
+    assert {"127.0.0.1:5672:5672", "127.0.0.1:15672:15672"} <= set(services["rabbitmq"]["ports"])
+    assert services["mongo"]["image"] == "mongo:7"
+    for infra in ("rabbitmq", "mongo"):
+        assert services[infra]["healthcheck"]["test"]
+    for name, module in SERVICES.items():
+        svc = services[name]
+        assert svc["command"] == [f"services.{module}"]
+        assert _module_has_main(f"services.{module}")
+        assert svc["build"]["target"] == "runtime"
+        assert "profiles" not in svc, "the four services run without a profile"
+        env = svc["environment"]
+        assert env["AMQP_URL"].startswith("amqp://") and "@rabbitmq:5672/" in env["AMQP_URL"]
+        assert env["MONGODB_URL"].startswith("mongodb://") and "@mongo:27017/kabanero_otc" in env["MONGODB_URL"]
+        assert env["HTTP_PORT"] == "8080"
+        assert "/readyz" in " ".join(svc["healthcheck"]["test"])
+        for infra in ("rabbitmq", "mongo"):
+            assert svc["depends_on"][infra]["condition"] == "service_healthy"
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
+
+
+def test_compose_env_names_are_settings_and_required_ones_are_set(compose: Doc) -> None:
+    for name, module in SERVICES.items():
+        known, required = _settings_fields(module)
+        env = set(compose["services"][name]["environment"])
+        assert env <= known, f"{name}: unknown settings {sorted(env - known)}"
+        assert required <= env, f"{name}: required settings missing {sorted(required - env)}"
+
+
+def test_compose_secrets_come_from_env_file_never_literals(compose: Doc) -> None:
+    env_example = (ROOT / ".env.example").read_text()
+    example_vars = set(re.findall(r"^#?([A-Z_][A-Z0-9_]*)=", env_example, re.MULTILINE))
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(2) == ":?"}
+    assert required, "secrets are required interpolations"
+    assert required <= example_vars, f".env.example misses {sorted(required - example_vars)}"
+    for svc in compose["services"].values():
+        for key, value in (svc.get("environment") or {}).items():
+            if key in SECRET_ENVS | {"RABBITMQ_DEFAULT_PASS", "MONGO_INITDB_ROOT_PASSWORD"}:
+                assert "${" in str(value), f"{key} must come from .env"
+    # The committed example holds placeholders only: no usable Fernet key, no real password.
+    values = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", env_example, re.MULTILINE))
+    for key in ("CREDENTIALS_KEY", "BROKER_SECRET", "OTC_API_KEY", "RABBITMQ_PASSWORD", "MONGO_PASSWORD"):
+        assert values[key] == "change-me"
+
+
+def test_compose_demo_profile_runs_emulators_with_flags_their_cli_accepts(
+    compose: Doc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    demo = {n for n, s in services.items() if "demo" in s.get("profiles", [])}
+    assert demo == {"kube", "otc"}
+    for name in demo:
+        assert services[name]["build"]["target"] == "dev"
+        assert services[name]["healthcheck"]["test"]
+    kube_cmd = [_interpolate(a) for a in services["kube"]["command"]]
+    otc_cmd = [_interpolate(a) for a in services["otc"]["command"]]
+    assert kube_cmd[0] == "emulators.kube" and otc_cmd[0] == "emulators.otc"
+    kube_main = importlib.import_module("emulators.kube.__main__")
+    kube_args = kube_main.parse_args(kube_cmd[1:])
+    assert kube_args.host == "0.0.0.0"
+    # The Dockerfile's dev stage copies deploy/samples to /app/samples.
+    assert [Path(p).name for p in kube_args.seed] == [SAMPLE.name]
+    assert "COPY deploy/samples /app/samples" in (ROOT / "Dockerfile").read_text()
+    monkeypatch.setenv("OTC_API_KEY", "k")
+    monkeypatch.setenv("BROKER_SECRET", "s")
+    otc_settings = importlib.import_module("emulators.otc.__main__").parse_args(otc_cmd[1:])
+    assert otc_settings.host == "0.0.0.0"
+    assert otc_settings.broker_url == "http://broker-api:8080"
+    assert set(services["otc"]["environment"]) == {"OTC_API_KEY", "BROKER_SECRET"}
+    # The services point at the emulators by default and wait for them only when the profile runs.
+    watcher, writer = services["kabanero-watcher"], services["otc-writer"]
+    assert _interpolate(watcher["environment"]["KUBE_API_URL"]) == "x-kube_api_url"
+    assert "http://kube:8001" in watcher["environment"]["KUBE_API_URL"]
+    assert "http://otc:8090" in writer["environment"]["OTC_API_URL"]
+    assert watcher["depends_on"]["kube"] == {"condition": "service_healthy", "required": False}
+    assert writer["depends_on"]["otc"] == {"condition": "service_healthy", "required": False}
+
+
+# --- demo sample ---------------------------------------------------------------------------------
+
+
+def test_sample_is_a_09_instance_with_repositories_and_two_mediations() -> None:
+    docs = {d["kind"]: d for d in _load_all(SAMPLE)}
+    kabanero = docs["Kabanero"]
+    assert kabanero["apiVersion"] == "kabanero.io/v1alpha2"
+    assert kabanero["metadata"]["namespace"] == "kabanero"
+    assert len(kabanero["spec"]["stacks"]["repositories"]) == 2
+    assert kabanero["spec"]["stacks"]["pipelines"] and kabanero["spec"]["gitops"]["pipelines"]
+    mediator = docs["EventMediator"]
+    assert mediator["apiVersion"] == "events.kabanero.io/v1alpha1"
+    mediations = {m["name"] for m in mediator["spec"]["mediations"]}
+    assert len(mediations) == 2
+    connections = docs["EventConnections"]["spec"]["connections"]
+    sources = {(c["from"]["mediator"]["name"], c["from"]["mediator"]["mediation"]) for c in connections}
+    assert sources == {(mediator["metadata"]["name"], m) for m in mediations}
+    assert all(c["to"][0]["https"] for c in connections)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> Doc:
+    doc = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def manifests(kustomization: Doc) -> list[Doc]:
+    return [d for res in kustomization["resources"] for d in _load_all(K8S / res)]
+
+
+def _by_kind(manifests: list[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in manifests if d["kind"] == kind}
+
+
+def _container(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: Doc = containers[0]
+    return container
+
+
+def _config_env() -> dict[str, str]:
+    lines = (K8S / "config.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_k8s_secret_is_referenced_never_embedded(kustomization: Doc, manifests: list[Doc]) -> None:
+    assert "secret.example.yaml" not in kustomization["resources"]
+    assert not [d for d in manifests if d["kind"] == "Secret"]
+    example = _load_all(K8S / "secret.example.yaml")
+    assert [d["kind"] for d in example] == ["Secret"]
+    assert example[0]["metadata"]["name"] == SECRET_NAME
+    assert set(example[0]["stringData"]) == SECRET_ENVS
+    config_keys = set(_config_env())
+    assert not config_keys & SECRET_ENVS, "secrets never go into the ConfigMap"
+    for deployment in _by_kind(manifests, "Deployment").values():
+        for env in _container(deployment)["env"]:
+            if env["name"] in SECRET_ENVS:
+                ref = env["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": SECRET_NAME, "key": env["name"]}
+
+
+def test_k8s_deployments_probes_resources_and_security_context(manifests: list[Doc]) -> None:
+    deployments = _by_kind(manifests, "Deployment")
+    assert set(deployments) == set(SERVICES)
+    for name, module in SERVICES.items():
+        deployment = deployments[name]
+        assert deployment["spec"]["replicas"] == REPLICAS[name]
+        pod = deployment["spec"]["template"]["spec"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["serviceAccountName"] == name
+        c = _container(deployment)
+        assert c["image"] == "kabanero-otc"
+        assert c["args"] == [f"services.{module}"]
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert {"/tmp"} <= {m["mountPath"] for m in c["volumeMounts"]}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["HTTP_PORT"]["value"] == "8080"
+        for res in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][res])
+
+
+def test_k8s_env_names_are_settings_and_required_ones_are_set(manifests: list[Doc]) -> None:
+    deployments = _by_kind(manifests, "Deployment")
+    config = set(_config_env())
+    read_by_someone: set[str] = set()
+    for name, module in SERVICES.items():
+        known, required = _settings_fields(module)
+        c = _container(deployments[name])
+        assert c["envFrom"] == [{"configMapRef": {"name": "kabanero-otc-config"}}]
+        env = {e["name"] for e in c["env"]}
+        assert env <= known, f"{name}: unknown settings {sorted(env - known)}"
+        assert required <= env | config, f"{name}: required settings missing {sorted(required - env)}"
+        read_by_someone |= known
+    assert config <= read_by_someone, f"ConfigMap keys no service reads: {sorted(config - read_by_someone)}"
+
+
+def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Doc]) -> None:
+    cluster_roles = _by_kind(manifests, "ClusterRole")
+    roles = _by_kind(manifests, "Role")
+    watched = {"kabaneros", "stacks", "eventmediators", "eventconnections"}
+    granted: set[str] = set()
+    for role in cluster_roles.values():
+        for rule in role["rules"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+            assert set(rule["apiGroups"]) <= {"kabanero.io", "events.kabanero.io"}
+            assert "secrets" not in rule["resources"]
+            granted |= set(rule["resources"])
+    assert granted == watched
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
+            assert set(rule["verbs"]) <= {"get", "create", "update"}
+    # Only the watcher's ServiceAccount is bound, and only its pods mount an API token.
+    bindings = [d for d in manifests if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
+    assert bindings and all(
+        [(s["kind"], s["name"]) for s in b["subjects"]] == [("ServiceAccount", "kabanero-watcher")]
+        for b in bindings
+    )
+    deployments = _by_kind(manifests, "Deployment")
+    for name in SERVICES:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is (name == "kabanero-watcher")
+    watcher_env = {e["name"]: e for e in _container(deployments["kabanero-watcher"])["env"]}
+    assert "KUBE_API_URL" not in watcher_env, "in-cluster config"
+    assert watcher_env["LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    lease_names = {n for r in roles.values() for rule in r["rules"] for n in rule.get("resourceNames", [])}
+    assert lease_names == {watcher_env["LEASE_NAME"]["value"]}
+
+
+def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> None:
+    service = _by_kind(manifests, "Service")["broker-api"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    pod_labels = _by_kind(manifests, "Deployment")["broker-api"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    pdb = _by_kind(manifests, "PodDisruptionBudget")["broker-api"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_k8s_kustomization_renders_into_one_namespace() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    for doc in docs:
+        if doc["kind"] not in cluster_scoped:
+            assert doc["metadata"]["namespace"] == "kabanero-otc", doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kabanero-otc"
+    config_maps = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"]
+    assert len(config_maps) == 1 and config_maps[0].startswith("kabanero-otc-config-")
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            assert container["envFrom"] == [{"configMapRef": {"name": config_maps[0]}}]
+            assert container["image"] == "kabanero-otc:0.1.0"
