@@ -13,7 +13,8 @@ Semantics (as the real API server, unless noted):
   status and `/status` writes change only the status;
 - optimistic concurrency: a write carrying a `metadata.resourceVersion` different from the stored one fails
   with 409 Conflict (writes without one are unconditional);
-- delete of an object with finalizers sets `deletionTimestamp` (MODIFIED) and keeps it; once the last
+- delete of an object with finalizers sets `deletionTimestamp` (MODIFIED; like the API server this also
+  bumps `generation` when the type tracks it) and keeps it; once the last
   finalizer is removed the object is really deleted (DELETED carrying the final state);
 - history: the last `history_window` changes per resource type are kept; a watch or an exact list from an
   older resourceVersion fails with 410 Expired; `compact()` drops all history at once;
@@ -533,6 +534,8 @@ class Store:
                 return copy.deepcopy(old)
             new = copy.deepcopy(old)
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            if "generation" in new["metadata"]:  # as the API server's markAsDeleting()
+                new["metadata"]["generation"] += 1
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             return self._commit(rt, "MODIFIED", new, old)
         return self._commit(rt, "DELETED", copy.deepcopy(old), old)

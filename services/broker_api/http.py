@@ -91,6 +91,8 @@ class BrokerApi:
         self._policy = Policy(settings)
         self._user = settings.broker_id.encode()
         self._secret = settings.broker_secret.get_secret_value().encode()
+        limit = settings.max_body_bytes
+        self._too_large = f"request body over {limit // 1024} KiB ({limit} bytes)"
         reg = health.registry
         self._requests = Counter(
             "broker_api_requests_total", "HTTP requests", ["method", "route", "status"], registry=reg
@@ -133,7 +135,7 @@ class BrokerApi:
             description = {
                 404: "not found: no such route",
                 405: f"method {request.method} not allowed here",
-                413: f"request body over {self._settings.max_body_bytes} bytes",
+                413: self._too_large,
             }.get(exc.status, exc.reason)
             return web.json_response({"description": description}, status=exc.status)
         except Exception:
@@ -147,7 +149,7 @@ class BrokerApi:
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Body size (before reading it) and broker auth on the service_instances routes."""
         if request.content_length is not None and request.content_length > self._settings.max_body_bytes:
-            raise PayloadTooLarge(f"request body over {self._settings.max_body_bytes} bytes")
+            raise PayloadTooLarge(self._too_large)
         match_exc = request.match_info.http_exception
         if match_exc is not None:
             if match_exc.status == 405:

@@ -5,13 +5,20 @@ After a commit the request handler calls :meth:`Outbox.flush` for its sid; a bac
 ``outbox_pending``). Entries are published in revision order and pulled only after the broker
 confirmed them, so RabbitMQ being down delays events but never loses or reorders them. A crash
 between confirm and pull re-publishes the same event id: consumers skip stale revisions.
+
+Replicas: a short lease on the document (``outbox_lease``, expires after ``lease_s``) lets one
+publisher at a time work on a sid, so two replicas do not publish the same events twice or out of
+order. A flush that finds the lease taken leaves its events to the holder (which re-reads the
+outbox until it is empty) or, in the small window after the holder's last read, to the drainer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import weakref
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -32,9 +39,16 @@ class EventSink(Protocol):
 
 class Outbox:
     def __init__(
-        self, collection: AsyncCollection[Document], sink: EventSink, registry: CollectorRegistry
+        self,
+        collection: AsyncCollection[Document],
+        sink: EventSink,
+        registry: CollectorRegistry,
+        *,
+        lease_s: float = 30.0,
     ) -> None:
         self._collection = collection
+        self._owner = uuid.uuid4().hex
+        self._lease = timedelta(seconds=lease_s)
         self._sink = sink
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.published = Counter(
@@ -53,28 +67,62 @@ class Outbox:
             self._locks[key] = lock
         return lock
 
+    async def _claim(self, key: str) -> bool:
+        now = datetime.now(UTC)
+        result = await self._collection.update_one(
+            {
+                "_id": key,
+                "$or": [
+                    {"outbox_lease": {"$exists": False}},
+                    {"outbox_lease.until": {"$lt": now}},
+                    {"outbox_lease.owner": self._owner},
+                ],
+            },
+            {"$set": {"outbox_lease": {"owner": self._owner, "until": now + self._lease}}},
+        )
+        return result.matched_count == 1
+
+    async def _release(self, key: str) -> None:
+        await self._collection.update_one(
+            {"_id": key, "outbox_lease.owner": self._owner}, {"$unset": {"outbox_lease": ""}}
+        )
+
     async def flush(self, key: str) -> bool:
-        """Publish every pending event of one document in revision order; False if one failed."""
+        """Publish every pending event of one document in revision order; False if one failed
+        (or another replica holds the lease: it, or the drainer, publishes them)."""
         async with self._lock(key):
-            doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
-            if not doc:
-                return True
-            entries = sorted(
-                (OutboxEntry.model_validate(e) for e in doc.get("outbox") or []), key=lambda e: e.revision
-            )
-            for entry in entries:
-                try:
-                    await self._sink.publish(CloudEvent.model_validate(entry.event))
-                except PublishError as exc:
-                    self.failures.inc()
-                    log.warning(
-                        "event not published yet, kept in outbox",
-                        extra={"event_id": entry.id, "routing_key": entry.routing_key, "error": str(exc)},
+            if not await self._claim(key):
+                return False
+            try:
+                while True:
+                    doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
+                    entries = sorted(
+                        (OutboxEntry.model_validate(e) for e in (doc or {}).get("outbox") or []),
+                        key=lambda e: e.revision,
                     )
-                    return False
-                self.published.inc()
-                await self._collection.update_one({"_id": key}, {"$pull": {"outbox": {"id": entry.id}}})
-            return True
+                    if not entries:
+                        return True
+                    for entry in entries:
+                        if not await self._publish(entry):
+                            return False
+                        await self._collection.update_one(
+                            {"_id": key}, {"$pull": {"outbox": {"id": entry.id}}}
+                        )
+            finally:
+                await self._release(key)
+
+    async def _publish(self, entry: OutboxEntry) -> bool:
+        try:
+            await self._sink.publish(CloudEvent.model_validate(entry.event))
+        except PublishError as exc:
+            self.failures.inc()
+            log.warning(
+                "event not published yet, kept in outbox",
+                extra={"event_id": entry.id, "routing_key": entry.routing_key, "error": str(exc)},
+            )
+            return False
+        self.published.inc()
+        return True
 
     async def drain(self) -> int:
         """One pass over every document with pending events; returns how many are still pending."""

@@ -126,7 +126,7 @@ class ClusterCache:
             except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
                 log.warning(
                     "skipping malformed Kabanero CR",
-                    extra={"namespace": namespace, "name": name, "error": str(exc)},
+                    extra={"namespace": namespace, "object": name, "error": str(exc)},
                 )
                 out.instance_frozen = True
                 out.frozen_owners.add(("legacy", name))
@@ -141,7 +141,7 @@ class ClusterCache:
             except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
                 log.warning(
                     "skipping malformed EventConnections; mediations of this namespace left as published",
-                    extra={"namespace": namespace, "name": conn_obj["metadata"]["name"], "error": str(exc)},
+                    extra={"namespace": namespace, "object": conn_obj["metadata"]["name"], "error": str(exc)},
                 )
                 out.all_mediations_frozen = True
                 continue
@@ -154,7 +154,7 @@ class ClusterCache:
             except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
                 log.warning(
                     "skipping malformed EventMediator",
-                    extra={"namespace": namespace, "name": name, "error": str(exc)},
+                    extra={"namespace": namespace, "object": name, "error": str(exc)},
                 )
                 out.frozen_owners.add(("mediation", name))
                 continue

@@ -12,11 +12,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from shared.events import InstanceRef, Repository, TriggerKey
 
 Obj = Mapping[str, Any]
+RepoKind = Literal["trigger", "pipeline", "gitops"]
 
 _RELEASE_DOWNLOAD = re.compile(r"^https?://([^/]+)/([^/]+)/([^/]+)/releases/download/([^/]+)/[^/]+$")
 _RAW_GITHUB = re.compile(r"^https?://raw\.githubusercontent\.com/([^/]+)/([^/]+)/([^/]+)/.+$")
@@ -79,25 +80,25 @@ def _normalize(url: str) -> str:
     return url.removesuffix(".git")
 
 
-def archive_repository(ref: Obj, *, kind: str, source: str) -> Repository | None:
+def archive_repository(ref: Obj, *, kind: RepoKind, source: str) -> Repository | None:
     """Repository of one archive reference (PipelineSpec/TriggerSpec); gitRelease wins over https."""
     git_release = _dict(ref.get("gitRelease"), f"{source}.gitRelease")
     values = [git_release.get(f) for f in _GIT_RELEASE_FIELDS]
     if all(isinstance(v, str) and v for v in values):
         host, org, project, release, _ = values
-        return Repository(url=f"https://{host}/{org}/{project}", kind=kind, ref=release, source=source)  # type: ignore[arg-type]
+        return Repository(url=f"https://{host}/{org}/{project}", kind=kind, ref=release, source=source)
     https = _dict(ref.get("https"), f"{source}.https")
     url = _str(https.get("url"), f"{source}.https.url") or _str(ref.get("url"), f"{source}.url")
     if not url:
         return None
     if m := _RELEASE_DOWNLOAD.match(url):
         host, org, repo, tag = m.groups()
-        return Repository(url=_normalize(f"https://{host}/{org}/{repo}"), kind=kind, ref=tag, source=source)  # type: ignore[arg-type]
+        return Repository(url=_normalize(f"https://{host}/{org}/{repo}"), kind=kind, ref=tag, source=source)
     if m := _RAW_GITHUB.match(url):
         org, repo, ref_ = m.groups()
         return Repository(
             url=_normalize(f"https://github.com/{org}/{repo}"), kind=kind, ref=ref_, source=source
-        )  # type: ignore[arg-type]
+        )
     return Repository(url=_normalize(url), kind="unknown", source=source)
 
 
@@ -120,7 +121,7 @@ def instance_repositories(kabanero: Obj) -> list[Repository]:
     spec = _dict(kabanero.get("spec"), "spec")
     stacks = _dict(spec.get("stacks"), "spec.stacks")
     gitops = _dict(spec.get("gitops"), "spec.gitops")
-    refs: list[tuple[dict[str, Any], str, str]] = []
+    refs: list[tuple[dict[str, Any], RepoKind, str]] = []
     for p in _list_of_dicts(stacks.get("pipelines"), "spec.stacks.pipelines"):
         refs.append((p, "pipeline", f"spec.stacks.pipelines[{p.get('id')}]"))
     for r in _list_of_dicts(stacks.get("repositories"), "spec.stacks.repositories"):

@@ -17,7 +17,7 @@ async def make_api_client(settings: Settings) -> client.ApiClient:
         cfg.host = settings.kube_api_url.rstrip("/")
         source = "KUBE_API_URL"
     elif settings.kubernetes_service_host:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         source = "in-cluster"
     else:
         await config.load_kube_config(

@@ -67,6 +67,7 @@ class ResourceWatcher:
         self.synced = asyncio.Event()
         self.last_alive = time.monotonic()
         self.rv: str | None = None
+        self.lists = 0
         self.name = resource.name + (f"@{namespace}" if namespace else "")
 
     def _alive(self) -> None:
@@ -90,6 +91,7 @@ class ResourceWatcher:
         items = body.get("items") or []
         touched = self.cache.replace(self.resource, self.namespace, items)
         self.rv = body.get("metadata", {}).get("resourceVersion")
+        self.lists += 1
         self._count("relists", self.resource.name, reason)
         self._alive()
         log.info(

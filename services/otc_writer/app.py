@@ -18,6 +18,8 @@ from services.otc_writer.projection import Projection
 from services.otc_writer.reconcile import Metrics, Reconciler, key_of_command, key_of_event
 from services.otc_writer.settings import Settings
 from shared.amqp import Consumer, Topology
+from shared.amqp.consumer import Handler
+from shared.events import CloudEvent
 from shared.health import Health, bound_port, start_http
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_main
@@ -53,6 +55,8 @@ class OtcWriter(Runtime):
     ledger: Ledger
     projection: Projection
     consumers: list[Consumer]
+    handled: dict[str, int]
+    """Messages handled successfully per queue (acked right after): tests wait on it."""
 
 
 def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
@@ -79,6 +83,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         timeout_s=settings.otc_timeout_s,
         deadline_s=settings.otc_deadline_s,
         max_attempts=settings.otc_max_attempts,
+        backoff_base_s=settings.otc_backoff_base_s,
+        backoff_cap_s=settings.otc_backoff_cap_s,
         breaker_threshold=settings.otc_breaker_threshold,
         breaker_reset_s=settings.otc_breaker_reset_s,
     )
@@ -91,20 +97,33 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     runtime.ledger = ledger
     runtime.projection = projection
     runtime.consumers = []
+    runtime.handled = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
+
+    def counted(queue: str, handler: Handler) -> Handler:
+        async def run(event: CloudEvent) -> None:
+            await handler(event)
+            runtime.handled[queue] += 1
+
+        return run
 
     async def start() -> None:
         if "s" not in session_holder:
             session_holder["s"] = aiohttp.ClientSession()
             runtime.on_cleanup(session_holder["s"].close)
         iam = IamTokenManager(
-            session(), settings.otc_iam_url, settings.otc_api_key.get_secret_value(), timeout_s=settings.otc_timeout_s
+            session(),
+            settings.otc_iam_url,
+            settings.otc_api_key.get_secret_value(),
+            timeout_s=settings.otc_timeout_s,
         )
         runtime.client = OtcClient(config, session(), iam)
         runtime.applier = ToolApplier(ledger, runtime.client, owner=owner, after_write=deps.after_otc_write)
         runtime.reconciler = Reconciler(projection, ledger, runtime.applier, style, metrics)
         await ledger.ensure_indexes()
         await projection.ensure_indexes()
-        health.add_readiness("otc", lambda: (runtime.client.breaker.state != "open", runtime.client.breaker.state))
+        health.add_readiness(
+            "otc", lambda: (runtime.client.breaker.state != "open", runtime.client.breaker.state)
+        )
         for queue, handler, key_of in (
             (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event),
             (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command),
@@ -113,7 +132,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
                 infra.amqp,
                 infra.publisher,
                 queue,
-                handler,
+                counted(queue, handler),
                 metrics=infra.consumer_metrics,
                 topology=infra.topology,
                 prefetch=settings.prefetch,
@@ -133,8 +152,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
 
 
 def main() -> None:
-    settings = Settings()  # type: ignore[call-arg]  # OTC_API_KEY comes from the environment
-    configure_logging(settings)
+    settings = Settings()  # OTC_API_KEY comes from the environment
+    configure_logging(settings.log_format, settings.log_level)
     deps = Deps()
     crash_after = int(os.environ.get("OTC_WRITER_TEST_CRASH_AFTER_WRITES", "0") or 0)
     if crash_after > 0:

@@ -46,7 +46,9 @@ def merge_patch_for(
 
 
 class ToolApplier:
-    def __init__(self, ledger: Ledger, client: OtcClient, *, owner: str, after_write: WriteHook | None = None):
+    def __init__(
+        self, ledger: Ledger, client: OtcClient, *, owner: str, after_write: WriteHook | None = None
+    ):
         self._ledger = ledger
         self._client = client
         self._owner = owner
@@ -90,7 +92,9 @@ class ToolApplier:
         applied: dict[str, Any] = doc.get("parameters") or {}
         current: Tool | None = None
         if pending:
-            current = await self._observe(want.toolchain_id, doc.get("tool_id"), pending.get("name") or want.name)
+            current = await self._observe(
+                want.toolchain_id, doc.get("tool_id"), pending.get("name") or want.name
+            )
             if current is None:
                 applied = {}
         elif doc.get("present") and doc.get("tool_id"):

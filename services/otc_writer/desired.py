@@ -113,9 +113,7 @@ def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle)
     }
 
 
-def desired_trigger_tool(
-    trigger: TriggerData, toolchain_id: str, style: TriggerToolStyle
-) -> DesiredTool:
+def desired_trigger_tool(trigger: TriggerData, toolchain_id: str, style: TriggerToolStyle) -> DesiredTool:
     name = trigger_tool_name(trigger.key)
     return DesiredTool(
         purpose=TRIGGER_PURPOSE,

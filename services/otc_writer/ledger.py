@@ -115,9 +115,7 @@ class Ledger:
             delay = min(delay * 2, 0.2)
 
     async def mark_pending(self, lease: Lease, op: str, name: str) -> None:
-        await self._fenced(
-            lease, {"$set": {"pending": {"op": op, "name": name, "since": datetime.now(UTC)}}}
-        )
+        await self._fenced(lease, {"$set": {"pending": {"op": op, "name": name, "since": datetime.now(UTC)}}})
 
     async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
         """Write the applied state and release the lease in one fenced update."""

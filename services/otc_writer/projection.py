@@ -41,7 +41,9 @@ class Projection:
         await self.services.create_index([("scope", ASCENDING)], name="scope")
 
     @staticmethod
-    async def _cas(coll: AsyncCollection[Document], doc_id: str, revision: int, fields: dict[str, Any]) -> bool:
+    async def _cas(
+        coll: AsyncCollection[Document], doc_id: str, revision: int, fields: dict[str, Any]
+    ) -> bool:
         """Store ``fields`` if ``revision`` is newer than the stored one; False when stale."""
         try:
             result = await coll.update_one(
@@ -111,7 +113,11 @@ class Projection:
             self.services,
             event.instance_id,
             event.revision,
-            {"scope": scope, "toolchains": [] if deleted else sorted(set(event.toolchains)), "deleted": deleted},
+            {
+                "scope": scope,
+                "toolchains": [] if deleted else sorted(set(event.toolchains)),
+                "deleted": deleted,
+            },
         )
         previous = before.get("scope") if before else None
         return fresh, (previous if previous and previous != scope else None)

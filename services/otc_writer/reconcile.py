@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tools = Counter(
-            "kotc_otc_tool_outcomes_total", "Tool apply/remove outcomes", ["purpose", "outcome"], registry=registry
+            "kotc_otc_tool_outcomes_total",
+            "Tool apply/remove outcomes",
+            ["purpose", "outcome"],
+            registry=registry,
         )
         self.skipped = Counter(
             "kotc_otc_writer_stale_events_total", "Events skipped as stale", ["kind"], registry=registry
@@ -131,7 +134,10 @@ class Reconciler:
         fresh, previous_scope = await self._projection.put_service(data, deleted=deleted)
         if not fresh:
             self._metrics.skipped.labels("service").inc()
-            log.info("stale service event skipped", extra={"instance_id": data.instance_id, "revision": data.revision})
+            log.info(
+                "stale service event skipped",
+                extra={"instance_id": data.instance_id, "revision": data.revision},
+            )
             return
         scope = f"{data.parameters.cluster}/{data.parameters.namespace}"
         if previous_scope is not None:
@@ -141,7 +147,9 @@ class Reconciler:
     async def _on_trigger(self, trigger: TriggerData) -> None:
         if not await self._projection.put_trigger(trigger):
             self._metrics.skipped.labels("trigger").inc()
-            log.info("stale trigger event skipped", extra={"trigger": trigger.key.id, "revision": trigger.revision})
+            log.info(
+                "stale trigger event skipped", extra={"trigger": trigger.key.id, "revision": trigger.revision}
+            )
             return
         await self.reconcile_trigger(trigger.key.id)
 
@@ -213,4 +221,6 @@ class Reconciler:
             first = errors[0]
             if len(errors) == 1 and isinstance(first, Exception):
                 raise first
-            raise RetryableError(f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors))
+            raise RetryableError(
+                f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors)
+            )

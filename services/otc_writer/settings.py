@@ -20,6 +20,8 @@ class Settings(CommonSettings):
     otc_timeout_s: float = Field(default=10.0, gt=0, description="timeout of one HTTP request")
     otc_deadline_s: float = Field(default=45.0, gt=0, description="one OTC operation with its retries")
     otc_max_attempts: int = Field(default=5, ge=1)
+    otc_backoff_base_s: float = Field(default=0.2, gt=0)
+    otc_backoff_cap_s: float = Field(default=10.0, gt=0)
     otc_breaker_threshold: int = Field(default=5, ge=1)
     otc_breaker_reset_s: float = Field(default=10.0, gt=0)
 

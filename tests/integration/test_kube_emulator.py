@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from emulators.kube.testing import KubeEmulator, client_configuration
@@ -453,19 +453,28 @@ async def test_cli_serves_seeded_objects(tmp_path: Path) -> None:
             assert await proc.wait() == 0
 
 
+async def test_kubeconfig_loads_in_kubernetes_asyncio(kube: KubeEmulator, tmp_path: Path) -> None:
+    kube.store.create(kabanero())
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(kube.kubeconfig(tmp_path / "kc")), client_configuration=cfg)
+    async with client.ApiClient(cfg) as api:
+        listed = await client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["kabanero"]
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 async def test_kubectl_get_apply_delete(kube: KubeEmulator, tmp_path: Path) -> None:
     kube.store.create(
         kabanero("other", version="0.8.0") | {"metadata": {"name": "other", "namespace": "dev"}}
     )
-    config = kube.kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
     manifest = tmp_path / "kabanero.yaml"
 
     async def kubectl(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
             "kubectl",
             "--kubeconfig",
-            str(config),
+            str(kubeconfig),
             "--cache-dir",
             str(tmp_path / "cache"),
             *args,

@@ -114,6 +114,7 @@ def test_finalizer_flow_and_malformed_objects(store: Store) -> None:
     store.create({**mediator(), "spec": "not-an-object", "metadata": {"name": "m", "finalizers": ["f"]}})
     marked = store.delete("eventmediators", "default", "m")
     assert marked["metadata"]["deletionTimestamp"] and marked["spec"] == "not-an-object"
+    assert marked["metadata"]["generation"] == 2  # the API server bumps it when marking for deletion
     assert store.delete("eventmediators", "default", "m") == marked  # idempotent while pending
     rv = str(store.resource_version)
     store.remove_finalizers("eventmediators", "default", "m")

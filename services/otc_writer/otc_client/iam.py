@@ -106,7 +106,9 @@ class IamTokenManager:
             ) from None
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             message, code = ibm_message(body)
-            err_cls: type[OtcError] = OtcRetryableError if status == 429 or status >= 500 else OtcPermanentError
+            err_cls: type[OtcError] = (
+                OtcRetryableError if status == 429 or status >= 500 else OtcPermanentError
+            )
             raise err_cls(
                 f"IAM token request failed: {message or 'no usable token in the answer'}",
                 status=status,

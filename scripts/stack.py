@@ -1,0 +1,391 @@
+"""``make run`` / ``make demo``: the whole stack as local processes, no Docker (ARCHITECTURE §7).
+
+Starts the embedded MongoDB (``emulators.mongo``), the Kubernetes and OTC emulators, and the four
+services, against the machine's RabbitMQ. ``run`` keeps them up and prints where to look; ``demo``
+drives a full scenario through OTC's broker contract and the cluster, checks that OTC mirrors the
+cluster with one write per change, prints a summary and exits 0 (1 if a check failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+
+from emulators.otc.platform import OtcPlatform
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / ".run"
+SEED = ROOT / "scripts" / "demo" / "kabanero-demo.yaml"
+AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
+MGMT = "http://127.0.0.1:15672/api"
+API_KEY = "demo-otc-api-key"
+BROKER_ID = "kabanero-otc"
+EVENTS_CRD = "/apis/events.kabanero.io/v1alpha1/namespaces/kabanero/eventmediators/webhook"
+BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str], ...] = (
+    ("kabanero-events-broker", "demo-events"),
+    ("kabanero-broker", "demo-kabanero"),
+)
+QUEUES = ("otc-writer.events", "otc-writer.commands", "github-linker.events")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """Child processes with their logs in ``.run/``; stopped with SIGTERM, in reverse order."""
+
+    def __init__(self, vhost: str) -> None:
+        self.vhost = vhost
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.ports = {
+            n: free_port() for n in ("mongo", "kube", "otc", "broker", "watcher", "writer", "linker")
+        }
+        self.broker_secret = secrets.token_urlsafe(24)
+        self.credentials_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        LOGS.mkdir(exist_ok=True)
+
+    @property
+    def amqp_url(self) -> str:
+        return f"{AMQP_HOST}/{urllib.parse.quote(self.vhost, safe='')}"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = (LOGS / f"{name}.log").open("wb")
+        proc = subprocess.Popen(  # noqa: S603 - our own modules, fixed arguments
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append((name, proc))
+
+    def common_env(self, http_port: int) -> dict[str, str]:
+        return {
+            "AMQP_URL": self.amqp_url,
+            "MONGODB_URL": f"mongodb://127.0.0.1:{self.ports['mongo']}/kabanero_otc?directConnection=true",
+            "HTTP_PORT": str(http_port),
+            "HTTP_HOST": "127.0.0.1",
+        }
+
+    async def start(self) -> None:
+        await reset_vhost(self.vhost)
+        self.spawn("mongo", ["emulators.mongo", "--port", str(self.ports["mongo"])])
+        self.spawn("kube", ["emulators.kube", "--port", str(self.ports["kube"]), "--seed", str(SEED)])
+        self.spawn(
+            "otc",
+            [
+                "emulators.otc",
+                "--port",
+                str(self.ports["otc"]),
+                "--api-key",
+                API_KEY,
+                "--broker-url",
+                self.url("broker"),
+                "--broker-id",
+                BROKER_ID,
+            ],
+            {"BROKER_SECRET": self.broker_secret},
+        )
+        await wait_http(f"{self.url('kube')}/version", "kube emulator")
+        await wait_http(f"{self.url('otc')}/_emulator/state", "OTC emulator")
+        self.spawn(
+            "broker-api",
+            ["services.broker_api"],
+            {
+                **self.common_env(self.ports["broker"]),
+                "BROKER_ID": BROKER_ID,
+                "BROKER_SECRET": self.broker_secret,
+                "CREDENTIALS_KEY": self.credentials_key,
+                "OUTBOX_DRAIN_INTERVAL_S": "1",
+            },
+        )
+        self.spawn(
+            "kabanero-watcher",
+            ["services.kabanero_watcher"],
+            {
+                **self.common_env(self.ports["watcher"]),
+                "KUBE_API_URL": self.url("kube"),
+                "CLUSTER_NAME": "default",
+                "SNAPSHOT_INTERVAL_S": "30",
+            },
+        )
+        self.spawn(
+            "otc-writer",
+            ["services.otc_writer"],
+            {
+                **self.common_env(self.ports["writer"]),
+                "OTC_API_URL": f"{self.url('otc')}/toolchain/v2",
+                "OTC_IAM_URL": self.url("otc"),
+                "OTC_API_KEY": API_KEY,
+                "OTC_RATE_LIMIT": "50",
+            },
+        )
+        self.spawn("github-linker", ["services.github_linker"], self.common_env(self.ports["linker"]))
+        for name in ("broker", "watcher", "writer", "linker"):
+            await wait_http(f"{self.url(name)}/readyz", name, timeout=60)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see .run/{name}.log")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in time; killing")
+                proc.kill()
+
+
+async def mgmt(method: str, path: str, body: Any = None) -> Any:
+    async with (
+        aiohttp.ClientSession(
+            headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
+        ) as s,
+        s.request(method, f"{MGMT}/{path}", json=body) as r,
+    ):
+        if r.status >= 400 and not (method == "DELETE" and r.status == 404):
+            raise RuntimeError(f"RabbitMQ management {method} {path}: {r.status}")
+        return await r.json() if r.content_type == "application/json" else None
+
+
+async def reset_vhost(vhost: str) -> None:
+    quoted = urllib.parse.quote(vhost, safe="")
+    await mgmt("DELETE", f"vhosts/{quoted}")
+    await mgmt("PUT", f"vhosts/{quoted}")
+    await mgmt("PUT", f"permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+
+
+async def wait_http(url: str, what: str, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with s.get(url) as r:
+                    if r.status < 400:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready at {url} after {timeout:.0f}s (see .run/)")
+            await asyncio.sleep(0.2)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 45.0) -> float:
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
+
+
+class Demo:
+    """The scenario: OTC provisions and binds both services, the cluster changes, OTC follows."""
+
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
+        self.stack = stack
+        self.http = session
+        self.otc = stack.url("otc")
+        self.toolchain = ""
+        self.rows: list[tuple[str, str, str]] = []
+
+    async def tools(self, tool_type: str | None = None) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.otc}/_emulator/state") as r:
+            state = await r.json()
+        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
+        return [t for t in tc["tools"] if tool_type is None or t["tool_type_id"] == tool_type]
+
+    async def writes(self) -> int:
+        async with self.http.get(f"{self.otc}/_emulator/calls") as r:
+            calls = (await r.json())["calls"]
+        return sum(1 for c in calls if c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"])
+
+    async def settle(
+        self, what: str, action: Awaitable[None], check: Callable[[list[dict[str, Any]]], bool]
+    ) -> None:
+        """Do ``action``, wait until OTC's tools pass ``check``, record the time and the OTC writes."""
+        before = await self.writes()
+        await action
+
+        async def ok() -> bool:
+            self.stack.check_alive()
+            return check(await self.tools())
+
+        took = await wait_for(ok, what)
+        await asyncio.sleep(2.0)  # let stragglers land so the write count below is complete
+        if not check(await self.tools()):
+            raise RuntimeError(f"state changed again after: {what}")
+        self.rows.append((what, f"{took:.1f}s", str(await self.writes() - before)))
+
+    async def kube_patch(self, body: dict[str, Any]) -> None:
+        async with self.http.patch(
+            f"{self.stack.url('kube')}{EVENTS_CRD}",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as r:
+            r.raise_for_status()
+
+    async def mediations(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.stack.url('kube')}{EVENTS_CRD}") as r:
+            return list((await r.json())["spec"]["mediations"])
+
+    async def run(self) -> None:
+        async with self.http.post(f"{self.otc}/_emulator/toolchains", json={"name": "demo-toolchain"}) as r:
+            self.toolchain = (await r.json())["id"]
+        params = {"cluster": "default", "namespace": "kabanero"}
+
+        def counts(trig: int, gh: int | None) -> Callable[[list[dict[str, Any]]], bool]:
+            def check(tools: list[dict[str, Any]]) -> bool:
+                n_trig = sum(t["tool_type_id"] == "customtool" for t in tools)
+                n_gh = sum(t["tool_type_id"] == "githubconsolidated" for t in tools)
+                return bool(n_trig == trig and (n_gh >= 1 if gh is None else n_gh == gh))
+
+            return check
+
+        async with OtcPlatform(self.stack.url("broker"), BROKER_ID, self.stack.broker_secret) as otc:
+
+            async def provision_and_bind() -> None:
+                for broker, sid in BROKERS:
+                    reply = await otc.provision(broker, sid, parameters=params)
+                    assert reply.status == 200, reply
+                    reply = await otc.bind(broker, sid, self.toolchain)
+                    assert reply.status == 204, reply
+
+            async def expect(status: int, call: Awaitable[Any]) -> None:
+                reply = await call
+                assert reply.status == status, reply
+
+            await self.settle(
+                "OTC: provision + bind both services (2 triggers, N repos)",
+                provision_and_bind(),
+                counts(2, None),
+            )
+            gh = sum(t["tool_type_id"] == "githubconsolidated" for t in await self.tools())
+            current = await self.mediations()
+            release = {**current[0], "name": "release", "selector": {"urlPattern": "release"}}
+            await self.settle(
+                "cluster: mediation 'release' added",
+                self.kube_patch({"spec": {"mediations": [*current, release]}}),
+                counts(3, gh),
+            )
+            await self.settle(
+                "cluster: mediation 'gitops' removed",
+                self.kube_patch(
+                    {"spec": {"mediations": [m for m in current if m["name"] != "gitops"] + [release]}}
+                ),
+                counts(2, gh),
+            )
+            await self.settle(
+                "cluster: status-only change (expect 0 writes)",
+                self.kube_patch({"status": {"summary": [{"operation": "noop"}]}}),
+                counts(2, gh),
+            )
+            await self.settle(
+                "OTC: unbind the Kabanero Events service",
+                expect(204, otc.unbind("kabanero-events-broker", "demo-events", self.toolchain)),
+                counts(0, gh),
+            )
+            await self.settle(
+                "OTC: delete the Kabanero service",
+                expect(204, otc.deprovision("kabanero-broker", "demo-kabanero")),
+                counts(0, 0),
+            )
+
+    async def dead_letters(self) -> dict[str, int]:
+        vhost = urllib.parse.quote(self.stack.vhost, safe="")
+        out = {}
+        for q in QUEUES:
+            info = await mgmt("GET", f"queues/{vhost}/{urllib.parse.quote(q + '.dead', safe='')}")
+            out[q + ".dead"] = int(info.get("messages", 0))
+        return out
+
+
+async def demo() -> int:
+    stack = Stack("kabanero-otc-demo")
+    try:
+        await stack.start()
+        async with aiohttp.ClientSession() as session:
+            scenario = Demo(stack, session)
+            await scenario.run()
+            dead = await scenario.dead_letters()
+    except Exception as exc:
+        print(f"\nDEMO FAILED: {exc}\nLogs: {LOGS}/", file=sys.stderr)
+        stack.stop()
+        return 1
+    stack.stop()
+    print("\nkabanero-otc demo: OTC mirrors the cluster")
+    print(f"{'step':<66} {'converged':>9} {'OTC writes':>10}")
+    for what, took, writes in scenario.rows:
+        print(f"{what:<66} {took:>9} {writes:>10}")
+    print(f"dead letters: {dead}")
+    print(f"logs: {LOGS}/  (RabbitMQ vhost '{stack.vhost}' at http://127.0.0.1:15672, guest/guest)")
+    return 0 if not any(dead.values()) else 1
+
+
+async def run() -> int:
+    stack = Stack("kabanero-otc")
+    try:
+        await stack.start()
+    except Exception as exc:
+        print(f"start failed: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    print("kabanero-otc is running (Ctrl-C stops it):")
+    print(
+        f"  broker-api        {stack.url('broker')}  (Basic {BROKER_ID}:{'*' * 8}, secret in the process env)"
+    )
+    print(f"  OTC emulator      {stack.url('otc')}/_emulator/state  (platform driver at /_emulator/platform)")
+    print(f"  Kubernetes        kubectl --server {stack.url('kube')} get kabaneros,eventmediators -A")
+    print(
+        f"  health            {', '.join(stack.url(n) + '/healthz' for n in ('watcher', 'writer', 'linker'))}"
+    )
+    print(f"  RabbitMQ console  http://127.0.0.1:15672 (guest/guest), vhost '{stack.vhost}'")
+    print(f"  logs              {LOGS}/")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            stack.check_alive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        stack.stop()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__)
+    parser.add_argument("mode", choices=("demo", "run"))
+    args = parser.parse_args()
+    sys.exit(asyncio.run(demo() if args.mode == "demo" else run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""kabanero-watcher against emulators.kube, the real RabbitMQ and mongoeco: exactly the expected events."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from emulators.kube.testing import KubeEmulator
+from services.kabanero_watcher.app import WatcherRuntime, build
+from services.kabanero_watcher.settings import Settings
+from shared.events import InstanceData, SnapshotData, TriggerData
+from tests.helpers import EventTap, wait_until
+
+CHANGES = ("kabanero.instance.*", "kabanero.trigger.*")
+
+
+def watcher_settings(kube: KubeEmulator, amqp_url: str, mongodb_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "amqp_url": amqp_url,
+        "mongodb_url": mongodb_url,
+        "http_port": 0,
+        "http_host": "127.0.0.1",
+        "kube_api_url": kube.url,
+        "cluster_name": "test",
+        "inactivity_timeout_s": 2.0,
+        "watch_timeout_s": 30,
+        "reconnect_backoff_s": 0.05,
+        "reconnect_backoff_max_s": 0.5,
+        "optional_reprobe_s": 0.5,
+        "snapshot_interval_s": 3600,
+        "publish_retry_s": 0.2,
+        "lease_namespace": "default",
+        "lease_duration_s": 2,
+        "lease_renew_s": 0.3,
+        "shutdown_timeout_s": 3,
+        "holder_identity": "watcher-a",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def kabanero(ns: str = "kabanero", *, version: str = "0.9.2", triggers: list[Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "version": version,
+        "stacks": {
+            "pipelines": [
+                {
+                    "id": "default",
+                    "sha256": "0f1e",
+                    "https": {"url": "https://github.com/acme/pipelines/releases/download/1.0.0/default.tar.gz"},
+                }
+            ]
+        },
+    }
+    if triggers is not None:
+        spec["triggers"] = triggers
+    return {
+        "apiVersion": "kabanero.io/v1alpha2",
+        "kind": "Kabanero",
+        "metadata": {"name": "kabanero", "namespace": ns},
+        "spec": spec,
+    }
+
+
+def mediator(ns: str = "kabanero", name: str = "webhook", mediations: tuple[str, ...] = ("appsody",)) -> dict[str, Any]:
+    return {
+        "apiVersion": "events.kabanero.io/v1alpha1",
+        "kind": "EventMediator",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "createListener": True,
+            "mediations": [
+                {"name": m, "selector": {"urlPattern": m}, "sendTo": ["dest"], "body": [{"=": "sendEvent(dest, body, header)"}]}
+                for m in mediations
+            ],
+        },
+    }
+
+
+def connections(ns: str = "kabanero", url: str = "https://listener/a") -> dict[str, Any]:
+    return {
+        "apiVersion": "events.kabanero.io/v1alpha1",
+        "kind": "EventConnections",
+        "metadata": {"name": "connections", "namespace": ns},
+        "spec": {
+            "connections": [
+                {
+                    "from": {"mediator": {"name": "webhook", "mediation": "appsody", "destination": "dest"}},
+                    "to": [{"https": [{"url": url, "insecure": True}]}],
+                }
+            ]
+        },
+    }
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeEmulator]:
+    async with KubeEmulator.running(history_window=5, bookmark_interval=0.3) as emulator:
+        yield emulator
+
+
+async def started(settings: Settings) -> WatcherRuntime:
+    runtime = build(settings)
+    await runtime.start()
+    return runtime
+
+
+async def ready(runtime: WatcherRuntime) -> None:
+    async def is_ready() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{runtime.http_port}/readyz") as r:
+            return r.status == 200 and runtime.session is not None and runtime.session.synced
+
+    await wait_until(is_ready, timeout=10, what="watcher ready")
+
+
+def keys(tap: EventTap) -> list[tuple[str, str]]:
+    return [(e.routing_key, e.subject or "") for e in tap.events]
+
+
+def configmap(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}}
+
+
+def changes(tap: EventTap) -> list[tuple[str, str]]:
+    return [(e.routing_key, e.subject or "") for e in tap.events if e.routing_key != "kabanero.snapshot"]
+
+
+def update_spec(kube: KubeEmulator, resource: str, name: str, mutate: Any, ns: str = "kabanero") -> None:
+    obj = copy.deepcopy(kube.store.get(resource, ns, name))
+    mutate(obj["spec"])
+    kube.store.update(obj)
+
+
+TRIGGER = "test/kabanero/mediation/webhook/appsody"
+
+
+async def test_create_update_delete_publish_exactly_the_changes(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.store.create(kabanero())
+    async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+        runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+        try:
+            await ready(runtime)
+            (first,) = await tap.wait_for(1, routing_key="kabanero.instance.changed")
+            (snap,) = await tap.wait_for(1, routing_key="kabanero.snapshot")
+            assert SnapshotData.model_validate(snap.data).exists
+            assert first.id == "instance:test/kabanero:1"
+
+            kube.store.create(mediator())
+            (created,) = await tap.wait_for(1, routing_key="kabanero.trigger.created")
+            data = TriggerData.model_validate(created.data)
+            assert data.key.id == TRIGGER
+            assert data.instance.name == "kabanero"
+            assert data.revision == 1 and data.destinations == []
+            assert created.id == f"trigger:{TRIGGER}:1"
+
+            kube.store.create(connections())
+            (updated,) = await tap.wait_for(1, routing_key="kabanero.trigger.updated")
+            upd = TriggerData.model_validate(updated.data)
+            assert upd.destinations == ["https://listener/a"] and upd.revision == 2
+            assert upd.content["connections"][0]["from"]["mediator"]["mediation"] == "appsody"
+
+            # Status-only updates publish nothing; a spec change of the CR is instance.changed.
+            kube.store.patch_status("eventmediators", "kabanero", "webhook", {"summary": [{"operation": "x"}]})
+            kube.store.patch_status("kabaneros", "kabanero", "kabanero", {"kabaneroInstance": {"ready": "True"}})
+            kube.store.patch_status("eventconnections", "kabanero", "connections", {"message": "ok"})
+            update_spec(kube, "kabaneros", "kabanero", lambda spec: spec.update(version="0.9.3"))
+            await tap.wait_for(2, routing_key="kabanero.instance.changed")
+            inst = InstanceData.model_validate(tap.of_type("kabanero.instance.changed")[1].data)
+            assert inst.version == "0.9.3" and inst.revision == 2
+            assert [r.url for r in inst.repositories] == ["https://github.com/acme/pipelines"]
+
+            kube.store.delete("eventmediators", "kabanero", "webhook")
+            (deleted,) = await tap.wait_for(1, routing_key="kabanero.trigger.deleted")
+            assert TriggerData.model_validate(deleted.data).deleted
+            assert TriggerData.model_validate(deleted.data).revision == 3
+            kube.store.delete("kabaneros", "kabanero", "kabanero")
+            kube.store.remove_finalizers("kabaneros", "kabanero", "kabanero") if kube.store.list_objects(
+                "kabaneros"
+            ) else None
+            (gone,) = await tap.wait_for(1, routing_key="kabanero.instance.deleted")
+            assert InstanceData.model_validate(gone.data).deleted
+            # The instance is gone entirely: one last snapshot says so.
+            await tap.wait_for(2, routing_key="kabanero.snapshot")
+            assert not SnapshotData.model_validate(tap.of_type("kabanero.snapshot")[1].data).exists
+        finally:
+            await runtime.stop()
+    assert changes(tap) == [
+        ("kabanero.instance.changed", "test/kabanero"),
+        ("kabanero.trigger.created", TRIGGER),
+        ("kabanero.trigger.updated", TRIGGER),
+        ("kabanero.instance.changed", "test/kabanero"),
+        ("kabanero.trigger.deleted", TRIGGER),
+        ("kabanero.instance.deleted", "test/kabanero"),
+    ]
+
+
+async def test_unchanged_relist_and_restart_publish_nothing(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.store.create(kabanero())
+    kube.store.create(mediator(mediations=("a", "b")))
+    kube.store.create(connections())
+    settings = watcher_settings(kube, amqp_url, mongodb_url)
+    async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+        runtime = await started(settings)
+        try:
+            await ready(runtime)
+            await tap.wait_for(1, routing_key="kabanero.snapshot")
+            assert len(changes(tap)) == 3  # instance + 2 triggers
+            # Force a 410 re-list of every type with nothing changed: a snapshot, no change event.
+            kube.inject("stall")
+            kube.store.create(configmap("unrelated"))
+            kube.inject("expire")
+            kube.inject("drop", mode="abort")
+            session = runtime.session
+            assert session is not None
+            await wait_until(lambda: all(w.lists == 2 for w in session.watchers), what="3 re-lists")
+            await tap.wait_for(2, routing_key="kabanero.snapshot", timeout=10)
+            # A real change after the re-lists is the barrier: nothing else came before it.
+            kube.store.create(mediator(name="z"))
+            await tap.wait_for(3, routing_key="kabanero.trigger.created")
+            assert len(changes(tap)) == 4
+        finally:
+            await runtime.stop()
+        # A restart against an unchanged cluster: snapshot only.
+        runtime = await started(settings)
+        try:
+            await ready(runtime)
+            await tap.wait_for(3, routing_key="kabanero.snapshot")
+        finally:
+            await runtime.stop()
+    assert len(changes(tap)) == 4
+    snaps = [SnapshotData.model_validate(e.data) for e in tap.of_type("kabanero.snapshot")]
+    assert [s.revision for s in snaps] == sorted(s.revision for s in snaps)
+    assert {t.key.id for t in snaps[-1].triggers} == {
+        "test/kabanero/mediation/webhook/a",
+        "test/kabanero/mediation/webhook/b",
+        "test/kabanero/mediation/z/appsody",
+    }
+
+
+def _missed_changes(kube: KubeEmulator) -> None:
+    """Create, update and delete while the watcher cannot see it (more changes than the history window)."""
+    kube.store.create(kabanero("other"))
+    kube.store.create(mediator("other", mediations=("x",)))
+    update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"].append({"name": "c"}))
+    update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"][0].update(sendTo=["d2"]))
+    kube.store.delete("eventconnections", "kabanero", "connections")  # b's destinations change
+    kube.store.delete("kabaneros", "kabanero", "kabanero")
+    with contextlib.suppress(Exception):
+        kube.store.remove_finalizers("kabaneros", "kabanero", "kabanero")
+    for i in range(6):  # push the history window past the watcher's resourceVersion
+        kube.store.create(configmap(f"cm{i}"))
+        update_spec(kube, "eventmediators", "webhook", lambda spec: None)
+
+
+EXPECTED_MISSED = {
+    ("kabanero.instance.changed", "test/other"),
+    ("kabanero.trigger.created", "test/other/mediation/webhook/x"),
+    ("kabanero.trigger.created", "test/kabanero/mediation/webhook/c"),
+    ("kabanero.trigger.updated", "test/kabanero/mediation/webhook/a"),
+    ("kabanero.trigger.updated", "test/kabanero/mediation/webhook/b"),
+    ("kabanero.instance.deleted", "test/kabanero"),
+}
+
+
+def _seed_for_missed(kube: KubeEmulator) -> None:
+    kube.store.create(kabanero())
+    kube.store.create(mediator(mediations=("a", "b")))
+    conn = connections()
+    conn["spec"]["connections"][0]["from"]["mediator"]["mediation"] = "b"
+    kube.store.create(conn)
+
+
+async def test_restart_after_history_expired_emits_exactly_the_missed_changes(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    _seed_for_missed(kube)
+    settings = watcher_settings(kube, amqp_url, mongodb_url)
+    runtime = await started(settings)
+    try:
+        await ready(runtime)
+    finally:
+        await runtime.stop()
+    _missed_changes(kube)
+    kube.inject("expire")
+    async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+        runtime = await started(settings)
+        try:
+            await ready(runtime)
+            await tap.wait_for(len(EXPECTED_MISSED))
+            await tap.wait_for(1, routing_key="kabanero.snapshot")
+            # Deleting a mediation: the mediator loses "a" -> deleted event.
+            update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"].pop(0))
+            await tap.wait_for(1, routing_key="kabanero.trigger.deleted")
+        finally:
+            await runtime.stop()
+    got = changes(tap)
+    assert len(got) == len(set(got))
+    assert set(got) == EXPECTED_MISSED | {("kabanero.trigger.deleted", "test/kabanero/mediation/webhook/a")}
+
+
+async def test_410_mid_stream_relists_and_emits_exactly_the_missed_changes(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    _seed_for_missed(kube)
+    settings = watcher_settings(kube, amqp_url, mongodb_url, inactivity_timeout_s=30)
+    runtime = await started(settings)
+    try:
+        await ready(runtime)
+        async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+            kube.inject("stall")  # the watcher sees nothing from here on
+            _missed_changes(kube)
+            kube.inject("expire")
+            kube.inject("drop", mode="abort")  # resume from the old resourceVersion -> 410 -> re-list
+            await tap.wait_for(len(EXPECTED_MISSED), timeout=10)
+            await tap.wait_for(1, routing_key="kabanero.snapshot")
+            update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"].pop(0))
+            await tap.wait_for(1, routing_key="kabanero.trigger.deleted")
+    finally:
+        await runtime.stop()
+    got = changes(tap)
+    assert len(got) == len(set(got))
+    assert set(got) == EXPECTED_MISSED | {("kabanero.trigger.deleted", "test/kabanero/mediation/webhook/a")}
+
+
+async def test_silently_stalled_stream_is_detected_and_resumed(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.store.create(kabanero())
+    settings = watcher_settings(kube, amqp_url, mongodb_url, inactivity_timeout_s=1.5)
+    runtime = await started(settings)
+    try:
+        await ready(runtime)
+        async with EventTap(amqp_url, CHANGES) as tap:
+            assert kube.inject("stall")["stalled"] >= 3
+            kube.store.create(mediator())
+            started_at = time.monotonic()
+            await tap.wait_for(1, routing_key="kabanero.trigger.created", timeout=8)
+            took = time.monotonic() - started_at
+        # Not before the stall is noticed (the stream stays silent), within timeout + margin.
+        assert 1.0 < took < 1.5 + 2.0
+        assert changes(tap) == [("kabanero.trigger.created", TRIGGER)]
+    finally:
+        await runtime.stop()

@@ -1,0 +1,176 @@
+"""otc-writer under OTC faults: 5xx, 429 storms, commit-then-drop, permanent 400, two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
+from services.otc_writer.app import COMMANDS_QUEUE, Deps
+from services.otc_writer.desired import trigger_tool_name
+from shared.amqp.consumer import ERROR_HEADER, REASON_HEADER
+from tests.helpers import drain_queue, wait_until
+from tests.integration.test_writer_support import (
+    FAST,
+    WriterEnv,
+    command,
+    env,  # noqa: F401
+    service_event,
+    snapshot_event,
+    trigger,
+    writes,
+)
+
+
+async def test_30_percent_5xx_converges_without_duplicates(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="flaky")
+    triggers = [trigger(f"t{i}") for i in range(12)]
+    env.otc.set_faults(seed=7, error_rate=0.3)
+    async with env.writer() as w:
+        await env.publish(
+            snapshot_event(triggers, revision=1),
+            service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc),
+        )
+        await env.wait_handled(w, 2)
+        await wait_until(lambda: len(env.otc.tools(tc)) == 12, timeout=30)
+        expected = sorted(trigger_tool_name(t.key) for t in triggers)
+        assert env.tool_names(tc) == expected  # exactly one per trigger
+        assert any(c.fault == "5xx" for c in env.otc.calls())
+        # One successful POST per tool, whatever failed around it.
+        assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 12
+        # After faults stop, an unchanged snapshot costs nothing.
+        env.otc.clear_faults()
+        mark = env.otc.call_count
+        await env.publish(snapshot_event(triggers, revision=2))
+        await env.wait_handled(w, 3)
+        assert env.otc.calls(mark) == []
+
+
+async def test_429_storm_is_honoured(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="limited")
+    env.otc.set_faults(rate_limit=RateLimitFault(count=4, retry_after=1))
+    # One request in flight at a time: a request already sent when a 429 arrives cannot be recalled,
+    # so "no call before the advertised time" is checkable only for calls that could have waited.
+    async with env.writer(otc_max_concurrency=1) as w:
+        for i in range(5):
+            await env.publish(command("apply", key=f"r{i}", toolchain_id=tc, revision=1))
+        await env.wait_handled(w, 5, COMMANDS_QUEUE)
+    calls = env.otc.calls()
+    assert sum(1 for c in calls if c.status == 429) >= 1
+    assert [c for c in calls if c.early] == []  # never called before the advertised time
+    assert len(env.otc.tools(tc)) == 5
+    assert len([c for c in writes(calls) if c.method == "POST"]) == 5
+
+
+async def test_commit_then_drop_creates_no_duplicate(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="dropping")
+    env.otc.set_faults(drop_after_commit=3)
+    async with env.writer() as w:
+        await env.publish(
+            command("apply", key="r1", toolchain_id=tc, revision=1),
+            command("apply", key="r2", toolchain_id=tc, revision=1),
+        )
+        await env.wait_handled(w, 2, COMMANDS_QUEUE)
+        assert sorted(t.name or "" for t in env.otc.tools(tc)) == ["kabanero-repo r1", "kabanero-repo r2"]
+        assert any(c.dropped for c in env.otc.calls())
+        # A dropped PATCH is also applied exactly once in effect.
+        await env.publish(
+            command("apply", key="r1", toolchain_id=tc, revision=2, repo="https://github.com/org/b")
+        )
+        await env.wait_handled(w, 3, COMMANDS_QUEUE)
+        r1 = next(t for t in env.otc.tools(tc) if t.name == "kabanero-repo r1")
+        assert r1.parameters["repo_url"] == "https://github.com/org/b"
+        assert len(env.otc.tools(tc)) == 2
+
+
+async def test_permanent_400_is_dead_lettered_and_others_proceed(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="strict")
+    env.otc.set_faults(
+        FaultConfig(
+            rules=[
+                ErrorRule(
+                    path=r"/toolchain/v2/toolchains/.*/tools",
+                    method="POST",
+                    name="kabanero-repo bad",
+                    status=400,
+                    message="Parameter 'repo_url' is not allowed here",
+                )
+            ]
+        )
+    )
+    async with env.writer() as w:
+        await env.publish(
+            command("apply", key="bad", toolchain_id=tc, revision=1),
+            command("apply", key="good", toolchain_id=tc, revision=1),
+        )
+        await env.wait_handled(w, 1, COMMANDS_QUEUE)
+        dead: list[AbstractIncomingMessage] = []
+
+        async def dead_lettered() -> bool:
+            dead.extend(await drain_queue(env.amqp_url, f"{COMMANDS_QUEUE}.dead", timeout=0.2))
+            return bool(dead)
+
+        await wait_until(dead_lettered, timeout=10, what="a dead letter")
+        ledger = await w.ledger.get("github", "bad", tc)
+    assert [t.name for t in env.otc.tools(tc)] == ["kabanero-repo good"]
+    (msg,) = dead
+    headers = msg.headers or {}
+    assert headers[REASON_HEADER] == "permanent error"
+    error = str(headers[ERROR_HEADER])
+    assert "Parameter 'repo_url' is not allowed here" in error
+    assert "X-Global-Transaction-ID" in error
+    # Exactly one attempt: a permanent error is not retried.
+    assert len([c for c in env.otc.calls() if c.method == "POST" and c.status == 400]) == 1
+    assert ledger is not None and "not allowed" in ledger["last_error"]
+
+
+async def test_two_writers_keep_order_per_key(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="shared")
+    keys = [f"k{i}" for i in range(4)]
+    revisions = range(1, 9)
+    async with env.writer(Deps(topology=FAST, owner="w1")) as w1, env.writer(Deps(topology=FAST, owner="w2")) as w2:
+        env.otc.set_faults(latency_ms=5)
+        for rev in revisions:
+            for key in keys:
+                await env.publish(
+                    command("apply", key=key, toolchain_id=tc, revision=rev, repo=f"https://github.com/o/{key}-{rev}")
+                )
+        total = len(keys) * len(revisions)
+        await wait_until(
+            lambda: w1.handled[COMMANDS_QUEUE] + w2.handled[COMMANDS_QUEUE] >= total, timeout=30
+        )
+        assert w1.handled[COMMANDS_QUEUE] > 0 and w2.handled[COMMANDS_QUEUE] > 0
+    tools = {t.name: t for t in env.otc.tools(tc)}
+    assert sorted(tools) == sorted(f"kabanero-repo {k}" for k in keys)  # one tool per key
+    for key in keys:
+        # The newest revision wins, and the writes of one key went out in revision order.
+        assert tools[f"kabanero-repo {key}"].parameters["repo_url"].endswith(f"{key}-8")
+        applied = [
+            int(str((c.body or {}).get("parameters", {}).get("repo_url", "")).rsplit("-", 1)[1])
+            for c in writes(env.otc.calls())
+            if c.method in ("POST", "PATCH")
+            and (
+                (c.body or {}).get("name") == f"kabanero-repo {key}"
+                or c.path.endswith(tools[f"kabanero-repo {key}"].id)
+            )
+        ]
+        assert applied == sorted(applied), (key, applied)
+        assert len(applied) <= len(revisions)
+
+
+async def test_sigterm_mid_batch_then_restart_converges(env: WriterEnv) -> None:
+    """In-process crash between the OTC write and the ledger commit: the retry adopts, never repeats."""
+    tc = env.otc.seed_toolchain(name="crash")
+    crashed = asyncio.Event()
+
+    async def crash(op: str, ledger_id: str) -> None:
+        if not crashed.is_set():
+            crashed.set()
+            raise RuntimeError("injected crash after the OTC write")
+
+    async with env.writer(Deps(topology=FAST, after_otc_write=crash)) as w:
+        await env.publish(command("apply", key="x", toolchain_id=tc, revision=1))
+        await env.wait_handled(w, 1, COMMANDS_QUEUE)
+    assert len(env.otc.tools(tc)) == 1
+    assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1

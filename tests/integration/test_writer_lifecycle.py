@@ -1,0 +1,144 @@
+"""otc-writer end to end: events/commands in over RabbitMQ, tools out to emulators.otc over HTTP."""
+
+from __future__ import annotations
+
+from services.otc_writer.app import COMMANDS_QUEUE
+from services.otc_writer.desired import trigger_tool_name
+from tests.helpers import wait_until
+from tests.integration.test_writer_support import (
+    WriterEnv,
+    command,
+    env,  # noqa: F401
+    service_event,
+    snapshot_event,
+    trigger,
+    trigger_event,
+    writes,
+)
+
+
+async def test_trigger_tool_lifecycle_one_write_per_change(env: WriterEnv) -> None:
+    tc1 = env.otc.seed_toolchain(name="one")
+    tc2 = env.otc.seed_toolchain(name="two")
+    a, b = trigger("a"), trigger("b")
+    async with env.writer() as w:
+        # Triggers known before any binding: nothing to write yet.
+        await env.publish(trigger_event(a), trigger_event(b))
+        await env.wait_handled(w, 2)
+        assert writes(env.otc.calls()) == []
+
+        # Bind to tc1: exactly one tool per trigger, one POST each.
+        await env.publish(service_event("bound", revision=2, toolchains=[tc1], toolchain_id=tc1))
+        await env.wait_handled(w, 3)
+        expected = sorted([trigger_tool_name(a.key), trigger_tool_name(b.key)])
+        assert env.tool_names(tc1) == expected
+        assert [c.method for c in writes(env.otc.calls())] == ["POST", "POST"]
+        tool = next(t for t in env.otc.tools(tc1) if t.name == trigger_tool_name(a.key))
+        assert tool.tool_type_id == "customtool"
+        assert tool.parameters["lifecyclePhase"] == "DELIVER"
+        assert tool.parameters["dashboard_url"].startswith("https://")
+
+        # Bind tc2 as well.
+        mark = env.otc.call_count
+        await env.publish(service_event("bound", revision=3, toolchains=[tc1, tc2], toolchain_id=tc2))
+        await env.wait_handled(w, 4)
+        assert env.tool_names(tc2) == expected
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["POST", "POST"]
+
+        # Trigger a changes: one PATCH per bound toolchain, merge-patch content type.
+        mark = env.otc.call_count
+        a2 = trigger("a", revision=2, body="v2")
+        await env.publish(trigger_event(a2, "updated"))
+        await env.wait_handled(w, 5)
+        patch_calls = writes(env.otc.calls(mark))
+        assert sorted(c.method for c in patch_calls) == ["PATCH", "PATCH"]
+        assert all(c.body and set(c.body) == {"parameters"} for c in patch_calls)
+
+        # Unchanged snapshot and a redelivered (stale) event: zero calls to OTC at all.
+        mark = env.otc.call_count
+        await env.publish(snapshot_event([a2, b], revision=1), trigger_event(a, "created"))
+        await env.wait_handled(w, 7)
+        assert env.otc.calls(mark) == []
+
+        # Trigger b deleted: one DELETE per toolchain.
+        mark = env.otc.call_count
+        await env.publish(trigger_event(trigger("b", revision=2, deleted=True), "deleted"))
+        await env.wait_handled(w, 8)
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["DELETE", "DELETE"]
+        assert env.tool_names(tc1) == env.tool_names(tc2) == [trigger_tool_name(a.key)]
+
+        # Snapshot with a new trigger c and without a: create c, delete a, in each toolchain.
+        mark = env.otc.call_count
+        c = trigger("c")
+        await env.publish(snapshot_event([c], revision=2))
+        await env.wait_handled(w, 9)
+        assert sorted(x.method for x in writes(env.otc.calls(mark))) == ["DELETE", "DELETE", "POST", "POST"]
+        assert env.tool_names(tc1) == env.tool_names(tc2) == [trigger_tool_name(c.key)]
+
+        # Unbind tc1: its tools go, tc2 keeps its own; deprovision: everything goes.
+        mark = env.otc.call_count
+        await env.publish(service_event("unbound", revision=4, toolchains=[tc2], toolchain_id=tc1))
+        await env.wait_handled(w, 10)
+        assert env.tool_names(tc1) == []
+        assert env.tool_names(tc2) == [trigger_tool_name(c.key)]
+        assert [x.method for x in writes(env.otc.calls(mark))] == ["DELETE"]
+        await env.publish(service_event("deprovisioned", revision=5, toolchains=[]))
+        await env.wait_handled(w, 11)
+        assert env.tool_names(tc2) == []
+
+    # A restart with an unchanged world writes nothing.
+    mark = env.otc.call_count
+    async with env.writer() as w2:
+        await env.publish(snapshot_event([c], revision=3))
+        await env.wait_handled(w2, 1)
+    assert writes(env.otc.calls(mark)) == []
+
+
+async def test_github_tool_commands_lifecycle(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="gh")
+    async with env.writer() as w:
+        await env.publish(command("apply", key="repo-1", toolchain_id=tc, revision=1))
+        await env.wait_handled(w, 1, COMMANDS_QUEUE)
+        (tool,) = env.otc.tools(tc)
+        assert tool.tool_type_id == "githubconsolidated"
+        assert tool.parameters["repo_url"] == "https://github.com/org/app"
+
+        # Redelivered command: zero calls.
+        mark = env.otc.call_count
+        await env.publish(command("apply", key="repo-1", toolchain_id=tc, revision=1))
+        await env.wait_handled(w, 2, COMMANDS_QUEUE)
+        assert env.otc.calls(mark) == []
+
+        # Change: one PATCH; a stale older command afterwards: nothing.
+        mark = env.otc.call_count
+        await env.publish(
+            command("apply", key="repo-1", toolchain_id=tc, revision=3, repo="https://github.com/org/app2"),
+            command("apply", key="repo-1", toolchain_id=tc, revision=2, repo="https://github.com/org/old"),
+        )
+        await env.wait_handled(w, 4, COMMANDS_QUEUE)
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["PATCH"]
+        (tool,) = env.otc.tools(tc)
+        assert tool.parameters["repo_url"] == "https://github.com/org/app2"
+
+        # Remove: one DELETE; remove again: nothing.
+        mark = env.otc.call_count
+        await env.publish(
+            command("remove", key="repo-1", toolchain_id=tc, revision=4),
+            command("remove", key="repo-1", toolchain_id=tc, revision=4),
+        )
+        await env.wait_handled(w, 6, COMMANDS_QUEUE)
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["DELETE"]
+        assert env.otc.tools(tc) == []
+
+
+async def test_tool_deleted_behind_our_back_is_recreated_on_change(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="gone")
+    async with env.writer() as w:
+        await env.publish(command("apply", key="r", toolchain_id=tc, revision=1))
+        await env.wait_handled(w, 1, COMMANDS_QUEUE)
+        (tool,) = env.otc.tools(tc)
+        env.otc.emulator.store.delete_tool(tc, tool.id)
+        await env.publish(command("apply", key="r", toolchain_id=tc, revision=2, repo="https://github.com/o/new"))
+        await wait_until(lambda: len(env.otc.tools(tc)) == 1, timeout=10)
+        (tool,) = env.otc.tools(tc)
+        assert tool.parameters["repo_url"] == "https://github.com/o/new"

@@ -1,0 +1,197 @@
+"""Shared set-up for the otc-writer integration tests (no tests here).
+
+Real RabbitMQ (a vhost per test), the mongoeco wire server, and emulators.otc over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from emulators.otc.models import CallRecord
+from emulators.otc.testing import OtcEmulator
+from services.otc_writer.app import EVENTS_QUEUE, Deps, OtcWriter, build
+from services.otc_writer.settings import Settings
+from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
+from shared.events import (
+    CloudEvent,
+    InstanceRef,
+    RoutingKeys,
+    ServiceEvent,
+    ServiceEventData,
+    ServiceParameters,
+    SnapshotData,
+    ToolCommand,
+    TriggerData,
+    TriggerKey,
+)
+from tests.helpers import wait_until
+
+FAST = Topology(retry_delays_s=(1,))
+API_KEY = "writer-test-key"
+CLUSTER, NAMESPACE = "default", "kabanero"
+INSTANCE = InstanceRef(cluster=CLUSTER, namespace=NAMESPACE)
+WRITE_METHODS = ("POST", "PATCH", "DELETE")
+
+
+def writes(calls: list[CallRecord]) -> list[CallRecord]:
+    """Tool writes that reached the API and were answered 2xx or dropped after commit."""
+    return [
+        c
+        for c in calls
+        if c.method in WRITE_METHODS
+        and "/tools" in c.path
+        and (c.dropped or (c.status is not None and c.status < 300))
+    ]
+
+
+def service_event(
+    what: ServiceEvent,
+    *,
+    revision: int,
+    toolchains: list[str],
+    toolchain_id: str | None = None,
+    instance_id: str = "svc-1",
+    namespace: str = NAMESPACE,
+) -> CloudEvent:
+    data = ServiceEventData(
+        kind="kabanero-events",
+        instance_id=instance_id,
+        service_id="kabanero-events",
+        parameters=ServiceParameters(cluster=CLUSTER, namespace=namespace),
+        toolchains=toolchains,
+        toolchain_id=toolchain_id,
+        revision=revision,
+        deleted=what == "deprovisioned",
+    )
+    return CloudEvent.for_data(
+        RoutingKeys.service("kabanero-events", what), data, source="test", subject=instance_id
+    )
+
+
+def trigger(
+    name: str,
+    *,
+    revision: int = 1,
+    body: str = "v1",
+    owner: str = "webhook",
+    deleted: bool = False,
+    namespace: str = NAMESPACE,
+) -> TriggerData:
+    content: dict[str, Any] = {"body": body}
+    return TriggerData(
+        key=TriggerKey(cluster=CLUSTER, namespace=namespace, generation="mediation", owner=owner, name=name),
+        instance=InstanceRef(cluster=CLUSTER, namespace=namespace),
+        content=content,
+        content_hash=hashlib.sha256(body.encode()).hexdigest(),
+        destinations=[f"https://listener.example/{name}"],
+        revision=revision,
+        deleted=deleted,
+    )
+
+
+def trigger_event(data: TriggerData, what: str = "created") -> CloudEvent:
+    rk = {
+        "created": RoutingKeys.TRIGGER_CREATED,
+        "updated": RoutingKeys.TRIGGER_UPDATED,
+        "deleted": RoutingKeys.TRIGGER_DELETED,
+    }[what]
+    return CloudEvent.for_data(rk, data, source="test", subject=data.key.id)
+
+
+def snapshot_event(triggers: list[TriggerData], *, revision: int, namespace: str = NAMESPACE) -> CloudEvent:
+    data = SnapshotData(
+        instance=InstanceRef(cluster=CLUSTER, namespace=namespace),
+        exists=True,
+        triggers=triggers,
+        revision=revision,
+    )
+    return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
+
+
+def command(
+    what: str,
+    *,
+    key: str,
+    toolchain_id: str,
+    revision: int,
+    repo: str = "https://github.com/org/app",
+    name: str | None = None,
+) -> CloudEvent:
+    data = ToolCommand(
+        purpose="github",
+        key=key,
+        toolchain_id=toolchain_id,
+        tool_type_id="githubconsolidated",
+        name=name or f"kabanero-repo {key}",
+        parameters={"type": "link", "git_id": "github", "repo_url": repo, "has_issues": False},
+        revision=revision,
+    )
+    rk = RoutingKeys.TOOL_APPLY if what == "apply" else RoutingKeys.TOOL_REMOVE
+    return CloudEvent.for_data(rk, data, source="test", subject=key)
+
+
+@dataclass
+class WriterEnv:
+    otc: OtcEmulator
+    amqp_url: str
+    mongodb_url: str
+    publisher: Publisher
+    writers: list[OtcWriter] = field(default_factory=list)
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "amqp_url": self.amqp_url,
+            "mongodb_url": self.mongodb_url,
+            "http_host": "127.0.0.1",
+            "http_port": 0,
+            "otc_api_url": self.otc.api_url,
+            "otc_iam_url": self.otc.url,
+            "otc_api_key": API_KEY,
+            "otc_rate_limit": 1000.0,
+            "otc_backoff_base_s": 0.05,
+            "connect_timeout_s": 10.0,
+            "lease_ttl_s": 5.0,
+            "lease_wait_s": 10.0,
+            "shutdown_timeout_s": 5.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    @asynccontextmanager
+    async def writer(self, deps: Deps | None = None, **overrides: Any) -> AsyncIterator[OtcWriter]:
+        runtime = build(self.settings(**overrides), deps=deps or Deps(topology=FAST))
+        async with runtime:
+            self.writers.append(runtime)
+            yield runtime
+
+    async def publish(self, *events: CloudEvent) -> None:
+        for event in events:
+            await self.publisher.publish(event)
+
+    async def wait_handled(self, writer: OtcWriter, count: int, queue: str = EVENTS_QUEUE) -> None:
+        await wait_until(lambda: writer.handled[queue] >= count, timeout=20, what=f"{count} handled on {queue}")
+
+    def tool_names(self, toolchain_id: str) -> list[str]:
+        return sorted(t.name or "" for t in self.otc.tools(toolchain_id))
+
+
+@pytest.fixture
+async def env(amqp_url: str, mongodb_url: str) -> AsyncIterator[WriterEnv]:
+    async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
+        conn = AmqpConnection(amqp_url, name="test-publisher", connect_timeout=5)
+        await conn.connect()
+        channel = await conn.channel()
+        await declare_topology(channel, FAST)
+        await channel.close()
+        publisher = Publisher(conn, timeout=5)
+        await publisher.start()
+        try:
+            yield WriterEnv(otc=otc, amqp_url=amqp_url, mongodb_url=mongodb_url, publisher=publisher)
+        finally:
+            await conn.close()
