@@ -16,6 +16,7 @@ class Settings(CommonSettings):
     github_hosts: tuple[str, ...] = ("github.com", "www.github.com")
     # GitHub Enterprise: host -> the git_id (Enterprise GUID) OTC knows it by (JSON object).
     ghe_hosts: dict[str, str] = Field(default_factory=dict)
-    # Which repositories of an instance get a tool (ARCHITECTURE §1: trigger and pipeline repos).
-    github_repo_kinds: tuple[str, ...] = ("trigger", "pipeline")
+    # Which repositories of an instance get a tool (ARCHITECTURE §1: trigger and pipeline repos;
+    # `spec.gitops.pipelines[]` are Tekton pipeline archives too, reported by the watcher as "gitops").
+    github_repo_kinds: tuple[str, ...] = ("trigger", "pipeline", "gitops")
     prefetch: int = Field(default=16, ge=1)

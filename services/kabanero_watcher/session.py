@@ -55,6 +55,8 @@ class Session:
         self._wake = asyncio.Event()
         self._snapshot_due = False
         self.synced = False
+        # Set while the reconciler waits with nothing to do (benchmarks and tests use it).
+        self.idle = asyncio.Event()
         self.last_reconcile_ms: float | None = None
 
     # --- signals from watchers -----------------------------------------------------------------
@@ -64,10 +66,12 @@ class Session:
 
     def _mark(self, namespaces: set[str]) -> None:
         self._dirty |= {ns for ns in namespaces if self._in_scope(ns)}
+        self.idle.clear()
         self._wake.set()
 
     def request_snapshot(self) -> None:
         self._snapshot_due = True
+        self.idle.clear()
         self._wake.set()
 
     # --- health ----------------------------------------------------------------------------------
@@ -110,7 +114,10 @@ class Session:
                 log.warning("publish failed; will retry: %s", exc)
                 await asyncio.sleep(self.settings.publish_retry_s)
                 continue
+            if not self._dirty and not self._snapshot_due:
+                self.idle.set()
             await self._wake.wait()
+            self.idle.clear()
 
     async def reconcile_dirty(self) -> int:
         """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published."""

@@ -325,6 +325,8 @@ async def test_410_mid_stream_relists_and_emits_exactly_the_missed_changes(
             await tap.wait_for(1, routing_key="kabanero.snapshot")
             update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"].pop(0))
             await tap.wait_for(1, routing_key="kabanero.trigger.deleted")
+            assert runtime.session is not None
+            assert all(w.lists == 2 for w in runtime.session.watchers)  # one 410 re-list each
     finally:
         await runtime.stop()
     got = changes(tap)

@@ -159,7 +159,7 @@ async def test_two_writers_keep_order_per_key(env: WriterEnv) -> None:
         assert len(applied) <= len(revisions)
 
 
-async def test_sigterm_mid_batch_then_restart_converges(env: WriterEnv) -> None:
+async def test_crash_between_otc_write_and_commit_is_adopted_not_repeated(env: WriterEnv) -> None:
     """In-process crash between the OTC write and the ledger commit: the retry adopts, never repeats."""
     tc = env.otc.seed_toolchain(name="crash")
     crashed = asyncio.Event()

@@ -124,7 +124,9 @@ def test_compose_services_run_the_image_with_infra_env_healthcheck_and_dependenc
         assert "profiles" not in svc, "the four services run without a profile"
         env = svc["environment"]
         assert env["AMQP_URL"].startswith("amqp://") and "@rabbitmq:5672/" in env["AMQP_URL"]
-        assert env["MONGODB_URL"].startswith("mongodb://") and "@mongo:27017/kabanero_otc" in env["MONGODB_URL"]
+        assert (
+            env["MONGODB_URL"].startswith("mongodb://") and "@mongo:27017/kabanero_otc" in env["MONGODB_URL"]
+        )
         assert env["HTTP_PORT"] == "8080"
         assert "/readyz" in " ".join(svc["healthcheck"]["test"])
         for infra in ("rabbitmq", "mongo"):
@@ -336,7 +338,9 @@ def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Do
 
 def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> None:
     service = _by_kind(manifests, "Service")["broker-api"]
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
     pod_labels = _by_kind(manifests, "Deployment")["broker-api"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     pdb = _by_kind(manifests, "PodDisruptionBudget")["broker-api"]
@@ -363,3 +367,11 @@ def test_k8s_kustomization_renders_into_one_namespace() -> None:
             container = doc["spec"]["template"]["spec"]["containers"][0]
             assert container["envFrom"] == [{"configMapRef": {"name": config_maps[0]}}]
             assert container["image"] == "kabanero-otc:0.1.0"
+
+
+def test_deployment_doc_lists_every_setting() -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    for module in SERVICES.values():
+        known, _ = _settings_fields(module)
+        missing = sorted(name for name in known if f"`{name}`" not in doc)
+        assert not missing, f"docs/deployment.md §2 misses {module} settings {missing}"

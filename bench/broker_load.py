@@ -1,0 +1,161 @@
+"""Bounded load on broker-api: provision + bind pairs against an in-process service on loopback.
+
+``python -m bench.broker_load [--requests 2000] [--concurrency 32]``: starts ``emulators.mongo``
+(unless MONGODB_URL is set) and uses the machine's RabbitMQ (AMQP_URL) in a throw-away vhost,
+then measures requests/s and p50/p99 latency of PUT service_instances and PUT toolchains.
+Appends a section to ``bench/results.md`` and prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.fernet import Fernet
+
+from services.broker_api.app import build
+from services.broker_api.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+MGMT = os.environ.get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672")
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"bench:bench-secret").decode()}
+
+
+def _mgmt(method: str, path: str, body: dict[str, str] | None = None) -> None:
+    parts = urllib.parse.urlsplit(AMQP)
+    cred = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()).decode()
+    req = urllib.request.Request(
+        f"{MGMT}/api/{path}",
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {cred}"},
+    )
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
+async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int) -> dict[str, Any]:
+    settings = Settings(
+        broker_id="bench",
+        broker_secret="bench-secret",  # type: ignore[arg-type]
+        credentials_key=Fernet.generate_key().decode(),  # type: ignore[arg-type]
+        mongodb_url=mongodb_url,  # type: ignore[arg-type]
+        amqp_url=amqp_url,  # type: ignore[arg-type]
+        http_host="127.0.0.1",
+        http_port=0,
+    )
+    latencies: dict[str, list[float]] = {"provision": [], "bind": []}
+    errors = 0
+    pairs = requests // 2
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(pairs):
+        queue.put_nowait(i)
+    async with (
+        build(settings) as rt,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
+    ):
+        base = f"{rt.url}/kabanero-broker/api/v1/service_instances"
+
+        async def timed(kind: str, url: str, body: dict[str, Any]) -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            async with session.put(url, data=json.dumps(body), headers=AUTH) as resp:
+                await resp.read()
+                if resp.status >= 300:
+                    errors += 1
+            latencies[kind].append(time.perf_counter() - t0)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                sid = f"bench-{i}"
+                await timed("provision", f"{base}/{sid}", {"service_id": "kabanero", "parameters": {}})
+                await timed("bind", f"{base}/{sid}/toolchains/tc-{i}", {"toolchain_credentials": "c"})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    every = latencies["provision"] + latencies["bind"]
+    return {
+        "requests": len(every),
+        "concurrency": concurrency,
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(every) / elapsed, 1),
+        "p50_ms": round(statistics.median(every) * 1000, 2),
+        "p99_ms": round(_pct(every, 0.99), 2),
+        "provision_p99_ms": round(_pct(latencies["provision"], 0.99), 2),
+        "bind_p99_ms": round(_pct(latencies["bind"], 0.99), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    mongo_proc = None
+    mongodb_url = os.environ.get("MONGODB_URL")
+    if not mongodb_url:
+        mongo_proc = subprocess.Popen(
+            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert mongo_proc.stdout is not None
+        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
+        parts = urllib.parse.urlsplit(mongodb_url)
+        mongodb_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/bench", parts.query, ""))
+    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
+    _mgmt("PUT", f"vhosts/{vhost}")
+    user = urllib.parse.urlsplit(AMQP).username or "guest"
+    _mgmt("PUT", f"permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+    parts = urllib.parse.urlsplit(AMQP)
+    amqp_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", "", ""))
+    try:
+        result = asyncio.run(_run(mongodb_url, amqp_url, args.requests, args.concurrency))
+    finally:
+        _mgmt("DELETE", f"vhosts/{vhost}")
+        if mongo_proc is not None:
+            mongo_proc.terminate()
+            mongo_proc.wait(10)
+    backend = "MONGODB_URL" if os.environ.get("MONGODB_URL") else "emulators.mongo (mongoeco)"
+    section = (
+        f"\n## broker-api provision+bind ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
+        f"`python -m bench.broker_load --requests {args.requests} --concurrency {args.concurrency}` on "
+        f"{platform.machine()} with {os.cpu_count()} CPUs, MongoDB: {backend}, RabbitMQ: local node "
+        "(confirmed publishes).\n\n"
+        "| requests | concurrency | errors | req/s | p50 ms | p99 ms | provision p99 | bind p99 |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| {result['requests']} | {result['concurrency']} | {result['errors']} | {result['requests_per_s']} "
+        f"| {result['p50_ms']} | {result['p99_ms']} | {result['provision_p99_ms']} | {result['bind_p99_ms']} |\n"
+    )
+    with (ROOT / "bench" / "results.md").open("a") as fh:
+        fh.write(section)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

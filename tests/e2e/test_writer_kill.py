@@ -1,0 +1,122 @@
+"""otc-writer as a real process, SIGKILLed between its OTC write and the ack, then restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from emulators.otc.testing import OtcEmulator
+from services.otc_writer.ledger import Ledger
+from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
+from shared.events import CloudEvent, RoutingKeys, ToolCommand
+from shared.mongo import database, make_client
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "kill-test-key"
+
+
+def _env(amqp_url: str, mongodb_url: str, otc: OtcEmulator, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "MONGODB_URL": mongodb_url,
+        "HTTP_PORT": "0",
+        "HTTP_HOST": "127.0.0.1",
+        "OTC_API_URL": otc.api_url,
+        "OTC_IAM_URL": otc.url,
+        "OTC_API_KEY": API_KEY,
+        "LEASE_TTL_S": "2",
+        "LEASE_WAIT_S": "10",
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.otc_writer",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
+    conn = AmqpConnection(amqp_url, name="kill-test", connect_timeout=5)
+    await conn.connect()
+    channel = await conn.channel()
+    await declare_topology(channel, Topology())
+    await channel.close()
+    pub = Publisher(conn, timeout=5)
+    await pub.start()
+    yield pub
+    await conn.close()
+
+
+def _apply(tc: str, key: str, revision: int, repo: str) -> CloudEvent:
+    cmd = ToolCommand(
+        purpose="github",
+        key=key,
+        toolchain_id=tc,
+        tool_type_id="githubconsolidated",
+        name=f"repo {key}",
+        parameters={"type": "link", "repo_url": repo},
+        revision=revision,
+    )
+    return CloudEvent.for_data(RoutingKeys.TOOL_APPLY, cmd, source="test")
+
+
+@pytest.mark.parametrize("second", ["redelivery", "change"])
+async def test_sigkill_after_otc_write_no_duplicate_no_loss(
+    amqp_url: str, mongodb_url: str, publisher: Publisher, second: str
+) -> None:
+    async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
+        tc = otc.seed_toolchain(name="kill")
+        proc = await _spawn(_env(amqp_url, mongodb_url, otc, OTC_WRITER_TEST_CRASH_AFTER_WRITES="1"))
+        try:
+            await publisher.publish(_apply(tc, "a", 1, "https://github.com/o/a"))
+            assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        # The tool exists in OTC, but the ledger never recorded it and the message is unacked.
+        assert len(otc.tools(tc)) == 1
+        mongo = make_client(mongodb_url)
+        ledger = Ledger(database(mongo))
+        doc = await ledger.get("github", "a", tc)
+        assert doc is not None and doc["pending"]["op"] == "create" and not doc["present"]
+
+        if second == "change":
+            await publisher.publish(_apply(tc, "a", 2, "https://github.com/o/a2"))
+        restarted = await _spawn(_env(amqp_url, mongodb_url, otc))
+        try:
+
+            async def committed() -> bool:
+                d = await ledger.get("github", "a", tc)
+                want = 2 if second == "change" else 1
+                return bool(d and d["present"] and d.get("pending") is None and d["revision"] == want)
+
+            await wait_until(committed, timeout=30, what="ledger commit after restart")
+        finally:
+            restarted.terminate()
+            await asyncio.wait_for(restarted.wait(), 20)
+            await mongo.close()
+        tools = otc.tools(tc)
+        assert len(tools) == 1  # no duplicate
+        posts = [c for c in otc.calls() if c.method == "POST" and "/tools" in c.path and c.status == 201]
+        assert len(posts) == 1
+        expected = "https://github.com/o/a2" if second == "change" else "https://github.com/o/a"
+        assert tools[0].parameters["repo_url"] == expected  # no loss

@@ -1,0 +1,167 @@
+"""kabanero-watcher: one active replica (Lease), malformed objects, absent events CRDs, health."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from emulators.kube.testing import KubeEmulator
+from services.kabanero_watcher.app import WatcherRuntime, build
+from shared.events import TriggerData
+from tests.helpers import EventTap, wait_until
+from tests.integration.test_watcher_events import (
+    CHANGES,
+    TRIGGER,
+    changes,
+    connections,
+    kabanero,
+    kube,  # noqa: F401  (fixture)
+    mediator,
+    ready,
+    started,
+    watcher_settings,
+)
+
+
+async def _status(runtime: WatcherRuntime, path: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{runtime.http_port}{path}") as r:
+        return r.status
+
+
+async def test_two_replicas_exactly_one_publishes_and_hands_over(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.store.create(kabanero())
+    a = await started(watcher_settings(kube, amqp_url, mongodb_url, holder_identity="a"))
+    b: WatcherRuntime | None = None
+    try:
+        await ready(a)
+        assert a.leading
+        async with EventTap(amqp_url, CHANGES) as tap:
+            b = await started(watcher_settings(kube, amqp_url, mongodb_url, holder_identity="b"))
+            kube.store.create(mediator())
+            await tap.wait_for(1, routing_key="kabanero.trigger.created")
+            assert not b.leading and b.session is None
+            # A standby is healthy and ready.
+            assert await _status(b, "/healthz") == 200 and await _status(b, "/readyz") == 200
+            lease = kube.store.get("leases", "default", "kabanero-watcher")
+            assert lease["spec"]["holderIdentity"] == "a"
+
+            await a.stop()  # releases the lease: b takes over at once
+            await wait_until(lambda: b is not None and b.leading, timeout=3, what="b leads")
+            await ready(b)
+            kube.store.create(connections())
+            await tap.wait_for(1, routing_key="kabanero.trigger.updated")
+        # Each change exactly once, whoever published it; the handover itself re-published nothing.
+        assert changes(tap) == [("kabanero.trigger.created", TRIGGER), ("kabanero.trigger.updated", TRIGGER)]
+        assert kube.store.get("leases", "default", "kabanero-watcher")["spec"]["holderIdentity"] == "b"
+    finally:
+        await a.stop()
+        if b is not None:
+            await b.stop()
+
+
+async def test_leader_that_stops_renewing_is_replaced_within_the_lease_period(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    """A leader that hangs (no renew, no release) loses the lease by the clock on both sides."""
+    kube.store.create(kabanero())
+    a = await started(watcher_settings(kube, amqp_url, mongodb_url, holder_identity="a"))
+    b = await started(watcher_settings(kube, amqp_url, mongodb_url, holder_identity="b"))
+    try:
+        await wait_until(lambda: a.leading or b.leading, timeout=5)
+        leader, standby = (a, b) if a.leading else (b, a)
+        await ready(leader)
+        # Freeze the leader's election loop (as if partitioned from the API server).
+        lease_task = next(t for t in leader.supervisor.tasks if t.get_name().endswith(":lease"))
+        lease_task.cancel()
+        assert leader.elector is not None
+        leader.elector.release = _never  # type: ignore[method-assign]
+        await wait_until(lambda: standby.leading, timeout=2 + 0.3 + 2, what="standby takes over")
+        assert not leader.leading
+        await wait_until(lambda: leader.session is None, timeout=2, what="old leader stopped watching")
+        await ready(standby)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def _never() -> None:
+    return None
+
+
+async def test_malformed_objects_are_skipped_and_the_loop_goes_on(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.store.create(kabanero())
+    runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+    try:
+        await ready(runtime)
+        async with EventTap(amqp_url, CHANGES) as tap:
+            bad = mediator(name="bad")
+            bad["spec"]["mediations"] = "not-a-list"
+            kube.store.create(bad)
+            worse = mediator(name="worse")
+            worse["spec"]["mediations"] = [{"selector": {}}]  # no name
+            kube.store.create(worse)
+            bad_cr = kabanero("badns")
+            bad_cr["spec"]["stacks"] = {"pipelines": [{"id": "x", "https": "oops"}]}
+            kube.store.create(bad_cr)
+            kube.store.create(mediator(name="good"))
+            (created,) = await tap.wait_for(1, routing_key="kabanero.trigger.created")
+            assert TriggerData.model_validate(created.data).key.owner == "good"
+            # A mediator that turns malformed keeps its published triggers (no spurious delete).
+            good = kube.store.get("eventmediators", "kabanero", "good")
+            good["spec"]["mediations"] = [{"name": 5}]
+            kube.store.update(good)
+            kube.store.create(mediator(name="after"))
+            await tap.wait_for(2, routing_key="kabanero.trigger.created")
+            assert await _status(runtime, "/healthz") == 200
+        assert changes(tap) == [
+            ("kabanero.trigger.created", "test/kabanero/mediation/good/appsody"),
+            ("kabanero.trigger.created", "test/kabanero/mediation/after/appsody"),
+        ]
+    finally:
+        await runtime.stop()
+
+
+async def test_absent_events_crds_mean_legacy_triggers_and_are_reprobed(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    kube.inject("crds", present=False, group="events.kabanero.io")
+    legacy = [
+        {"id": "incubator", "sha256": "aa11", "https": {"url": "https://github.com/acme/triggers/releases/download/1.0/t.tar.gz"}},
+        {"id": "old", "sha256": "bb22", "url": "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"},
+    ]
+    kube.store.create(kabanero(triggers=legacy))
+    async with EventTap(amqp_url, CHANGES) as tap:
+        runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+        try:
+            await ready(runtime)
+            created = await tap.wait_for(2, routing_key="kabanero.trigger.created")
+            by_name = {TriggerData.model_validate(e.data).key.name: TriggerData.model_validate(e.data) for e in created}
+            assert by_name["incubator"].version == "aa11"
+            assert by_name["incubator"].key.generation == "legacy" and by_name["incubator"].key.owner == "kabanero"
+            assert [r.url for r in by_name["old"].repositories] == ["https://github.com/acme/sandbox"]
+            assert by_name["old"].url == "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"
+            # New sha256 for the same id: updated.
+            cr = kube.store.get("kabaneros", "kabanero", "kabanero")
+            cr["spec"]["triggers"][0]["sha256"] = "aa12"
+            kube.store.update(cr)
+            (upd,) = await tap.wait_for(1, routing_key="kabanero.trigger.updated")
+            assert TriggerData.model_validate(upd.data).version == "aa12"
+            # The events CRDs appear (upgrade to 0.9): mediations replace the legacy triggers.
+            kube.store.create(mediator())
+            kube.inject("crds", present=True, group="events.kabanero.io")
+            await tap.wait_for(3, routing_key="kabanero.trigger.created", timeout=5)
+            await tap.wait_for(2, routing_key="kabanero.trigger.deleted", timeout=5)
+        finally:
+            await runtime.stop()
+    got = changes(tap)
+    assert sorted(got[-3:]) == sorted(
+        [
+            ("kabanero.trigger.created", TRIGGER),
+            ("kabanero.trigger.deleted", "test/kabanero/legacy/kabanero/incubator"),
+            ("kabanero.trigger.deleted", "test/kabanero/legacy/kabanero/old"),
+        ]
+    )
+    assert len(got) == 1 + 2 + 1 + 3  # instance, 2 created, 1 updated, then the switch

@@ -1,0 +1,154 @@
+"""OtcClient against emulators.otc in-process over HTTP: IAM single flight, 401, paging, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
+from emulators.otc.testing import OtcEmulator
+from services.otc_writer.otc_client import (
+    IamTokenManager,
+    OtcCircuitOpenError,
+    OtcClient,
+    OtcClientConfig,
+    OtcNotFoundError,
+    OtcPermanentError,
+    OtcRetryableError,
+)
+
+KEY = "unit-key"
+GH = {"type": "link", "repo_url": "https://github.com/o/r"}
+
+
+@dataclass
+class Ctx:
+    otc: OtcEmulator
+    client: OtcClient
+    iam: IamTokenManager
+    session: aiohttp.ClientSession
+
+    def token_calls(self) -> int:
+        return sum(1 for c in self.otc.calls() if c.path == "/identity/token")
+
+
+def make_client(otc: OtcEmulator, session: aiohttp.ClientSession, **config: float) -> tuple[OtcClient, IamTokenManager]:
+    iam = IamTokenManager(session, otc.url, KEY)
+    cfg = OtcClientConfig(
+        api_url=otc.api_url,
+        rate_limit=config.pop("rate_limit", 1000.0),
+        backoff_base_s=0.01,
+        backoff_cap_s=0.05,
+        page_limit=int(config.pop("page_limit", 100)),
+        **config,  # type: ignore[arg-type]
+    )
+    return OtcClient(cfg, session, iam, rng=random.Random(3)), iam
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[Ctx]:
+    async with OtcEmulator.running(port=0, api_keys=(KEY,), token_ttl=100) as otc, aiohttp.ClientSession() as s:
+        client, iam = make_client(otc, s)
+        yield Ctx(otc, client, iam, s)
+
+
+async def test_crud_with_merge_patch_and_paging(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    small, _ = make_client(ctx.otc, ctx.session, page_limit=2)
+    created = [
+        await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name=f"t{i}", parameters=GH)
+        for i in range(5)
+    ]
+    assert [t.name for t in await small.list_tools(tc)] == [f"t{i}" for i in range(5)]
+    assert sum(1 for c in ctx.otc.calls() if c.method == "GET") == 3  # 3 pages of 2
+    patched = await ctx.client.update_tool(tc, created[0].id, {"parameters": {"has_issues": None, "title": "x"}})
+    assert "has_issues" not in patched.parameters and patched.parameters["title"] == "x"
+    patch_call = next(c for c in ctx.otc.calls() if c.method == "PATCH")
+    assert patch_call.status == 200
+    await ctx.client.delete_tool(tc, created[0].id)
+    with pytest.raises(OtcNotFoundError):
+        await ctx.client.get_tool(tc, created[0].id)
+
+
+async def test_token_single_flight_and_refresh_before_expiry(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    await asyncio.gather(*(ctx.client.list_tools(tc) for _ in range(20)))
+    assert ctx.token_calls() == 1
+    # The IAM clock moves by 85 % of the lifetime; our monotonic one does not, so fake it.
+    assert ctx.iam._token is not None
+    ctx.iam._token = type(ctx.iam._token)(ctx.iam._token.value, refresh_at=0.0, expires_at=1e18)
+    await asyncio.gather(*(ctx.client.list_tools(tc) for _ in range(10)))
+    assert ctx.token_calls() == 2
+
+
+async def test_401_forces_one_refresh_then_retries(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    await ctx.client.list_tools(tc)
+    ctx.otc.advance_clock(101)  # the token expired server-side before our refresh point
+    tools = await asyncio.gather(*(ctx.client.list_tools(tc) for _ in range(5)))
+    assert tools == [[]] * 5
+    assert ctx.token_calls() == 2
+    assert sum(1 for c in ctx.otc.calls() if c.status == 401) >= 1
+
+
+async def test_bad_api_key_is_permanent_without_leaking_it(ctx: Ctx) -> None:
+    iam = IamTokenManager(ctx.session, ctx.otc.url, "wrong-secret-key")
+    client = OtcClient(OtcClientConfig(api_url=ctx.otc.api_url), ctx.session, iam)
+    with pytest.raises(OtcPermanentError) as err:
+        await client.list_tools(ctx.otc.seed_toolchain())
+    assert "wrong-secret-key" not in str(err.value)
+    assert "API key could not be found" in str(err.value)
+
+
+async def test_5xx_retried_then_gives_up_retryable(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    ctx.otc.set_faults(error_rate=1.0)
+    with pytest.raises(OtcRetryableError) as err:
+        await ctx.client.list_tools(tc)
+    assert err.value.status == 503 and err.value.transaction_id
+    assert sum(1 for c in ctx.otc.calls() if c.status == 503) == ctx.client.config.max_attempts
+
+
+async def test_breaker_opens_and_refuses_without_calling(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=3, max_attempts=3, breaker_reset_s=60)
+    ctx.otc.set_faults(error_rate=1.0)
+    with pytest.raises(OtcRetryableError):
+        await client.list_tools(tc)
+    before = ctx.otc.call_count
+    with pytest.raises(OtcCircuitOpenError):
+        await client.list_tools(tc)
+    assert ctx.otc.call_count == before
+
+
+async def test_429_retry_after_respected(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    ctx.otc.set_faults(rate_limit=RateLimitFault(count=2, retry_after=1))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await ctx.client.list_tools(tc) == []
+    assert loop.time() - started >= 2.0  # two advertised waits of 1 s
+    assert not [c for c in ctx.otc.calls() if c.early]
+
+
+async def test_ambiguous_create_adopts_the_committed_tool(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    ctx.otc.set_faults(drop_after_commit=1)
+    tool = await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name="once", parameters=GH)
+    assert [t.id for t in ctx.otc.tools(tc)] == [tool.id]
+    assert [c.method for c in ctx.otc.calls() if c.path.endswith("/tools")] == ["POST", "GET"]
+
+
+async def test_error_mapping_keeps_ibm_message(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    with pytest.raises(OtcPermanentError) as err:
+        await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name="bad/name", parameters=GH)
+    assert err.value.status == 400 and "name" in err.value.message
+    ctx.otc.set_faults(FaultConfig(rules=[ErrorRule(path=".*/tools", method="POST", status=409, times=1)]))
+    tool = await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name="ok", parameters=GH)
+    assert tool.name == "ok"  # 409 is retryable
