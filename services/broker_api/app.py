@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from aiohttp import web
+
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.http import BrokerApi, make_app, utc_now
 from services.broker_api.outbox import EventSink, Outbox
@@ -43,6 +45,7 @@ class BrokerRuntime(Runtime):
         self.store = store
         self.outbox = outbox
         self.port = 0
+        self.app: web.Application | None = None
 
     @property
     def url(self) -> str:
@@ -71,6 +74,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
+    runtime.app = app
 
     def drainer_alive() -> tuple[bool, str]:
         task = next((t for t in runtime.supervisor.tasks if t.get_name().endswith("outbox-drainer")), None)

@@ -21,7 +21,9 @@ LEASE_S = 2
 pytestmark = pytest.mark.e2e
 
 
-async def _spawn(kube: KubeEmulator, amqp_url: str, mongodb_url: str, identity: str) -> asyncio.subprocess.Process:
+async def _spawn(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str, identity: str
+) -> asyncio.subprocess.Process:
     env = os.environ | {
         "AMQP_URL": amqp_url,
         "MONGODB_URL": mongodb_url,

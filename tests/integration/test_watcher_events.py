@@ -45,7 +45,9 @@ def watcher_settings(kube: KubeEmulator, amqp_url: str, mongodb_url: str, **over
     return Settings(**values)
 
 
-def kabanero(ns: str = "kabanero", *, version: str = "0.9.2", triggers: list[Any] | None = None) -> dict[str, Any]:
+def kabanero(
+    ns: str = "kabanero", *, version: str = "0.9.2", triggers: list[Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "version": version,
         "stacks": {
@@ -53,7 +55,9 @@ def kabanero(ns: str = "kabanero", *, version: str = "0.9.2", triggers: list[Any
                 {
                     "id": "default",
                     "sha256": "0f1e",
-                    "https": {"url": "https://github.com/acme/pipelines/releases/download/1.0.0/default.tar.gz"},
+                    "https": {
+                        "url": "https://github.com/acme/pipelines/releases/download/1.0.0/default.tar.gz"
+                    },
                 }
             ]
         },
@@ -68,7 +72,9 @@ def kabanero(ns: str = "kabanero", *, version: str = "0.9.2", triggers: list[Any
     }
 
 
-def mediator(ns: str = "kabanero", name: str = "webhook", mediations: tuple[str, ...] = ("appsody",)) -> dict[str, Any]:
+def mediator(
+    ns: str = "kabanero", name: str = "webhook", mediations: tuple[str, ...] = ("appsody",)
+) -> dict[str, Any]:
     return {
         "apiVersion": "events.kabanero.io/v1alpha1",
         "kind": "EventMediator",
@@ -76,7 +82,12 @@ def mediator(ns: str = "kabanero", name: str = "webhook", mediations: tuple[str,
         "spec": {
             "createListener": True,
             "mediations": [
-                {"name": m, "selector": {"urlPattern": m}, "sendTo": ["dest"], "body": [{"=": "sendEvent(dest, body, header)"}]}
+                {
+                    "name": m,
+                    "selector": {"urlPattern": m},
+                    "sendTo": ["dest"],
+                    "body": [{"=": "sendEvent(dest, body, header)"}],
+                }
                 for m in mediations
             ],
         },
@@ -113,7 +124,10 @@ async def started(settings: Settings) -> WatcherRuntime:
 
 async def ready(runtime: WatcherRuntime) -> None:
     async def is_ready() -> bool:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{runtime.http_port}/readyz") as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{runtime.http_port}/readyz") as r,
+        ):
             return r.status == 200 and runtime.session is not None and runtime.session.synced
 
     await wait_until(is_ready, timeout=10, what="watcher ready")
@@ -168,8 +182,12 @@ async def test_create_update_delete_publish_exactly_the_changes(
             assert upd.content["connections"][0]["from"]["mediator"]["mediation"] == "appsody"
 
             # Status-only updates publish nothing; a spec change of the CR is instance.changed.
-            kube.store.patch_status("eventmediators", "kabanero", "webhook", {"summary": [{"operation": "x"}]})
-            kube.store.patch_status("kabaneros", "kabanero", "kabanero", {"kabaneroInstance": {"ready": "True"}})
+            kube.store.patch_status(
+                "eventmediators", "kabanero", "webhook", {"summary": [{"operation": "x"}]}
+            )
+            kube.store.patch_status(
+                "kabaneros", "kabanero", "kabanero", {"kabaneroInstance": {"ready": "True"}}
+            )
             kube.store.patch_status("eventconnections", "kabanero", "connections", {"message": "ok"})
             update_spec(kube, "kabaneros", "kabanero", lambda spec: spec.update(version="0.9.3"))
             await tap.wait_for(2, routing_key="kabanero.instance.changed")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import aiohttp
+import pytest
 
 from emulators.kube.testing import KubeEmulator
-from services.kabanero_watcher.app import WatcherRuntime, build
+from services.kabanero_watcher.app import WatcherRuntime
 from shared.events import TriggerData
 from tests.helpers import EventTap, wait_until
 from tests.integration.test_watcher_events import (
@@ -14,12 +18,17 @@ from tests.integration.test_watcher_events import (
     changes,
     connections,
     kabanero,
-    kube,  # noqa: F401  (fixture)
     mediator,
     ready,
     started,
     watcher_settings,
 )
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeEmulator]:
+    async with KubeEmulator.running(history_window=5, bookmark_interval=0.3) as emulator:
+        yield emulator
 
 
 async def _status(runtime: WatcherRuntime, path: str) -> int:
@@ -129,8 +138,16 @@ async def test_absent_events_crds_mean_legacy_triggers_and_are_reprobed(
 ) -> None:
     kube.inject("crds", present=False, group="events.kabanero.io")
     legacy = [
-        {"id": "incubator", "sha256": "aa11", "https": {"url": "https://github.com/acme/triggers/releases/download/1.0/t.tar.gz"}},
-        {"id": "old", "sha256": "bb22", "url": "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"},
+        {
+            "id": "incubator",
+            "sha256": "aa11",
+            "https": {"url": "https://github.com/acme/triggers/releases/download/1.0/t.tar.gz"},
+        },
+        {
+            "id": "old",
+            "sha256": "bb22",
+            "url": "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz",
+        },
     ]
     kube.store.create(kabanero(triggers=legacy))
     async with EventTap(amqp_url, CHANGES) as tap:
@@ -138,9 +155,15 @@ async def test_absent_events_crds_mean_legacy_triggers_and_are_reprobed(
         try:
             await ready(runtime)
             created = await tap.wait_for(2, routing_key="kabanero.trigger.created")
-            by_name = {TriggerData.model_validate(e.data).key.name: TriggerData.model_validate(e.data) for e in created}
+            by_name = {
+                TriggerData.model_validate(e.data).key.name: TriggerData.model_validate(e.data)
+                for e in created
+            }
             assert by_name["incubator"].version == "aa11"
-            assert by_name["incubator"].key.generation == "legacy" and by_name["incubator"].key.owner == "kabanero"
+            assert (
+                by_name["incubator"].key.generation == "legacy"
+                and by_name["incubator"].key.owner == "kabanero"
+            )
             assert [r.url for r in by_name["old"].repositories] == ["https://github.com/acme/sandbox"]
             assert by_name["old"].url == "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"
             # New sha256 for the same id: updated.
@@ -165,3 +188,32 @@ async def test_absent_events_crds_mean_legacy_triggers_and_are_reprobed(
         ]
     )
     assert len(got) == 1 + 2 + 1 + 3  # instance, 2 created, 1 updated, then the switch
+
+
+async def test_kubeconfig_and_watch_namespaces(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str, tmp_path: Path
+) -> None:
+    kube.store.create(kabanero("kabanero"))
+    kube.store.create(kabanero("other"))
+    kube.store.create(mediator("other"))
+    settings = watcher_settings(
+        kube,
+        amqp_url,
+        mongodb_url,
+        kube_api_url=None,
+        kubeconfig=str(kube.kubeconfig(tmp_path / "kubeconfig")),
+        watch_namespaces="kabanero,empty",
+    )
+    async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+        runtime = await started(settings)
+        try:
+            await ready(runtime)
+            await tap.wait_for(1, routing_key="kabanero.snapshot")
+            kube.store.create(mediator("kabanero"))
+            await tap.wait_for(1, routing_key="kabanero.trigger.created")
+        finally:
+            await runtime.stop()
+    assert changes(tap) == [
+        ("kabanero.instance.changed", "test/kabanero"),
+        ("kabanero.trigger.created", TRIGGER),
+    ]

@@ -15,10 +15,10 @@ from tests.integration.test_writer_support import (
     FAST,
     WriterEnv,
     command,
-    env,  # noqa: F401
     service_event,
     snapshot_event,
     trigger,
+    writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
 
@@ -129,19 +129,26 @@ async def test_two_writers_keep_order_per_key(env: WriterEnv) -> None:
     tc = env.otc.seed_toolchain(name="shared")
     keys = [f"k{i}" for i in range(4)]
     revisions = range(1, 9)
-    async with env.writer(Deps(topology=FAST, owner="w1")) as w1, env.writer(Deps(topology=FAST, owner="w2")) as w2:
+    async with (
+        env.writer(Deps(topology=FAST, owner="w1")) as w1,
+        env.writer(Deps(topology=FAST, owner="w2")) as w2,
+    ):
         env.otc.set_faults(latency_ms=5)
         for rev in revisions:
             for key in keys:
                 await env.publish(
-                    command("apply", key=key, toolchain_id=tc, revision=rev, repo=f"https://github.com/o/{key}-{rev}")
+                    command(
+                        "apply",
+                        key=key,
+                        toolchain_id=tc,
+                        revision=rev,
+                        repo=f"https://github.com/o/{key}-{rev}",
+                    )
                 )
         total = len(keys) * len(revisions)
-        await wait_until(
-            lambda: w1.handled[COMMANDS_QUEUE] + w2.handled[COMMANDS_QUEUE] >= total, timeout=30
-        )
+        await wait_until(lambda: w1.handled[COMMANDS_QUEUE] + w2.handled[COMMANDS_QUEUE] >= total, timeout=30)
         assert w1.handled[COMMANDS_QUEUE] > 0 and w2.handled[COMMANDS_QUEUE] > 0
-    tools = {t.name: t for t in env.otc.tools(tc)}
+    tools = {t.name or "": t for t in env.otc.tools(tc)}
     assert sorted(tools) == sorted(f"kabanero-repo {k}" for k in keys)  # one tool per key
     for key in keys:
         # The newest revision wins, and the writes of one key went out in revision order.

@@ -8,11 +8,11 @@ from tests.helpers import wait_until
 from tests.integration.test_writer_support import (
     WriterEnv,
     command,
-    env,  # noqa: F401
     service_event,
     snapshot_event,
     trigger,
     trigger_event,
+    writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
 
@@ -138,7 +138,9 @@ async def test_tool_deleted_behind_our_back_is_recreated_on_change(env: WriterEn
         await env.wait_handled(w, 1, COMMANDS_QUEUE)
         (tool,) = env.otc.tools(tc)
         env.otc.emulator.store.delete_tool(tc, tool.id)
-        await env.publish(command("apply", key="r", toolchain_id=tc, revision=2, repo="https://github.com/o/new"))
+        await env.publish(
+            command("apply", key="r", toolchain_id=tc, revision=2, repo="https://github.com/o/new")
+        )
         await wait_until(lambda: len(env.otc.tools(tc)) == 1, timeout=10)
         (tool,) = env.otc.tools(tc)
         assert tool.parameters["repo_url"] == "https://github.com/o/new"

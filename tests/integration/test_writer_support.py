@@ -175,14 +175,16 @@ class WriterEnv:
             await self.publisher.publish(event)
 
     async def wait_handled(self, writer: OtcWriter, count: int, queue: str = EVENTS_QUEUE) -> None:
-        await wait_until(lambda: writer.handled[queue] >= count, timeout=20, what=f"{count} handled on {queue}")
+        await wait_until(
+            lambda: writer.handled[queue] >= count, timeout=20, what=f"{count} handled on {queue}"
+        )
 
     def tool_names(self, toolchain_id: str) -> list[str]:
         return sorted(t.name or "" for t in self.otc.tools(toolchain_id))
 
 
-@pytest.fixture
-async def env(amqp_url: str, mongodb_url: str) -> AsyncIterator[WriterEnv]:
+@pytest.fixture(name="env")
+async def writer_env_fixture(amqp_url: str, mongodb_url: str) -> AsyncIterator[WriterEnv]:
     async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
         conn = AmqpConnection(amqp_url, name="test-publisher", connect_timeout=5)
         await conn.connect()

@@ -11,7 +11,13 @@ from pydantic import SecretStr, ValidationError
 from services.broker_api import instances
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.errors import BadRequest, NotFound, from_validation
-from services.broker_api.models import BindRequest, MessageRequest, ProvisionRequest, UpdateRequest
+from services.broker_api.models import (
+    BindRequest,
+    InstanceRecord,
+    MessageRequest,
+    ProvisionRequest,
+    UpdateRequest,
+)
 from services.broker_api.openapi import openapi_spec
 from services.broker_api.settings import Settings, SettingsError, load_settings
 
@@ -103,7 +109,7 @@ def test_credentials_object_is_accepted_as_json() -> None:
     assert req.toolchain_credentials.get_secret_value() == '{"a": 1}'
 
 
-def _provision(rec: instances.InstanceRecord | None, body: dict[str, object]) -> instances.Change | None:
+def _provision(rec: InstanceRecord | None, body: dict[str, object]) -> instances.Change | None:
     s = _settings(allowed_clusters="c1,c2")
     return instances.provision(
         rec,
@@ -124,7 +130,7 @@ def test_provision_defaults_label_dashboard_and_idempotent_repeat() -> None:
     assert rec.parameters.label == "c1/kabanero"
     assert rec.dashboard_url == "https://kabanero-landing-kabanero.apps.c1.example.com/"
     assert [p.event for p in change.events] == ["provisioned"]
-    assert rec.service_credentials is not None and "sc" != rec.service_credentials
+    assert rec.service_credentials is not None and rec.service_credentials != "sc"
     # same body again: nothing to do; omitted credentials are kept
     assert _provision(rec, {"service_credentials": "sc"}) is None
     assert _provision(rec, {}) is None
@@ -135,7 +141,7 @@ def test_provision_defaults_label_dashboard_and_idempotent_repeat() -> None:
 
 
 def test_unknown_cluster_is_rejected() -> None:
-    with pytest.raises(BadRequest, match="parameters.cluster"):
+    with pytest.raises(BadRequest, match=r"parameters\.cluster"):
         _provision(None, {"parameters": {"cluster": "elsewhere"}})
 
 

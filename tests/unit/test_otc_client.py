@@ -37,7 +37,9 @@ class Ctx:
         return sum(1 for c in self.otc.calls() if c.path == "/identity/token")
 
 
-def make_client(otc: OtcEmulator, session: aiohttp.ClientSession, **config: float) -> tuple[OtcClient, IamTokenManager]:
+def make_client(
+    otc: OtcEmulator, session: aiohttp.ClientSession, **config: float
+) -> tuple[OtcClient, IamTokenManager]:
     iam = IamTokenManager(session, otc.url, KEY)
     cfg = OtcClientConfig(
         api_url=otc.api_url,
@@ -52,7 +54,10 @@ def make_client(otc: OtcEmulator, session: aiohttp.ClientSession, **config: floa
 
 @pytest.fixture
 async def ctx() -> AsyncIterator[Ctx]:
-    async with OtcEmulator.running(port=0, api_keys=(KEY,), token_ttl=100) as otc, aiohttp.ClientSession() as s:
+    async with (
+        OtcEmulator.running(port=0, api_keys=(KEY,), token_ttl=100) as otc,
+        aiohttp.ClientSession() as s,
+    ):
         client, iam = make_client(otc, s)
         yield Ctx(otc, client, iam, s)
 
@@ -66,7 +71,9 @@ async def test_crud_with_merge_patch_and_paging(ctx: Ctx) -> None:
     ]
     assert [t.name for t in await small.list_tools(tc)] == [f"t{i}" for i in range(5)]
     assert sum(1 for c in ctx.otc.calls() if c.method == "GET") == 3  # 3 pages of 2
-    patched = await ctx.client.update_tool(tc, created[0].id, {"parameters": {"has_issues": None, "title": "x"}})
+    patched = await ctx.client.update_tool(
+        tc, created[0].id, {"parameters": {"has_issues": None, "title": "x"}}
+    )
     assert "has_issues" not in patched.parameters and patched.parameters["title"] == "x"
     patch_call = next(c for c in ctx.otc.calls() if c.method == "PATCH")
     assert patch_call.status == 200

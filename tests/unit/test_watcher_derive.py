@@ -21,11 +21,17 @@ def _cr(spec: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": "kabanero", "namespace": "ns", "uid": "u1"}, "spec": spec}
 
 
-def _mediator(mediations: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+def _mediator(mediations: Any, **spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": "webhook", "namespace": "ns"}, "spec": {"mediations": mediations, **spec}}
 
 
-GIT_RELEASE = {"hostname": "github.acme.com", "organization": "platform", "project": "stacks", "release": "v2", "assetName": "a.tgz"}
+GIT_RELEASE = {
+    "hostname": "github.acme.com",
+    "organization": "platform",
+    "project": "stacks",
+    "release": "v2",
+    "assetName": "a.tgz",
+}
 
 
 def test_repositories_from_all_four_places_deduplicated_git_release_wins() -> None:
@@ -51,13 +57,22 @@ def test_repositories_from_all_four_places_deduplicated_git_release_wins() -> No
 
 def test_unknown_urls_are_kept_raw_and_incomplete_git_release_falls_back_to_https() -> None:
     partial = dict(GIT_RELEASE, release="")
-    spec = {"stacks": {"pipelines": [{"id": "x", "gitRelease": partial, "https": {"url": "https://files.acme/p.tgz/"}}]}}
+    spec = {
+        "stacks": {
+            "pipelines": [{"id": "x", "gitRelease": partial, "https": {"url": "https://files.acme/p.tgz/"}}]
+        }
+    }
     (repo,) = instance_repositories(_cr(spec))
     assert (repo.url, repo.kind) == ("https://files.acme/p.tgz", "unknown")
 
 
 def test_legacy_triggers_accept_flat_url_and_use_sha256_as_version() -> None:
-    spec = {"triggers": [{"id": "a", "sha256": "s1", "url": "https://h/a.tgz"}, {"id": "b", "sha256": "s2", "gitRelease": GIT_RELEASE}]}
+    spec: dict[str, Any] = {
+        "triggers": [
+            {"id": "a", "sha256": "s1", "url": "https://h/a.tgz"},
+            {"id": "b", "sha256": "s2", "gitRelease": GIT_RELEASE},
+        ]
+    }
     a, b = derive_legacy_triggers("c", _cr(spec))
     assert a.key.id == "c/ns/legacy/kabanero/a" and a.version == "s1" and a.url == "https://h/a.tgz"
     assert b.url == "https://github.acme.com/platform/stacks/releases/download/v2/a.tgz"
@@ -82,7 +97,9 @@ def test_mediation_content_includes_matching_connections_only() -> None:
     # Order of connections does not matter; mediator-level fields do.
     again, _ = derive_mediation_triggers("c", med, list(reversed(conns)))
     assert again.content_hash == m1.content_hash
-    other, _ = derive_mediation_triggers("c", _mediator(med["spec"]["mediations"], createListener=False), conns)
+    other, _ = derive_mediation_triggers(
+        "c", _mediator(med["spec"]["mediations"], createListener=False), conns
+    )
     assert other.content_hash != m1.content_hash
 
 
@@ -97,7 +114,9 @@ def test_malformed_mediators_raise_malformed(mediations: Any) -> None:
 
 
 def test_content_hash_ignores_key_order() -> None:
-    assert content_hash({"a": 1, "b": [1, {"x": 2, "y": 3}]}) == content_hash({"b": [1, {"y": 3, "x": 2}], "a": 1})
+    assert content_hash({"a": 1, "b": [1, {"x": 2, "y": 3}]}) == content_hash(
+        {"b": [1, {"y": 3, "x": 2}], "a": 1}
+    )
 
 
 def test_cache_desired_freezes_what_a_malformed_object_owns() -> None:
@@ -118,7 +137,10 @@ def test_cache_desired_freezes_what_a_malformed_object_owns() -> None:
     noisy["metadata"]["resourceVersion"] = "99"
     cache.apply(MEDIATORS, "MODIFIED", noisy)
     again = cache.desired("ns")
-    assert again.triggers["c/ns/mediation/webhook/m1"].content_hash == desired.triggers["c/ns/mediation/webhook/m1"].content_hash
+    assert (
+        again.triggers["c/ns/mediation/webhook/m1"].content_hash
+        == desired.triggers["c/ns/mediation/webhook/m1"].content_hash
+    )
 
 
 def test_legacy_triggers_auto_only_while_events_crds_are_absent() -> None:

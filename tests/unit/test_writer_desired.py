@@ -13,7 +13,9 @@ from services.otc_writer.desired import (
 from shared.events import InstanceRef, TriggerData, TriggerKey
 
 
-def _trigger(namespace: str = "kabanero", owner: str = "webhook", name: str = "m1", cluster: str = "default") -> TriggerData:
+def _trigger(
+    namespace: str = "kabanero", owner: str = "webhook", name: str = "m1", cluster: str = "default"
+) -> TriggerData:
     return TriggerData(
         key=TriggerKey(cluster=cluster, namespace=namespace, generation="mediation", owner=owner, name=name),
         instance=InstanceRef(cluster=cluster, namespace=namespace),
@@ -44,7 +46,15 @@ def test_customtool_parameters_pass_otc_validation() -> None:
     # Required customtool parameters (otc-api.md §4.7); the integration tests post them to the emulator.
     for key in ("type", "lifecyclePhase", "name", "dashboard_url"):
         assert tool.parameters[key]
-    assert tool.parameters["lifecyclePhase"] in ("THINK", "CODE", "DELIVER", "RUN", "MANAGE", "LEARN", "CULTURE")
+    assert tool.parameters["lifecyclePhase"] in (
+        "THINK",
+        "CODE",
+        "DELIVER",
+        "RUN",
+        "MANAGE",
+        "LEARN",
+        "CULTURE",
+    )
     assert "my%20mediator" in tool.parameters["dashboard_url"]
     assert tool.hash == desired_trigger_tool(_trigger(owner="my mediator"), "tc", TriggerToolStyle()).hash
 

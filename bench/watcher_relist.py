@@ -1,0 +1,207 @@
+"""Re-list cost of kabanero-watcher: 1,000 mediations across 100 namespaces, and events of an unchanged re-list.
+
+``python -m bench.watcher_relist [--namespaces 100] [--mediations 10]``: seeds an in-process
+``emulators.kube`` directly (one Kabanero CR and one EventMediator with N mediations per
+namespace), runs the watcher against it with the machine's RabbitMQ (AMQP_URL, throw-away vhost)
+and MongoDB (MONGODB_URL, else ``emulators.mongo``), then:
+
+1. initial sync: LIST of the three types + publishing every instance and trigger (confirmed);
+2. unchanged re-list: LIST of the three types again + diff against the published state, timed
+   until the reconciler is idle, counting the change events it emits (must be 0).
+
+Appends a section to ``bench/results.md`` and prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from emulators.kube.testing import KubeEmulator
+from services.kabanero_watcher.app import build
+from services.kabanero_watcher.settings import Settings
+from tests.helpers import EventTap, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+MGMT = os.environ.get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672")
+
+
+def _mgmt(method: str, path: str, body: dict[str, str] | None = None) -> None:
+    parts = urllib.parse.urlsplit(AMQP)
+    cred = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()).decode()
+    req = urllib.request.Request(
+        f"{MGMT}/api/{path}",
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {cred}"},
+    )
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def _seed(kube: KubeEmulator, namespaces: int, mediations: int) -> None:
+    for n in range(namespaces):
+        ns = f"team-{n:03d}"
+        kube.store.create(
+            {
+                "apiVersion": "kabanero.io/v1alpha2",
+                "kind": "Kabanero",
+                "metadata": {"name": "kabanero", "namespace": ns},
+                "spec": {
+                    "version": "0.9.2",
+                    "stacks": {
+                        "pipelines": [
+                            {
+                                "id": "default",
+                                "sha256": "0f1e",
+                                "https": {
+                                    "url": f"https://github.com/{ns}/pipelines/releases/download/1.0/p.tgz"
+                                },
+                            }
+                        ]
+                    },
+                },
+            }
+        )
+        kube.store.create(
+            {
+                "apiVersion": "events.kabanero.io/v1alpha1",
+                "kind": "EventMediator",
+                "metadata": {"name": "webhook", "namespace": ns},
+                "spec": {
+                    "createListener": True,
+                    "mediations": [
+                        {"name": f"m{i}", "selector": {"urlPattern": f"m{i}"}, "sendTo": ["dest"], "body": []}
+                        for i in range(mediations)
+                    ],
+                },
+            }
+        )
+
+
+async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int) -> dict[str, Any]:
+    async with KubeEmulator.running(bookmark_interval=5.0) as kube:
+        _seed(kube, namespaces, mediations)
+        settings = Settings(
+            amqp_url=amqp_url,  # type: ignore[arg-type]
+            mongodb_url=mongodb_url,  # type: ignore[arg-type]
+            http_host="127.0.0.1",
+            http_port=0,
+            kube_api_url=kube.url,
+            cluster_name="bench",
+            lease_namespace="default",
+            lease_duration_s=15,
+            lease_renew_s=2,
+            snapshot_interval_s=3600,
+            log_level="WARNING",
+        )
+        async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+            runtime = build(settings)
+            t0 = time.perf_counter()
+            await runtime.start()
+            try:
+                await wait_until(
+                    lambda: runtime.session is not None and runtime.session.synced, timeout=600, interval=0.01
+                )
+                initial_s = time.perf_counter() - t0
+                session = runtime.session
+                assert session is not None
+                initial_events = session.emitter.published
+                await session.idle.wait()
+                before_changes = session.emitter.published
+                t1 = time.perf_counter()
+                for watcher in session.watchers:
+                    await watcher.relist("bench")
+                list_s = time.perf_counter() - t1
+                await asyncio.sleep(0)
+                await session.idle.wait()
+                relist_s = time.perf_counter() - t1
+                diff_ms = session.last_reconcile_ms or 0.0
+                published_by_relist = session.emitter.published - before_changes
+                # The re-list requested a snapshot per instance; everything else must be nothing.
+                await asyncio.sleep(1.0)  # let the tap drain what the broker still delivers
+                changes = [e for e in tap.events if e.routing_key != "kabanero.snapshot"]
+            finally:
+                await runtime.stop()
+    return {
+        "namespaces": namespaces,
+        "mediations": namespaces * mediations,
+        "initial_sync_s": round(initial_s, 2),
+        "initial_events_published": initial_events,
+        "relist_list_s": round(list_s, 3),
+        "relist_diff_ms": round(diff_ms, 1),
+        "relist_total_s_incl_snapshots": round(relist_s, 3),
+        "relist_change_events": published_by_relist - namespaces,
+        "relist_snapshots": namespaces,
+        "change_events_seen_on_the_exchange": len(changes),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--namespaces", type=int, default=100)
+    parser.add_argument("--mediations", type=int, default=10, help="per namespace")
+    args = parser.parse_args()
+    mongo_proc = None
+    mongodb_url = os.environ.get("MONGODB_URL")
+    if not mongodb_url:
+        mongo_proc = subprocess.Popen(
+            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert mongo_proc.stdout is not None
+        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
+    parts = urllib.parse.urlsplit(mongodb_url)
+    mongodb_url = urllib.parse.urlunsplit(
+        (parts.scheme, parts.netloc, f"/bench_watcher_{uuid.uuid4().hex[:6]}", parts.query, "")
+    )
+    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
+    _mgmt("PUT", f"vhosts/{vhost}")
+    user = urllib.parse.urlsplit(AMQP).username or "guest"
+    _mgmt("PUT", f"permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+    amqp_parts = urllib.parse.urlsplit(AMQP)
+    amqp_url = urllib.parse.urlunsplit((amqp_parts.scheme, amqp_parts.netloc, f"/{vhost}", "", ""))
+    try:
+        result = asyncio.run(_run(mongodb_url, amqp_url, args.namespaces, args.mediations))
+    finally:
+        _mgmt("DELETE", f"vhosts/{vhost}")
+        if mongo_proc is not None:
+            mongo_proc.terminate()
+            mongo_proc.wait(10)
+    backend = "MONGODB_URL" if os.environ.get("MONGODB_URL") else "emulators.mongo (mongoeco)"
+    section = (
+        f"\n## kabanero-watcher re-list ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
+        f"`python -m bench.watcher_relist --namespaces {args.namespaces} --mediations {args.mediations}` on "
+        f"{platform.machine()} with {os.cpu_count()} CPUs, Kubernetes: in-process emulators.kube, MongoDB: "
+        f"{backend}, RabbitMQ: local node (confirmed publishes).\n\n"
+        "| namespaces | mediations | initial sync s (events) | re-list LIST s | diff ms | re-list total s "
+        "(incl. snapshots) | change events from unchanged re-list |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {result['namespaces']} | {result['mediations']} | {result['initial_sync_s']} "
+        f"({result['initial_events_published']}) | {result['relist_list_s']} | {result['relist_diff_ms']} "
+        f"| {result['relist_total_s_incl_snapshots']} | {result['relist_change_events']} "
+        f"(all change events on the exchange: {result['change_events_seen_on_the_exchange']} = the initial sync) |\n"
+    )
+    with (ROOT / "bench" / "results.md").open("a") as fh:
+        fh.write(section)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""otc-writer throughput: trigger changes applied per second, OTC calls per change and per snapshot.
+
+Runs the real service in-process against the machine's RabbitMQ (a fresh vhost), the embedded
+mongoeco server (or MONGODB_URL) and emulators.otc at zero latency. Bounded: N trigger changes.
+
+    .venv/bin/python -m bench.writer_throughput --changes 500 [--toolchains 1] [--append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from emulators.otc.testing import OtcEmulator
+from services.otc_writer.app import EVENTS_QUEUE, Deps, build
+from services.otc_writer.settings import Settings
+from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
+from shared.events import (
+    CloudEvent,
+    InstanceRef,
+    RoutingKeys,
+    ServiceEventData,
+    ServiceParameters,
+    SnapshotData,
+    TriggerData,
+    TriggerKey,
+)
+from tests.conftest import _mgmt, vhost_url
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key"
+
+
+def _trigger(i: int, rev: int, namespace: str) -> TriggerData:
+    body = f"{i}-{rev}"
+    return TriggerData(
+        key=TriggerKey(
+            cluster="default", namespace=namespace, generation="mediation", owner="m", name=f"t{i}"
+        ),
+        instance=InstanceRef(cluster="default", namespace=namespace),
+        content={"body": body},
+        content_hash=hashlib.sha256(body.encode()).hexdigest(),
+        revision=rev,
+    )
+
+
+async def _wait(pred: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not converge")
+        await asyncio.sleep(0.005)
+
+
+async def run(
+    changes: int, toolchains: int, instances: int, mongodb_url: str, amqp_url: str
+) -> dict[str, float]:
+    async with OtcEmulator.running(port=0, api_keys=(KEY,)) as otc:
+        tcs = [otc.seed_toolchain(name=f"b{i}") for i in range(toolchains)]
+        conn = AmqpConnection(amqp_url, name="bench", connect_timeout=5)
+        await conn.connect()
+        ch = await conn.channel()
+        await declare_topology(ch, Topology())
+        await ch.close()
+        pub = Publisher(conn)
+        await pub.start()
+        settings = Settings(
+            amqp_url=amqp_url,  # type: ignore[arg-type]
+            mongodb_url=mongodb_url,  # type: ignore[arg-type]
+            http_port=0,
+            http_host="127.0.0.1",
+            otc_api_url=otc.api_url,
+            otc_iam_url=otc.url,
+            otc_api_key=KEY,  # type: ignore[arg-type]
+            otc_rate_limit=100000.0,
+            otc_max_concurrency=32,
+            prefetch=64,
+            log_level="WARNING",
+        )
+        import logging
+
+        logging.disable(logging.WARNING)
+        w = build(settings, deps=Deps())
+        async with w:
+            namespaces = [f"ns{i}" for i in range(instances)]
+            per_ns = max(1, changes // (2 * instances))
+            for n, ns in enumerate(namespaces):
+                await pub.publish(
+                    CloudEvent.for_data(
+                        RoutingKeys.service("kabanero-events", "bound"),
+                        ServiceEventData(
+                            kind="kabanero-events",
+                            instance_id=f"svc-{n}",
+                            service_id="kabanero-events",
+                            parameters=ServiceParameters(cluster="default", namespace=ns),
+                            toolchains=tcs,
+                            revision=1,
+                        ),
+                        source="bench",
+                    )
+                )
+            await _wait(lambda: w.handled[EVENTS_QUEUE] >= instances, 30)
+            # N changes: half creates, half updates of the same triggers.
+            events = [
+                CloudEvent.for_data(RoutingKeys.TRIGGER_CREATED, _trigger(i, 1, ns), source="bench")
+                for ns in namespaces
+                for i in range(per_ns)
+            ] + [
+                CloudEvent.for_data(RoutingKeys.TRIGGER_UPDATED, _trigger(i, 2, ns), source="bench")
+                for ns in namespaces
+                for i in range(per_ns)
+            ]
+            n_changes = len(events)
+            start_calls, start_handled = otc.call_count, w.handled[EVENTS_QUEUE]
+            t0 = time.perf_counter()
+            await asyncio.gather(*(pub.publish(e) for e in events))
+            await _wait(lambda: w.handled[EVENTS_QUEUE] >= start_handled + n_changes, 300)
+            elapsed = time.perf_counter() - t0
+            change_calls = otc.call_count - start_calls
+            # Unchanged snapshot of every instance.
+            mark, handled = otc.call_count, w.handled[EVENTS_QUEUE]
+            for ns in namespaces:
+                snap = SnapshotData(
+                    instance=InstanceRef(cluster="default", namespace=ns),
+                    exists=True,
+                    triggers=[_trigger(i, 2, ns) for i in range(per_ns)],
+                    revision=1,
+                )
+                await pub.publish(CloudEvent.for_data(RoutingKeys.SNAPSHOT, snap, source="bench"))
+            await _wait(lambda: w.handled[EVENTS_QUEUE] >= handled + instances, 60)
+            snapshot_calls = otc.call_count - mark
+            tools = sum(len(otc.tools(tc)) for tc in tcs)
+        await conn.close()
+    return {
+        "changes": n_changes,
+        "toolchains": toolchains,
+        "instances": instances,
+        "seconds": elapsed,
+        "changes_per_s": n_changes / elapsed,
+        "otc_calls_per_change_per_toolchain": change_calls / n_changes / toolchains,
+        "otc_calls_per_unchanged_snapshot": snapshot_calls / instances,
+        "tools": tools,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--changes", type=int, default=500)
+    parser.add_argument("--toolchains", type=int, default=1)
+    parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--append", action="store_true", help="append the figures to bench/results.md")
+    args = parser.parse_args()
+    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
+    _mgmt("PUT", f"vhosts/{vhost}")
+    _mgmt("PUT", f"permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    mongo_proc = None
+    mongodb_url = os.environ.get("MONGODB_URL")
+    if not mongodb_url:
+        mongo_proc = subprocess.Popen(
+            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert mongo_proc.stdout is not None
+        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
+    mongodb_url = mongodb_url.rsplit("/", 1)[0] + f"/bench_{uuid.uuid4().hex[:8]}"
+    try:
+        r = asyncio.run(run(args.changes, args.toolchains, args.instances, mongodb_url, vhost_url(vhost)))
+    finally:
+        _mgmt("DELETE", f"vhosts/{vhost}")
+        if mongo_proc is not None:
+            mongo_proc.terminate()
+    line = (
+        f"| otc-writer | {time.strftime('%Y-%m-%d')} | {platform.node()} ({os.cpu_count()} cpu) | "
+        f"{r['changes']:.0f} trigger changes x {r['toolchains']:.0f} toolchain(s), {r['instances']:.0f} instances, "
+        f"emulator 0 ms | **{r['changes_per_s']:.0f} changes/s** ({r['seconds']:.2f} s); "
+        f"{r['otc_calls_per_change_per_toolchain']:.2f} OTC calls per change per toolchain; "
+        f"{r['otc_calls_per_unchanged_snapshot']:.0f} OTC calls per unchanged snapshot |"
+    )
+    print(line)
+    if args.append:
+        with (ROOT / "bench" / "results.md").open("a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
