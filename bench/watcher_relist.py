@@ -138,6 +138,7 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
             finally:
                 await runtime.stop()
     return {
+        "publish_concurrency": settings.publish_concurrency,
         "namespaces": namespaces,
         "mediations": namespaces * mediations,
         "initial_sync_s": round(initial_s, 2),
@@ -189,7 +190,8 @@ def main() -> None:
         f"\n## kabanero-watcher re-list ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
         f"`python -m bench.watcher_relist --namespaces {args.namespaces} --mediations {args.mediations}` on "
         f"{platform.machine()} with {os.cpu_count()} CPUs, Kubernetes: in-process emulators.kube, MongoDB: "
-        f"{backend}, RabbitMQ: local node (confirmed publishes).\n\n"
+        f"{backend}, RabbitMQ: local node (confirmed publishes), "
+        f"PUBLISH_CONCURRENCY={result['publish_concurrency']} (namespaces reconciled at once).\n\n"
         "| namespaces | mediations | initial sync s (events) | re-list LIST s | diff ms | re-list total s "
         "(incl. snapshots) | change events from unchanged re-list |\n"
         "|---|---|---|---|---|---|---|\n"

@@ -87,8 +87,10 @@ class InstanceStore:
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("outbox.id", ASCENDING)], name="outbox_pending")
+        # Uniqueness comes from ``_id`` = "<kind>:<sid>"; a second unique index would be redundant
+        # (and makes every update scan the collection on the embedded mongoeco server).
         await self.collection.create_index(
-            [("kind", ASCENDING), ("instance_id", ASCENDING)], unique=True, name="kind_instance"
+            [("kind", ASCENDING), ("instance_id", ASCENDING)], name="kind_instance"
         )
 
     def _lock(self, key: str) -> asyncio.Lock:

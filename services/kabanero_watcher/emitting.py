@@ -1,7 +1,8 @@
 """Diff the derived state of a namespace against what was published, and publish the difference.
 
-Every event is published (confirmed) first and recorded second, one at a time, so the persisted
-state never runs ahead of the broker. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
+Every event is published (confirmed) first and recorded second, one at a time within a namespace,
+so the persisted state never runs ahead of the broker. The session reconciles several namespaces
+at once: their keys are disjoint, so per key there is still one event in flight, in revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
 after a crash between confirm and record carries the same id and revision, which consumers
 already skip as stale.
 """

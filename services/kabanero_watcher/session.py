@@ -8,8 +8,10 @@ made, so a type that has not been listed yet can never look like "everything was
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from kubernetes_asyncio import client
 
@@ -120,23 +122,44 @@ class Session:
             self.idle.clear()
 
     async def reconcile_dirty(self) -> int:
-        """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published."""
+        """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published.
+
+        Namespaces own disjoint keys, so up to ``publish_concurrency`` of them are reconciled at once;
+        a namespace is never in two batches at a time (marks made meanwhile wait for the next batch).
+        """
         before = self.emitter.published
         started = time.monotonic()
         while self._dirty:
-            namespace = min(self._dirty)
-            self._dirty.discard(namespace)
-            try:
-                gone = await self.emitter.reconcile(self.cache.desired(namespace))
-                if gone:
-                    await self.emitter.snapshot(namespace)
-            except BaseException:
-                self._dirty.add(namespace)
-                raise
+            batch = sorted(self._dirty)
+            self._dirty.clear()
+            await self._bounded([functools.partial(self._reconcile_one, ns) for ns in batch])
         self.last_reconcile_ms = (time.monotonic() - started) * 1000
         return self.emitter.published - before
 
-    async def _snapshots(self) -> None:
-        for namespace in self.emitter.snapshot_namespaces():
-            if self._in_scope(namespace):
+    async def _reconcile_one(self, namespace: str) -> None:
+        try:
+            gone = await self.emitter.reconcile(self.cache.desired(namespace))
+            if gone:
                 await self.emitter.snapshot(namespace)
+        except BaseException:
+            self._dirty.add(namespace)
+            raise
+
+    async def _snapshots(self) -> None:
+        namespaces = [ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)]
+        await self._bounded([functools.partial(self.emitter.snapshot, ns) for ns in namespaces])
+
+    async def _bounded(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+        """Run every job, ``publish_concurrency`` at a time; one failing does not cancel the others
+        (a cancelled publish could be confirmed yet unrecorded). Raises the first error after all ran,
+        preferring anything over a retryable PublishError."""
+        limit = asyncio.Semaphore(self.settings.publish_concurrency)
+
+        async def run(job: Callable[[], Awaitable[None]]) -> None:
+            async with limit:
+                await job()
+
+        results = await asyncio.gather(*(run(job) for job in jobs), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, PublishError)), errors[0])

@@ -44,6 +44,8 @@ class Settings(CommonSettings):
     legacy_triggers: Literal["auto", "always", "never"] = "auto"
     snapshot_interval_s: float = Field(default=600.0, gt=0)
     publish_retry_s: float = Field(default=2.0, gt=0)
+    # Namespaces reconciled (or snapshotted) at once; within one namespace events stay sequential.
+    publish_concurrency: int = Field(default=16, ge=1)
     # /healthz fails when the leading watcher saw nothing (event, bookmark, list, stream end) this long.
     liveness_bound_s: float = Field(default=180.0, gt=0)
     lease_name: str = "kabanero-watcher"

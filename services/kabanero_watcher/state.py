@@ -51,9 +51,8 @@ class PublishedState:
         self._by_ns: dict[str, set[tuple[str, str]]] = {}
 
     async def ensure_indexes(self) -> None:
-        await self._coll.create_index(
-            [("cluster", ASCENDING), ("kind", ASCENDING), ("key", ASCENDING)], unique=True, name="identity"
-        )
+        # The identity (cluster, kind, key) is the ``_id`` (``Record.doc_id``), unique by nature: a
+        # second unique index on the same fields would only add a cost to every write.
         await self._coll.create_index([("cluster", ASCENDING), ("namespace", ASCENDING)], name="namespace")
 
     async def load(self) -> None:

@@ -68,9 +68,10 @@ class Ledger:
         self._wait_s = lease_wait_s
 
     async def ensure_indexes(self) -> None:
+        # Uniqueness of (purpose, key, toolchain) comes from ``_id`` = ledger_id(...); a second unique
+        # index would be redundant (and makes every update scan the collection on mongoeco).
         await self.coll.create_index(
             [("purpose", ASCENDING), ("key", ASCENDING), ("toolchain_id", ASCENDING)],
-            unique=True,
             name="purpose_key_toolchain",
         )
         await self.coll.create_index([("purpose", ASCENDING), ("scope", ASCENDING)], name="purpose_scope")

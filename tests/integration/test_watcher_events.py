@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import time
@@ -10,11 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pymongo import AsyncMongoClient
 
 from emulators.kube.testing import KubeEmulator
-from services.kabanero_watcher.app import WatcherRuntime, build
+from services.kabanero_watcher.app import Deps, WatcherRuntime, build
 from services.kabanero_watcher.settings import Settings
-from shared.events import InstanceData, SnapshotData, TriggerData
+from shared.amqp import PublishError
+from shared.events import CloudEvent, InstanceData, SnapshotData, TriggerData
 from tests.helpers import EventTap, wait_until
 
 CHANGES = ("kabanero.instance.*", "kabanero.trigger.*")
@@ -371,3 +374,64 @@ async def test_silently_stalled_stream_is_detected_and_resumed(
         assert changes(tap) == [("kabanero.trigger.created", TRIGGER)]
     finally:
         await runtime.stop()
+
+
+async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_failed_namespace(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    """Namespaces are published concurrently, yet per key one at a time and in revision order;
+    a namespace whose publishes fail is not recorded and is retried until it goes through."""
+    namespaces = [f"ns-{i}" for i in range(6)]
+    for ns in namespaces:
+        kube.store.create(kabanero(ns))
+        kube.store.create(mediator(ns, mediations=("a", "b")))
+    failing = {"ns-2"}
+    published: list[CloudEvent] = []
+    in_flight: set[str] = set()
+    overlaps: list[str] = []
+    most_in_flight = 0
+
+    async def publish(event: CloudEvent) -> None:
+        nonlocal most_in_flight
+        key = event.id.rsplit(":", 1)[0]
+        if key in in_flight:
+            overlaps.append(key)
+        in_flight.add(key)
+        most_in_flight = max(most_in_flight, len(in_flight))
+        try:
+            await asyncio.sleep(0.005)  # the broker's confirm latency
+            if (event.subject or "").split("/")[1] in failing:
+                raise PublishError("broker refused")
+            published.append(event)
+        finally:
+            in_flight.discard(key)
+
+    settings = watcher_settings(kube, amqp_url, mongodb_url, publish_concurrency=4)
+    runtime = build(settings, deps=Deps(publish=publish))
+    await runtime.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    coll = client.get_default_database()["watch_published"]
+    try:
+        # instance + 2 triggers per healthy namespace; snapshots wait for a complete diff
+        await wait_until(
+            lambda: len(published) == 3 * (len(namespaces) - 1), what="healthy namespaces published"
+        )
+        session = runtime.session
+        assert session is not None and not session.synced
+        recorded = {d["namespace"] async for d in coll.find({}, {"namespace": 1})}
+        assert recorded == set(namespaces) - failing
+        failing.clear()
+        await ready(runtime)
+        assert len(published) == 4 * len(namespaces)  # now with a snapshot each
+        assert await coll.count_documents({"namespace": "ns-2"}) == 4
+    finally:
+        await runtime.stop()
+        await client.close()
+    assert 1 < most_in_flight <= 4 and not overlaps
+    ids = [e.id for e in published]
+    assert len(ids) == len(set(ids))  # nothing published twice
+    revisions: dict[str, list[int]] = {}
+    for event in published:
+        key, revision = event.id.rsplit(":", 1)
+        revisions.setdefault(key, []).append(int(revision))
+    assert all(r == sorted(r) for r in revisions.values())
