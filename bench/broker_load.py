@@ -13,21 +13,15 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
-import urllib.parse
-import urllib.request
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from cryptography.fernet import Fernet
 
+from bench.common import append_results, bench_infra
 from services.broker_api.app import build
 from services.broker_api.settings import Settings
 
@@ -35,19 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MGMT = os.environ.get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672")
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"bench:bench-secret").decode()}
-
-
-def _mgmt(method: str, path: str, body: dict[str, str] | None = None) -> None:
-    parts = urllib.parse.urlsplit(AMQP)
-    cred = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()).decode()
-    req = urllib.request.Request(
-        f"{MGMT}/api/{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {cred}"},
-    )
-    with urllib.request.urlopen(req, timeout=10):
-        pass
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -115,45 +96,38 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    mongo_proc = None
-    mongodb_url = os.environ.get("MONGODB_URL")
-    if not mongodb_url:
-        mongo_proc = subprocess.Popen(
-            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+    with bench_infra("bench_broker") as infra:
+        result = asyncio.run(_run(infra.mongodb_url, infra.amqp_url, args.requests, args.concurrency))
+        append_results(
+            "broker-api provision+bind",
+            f"python -m bench.broker_load --requests {args.requests} --concurrency {args.concurrency}",
+            infra,
+            [
+                "requests",
+                "concurrency",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "provision p99 ms",
+                "bind p99 ms",
+            ],
+            [
+                [
+                    result[k]
+                    for k in (
+                        "requests",
+                        "concurrency",
+                        "errors",
+                        "requests_per_s",
+                        "p50_ms",
+                        "p99_ms",
+                        "provision_p99_ms",
+                        "bind_p99_ms",
+                    )
+                ]
+            ],
         )
-        assert mongo_proc.stdout is not None
-        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
-        parts = urllib.parse.urlsplit(mongodb_url)
-        mongodb_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/bench", parts.query, ""))
-    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
-    _mgmt("PUT", f"vhosts/{vhost}")
-    user = urllib.parse.urlsplit(AMQP).username or "guest"
-    _mgmt("PUT", f"permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
-    parts = urllib.parse.urlsplit(AMQP)
-    amqp_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{vhost}", "", ""))
-    try:
-        result = asyncio.run(_run(mongodb_url, amqp_url, args.requests, args.concurrency))
-    finally:
-        _mgmt("DELETE", f"vhosts/{vhost}")
-        if mongo_proc is not None:
-            mongo_proc.terminate()
-            mongo_proc.wait(10)
-    backend = "MONGODB_URL" if os.environ.get("MONGODB_URL") else "emulators.mongo (mongoeco)"
-    section = (
-        f"\n## broker-api provision+bind ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
-        f"`python -m bench.broker_load --requests {args.requests} --concurrency {args.concurrency}` on "
-        f"{platform.machine()} with {os.cpu_count()} CPUs, MongoDB: {backend}, RabbitMQ: local node "
-        "(confirmed publishes).\n\n"
-        "| requests | concurrency | errors | req/s | p50 ms | p99 ms | provision p99 | bind p99 |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-        f"| {result['requests']} | {result['concurrency']} | {result['errors']} | {result['requests_per_s']} "
-        f"| {result['p50_ms']} | {result['p99_ms']} | {result['provision_p99_ms']} | {result['bind_p99_ms']} |\n"
-    )
-    with (ROOT / "bench" / "results.md").open("a") as fh:
-        fh.write(section)
     print(json.dumps(result))
 
 

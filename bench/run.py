@@ -1,12 +1,11 @@
-"""``make bench``: run every benchmark script against the machine's RabbitMQ and an embedded MongoDB.
+"""``make bench``: run every benchmark against the machine's RabbitMQ and a MongoDB.
 
-Each script is a module with a ``main()`` that prints its figures and appends them to
-``bench/results.md``. MongoDB is ``MONGODB_URL`` when set, else one ``emulators.mongo`` process.
+Each script prints its figures and appends a section to ``bench/results.md`` (see bench/common.py
+for where MongoDB comes from).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,31 +15,10 @@ SCRIPTS = ("bench.broker_load", "bench.watcher_relist", "bench.writer_throughput
 
 
 def main() -> int:
-    env = dict(os.environ)
-    mongo: subprocess.Popen[str] | None = None
-    if not env.get("MONGODB_URL"):
-        mongo = subprocess.Popen(
-            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert mongo.stdout is not None
-        env["MONGODB_URL"] = mongo.stdout.readline().strip().removeprefix("MONGODB_URL=")
     failures = 0
-    try:
-        for module in SCRIPTS:
-            if not (ROOT / (module.replace(".", "/") + ".py")).exists():
-                print(f"== {module}: not present, skipped")
-                continue
-            print(f"== {module}", flush=True)
-            failures += (
-                subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, check=False).returncode != 0
-            )
-    finally:
-        if mongo is not None:
-            mongo.terminate()
-            mongo.wait(10)
+    for module in SCRIPTS:
+        print(f"== {module}", flush=True)
+        failures += subprocess.run([sys.executable, "-m", module], cwd=ROOT, check=False).returncode != 0
     return 1 if failures else 0
 
 

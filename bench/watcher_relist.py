@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
-import urllib.parse
-import urllib.request
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import append_results, bench_infra
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import build
 from services.kabanero_watcher.settings import Settings
@@ -38,19 +31,6 @@ from tests.helpers import EventTap, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MGMT = os.environ.get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672")
-
-
-def _mgmt(method: str, path: str, body: dict[str, str] | None = None) -> None:
-    parts = urllib.parse.urlsplit(AMQP)
-    cred = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}".encode()).decode()
-    req = urllib.request.Request(
-        f"{MGMT}/api/{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {cred}"},
-    )
-    with urllib.request.urlopen(req, timeout=10):
-        pass
 
 
 def _seed(kube: KubeEmulator, namespaces: int, mediations: int) -> None:
@@ -157,51 +137,36 @@ def main() -> None:
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--mediations", type=int, default=10, help="per namespace")
     args = parser.parse_args()
-    mongo_proc = None
-    mongodb_url = os.environ.get("MONGODB_URL")
-    if not mongodb_url:
-        mongo_proc = subprocess.Popen(
-            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+    with bench_infra("bench_watcher") as infra:
+        result = asyncio.run(_run(infra.mongodb_url, infra.amqp_url, args.namespaces, args.mediations))
+        append_results(
+            "kabanero-watcher initial sync and re-list",
+            f"python -m bench.watcher_relist --namespaces {args.namespaces} --mediations {args.mediations}",
+            infra,
+            [
+                "namespaces",
+                "mediations",
+                "PUBLISH_CONCURRENCY",
+                "initial sync s (events)",
+                "re-list LIST s",
+                "diff ms",
+                "re-list total s (incl. snapshots)",
+                "change events from the unchanged re-list",
+            ],
+            [
+                [
+                    result["namespaces"],
+                    result["mediations"],
+                    result["publish_concurrency"],
+                    f"{result['initial_sync_s']} ({result['initial_events_published']})",
+                    result["relist_list_s"],
+                    result["relist_diff_ms"],
+                    result["relist_total_s_incl_snapshots"],
+                    result["relist_change_events"],
+                ]
+            ],
+            note="Kubernetes: in-process emulators.kube.",
         )
-        assert mongo_proc.stdout is not None
-        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
-    parts = urllib.parse.urlsplit(mongodb_url)
-    mongodb_url = urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, f"/bench_watcher_{uuid.uuid4().hex[:6]}", parts.query, "")
-    )
-    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
-    _mgmt("PUT", f"vhosts/{vhost}")
-    user = urllib.parse.urlsplit(AMQP).username or "guest"
-    _mgmt("PUT", f"permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
-    amqp_parts = urllib.parse.urlsplit(AMQP)
-    amqp_url = urllib.parse.urlunsplit((amqp_parts.scheme, amqp_parts.netloc, f"/{vhost}", "", ""))
-    try:
-        result = asyncio.run(_run(mongodb_url, amqp_url, args.namespaces, args.mediations))
-    finally:
-        _mgmt("DELETE", f"vhosts/{vhost}")
-        if mongo_proc is not None:
-            mongo_proc.terminate()
-            mongo_proc.wait(10)
-    backend = "MONGODB_URL" if os.environ.get("MONGODB_URL") else "emulators.mongo (mongoeco)"
-    section = (
-        f"\n## kabanero-watcher re-list ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n\n"
-        f"`python -m bench.watcher_relist --namespaces {args.namespaces} --mediations {args.mediations}` on "
-        f"{platform.machine()} with {os.cpu_count()} CPUs, Kubernetes: in-process emulators.kube, MongoDB: "
-        f"{backend}, RabbitMQ: local node (confirmed publishes), "
-        f"PUBLISH_CONCURRENCY={result['publish_concurrency']} (namespaces reconciled at once).\n\n"
-        "| namespaces | mediations | initial sync s (events) | re-list LIST s | diff ms | re-list total s "
-        "(incl. snapshots) | change events from unchanged re-list |\n"
-        "|---|---|---|---|---|---|---|\n"
-        f"| {result['namespaces']} | {result['mediations']} | {result['initial_sync_s']} "
-        f"({result['initial_events_published']}) | {result['relist_list_s']} | {result['relist_diff_ms']} "
-        f"| {result['relist_total_s_incl_snapshots']} | {result['relist_change_events']} "
-        f"(all change events on the exchange: {result['change_events_seen_on_the_exchange']} = the initial sync) |\n"
-    )
-    with (ROOT / "bench" / "results.md").open("a") as fh:
-        fh.write(section)
     print(json.dumps(result))
 
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import platform
-import subprocess
-import sys
+import json
 import time
-import uuid
 from pathlib import Path
 
+from bench.common import append_results, bench_infra
 from emulators.otc.testing import OtcEmulator
 from services.otc_writer.app import EVENTS_QUEUE, Deps, build
 from services.otc_writer.settings import Settings
@@ -33,7 +30,6 @@ from shared.events import (
     TriggerData,
     TriggerKey,
 )
-from tests.conftest import _mgmt, vhost_url
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key"
@@ -152,44 +148,41 @@ async def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--changes", type=int, default=500)
     parser.add_argument("--toolchains", type=int, default=1)
     parser.add_argument("--instances", type=int, default=4)
-    parser.add_argument("--append", action="store_true", help="append the figures to bench/results.md")
     args = parser.parse_args()
-    vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
-    _mgmt("PUT", f"vhosts/{vhost}")
-    _mgmt("PUT", f"permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
-    mongo_proc = None
-    mongodb_url = os.environ.get("MONGODB_URL")
-    if not mongodb_url:
-        mongo_proc = subprocess.Popen(
-            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+    with bench_infra("bench_writer") as infra:
+        r = asyncio.run(run(args.changes, args.toolchains, args.instances, infra.mongodb_url, infra.amqp_url))
+        append_results(
+            "otc-writer trigger changes applied",
+            f"python -m bench.writer_throughput --changes {args.changes} --toolchains {args.toolchains} "
+            f"--instances {args.instances}",
+            infra,
+            [
+                "changes",
+                "toolchains",
+                "instances",
+                "changes/s",
+                "seconds",
+                "OTC calls per change per toolchain",
+                "OTC calls per unchanged snapshot",
+            ],
+            [
+                [
+                    f"{r['changes']:.0f}",
+                    f"{r['toolchains']:.0f}",
+                    f"{r['instances']:.0f}",
+                    f"{r['changes_per_s']:.0f}",
+                    f"{r['seconds']:.2f}",
+                    f"{r['otc_calls_per_change_per_toolchain']:.2f}",
+                    f"{r['otc_calls_per_unchanged_snapshot']:.0f}",
+                ]
+            ],
+            note="OTC: in-process emulators.otc at zero latency; otc-writer in-process.",
         )
-        assert mongo_proc.stdout is not None
-        mongodb_url = mongo_proc.stdout.readline().strip().removeprefix("MONGODB_URL=")
-    mongodb_url = mongodb_url.rsplit("/", 1)[0] + f"/bench_{uuid.uuid4().hex[:8]}"
-    try:
-        r = asyncio.run(run(args.changes, args.toolchains, args.instances, mongodb_url, vhost_url(vhost)))
-    finally:
-        _mgmt("DELETE", f"vhosts/{vhost}")
-        if mongo_proc is not None:
-            mongo_proc.terminate()
-    line = (
-        f"| otc-writer | {time.strftime('%Y-%m-%d')} | {platform.node()} ({os.cpu_count()} cpu) | "
-        f"{r['changes']:.0f} trigger changes x {r['toolchains']:.0f} toolchain(s), {r['instances']:.0f} instances, "
-        f"emulator 0 ms | **{r['changes_per_s']:.0f} changes/s** ({r['seconds']:.2f} s); "
-        f"{r['otc_calls_per_change_per_toolchain']:.2f} OTC calls per change per toolchain; "
-        f"{r['otc_calls_per_unchanged_snapshot']:.0f} OTC calls per unchanged snapshot |"
-    )
-    print(line)
-    if args.append:
-        with (ROOT / "bench" / "results.md").open("a") as f:
-            f.write(line + "\n")
+    print(json.dumps(r))
 
 
 if __name__ == "__main__":

@@ -94,3 +94,10 @@ async def start_http(runtime: Runtime, app: web.Application, host: str, port: in
 def bound_port(runner: web.AppRunner) -> int:
     """The port actually bound (tests bind port 0)."""
     return int(runner.addresses[0][1])
+
+
+async def serve_health(runtime: Runtime, health: Health, host: str, port: int) -> int:
+    """A service's own small HTTP server for /healthz, /readyz and /metrics; returns the bound port."""
+    app = web.Application()
+    health.add_routes(app)
+    return bound_port(await start_http(runtime, app, host, port))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, Self
+
+from shared.logs import configure_logging
+from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +143,23 @@ def run_main(build: Callable[[], Awaitable[Runtime]]) -> NoReturn:
         log.critical("start-up failed: %s", exc, exc_info=exc)
         code = 2
     sys.exit(code)
+
+
+def run_service[S: CommonSettings](
+    load: Callable[[], S], build: Callable[[S], Runtime | Awaitable[Runtime]]
+) -> NoReturn:
+    """``main()`` of every service: settings from the environment (exit 2 naming what is wrong),
+    logging as configured, then :func:`run_main`."""
+    try:
+        settings = load()
+    except SettingsError as exc:
+        configure_logging()
+        log.critical("%s", exc)
+        sys.exit(2)
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def _build() -> Runtime:
+        built = build(settings)
+        return await built if inspect.isawaitable(built) else built
+
+    run_main(_build)

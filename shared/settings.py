@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,3 +27,20 @@ class CommonSettings(BaseSettings):
     connect_timeout_s: float = Field(default=30.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
+
+
+class SettingsError(Exception):
+    """A missing or invalid setting; the message names the variables, never their values."""
+
+
+def load_settings[S: CommonSettings](cls: type[S], *, service: str) -> S:
+    """Read ``cls`` from the environment; one clear error naming every bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            msg = "is required" if err["type"] == "missing" else err["msg"]
+            problems.append(f"{name} {msg}")
+        raise SettingsError(f"invalid {service} settings: " + "; ".join(problems)) from None

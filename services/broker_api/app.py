@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,12 +12,11 @@ from aiohttp import web
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.http import BrokerApi, make_app, utc_now
 from services.broker_api.outbox import EventSink, Outbox
-from services.broker_api.settings import Settings, SettingsError, load_settings
+from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
 from shared.health import Health, bound_port, start_http
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_main
-from shared.logs import configure_logging
+from shared.lifecycle import Runtime, run_service
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +95,4 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        configure_logging()
-        log.critical("%s", exc)
-        sys.exit(2)
-    configure_logging(settings.log_format, settings.log_level)
-
-    async def _build() -> Runtime:
-        return build(settings)
-
-    run_main(_build)
+    run_service(load_settings, build)

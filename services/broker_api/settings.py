@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings
+from shared.settings import load_settings as shared_load_settings
 
 DEFAULT_DASHBOARD_PATTERN = "https://kabanero-landing-{namespace}.apps.{cluster}.example.com/"
 _PLACEHOLDERS = {
@@ -32,10 +33,6 @@ _PLACEHOLDERS = {
     "instance_id": "i",
     "service_id": "s",
 }
-
-
-class SettingsError(Exception):
-    """A missing or invalid setting; the message names the variables, never their values."""
 
 
 class Settings(CommonSettings):
@@ -98,12 +95,4 @@ class Settings(CommonSettings):
 
 def load_settings() -> Settings:
     """Read the environment; a clear error naming each bad variable (values are never echoed)."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False, include_url=False):
-            name = ".".join(str(p) for p in err["loc"]).upper()
-            msg = "is required" if err["type"] == "missing" else err["msg"]
-            problems.append(f"{name} {msg}")
-        raise SettingsError("invalid broker-api settings: " + "; ".join(problems)) from None
+    return shared_load_settings(Settings, service="broker-api")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from services.github_linker.linking import Linker, Metrics, key_of
 from services.github_linker.settings import Settings
 from services.github_linker.store import Store
 from shared.amqp import Consumer, Topology
-from shared.health import Health, bound_port, start_http
+from shared.health import Health, serve_health
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_main
-from shared.logs import configure_logging
+from shared.lifecycle import Runtime, run_service
+from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +67,11 @@ def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
     async def start() -> None:
         await store.create_indexes()
         runtime.supervisor.spawn("consumer", consumer.run())
-        app = web.Application()
-        health.add_routes(app)
-        runner = await start_http(runtime, app, settings.http_host, settings.http_port)
-        runtime.port = bound_port(runner)
+        runtime.port = await serve_health(runtime, health, settings.http_host, settings.http_port)
 
     runtime.on_startup(start)
     return runtime
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-
-    async def _build() -> Runtime:
-        return build(settings)
-
-    run_main(_build)
+    run_service(lambda: load_settings(Settings, service="github-linker"), build)

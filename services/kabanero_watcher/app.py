@@ -8,7 +8,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
 from kubernetes_asyncio import client
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
@@ -18,10 +17,10 @@ from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
-from shared.health import Health, bound_port, start_http
+from shared.health import Health, serve_health
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_main
-from shared.logs import configure_logging
+from shared.lifecycle import Runtime, run_service
+from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         state = PublishedState(infra.db, settings.cluster_name)
         await state.ensure_indexes()
         runtime.state = state
-        app = web.Application()
-        health.add_routes(app)
-        runner = await start_http(runtime, app, settings.http_host, settings.http_port)
-        runtime.http_port = bound_port(runner)
+        runtime.http_port = await serve_health(runtime, health, settings.http_host, settings.http_port)
         elector = LeaseElector(api, settings)
         runtime.elector = elector
         publish = deps.publish or infra.publisher.publish
@@ -148,10 +144,4 @@ def _only_not_leader(exc: BaseException) -> bool:
 
 
 def main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-
-    async def _build() -> Runtime:
-        return build(settings)
-
-    run_main(_build)
+    run_service(lambda: load_settings(Settings, service="kabanero-watcher"), build)

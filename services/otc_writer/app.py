@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 
 from services.otc_writer.applier import ToolApplier, WriteHook
 from services.otc_writer.desired import TriggerToolStyle
@@ -20,10 +20,10 @@ from services.otc_writer.settings import Settings
 from shared.amqp import Consumer, Topology
 from shared.amqp.consumer import Handler
 from shared.events import CloudEvent
-from shared.health import Health, bound_port, start_http
+from shared.health import Health, serve_health
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_main
-from shared.logs import configure_logging
+from shared.lifecycle import Runtime, run_service
+from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class OtcWriter(Runtime):
 
 def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     deps = deps or Deps()
+    if deps.after_otc_write is None and settings.test_crash_after_writes:
+        deps = dataclasses.replace(deps, after_otc_write=_crash_after(settings.test_crash_after_writes))
     runtime = OtcWriter(NAME, shutdown_timeout=settings.shutdown_timeout_s)
     health = Health()
     infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
@@ -142,27 +144,14 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             runtime.consumers.append(consumer)
             runtime.supervisor.spawn(f"consume:{queue}", consumer.run())
         health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
-        app = web.Application()
-        health.add_routes(app)
-        runner = await start_http(runtime, app, settings.http_host, settings.http_port)
-        runtime.http_port = bound_port(runner)
+        runtime.http_port = await serve_health(runtime, health, settings.http_host, settings.http_port)
 
     runtime.on_startup(start)
     return runtime
 
 
 def main() -> None:
-    settings = Settings()  # OTC_API_KEY comes from the environment
-    configure_logging(settings.log_format, settings.log_level)
-    deps = Deps()
-    crash_after = int(os.environ.get("OTC_WRITER_TEST_CRASH_AFTER_WRITES", "0") or 0)
-    if crash_after > 0:
-        deps = Deps(after_otc_write=_crash_after(crash_after))
-
-    async def _build() -> Runtime:
-        return build(settings, deps=deps)
-
-    run_main(_build)
+    run_service(lambda: load_settings(Settings, service="otc-writer"), build)
 
 
 def _crash_after(n: int) -> WriteHook:

@@ -39,3 +39,9 @@ class Settings(CommonSettings):
         default=90.0, gt=0, description="per-tool lease; longer than one OTC operation (otc_deadline_s)"
     )
     lease_wait_s: float = Field(default=20.0, ge=0, description="wait for another replica's lease")
+    test_crash_after_writes: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="OTC_WRITER_TEST_CRASH_AFTER_WRITES",
+        description="test-only fault injection: SIGKILL the process after this many OTC writes (0 = off)",
+    )

@@ -19,7 +19,8 @@ from services.broker_api.models import (
     UpdateRequest,
 )
 from services.broker_api.openapi import openapi_spec
-from services.broker_api.settings import Settings, SettingsError, load_settings
+from services.broker_api.settings import Settings, load_settings
+from shared.settings import SettingsError
 
 KEY = Fernet.generate_key().decode()
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

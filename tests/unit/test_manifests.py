@@ -49,8 +49,8 @@ def _settings_fields(module: str) -> tuple[set[str], set[str]]:
     """(every env name the service reads, the ones without a default)."""
     settings_cls = importlib.import_module(f"services.{module}.settings").Settings
     fields = settings_cls.model_fields
-    names = {name.upper() for name in fields}
-    required = {name.upper() for name, f in fields.items() if f.is_required()}
+    names = {str(f.validation_alias or name).upper() for name, f in fields.items()}
+    required = {str(f.validation_alias or name).upper() for name, f in fields.items() if f.is_required()}
     return names, required
 
 
