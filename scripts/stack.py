@@ -325,8 +325,8 @@ class Demo:
         return out
 
 
-async def demo() -> int:
-    stack = Stack("kabanero-otc-demo")
+async def demo(vhost: str) -> int:
+    stack = Stack(vhost)
     try:
         await stack.start()
         async with aiohttp.ClientSession() as session:
@@ -347,8 +347,8 @@ async def demo() -> int:
     return 0 if not any(dead.values()) else 1
 
 
-async def run() -> int:
-    stack = Stack("kabanero-otc")
+async def run(vhost: str) -> int:
+    stack = Stack(vhost)
     try:
         await stack.start()
     except Exception as exc:
@@ -383,8 +383,13 @@ async def run() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m scripts.stack", description=__doc__)
     parser.add_argument("mode", choices=("demo", "run"))
+    parser.add_argument(
+        "--vhost", help="RabbitMQ virtual host, recreated empty (default: kabanero-otc[-demo])"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(demo() if args.mode == "demo" else run()))
+    if args.mode == "demo":
+        sys.exit(asyncio.run(demo(args.vhost or "kabanero-otc-demo")))
+    sys.exit(asyncio.run(run(args.vhost or "kabanero-otc")))
 
 
 if __name__ == "__main__":
