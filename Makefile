@@ -1,6 +1,6 @@
 # kabanero-otc developer entry points. `make test` and `make demo` do all set-up on a fresh machine.
 SHELL := /bin/bash
-PY313 := $(shell PYENV_VERSION=3.13 pyenv which python 2>/dev/null || command -v python3.13 2>/dev/null)
+PY313 := $(shell PYENV_VERSION=3.13 pyenv which python 2>/dev/null || command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.13*/bin/python 2>/dev/null | tail -n 1)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

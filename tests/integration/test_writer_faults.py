@@ -18,6 +18,7 @@ from tests.integration.test_writer_support import (
     service_event,
     snapshot_event,
     trigger,
+    trigger_event,
     writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
@@ -180,4 +181,35 @@ async def test_crash_between_otc_write_and_commit_is_adopted_not_repeated(env: W
         await env.publish(command("apply", key="x", toolchain_id=tc, revision=1))
         await env.wait_handled(w, 1, COMMANDS_QUEUE)
     assert len(env.otc.tools(tc)) == 1
+    assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
+
+
+async def test_redelivery_after_a_failed_otc_write_still_applies_the_change(env: WriterEnv) -> None:
+    """The projection is written before OTC is called: the redelivered event must still converge.
+
+    The first delivery of the trigger event updates the projection, then its only POST fails (5xx,
+    no in-client retry); the redelivery carries the same revision and must not be skipped as stale.
+    """
+    tc = env.otc.seed_toolchain(name="redelivered")
+    t = trigger("late")
+    env.otc.set_faults(
+        FaultConfig(
+            rules=[
+                ErrorRule(
+                    path=r"/toolchain/v2/toolchains/.*/tools",
+                    method="POST",
+                    name=trigger_tool_name(t.key),
+                    status=503,
+                    times=1,
+                )
+            ]
+        )
+    )
+    async with env.writer(otc_max_attempts=1) as w:
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        await env.publish(trigger_event(t))
+        await env.wait_handled(w, 2)  # handled = succeeded, i.e. after the redelivery
+    assert any(c.fault for c in env.otc.calls()), "the fault never fired"
+    assert env.tool_names(tc) == [trigger_tool_name(t.key)]
     assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
