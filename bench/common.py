@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import subprocess
 import sys
 import urllib.parse
@@ -79,7 +80,10 @@ def append_results(
         "|" + "---|" * len(header),
         *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
     ]
-    if note:
-        lines += ["", note]
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines += [
+        "",
+        f"{note} Peak RSS of the benchmark process (the service runs in it): {rss_mib:.0f} MiB.".strip(),
+    ]
     with RESULTS.open("a") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 # context root -> (service_id = event kind)
 BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Metric label values come from these sets only: a client must not create time series at will.
+METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS"})
+MESSAGE_SOURCES = frozenset({"toolchain", "pipeline", "github"})
 
 
 def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
@@ -142,7 +145,8 @@ class BrokerApi:
             log.exception("unexpected error", extra={"route": route_name, "method": request.method})
             return web.json_response({"description": "internal error"}, status=500)
         finally:
-            self._requests.labels(request.method, route_name, str(status)).inc()
+            method = request.method if request.method in METHODS else "other"
+            self._requests.labels(method, route_name, str(status)).inc()
             self._latency.labels(route_name).observe(time.perf_counter() - started)
 
     @web.middleware
@@ -213,7 +217,9 @@ class BrokerApi:
             parameters=ParametersOut(**rec.parameters.model_dump(), label=rec.parameters.label),
             organization_guid=rec.organization_guid,
         )
-        return web.json_response(body.model_dump(mode="json", exclude_none=True))
+        out = body.model_dump(mode="json", exclude_none=True)
+        out["organization_guid"] = rec.organization_guid  # part of the contract's shape, even if null
+        return web.json_response(out)
 
     def _log(self, what: str, kind: ServiceKind, sid: str, commit: Commit, **extra: Any) -> None:
         log.info(
@@ -318,6 +324,9 @@ class BrokerApi:
         kind = self._kind(request)
         header = request.headers.get("Authorization")
         as_broker = self.is_broker(header)
+        given = header[6:].strip() if header and header[:6].lower() == "basic " else ""
+        if not as_broker and not given:
+            raise Unauthorized("invalid authorization header: HTTP Basic credentials required")
         req: MessageRequest = await self._body(request, MessageRequest)
         rec = await self._store.get(kind, req.instance_id)
         if rec is None or rec.state != "active":
@@ -325,16 +334,11 @@ class BrokerApi:
                 raise BadRequest("invalid request: unknown 'instance_id'")
             raise Unauthorized("invalid authorization header")
         if not as_broker:
-            given = header[6:].strip() if header and header[:6].lower() == "basic " else ""
             binding = next((b for b in rec.toolchains if b.id == req.toolchain_id), None)
-            if (
-                not given
-                or binding is None
-                or not self._cipher.matches(binding.credentials, SecretStr(given))
-            ):
+            if binding is None or not self._cipher.matches(binding.credentials, SecretStr(given)):
                 raise Unauthorized("invalid authorization header")
         event = req.payload.get("event")
-        source = req.service_id if len(req.service_id) <= 64 else "other"
+        source = req.service_id if req.service_id in MESSAGE_SOURCES else "other"
         self._messages.labels(source).inc()
         log.info(
             "lifecycle message accepted",
@@ -342,7 +346,7 @@ class BrokerApi:
                 "kind": kind,
                 "instance_id": req.instance_id,
                 "toolchain_id": req.toolchain_id,
-                "source": source,
+                "source": req.service_id[:64],
                 "event_type": event if isinstance(event, str) and len(event) <= 64 else None,
             },
         )

@@ -97,8 +97,8 @@ def _alive(rec: InstanceRecord | None) -> InstanceRecord | None:
 def _new_credentials(
     cipher: CredentialsCipher, stored: str | None, given: SecretStr | None
 ) -> tuple[str | None, bool]:
-    """Stored token to keep (omitted or equal) or a new one; and whether it changed."""
-    if given is None or cipher.matches(stored, given):
+    """Stored token to keep (omitted, empty or equal) or a new one; and whether it changed."""
+    if given is None or not given.get_secret_value() or cipher.matches(stored, given):
         return stored, False
     return cipher.encrypt(given), True
 

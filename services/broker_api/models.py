@@ -61,6 +61,8 @@ class UpdateRequest(_Request):
     parameters: ParametersIn | None = None
     service_credentials: SecretStr | None = None
 
+    _cred = field_validator("service_credentials", mode="before")(_credential)
+
 
 class BindRequest(_Request):
     """Body of ``PUT /service_instances/{sid}/toolchains/{tid}``."""

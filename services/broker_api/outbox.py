@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 import weakref
 from datetime import UTC, datetime, timedelta
@@ -93,6 +94,7 @@ class Outbox:
         async with self._lock(key):
             if not await self._claim(key):
                 return False
+            claimed = time.monotonic()
             try:
                 while True:
                     doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
@@ -103,6 +105,12 @@ class Outbox:
                     if not entries:
                         return True
                     for entry in entries:
+                        # Renew the lease before it can run out under us (slow confirms, many
+                        # entries): an expired lease lets another replica publish concurrently.
+                        if time.monotonic() - claimed > self._lease.total_seconds() / 2:
+                            if not await self._claim(key):
+                                return False
+                            claimed = time.monotonic()
                         if not await self._publish(entry):
                             return False
                         await self._collection.update_one(

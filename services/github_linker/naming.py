@@ -48,6 +48,9 @@ def tool_name(url: str, *, github_hosts: Collection[str]) -> str:
 
     When the readable form had to be altered (characters replaced, truncated, host-qualified or not
     an owner/repo path) a short hash of the URL is appended so distinct repositories never share a name.
+    So it is when the owner contains ``-``: ``a-b/c`` and ``a/b-c`` would both read ``a-b-c``, and a
+    shared name would let an ambiguous create adopt the other repository's tool. (GitHub owners are
+    ``[A-Za-z0-9-]``, so without a hyphen in the owner the first ``-`` splits the name uniquely.)
     """
     host = host_of(url)
     segments = [s for s in urlsplit(url).path.split("/") if s]
@@ -56,7 +59,13 @@ def tool_name(url: str, *, github_hosts: Collection[str]) -> str:
         readable = f"{host} {readable}".strip()
     raw = f"github {readable}".strip()
     name = _DISALLOWED.sub("-", raw)
-    lossy = name != raw or len(name) > NAME_MAX or len(segments) != 2 or host not in github_hosts
+    lossy = (
+        name != raw
+        or len(name) > NAME_MAX
+        or len(segments) != 2
+        or host not in github_hosts
+        or "-" in segments[0]
+    )
     if lossy:
         suffix = " " + _digest(url)[:8]
         name = name[: NAME_MAX - len(suffix)].rstrip() + suffix

@@ -4,11 +4,13 @@ Every event is published (confirmed) first and recorded second, one at a time wi
 so the persisted state never runs ahead of the broker. The session reconciles several namespaces
 at once: their keys are disjoint, so per key there is still one event in flight, in revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
 after a crash between confirm and record carries the same id and revision, which consumers
-already skip as stale.
+already skip as stale. The id is also the AMQP ``message_id``, at most 255 bytes: a longer one (long
+mediator and mediation names) becomes ``<kind>:sha256=<hash of key>:<revision>``, as deterministic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +23,17 @@ from shared.events import CloudEvent, InstanceData, InstanceRef, RoutingKeys, Sn
 log = logging.getLogger(__name__)
 
 PublishFn = Callable[[CloudEvent], Awaitable[None]]
+
+
+MAX_EVENT_ID_BYTES = 255  # AMQP shortstr: the publisher puts the id in message_id
+
+
+def event_id(kind: str, key: str, revision: int) -> str:
+    """Deterministic CloudEvent id of one record revision (the same on a replay)."""
+    plain = f"{kind}:{key}:{revision}"
+    if len(plain.encode()) <= MAX_EVENT_ID_BYTES:
+        return plain
+    return f"{kind}:sha256={hashlib.sha256(key.encode()).hexdigest()}:{revision}"
 
 
 class NotLeader(Exception):
@@ -58,7 +71,7 @@ class Emitter:
         if not self._is_leader():
             raise NotLeader("lease lost before publishing")
         event = CloudEvent(
-            id=f"{record.kind}:{record.key}:{record.revision}",
+            id=event_id(record.kind, record.key, record.revision),
             source=self.source,
             type=f"io.kabanero.otc.{routing_key}",
             subject=subject,

@@ -8,7 +8,12 @@
 - ``asyncio.timeout`` re-armed on every event turns a silently stalled stream into a reconnect.
 - A server-side ``timeoutSeconds`` ends streams normally; payload errors and other transport
   failures reconnect from the last RV with backoff.
-- Optional CRDs answering 404 are treated as absent (no objects) and re-probed periodically.
+- Optional CRDs answering 404 are treated as absent (no objects) and re-probed periodically. A type
+  that was listed before must answer 404 twice, one re-probe interval apart, before its objects are
+  dropped: a lone 404 (an API server whose CRD handlers are not ready yet) is not "every trigger was
+  deleted".
+- Anything else that escapes a connection (e.g. the client's bare ``Exception`` on a malformed event
+  line) is logged and retried with backoff: it never ends the loop.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class ResourceWatcher:
         self.last_alive = time.monotonic()
         self.rv: str | None = None
         self.lists = 0
+        # Listed successfully since the last time it was declared absent.
+        self._present = False
+        # A 404 was seen after a successful list; one more (after a re-probe interval) confirms it.
+        self.absence_suspected = False
         self.name = resource.name + (f"@{namespace}" if namespace else "")
 
     def _alive(self) -> None:
@@ -92,6 +101,8 @@ class ResourceWatcher:
         touched = self.cache.replace(self.resource, self.namespace, items)
         self.rv = body.get("metadata", {}).get("resourceVersion")
         self.lists += 1
+        self._present = True
+        self.absence_suspected = False
         self._count("relists", self.resource.name, reason)
         self._alive()
         log.info(
@@ -181,6 +192,19 @@ class ResourceWatcher:
                     reason = "410"
                     continue
                 if exc.status == 404 and self.resource.optional:
+                    if self._present and not self.absence_suspected:
+                        # Dropping the objects publishes a delete per trigger: confirm the removal
+                        # first (a real one still shows after one re-probe interval).
+                        self.absence_suspected = True
+                        log.warning(
+                            "optional CRD answered 404; confirming before treating it as removed",
+                            extra={"resource": self.name, "retry_in_s": self.settings.optional_reprobe_s},
+                        )
+                        reason = "reprobe"
+                        await self._sleep_alive(self.settings.optional_reprobe_s)
+                        continue
+                    self._present = False
+                    self.absence_suspected = False
                     if self.resource.name not in self.cache.absent:
                         log.info("optional CRD absent (404)", extra={"resource": self.name})
                     touched = self.cache.set_absent(self.resource, self.namespace)
@@ -208,6 +232,19 @@ class ResourceWatcher:
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 log.warning(
                     "watch transport error: %s",
+                    type(exc).__name__,
+                    extra={"resource": self.name, "error": str(exc)[:200]},
+                )
+                self._count("reconnects", self.resource.name, "error")
+                if self.rv is None:
+                    reason = "error"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+            except Exception as exc:  # nothing a connection raises may end the loop
+                # kubernetes_asyncio raises a bare Exception for an event line without type/object or a
+                # bookmark without a resourceVersion, and KeyError for an ERROR without a reason.
+                log.exception(
+                    "watch failed unexpectedly: %s",
                     type(exc).__name__,
                     extra={"resource": self.name, "error": str(exc)[:200]},
                 )

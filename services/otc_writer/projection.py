@@ -7,13 +7,14 @@
 
 Every write is a compare-and-set on ``revision`` (an upsert whose filter requires a lower revision; a
 duplicate-key error means the stored one is as new or newer), so stale events change nothing even
-when two replicas race.
+when two replicas race. An *equal* revision (a redelivery) changes nothing either but still
+reconciles, since the first delivery may have failed after the projection write.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
@@ -44,7 +45,20 @@ class Projection:
     async def _cas(
         coll: AsyncCollection[Document], doc_id: str, revision: int, fields: dict[str, Any]
     ) -> bool:
-        """Store ``fields`` if ``revision`` is newer than the stored one; False when stale."""
+        """Store ``fields`` if ``revision`` is newer than the stored one; False when stale.
+
+        An equal revision is a redelivery: nothing is stored, but True is returned, because the
+        first delivery may have updated the projection and then failed before OTC converged
+        (a transient OTC error, a crash). Reconciling again is level-triggered and costs no OTC
+        write when everything was already applied; skipping it would lose the change.
+        """
+        return await Projection._cas_state(coll, doc_id, revision, fields) != "stale"
+
+    @staticmethod
+    async def _cas_state(
+        coll: AsyncCollection[Document], doc_id: str, revision: int, fields: dict[str, Any]
+    ) -> Literal["stored", "same", "stale"]:
+        """``stored`` (newer revision written), ``same`` (equal revision, unchanged) or ``stale``."""
         try:
             result = await coll.update_one(
                 {"_id": doc_id, "revision": {"$lt": revision}},
@@ -59,8 +73,12 @@ class Projection:
                 upsert=True,
             )
         except DuplicateKeyError:
-            return False
-        return result.matched_count == 1 or result.upserted_id is not None
+            pass  # the stored revision is as new or newer
+        else:
+            if result.matched_count == 1 or result.upserted_id is not None:
+                return "stored"
+        doc = await coll.find_one({"_id": doc_id}, {"revision": 1})
+        return "same" if doc is not None and doc.get("revision") == revision else "stale"
 
     async def put_trigger(self, trigger: TriggerData) -> bool:
         return await self._cas(
@@ -85,13 +103,17 @@ class Projection:
     async def put_snapshot(self, snap: SnapshotData) -> bool:
         """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing."""
         scope = instance_scope(snap.instance)
-        fresh = await self._cas(self.instances, scope, snap.revision, {"exists": snap.exists})
-        if not fresh:
+        state = await self._cas_state(self.instances, scope, snap.revision, {"exists": snap.exists})
+        if state == "stale":
             return False
         listed = {t.key.id for t in snap.triggers} if snap.exists else set()
         if snap.exists:
             for trigger in snap.triggers:
-                await self.put_trigger(trigger)
+                await self.put_trigger(trigger)  # each by its own revision: never regresses
+        if state == "same":
+            # A redelivery: tombstones were written by the first delivery, and repeating them now
+            # could delete a trigger created after this snapshot was taken. Reconcile only.
+            return True
         async for doc in self.triggers.find({"scope": scope, "deleted": False}):
             if doc["_id"] not in listed:
                 # Absent from a newer snapshot: gone. Same revision, so a replayed older

@@ -6,7 +6,9 @@ the difference. Replays, reordering and snapshots therefore all converge to one 
 unchanged world costs no OTC call (the ledger's content hash matches).
 
 One message may touch many tools: all are attempted, then the message fails if any did; a permanent
-OTC error dead-letters it (reason in the headers) without holding back the other tools.
+OTC error dead-letters it (reason in the headers) without holding back the other tools. When some
+failures are transient the message is retried instead (the already applied tools cost nothing on
+the retry), so a permanent error never swallows another tool's transient one.
 """
 
 from __future__ import annotations
@@ -215,9 +217,11 @@ class Reconciler:
             if isinstance(err, asyncio.CancelledError):
                 raise err
         permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
-        if permanent:
+        if permanent and len(permanent) == len(errors):
             raise PermanentError("; ".join(str(e) for e in permanent))
         if errors:
+            # Transient failures of other tools must be retried, not dead-lettered along with a
+            # permanent one; after the bounded attempts the message dead-letters with all reasons.
             first = errors[0]
             if len(errors) == 1 and isinstance(first, Exception):
                 raise first

@@ -4,7 +4,10 @@
 - :class:`PermanentError`, an invalid envelope or data model: dead-letter now, reason in headers;
 - any other exception (:class:`RetryableError` included): republish to a delay queue with the
   attempt count, then ack; after ``max_attempts`` dead-letter with the last error;
-- cancellation (shutdown, lost channel): neither ack nor reject; the broker redelivers.
+- cancellation (shutdown, lost channel): neither ack nor reject; the broker redelivers. A
+  ``CancelledError`` the handler raises while its task is not being cancelled is a failure (retry);
+- a ``key_of`` that raises: dead-letter (it depends on the message only);
+- the retry publish fails: requeue after the intended delay (never a hot loop).
 
 Handlers run concurrently up to ``prefetch``; messages with the same ``key_of`` value run one after
 the other in delivery order, so one slow key never blocks the others and one key stays ordered.
@@ -119,23 +122,33 @@ class Consumer:
                 self._inflight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        headers = dict(message.headers or {})
-        raw_attempt = headers.get(ATTEMPT_HEADER, 0)
-        attempt = (int(raw_attempt) if isinstance(raw_attempt, int | str) else 0) + 1
+        attempt = _attempt_of(message) + 1
         try:
             event = CloudEvent.model_validate_json(message.body)
         except pydantic.ValidationError as exc:
             await self._dead_letter(message, "invalid CloudEvent envelope", exc, attempt)
             return
-        key = self._key_of(event) if self._key_of else None
+        try:
+            key = self._key_of(event) if self._key_of else None
+        except Exception as exc:  # deterministic on the message: retrying cannot help
+            await self._dead_letter(message, "no serialization key", exc, attempt, event)
+            return
         lock = self._lock_for(key) if key is not None else None
         started = asyncio.get_running_loop().time()
         try:
-            if lock is not None:
-                async with lock:
+            try:
+                if lock is not None:
+                    async with lock:
+                        await self._handler(event)
+                else:
                     await self._handler(event)
-            else:
-                await self._handler(event)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # shutdown or lost channel: neither ack nor reject
+                # The handler leaked a CancelledError of its own (e.g. from a future someone else
+                # cancelled); left alone the message would stay unacked and hold a prefetch slot.
+                raise RetryableError(f"handler raised {_describe(exc)}") from exc
         except asyncio.CancelledError:
             raise
         except (PermanentError, pydantic.ValidationError) as exc:
@@ -196,8 +209,14 @@ class Consumer:
         try:
             await self._publisher.publish_message(copy, retry_queue, exchange="")
         except PublishError:
-            log.exception("could not schedule retry; message stays unacked", extra={"queue": self.queue_name})
+            # Hold the message for the intended delay before requeueing it: an immediate requeue
+            # would be a hot loop that burns the queue's delivery limit in milliseconds.
+            log.exception(
+                "could not schedule retry; requeueing after the delay", extra={"queue": self.queue_name}
+            )
+            await asyncio.sleep(delay)
             await message.nack(requeue=True)
+            self._metrics.outcomes.labels(self.queue_name, "requeue").inc()
             return
         await message.ack()
         self._metrics.outcomes.labels(self.queue_name, "retry").inc()
@@ -240,6 +259,15 @@ class Consumer:
             return
         await message.ack()
         self._metrics.outcomes.labels(self.queue_name, "dead").inc()
+
+
+def _attempt_of(message: AbstractIncomingMessage) -> int:
+    """Failed attempts so far, from our header; a garbled header counts as none."""
+    raw = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+    try:
+        return max(0, int(raw)) if isinstance(raw, int | str | bytes) else 0
+    except ValueError:
+        return 0
 
 
 def _describe(exc: BaseException) -> str:

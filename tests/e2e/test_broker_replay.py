@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography.fernet import Fernet
+from pymongo import AsyncMongoClient
 
 from shared.events import ServiceEventData
 from tests.helpers import EventTap, wait_until
@@ -94,7 +95,18 @@ async def _call(
         return r.status, json.loads(text) if text else None
 
 
-async def test_otc_call_sequence_replay(broker_process: tuple[str, list[str]], amqp_url: str) -> None:
+async def _outbox_empty(mongodb_url: str) -> bool:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        coll = client.get_default_database()["service_instances"]
+        return await coll.count_documents({"outbox.id": {"$exists": True}}) == 0
+    finally:
+        await client.close()
+
+
+async def test_otc_call_sequence_replay(
+    broker_process: tuple[str, list[str]], amqp_url: str, mongodb_url: str
+) -> None:
     base, logs = broker_process
     kb = f"{base}/kabanero-broker/api/v1/service_instances"
     keb = f"{base}/kabanero-events-broker/api/v1"
@@ -152,7 +164,14 @@ async def test_otc_call_sequence_replay(broker_process: tuple[str, list[str]], a
         )[0] == 204
         assert (await _call(s, "DELETE", f"{keb}/service_instances/{sid2}"))[0] == 204
         await tap.wait_for(11, timeout=15)
-        await asyncio.sleep(0.3)  # a late duplicate would show up in the exact list below
+        # No late duplicate: once no outbox entry is pending nothing can re-publish an earlier
+        # event, and whatever was published before a sentinel event reaches the queue before it.
+        await wait_until(lambda: _outbox_empty(mongodb_url), timeout=15, what="outbox drained")
+        sentinel = "0f0f0f0f-0000-4000-8000-00000000000f"
+        assert (await _call(s, "PUT", f"{keb}/service_instances/{sentinel}", events_body))[0] == 200
+        await wait_until(
+            lambda: any(e.subject == sentinel for e in tap.events), timeout=15, what="the sentinel event"
+        )
         got = [
             (
                 e.routing_key,
@@ -175,6 +194,7 @@ async def test_otc_call_sequence_replay(broker_process: tuple[str, list[str]], a
         ("service.kabanero-events.bound", sid2, 2, tc1, [tc1]),
         ("service.kabanero-events.unbound", sid2, 3, tc1, []),
         ("service.kabanero-events.deprovisioned", sid2, 4, None, []),
+        ("service.kabanero-events.provisioned", sentinel, 1, None, []),
     ]
     text = "".join(logs)
     for secret in ("replay-secret", tc_creds, "c2VydmljZS1jcmVkcw=="):

@@ -66,8 +66,9 @@ async def test_killed_leader_is_replaced_within_the_lease_period(amqp_url: str, 
             await procs[leader].wait()
             killed_at = time.monotonic()
             standby = next(n for n in procs if n != leader)
-            await wait_until(lambda: _holder(kube) == standby, timeout=LEASE_S + 3, what="handover")
-            assert time.monotonic() - killed_at < LEASE_S + 1.5
+            await wait_until(lambda: _holder(kube) == standby, timeout=LEASE_S + 6, what="handover")
+            # The lease period, plus a renew period and scheduling of two processes on a loaded machine.
+            assert time.monotonic() - killed_at < LEASE_S + 3
             kube.store.create(connections())
             await tap.wait_for(1, routing_key="kabanero.trigger.updated", timeout=10)
         finally:

@@ -190,3 +190,99 @@ async def test_cancellation_neither_acks_nor_rejects(
     assert len(back) == 1
     assert back[0].redelivered
     assert await drain_queue(amqp_url, "otc-writer.events.dead") == []
+
+
+async def test_a_failing_key_of_dead_letters_instead_of_holding_the_message(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    conn, publisher = amqp
+    calls: list[str] = []
+
+    async def handler(event: CloudEvent) -> None:
+        calls.append(event.id)
+
+    def key_of(event: CloudEvent) -> str:
+        raise KeyError("parameters")
+
+    consumer = Consumer(
+        conn,
+        publisher,
+        "otc-writer.events",
+        handler,
+        metrics=ConsumerMetrics(CollectorRegistry()),
+        topology=FAST,
+        key_of=key_of,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publisher.publish(_event())
+        dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert calls == []
+    assert dead[0].headers[REASON_HEADER] == "no serialization key"
+    assert await drain_queue(amqp_url, "otc-writer.events") == []
+
+
+async def test_a_cancelled_error_leaked_by_the_handler_is_retried(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    conn, publisher = amqp
+    calls: list[float] = []
+
+    async def handler(event: CloudEvent) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise asyncio.CancelledError  # e.g. awaited a future that someone else cancelled
+
+    consumer = _consumer(conn, publisher, handler)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publisher.publish(_event())
+        await wait_until(lambda: len(calls) >= 2, timeout=10, what="the retry")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await drain_queue(amqp_url, "otc-writer.events") == []
+    assert await drain_queue(amqp_url, "otc-writer.events.dead") == []
+
+
+class _RetryPublishFailsOnce(Publisher):
+    """The real publisher, except that the first publish to a delay queue fails."""
+
+    failed = False
+
+    async def publish_message(
+        self, message: aio_pika.Message, routing_key: str, *, exchange: str | None = None
+    ) -> None:
+        if exchange == "" and not self.failed:
+            self.failed = True
+            raise PublishError("simulated: no confirm")
+        await super().publish_message(message, routing_key, exchange=exchange)
+
+
+async def test_a_failed_retry_publish_requeues_after_the_delay_not_at_once(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    conn, publisher = amqp
+    flaky = _RetryPublishFailsOnce(conn, timeout=5)
+    await flaky.start()
+    attempts: list[float] = []
+
+    async def handler(event: CloudEvent) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) == 1:
+            raise RetryableError("OTC is down")
+
+    consumer = _consumer(conn, flaky, handler)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publisher.publish(_event())
+        await wait_until(lambda: len(attempts) >= 2, timeout=10, what="the second attempt")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert flaky.failed
+    assert attempts[1] - attempts[0] >= 0.9, "requeued at once: a hot retry loop"
+    assert await drain_queue(amqp_url, "otc-writer.events.dead") == []

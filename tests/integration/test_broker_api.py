@@ -12,10 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography.fernet import Fernet
+from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
 from services.broker_api.app import BrokerRuntime, Deps, build
-from services.broker_api.outbox import EventSink
+from services.broker_api.outbox import EventSink, Outbox
 from services.broker_api.settings import Settings
 from shared.amqp import PublishError
 from shared.events import CloudEvent, ServiceEventData
@@ -164,6 +165,7 @@ async def test_events_broker_uses_its_kind(broker: tuple[BrokerRuntime, Client],
         "namespace": "kabanero",
         "label": "default/kabanero",
     }
+    assert "organization_guid" in body and body["organization_guid"] is None  # the shape is fixed
     # the same sid on the other broker is a different instance
     status, _ = await c.call("PATCH", f"{KB}/service_instances/e1", {"parameters": {}})
     assert status == 404
@@ -185,6 +187,20 @@ async def test_credentials_are_encrypted_at_rest_and_kept(
     assert doc["schema_version"] == 1 and doc["state"] == "active" and doc["revision"] == 2
     f = Fernet(KEY.encode())
     assert f.decrypt(doc["service_credentials"].encode()) == b"SERVICE-CRED-PLAINTEXT"
+    # an empty value is an omission too: the stored credentials stay, nothing changes
+    assert (await c.call("PUT", f"{KB}/service_instances/s", {**PROVISION, "service_credentials": ""}))[
+        0
+    ] == 200
+    (doc,) = await raw_docs(mongodb_url)
+    assert doc["revision"] == 2
+    assert f.decrypt(doc["service_credentials"].encode()) == b"SERVICE-CRED-PLAINTEXT"
+    # PATCH takes credentials in the same forms as PUT (string or object)
+    status, _ = await c.call(
+        "PATCH", f"{KB}/service_instances/s", {"service_credentials": {"k": "PLAINTEXT"}}
+    )
+    assert status == 200
+    (doc,) = await raw_docs(mongodb_url)
+    assert f.decrypt(doc["service_credentials"].encode()) == b'{"k": "PLAINTEXT"}'
     await c.call("DELETE", f"{KB}/service_instances/s")
     (doc,) = await raw_docs(mongodb_url)
     assert doc["state"] == "deleted" and doc["service_credentials"] is None and doc["toolchains"] == []
@@ -285,6 +301,16 @@ BAD_REQUESTS: list[tuple[str, str, Any, dict[str, Any], int, str]] = [
         401,
         "authorization",
     ),
+    # no credentials at all: 401 before the body is even looked at
+    ("POST", f"{KB}/messaging/accept", {"service_id": "toolchain"}, {"auth": None}, 401, "authorization"),
+    (
+        "POST",
+        f"{KB}/messaging/accept",
+        b"{not json",
+        {"auth": None, "headers": {"Authorization": "Bearer x"}},
+        401,
+        "authorization",
+    ),
 ]
 
 
@@ -364,6 +390,23 @@ async def test_unauthenticated_endpoints_and_openapi(broker: tuple[BrokerRuntime
         if route.method != "HEAD" and route.resource is not None
     }
     assert app_routes and app_routes <= documented, app_routes - documented
+
+
+async def test_request_metrics_do_not_take_label_values_from_clients(
+    broker: tuple[BrokerRuntime, Client],
+) -> None:
+    rt, c = broker
+    await c.call("PUT", f"{KB}/service_instances/m", {"service_id": "kabanero"})
+    await c.call("PUT", f"{KB}/service_instances/m/toolchains/tc", {"toolchain_credentials": "tc"})
+    for i, method in enumerate(("PROPFIND", "MKCOL", "PURGE")):
+        status, body = await c.call(method, "/status", auth=None)
+        assert status == 405 and "description" in body
+        msg = {"service_id": f"xsource{i}", "instance_id": "m", "toolchain_id": "tc", "payload": {}}
+        assert (await c.call("POST", f"{KB}/messaging/accept", msg))[0] == 204
+    async with c.session.get(rt.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "PROPFIND" not in text and "PURGE" not in text and "xsource" not in text
+    assert 'method="other"' in text and 'source="other"' in text
 
 
 def _app_routes(rt: BrokerRuntime) -> list[Any]:
@@ -476,3 +519,38 @@ async def test_concurrent_binds_and_unbinds_on_one_sid_from_two_replicas(
     bound = [e for e in tap.events if e.routing_key.endswith(".bound")]
     assert sorted(ServiceEventData.model_validate(e.data).toolchain_id or "" for e in bound) == sorted(tids)
     assert not doc.get("outbox")
+
+
+async def test_outbox_lease_is_renewed_during_a_slow_flush(mongodb_url: str) -> None:
+    """A flush that outlasts the lease keeps it: another replica must not publish the same
+    events concurrently (duplicates, out of order)."""
+    published: list[tuple[str, str]] = []
+
+    class SlowSink:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def publish(self, event: CloudEvent) -> None:
+            await asyncio.sleep(0.15)
+            published.append((self.name, event.id))
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        coll = client.get_default_database()["outbox_lease_test"]
+        event = CloudEvent(source="/t", type="io.kabanero.otc.service.kabanero.updated")
+        entries = [
+            {"id": f"e{i}", "revision": i, "routing_key": "service.kabanero.updated", "event": {}}
+            for i in range(1, 6)
+        ]
+        for e in entries:
+            e["event"] = event.model_copy(update={"id": e["id"]}).model_dump(mode="json")
+        await coll.insert_one({"_id": "k", "outbox": entries})
+        first = Outbox(coll, SlowSink("a"), CollectorRegistry(), lease_s=0.4)
+        second = Outbox(coll, SlowSink("b"), CollectorRegistry(), lease_s=0.4)
+        flushing = asyncio.create_task(first.flush("k"))
+        await wait_until(lambda: len(published) >= 3, timeout=5, what="the lease to be older than 0.4 s")
+        assert not await second.flush("k")  # still held by the first replica
+        assert await flushing
+    finally:
+        await client.close()
+    assert published == [("a", f"e{i}") for i in range(1, 6)]

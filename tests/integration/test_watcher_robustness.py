@@ -85,7 +85,8 @@ async def test_leader_that_stops_renewing_is_replaced_within_the_lease_period(
         lease_task.cancel()
         assert leader.elector is not None
         leader.elector.release = _never  # type: ignore[method-assign]
-        await wait_until(lambda: standby.leading, timeout=2 + 0.3 + 2, what="standby takes over")
+        # Lease duration + one renew period, plus a margin for a loaded machine.
+        await wait_until(lambda: standby.leading, timeout=2 + 0.3 + 4, what="standby takes over")
         assert not leader.leading
         await wait_until(lambda: leader.session is None, timeout=2, what="old leader stopped watching")
         await ready(standby)
@@ -216,4 +217,36 @@ async def test_kubeconfig_and_watch_namespaces(
     assert changes(tap) == [
         ("kabanero.instance.changed", "test/kabanero"),
         ("kabanero.trigger.created", TRIGGER),
+    ]
+
+
+async def test_a_lone_404_of_the_events_crds_deletes_nothing_a_lasting_one_deletes_their_triggers(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    """A 404 of CRDs that were there (API server hiccup) is confirmed one re-probe later before it
+    means "every mediation is gone"; a real removal then deletes their triggers."""
+    kube.store.create(kabanero())
+    kube.store.create(mediator())
+    runtime = await started(watcher_settings(kube, amqp_url, mongodb_url, optional_reprobe_s=2.0))
+    other = "test/kabanero/mediation/z/appsody"
+    try:
+        await ready(runtime)
+        session = runtime.session
+        assert session is not None
+        optional = [w for w in session.watchers if w.resource.optional]
+        async with EventTap(amqp_url, CHANGES) as tap:
+            kube.inject("crds", present=False, group="events.kabanero.io")
+            await wait_until(lambda: all(w.absence_suspected for w in optional), timeout=5, what="404 seen")
+            kube.inject("crds", present=True, group="events.kabanero.io")
+            kube.store.create(mediator(name="z"))  # barrier: seen by the confirming re-probe's list
+            await tap.wait_for(1, routing_key="kabanero.trigger.created", timeout=10)
+            assert changes(tap) == [("kabanero.trigger.created", other)]
+            kube.inject("crds", present=False, group="events.kabanero.io")
+            await tap.wait_for(2, routing_key="kabanero.trigger.deleted", timeout=10)
+    finally:
+        await runtime.stop()
+    assert changes(tap) == [
+        ("kabanero.trigger.created", other),
+        ("kabanero.trigger.deleted", TRIGGER),
+        ("kabanero.trigger.deleted", other),
     ]

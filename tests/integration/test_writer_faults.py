@@ -213,3 +213,29 @@ async def test_redelivery_after_a_failed_otc_write_still_applies_the_change(env:
     assert any(c.fault for c in env.otc.calls()), "the fault never fired"
     assert env.tool_names(tc) == [trigger_tool_name(t.key)]
     assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
+
+
+async def test_permanent_error_does_not_swallow_a_transient_one_in_the_same_message(env: WriterEnv) -> None:
+    """One snapshot, two tools: a permanent 400 on one and a single 503 on the other.
+
+    The message must be retried (not dead-lettered at once) so the transient failure converges.
+    """
+    tc = env.otc.seed_toolchain(name="mixed")
+    bad, flaky = trigger("bad"), trigger("flaky")
+    tools = r"/toolchain/v2/toolchains/.*/tools"
+    env.otc.set_faults(
+        FaultConfig(
+            rules=[
+                ErrorRule(path=tools, method="POST", name=trigger_tool_name(bad.key), status=400),
+                ErrorRule(path=tools, method="POST", name=trigger_tool_name(flaky.key), status=503, times=1),
+            ]
+        )
+    )
+    async with env.writer(otc_max_attempts=1) as w:
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        await env.publish(snapshot_event([bad, flaky], revision=1))
+        await wait_until(
+            lambda: env.tool_names(tc) == [trigger_tool_name(flaky.key)], timeout=15, what="flaky tool"
+        )
+    assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1

@@ -26,9 +26,20 @@ def test_normalized_spellings_are_one_repository(url: str) -> None:
 
 
 def test_github_name_is_readable() -> None:
-    assert naming.tool_name("https://github.com/kabanero-io/collections", github_hosts=GITHUB) == (
-        "github kabanero-io-collections"
+    assert naming.tool_name("https://github.com/kabanero/collections", github_hosts=GITHUB) == (
+        "github kabanero-collections"
     )
+    assert naming.tool_name("https://github.com/kabanero-io/collections", github_hosts=GITHUB).startswith(
+        "github kabanero-io-collections "
+    )
+
+
+def test_hyphens_cannot_make_two_repositories_share_a_name() -> None:
+    """``a-b/c`` and ``a/b-c`` join to the same readable text; the names must still differ."""
+    urls = ("https://github.com/a-b/c", "https://github.com/a/b-c", "https://github.com/a-b-c/x")
+    names = [naming.tool_name(u, github_hosts=GITHUB) for u in urls]
+    assert len(set(names)) == len(urls), names
+    assert all(naming.NAME_PATTERN.match(n) for n in names)
 
 
 @pytest.mark.parametrize(

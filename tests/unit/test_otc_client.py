@@ -159,3 +159,29 @@ async def test_error_mapping_keeps_ibm_message(ctx: Ctx) -> None:
     ctx.otc.set_faults(FaultConfig(rules=[ErrorRule(path=".*/tools", method="POST", status=409, times=1)]))
     tool = await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name="ok", parameters=GH)
     assert tool.name == "ok"  # 409 is retryable
+
+
+async def test_retry_after_holds_back_callers_already_waiting_for_the_rate_limit(ctx: Ctx) -> None:
+    """A caller queued in the token bucket when a 429 arrives must still wait for Retry-After."""
+    tc = ctx.otc.seed_toolchain()
+    # Burst 1.5: the first call takes a token, the second waits ~0.33 s in the bucket, well before
+    # the 1 s the 429 (answered to the first call) advertises.
+    client, iam = make_client(ctx.otc, ctx.session, rate_limit=1.5)
+    await iam.token()
+    ctx.otc.set_faults(rate_limit=RateLimitFault(count=1, retry_after=1))
+    assert list(await asyncio.gather(client.list_tools(tc), client.list_tools(tc))) == [[], []]
+    calls = [c for c in ctx.otc.calls() if c.path.endswith("/tools")]
+    assert [c.status for c in calls].count(429) == 1
+    assert not [c for c in calls if c.early]
+
+
+async def test_answers_below_500_do_not_open_the_breaker(ctx: Ctx) -> None:
+    """409s and 404s are OTC answering normally: they must not count as failures of OTC."""
+    tc = ctx.otc.seed_toolchain()
+    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=2, max_attempts=3, breaker_reset_s=60)
+    ctx.otc.set_faults(FaultConfig(rules=[ErrorRule(path=".*/tools", method="POST", status=409, times=2)]))
+    await client.create_tool(tc, tool_type_id="githubconsolidated", name="after-409s", parameters=GH)
+    for _ in range(3):
+        with pytest.raises(OtcNotFoundError):
+            await client.get_tool(tc, "00000000-0000-4000-8000-000000000000")
+    assert client.breaker.state == "closed"

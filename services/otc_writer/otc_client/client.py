@@ -243,13 +243,18 @@ class OtcClient:
                 await self.gate.wait(self._sleep)
                 await self.bucket.acquire(self._sleep)
                 token = await self._iam.token()
+                # A 429 answered while we waited for a token binds us too (Retry-After is global).
+                await self.gate.wait(self._sleep)
                 result = await self._send(method, path, payload, params, content_type, idempotent, token)
             self.breaker.success()
             verdict = True
             return result
-        except (OtcAmbiguousError, OtcRetryableError) as exc:
-            if exc.status != 429 and not isinstance(exc, OtcCircuitOpenError):
-                self.breaker.failure()
+        except OtcError as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 408:
+                self.breaker.failure()  # OTC unreachable or unhealthy
+                verdict = True
+            elif exc.status != 429:
+                self.breaker.success()  # OTC answered (404, 409, 4xx): it is healthy
                 verdict = True
             raise
         finally:
