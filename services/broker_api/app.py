@@ -58,7 +58,13 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
     sink: EventSink = infra.publisher
     if deps.wrap_sink is not None:
         sink = deps.wrap_sink(sink)
-    outbox = Outbox(store.collection, sink, health.registry, lease_s=3 * settings.publish_timeout_s)
+    outbox = Outbox(
+        store.collection,
+        sink,
+        health.registry,
+        lease_s=3 * settings.publish_timeout_s,
+        online=lambda: infra.amqp.ready,
+    )
     runtime = BrokerRuntime(
         infra=infra, store=store, outbox=outbox, shutdown_timeout=settings.shutdown_timeout_s
     )

@@ -200,7 +200,7 @@ class BrokerApi:
         if not commit.events:
             return
         try:
-            await self._outbox.flush(record_key(kind, sid))
+            await self._outbox.publish_committed(record_key(kind, sid))
         except Exception as exc:  # committed: the drainer publishes later
             log.warning(
                 "publish deferred to the outbox drainer",

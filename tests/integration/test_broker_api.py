@@ -35,6 +35,7 @@ KEB = "/kabanero-events-broker/api/v1"
 
 
 def make_settings(mongodb_url: str, amqp_url: str, **kw: Any) -> Settings:
+    kw = {"outbox_drain_interval_s": 0.2, "connect_timeout_s": 10, "publish_timeout_s": 5} | kw
     return Settings(
         broker_id="otc-broker",
         broker_secret="broker-s3cret",  # type: ignore[arg-type]
@@ -44,9 +45,6 @@ def make_settings(mongodb_url: str, amqp_url: str, **kw: Any) -> Settings:
         http_host="127.0.0.1",
         http_port=0,
         allowed_clusters="default,prod",
-        outbox_drain_interval_s=0.2,
-        connect_timeout_s=10,
-        publish_timeout_s=5,
         **kw,
     )
 
