@@ -40,6 +40,18 @@ class RabbitNode:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
+    def fresh_vhost(self) -> str:
+        """A new virtual host on this node (tests sharing the node stay apart); returns its AMQP URL."""
+        vhost = f"t-{uuid.uuid4().hex[:8]}"
+        for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+            subprocess.run(
+                ["rabbitmqctl", "-n", self.name, "-q", *args],
+                env=self._env(),
+                check=True,
+                capture_output=True,
+            )
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{vhost}"
+
     def _env(self) -> dict[str, str]:
         return {
             **os.environ,

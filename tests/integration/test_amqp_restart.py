@@ -25,7 +25,7 @@ def _event(revision: int) -> CloudEvent:
 
 
 async def test_outage_and_recovery(private_rabbit: RabbitNode) -> None:
-    conn = AmqpConnection(private_rabbit.url, name="restart-test", connect_timeout=10)
+    conn = AmqpConnection(private_rabbit.fresh_vhost(), name="restart-test", connect_timeout=10)
     await conn.connect()
     channel = await conn.channel()
     await declare_topology(channel, Topology(retry_delays_s=(1,)))

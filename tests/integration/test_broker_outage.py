@@ -25,8 +25,9 @@ async def test_api_keeps_working_during_an_outage_and_events_follow(
     mongodb_url: str, private_rabbit: RabbitNode
 ) -> None:
     queue_name = f"test-outage-{uuid.uuid4().hex[:8]}"
-    conn = await aio_pika.connect_robust(private_rabbit.url)
-    settings = make_settings(mongodb_url, private_rabbit.url, publish_timeout_s=30)
+    amqp_url = private_rabbit.fresh_vhost()
+    conn = await aio_pika.connect_robust(amqp_url)
+    settings = make_settings(mongodb_url, amqp_url, publish_timeout_s=30)
     async with running(settings) as rt, aiohttp.ClientSession() as session:
         channel = await conn.channel()
         exchange = await channel.get_exchange("kabanero-otc.events")
