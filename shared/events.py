@@ -180,6 +180,20 @@ class SnapshotData(_Data):
     repositories: list[Repository] = Field(default_factory=list)
     triggers: list[TriggerData] = Field(default_factory=list)
     revision: int = Field(ge=0, description="snapshot sequence per instance")
+    # Added (optional, schema_version stays 1): a snapshot is a separate sequence, so without these
+    # a consumer cannot tell whether a snapshot processed late (e.g. from a retry queue) is older
+    # than the instance or trigger events it has already applied. None: a producer that predates them.
+    instance_revision: int | None = Field(
+        default=None,
+        ge=0,
+        description="revision of the last kabanero.instance.* event published for this instance when "
+        "the snapshot was taken (0: none yet); `repositories` are that revision's",
+    )
+    trigger_revisions: dict[str, int] | None = Field(
+        default=None,
+        description="TriggerKey.id -> revision of the last kabanero.trigger.* event published for "
+        "every trigger key of this instance when the snapshot was taken, deleted keys included",
+    )
 
 
 # --- github-linker -> otc-writer: otc.tool.* --------------------------------------------------

@@ -102,7 +102,13 @@ class Linker:
             elif rk == RoutingKeys.SNAPSHOT:
                 snap = SnapshotData.model_validate(event.data)
                 repos = snap.repositories if snap.exists else ()
-                await self._on_instance(snap.instance, repos, revision=snap.revision, snapshot=True)
+                await self._on_instance(
+                    snap.instance,
+                    repos,
+                    revision=snap.revision,
+                    snapshot=True,
+                    instance_revision=snap.instance_revision,
+                )
             else:
                 self._metrics.events.labels("ignored").inc()
                 log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
@@ -130,8 +136,22 @@ class Linker:
         self._metrics.events.labels("applied").inc()
 
     async def _on_instance(
-        self, ref: InstanceRef, repos: Iterable[Repository], *, revision: int, snapshot: bool
+        self,
+        ref: InstanceRef,
+        repos: Iterable[Repository],
+        *,
+        revision: int,
+        snapshot: bool,
+        instance_revision: int | None = None,
     ) -> None:
+        """Store an instance's repositories and reconcile the toolchains of its services.
+
+        A snapshot has its own sequence (``revision``, against ``snapshot_revision``); its
+        repositories are instance data at ``instance_revision``, so they are ignored when an instance
+        event newer than that was applied already (a snapshot delayed by a retry must not undo it).
+        The toolchains are still reconciled then, from the stored repositories (drift repair).
+        A snapshot without ``instance_revision`` (an older watcher) replaces them as before.
+        """
         key = instance_key(ref.cluster, ref.namespace)
         old = await self._store.instance(key) or InstanceState(key=key)
         last = old.snapshot_revision if snapshot else old.revision
@@ -139,7 +159,20 @@ class Linker:
             self._skip_stale(key, revision, last)
             return
         urls = tuple(sorted({naming.normalize_url(r.url) for r in repos if r.kind in self._kinds}))
-        changes = {"repos": urls, ("snapshot_revision" if snapshot else "revision"): revision}
+        changes: dict[str, object]
+        if not snapshot:
+            changes = {"repos": urls, "revision": revision}
+        elif instance_revision is None:
+            changes = {"repos": urls, "snapshot_revision": revision}
+        elif instance_revision < old.revision:
+            log.info(
+                "snapshot older than the applied instance event: keeping its repositories",
+                extra={"key": key, "instance_revision": instance_revision, "applied": old.revision},
+            )
+            changes = {"snapshot_revision": revision}
+        else:
+            # Also fences instance events older than the snapshot that are still to come.
+            changes = {"repos": urls, "snapshot_revision": revision, "revision": instance_revision}
         new = old.model_copy(update=changes)
         affected = {t for s in await self._store.services_of(key) for t in s.toolchains}
         await self._reconcile(affected, instance=new)

@@ -195,14 +195,15 @@ class Emitter:
         return sorted(ns for ns in self.state.namespaces() if self.state.live_in_namespace(ns))
 
     async def snapshot(self, namespace: str) -> None:
-        """The published state of one instance, for consumers that reconcile level-triggered."""
+        """The published state of one instance, for consumers that reconcile level-triggered.
+
+        It carries the revisions of the instance and trigger events it reflects, so a consumer can
+        tell that a snapshot processed late is older than events it has already applied.
+        """
         inst = self.state.get("instance", self._instance_key(namespace))
         live_inst = inst if inst is not None and not inst.deleted else None
-        triggers = [
-            TriggerData.model_validate(r.data)
-            for r in self.state.in_namespace(namespace, "trigger")
-            if not r.deleted
-        ]
+        records = self.state.in_namespace(namespace, "trigger")
+        triggers = [TriggerData.model_validate(r.data) for r in records if not r.deleted]
         revision = self.state.next_revision("snapshot", self._instance_key(namespace))
         data = SnapshotData(
             instance=InstanceRef.model_validate(live_inst.data["instance"])
@@ -213,6 +214,8 @@ class Emitter:
             repositories=live_inst.data.get("repositories", []) if live_inst else [],
             triggers=triggers,
             revision=revision,
+            instance_revision=inst.revision if inst is not None else 0,
+            trigger_revisions={r.key: r.revision for r in records},
         )
         record = Record(
             cluster=self.cluster,

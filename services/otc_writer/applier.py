@@ -1,9 +1,10 @@
 """Apply or remove one tool in one toolchain, exactly once, through the ledger (see ``ledger.py``).
 
-Under the key's lease: skip stale revisions; skip unchanged content (zero OTC calls); otherwise write
-the intent, make the one OTC write, commit. After an interrupted attempt (intent still pending) OTC is
-read first (the known tool id, else the deterministic name), so the retry adopts what the interrupted
-attempt did instead of repeating it.
+Under the key's lease (renewed while held; no OTC write starts once it is lost): skip stale
+revisions; skip unchanged content (zero OTC calls); otherwise write the intent, make the one OTC
+write, commit. After an interrupted attempt (intent still pending) OTC is read first (the known tool
+id, else the deterministic name), so the retry adopts what the interrupted attempt did instead of
+repeating it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class ToolApplier:
             want.purpose, want.key, want.toolchain_id, self._owner, scope=want.scope
         )
         try:
-            outcome = await self._apply(lease, want)
+            async with self._ledger.kept(lease):
+                outcome = await self._apply(lease, want)
         except OtcError as exc:
             await self._ledger.fail(lease, str(exc))
             raise
@@ -158,7 +160,8 @@ class ToolApplier:
     ) -> Outcome:
         lease = await self._ledger.acquire(purpose, key, toolchain_id, self._owner)
         try:
-            outcome = await self._remove(lease, toolchain_id, revision, name)
+            async with self._ledger.kept(lease):
+                outcome = await self._remove(lease, toolchain_id, revision, name)
         except OtcError as exc:
             await self._ledger.fail(lease, str(exc))
             raise
@@ -195,6 +198,7 @@ class ToolApplier:
         await self._ledger.mark_pending(lease, "delete", doc.get("tool_name") or name or "")
         deleted = False
         for tool_id in tool_ids:
+            self._ledger.check(lease)
             try:
                 await self._client.delete_tool(toolchain_id, tool_id)
                 deleted = True

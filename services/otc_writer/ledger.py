@@ -10,7 +10,10 @@ Why each field exists:
   before writing: no duplicate create, no lost delete, no second identical write.
 - ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
   around the OTC call. Two replicas consuming one queue thus never act on the same tool at once; a
-  crashed holder's lease simply expires. Commits are fenced on the lease owner.
+  crashed holder's lease simply expires. While held it is renewed every third of its TTL (``kept``),
+  since one apply (a slow pending lookup, then a write, each with retries) can outlast the TTL.
+  The intent write before each OTC write is fenced on the owner *and* an unexpired lease, so a holder
+  whose renewals failed aborts before writing; commits are fenced on the owner.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,15 +49,21 @@ class LeaseBusy(Exception):
 
 
 class LeaseLost(Exception):
-    """Our lease expired and another replica took the key over before we committed."""
+    """Our lease was taken over (or expired unrenewed): no OTC write may start; the message is retried."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lease:
     id: str
     owner: str
     doc: Document
     """The ledger document as it was when the lease was taken."""
+    until: datetime
+    """Expiry as last written by us (taken or renewed)."""
+    lost: bool = False
+    """A renewal or a fenced write found the lease no longer ours."""
+    released: bool = False
+    """Committed or released by us: renewing it now would be a mistake, not a loss."""
 
 
 class Ledger:
@@ -109,17 +120,66 @@ class Ledger:
             except DuplicateKeyError:
                 doc = None  # exists and leased by someone else
             if doc is not None and doc.get("lease_owner") == owner:
-                return Lease(doc_id, owner, doc)
+                return Lease(doc_id, owner, doc, until=now + self._ttl)
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
+    @asynccontextmanager
+    async def kept(self, lease: Lease) -> AsyncIterator[Lease]:
+        """Renew ``lease`` every third of its TTL for the duration of the block."""
+        task = asyncio.create_task(self._keep(lease), name=f"lease-renew:{lease.id}")
+        try:
+            yield lease
+        finally:
+            task.cancel()
+            await asyncio.wait([task])  # never swallows a cancellation of the caller
+
+    async def _keep(self, lease: Lease) -> None:
+        interval = self._ttl.total_seconds() / 3
+        while not lease.lost and not lease.released:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew(lease)
+            except Exception as exc:  # Mongo trouble: try again; the expiry check guards the writes
+                log.warning(
+                    "lease renewal failed",
+                    extra={"ledger_id": lease.id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend the lease if it is still ours (atomic, fenced on the owner); False when lost."""
+        until = datetime.now(UTC) + self._ttl
+        result = await self.coll.update_one(
+            {"_id": lease.id, "lease_owner": lease.owner}, {"$set": {"lease_until": until}}
+        )
+        if result.matched_count != 1:
+            if not lease.released:
+                lease.lost = True
+                log.warning("lease lost while held", extra={"ledger_id": lease.id})
+            return False
+        lease.until = until
+        return True
+
+    def check(self, lease: Lease) -> None:
+        """Raise ``LeaseLost`` unless the lease is still ours and unexpired (call before an OTC write)."""
+        if lease.lost or datetime.now(UTC) >= lease.until:
+            raise LeaseLost(f"lease on {lease.id} lost or expired before the OTC write")
+
     async def mark_pending(self, lease: Lease, op: str, name: str) -> None:
-        await self._fenced(lease, {"$set": {"pending": {"op": op, "name": name, "since": datetime.now(UTC)}}})
+        """Record the intent of the OTC write that follows; aborts (LeaseLost) if the lease is gone."""
+        self.check(lease)
+        now = datetime.now(UTC)
+        await self._fenced(
+            lease,
+            {"$set": {"pending": {"op": op, "name": name, "since": now}}},
+            unexpired_at=now,
+        )
 
     async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
         """Write the applied state and release the lease in one fenced update."""
+        lease.released = True
         await self._fenced(
             lease,
             {
@@ -136,6 +196,7 @@ class Ledger:
 
     async def fail(self, lease: Lease, error: str) -> None:
         """Keep ``pending`` (the outcome may be unknown), record the error, release the lease."""
+        lease.released = True
         await self.coll.update_one(
             {"_id": lease.id, "lease_owner": lease.owner},
             {
@@ -149,15 +210,22 @@ class Ledger:
         )
 
     async def release(self, lease: Lease, fields: dict[str, Any] | None = None) -> None:
+        lease.released = True
         await self.coll.update_one(
             {"_id": lease.id, "lease_owner": lease.owner},
             {"$set": {**(fields or {}), "lease_owner": None, "lease_until": None}},
         )
 
-    async def _fenced(self, lease: Lease, update: dict[str, Any]) -> None:
-        result = await self.coll.update_one({"_id": lease.id, "lease_owner": lease.owner}, update)
+    async def _fenced(
+        self, lease: Lease, update: dict[str, Any], *, unexpired_at: datetime | None = None
+    ) -> None:
+        query: dict[str, Any] = {"_id": lease.id, "lease_owner": lease.owner}
+        if unexpired_at is not None:
+            query["lease_until"] = {"$gt": unexpired_at}
+        result = await self.coll.update_one(query, update)
         if result.matched_count != 1:
-            raise LeaseLost(f"lease on {lease.id} lost before commit")
+            lease.lost = True
+            raise LeaseLost(f"lease on {lease.id} lost or expired")
 
     async def present_in_scope(self, purpose: str, scope: str) -> list[Document]:
         """Entries that have, or may have (pending), a tool in OTC."""

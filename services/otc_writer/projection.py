@@ -101,7 +101,14 @@ class Projection:
         return [TriggerData.model_validate(d["data"]) async for d in cursor]
 
     async def put_snapshot(self, snap: SnapshotData) -> bool:
-        """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing."""
+        """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing.
+
+        A snapshot may be handled after trigger events published after it was taken (it came back
+        from a retry queue). With ``trigger_revisions`` a trigger it does not list is tombstoned only
+        if the watcher had already published that trigger's stored revision when it took the
+        snapshot: a trigger created (or re-created) later is left alone. Without them (an older
+        watcher) every unlisted trigger is tombstoned, and then only on the first delivery.
+        """
         scope = instance_scope(snap.instance)
         state = await self._cas_state(self.instances, scope, snap.revision, {"exists": snap.exists})
         if state == "stale":
@@ -110,19 +117,29 @@ class Projection:
         if snap.exists:
             for trigger in snap.triggers:
                 await self.put_trigger(trigger)  # each by its own revision: never regresses
-        if state == "same":
+        known = snap.trigger_revisions
+        if state == "same" and known is None:
             # A redelivery: tombstones were written by the first delivery, and repeating them now
             # could delete a trigger created after this snapshot was taken. Reconcile only.
             return True
         async for doc in self.triggers.find({"scope": scope, "deleted": False}):
-            if doc["_id"] not in listed:
-                # Absent from a newer snapshot: gone. Same revision, so a replayed older
-                # ``created`` (revision <= this one) stays stale.
-                data = TriggerData.model_validate(doc["data"]).model_copy(update={"deleted": True})
-                await self.triggers.update_one(
-                    {"_id": doc["_id"], "revision": doc["revision"]},
-                    {"$set": {"deleted": True, "data": data.model_dump(mode="json")}},
-                )
+            if doc["_id"] in listed:
+                continue
+            revision = int(doc["revision"])
+            if known is not None:
+                seen = known.get(doc["_id"])
+                if seen is None or seen < revision:
+                    continue  # published after the snapshot was taken: not the snapshot's to judge
+                revision = seen  # the watcher's delete: older events of the key become stale
+            # Absent from a newer snapshot: gone. At least the stored revision, so a replayed older
+            # ``created`` (revision <= this one) stays stale.
+            data = TriggerData.model_validate(doc["data"]).model_copy(
+                update={"deleted": True, "revision": revision}
+            )
+            await self.triggers.update_one(
+                {"_id": doc["_id"], "revision": doc["revision"]},
+                {"$set": {"deleted": True, "revision": revision, "data": data.model_dump(mode="json")}},
+            )
         return True
 
     async def put_service(self, event: ServiceEventData, *, deleted: bool) -> tuple[bool, str | None]:

@@ -36,7 +36,7 @@ class Settings(CommonSettings):
 
     prefetch: int = Field(default=16, ge=1)
     lease_ttl_s: float = Field(
-        default=90.0, gt=0, description="per-tool lease; longer than one OTC operation (otc_deadline_s)"
+        default=90.0, gt=0, description="per-tool lease; renewed every third of it while held"
     )
     lease_wait_s: float = Field(default=20.0, ge=0, description="wait for another replica's lease")
     test_crash_after_writes: int = Field(

@@ -135,12 +135,15 @@ def instance(urls: Sequence[str], revision: int, *, namespace: str = "kabanero")
     return CloudEvent.for_data(RoutingKeys.INSTANCE_CHANGED, data, source="test")
 
 
-def snapshot(urls: Sequence[str], revision: int, *, exists: bool = True) -> CloudEvent:
+def snapshot(
+    urls: Sequence[str], revision: int, *, exists: bool = True, instance_revision: int | None = None
+) -> CloudEvent:
     data = SnapshotData(
         instance=InstanceRef(cluster="c1", namespace="kabanero"),
         exists=exists,
         repositories=repos(*urls),
         revision=revision,
+        instance_revision=instance_revision,
     )
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
 
@@ -219,6 +222,29 @@ async def test_duplicates_stale_events_and_unchanged_snapshots_send_nothing(link
     assert await linker.new_commands() == []
     await linker.publish(snapshot([], 4, exists=False))  # instance gone
     assert summary(await linker.new_commands()) == {("remove", "tc-1", REPO_A), ("remove", "tc-1", REPO_C)}
+
+
+async def test_snapshot_older_than_an_applied_instance_event_does_not_undo_it(linker: Linker) -> None:
+    """Snapshots have their own sequence; their repositories count as of ``instance_revision``.
+
+    A snapshot taken before an instance change but handled after it (its first delivery failed and
+    it came back from a retry queue) must not remove the tools that change added.
+    """
+    await linker.publish(service("sid-1", "bound", ["tc-1"], 1))
+    await linker.publish(instance([REPO_A], 2))
+    await linker.publish(instance([REPO_A, REPO_B], 3))
+    assert summary(await linker.new_commands()) == {("apply", "tc-1", REPO_A), ("apply", "tc-1", REPO_B)}
+
+    await linker.publish(snapshot([REPO_A], 7, instance_revision=2))  # taken before revision 3
+    assert await linker.new_commands() == []
+
+    # A snapshot at the applied revision (or newer) still reconciles, and then fences older events.
+    await linker.publish(snapshot([REPO_A, REPO_B, REPO_C], 8, instance_revision=4))
+    assert summary(await linker.new_commands()) == {("apply", "tc-1", REPO_C)}
+    await linker.publish(instance([REPO_A, REPO_B], 3))  # late: older than the snapshot's view
+    assert await linker.new_commands() == []
+    await linker.publish(instance([REPO_A], 5))
+    assert summary(await linker.new_commands()) == {("remove", "tc-1", REPO_B), ("remove", "tc-1", REPO_C)}
 
 
 async def test_instance_before_service_converges_to_the_same_commands(linker: Linker) -> None:

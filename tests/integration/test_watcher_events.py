@@ -168,7 +168,10 @@ async def test_create_update_delete_publish_exactly_the_changes(
             await ready(runtime)
             (first,) = await tap.wait_for(1, routing_key="kabanero.instance.changed")
             (snap,) = await tap.wait_for(1, routing_key="kabanero.snapshot")
-            assert SnapshotData.model_validate(snap.data).exists
+            first_snap = SnapshotData.model_validate(snap.data)
+            assert first_snap.exists
+            # The revisions it reflects, so a consumer can tell it from newer events it applied.
+            assert first_snap.instance_revision == 1 and first_snap.trigger_revisions == {}
             assert first.id == "instance:test/kabanero:1"
 
             kube.store.create(mediator())
@@ -215,7 +218,10 @@ async def test_create_update_delete_publish_exactly_the_changes(
             assert InstanceData.model_validate(gone.data).deleted
             # The instance is gone entirely: one last snapshot says so.
             await tap.wait_for(2, routing_key="kabanero.snapshot")
-            assert not SnapshotData.model_validate(tap.of_type("kabanero.snapshot")[1].data).exists
+            last_snap = SnapshotData.model_validate(tap.of_type("kabanero.snapshot")[1].data)
+            assert not last_snap.exists and last_snap.triggers == []
+            assert last_snap.instance_revision == 3  # the delete's revision
+            assert last_snap.trigger_revisions == {TRIGGER: 3}  # deleted triggers included
         finally:
             await runtime.stop()
     assert changes(tap) == [

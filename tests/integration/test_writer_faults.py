@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
 
 from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
 from services.otc_writer.app import COMMANDS_QUEUE, Deps
 from services.otc_writer.desired import trigger_tool_name
+from services.otc_writer.ledger import LeaseLost
 from shared.amqp.consumer import ERROR_HEADER, REASON_HEADER
 from tests.helpers import drain_queue, wait_until
 from tests.integration.test_writer_support import (
@@ -165,6 +169,73 @@ async def test_two_writers_keep_order_per_key(env: WriterEnv) -> None:
         ]
         assert applied == sorted(applied), (key, applied)
         assert len(applied) <= len(revisions)
+
+
+async def test_lease_outlives_its_ttl_while_held_two_writers_one_post(
+    env: WriterEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each POST of a tool takes longer than the lease TTL: the holder must keep renewing its lease.
+
+    Otherwise the other writer takes the expired lease mid-POST, finds no tool yet and creates a
+    second one. Both writers get one copy of the same command (prefetch 1 each).
+    """
+    tc = env.otc.seed_toolchain(name="slow")
+    faults = env.otc.emulator.faults
+    plain = faults.before_auth
+    posts_started = 0
+
+    async def slow_tool_posts(request: web.Request) -> None:
+        nonlocal posts_started
+        if request.method == "POST" and request.path.endswith("/tools"):
+            posts_started += 1
+            await asyncio.sleep(2.5)  # the emulator's latency, for tool creates only
+        await plain(request)
+
+    monkeypatch.setattr(faults, "before_auth", slow_tool_posts)
+    short = {"lease_ttl_s": 0.8, "lease_wait_s": 10.0, "prefetch": 1}
+    async with (
+        env.writer(Deps(topology=FAST, owner="w1"), **short) as w1,
+        env.writer(Deps(topology=FAST, owner="w2"), **short) as w2,
+    ):
+        await wait_until(lambda: all(c.consuming for w in (w1, w2) for c in w.consumers), what="consumers")
+        cmd = command("apply", key="slow", toolchain_id=tc, revision=1)
+        await env.publish(cmd, cmd)
+        await wait_until(
+            lambda: w1.handled[COMMANDS_QUEUE] + w2.handled[COMMANDS_QUEUE] >= 2, timeout=30, what="both"
+        )
+        assert w1.handled[COMMANDS_QUEUE] == w2.handled[COMMANDS_QUEUE] == 1  # they did contend
+    assert len(env.otc.tools(tc)) == 1
+    assert posts_started == 1
+    assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
+
+
+async def test_lost_lease_aborts_before_the_otc_write(env: WriterEnv) -> None:
+    """A holder whose lease was taken over (or expired unrenewed) must not start its OTC write."""
+    async with env.writer(lease_ttl_s=30.0) as w:
+        ledger = w.ledger
+        lease = await ledger.acquire("github", "k", "tc", "me")
+        await ledger.coll.update_one({"_id": lease.id}, {"$set": {"lease_owner": "thief"}})
+        async with ledger.kept(lease):
+            assert not await ledger.renew(lease)
+            with pytest.raises(LeaseLost):
+                await ledger.mark_pending(lease, "create", "x")
+        doc = await ledger.coll.find_one({"_id": lease.id})
+        assert doc is not None and doc["lease_owner"] == "thief" and not doc.get("pending")
+
+        # Our renewals failed until it expired; nobody took it yet. Fenced locally and in the update.
+        mine = await ledger.acquire("github", "k2", "tc", "me")
+        mine.until = datetime.now(UTC)
+        with pytest.raises(LeaseLost):
+            await ledger.mark_pending(mine, "create", "x")
+        assert await ledger.renew(mine)  # still ours: a renewal that gets through restores it
+        await ledger.coll.update_one({"_id": mine.id}, {"$set": {"lease_until": datetime.now(UTC)}})
+        with pytest.raises(LeaseLost):
+            await ledger.mark_pending(mine, "create", "x")
+        mine.lost = False
+        assert await ledger.renew(mine)
+        await ledger.mark_pending(mine, "create", "x")
+        doc = await ledger.coll.find_one({"_id": mine.id})
+        assert doc is not None and doc["pending"]["op"] == "create"
 
 
 async def test_crash_between_otc_write_and_commit_is_adopted_not_repeated(env: WriterEnv) -> None:

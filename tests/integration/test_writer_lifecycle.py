@@ -94,6 +94,48 @@ async def test_trigger_tool_lifecycle_one_write_per_change(env: WriterEnv) -> No
     assert writes(env.otc.calls(mark)) == []
 
 
+async def test_old_snapshot_never_deletes_a_trigger_published_after_it(env: WriterEnv) -> None:
+    """A snapshot handled late (e.g. back from a retry queue) after newer trigger events.
+
+    ``trigger_revisions`` says which trigger revisions the snapshot reflects: a trigger created or
+    re-created after it keeps its tool; one whose delete the writer missed still goes.
+    """
+    tc = env.otc.seed_toolchain(name="late-snapshot")
+    a, gone, back = trigger("a"), trigger("gone"), trigger("back")
+    async with env.writer() as w:
+        await env.publish(
+            service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc),
+            trigger_event(a),
+            trigger_event(gone),
+            trigger_event(back),
+        )
+        await env.wait_handled(w, 4)
+        # The watcher then deleted "back" (revision 2, while "gone"'s delete never reaches us), took a
+        # snapshot, and afterwards created "new" and re-created "back" (revision 3). The snapshot's
+        # first delivery failed, so the writer sees it last.
+        new, back3 = trigger("new"), trigger("back", revision=3, body="v3")
+        await env.publish(
+            trigger_event(trigger("back", revision=2, deleted=True), "deleted"),
+            trigger_event(new),
+            trigger_event(back3),
+        )
+        await env.wait_handled(w, 7)
+        assert env.tool_names(tc) == sorted(trigger_tool_name(t.key) for t in (a, gone, back, new))
+        mark = env.otc.call_count
+        known = {a.key.id: 1, gone.key.id: 2, back.key.id: 2}
+        await env.publish(snapshot_event([a], revision=5, trigger_revisions=known))
+        await env.wait_handled(w, 8)
+        assert env.tool_names(tc) == sorted(trigger_tool_name(t.key) for t in (a, back, new))
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["DELETE"]  # only "gone"
+        stored = await env.writers[0].projection.get_trigger(gone.key.id)
+        assert stored is not None and stored.deleted and stored.revision == 2
+        # Its redelivery changes nothing either.
+        mark = env.otc.call_count
+        await env.publish(snapshot_event([a], revision=5, trigger_revisions=known))
+        await env.wait_handled(w, 9)
+        assert writes(env.otc.calls(mark)) == []
+
+
 async def test_github_tool_commands_lifecycle(env: WriterEnv) -> None:
     tc = env.otc.seed_toolchain(name="gh")
     async with env.writer() as w:

@@ -104,12 +104,19 @@ def trigger_event(data: TriggerData, what: str = "created") -> CloudEvent:
     return CloudEvent.for_data(rk, data, source="test", subject=data.key.id)
 
 
-def snapshot_event(triggers: list[TriggerData], *, revision: int, namespace: str = NAMESPACE) -> CloudEvent:
+def snapshot_event(
+    triggers: list[TriggerData],
+    *,
+    revision: int,
+    namespace: str = NAMESPACE,
+    trigger_revisions: dict[str, int] | None = None,
+) -> CloudEvent:
     data = SnapshotData(
         instance=InstanceRef(cluster=CLUSTER, namespace=namespace),
         exists=True,
         triggers=triggers,
         revision=revision,
+        trigger_revisions=trigger_revisions,
     )
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
 
