@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from pydantic import ValidationError
 
 
@@ -13,6 +15,11 @@ class BrokerError(Exception):
     def __init__(self, description: str) -> None:
         super().__init__(description)
         self.description = description
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Headers the answer must carry (HTTP semantics, e.g. ``Allow`` on a 405)."""
+        return {}
 
 
 class BadRequest(BrokerError):
@@ -29,6 +36,14 @@ class NotFound(BrokerError):
 
 class MethodNotAllowed(BrokerError):
     status = 405
+
+    def __init__(self, description: str, allowed: Iterable[str]) -> None:
+        super().__init__(description)
+        self.allowed = sorted(set(allowed))
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Allow": ", ".join(self.allowed)}  # RFC 9110 §15.5.6: required on a 405
 
 
 class PayloadTooLarge(BrokerError):

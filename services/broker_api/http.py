@@ -34,6 +34,7 @@ from services.broker_api.errors import (
 )
 from services.broker_api.instances import Policy, record_key
 from services.broker_api.models import (
+    BROKERS,
     ID_PATTERN,
     ID_RE,
     BindRequest,
@@ -55,8 +56,6 @@ from shared.health import Health
 
 log = logging.getLogger(__name__)
 
-# context root -> (service_id = event kind)
-BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Metric label values come from these sets only: a client must not create time series at will.
 METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS"})
@@ -129,7 +128,7 @@ class BrokerApi:
             return response
         except BrokerError as exc:
             status = exc.status
-            return web.json_response({"description": exc.description}, status=exc.status)
+            return web.json_response({"description": exc.description}, status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -140,7 +139,8 @@ class BrokerApi:
                 405: f"method {request.method} not allowed here",
                 413: self._too_large,
             }.get(exc.status, exc.reason)
-            return web.json_response({"description": description}, status=exc.status)
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response({"description": description}, status=exc.status, headers=allow)
         except Exception:
             log.exception("unexpected error", extra={"route": route_name, "method": request.method})
             return web.json_response({"description": "internal error"}, status=500)
@@ -156,8 +156,8 @@ class BrokerApi:
             raise PayloadTooLarge(self._too_large)
         match_exc = request.match_info.http_exception
         if match_exc is not None:
-            if match_exc.status == 405:
-                raise MethodNotAllowed(f"method {request.method} not allowed here")
+            if isinstance(match_exc, web.HTTPMethodNotAllowed):
+                raise MethodNotAllowed(f"method {request.method} not allowed here", match_exc.allowed_methods)
             raise NotFound("not found: no such route")
         if "/service_instances" in request.path and not self.is_broker(request.headers.get("Authorization")):
             raise Unauthorized("invalid authorization header: HTTP Basic broker credentials required")
@@ -361,7 +361,7 @@ class BrokerApi:
         return web.json_response(VersionResponse(build=self._settings.build_version).model_dump())
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_spec(self._settings.build_version))
+        return web.json_response(openapi_spec(self._settings.build_version, self._settings.clusters))
 
 
 def make_app(api: BrokerApi, health: Health, settings: Settings) -> web.Application:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, field_validator
 
 from shared.events import ServiceKind
 
@@ -20,6 +20,17 @@ ID_RE = re.compile(ID_PATTERN)
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCHEMA_VERSION = 1
+# context root of each broker -> its OTC service_id (= the event kind), ARCHITECTURE §1/§3
+BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
+_SECRET = {"type": "string", "format": "password", "writeOnly": True}
+# What ``_credential`` accepts, so the published schema is exact (an empty string is refused).
+Credential = Annotated[
+    SecretStr, WithJsonSchema({"anyOf": [{**_SECRET, "minLength": 1}, {"type": "object"}], "writeOnly": True})
+]
+OptionalCredential = Annotated[
+    SecretStr | None,
+    WithJsonSchema({"anyOf": [_SECRET, {"type": "object"}, {"type": "null"}], "default": None}),
+]
 
 
 def _credential(v: object) -> object:
@@ -47,7 +58,7 @@ class ProvisionRequest(_Request):
     service_id: str = Field(min_length=1, max_length=255)
     organization_guid: str | None = Field(default=None, max_length=255)
     parameters: ParametersIn = Field(default_factory=ParametersIn)
-    service_credentials: SecretStr | None = None
+    service_credentials: OptionalCredential = None
     dashboard_url: str | None = Field(default=None, max_length=2048, description="accepted, not used")
 
     _cred = field_validator("service_credentials", mode="before")(_credential)
@@ -59,7 +70,7 @@ class UpdateRequest(_Request):
     service_id: str | None = Field(default=None, min_length=1, max_length=255)
     organization_guid: str | None = Field(default=None, max_length=255)
     parameters: ParametersIn | None = None
-    service_credentials: SecretStr | None = None
+    service_credentials: OptionalCredential = None
 
     _cred = field_validator("service_credentials", mode="before")(_credential)
 
@@ -67,7 +78,7 @@ class UpdateRequest(_Request):
 class BindRequest(_Request):
     """Body of ``PUT /service_instances/{sid}/toolchains/{tid}``."""
 
-    toolchain_credentials: SecretStr
+    toolchain_credentials: Credential
 
     _cred = field_validator("toolchain_credentials", mode="before")(_credential)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from services.broker_api.models import (
+    BROKERS,
     ID_PATTERN,
     BindRequest,
     ErrorBody,
@@ -22,7 +23,9 @@ from services.broker_api.models import (
     VersionResponse,
 )
 
-BROKER_ROOTS = ("kabanero-broker", "kabanero-events-broker")
+BROKER_ROOTS = tuple(BROKERS)
+# Request bodies whose ``service_id`` must be the broker's own id: one schema per broker.
+PER_BROKER: tuple[type[BaseModel], ...] = (ProvisionRequest, UpdateRequest)
 _ERRORS = {
     400: "bad input: malformed JSON, wrong types, missing or mismatched field, bad id",
     401: "missing or wrong HTTP Basic credentials",
@@ -44,6 +47,7 @@ class Op:
     auth: bool = True
     errors: tuple[int, ...] = (400, 401, 405, 413, 503)
     request_optional: bool = False
+    notes: Mapping[int, str] = field(default_factory=dict)  # per-operation error descriptions
 
 
 BROKER_OPS = (
@@ -87,6 +91,12 @@ BROKER_OPS = (
         204,
         MessageRequest,
         auth=True,
+        notes={
+            400: "missing or malformed field, or an 'instance_id' this broker does not know "
+            "(OTC contract, otc-api §2.7: 400 also for valid data naming an unknown instance)",
+            401: "neither the broker credentials nor the toolchain credentials stored for "
+            "'instance_id' and 'toolchain_id'",
+        },
     ),
 )
 ROOT_OPS = (
@@ -139,9 +149,12 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
         "security": [{"brokerBasic": []}] if op.auth else [],
     }
     if op.request is not None:
+        schema = refs[(op.request, "validation")]
+        if root is not None and op.request in PER_BROKER:
+            schema = _ref(_per_broker_name(op.request, BROKERS[root]))
         out["requestBody"] = {
             "required": not op.request_optional,
-            "content": {"application/json": {"schema": refs[(op.request, "validation")]}},
+            "content": {"application/json": {"schema": schema}},
         }
     ok: dict[str, Any] = {"description": "success"}
     if op.response is not None:
@@ -149,21 +162,59 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
     responses: dict[str, Any] = {str(op.success): ok}
     for code in op.errors:
         responses[str(code)] = {
-            "description": _ERRORS[code],
+            "description": op.notes.get(code, _ERRORS[code]),
             "content": {"application/json": {"schema": _ref("ErrorBody")}},
         }
     out["responses"] = responses
     return out
 
 
+def _per_broker_name(model: type[BaseModel], kind: str) -> str:
+    return f"{model.__name__}_{kind}"
+
+
+def _per_broker_schemas(defs: dict[str, Any]) -> None:
+    """Add, for each PER_BROKER schema, one per broker narrowing ``service_id`` to that broker's
+    id (anything else is a 400), keeping the field's optionality."""
+    for model in PER_BROKER:
+        prop = defs[model.__name__]["properties"]["service_id"]
+        nullable = any(alt.get("type") == "null" for alt in prop.get("anyOf", ()))
+        for kind in BROKERS.values():
+            const = {"type": "string", "const": kind}
+            value: dict[str, Any] = {"anyOf": [const, {"type": "null"}]} if nullable else const
+            defs[_per_broker_name(model, kind)] = {
+                "title": _per_broker_name(model, kind),
+                "allOf": [
+                    _ref(model.__name__),
+                    {"properties": {"service_id": {**value, "description": f"this broker's id, {kind!r}"}}},
+                ],
+            }
+
+
+def _allowed_clusters(defs: dict[str, Any], clusters: tuple[str, ...]) -> None:
+    """``parameters.cluster`` accepts only the configured clusters (ALLOWED_CLUSTERS) or null."""
+    if not clusters:
+        return
+    prop = defs["ParametersIn"]["properties"]["cluster"]
+    keep = {k: v for k, v in prop.items() if k in ("title", "default")}
+    defs["ParametersIn"]["properties"]["cluster"] = {
+        "anyOf": [{"type": "string", "enum": list(clusters)}, {"type": "null"}],
+        **keep,
+        "description": "a configured cluster; null or absent means the first configured one",
+    }
+
+
 @cache
-def _spec(version: str) -> dict[str, Any]:
+def _spec(version: str, clusters: tuple[str, ...]) -> dict[str, Any]:
     requests = [(m, "validation") for m in (ProvisionRequest, UpdateRequest, BindRequest, MessageRequest)]
     responses = [(m, "serialization") for m in (InstanceResponse, ErrorBody, StatusResponse, VersionResponse)]
     refs, defs = models_json_schema(
         [*requests, *responses],  # type: ignore[list-item]
         ref_template="#/components/schemas/{model}",
     )
+    schemas: dict[str, Any] = defs.get("$defs", {})
+    _per_broker_schemas(schemas)
+    _allowed_clusters(schemas, clusters)
     paths: dict[str, dict[str, Any]] = {}
     for root in BROKER_ROOTS:
         for op in BROKER_OPS:
@@ -181,7 +232,7 @@ def _spec(version: str) -> dict[str, Any]:
             "later by the outbox drainer.",
         },
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {
                 "brokerBasic": {"type": "http", "scheme": "basic", "description": "BROKER_ID:BROKER_SECRET"}
             },
@@ -190,5 +241,6 @@ def _spec(version: str) -> dict[str, Any]:
     }
 
 
-def openapi_spec(version: str) -> dict[str, Any]:
-    return _spec(version)
+def openapi_spec(version: str, clusters: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document for this deployment: ``clusters`` (settings) narrows ``parameters.cluster``."""
+    return _spec(version, tuple(clusters))

@@ -140,6 +140,13 @@ class Outbox:
                 extra={"event_id": entry.id, "routing_key": entry.routing_key, "error": str(exc)},
             )
             return False
+        except Exception:  # a poison event must not kill the drainer (and the service): keep it
+            self.failures.inc()
+            log.exception(
+                "event cannot be published, kept in outbox",
+                extra={"event_id": entry.id, "routing_key": entry.routing_key},
+            )
+            return False
         self.published.inc()
         return True
 

@@ -13,6 +13,7 @@ No lost events: the same single-document update that commits the change appends 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import weakref
@@ -36,6 +37,16 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "service_instances"
 MAX_ATTEMPTS = 200
+MAX_EVENT_ID = 255  # the CloudEvent id is also the AMQP message_id, a short string (<= 255 bytes)
+
+
+def make_event_id(kind: ServiceKind, sid: str, revision: int) -> str:
+    """Deterministic (consumers dedupe on it): ``<kind>:<sid>:<revision>``, or for a sid too long to
+    fit an AMQP message_id, ``<kind>:sha256-<hex of sid>:<revision>`` (the subject keeps the sid)."""
+    readable = f"{kind}:{sid}:{revision}"
+    if len(readable.encode()) <= MAX_EVENT_ID:
+        return readable
+    return f"{kind}:sha256-{hashlib.sha256(sid.encode()).hexdigest()}:{revision}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
             deleted=pending.event == "deprovisioned",
         )
         routing_key = RoutingKeys.service(rec.kind, pending.event)
-        event_id = f"{rec.kind}:{rec.instance_id}:{revision}"
+        event_id = make_event_id(rec.kind, rec.instance_id, revision)
         event = CloudEvent.for_data(
             routing_key, data, source=source, subject=rec.instance_id, id=event_id
         ).model_copy(update={"time": now})

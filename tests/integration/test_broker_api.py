@@ -388,6 +388,15 @@ async def test_unauthenticated_endpoints_and_openapi(broker: tuple[BrokerRuntime
         if route.method != "HEAD" and route.resource is not None
     }
     assert app_routes and app_routes <= documented, app_routes - documented
+    # a 405 names the methods the route has (RFC 9110), before any auth check
+    for method, path, allow in (
+        ("POST", "/status", "GET, HEAD"),
+        ("PATCH", f"{KB}/service_instances/x/toolchains/t", "DELETE, PUT"),
+        ("OPTIONS", f"{KEB}/messaging/accept", "POST"),
+    ):
+        async with c.session.request(method, rt.url + path) as resp:
+            assert (resp.status, resp.headers.get("Allow")) == (405, allow), path
+            assert "description" in await resp.json()
 
 
 async def test_request_metrics_do_not_take_label_values_from_clients(
