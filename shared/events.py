@@ -8,6 +8,7 @@ consumer that has applied revision N acknowledges and skips anything <= N (stale
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -16,6 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TYPE_PREFIX = "io.kabanero.otc."
 CONTENT_TYPE = "application/cloudevents+json"
+MAX_EVENT_ID_BYTES = 255  # the CloudEvent id is also the AMQP message_id, a shortstr
+
+
+def event_id(kind: str, key: str, revision: int) -> str:
+    """Deterministic CloudEvent id of one revision of one record (the same on every replay, so
+    consumers can dedupe): ``<kind>:<key>:<revision>``, or ``<kind>:sha256-<hex of key>:<revision>``
+    when that would not fit an AMQP message_id (the event's subject still names the key)."""
+    readable = f"{kind}:{key}:{revision}"
+    if len(readable.encode()) <= MAX_EVENT_ID_BYTES:
+        return readable
+    return f"{kind}:sha256-{hashlib.sha256(key.encode()).hexdigest()}:{revision}"
+
 
 ServiceKind = Literal["kabanero", "kabanero-events"]
 ServiceEvent = Literal["provisioned", "updated", "bound", "unbound", "deprovisioned"]

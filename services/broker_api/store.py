@@ -13,7 +13,6 @@ No lost events: the same single-document update that commits the change appends 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import weakref
@@ -30,23 +29,18 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from services.broker_api.errors import Unavailable
 from services.broker_api.instances import Change, record_key
 from services.broker_api.models import InstanceRecord, OutboxEntry
-from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceKind, ServiceParameters
+from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceKind, ServiceParameters, event_id
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "service_instances"
 MAX_ATTEMPTS = 200
-MAX_EVENT_ID = 255  # the CloudEvent id is also the AMQP message_id, a short string (<= 255 bytes)
 
 
 def make_event_id(kind: ServiceKind, sid: str, revision: int) -> str:
-    """Deterministic (consumers dedupe on it): ``<kind>:<sid>:<revision>``, or for a sid too long to
-    fit an AMQP message_id, ``<kind>:sha256-<hex of sid>:<revision>`` (the subject keeps the sid)."""
-    readable = f"{kind}:{sid}:{revision}"
-    if len(readable.encode()) <= MAX_EVENT_ID:
-        return readable
-    return f"{kind}:sha256-{hashlib.sha256(sid.encode()).hexdigest()}:{revision}"
+    """``<kind>:<sid>:<revision>`` (bounded: see :func:`shared.events.event_id`)."""
+    return event_id(kind, sid, revision)
 
 
 @dataclass(frozen=True)

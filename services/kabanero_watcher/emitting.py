@@ -5,12 +5,11 @@ so the persisted state never runs ahead of the broker. The session reconciles se
 at once: their keys are disjoint, so per key there is still one event in flight, in revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
 after a crash between confirm and record carries the same id and revision, which consumers
 already skip as stale. The id is also the AMQP ``message_id``, at most 255 bytes: a longer one (long
-mediator and mediation names) becomes ``<kind>:sha256=<hash of key>:<revision>``, as deterministic.
+mediator and mediation names) becomes ``<kind>:sha256-<hash of key>:<revision>``, as deterministic.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,22 +17,19 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.kabanero_watcher.derive import Desired, DesiredInstance, DesiredTrigger
 from services.kabanero_watcher.state import PublishedState, Record
-from shared.events import CloudEvent, InstanceData, InstanceRef, RoutingKeys, SnapshotData, TriggerData
+from shared.events import (
+    CloudEvent,
+    InstanceData,
+    InstanceRef,
+    RoutingKeys,
+    SnapshotData,
+    TriggerData,
+    event_id,
+)
 
 log = logging.getLogger(__name__)
 
 PublishFn = Callable[[CloudEvent], Awaitable[None]]
-
-
-MAX_EVENT_ID_BYTES = 255  # AMQP shortstr: the publisher puts the id in message_id
-
-
-def event_id(kind: str, key: str, revision: int) -> str:
-    """Deterministic CloudEvent id of one record revision (the same on a replay)."""
-    plain = f"{kind}:{key}:{revision}"
-    if len(plain.encode()) <= MAX_EVENT_ID_BYTES:
-        return plain
-    return f"{kind}:sha256={hashlib.sha256(key.encode()).hexdigest()}:{revision}"
 
 
 class NotLeader(Exception):

@@ -15,10 +15,9 @@ from pymongo import AsyncMongoClient
 
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import Deps, WatcherRuntime, build
-from services.kabanero_watcher.emitting import event_id
 from services.kabanero_watcher.settings import Settings
 from shared.amqp import PublishError
-from shared.events import CloudEvent, InstanceData, SnapshotData, TriggerData
+from shared.events import CloudEvent, InstanceData, SnapshotData, TriggerData, event_id
 from tests.helpers import EventTap, wait_until
 
 CHANGES = ("kabanero.instance.*", "kabanero.trigger.*")
