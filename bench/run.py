@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("bench.broker_load", "bench.watcher_relist", "bench.writer_throughput")
+SCRIPTS = ("bench.broker_load", "bench.watcher_relist", "bench.writer_throughput", "bench.stack_latency")
 
 
 def main() -> int:

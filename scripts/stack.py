@@ -42,6 +42,12 @@ BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str],
     ("kabanero-broker", "demo-kabanero"),
 )
 QUEUES = ("otc-writer.events", "otc-writer.commands", "github-linker.events")
+SERVICES = {  # process name -> its key in Stack.ports
+    "broker-api": "broker",
+    "kabanero-watcher": "watcher",
+    "otc-writer": "writer",
+    "github-linker": "linker",
+}
 
 
 def free_port() -> int:
@@ -53,15 +59,21 @@ def free_port() -> int:
 class Stack:
     """Child processes with their logs in ``.run/``; stopped with SIGTERM, in reverse order."""
 
-    def __init__(self, vhost: str) -> None:
+    def __init__(
+        self, vhost: str, *, extra_env: dict[str, dict[str, str]] | None = None, logs: Path = LOGS
+    ) -> None:
+        """``extra_env``: more environment per process name (e.g. short intervals for fault tests)."""
         self.vhost = vhost
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.extra_env = extra_env or {}
+        self.logs = logs
         self.ports = {
             n: free_port() for n in ("mongo", "kube", "otc", "broker", "watcher", "writer", "linker")
         }
         self.broker_secret = secrets.token_urlsafe(24)
         self.credentials_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
-        LOGS.mkdir(exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
 
     @property
     def amqp_url(self) -> str:
@@ -71,15 +83,45 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        log = (LOGS / f"{name}.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603 - our own modules, fixed arguments
-            [sys.executable, "-m", *args],
-            cwd=ROOT,
-            env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append((name, proc))
+        env = {**(env or {}), **self.extra_env.get(name, {})}
+        self.specs[name] = (args, env)
+        self.procs.append((name, self._popen(name, "wb")))
+
+    def _popen(self, name: str, mode: Literal["wb", "ab"]) -> subprocess.Popen[bytes]:
+        args, env = self.specs[name]
+        with (self.logs / f"{name}.log").open(mode) as log:
+            return subprocess.Popen(  # noqa: S603 - our own modules, fixed arguments
+                [sys.executable, "-m", *args],
+                cwd=ROOT,
+                env={**os.environ, "LOG_FORMAT": "json", **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def proc(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for n, p in self.procs if n == name)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL, *, timeout: float = 20.0) -> int:
+        """Send ``sig`` to one process and wait for it to exit (SIGKILL after ``timeout``)."""
+        proc = self.proc(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    async def restart(self, name: str, sig: signal.Signals | None = signal.SIGTERM) -> None:
+        """Stop one process with ``sig`` (None: it has already exited), start it again with the same
+        arguments and environment (its log is appended to), and wait until it answers /readyz."""
+        if sig is not None:
+            await asyncio.to_thread(self.kill, name, sig)
+        index = next(i for i, (n, _) in enumerate(self.procs) if n == name)
+        self.procs[index] = (name, self._popen(name, "ab"))
+        if name in SERVICES:
+            await wait_http(f"{self.url(SERVICES[name])}/readyz", name, timeout=60)
 
     def common_env(self, http_port: int) -> dict[str, str]:
         return {
@@ -149,7 +191,7 @@ class Stack:
     def check_alive(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see .run/{name}.log")
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.logs}/{name}.log")
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):

@@ -1,10 +1,12 @@
 """Diff the derived state of a namespace against what was published, and publish the difference.
 
-Every event is published (confirmed) first and recorded second, one at a time within a namespace,
-so the persisted state never runs ahead of the broker. The session reconciles several namespaces
-at once: their keys are disjoint, so per key there is still one event in flight, in revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a replay
-after a crash between confirm and record carries the same id and revision, which consumers
-already skip as stale. The id is also the AMQP ``message_id``, at most 255 bytes: a longer one (long
+Every event is recorded as pending first, then published (confirmed), then marked done, one at a
+time within a namespace (see :mod:`state`): a crash anywhere in between leaves a pending record
+that the next reconcile re-publishes unchanged or supersedes with the next revision, so no change
+is lost and no revision is ever reused for other content. The session reconciles several
+namespaces at once: their keys are disjoint, so per key there is still one event in flight, in
+revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a re-published pending event
+carries the same id and revision, which consumers skip as a duplicate. The id is also the AMQP ``message_id``, at most 255 bytes: a longer one (long
 mediator and mediation names) becomes ``<kind>:sha256-<hash of key>:<revision>``, as deterministic.
 """
 
@@ -73,8 +75,11 @@ class Emitter:
             subject=subject,
             data=record.data,
         )
+        done = record.model_copy(update={"routing_key": routing_key, "pending": False})
+        if not record.pending:
+            await self.state.commit(done.model_copy(update={"pending": True}))
         await self._publish_fn(event)
-        await self.state.commit(record)
+        await self.state.commit(done)
         self.published += 1
         if self._metrics is not None:
             self._metrics.published.labels(routing_key).inc()
@@ -146,9 +151,31 @@ class Emitter:
 
     # --- one namespace ---------------------------------------------------------------------------
 
+    async def _resolve_pending(self, desired: Desired) -> None:
+        """Re-publish, unchanged, each pending event the cluster still agrees with; the others are
+        superseded by the diff below (their record's content differs from the cluster's)."""
+        for prev in self.state.pending_in_namespace(desired.namespace):
+            if prev.kind == "trigger":
+                want = desired.triggers.get(prev.key)
+                still = (
+                    (want is None)
+                    if prev.deleted
+                    else (want is not None and want.content_hash == prev.content_hash)
+                )
+            else:
+                inst = desired.instance
+                still = (
+                    (inst is None)
+                    if prev.deleted
+                    else (inst is not None and inst.content_hash == prev.content_hash)
+                )
+            if still and prev.routing_key:
+                await self._emit(prev.routing_key, prev, prev.key)
+
     async def reconcile(self, desired: Desired) -> bool:
         """Publish what differs; returns True when the instance just disappeared entirely."""
         ns = desired.namespace
+        await self._resolve_pending(desired)
         was_live = self.state.live_in_namespace(ns)
         inst_key = self._instance_key(ns)
         inst_prev = self.state.get("instance", inst_key)

@@ -1,10 +1,12 @@
 """What the watcher has published, persisted in its own collection ``watch_published``.
 
-One document per (cluster, kind, key): the last published content hash, revision and data. A
-record advances only after the broker confirmed the event, so after a crash the diff of the
-cluster against this state yields exactly the events that were not yet confirmed (at most one
-duplicate per key, with the same deterministic CloudEvent id). Deleted keys stay as tombstones so
-revisions remain monotonic when a key comes back.
+One document per (cluster, kind, key): the content hash, revision and data of the last event for
+that key. The record is written *before* its event is published, marked ``pending``, and marked
+done after the broker's confirm. A revision number is therefore never reused for other content,
+even when the process dies between publish and record: after a restart a pending record is
+either re-published as it is (same id; the cluster still looks like that) or superseded by the
+next revision (the cluster moved on: an update, or the delete of a key the new process never
+saw). Deleted keys stay as tombstones so revisions remain monotonic when a key comes back.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Record(BaseModel):
     revision: int
     deleted: bool = False
     data: dict[str, Any]
+    routing_key: str = ""
+    pending: bool = False
 
     @property
     def doc_id(self) -> str:
@@ -78,6 +82,14 @@ class PublishedState:
         idents = sorted(i for i in self._by_ns.get(namespace, ()) if i[0] == kind)
         return [self._records[i] for i in idents]
 
+    def pending_in_namespace(self, namespace: str) -> list[Record]:
+        """Instance and trigger records whose event may not have been confirmed."""
+        return [
+            self._records[i]
+            for i in sorted(self._by_ns.get(namespace, ()))
+            if i[0] != "snapshot" and self._records[i].pending
+        ]
+
     def live_in_namespace(self, namespace: str) -> bool:
         return any(not self._records[i].deleted for i in self._by_ns.get(namespace, ()) if i[0] != "snapshot")
 
@@ -86,7 +98,7 @@ class PublishedState:
         return 1 if record is None else record.revision + 1
 
     async def commit(self, record: Record) -> None:
-        """Persist after a confirmed publish; only then does the mirror advance."""
+        """Persist (pending before the publish, done after the confirm), then advance the mirror."""
         doc = record.model_dump(mode="json") | {"updated_at": datetime.now(UTC)}
         await self._coll.replace_one({"_id": record.doc_id}, {"_id": record.doc_id, **doc}, upsert=True)
         self._remember(record)

@@ -430,12 +430,16 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
         )
         session = runtime.session
         assert session is not None and not session.synced
-        recorded = {d["namespace"] async for d in coll.find({}, {"namespace": 1})}
+        # Records are written pending before the publish and marked done after the confirm: the
+        # failing namespace has only pending records, the others only done ones.
+        recorded = {d["namespace"] async for d in coll.find({"pending": False}, {"namespace": 1})}
         assert recorded == set(namespaces) - failing
+        assert {d["namespace"] async for d in coll.find({"pending": True}, {"namespace": 1})} == failing
         failing.clear()
         await ready(runtime)
         assert len(published) == 4 * len(namespaces)  # now with a snapshot each
-        assert await coll.count_documents({"namespace": "ns-2"}) == 4
+        assert await coll.count_documents({"namespace": "ns-2", "pending": False}) == 4
+        assert await coll.count_documents({"pending": True}) == 0
     finally:
         await runtime.stop()
         await client.close()
