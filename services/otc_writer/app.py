@@ -123,6 +123,15 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.reconciler = Reconciler(projection, ledger, runtime.applier, style, metrics)
         await ledger.ensure_indexes()
         await projection.ensure_indexes()
+        for doc in await ledger.refused():
+            log.warning(
+                "OTC refused this tool's content; it is not re-attempted until the content changes",
+                extra={
+                    "ledger_id": doc["_id"],
+                    "refused_at": str(doc.get("refused_at")),
+                    "error": doc.get("last_error"),
+                },
+            )
         health.add_readiness(
             "otc", lambda: (runtime.client.breaker.state != "open", runtime.client.breaker.state)
         )

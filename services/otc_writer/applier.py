@@ -5,6 +5,12 @@ revisions; skip unchanged content (zero OTC calls); otherwise write the intent, 
 write, commit. After an interrupted attempt (intent still pending) OTC is read first (the known tool
 id, else the deterministic name), so the retry adopts what the interrupted attempt did instead of
 repeating it.
+
+A permanent refusal of the write (``is_refusal``) is recorded with the refused content hash; the same
+content is then skipped without an OTC call (``Outcome.REFUSED``), so every later event of the
+instance does not repeat the doomed call and dead-letter again. Only the message that met the refusal
+dead-letters with the reason, including its own retries (``current_message``), which dead-letter
+again from the record instead of calling OTC.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from services.otc_writer.desired import DesiredTool
 from services.otc_writer.ledger import Lease, Ledger
-from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, Tool
+from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, OtcPermanentError, Tool
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,29 @@ class Outcome(enum.StrEnum):
     """An interrupted attempt had already applied it; recorded without a new write."""
     ABSENT = "absent"
     STALE = "stale"
+    REFUSED = "refused"
+    """OTC refused this very content before: skipped without a call until the content changes."""
+
+
+current_message: ContextVar[str | None] = ContextVar("otc_writer_current_message", default=None)
+"""Id of the CloudEvent being handled; a refusal records it (see ``ToolRefused``)."""
+
+# 401/403 are about credentials and permissions, fixed outside the content: never a refusal of it.
+_NOT_CONTENT = frozenset({401, 403})
+
+
+class ToolRefused(OtcPermanentError):
+    """A retry of the message that met the refusal: it dead-letters again, from the recorded reason."""
+
+
+def is_refusal(exc: OtcError) -> bool:
+    """A permanent answer of the Toolchain API to the tool write itself (not IAM, not a lookup)."""
+    return (
+        isinstance(exc, OtcPermanentError)
+        and exc.method in ("POST", "PATCH")
+        and "/tools" in (exc.path or "")
+        and exc.status not in _NOT_CONTENT
+    )
 
 
 def merge_patch_for(
@@ -68,17 +98,33 @@ class ToolApplier:
         try:
             async with self._ledger.kept(lease):
                 outcome = await self._apply(lease, want)
+        except ToolRefused:
+            raise  # the lease is released already
         except OtcError as exc:
-            await self._ledger.fail(lease, str(exc))
+            if is_refusal(exc):
+                await self._ledger.refuse(
+                    lease,
+                    content_hash=want.hash,
+                    revision=want.revision,
+                    error=str(exc),
+                    message_id=current_message.get(),
+                )
+                log.warning(
+                    "tool refused by OTC; not re-attempted until its content changes",
+                    extra={"ledger_id": lease.id, "tool_name": want.name, "error": str(exc)},
+                )
+            else:
+                await self._ledger.fail(lease, str(exc))
             raise
         except BaseException:
             await self._ledger.release(lease)
             raise
-        log.info(
-            "tool %s",
-            outcome,
-            extra={"ledger_id": lease.id, "tool_name": want.name, "revision": want.revision},
-        )
+        if outcome is not Outcome.REFUSED:  # logged with its reason by ``_apply``
+            log.info(
+                "tool %s",
+                outcome,
+                extra={"ledger_id": lease.id, "tool_name": want.name, "revision": want.revision},
+            )
         return outcome
 
     async def _apply(self, lease: Lease, want: DesiredTool) -> Outcome:
@@ -88,6 +134,23 @@ class ToolApplier:
             return Outcome.STALE
         pending = doc.get("pending")
         fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
+        if doc.get("refused_hash") is not None and doc.get("refused_hash") == want.hash:
+            await self._ledger.release(lease, fields)
+            reason = doc.get("last_error") or "refused by OTC"
+            by = doc.get("refused_by")
+            if by is not None and by == current_message.get():
+                raise ToolRefused(reason)
+            log.info(
+                "tool refused by OTC earlier, skipped until its content changes",
+                extra={
+                    "ledger_id": lease.id,
+                    "tool_name": want.name,
+                    "revision": want.revision,
+                    "refused_at": str(doc.get("refused_at")),
+                    "error": reason,
+                },
+            )
+            return Outcome.REFUSED
         if doc.get("present") and doc.get("tool_id") and not pending and doc.get("content_hash") == want.hash:
             await self._ledger.release(lease, fields)
             return Outcome.UNCHANGED

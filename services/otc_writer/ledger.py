@@ -14,6 +14,10 @@ Why each field exists:
   since one apply (a slow pending lookup, then a write, each with retries) can outlast the TTL.
   The intent write before each OTC write is fenced on the owner *and* an unexpired lease, so a holder
   whose renewals failed aborts before writing; commits are fenced on the owner.
+- ``refused_hash`` / ``refused_at`` / ``refused_by`` (with ``last_error``): OTC refused this content
+  for good (a 4xx on the write). The same content is not sent again until it changes, the tool is
+  removed, or another attempt on the entry succeeds or fails otherwise; ``refused_by`` (the CloudEvent
+  id) lets a retry of the refused message itself dead-letter again with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ SCHEMA_VERSION = 1
 
 def ledger_id(purpose: str, key: str, toolchain_id: str) -> str:
     return f"{purpose}|{toolchain_id}|{key}"
+
+
+_NOT_REFUSED: dict[str, Any] = {
+    "refused_hash": None,
+    "refused_at": None,
+    "refused_by": None,
+    "last_error": None,
+}
 
 
 class LeaseBusy(Exception):
@@ -186,7 +198,7 @@ class Ledger:
                 "$set": {
                     **fields,
                     "pending": None,
-                    "last_error": None,
+                    **_NOT_REFUSED,
                     "updated_at": datetime.now(UTC),
                     "lease_owner": None,
                     "lease_until": None,
@@ -195,12 +207,16 @@ class Ledger:
         )
 
     async def fail(self, lease: Lease, error: str) -> None:
-        """Keep ``pending`` (the outcome may be unknown), record the error, release the lease."""
+        """Keep ``pending`` (the outcome may be unknown), record the error, release the lease.
+
+        An earlier refusal is forgotten: this attempt was of other content (or a removal).
+        """
         lease.released = True
         await self.coll.update_one(
             {"_id": lease.id, "lease_owner": lease.owner},
             {
                 "$set": {
+                    **_NOT_REFUSED,
                     "last_error": error[:2000],
                     "updated_at": datetime.now(UTC),
                     "lease_owner": None,
@@ -208,6 +224,37 @@ class Ledger:
                 }
             },
         )
+
+    async def refuse(
+        self, lease: Lease, *, content_hash: str, revision: int, error: str, message_id: str | None
+    ) -> None:
+        """Record OTC's permanent refusal of ``content_hash`` and release the lease.
+
+        ``pending`` is kept as in ``fail``: an earlier interrupted attempt may have left a tool that
+        only the pending lookup still knows about.
+        """
+        lease.released = True
+        now = datetime.now(UTC)
+        await self.coll.update_one(
+            {"_id": lease.id, "lease_owner": lease.owner},
+            {
+                "$set": {
+                    "refused_hash": content_hash,
+                    "refused_at": now,
+                    "refused_by": message_id,
+                    "revision": revision,
+                    "last_error": error[:2000],
+                    "updated_at": now,
+                    "lease_owner": None,
+                    "lease_until": None,
+                }
+            },
+        )
+
+    async def refused(self, limit: int = 100) -> list[Document]:
+        """Entries whose current content OTC refused (for the logs)."""
+        cursor = self.coll.find({"refused_hash": {"$ne": None}}).limit(limit)
+        return [d async for d in cursor]
 
     async def release(self, lease: Lease, fields: dict[str, Any] | None = None) -> None:
         lease.released = True

@@ -9,6 +9,10 @@ One message may touch many tools: all are attempted, then the message fails if a
 OTC error dead-letters it (reason in the headers) without holding back the other tools. When some
 failures are transient the message is retried instead (the already applied tools cost nothing on
 the retry), so a permanent error never swallows another tool's transient one.
+
+A tool whose content OTC refused is then skipped without a call while that content stays the same
+(see ``applier``): later messages that meet only such tools are acked, not dead-lettered again, and
+the skips count as ``kotc_otc_tool_outcomes_total{outcome="refused"}``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Awaitable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from services.otc_writer.applier import Outcome, ToolApplier
+from services.otc_writer.applier import Outcome, ToolApplier, current_message
 from services.otc_writer.desired import (
     TRIGGER_PURPOSE,
     DesiredTool,
@@ -89,6 +93,20 @@ class Reconciler:
     # --- entry points (consumer handlers) ---
 
     async def handle_event(self, event: CloudEvent) -> None:
+        token = current_message.set(event.id)
+        try:
+            await self._handle_event(event)
+        finally:
+            current_message.reset(token)
+
+    async def handle_command(self, event: CloudEvent) -> None:
+        token = current_message.set(event.id)
+        try:
+            await self._handle_command(event)
+        finally:
+            current_message.reset(token)
+
+    async def _handle_event(self, event: CloudEvent) -> None:
         rk = event.routing_key
         if rk.startswith("service.kabanero-events."):
             await self._on_service(ServiceEventData.model_validate(event.data), rk.rsplit(".", 1)[1])
@@ -102,7 +120,7 @@ class Reconciler:
         else:
             log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
 
-    async def handle_command(self, event: CloudEvent) -> None:
+    async def _handle_command(self, event: CloudEvent) -> None:
         cmd = ToolCommand.model_validate(event.data)
         if event.routing_key == RoutingKeys.TOOL_APPLY:
             want = DesiredTool(

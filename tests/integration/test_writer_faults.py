@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
-from services.otc_writer.app import COMMANDS_QUEUE, Deps
-from services.otc_writer.desired import trigger_tool_name
+from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, Deps
+from services.otc_writer.desired import TRIGGER_PURPOSE, trigger_tool_name
 from services.otc_writer.ledger import LeaseLost
 from shared.amqp.consumer import ERROR_HEADER, REASON_HEADER
 from tests.helpers import drain_queue, wait_until
@@ -309,4 +311,109 @@ async def test_permanent_error_does_not_swallow_a_transient_one_in_the_same_mess
         await wait_until(
             lambda: env.tool_names(tc) == [trigger_tool_name(flaky.key)], timeout=15, what="flaky tool"
         )
+        # The retry still dead-letters the message with the reason, without asking OTC again.
+        (dead,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+    assert "Request rejected" in str((dead.headers or {})[ERROR_HEADER])
     assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
+    assert len([c for c in env.otc.calls() if c.method == "POST" and c.status == 400]) == 1
+
+
+async def _dead_letters(env: WriterEnv, queue: str, *, wait: bool) -> list[AbstractIncomingMessage]:
+    """What ``queue``'s dead-letter queue holds (waiting for at least one when ``wait``)."""
+    dead: list[AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        dead.extend(await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2))
+        return bool(dead)
+
+    if wait:
+        await wait_until(arrived, timeout=10, what=f"a dead letter on {queue}")
+    else:
+        await arrived()
+    return dead
+
+
+async def _refused_skips(port: int) -> float:
+    """``kotc_otc_tool_outcomes_total{purpose="trigger", outcome="refused"}`` as /metrics serves it."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "kotc_otc_tool_outcomes_total"
+        and sample.labels == {"purpose": "trigger", "outcome": "refused"}
+    )
+
+
+async def test_refused_trigger_tool_is_not_reattempted_until_its_content_changes(env: WriterEnv) -> None:
+    """A 400 on a tool is remembered per content: unchanged snapshots skip it and are acked."""
+    tc = env.otc.seed_toolchain(name="refusing")
+    t = trigger("refused")
+    name = trigger_tool_name(t.key)
+    tools = r"/toolchain/v2/toolchains/.*/tools"
+    env.otc.set_faults(
+        FaultConfig(
+            rules=[ErrorRule(path=tools, method="POST", name=name, status=400, message="no such phase")]
+        )
+    )
+    async with env.writer() as w:
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        await env.publish(snapshot_event([t], revision=1))
+        (first,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+        assert "no such phase" in str((first.headers or {})[ERROR_HEADER])
+        entry = await w.ledger.get(TRIGGER_PURPOSE, t.key.id, tc)
+        assert entry is not None and entry["refused_hash"] and entry["refused_at"]
+        assert "no such phase" in entry["last_error"] and "X-Global-Transaction-ID" in entry["last_error"]
+
+        # Unchanged: a later snapshot and a redelivered trigger event cost no OTC call and are acked.
+        mark = env.otc.call_count
+        await env.publish(snapshot_event([t], revision=2), trigger_event(t, "updated"))
+        await env.wait_handled(w, 3)
+        assert env.otc.calls(mark) == []
+        assert await _dead_letters(env, EVENTS_QUEUE, wait=False) == []
+        assert await _refused_skips(w.http_port) == 2
+
+        # The trigger changes (and OTC would now accept it): exactly one POST, the tool exists.
+        env.otc.clear_faults()
+        mark = env.otc.call_count
+        await env.publish(trigger_event(trigger("refused", revision=2, body="v2"), "updated"))
+        await env.wait_handled(w, 4)
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["POST"]
+        assert env.tool_names(tc) == [name]
+        entry = await w.ledger.get(TRIGGER_PURPOSE, t.key.id, tc)
+        assert entry is not None and entry["refused_hash"] is None and entry["last_error"] is None
+    assert await _dead_letters(env, EVENTS_QUEUE, wait=False) == []
+
+
+async def test_refused_command_resent_unchanged_is_acked_without_a_call(env: WriterEnv) -> None:
+    """``otc.tool.apply`` refused, re-sent unchanged: acked, no call; after a remove it is tried again."""
+    tc = env.otc.seed_toolchain(name="refusing-commands")
+    tools = r"/toolchain/v2/toolchains/.*/tools"
+    env.otc.set_faults(
+        FaultConfig(rules=[ErrorRule(path=tools, method="POST", name="kabanero-repo bad", status=400)])
+    )
+
+    def refused_posts() -> int:
+        return len([c for c in env.otc.calls() if c.method == "POST" and c.status == 400])
+
+    async with env.writer() as w:
+        await env.publish(command("apply", key="bad", toolchain_id=tc, revision=1))
+        assert len(await _dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
+        mark = env.otc.call_count
+        await env.publish(
+            command("apply", key="bad", toolchain_id=tc, revision=1),
+            command("apply", key="bad", toolchain_id=tc, revision=2),  # new revision, same content
+        )
+        await env.wait_handled(w, 2, COMMANDS_QUEUE)
+        assert env.otc.calls(mark) == []
+        assert await _dead_letters(env, COMMANDS_QUEUE, wait=False) == []
+
+        # An explicit remove forgets the refusal: the same content is attempted (and refused) again.
+        await env.publish(command("remove", key="bad", toolchain_id=tc, revision=3))
+        await env.wait_handled(w, 3, COMMANDS_QUEUE)
+        await env.publish(command("apply", key="bad", toolchain_id=tc, revision=4))
+        assert len(await _dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
+    assert refused_posts() == 2
+    assert env.otc.tools(tc) == []
