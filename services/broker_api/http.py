@@ -32,7 +32,7 @@ from services.broker_api.errors import (
     Unauthorized,
     from_validation,
 )
-from services.broker_api.instances import Policy, record_key
+from services.broker_api.instances import Change, Policy, record_key
 from services.broker_api.models import (
     BROKERS,
     ID_PATTERN,
@@ -236,38 +236,31 @@ class BrokerApi:
     # --- routes -------------------------------------------------------------------------------
 
     async def put_instance(self, request: web.Request) -> web.Response:
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        req: ProvisionRequest = await self._body(request, ProvisionRequest)
-        self._check_service_id(kind, req.service_id)
-        now = self._now()
-        commit = await self._store.mutate(
-            kind,
-            sid,
-            lambda rec: instances.provision(
-                rec, kind=kind, sid=sid, req=req, policy=self._policy, cipher=self._cipher, now=now
-            ),
-            now=self._now,
+        return await self._upsert(
+            request, ProvisionRequest, instances.provision, "service instance provisioned or updated"
         )
-        assert commit.record is not None
-        self._log("service instance provisioned or updated", kind, sid, commit)
-        await self._publish(kind, sid, commit)
-        return self._instance(commit.record)
 
     async def patch_instance(self, request: web.Request) -> web.Response:
+        return await self._upsert(request, UpdateRequest, instances.update, "service instance updated")
+
+    async def _upsert[R: ProvisionRequest | UpdateRequest](
+        self, request: web.Request, model: type[R], change: Callable[..., Change | None], message: str
+    ) -> web.Response:
+        """PUT (create-or-update) and PATCH: validate, compare-and-set, publish, answer §3's shape."""
         kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        req: UpdateRequest = await self._body(request, UpdateRequest)
+        req: R = await self._body(request, model)
         self._check_service_id(kind, req.service_id)
         now = self._now()
         commit = await self._store.mutate(
             kind,
             sid,
-            lambda rec: instances.update(
+            lambda rec: change(
                 rec, kind=kind, sid=sid, req=req, policy=self._policy, cipher=self._cipher, now=now
             ),
             now=self._now,
         )
         assert commit.record is not None
-        self._log("service instance updated", kind, sid, commit)
+        self._log(message, kind, sid, commit)
         await self._publish(kind, sid, commit)
         return self._instance(commit.record)
 
