@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from services.otc_writer.applier import ToolApplier, WriteHook
+from services.otc_writer.audit import AuditMetrics, Auditor, AuditReport
 from services.otc_writer.desired import TriggerToolStyle
 from services.otc_writer.ledger import Ledger
 from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig
@@ -57,6 +58,11 @@ class OtcWriter(Runtime):
     consumers: list[Consumer]
     handled: dict[str, int]
     """Messages handled successfully per queue (acked right after): tests wait on it."""
+    auditor: Auditor
+
+    async def audit_once(self) -> AuditReport:
+        """One audit pass now (the periodic task runs the same, every ``OTC_AUDIT_INTERVAL_S``)."""
+        return await self.auditor.audit_once()
 
 
 def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
@@ -91,6 +97,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         breaker_reset_s=settings.otc_breaker_reset_s,
     )
     metrics = Metrics(health.registry)
+    audit_metrics = AuditMetrics(health.registry)
     style = TriggerToolStyle(
         tool_type_id=settings.trigger_tool_type,
         lifecycle_phase=settings.trigger_lifecycle_phase,
@@ -121,6 +128,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.client = OtcClient(config, session(), iam)
         runtime.applier = ToolApplier(ledger, runtime.client, owner=owner, after_write=deps.after_otc_write)
         runtime.reconciler = Reconciler(projection, ledger, runtime.applier, style, metrics)
+        runtime.auditor = Auditor(ledger, runtime.client, runtime.applier, audit_metrics, owner=owner)
         await ledger.ensure_indexes()
         await projection.ensure_indexes()
         for doc in await ledger.refused():
@@ -152,6 +160,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             )
             runtime.consumers.append(consumer)
             runtime.supervisor.spawn(f"consume:{queue}", consumer.run())
+        if settings.otc_audit_interval_s > 0:
+            runtime.supervisor.spawn("otc-audit", runtime.auditor.run(settings.otc_audit_interval_s))
         health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
         runtime.http_port = await serve_health(runtime, health, settings.http_host, settings.http_port)
 

@@ -170,6 +170,18 @@ class ToolApplier:
                 name=doc.get("tool_name"),
                 parameters=applied,
             )
+        return await self._converge(lease, want, fields, current, applied)
+
+    async def _converge(
+        self,
+        lease: Lease,
+        want: DesiredTool,
+        fields: dict[str, Any],
+        current: Tool | None,
+        applied: dict[str, Any],
+        op_prefix: str = "",
+    ) -> Outcome:
+        """Make OTC hold ``want``: patch ``current`` (or adopt it unchanged), else create; commit."""
         commit = {
             **fields,
             "tool_name": want.name,
@@ -188,7 +200,7 @@ class ToolApplier:
             if not patch:
                 await self._ledger.commit(lease, {**commit, "tool_id": current.id})
                 return Outcome.ADOPTED
-            await self._ledger.mark_pending(lease, "patch", want.name)
+            await self._ledger.mark_pending(lease, op_prefix + "patch", want.name)
             try:
                 tool = await self._client.update_tool(want.toolchain_id, current.id, patch)
             except OtcNotFoundError:
@@ -197,7 +209,7 @@ class ToolApplier:
                 await self._wrote("patch", lease)
                 await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
                 return Outcome.UPDATED
-        await self._ledger.mark_pending(lease, "create", want.name)
+        await self._ledger.mark_pending(lease, op_prefix + "create", want.name)
         tool = await self._client.create_tool(
             want.toolchain_id, tool_type_id=want.tool_type_id, name=want.name, parameters=want.parameters
         )
@@ -205,13 +217,45 @@ class ToolApplier:
         await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
         return Outcome.CREATED
 
+    async def restore(
+        self, lease: Lease, want: DesiredTool, current: Tool | None, *, op_prefix: str = ""
+    ) -> Outcome:
+        """Audit repair, under a lease the caller took: bring OTC back to the applied ``want``.
+
+        ``current`` is what OTC holds for the entry (its tool, or a tool with its name), or None when
+        it is gone. Only the keys of ``want.parameters`` and the name are restored: a key added by
+        hand may be a server default, so it is left alone. Commits (and releases) on success.
+        """
+        fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
+        try:
+            outcome = await self._converge(lease, want, fields, current, want.parameters, op_prefix)
+        except OtcError as exc:
+            await self._ledger.fail(lease, str(exc))
+            raise
+        except BaseException:
+            await self._ledger.release(lease)
+            raise
+        log.info("tool %s by the audit", outcome, extra={"ledger_id": lease.id, "tool_name": want.name})
+        return outcome
+
+    async def delete_duplicate(self, lease: Lease, toolchain_id: str, tool_id: str) -> bool:
+        """Delete a second tool bearing an entry's name (audit; lease held); False if already gone."""
+        self._ledger.check(lease)
+        try:
+            await self._client.delete_tool(toolchain_id, tool_id)
+        except OtcNotFoundError:
+            return False
+        await self._wrote("delete", lease)
+        log.info("duplicate tool deleted by the audit", extra={"ledger_id": lease.id, "tool_id": tool_id})
+        return True
+
     async def _observe(self, toolchain_id: str, tool_id: str | None, name: str) -> Tool | None:
         """What OTC holds for an entry whose last attempt was interrupted."""
         if tool_id:
             try:
                 return await self._client.get_tool(toolchain_id, tool_id)
             except OtcNotFoundError:
-                return None
+                pass  # gone (by hand, or an interrupted recreate gave it a new id): look the name up
         try:
             found = await self._client.find_tool_by_name(toolchain_id, name)
         except OtcNotFoundError:

@@ -100,11 +100,18 @@ class Ledger:
         await self.coll.create_index([("purpose", ASCENDING), ("scope", ASCENDING)], name="purpose_scope")
 
     async def acquire(
-        self, purpose: str, key: str, toolchain_id: str, owner: str, *, scope: str | None = None
+        self,
+        purpose: str,
+        key: str,
+        toolchain_id: str,
+        owner: str,
+        *,
+        scope: str | None = None,
+        wait_s: float | None = None,
     ) -> Lease:
-        """Take the key's lease (creating its document), waiting up to ``lease_wait_s``."""
+        """Take the key's lease (creating its document), waiting up to ``wait_s`` (``lease_wait_s``)."""
         doc_id = ledger_id(purpose, key, toolchain_id)
-        deadline = time.monotonic() + self._wait_s
+        deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
         delay = 0.01
         while True:
             now = datetime.now(UTC)
@@ -286,6 +293,14 @@ class Ledger:
             {"purpose": purpose, "key": key, "$or": [{"present": True}, {"pending": {"$ne": None}}]}
         )
         return [d async for d in cursor]
+
+    async def with_tools(self) -> dict[str, list[Document]]:
+        """Entries that have, or may have (pending), a tool in OTC, per toolchain (for the audit)."""
+        cursor = self.coll.find({"$or": [{"present": True}, {"pending": {"$ne": None}}]})
+        by_toolchain: dict[str, list[Document]] = {}
+        async for doc in cursor:
+            by_toolchain.setdefault(doc["toolchain_id"], []).append(doc)
+        return by_toolchain
 
     async def get(self, purpose: str, key: str, toolchain_id: str) -> Document | None:
         return await self.coll.find_one({"_id": ledger_id(purpose, key, toolchain_id)})

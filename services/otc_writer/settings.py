@@ -39,6 +39,11 @@ class Settings(CommonSettings):
         default=90.0, gt=0, description="per-tool lease; renewed every third of it while held"
     )
     lease_wait_s: float = Field(default=20.0, ge=0, description="wait for another replica's lease")
+    otc_audit_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="period of the audit that repairs tools changed or deleted by hand in OTC (0 = off)",
+    )
     test_crash_after_writes: int = Field(
         default=0,
         ge=0,

@@ -1,0 +1,252 @@
+"""Periodic audit: repair drift made in OTC itself (ARCHITECTURE §9: OTC state = desired state).
+
+Messages reconcile desired state against the ledger only, so a tool deleted or edited by hand in OTC
+would stay wrong until its source changes. A pass lists the tools of every toolchain that has ledger
+entries (paged, through the client: rate limit, retries, breaker) and compares them with the entries
+marked present:
+
+- our tool is gone: adopt a tool bearing the entry's deterministic name, else recreate it (one POST);
+- our tool's name or one of *our* parameter keys differs: one merge-patch back to the applied content
+  (keys added by hand are left alone: they may be server defaults);
+- another tool bears the entry's name: that duplicate is deleted (the only deletion the audit makes;
+  tools we did not name, or that another entry owns, are never touched).
+
+No drift costs only the list GETs: no lease, no ledger write, no OTC write. A repair happens under
+the entry's lease, taken without waiting (a held lease means a handler is at work: skipped until the
+next pass), and only if the entry did not change since it was read. Pending entries (an interrupted
+write the next message resolves) and refused ones are skipped. An OTC failure ends the pass for that
+toolchain only; the rest is left for the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.otc_writer.applier import Outcome, ToolApplier
+from services.otc_writer.desired import DesiredTool
+from services.otc_writer.ledger import LeaseBusy, LeaseLost, Ledger
+from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, OtcRetryableError, Tool
+from shared.mongo import Document
+
+log = logging.getLogger(__name__)
+
+AUDIT_OP = "audit-"
+"""Prefix of the ``pending.op`` of an audit repair."""
+_KIND = {Outcome.CREATED: "recreate", Outcome.UPDATED: "patch", Outcome.ADOPTED: "adopt"}
+
+
+@dataclass
+class AuditReport:
+    """What one pass found and did (also logged as its summary)."""
+
+    toolchains: int = 0
+    tools_checked: int = 0
+    repairs: Tally[str] = field(default_factory=Tally)
+    """Per kind: ``recreate``, ``adopt``, ``patch``, ``delete_duplicate``."""
+    busy: int = 0
+    """Entries skipped because a handler held their lease or changed them meanwhile."""
+    errors: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    doc: Document
+    ours: Tool | None
+    """The tool that should be the entry's: by id, else the first with its name; None = gone."""
+    restore: bool
+    duplicates: list[str]
+
+
+class AuditMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.repairs = Counter(
+            "kotc_otc_audit_repairs_total", "Drift repaired in OTC by the audit", ["kind"], registry=registry
+        )
+        self.errors = Counter(
+            "kotc_otc_audit_errors_total",
+            "Audit steps that failed (left for the next pass)",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "kotc_otc_audit_duration_seconds",
+            "Duration of one audit pass",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+            registry=registry,
+        )
+
+
+class Auditor:
+    def __init__(
+        self, ledger: Ledger, client: OtcClient, applier: ToolApplier, metrics: AuditMetrics, *, owner: str
+    ) -> None:
+        self._ledger = ledger
+        self._client = client
+        self._applier = applier
+        self._metrics = metrics
+        self._owner = owner
+        self._lock = asyncio.Lock()
+        self.passes = 0
+        self.last: AuditReport | None = None
+
+    async def run(self, interval_s: float) -> None:
+        """The background task: one pass every ``interval_s``; a failed pass never ends it."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.audit_once()
+            except Exception:
+                log.exception("audit pass failed; retried at the next interval")
+
+    async def audit_once(self) -> AuditReport:
+        async with self._lock:  # the periodic task and a direct call never overlap
+            started = time.monotonic()
+            report = AuditReport()
+            try:
+                for toolchain_id, docs in sorted((await self._ledger.with_tools()).items()):
+                    await self._audit_toolchain(toolchain_id, docs, report)
+            finally:
+                report.duration_s = time.monotonic() - started
+                self._metrics.duration.observe(report.duration_s)
+                self.passes += 1
+                self.last = report
+            log.info(
+                "audit pass: %d repairs",
+                sum(report.repairs.values()),
+                extra={
+                    "toolchains": report.toolchains,
+                    "tools_checked": report.tools_checked,
+                    "repairs": dict(report.repairs),
+                    "busy": report.busy,
+                    "errors": len(report.errors),
+                    "duration_s": round(report.duration_s, 3),
+                },
+            )
+            return report
+
+    async def _audit_toolchain(self, toolchain_id: str, docs: list[Document], report: AuditReport) -> None:
+        now = datetime.now(UTC)
+        entries = [
+            d
+            for d in docs
+            if d.get("present")
+            and d.get("tool_id")
+            and d.get("refused_hash") is None
+            and (d.get("pending") is None or _by_audit(d))
+        ]
+        if not entries:
+            return
+        try:
+            tools = await self._client.list_tools(toolchain_id)
+        except OtcNotFoundError:
+            log.warning("audit: toolchain not found in OTC; skipped", extra={"toolchain_id": toolchain_id})
+            return
+        except OtcError as exc:
+            self._failed(report, f"list {toolchain_id}: {exc}")
+            return
+        report.toolchains += 1
+        known_ids = {d["tool_id"] for d in docs if d.get("tool_id")}
+        names = Tally(d.get("tool_name") for d in docs)
+        for doc in entries:
+            report.tools_checked += 1
+            plan = _plan(doc, tools, known_ids, shared_name=names[doc.get("tool_name")] > 1)
+            if not plan.restore and not plan.duplicates:
+                continue
+            until = doc.get("lease_until")
+            if doc.get("lease_owner") is not None and until is not None and _aware(until) > now:
+                report.busy += 1
+                continue
+            try:
+                await self._repair(toolchain_id, plan, report)
+            except (OtcError, LeaseLost) as exc:
+                self._failed(report, f"{doc['_id']}: {exc}")
+                if isinstance(exc, OtcRetryableError):
+                    return  # OTC is unwell: leave the rest of this toolchain for the next pass
+
+    async def _repair(self, toolchain_id: str, plan: _Plan, report: AuditReport) -> None:
+        doc = plan.doc
+        try:
+            lease = await self._ledger.acquire(
+                doc["purpose"], doc["key"], toolchain_id, self._owner, scope=doc.get("scope"), wait_s=0
+            )
+        except LeaseBusy:
+            report.busy += 1
+            return
+        async with self._ledger.kept(lease):
+            if not _same_entry(lease.doc, doc):
+                await self._ledger.release(lease)
+                report.busy += 1  # a handler changed it since we read it: its state wins
+                return
+            try:
+                for tool_id in plan.duplicates:
+                    if await self._applier.delete_duplicate(lease, toolchain_id, tool_id):
+                        self._count(report, "delete_duplicate")
+            except BaseException:
+                await self._ledger.release(lease)
+                raise
+            if not plan.restore:
+                await self._ledger.release(lease)
+                return
+            want = DesiredTool(
+                purpose=doc["purpose"],
+                key=doc["key"],
+                toolchain_id=toolchain_id,
+                tool_type_id=doc["tool_type_id"],
+                name=doc["tool_name"],
+                parameters=doc.get("parameters") or {},
+                revision=doc.get("revision", -1),
+                scope=doc.get("scope"),
+            )
+            outcome = await self._applier.restore(lease, want, plan.ours, op_prefix=AUDIT_OP)
+        kind = _KIND.get(outcome)
+        if kind is not None:
+            self._count(report, kind)
+
+    def _count(self, report: AuditReport, kind: str) -> None:
+        report.repairs[kind] += 1
+        self._metrics.repairs.labels(kind).inc()
+
+    def _failed(self, report: AuditReport, error: str) -> None:
+        report.errors.append(error)
+        self._metrics.errors.inc()
+        log.warning("audit step failed; left for the next pass", extra={"error": error})
+
+
+def _plan(doc: Document, tools: list[Tool], known_ids: set[str], *, shared_name: bool) -> _Plan:
+    tool_id: str = doc["tool_id"]
+    name = doc.get("tool_name")
+    by_id = next((t for t in tools if t.id == tool_id), None)
+    named = [t for t in tools if name and t.name == name and t.id not in known_ids]
+    ours = by_id or (named[0] if named else None)
+    duplicates = [] if shared_name else [t.id for t in named if ours is None or t.id != ours.id]
+    restore = ours is None or ours.id != tool_id or _drifted(ours, doc) or _by_audit(doc)
+    return _Plan(doc, ours, restore, duplicates)
+
+
+def _by_audit(doc: Document) -> bool:
+    """Pending from an interrupted audit repair (a message's pending is resolved by its retry)."""
+    pending = doc.get("pending") or {}
+    return str(pending.get("op", "")).startswith(AUDIT_OP)
+
+
+def _drifted(tool: Tool, doc: Document) -> bool:
+    """Only what we own: the name and the keys of the applied parameters."""
+    applied: dict[str, Any] = doc.get("parameters") or {}
+    return tool.name != doc.get("tool_name") or any(tool.parameters.get(k) != v for k, v in applied.items())
+
+
+def _same_entry(now: Document, then: Document) -> bool:
+    keys = ("present", "tool_id", "content_hash", "pending", "refused_hash", "updated_at")
+    return all(now.get(k) == then.get(k) for k in keys)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
