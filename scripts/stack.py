@@ -25,9 +25,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import aio_pika
 import aiohttp
 
 from emulators.otc.platform import OtcPlatform
+from shared.amqp.topology import QUEUES as TOPOLOGY_QUEUES
+from shared.amqp.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run"
@@ -41,7 +44,7 @@ BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str],
     ("kabanero-events-broker", "demo-events"),
     ("kabanero-broker", "demo-kabanero"),
 )
-QUEUES = ("otc-writer.events", "otc-writer.commands", "github-linker.events")
+QUEUES = tuple(TOPOLOGY_QUEUES)  # the consuming queues of ARCHITECTURE §4
 SERVICES = {  # process name -> its key in Stack.ports
     "broker-api": "broker",
     "kabanero-watcher": "watcher",
@@ -188,6 +191,33 @@ class Stack:
         for name in ("broker", "watcher", "writer", "linker"):
             await wait_http(f"{self.url(name)}/readyz", name, timeout=60)
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Ready messages per queue of the topology: consuming, delay and dead-letter queues."""
+        conn = await aio_pika.connect(self.amqp_url)
+        try:
+            channel = await conn.channel()
+            out = {}
+            for q in QUEUES:
+                delays = sorted(set(Topology().retry_delays_s))
+                for name in (q, *(f"{q}.retry.{d}s" for d in delays), f"{q}.dead"):
+                    queue = await channel.declare_queue(name, passive=True)
+                    out[name] = queue.declaration_result.message_count or 0
+            return out
+        finally:
+            await conn.close()
+
+    async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> None:
+        """Wait until no message waits in a consuming or delay queue on ``stable_polls`` polls in a
+        row (the consumers have caught up, retries included)."""
+        deadline = time.monotonic() + timeout
+        calm = 0
+        while calm < stable_polls:
+            depths = await self.queue_depths()
+            calm = calm + 1 if not any(n for q, n in depths.items() if not q.endswith(".dead")) else 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}")
+            await asyncio.sleep(0.2)
+
     def check_alive(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
@@ -279,7 +309,7 @@ class Demo:
             return check(await self.tools())
 
         took = await wait_for(ok, what)
-        await asyncio.sleep(2.0)  # let stragglers land so the write count below is complete
+        await self.stack.quiet()  # retries and stragglers land before the write count below
         if not check(await self.tools()):
             raise RuntimeError(f"state changed again after: {what}")
         self.rows.append((what, f"{took:.1f}s", str(await self.writes() - before)))

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import pytest
 
@@ -262,29 +261,9 @@ class World:
         except AssertionError:
             raise AssertionError(f"{what}: not converged after {timeout}s: {last}") from None
 
-    async def queue_depths(self) -> dict[str, int]:
-        """Ready messages per queue of the topology (consuming, delay and dead-letter queues)."""
-        conn = await aio_pika.connect(self.stack.amqp_url)
-        try:
-            channel = await conn.channel()
-            out = {}
-            for q in QUEUES:
-                for name in (q, f"{q}.retry.1s", f"{q}.retry.5s", f"{q}.retry.30s", f"{q}.dead"):
-                    queue = await channel.declare_queue(name, passive=True)
-                    assert queue.declaration_result.message_count is not None
-                    out[name] = queue.declaration_result.message_count
-            return out
-        finally:
-            await conn.close()
-
     async def quiet(self, timeout: float) -> None:
-        """No message waits in any queue, also none in a retry queue (the consumers are idle)."""
-
-        async def idle() -> bool:
-            depths = await self.queue_depths()
-            return not any(n for q, n in depths.items() if not q.endswith(".dead"))
-
-        await wait_until(idle, timeout=timeout, interval=0.3, what="empty queues")
+        """No message waits in any consuming or retry queue (the consumers are idle)."""
+        await self.stack.quiet(timeout)
 
     async def dead_letters(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
