@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 
@@ -25,6 +26,17 @@ from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServicePara
 from tests.helpers import EventTap, drain_queue, wait_until
 
 FAST = Topology(retry_delays_s=(1,))
+
+
+@contextlib.asynccontextmanager
+async def consuming(consumer: Consumer) -> AsyncIterator[None]:
+    """Run the consumer for the block; cancel it (as shutdown does) afterwards."""
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _event(revision: int = 1, instance: str = "sid-1") -> CloudEvent:
@@ -108,11 +120,9 @@ async def test_consumer_acks_after_success(amqp: tuple[AmqpConnection, Publisher
         seen.append(event.id)
 
     consumer = _consumer(conn, publisher, handler)
-    task = asyncio.create_task(consumer.run())
-    await publisher.publish(_event())
-    await wait_until(lambda: seen, what="delivery")
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with consuming(consumer):
+        await publisher.publish(_event())
+        await wait_until(lambda: seen, what="delivery")
     assert await drain_queue(amqp_url, "otc-writer.events") == []
 
 
@@ -127,12 +137,10 @@ async def test_transient_errors_retry_with_backoff_then_dead_letter(
         raise RetryableError("OTC is down")
 
     consumer = _consumer(conn, publisher, handler, max_attempts=3)
-    task = asyncio.create_task(consumer.run())
-    await publisher.publish(_event())
-    await wait_until(lambda: len(attempts) >= 3, timeout=15, what="3 attempts")
-    dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with consuming(consumer):
+        await publisher.publish(_event())
+        await wait_until(lambda: len(attempts) >= 3, timeout=15, what="3 attempts")
+        dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
     assert len(attempts) == 3
     assert all(b - a >= 0.9 for a, b in itertools.pairwise(attempts)), "no backoff between attempts"
     headers = dead[0].headers
@@ -152,11 +160,9 @@ async def test_permanent_error_dead_letters_at_once_with_reason(
         raise PermanentError("OTC said 400: name invalid")
 
     consumer = _consumer(conn, publisher, handler)
-    task = asyncio.create_task(consumer.run())
-    await publisher.publish(_event())
-    dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with consuming(consumer):
+        await publisher.publish(_event())
+        dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
     assert len(calls) == 1
     assert "name invalid" in str(dead[0].headers["x-kotc-error"])
     assert dead[0].headers[REASON_HEADER] == "permanent error"
@@ -181,11 +187,9 @@ async def test_cancellation_neither_acks_nor_rejects(
         topology=FAST,
         drain_timeout=0.2,
     )
-    task = asyncio.create_task(consumer.run())
-    await publisher.publish(_event())
-    await asyncio.wait_for(started.wait(), 5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with consuming(consumer):
+        await publisher.publish(_event())
+        await asyncio.wait_for(started.wait(), 5)
     back = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events"), timeout=5)
     assert len(back) == 1
     assert back[0].redelivered
@@ -213,13 +217,9 @@ async def test_a_failing_key_of_dead_letters_instead_of_holding_the_message(
         topology=FAST,
         key_of=key_of,
     )
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await publisher.publish(_event())
         dead = await wait_until(lambda: drain_queue(amqp_url, "otc-writer.events.dead"), timeout=5)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert calls == []
     assert dead[0].headers[REASON_HEADER] == "no serialization key"
     assert await drain_queue(amqp_url, "otc-writer.events") == []
@@ -237,13 +237,9 @@ async def test_a_cancelled_error_leaked_by_the_handler_is_retried(
             raise asyncio.CancelledError  # e.g. awaited a future that someone else cancelled
 
     consumer = _consumer(conn, publisher, handler)
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await publisher.publish(_event())
         await wait_until(lambda: len(calls) >= 2, timeout=10, what="the retry")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert await drain_queue(amqp_url, "otc-writer.events") == []
     assert await drain_queue(amqp_url, "otc-writer.events.dead") == []
 
@@ -276,13 +272,9 @@ async def test_a_failed_retry_publish_requeues_after_the_delay_not_at_once(
             raise RetryableError("OTC is down")
 
     consumer = _consumer(conn, flaky, handler)
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with consuming(consumer):
         await publisher.publish(_event())
         await wait_until(lambda: len(attempts) >= 2, timeout=10, what="the second attempt")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert flaky.failed
     assert attempts[1] - attempts[0] >= 0.9, "requeued at once: a hot retry loop"
     assert await drain_queue(amqp_url, "otc-writer.events.dead") == []
