@@ -16,9 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel
 
 from services.kabanero_watcher.derive import Desired, DesiredInstance, DesiredTrigger
-from services.kabanero_watcher.state import PublishedState, Record
+from services.kabanero_watcher.state import PublishedState, Record, RecordKind
 from shared.events import (
     CloudEvent,
     InstanceData,
@@ -89,6 +90,19 @@ class Emitter:
             extra={"event_id": event.id, "subject": subject, "revision": record.revision},
         )
 
+    def _record(
+        self, kind: RecordKind, key: str, namespace: str, content_hash: str, revision: int, data: BaseModel
+    ) -> Record:
+        return Record(
+            cluster=self.cluster,
+            kind=kind,
+            key=key,
+            namespace=namespace,
+            content_hash=content_hash,
+            revision=revision,
+            data=data.model_dump(mode="json"),
+        )
+
     # --- instance ------------------------------------------------------------------------------
 
     def _instance_key(self, namespace: str) -> str:
@@ -105,15 +119,7 @@ class Emitter:
             content_hash=inst.content_hash,
             revision=revision,
         )
-        record = Record(
-            cluster=self.cluster,
-            kind="instance",
-            key=key,
-            namespace=inst.ref.namespace,
-            content_hash=inst.content_hash,
-            revision=revision,
-            data=data.model_dump(mode="json"),
-        )
+        record = self._record("instance", key, inst.ref.namespace, inst.content_hash, revision, data)
         await self._emit(RoutingKeys.INSTANCE_CHANGED, record, key)
 
     async def _deleted(self, routing_key: str, previous: Record) -> None:
@@ -138,15 +144,7 @@ class Emitter:
             destinations=trig.destinations,
             revision=revision,
         )
-        record = Record(
-            cluster=self.cluster,
-            kind="trigger",
-            key=key,
-            namespace=trig.key.namespace,
-            content_hash=trig.content_hash,
-            revision=revision,
-            data=data.model_dump(mode="json"),
-        )
+        record = self._record("trigger", key, trig.key.namespace, trig.content_hash, revision, data)
         await self._emit(routing_key, record, key)
 
     # --- one namespace ---------------------------------------------------------------------------
@@ -240,13 +238,5 @@ class Emitter:
             instance_revision=inst.revision if inst is not None else 0,
             trigger_revisions={r.key: r.revision for r in records},
         )
-        record = Record(
-            cluster=self.cluster,
-            kind="snapshot",
-            key=self._instance_key(namespace),
-            namespace=namespace,
-            content_hash="",
-            revision=revision,
-            data=data.model_dump(mode="json"),
-        )
+        record = self._record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
         await self._emit(RoutingKeys.SNAPSHOT, record, record.key)
