@@ -36,6 +36,7 @@ from shared.events import (
     SnapshotData,
     ToolCommand,
 )
+from shared.otc_tools import tool_content_hash
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class Linker:
             key=command.key,
             url=url,
             command=command,
-            content_hash=naming.content_hash(naming.TOOL_TYPE_ID, name, params),
+            content_hash=tool_content_hash(naming.TOOL_TYPE_ID, name, params),
         )
 
     async def _send(self, routing_key: str, tool: DesiredTool, *, present: bool) -> None:

@@ -8,18 +8,16 @@ resolved by looking the name up in the toolchain.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, sanitize_tool_name
+
 PURPOSE = "github"
 TOOL_TYPE_ID = "githubconsolidated"
-NAME_MAX = 128
-# OTC's tool name rule: ^([^\x00-\x7F]|[a-zA-Z0-9-._ ])+$
-_DISALLOWED = re.compile(r"[^\x80-\U0010ffffa-zA-Z0-9\-._ ]")
-NAME_PATTERN = re.compile(r"^([^\x00-\x7F]|[a-zA-Z0-9\-._ ])+$")
+NAME_MAX = TOOL_NAME_MAX
+NAME_PATTERN = TOOL_NAME_RE
 
 
 def normalize_url(url: str) -> str:
@@ -58,7 +56,7 @@ def tool_name(url: str, *, github_hosts: Collection[str]) -> str:
     if host not in github_hosts:
         readable = f"{host} {readable}".strip()
     raw = f"github {readable}".strip()
-    name = _DISALLOWED.sub("-", raw)
+    name = sanitize_tool_name(raw)
     lossy = (
         name != raw
         or len(name) > NAME_MAX
@@ -86,8 +84,3 @@ def git_id(
 
 def link_parameters(url: str, git: str) -> dict[str, Any]:
     return {"type": "link", "repo_url": url, "git_id": git, "has_issues": False}
-
-
-def content_hash(tool_type_id: str, name: str, parameters: Mapping[str, Any]) -> str:
-    body = json.dumps([tool_type_id, name, parameters], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()

@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from shared.events import InstanceRef, TriggerData, TriggerKey
+from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, sanitize_tool_name, tool_content_hash
 
-NAME_MAX = 128
-NAME_RE = re.compile(r"^([^\x00-\x7F]|[a-zA-Z0-9-._ ])+$")
+NAME_MAX = TOOL_NAME_MAX
+NAME_RE = TOOL_NAME_RE
 TRIGGER_PURPOSE = "trigger"
-
-
-def content_hash(tool_type_id: str, name: str, parameters: dict[str, Any]) -> str:
-    canonical = json.dumps(
-        {"tool_type_id": tool_type_id, "name": name, "parameters": parameters},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,20 +38,19 @@ class DesiredTool:
 
     @property
     def hash(self) -> str:
-        return content_hash(self.tool_type_id, self.name, self.parameters)
+        return tool_content_hash(self.tool_type_id, self.name, self.parameters)
 
 
 def instance_scope(instance: InstanceRef) -> str:
     return f"{instance.cluster}/{instance.namespace}"
 
 
-def _sanitize(text: str) -> str:
-    return "".join(c if not c.isascii() or c.isalnum() or c in "-._ " else "-" for c in text)
-
-
 def trigger_tool_name(key: TriggerKey) -> str:
     suffix = hashlib.sha256(key.id.encode()).hexdigest()[:8]
-    base = _sanitize(f"kabanero-trigger {key.namespace} {key.owner} {key.name}").strip() or "kabanero-trigger"
+    base = (
+        sanitize_tool_name(f"kabanero-trigger {key.namespace} {key.owner} {key.name}").strip()
+        or "kabanero-trigger"
+    )
     base = base[: NAME_MAX - len(suffix) - 1].rstrip()
     name = f"{base} {suffix}"
     assert NAME_RE.match(name) and len(name) <= NAME_MAX

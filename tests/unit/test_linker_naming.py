@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.github_linker import naming
+from shared.otc_tools import tool_content_hash
 
 GITHUB = ("github.com", "www.github.com")
 
@@ -87,13 +88,11 @@ def test_git_id_per_host() -> None:
 
 
 def test_content_hash_tracks_parameters() -> None:
-    a = naming.content_hash(
+    a = tool_content_hash(
         "githubconsolidated", "n", naming.link_parameters("https://github.com/o/r", "github")
     )
-    b = naming.content_hash(
-        "githubconsolidated", "n", naming.link_parameters("https://github.com/o/r", "ghe")
-    )
+    b = tool_content_hash("githubconsolidated", "n", naming.link_parameters("https://github.com/o/r", "ghe"))
     assert a != b
-    assert a == naming.content_hash(
+    assert a == tool_content_hash(
         "githubconsolidated", "n", naming.link_parameters("https://github.com/o/r", "github")
     )
