@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -30,6 +29,7 @@ from pymongo.errors import PyMongoError
 from services.broker_api.models import OutboxEntry
 from shared.amqp import PublishError
 from shared.events import CloudEvent
+from shared.keyed_locks import KeyedLocks
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Outbox:
         self._owner = uuid.uuid4().hex
         self._lease = timedelta(seconds=lease_s)
         self._sink = sink
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks = KeyedLocks()
         self.published = Counter(
             "broker_api_events_published_total", "service events confirmed by RabbitMQ", registry=registry
         )
@@ -63,13 +63,6 @@ class Outbox:
             "publish attempts that failed (the event stays in the outbox)",
             registry=registry,
         )
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
 
     async def _claim(self, key: str) -> bool:
         now = datetime.now(UTC)
@@ -102,7 +95,7 @@ class Outbox:
     async def flush(self, key: str) -> bool:
         """Publish every pending event of one document in revision order; False if one failed
         (or another replica holds the lease: it, or the drainer, publishes them)."""
-        async with self._lock(key):
+        async with self._locks[key]:
             if not await self._claim(key):
                 return False
             claimed = time.monotonic()

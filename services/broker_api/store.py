@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +29,7 @@ from services.broker_api.errors import Unavailable
 from services.broker_api.instances import Change, record_key
 from services.broker_api.models import InstanceRecord, OutboxEntry
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceKind, ServiceParameters, event_id
+from shared.keyed_locks import KeyedLocks
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class InstanceStore:
     def __init__(self, db: AsyncDatabase[Document], *, source: str) -> None:
         self.collection: AsyncCollection[Document] = db[COLLECTION]
         self._source = source
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks = KeyedLocks()
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("outbox.id", ASCENDING)], name="outbox_pending")
@@ -97,13 +97,6 @@ class InstanceStore:
         await self.collection.create_index(
             [("kind", ASCENDING), ("instance_id", ASCENDING)], name="kind_instance"
         )
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
 
     async def get(self, kind: ServiceKind, sid: str) -> InstanceRecord | None:
         try:
@@ -125,7 +118,7 @@ class InstanceStore:
         ``compute`` may raise a :class:`BrokerError` (e.g. 404): nothing is written then.
         """
         key = record_key(kind, sid)
-        lock = self._lock(key)
+        lock = self._locks[key]
         try:
             async with lock:
                 for _ in range(MAX_ATTEMPTS):

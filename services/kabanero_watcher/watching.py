@@ -229,23 +229,17 @@ class ResourceWatcher:
                     extra={"resource": self.name, "rv": self.rv},
                 )
                 self._count("reconnects", self.resource.name, "inactivity")
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                log.warning(
-                    "watch transport error: %s",
-                    type(exc).__name__,
-                    extra={"resource": self.name, "error": str(exc)[:200]},
-                )
-                self._count("reconnects", self.resource.name, "error")
-                if self.rv is None:
-                    reason = "error"
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, cap)
             except Exception as exc:  # nothing a connection raises may end the loop
-                # kubernetes_asyncio raises a bare Exception for an event line without type/object or a
-                # bookmark without a resourceVersion, and KeyError for an ERROR without a reason.
-                log.exception(
-                    "watch failed unexpectedly: %s",
+                # Transport errors are expected; kubernetes_asyncio also raises a bare Exception for an
+                # event line without type/object or a bookmark without a resourceVersion, and KeyError
+                # for an ERROR without a reason: those get a traceback.
+                transport = isinstance(exc, aiohttp.ClientError | OSError | ValueError)
+                log.log(
+                    logging.WARNING if transport else logging.ERROR,
+                    "watch %s: %s",
+                    "transport error" if transport else "failed unexpectedly",
                     type(exc).__name__,
+                    exc_info=None if transport else exc,
                     extra={"resource": self.name, "error": str(exc)[:200]},
                 )
                 self._count("reconnects", self.resource.name, "error")

@@ -29,6 +29,7 @@ from shared.amqp.connection import AmqpConnection
 from shared.amqp.publisher import Publisher, PublishError
 from shared.amqp.topology import DEAD_EXCHANGE, Topology
 from shared.events import CloudEvent
+from shared.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,7 @@ class Consumer:
         self._key_of = key_of
         self._drain_timeout = drain_timeout
         self._inflight: set[asyncio.Task[None]] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: dict[str, int] = {}
+        self._locks = KeyedLocks()
         self.last_delivery: float | None = None
         self.consuming = False
 
@@ -133,7 +133,7 @@ class Consumer:
         except Exception as exc:  # deterministic on the message: retrying cannot help
             await self._dead_letter(message, "no serialization key", exc, attempt, event)
             return
-        lock = self._lock_for(key) if key is not None else None
+        lock = self._locks[key] if key is not None else None
         started = asyncio.get_running_loop().time()
         try:
             try:
@@ -165,18 +165,6 @@ class Consumer:
             self._metrics.duration.labels(self.queue_name).observe(
                 asyncio.get_running_loop().time() - started
             )
-            if key is not None:
-                self._release(key)
-
-    def _lock_for(self, key: str) -> asyncio.Lock:
-        self._waiting[key] = self._waiting.get(key, 0) + 1
-        return self._locks.setdefault(key, asyncio.Lock())
-
-    def _release(self, key: str) -> None:
-        self._waiting[key] -= 1
-        if self._waiting[key] == 0:
-            del self._waiting[key]
-            self._locks.pop(key, None)
 
     @staticmethod
     def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
