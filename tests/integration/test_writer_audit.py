@@ -10,13 +10,12 @@ from typing import Any
 from services.otc_writer.app import COMMANDS_QUEUE, OtcWriter
 from services.otc_writer.desired import TRIGGER_PURPOSE, trigger_tool_name
 from tests.helpers import wait_until
-from tests.integration.test_writer_support import (
+from tests.integration.writer_support import (
     WriterEnv,
     command,
     service_event,
     trigger,
     trigger_event,
-    writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
 

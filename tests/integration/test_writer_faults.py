@@ -17,7 +17,7 @@ from services.otc_writer.desired import TRIGGER_PURPOSE, trigger_tool_name
 from services.otc_writer.ledger import LeaseLost
 from shared.amqp.consumer import ERROR_HEADER, REASON_HEADER
 from tests.helpers import drain_queue, wait_until
-from tests.integration.test_writer_support import (
+from tests.integration.writer_support import (
     FAST,
     WriterEnv,
     command,
@@ -25,7 +25,6 @@ from tests.integration.test_writer_support import (
     snapshot_event,
     trigger,
     trigger_event,
-    writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
 

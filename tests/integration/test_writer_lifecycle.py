@@ -5,14 +5,13 @@ from __future__ import annotations
 from services.otc_writer.app import COMMANDS_QUEUE
 from services.otc_writer.desired import trigger_tool_name
 from tests.helpers import wait_until
-from tests.integration.test_writer_support import (
+from tests.integration.writer_support import (
     WriterEnv,
     command,
     service_event,
     snapshot_event,
     trigger,
     trigger_event,
-    writer_env_fixture,  # noqa: F401  (the "env" fixture)
     writes,
 )
 
