@@ -1,8 +1,8 @@
 """broker-api through a real RabbitMQ outage (a private node, stopped and started again).
 
-While RabbitMQ is down the API keeps accepting changes, answers without waiting out the publish
-timeout, reports not-ready; the events it committed meanwhile reach the bus, in order, once the
-broker is back.
+While RabbitMQ is down the API keeps accepting changes and answers promptly (well within the
+publish timeout) while /readyz reports not-ready; the events it committed meanwhile reach the bus,
+in order, once the broker is back.
 """
 
 from __future__ import annotations
