@@ -10,11 +10,10 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-from shared.lifecycle import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +78,40 @@ class Health:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def start_http(runtime: Runtime, app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` on host:port, register its cleanup on the runtime, log where it listens."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    runtime.on_cleanup(runner.cleanup)
-    for addr in runner.addresses:
-        log.info("listening on http://%s:%s", addr[0], addr[1], extra={"service": runtime.name})
-    return runner
+class HttpServer:
+    """An aiohttp application served on host:port, as a part of the runtime: listening once
+    entered (``port`` is the one bound: tests bind 0), stopped gracefully on exit."""
+
+    def __init__(
+        self, app: web.Application, host: str, port: int, *, name: str, shutdown_timeout: float = 5.0
+    ) -> None:
+        self.app = app
+        self.port = 0
+        self._host = host
+        self._wanted = port
+        self._name = name
+        # How long in-flight requests may finish; the runtime's shutdown deadline bounds it anyway.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+
+    async def __aenter__(self) -> Self:
+        await self._runner.setup()  # runs the app's cleanup_ctx start halves
+        try:
+            site = web.TCPSite(self._runner, self._host, self._wanted)
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        self.port = int(self._runner.addresses[0][1])
+        for addr in self._runner.addresses:
+            log.info("listening on http://%s:%s", addr[0], addr[1], extra={"service": self._name})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually bound (tests bind port 0)."""
-    return int(runner.addresses[0][1])
-
-
-async def serve_health(runtime: Runtime, health: Health, host: str, port: int) -> int:
-    """A service's own small HTTP server for /healthz, /readyz and /metrics; returns the bound port."""
+def health_app(health: Health) -> web.Application:
+    """A service's own small HTTP server for /healthz, /readyz and /metrics."""
     app = web.Application()
     health.add_routes(app)
-    return bound_port(await start_http(runtime, app, host, port))
+    return app

@@ -1,14 +1,16 @@
-"""The connections every service opens: RabbitMQ (topology + publisher) and MongoDB.
+"""The connections every service opens: MongoDB, and RabbitMQ (topology + publisher).
 
-Built in ``build()``, opened by the runtime's first start hook, closed by its last cleanup, and
-reported through ``/readyz``. Services never open a second connection of either kind.
+Built in ``build()`` (nothing connects yet), opened as the runtime's first two parts, closed as its
+last ones, and reported through ``/readyz``. Services never open a second connection of either kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -35,6 +37,7 @@ class Infra:
             settings.amqp_url.get_secret_value(), name=name, connect_timeout=settings.connect_timeout_s
         )
         self.publisher = Publisher(self.amqp, timeout=settings.publish_timeout_s)
+        # PyMongo's client connects lazily, on first use: creating it here opens nothing.
         self.mongo: AsyncMongoClient[Document] = make_client(
             settings.mongodb_url.get_secret_value(), timeout_s=settings.connect_timeout_s
         )
@@ -46,15 +49,29 @@ class Infra:
     async def _mongo_ready(self) -> tuple[bool, str]:
         return await ping(self.mongo)
 
-    async def open(self) -> None:
-        await self._wait_for_mongo()
-        await self.amqp.connect()
-        channel = await self.amqp.channel()
+    @contextlib.asynccontextmanager
+    async def mongodb(self) -> AsyncIterator[AsyncDatabase[Document]]:
+        """MongoDB reachable within ``connect_timeout_s`` (or the start fails); the client closed last."""
         try:
-            await declare_topology(channel, self.topology)
+            await self._wait_for_mongo()
+            yield self.db
         finally:
-            await channel.close()
-        await self.publisher.start()
+            await self.mongo.close()
+
+    @contextlib.asynccontextmanager
+    async def rabbitmq(self) -> AsyncIterator[Publisher]:
+        """The connection (bounded first connect), the topology declared, the publisher's channel."""
+        await self.amqp.connect()
+        try:
+            channel = await self.amqp.channel()
+            try:
+                await declare_topology(channel, self.topology)
+            finally:
+                await channel.close()
+            await self.publisher.start()
+            yield self.publisher
+        finally:
+            await self.amqp.close()
 
     async def _wait_for_mongo(self) -> None:
         deadline = time.monotonic() + self.settings.connect_timeout_s
@@ -67,11 +84,7 @@ class Infra:
             log.warning("MongoDB not reachable yet, retrying", extra={"service": self.name})
             await asyncio.sleep(0.5)
 
-    async def close(self) -> None:
-        await self.amqp.close()
-        await self.mongo.close()
-
     def attach(self, runtime: Runtime) -> None:
-        """Open first, close last."""
-        runtime.on_startup(self.open)
-        runtime.on_cleanup(self.close)
+        """MongoDB first, RabbitMQ second: they close in the reverse order, after everything else."""
+        runtime.add("mongodb", self.mongodb)
+        runtime.add("rabbitmq", self.rabbitmq)

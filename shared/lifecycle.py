@@ -1,8 +1,19 @@
-"""Process lifecycle: named guarded background tasks, ordered start/stop, graceful SIGTERM.
+"""Process lifecycle: resources as async context managers on one exit stack, guarded vital tasks,
+one shutdown deadline, graceful SIGTERM.
 
-A service's ``build()`` returns a :class:`Runtime`; tests start and stop it in-process, ``main()``
-hands it to :func:`run_main`. A vital task that ends or raises makes the process exit non-zero:
-a half-alive service that looks healthy is worse than a restart.
+A service's ``build()`` returns a :class:`Runtime` and adds its parts in start order: each part is
+an async context manager factory (like aiohttp's ``cleanup_ctx``), entered on one
+:class:`~contextlib.AsyncExitStack`. So only a part that started is ever closed, and parts close in
+reverse order: consumers stop before the connection they use, the connection before MongoDB.
+
+Shutdown has one overall deadline (``shutdown_timeout``): every part's exit runs with what is left
+of it; a part that overruns is abandoned with a warning and the next one still gets its turn.
+
+Background tasks are parts too (:meth:`Runtime.add_task`): named, guarded (kopf's
+``aiotasks.guard`` is the model: a crash is logged with its traceback, cancellation is quiet), and a
+vital one that ends or raises makes the process exit non-zero: a half-alive service that looks
+healthy is worse than a restart. Tests start and stop a runtime in-process; ``main()`` hands the
+builder to :func:`run_service`.
 """
 
 from __future__ import annotations
@@ -13,7 +24,9 @@ import inspect
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from shared.logs import configure_logging
@@ -21,16 +34,17 @@ from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[], Awaitable[None]]
+Part = Callable[[], AbstractAsyncContextManager[object]]
+"""Opens a resource when entered, closes it when exited (an ``@asynccontextmanager`` function)."""
 
 
 class Supervisor:
-    """Owns named background tasks; the first vital one to die sets :attr:`failed`."""
+    """Owns named background tasks; the first vital one to end or fail sets :attr:`failed`."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._tasks: list[asyncio.Task[Any]] = []
-        self._stopping = False
+        self.stopping = False
         self.failed = asyncio.Event()
         self.failure: str | None = None
 
@@ -41,9 +55,11 @@ class Supervisor:
         return task
 
     def _on_done(self, task: asyncio.Task[Any], vital: bool) -> None:
-        if self._stopping or task.cancelled():
+        if task.cancelled():
             return
-        exc = task.exception()
+        exc = task.exception()  # retrieved even while stopping: no "never retrieved" noise
+        if self.stopping:
+            return
         if exc is not None:
             log.error("task %s died", task.get_name(), exc_info=exc, extra={"task": task.get_name()})
         elif vital:
@@ -56,53 +72,75 @@ class Supervisor:
     def tasks(self) -> list[asyncio.Task[Any]]:
         return list(self._tasks)
 
-    async def stop(self, grace_s: float) -> None:
-        """Cancel tasks newest first (consumers drain before what they depend on) and wait."""
-        self._stopping = True
-        for task in reversed(self._tasks):
-            if task.done():
-                continue
+    def find(self, name: str) -> asyncio.Task[Any] | None:
+        """The task spawned under ``name`` (without the supervisor's prefix), if any."""
+        full = f"{self.name}:{name}"
+        return next((t for t in self._tasks if t.get_name() == full), None)
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, name: str, coro: Coroutine[Any, Any, Any], *, vital: bool = True
+    ) -> AsyncIterator[asyncio.Task[Any]]:
+        """The task as a part: spawned on entry; on exit cancelled and awaited (the runtime bounds
+        the wait by its shutdown deadline)."""
+        task = self.spawn(name, coro, vital=vital)
+        try:
+            yield task
+        finally:
+            self.stopping = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), grace_s)
-            if not task.done():
-                log.warning("task %s did not stop within %.1fs", task.get_name(), grace_s)
+            # ``wait`` neither raises the task's error (its done callback logged it) nor swallows
+            # our own cancellation (the shutdown deadline's).
+            await asyncio.wait([task])
 
 
 class Runtime:
-    """Start hooks run in order, cleanup hooks in reverse; tasks stop before cleanups run."""
+    """Parts entered in order at :meth:`start`, exited in reverse at :meth:`stop`, within one deadline."""
 
-    def __init__(self, name: str, *, shutdown_timeout: float = 20.0) -> None:
+    def __init__(self, name: str, *, shutdown_timeout: float = 25.0) -> None:
         self.name = name
         self.supervisor = Supervisor(name)
         self.shutdown_timeout = shutdown_timeout
-        self._startup: list[Hook] = []
-        self._cleanup: list[Hook] = []
-        self._started = False
+        self._parts: list[tuple[str, Part]] = []
+        self._stack: AsyncExitStack | None = None
+        self._deadline: float | None = None
 
-    def on_startup(self, hook: Hook) -> None:
-        self._startup.append(hook)
+    def add(self, name: str, part: Part) -> None:
+        """Add a part; ``name`` is what the logs call it when it fails to close in time."""
+        self._parts.append((name, part))
 
-    def on_cleanup(self, hook: Hook) -> None:
-        self._cleanup.append(hook)
+    def add_task(
+        self, name: str, coro: Callable[[], Coroutine[Any, Any, Any]], *, vital: bool = True
+    ) -> None:
+        """A background task started at this point of the start order and cancelled at its turn."""
+        self.add(f"task {name}", lambda: self.supervisor.running(name, coro(), vital=vital))
 
     async def start(self) -> None:
+        stack = AsyncExitStack()
+        self._deadline = None
         try:
-            for hook in self._startup:
-                await hook()
+            for name, part in self._parts:
+                await stack.enter_async_context(_Bounded(self, name, part()))
         except BaseException:
-            await self.stop()
+            await self._close(stack)
             raise
-        self._started = True
+        self._stack = stack
 
     async def stop(self) -> None:
-        await self.supervisor.stop(self.shutdown_timeout)
-        while self._cleanup:
-            hook = self._cleanup.pop()
-            try:
-                await asyncio.wait_for(hook(), self.shutdown_timeout)
-            except Exception:
-                log.exception("cleanup step failed", extra={"service": self.name})
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await self._close(stack)
+
+    async def _close(self, stack: AsyncExitStack) -> None:
+        self.supervisor.stopping = True
+        self._deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+        await stack.aclose()
+
+    def remaining(self) -> float | None:
+        """Seconds left of the shutdown deadline (None while not shutting down)."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -112,21 +150,62 @@ class Runtime:
         await self.stop()
 
 
+class _Bounded:
+    """A part whose exit runs within what is left of the runtime's shutdown deadline and never
+    raises: a part that cannot close (cleanly, or in time) must not keep the others open."""
+
+    def __init__(self, runtime: Runtime, name: str, inner: AbstractAsyncContextManager[object]) -> None:
+        self._runtime = runtime
+        self._name = name
+        self._inner = inner
+
+    async def __aenter__(self) -> object:
+        return await self._inner.__aenter__()
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        remaining = self._runtime.remaining()
+        try:
+            async with asyncio.timeout(remaining):
+                await self._inner.__aexit__(typ, exc, tb)
+        except TimeoutError:
+            log.warning(
+                "%s did not close within the shutdown deadline (%.1fs)",
+                self._name,
+                self._runtime.shutdown_timeout,
+                extra={"service": self._runtime.name},
+            )
+        except Exception:
+            log.exception("%s failed to close", self._name, extra={"service": self._runtime.name})
+        return False
+
+
 async def serve(runtime: Runtime) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or a vital task dies (exit 1)."""
+    """Run until SIGTERM/SIGINT (exit 0) or a vital task dies (exit 1). A signal during start-up
+    abandons the start (what had started is closed)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.start()
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(runtime.supervisor.failed.wait())]
+    stopped = asyncio.create_task(stop.wait(), name=f"{runtime.name}:signal")
+    failed = asyncio.create_task(runtime.supervisor.failed.wait(), name=f"{runtime.name}:failure")
+    starting = asyncio.create_task(runtime.start(), name=f"{runtime.name}:start")
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("signal during start-up: stopping", extra={"service": runtime.name})
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 0
+        starting.result()  # a failed start raises here (its parts are closed already)
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping", extra={"service": runtime.name, "failure": runtime.supervisor.failure})
         await runtime.stop()
+    finally:
+        stopped.cancel()
+        failed.cancel()
     return 1 if runtime.supervisor.failed.is_set() else 0
 
 
@@ -163,3 +242,10 @@ def run_service[S: CommonSettings](
         return await built if inspect.isawaitable(built) else built
 
     run_main(_build)
+
+
+@contextlib.asynccontextmanager
+async def step(action: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """A start-up action with nothing to close (e.g. creating indexes), as a part."""
+    await action()
+    yield

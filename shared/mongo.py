@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -26,9 +27,14 @@ def database(client: AsyncMongoClient[Document]) -> AsyncDatabase[Document]:
     return client.get_default_database(default=DEFAULT_DB)
 
 
-async def ping(client: AsyncMongoClient[Document]) -> tuple[bool, str]:
+async def ping(client: AsyncMongoClient[Document], *, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """Bounded: a probe must answer while MongoDB is gone (server selection alone waits up to
+    ``serverSelectionTimeoutMS``)."""
     try:
-        await client.admin.command("ping")
+        async with asyncio.timeout(timeout_s):
+            await client.admin.command("ping")
+    except TimeoutError:
+        return False, f"MongoDB unreachable: no answer within {timeout_s:.0f}s"
     except Exception as exc:
         return False, f"MongoDB unreachable: {type(exc).__name__}"
     return True, ""

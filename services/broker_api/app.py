@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +14,7 @@ from services.broker_api.http import BrokerApi, make_app, utc_now
 from services.broker_api.outbox import EventSink, Outbox
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
-from shared.health import Health, bound_port, start_http
+from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
 
@@ -36,14 +36,21 @@ class BrokerRuntime(Runtime):
     """The runtime plus what tests need: the bound port, the store, the outbox."""
 
     def __init__(
-        self, *, infra: Infra, store: InstanceStore, outbox: Outbox, shutdown_timeout: float
+        self, *, infra: Infra, store: InstanceStore, outbox: Outbox, http: HttpServer, shutdown_timeout: float
     ) -> None:
         super().__init__(NAME, shutdown_timeout=shutdown_timeout)
         self.infra = infra
         self.store = store
         self.outbox = outbox
-        self.port = 0
-        self.app: web.Application | None = None
+        self.http = http
+
+    @property
+    def app(self) -> web.Application:
+        return self.http.app
+
+    @property
+    def port(self) -> int:
+        return self.http.port
 
     @property
     def url(self) -> str:
@@ -51,6 +58,9 @@ class BrokerRuntime(Runtime):
 
 
 def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
+    """MongoDB, RabbitMQ, then the HTTP application, whose ``cleanup_ctx`` creates the indexes and
+    runs the outbox drainer: aiohttp starts them before the site listens and stops them after it
+    stopped taking requests."""
     deps = deps or Deps()
     health = Health()
     infra = Infra(settings, name=NAME, health=health)
@@ -65,10 +75,6 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         lease_s=3 * settings.publish_timeout_s,
         online=lambda: infra.amqp.ready,
     )
-    runtime = BrokerRuntime(
-        infra=infra, store=store, outbox=outbox, shutdown_timeout=settings.shutdown_timeout_s
-    )
-    infra.attach(runtime)
     api = BrokerApi(
         settings,
         store=store,
@@ -78,25 +84,34 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
-    runtime.app = app
+    http = HttpServer(
+        app,
+        settings.http_host,
+        settings.http_port,
+        name=NAME,
+        shutdown_timeout=settings.shutdown_timeout_s / 2,
+    )
+    runtime = BrokerRuntime(
+        infra=infra, store=store, outbox=outbox, http=http, shutdown_timeout=settings.shutdown_timeout_s
+    )
+
+    async def indexes(_: web.Application) -> AsyncIterator[None]:
+        await store.ensure_indexes()
+        yield
+
+    async def drainer(_: web.Application) -> AsyncIterator[None]:
+        async with runtime.supervisor.running("outbox-drainer", outbox.run(settings.outbox_drain_interval_s)):
+            yield
+
+    app.cleanup_ctx.extend([indexes, drainer])
 
     def drainer_alive() -> tuple[bool, str]:
-        task = next((t for t in runtime.supervisor.tasks if t.get_name().endswith("outbox-drainer")), None)
+        task = runtime.supervisor.find("outbox-drainer")
         return (task is not None and not task.done(), "" if task else "not started")
 
     health.add_liveness("outbox-drainer", drainer_alive)
-
-    async def start() -> None:
-        await store.ensure_indexes()
-        runner = await start_http(runtime, app, settings.http_host, settings.http_port)
-        runtime.port = bound_port(runner)
-        runtime.supervisor.spawn("outbox-drainer", outbox.run(settings.outbox_drain_interval_s))
-        log.info(
-            "broker-api ready",
-            extra={"port": runtime.port, "brokers": ["kabanero-broker", "kabanero-events-broker"]},
-        )
-
-    runtime.on_startup(start)
+    infra.attach(runtime)
+    runtime.add("http", lambda: http)
     return runtime
 
 

@@ -11,9 +11,9 @@ from services.github_linker.linking import Linker, Metrics, key_of
 from services.github_linker.settings import Settings
 from services.github_linker.store import Store
 from shared.amqp import Consumer, Topology
-from shared.health import Health, serve_health
+from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_service
+from shared.lifecycle import Runtime, run_service, step
 from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,23 @@ class Deps:
 class LinkerRuntime(Runtime):
     """The runtime plus what tests look at: the bound HTTP port and the consumer."""
 
-    port: int | None = None
-    consumer: Consumer
-    infra: Infra
+    def __init__(
+        self, *, infra: Infra, consumer: Consumer, http: HttpServer, shutdown_timeout: float
+    ) -> None:
+        super().__init__(NAME, shutdown_timeout=shutdown_timeout)
+        self.infra = infra
+        self.consumer = consumer
+        self.http = http
+
+    @property
+    def port(self) -> int:
+        return self.http.port
 
 
 def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
     deps = deps or Deps()
-    runtime = LinkerRuntime(NAME, shutdown_timeout=settings.shutdown_timeout_s)
     health = Health(deps.registry)
     infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
-    infra.attach(runtime)
     store = Store(infra.db)
     linker = Linker(
         store=store, publisher=infra.publisher, settings=settings, metrics=Metrics(health.registry)
@@ -58,18 +64,17 @@ def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
         prefetch=settings.prefetch,
         key_of=key_of,
     )
-    runtime.consumer = consumer
-    runtime.infra = infra
     health.add_liveness(
         "consumer", lambda: (consumer.consuming, "" if consumer.consuming else "not consuming")
     )
-
-    async def start() -> None:
-        await store.create_indexes()
-        runtime.supervisor.spawn("consumer", consumer.run())
-        runtime.port = await serve_health(runtime, health, settings.http_host, settings.http_port)
-
-    runtime.on_startup(start)
+    http = HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME)
+    runtime = LinkerRuntime(
+        infra=infra, consumer=consumer, http=http, shutdown_timeout=settings.shutdown_timeout_s
+    )
+    infra.attach(runtime)
+    runtime.add("indexes", lambda: step(store.create_indexes))
+    runtime.add_task("consumer", consumer.run)
+    runtime.add("http", lambda: http)
     return runtime
 
 

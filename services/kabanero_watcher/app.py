@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from kubernetes_asyncio import client
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
-from services.kabanero_watcher.kube import make_api_client
+from services.kabanero_watcher.kube import KubeClient
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
-from shared.health import Health, serve_health
+from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_service
+from shared.lifecycle import Runtime, run_service, step
 from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,26 @@ class Deps:
 class WatcherRuntime(Runtime):
     """The runtime plus what tests look at: HTTP port, elector and the current session."""
 
-    http_port: int = 0
-    elector: LeaseElector | None = None
-    session: Session | None = None
-    state: PublishedState | None = None
+    def __init__(
+        self,
+        *,
+        infra: Infra,
+        state: PublishedState,
+        kube: KubeClient,
+        http: HttpServer,
+        shutdown_timeout: float,
+    ) -> None:
+        super().__init__(NAME, shutdown_timeout=shutdown_timeout)
+        self.infra = infra
+        self.state = state
+        self.kube = kube
+        self.http = http
+        self.elector: LeaseElector | None = None
+        self.session: Session | None = None
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
 
     @property
     def leading(self) -> bool:
@@ -49,14 +65,21 @@ class WatcherRuntime(Runtime):
 
 
 def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
+    """MongoDB, RabbitMQ, the published state's indexes, HTTP, the Kubernetes client, then the
+    lease and the leadership terms (stopped first)."""
     deps = deps or Deps()
-    runtime = WatcherRuntime(NAME, shutdown_timeout=settings.shutdown_timeout_s)
     health = Health()
     infra = Infra(settings, name=NAME, health=health)
-    infra.attach(runtime)
     emit_metrics = EmitMetrics(health.registry)
     watch_metrics = WatchMetrics(health.registry)
-    api_client: client.ApiClient | None = deps.api_client
+    state = PublishedState(infra.db, settings.cluster_name)
+    runtime = WatcherRuntime(
+        infra=infra,
+        state=state,
+        kube=KubeClient(settings, deps.api_client),
+        http=HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME),
+        shutdown_timeout=settings.shutdown_timeout_s,
+    )
 
     def live() -> tuple[bool, str]:
         session = runtime.session
@@ -71,36 +94,37 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             return True, "standby"
         return session.synced, "synced" if session.synced else "initial sync pending"
 
+    def storage() -> tuple[bool, str]:
+        session = runtime.session
+        if session is None or session.storage_error is None:
+            return True, ""
+        return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
+
     health.add_liveness("watch", live)
     health.add_readiness("initial-sync", ready)
+    health.add_readiness("reconcile", storage)
 
-    async def start() -> None:
-        nonlocal api_client
-        if api_client is None:
-            api_client = await make_api_client(settings)
-            runtime.on_cleanup(api_client.close)
-        api = client.CustomObjectsApi(api_client)
-        state = PublishedState(infra.db, settings.cluster_name)
-        await state.ensure_indexes()
-        runtime.state = state
-        runtime.http_port = await serve_health(runtime, health, settings.http_host, settings.http_port)
-        elector = LeaseElector(api, settings)
-        runtime.elector = elector
+    def elect() -> contextlib.AbstractAsyncContextManager[object]:
+        runtime.elector = LeaseElector(runtime.kube.custom, settings)
+        return runtime.supervisor.running("lease", runtime.elector.run())
+
+    def lead() -> contextlib.AbstractAsyncContextManager[object]:
         publish = deps.publish or infra.publisher.publish
-        runtime.supervisor.spawn("lease", elector.run())
-        runtime.supervisor.spawn(
-            "leadership", _lead(runtime, settings, api, state, publish, emit_metrics, watch_metrics)
-        )
+        term = _lead(runtime, settings, publish, emit_metrics, watch_metrics)
+        return runtime.supervisor.running("leadership", term)
 
-    runtime.on_startup(start)
+    infra.attach(runtime)
+    runtime.add("published-state", lambda: step(state.ensure_indexes))
+    runtime.add("http", lambda: runtime.http)
+    runtime.add("kubernetes", lambda: runtime.kube)
+    runtime.add("lease", elect)
+    runtime.add("leadership", lead)
     return runtime
 
 
 async def _lead(
     runtime: WatcherRuntime,
     settings: Settings,
-    api: client.CustomObjectsApi,
-    state: PublishedState,
     publish: PublishFn,
     emit_metrics: EmitMetrics,
     watch_metrics: WatchMetrics,
@@ -111,8 +135,8 @@ async def _lead(
     while True:
         while not elector.is_leader():
             await _wait_event(elector.changed, settings.lease_renew_s)
-        emitter = Emitter(state, publish, is_leader=elector.is_leader, metrics=emit_metrics)
-        session = Session(settings=settings, api=api, emitter=emitter, metrics=watch_metrics)
+        emitter = Emitter(runtime.state, publish, is_leader=elector.is_leader, metrics=emit_metrics)
+        session = Session(settings=settings, api=runtime.kube.custom, emitter=emitter, metrics=watch_metrics)
         runtime.session = session
         started = time.monotonic()
         log.info("leading: watching cluster", extra={"cluster": settings.cluster_name})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Self
 
 from kubernetes_asyncio import client, config
 
@@ -26,3 +27,29 @@ async def make_api_client(settings: Settings) -> client.ApiClient:
         source = f"kubeconfig {settings.kubeconfig or '~/.kube/config'}"
     log.info("Kubernetes API at %s (%s)", cfg.host, source, extra={"cluster": settings.cluster_name})
     return client.ApiClient(configuration=cfg)
+
+
+class KubeClient:
+    """The API client as a part of the runtime: made on entry (unless one was given: tests), closed
+    on exit if it is ours."""
+
+    def __init__(self, settings: Settings, given: client.ApiClient | None = None) -> None:
+        self._settings = settings
+        self._given = given
+        self._client: client.ApiClient | None = given
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        if self._client is None:
+            raise RuntimeError("Kubernetes client not opened")
+        return client.CustomObjectsApi(self._client)
+
+    async def __aenter__(self) -> Self:
+        if self._client is None:
+            self._client = await make_api_client(self._settings)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._given is None and self._client is not None:
+            await self._client.close()
+            self._client = None

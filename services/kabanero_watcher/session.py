@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from kubernetes_asyncio import client
+from pymongo.errors import PyMongoError
 
 from services.kabanero_watcher.cache import RESOURCES, ClusterCache
 from services.kabanero_watcher.emitting import Emitter
@@ -57,6 +58,8 @@ class Session:
         self._wake = asyncio.Event()
         self._snapshot_due = False
         self.synced = False
+        # The last MongoDB error that left namespaces pending (None once a reconcile succeeded).
+        self.storage_error: str | None = None
         # Set while the reconciler waits with nothing to do (benchmarks and tests use it).
         self.idle = asyncio.Event()
         self.last_reconcile_ms: float | None = None
@@ -85,12 +88,25 @@ class Session:
     # --- loops -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.state.load()
+        await self._load_state()
         async with asyncio.TaskGroup() as tg:
             for watcher in self.watchers:
                 tg.create_task(watcher.run(), name=f"watch:{watcher.name}")
             tg.create_task(self._reconcile_loop(), name="reconcile")
             tg.create_task(self._snapshot_timer(), name="snapshot-timer")
+
+    async def _load_state(self) -> None:
+        """The published state, read again until MongoDB answers (a term that starts during an
+        outage waits for it rather than ending)."""
+        while True:
+            try:
+                await self.state.load()
+                self.storage_error = None
+                return
+            except PyMongoError as exc:
+                self.storage_error = type(exc).__name__
+                log.warning("cannot load the published state, retrying: %s", _describe(exc))
+                await asyncio.sleep(self.settings.publish_retry_s)
 
     async def _snapshot_timer(self) -> None:
         while True:
@@ -112,10 +128,19 @@ class Session:
                 if not self.synced:
                     self.synced = True
                     log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
-            except PublishError as exc:
-                log.warning("publish failed; will retry: %s", exc)
+            except (PublishError, PyMongoError) as exc:
+                # The watcher's error policy: RabbitMQ or MongoDB unavailable leaves the namespaces
+                # pending (still dirty) and retries them; it never ends the session. /readyz says so.
+                self.storage_error = f"{type(exc).__name__}" if isinstance(exc, PyMongoError) else None
+                log.warning(
+                    "reconcile failed; %d namespaces left pending, retrying: %s",
+                    len(self._dirty),
+                    _describe(exc),
+                    extra={"error": type(exc).__name__},
+                )
                 await asyncio.sleep(self.settings.publish_retry_s)
                 continue
+            self.storage_error = None
             if not self._dirty and not self._snapshot_due:
                 self.idle.set()
             await self._wake.wait()
@@ -163,3 +188,7 @@ class Session:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if not isinstance(e, PublishError)), errors[0])
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

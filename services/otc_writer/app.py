@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import uuid
@@ -21,9 +22,9 @@ from services.otc_writer.settings import Settings
 from shared.amqp import Consumer, Topology
 from shared.amqp.consumer import Handler
 from shared.events import CloudEvent
-from shared.health import Health, serve_health
+from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
-from shared.lifecycle import Runtime, run_service
+from shared.lifecycle import Runtime, run_service, step
 from shared.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -49,42 +50,50 @@ class Deps:
 class OtcWriter(Runtime):
     """The runtime plus what tests look at."""
 
-    http_port: int = 0
-    client: OtcClient
-    applier: ToolApplier
-    reconciler: Reconciler
-    ledger: Ledger
-    projection: Projection
-    consumers: list[Consumer]
-    handled: dict[str, int]
-    """Messages handled successfully per queue (acked right after): tests wait on it."""
-    auditor: Auditor
+    def __init__(
+        self,
+        *,
+        infra: Infra,
+        ledger: Ledger,
+        projection: Projection,
+        client: OtcClient,
+        applier: ToolApplier,
+        reconciler: Reconciler,
+        auditor: Auditor,
+        http: HttpServer,
+        shutdown_timeout: float,
+    ) -> None:
+        super().__init__(NAME, shutdown_timeout=shutdown_timeout)
+        self.infra = infra
+        self.ledger = ledger
+        self.projection = projection
+        self.client = client
+        self.applier = applier
+        self.reconciler = reconciler
+        self.auditor = auditor
+        self.http = http
+        self.consumers: list[Consumer] = []
+        self.handled: dict[str, int] = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
+        """Messages handled successfully per queue (acked right after): tests wait on it."""
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
 
     async def audit_once(self) -> AuditReport:
         """One audit pass now (the periodic task runs the same, every ``OTC_AUDIT_INTERVAL_S``)."""
         return await self.auditor.audit_once()
 
+    def counted(self, queue: str, handler: Handler) -> Handler:
+        async def run(event: CloudEvent) -> None:
+            await handler(event)
+            self.handled[queue] += 1
 
-def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
-    deps = deps or Deps()
-    if deps.after_otc_write is None and settings.test_crash_after_writes:
-        deps = dataclasses.replace(deps, after_otc_write=_crash_after(settings.test_crash_after_writes))
-    runtime = OtcWriter(NAME, shutdown_timeout=settings.shutdown_timeout_s)
-    health = Health()
-    infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
-    infra.attach(runtime)
+        return run
 
-    owner = deps.owner or f"{NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    session_holder: dict[str, aiohttp.ClientSession] = {}
-    if deps.session is not None:
-        session_holder["s"] = deps.session
 
-    def session() -> aiohttp.ClientSession:
-        return session_holder["s"]
-
-    ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
-    projection = Projection(infra.db)
-    config = OtcClientConfig(
+def otc_config(settings: Settings) -> OtcClientConfig:
+    return OtcClientConfig(
         api_url=settings.otc_api_url,
         rate_limit=settings.otc_rate_limit,
         max_concurrency=settings.otc_max_concurrency,
@@ -96,77 +105,85 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         breaker_threshold=settings.otc_breaker_threshold,
         breaker_reset_s=settings.otc_breaker_reset_s,
     )
-    metrics = Metrics(health.registry)
-    audit_metrics = AuditMetrics(health.registry)
+
+
+def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
+    """Runs inside the event loop (the OTC HTTP session is created here, closed as the first part)."""
+    deps = deps or Deps()
+    if deps.after_otc_write is None and settings.test_crash_after_writes:
+        deps = dataclasses.replace(deps, after_otc_write=_crash_after(settings.test_crash_after_writes))
+    health = Health()
+    infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
+    owner = deps.owner or f"{NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    session = deps.session or aiohttp.ClientSession()
+    iam = IamTokenManager(
+        session,
+        settings.otc_iam_url,
+        settings.otc_api_key.get_secret_value(),
+        timeout_s=settings.otc_timeout_s,
+    )
+    client = OtcClient(otc_config(settings), session, iam)
+    ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
+    projection = Projection(infra.db)
+    applier = ToolApplier(ledger, client, owner=owner, after_write=deps.after_otc_write)
     style = TriggerToolStyle(
         tool_type_id=settings.trigger_tool_type,
         lifecycle_phase=settings.trigger_lifecycle_phase,
         dashboard_url=settings.trigger_dashboard_url,
     )
-    runtime.ledger = ledger
-    runtime.projection = projection
-    runtime.consumers = []
-    runtime.handled = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
+    runtime = OtcWriter(
+        infra=infra,
+        ledger=ledger,
+        projection=projection,
+        client=client,
+        applier=applier,
+        reconciler=Reconciler(projection, ledger, applier, style, Metrics(health.registry)),
+        auditor=Auditor(ledger, client, applier, AuditMetrics(health.registry), owner=owner),
+        http=HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME),
+        shutdown_timeout=settings.shutdown_timeout_s,
+    )
+    health.add_readiness("otc", lambda: (client.breaker.state != "open", client.breaker.state))
+    health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
 
-    def counted(queue: str, handler: Handler) -> Handler:
-        async def run(event: CloudEvent) -> None:
-            await handler(event)
-            runtime.handled[queue] += 1
-
-        return run
-
-    async def start() -> None:
-        if "s" not in session_holder:
-            session_holder["s"] = aiohttp.ClientSession()
-            runtime.on_cleanup(session_holder["s"].close)
-        iam = IamTokenManager(
-            session(),
-            settings.otc_iam_url,
-            settings.otc_api_key.get_secret_value(),
-            timeout_s=settings.otc_timeout_s,
+    if deps.session is None:  # ours: closed whatever part fails after it
+        runtime.add("otc-http-session", lambda: session)
+    infra.attach(runtime)
+    runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
+    for queue, handler, key_of in (
+        (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event),
+        (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command),
+    ):
+        consumer = Consumer(
+            infra.amqp,
+            infra.publisher,
+            queue,
+            runtime.counted(queue, handler),
+            metrics=infra.consumer_metrics,
+            topology=infra.topology,
+            prefetch=settings.prefetch,
+            max_attempts=deps.max_attempts,
+            key_of=key_of,
         )
-        runtime.client = OtcClient(config, session(), iam)
-        runtime.applier = ToolApplier(ledger, runtime.client, owner=owner, after_write=deps.after_otc_write)
-        runtime.reconciler = Reconciler(projection, ledger, runtime.applier, style, metrics)
-        runtime.auditor = Auditor(ledger, runtime.client, runtime.applier, audit_metrics, owner=owner)
-        await ledger.ensure_indexes()
-        await projection.ensure_indexes()
-        for doc in await ledger.refused():
-            log.warning(
-                "OTC refused this tool's content; it is not re-attempted until the content changes",
-                extra={
-                    "ledger_id": doc["_id"],
-                    "refused_at": str(doc.get("refused_at")),
-                    "error": doc.get("last_error"),
-                },
-            )
-        health.add_readiness(
-            "otc", lambda: (runtime.client.breaker.state != "open", runtime.client.breaker.state)
-        )
-        for queue, handler, key_of in (
-            (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event),
-            (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command),
-        ):
-            consumer = Consumer(
-                infra.amqp,
-                infra.publisher,
-                queue,
-                counted(queue, handler),
-                metrics=infra.consumer_metrics,
-                topology=infra.topology,
-                prefetch=settings.prefetch,
-                max_attempts=deps.max_attempts,
-                key_of=key_of,
-            )
-            runtime.consumers.append(consumer)
-            runtime.supervisor.spawn(f"consume:{queue}", consumer.run())
-        if settings.otc_audit_interval_s > 0:
-            runtime.supervisor.spawn("otc-audit", runtime.auditor.run(settings.otc_audit_interval_s))
-        health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
-        runtime.http_port = await serve_health(runtime, health, settings.http_host, settings.http_port)
-
-    runtime.on_startup(start)
+        runtime.consumers.append(consumer)
+        runtime.add_task(f"consume:{queue}", consumer.run)
+    if settings.otc_audit_interval_s > 0:
+        runtime.add_task("otc-audit", functools.partial(runtime.auditor.run, settings.otc_audit_interval_s))
+    runtime.add("http", lambda: runtime.http)
     return runtime
+
+
+async def _prepare_storage(ledger: Ledger, projection: Projection) -> None:
+    await ledger.ensure_indexes()
+    await projection.ensure_indexes()
+    for doc in await ledger.refused():
+        log.warning(
+            "OTC refused this tool's content; it is not re-attempted until the content changes",
+            extra={
+                "ledger_id": doc["_id"],
+                "refused_at": str(doc.get("refused_at")),
+                "error": doc.get("last_error"),
+            },
+        )
 
 
 def main() -> None:
