@@ -26,7 +26,8 @@ class CommonSettings(BaseSettings):
     # Bounded first connection: a service that cannot reach its dependencies at start fails loudly.
     connect_timeout_s: float = Field(default=30.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
-    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    # One deadline for the whole shutdown, below the pods' terminationGracePeriodSeconds (30 s, k8s/).
+    shutdown_timeout_s: float = Field(default=25.0, gt=0)
 
 
 class SettingsError(Exception):
