@@ -34,7 +34,7 @@ from shared.amqp.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run"
-SEED = ROOT / "scripts" / "demo" / "kabanero-demo.yaml"
+SEED = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
 AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 MGMT = "http://127.0.0.1:15672/api"
 API_KEY = "demo-otc-api-key"
@@ -352,10 +352,11 @@ class Demo:
                 reply = await call
                 assert reply.status == status, reply
 
+            # deploy/samples/kabanero-sample.yaml yields 2 triggers and 4 repositories (its header).
             await self.settle(
-                "OTC: provision + bind both services (2 triggers, N repos)",
+                "OTC: provision + bind both services (2 triggers, 4 repos)",
                 provision_and_bind(),
-                counts(2, None),
+                counts(2, 4),
             )
             gh = sum(t["tool_type_id"] == "githubconsolidated" for t in await self.tools())
             current = await self.mediations()

@@ -131,13 +131,41 @@ class InstanceRef(_Data):
     name: str | None = None
 
 
+RepositoryKind = Literal["stack-hub", "pipeline", "gitops", "trigger", "unknown"]
+
+
 class Repository(_Data):
-    """A git repository an instance uses, derived per kabanero.md §7."""
+    """A git repository an instance uses (docs/design.md, "Kabanero semantics").
+
+    One entry per URL. ``kinds`` and ``refs`` list every kind and ref the repository appears with
+    (a stack hub that also holds pipelines is both); they were added within schema_version 1, so
+    ``kind``/``ref``/``source`` stay the first ones for consumers that predate them, and a consumer
+    reading an older producer (``kinds`` empty) falls back to ``[kind]`` (:meth:`all_kinds`).
+    """
 
     url: str = Field(description="normalized https URL of the repository (no .git, no trailing /)")
-    kind: Literal["trigger", "pipeline", "gitops", "stack-hub", "unknown"] = "unknown"
+    kind: RepositoryKind = "unknown"
     ref: str | None = None
-    source: str | None = Field(default=None, description="where in the CR it came from")
+    source: str | None = Field(default=None, description="where in the cluster it came from (first)")
+    kinds: list[RepositoryKind] = Field(default_factory=list, description="every kind, in order seen")
+    refs: list[str] = Field(default_factory=list, description="every tag/ref, in order seen")
+
+    @classmethod
+    def of(
+        cls, url: str, kind: RepositoryKind, *, ref: str | None = None, source: str | None = None
+    ) -> Repository:
+        return cls(url=url, kind=kind, ref=ref, source=source, kinds=[kind], refs=[ref] if ref else [])
+
+    def all_kinds(self) -> list[RepositoryKind]:
+        return self.kinds or [self.kind]
+
+    def merged(self, other: Repository) -> Repository:
+        """This repository also seen as ``other`` (same URL): first kind/ref/source kept, lists unioned."""
+        kinds = list(self.all_kinds())
+        kinds += [k for k in other.all_kinds() if k not in kinds]
+        refs = list(self.refs or ([self.ref] if self.ref else []))
+        refs += [r for r in (other.refs or ([other.ref] if other.ref else [])) if r not in refs]
+        return self.model_copy(update={"kinds": kinds, "refs": refs, "ref": self.ref or other.ref})
 
 
 class InstanceData(_Data):

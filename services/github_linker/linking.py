@@ -159,7 +159,9 @@ class Linker:
         if revision < last:
             self._skip_stale(key, revision, last)
             return
-        urls = tuple(sorted({naming.normalize_url(r.url) for r in repos if r.kind in self._kinds}))
+        urls = tuple(
+            sorted({naming.normalize_url(r.url) for r in repos if self._kinds.intersection(r.all_kinds())})
+        )
         changes: dict[str, object]
         if not snapshot:
             changes = {"repos": urls, "revision": revision}

@@ -16,7 +16,9 @@ class Settings(CommonSettings):
     github_hosts: tuple[str, ...] = ("github.com", "www.github.com")
     # GitHub Enterprise: host -> the git_id (Enterprise GUID) OTC knows it by (JSON object).
     ghe_hosts: dict[str, str] = Field(default_factory=dict)
-    # Which repositories of an instance get a tool (ARCHITECTURE §1: trigger and pipeline repos;
-    # `spec.gitops.pipelines[]` are Tekton pipeline archives too, reported by the watcher as "gitops").
-    github_repo_kinds: tuple[str, ...] = ("trigger", "pipeline", "gitops")
+    # Which repositories of an instance get a tool: one whose kinds (a repository can have several)
+    # meet this set. ARCHITECTURE §1 names trigger and pipeline repos; stack hubs hold the stacks and,
+    # before 0.9, their pipelines, so they are linked by default too; "gitops" is the GitOps pipelines
+    # and the gitops-map repository. Leave a kind out to stop linking it ("unknown" never links).
+    github_repo_kinds: tuple[str, ...] = ("stack-hub", "pipeline", "gitops", "trigger")
     prefetch: int = Field(default=16, ge=1)

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.kabanero_watcher.derive import (
+    GITOPS_MAP,
     Desired,
+    DesiredTrigger,
+    LegacyTriggerFields,
     Malformed,
     Obj,
     check_connections,
     derive_instance,
-    derive_legacy_triggers,
+    derive_legacy_trigger,
     derive_mediation_triggers,
+    events_enabled,
     object_id,
 )
 
@@ -28,22 +32,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResourceSpec:
-    """One watched custom resource type (kabanero.md §2, §5)."""
+    """One watched resource type (kabanero.md §2, §3, §5, §7). ``group`` "" is the core API;
+    ``field_selector`` narrows the list/watch (only the ``gitops-map`` ConfigMaps)."""
 
     group: str
     version: str
     plural: str
     optional: bool
+    field_selector: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.plural}.{self.group}"
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 KABANEROS = ResourceSpec("kabanero.io", "v1alpha2", "kabaneros", optional=False)
+# Stacks (0.6+) carry the pipelines the stack controller activates; optional so that a cluster
+# without the CRD is not an error.
+STACKS = ResourceSpec("kabanero.io", "v1alpha2", "stacks", optional=True)
 MEDIATORS = ResourceSpec("events.kabanero.io", "v1alpha1", "eventmediators", optional=True)
 CONNECTIONS = ResourceSpec("events.kabanero.io", "v1alpha1", "eventconnections", optional=True)
-RESOURCES = (KABANEROS, MEDIATORS, CONNECTIONS)
+GITOPS_MAPS = ResourceSpec(
+    "", "v1", "configmaps", optional=False, field_selector=f"metadata.name={GITOPS_MAP}"
+)
+RESOURCES = (KABANEROS, STACKS, MEDIATORS, CONNECTIONS, GITOPS_MAPS)
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -56,10 +68,20 @@ def _key(obj: Obj) -> Key | None:
         return None
 
 
+_SHAPE_ERRORS = (Malformed, TypeError, KeyError, AttributeError, ValueError)
+
+
 class ClusterCache:
-    def __init__(self, cluster: str, *, legacy_triggers: Literal["auto", "always", "never"] = "auto") -> None:
+    def __init__(
+        self,
+        cluster: str,
+        *,
+        legacy_triggers: Literal["auto", "always", "never"] = "auto",
+        legacy_trigger_fields: LegacyTriggerFields = "url",
+    ) -> None:
         self.cluster = cluster
         self.legacy_triggers = legacy_triggers
+        self.legacy_trigger_fields: LegacyTriggerFields = legacy_trigger_fields
         self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.name: {} for r in RESOURCES}
         self.absent: set[str] = set()
 
@@ -109,53 +131,113 @@ class ClusterCache:
             return MEDIATORS.name in self.absent
         return self.legacy_triggers == "always"
 
+    @staticmethod
+    def _skip(what: str, namespace: str, obj: Obj, exc: Exception, consequence: str) -> None:
+        name = obj.get("metadata", {}).get("name") if isinstance(obj.get("metadata"), dict) else None
+        log.warning(
+            "skipping malformed %s; %s",
+            what,
+            consequence,
+            extra={"namespace": namespace, "object": name, "error": str(exc)},
+        )
+
     def desired(self, namespace: str) -> Desired:
         """Derive the instance and triggers of one namespace; malformed objects freeze what they own."""
         out = Desired(namespace=namespace)
         kabaneros = self._in(KABANEROS, namespace)
+        legacy = self._legacy_trigger(out, namespace, kabaneros)
+        self._instance(out, namespace, kabaneros, legacy)
+        self._mediations(out, namespace, kabaneros)
+        return out
+
+    def _legacy_trigger(
+        self, out: Desired, namespace: str, kabaneros: list[dict[str, Any]]
+    ) -> list[DesiredTrigger]:
+        if not self._legacy_enabled() or not kabaneros:
+            return []
+        try:
+            trigger = derive_legacy_trigger(self.cluster, kabaneros, fields=self.legacy_trigger_fields)
+        except _SHAPE_ERRORS as exc:
+            self._skip("Kabanero CR", namespace, kabaneros[0], exc, "legacy triggers left as published")
+            out.all_legacy_frozen = True
+            out.instance_frozen = True
+            return []
+        if trigger is None:
+            return []
+        out.triggers[trigger.key.id] = trigger
+        return [trigger]
+
+    def _instance(
+        self,
+        out: Desired,
+        namespace: str,
+        kabaneros: list[dict[str, Any]],
+        legacy: list[DesiredTrigger],
+    ) -> None:
+        if not kabaneros or out.instance_frozen:
+            return
         if len(kabaneros) > 1:
             log.warning(
-                "more than one Kabanero CR in a namespace; using the first by name",
+                "more than one Kabanero CR in a namespace; the instance is the first by name",
                 extra={"namespace": namespace, "names": [k["metadata"]["name"] for k in kabaneros]},
             )
-        for kabanero in kabaneros[:1]:
-            name = kabanero["metadata"]["name"]
-            try:
-                out.instance = derive_instance(self.cluster, kabanero)
-                legacy = derive_legacy_triggers(self.cluster, kabanero) if self._legacy_enabled() else []
-            except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
-                log.warning(
-                    "skipping malformed Kabanero CR",
-                    extra={"namespace": namespace, "object": name, "error": str(exc)},
-                )
-                out.instance_frozen = True
-                out.frozen_owners.add(("legacy", name))
-                continue
-            for trigger in legacy:
-                out.triggers[trigger.key.id] = trigger
+        maps = [m for m in self._in(GITOPS_MAPS, namespace) if m["metadata"]["name"] == GITOPS_MAP]
+        try:
+            out.instance = derive_instance(
+                self.cluster,
+                kabaneros[0],
+                stacks=self._in(STACKS, namespace),
+                gitops_map=maps[0] if maps else None,
+                triggers=legacy,
+            )
+        except _SHAPE_ERRORS as exc:
+            self._skip(
+                "Kabanero CR, Stack or gitops-map", namespace, kabaneros[0], exc, "instance left as published"
+            )
+            out.instance_frozen = True
 
+    def _mediations(self, out: Desired, namespace: str, kabaneros: list[dict[str, Any]]) -> None:
+        """0.9+: the events operator is deployed by a Kabanero CR with events enabled into its own
+        namespace and watches only that one (config/orchestrations/events/0.2, WATCH_NAMESPACE):
+        mediators anywhere else are inert."""
+        mediators = self._in(MEDIATORS, namespace)
+        if not mediators:
+            return
+        try:
+            deployed = any(events_enabled(k, operator_0_9=True) for k in kabaneros)
+        except _SHAPE_ERRORS as exc:
+            self._skip("Kabanero CR", namespace, kabaneros[0], exc, "mediations left as published")
+            out.all_mediations_frozen = True
+            return
+        if not deployed:
+            if kabaneros:
+                log.info(
+                    "events not enabled in this namespace; its mediators are inert",
+                    extra={"namespace": namespace},
+                )
+            return
         connections: list[tuple[str, dict[str, Any]]] = []
         for conn_obj in self._in(CONNECTIONS, namespace):
             try:
                 items = check_connections(conn_obj)
-            except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
-                log.warning(
-                    "skipping malformed EventConnections; mediations of this namespace left as published",
-                    extra={"namespace": namespace, "object": conn_obj["metadata"]["name"], "error": str(exc)},
+            except _SHAPE_ERRORS as exc:
+                self._skip(
+                    "EventConnections",
+                    namespace,
+                    conn_obj,
+                    exc,
+                    "mediations of this namespace left as published",
                 )
                 out.all_mediations_frozen = True
                 continue
             connections.extend((conn_obj["metadata"]["name"], item) for item in items)
 
-        for mediator in self._in(MEDIATORS, namespace):
+        for mediator in mediators:
             name = mediator["metadata"]["name"]
             try:
                 triggers = derive_mediation_triggers(self.cluster, mediator, connections)
-            except (Malformed, TypeError, KeyError, AttributeError, ValueError) as exc:
-                log.warning(
-                    "skipping malformed EventMediator",
-                    extra={"namespace": namespace, "object": name, "error": str(exc)},
-                )
+            except _SHAPE_ERRORS as exc:
+                self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
                 out.frozen_owners.add(("mediation", name))
                 continue
             for trigger in triggers:
@@ -165,4 +247,3 @@ class ClusterCache:
                     )
                     continue
                 out.triggers[trigger.key.id] = trigger
-        return out

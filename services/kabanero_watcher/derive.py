@@ -1,8 +1,10 @@
-"""Pure derivation: Kabanero CRs, EventMediators, EventConnections -> repositories and triggers.
+"""Pure derivation: Kabanero CRs, Stacks, the gitops-map, EventMediators, EventConnections ->
+repositories and triggers, as the Kabanero 0.6-0.9 operators read them.
 
-Rules from kabanero.md §6 (trigger identity) and §7 (repositories). A content hash of the spec
-slice is what decides "changed": status, metadata and ordering noise never reach it. Objects that
-do not have the documented shape raise :class:`Malformed`; the caller logs and skips them.
+Every rule names the operator source it follows (docs/design.md, "Kabanero semantics", has the
+full list with tags). A content hash of what was derived decides "changed": status, metadata and
+ordering noise never reach it. Objects that do not have the documented shape raise
+:class:`Malformed`; the caller logs them and freezes what they own.
 """
 
 from __future__ import annotations
@@ -10,18 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.events import InstanceRef, Repository, TriggerKey
+from shared.events import InstanceRef, Repository, RepositoryKind, TriggerKey
 
 Obj = Mapping[str, Any]
-RepoKind = Literal["trigger", "pipeline", "gitops"]
+LegacyTriggerFields = Literal["url", "any"]
 
 _RELEASE_DOWNLOAD = re.compile(r"^https?://([^/]+)/([^/]+)/([^/]+)/releases/download/([^/]+)/[^/]+$")
 _RAW_GITHUB = re.compile(r"^https?://raw\.githubusercontent\.com/([^/]+)/([^/]+)/([^/]+)/.+$")
+_HTTP_URL = re.compile(r"^https?://[^/\s<>]+(/\S*)?$")
 _GIT_RELEASE_FIELDS = ("hostname", "organization", "project", "release", "assetName")
+GITOPS_MAP = "gitops-map"
+GITOPS_REPOSITORY_URL = "gitops-repository-url"
+# kabanero-operator config/versions.yaml: Kabanero 0.6-0.8 run events 0.1.0 (kabanero-events).
+_EVENTS_0_1_RELEASES = re.compile(r"^v?0\.[678](\.|$)")
 
 
 class Malformed(ValueError):
@@ -72,7 +79,7 @@ def object_id(obj: Obj) -> tuple[str, str]:
     return namespace, name
 
 
-# --- repositories (kabanero.md §7) -----------------------------------------------------------------
+# --- archive references -> repositories ------------------------------------------------------------
 
 
 def _normalize(url: str) -> str:
@@ -80,68 +87,181 @@ def _normalize(url: str) -> str:
     return url.removesuffix(".git")
 
 
-def archive_repository(ref: Obj, *, kind: RepoKind, source: str) -> Repository | None:
-    """Repository of one archive reference (PipelineSpec/TriggerSpec); gitRelease wins over https."""
-    git_release = _dict(ref.get("gitRelease"), f"{source}.gitRelease")
+def _usable_git_release(ref: Obj, where: str) -> tuple[str, str, str, str, str] | None:
+    """The five gitRelease strings when all are set (``GitReleaseSpec.IsUsable``), else None."""
+    git_release = _dict(ref.get("gitRelease"), f"{where}.gitRelease")
     values = [git_release.get(f) for f in _GIT_RELEASE_FIELDS]
     if all(isinstance(v, str) and v for v in values):
-        host, org, project, release, _ = values
-        return Repository(url=f"https://{host}/{org}/{project}", kind=kind, ref=release, source=source)
-    https = _dict(ref.get("https"), f"{source}.https")
-    url = _str(https.get("url"), f"{source}.https.url") or _str(ref.get("url"), f"{source}.url")
-    if not url:
-        return None
+        host, org, project, release, asset = (str(v) for v in values)
+        return host, org, project, release, asset
+    return None
+
+
+def _https_url(ref: Obj, where: str) -> str | None:
+    https = _dict(ref.get("https"), f"{where}.https")
+    return _str(https.get("url"), f"{where}.https.url") or None
+
+
+def repository_of_url(url: str, *, kind: RepositoryKind, source: str) -> Repository:
+    """The repository an archive or index URL names: a GitHub release download or a raw file URL
+    name ``https://<host>/<org>/<repo>`` (at that tag/ref); anything else is kept as it is, kind
+    ``unknown`` (it names no repository; github-linker never links it)."""
     if m := _RELEASE_DOWNLOAD.match(url):
         host, org, repo, tag = m.groups()
-        return Repository(url=_normalize(f"https://{host}/{org}/{repo}"), kind=kind, ref=tag, source=source)
+        return Repository.of(_normalize(f"https://{host}/{org}/{repo}"), kind, ref=tag, source=source)
     if m := _RAW_GITHUB.match(url):
-        org, repo, ref_ = m.groups()
-        return Repository(
-            url=_normalize(f"https://github.com/{org}/{repo}"), kind=kind, ref=ref_, source=source
-        )
-    return Repository(url=_normalize(url), kind="unknown", source=source)
+        org, repo, ref = m.groups()
+        return Repository.of(_normalize(f"https://github.com/{org}/{repo}"), kind, ref=ref, source=source)
+    return Repository.of(_normalize(url), "unknown", source=source)
 
 
-def archive_url(ref: Obj) -> str | None:
-    """Where the archive is downloaded from (gitRelease wins over https, legacy flat ``url`` last)."""
-    git_release = ref.get("gitRelease") or {}
-    values = [git_release.get(f) for f in _GIT_RELEASE_FIELDS] if isinstance(git_release, dict) else []
-    if values and all(isinstance(v, str) and v for v in values):
-        host, org, project, release, asset = values
-        return f"https://{host}/{org}/{project}/releases/download/{release}/{asset}"
+def archive_repository(ref: Obj, *, kind: RepositoryKind, source: str) -> Repository | None:
+    """Repository of one PipelineSpec/TriggerSpec/RepositoryConfig: its ``gitRelease`` when usable,
+    else its ``https.url`` (kabanero-operator ``utils/pipelines.go``, ``stack/resolver.go``)."""
+    if usable := _usable_git_release(ref, source):
+        host, org, project, release, _ = usable
+        return Repository.of(f"https://{host}/{org}/{project}", kind, ref=release, source=source)
+    url = _https_url(ref, source)
+    return repository_of_url(url, kind=kind, source=source) if url else None
+
+
+def archive_url(ref: Obj, *, flat: bool = True) -> str | None:
+    """Where an archive is downloaded from: gitRelease, then https.url, then (``flat``) ``url``."""
+    git_release = ref.get("gitRelease")
+    if isinstance(git_release, dict):
+        values = [git_release.get(f) for f in _GIT_RELEASE_FIELDS]
+        if all(isinstance(v, str) and v for v in values):
+            host, org, project, release, asset = values
+            return f"https://{host}/{org}/{project}/releases/download/{release}/{asset}"
     https = ref.get("https")
-    if isinstance(https, dict) and isinstance(https.get("url"), str):
+    if isinstance(https, dict) and isinstance(https.get("url"), str) and https["url"]:
         return str(https["url"])
     url = ref.get("url")
-    return url if isinstance(url, str) else None
+    return url if flat and isinstance(url, str) and url else None
 
 
-def instance_repositories(kabanero: Obj) -> list[Repository]:
-    """Pipeline, gitops and trigger repositories of a Kabanero CR, deduplicated by URL (first wins)."""
+def merge_repositories(repos: Iterable[Repository]) -> list[Repository]:
+    """One entry per URL, in order of first appearance, keeping every kind and ref it appears with."""
+    merged: dict[str, Repository] = {}
+    for repo in repos:
+        seen = merged.get(repo.url)
+        merged[repo.url] = repo if seen is None else seen.merged(repo)
+    return list(merged.values())
+
+
+# --- the instance's repositories ---------------------------------------------------------------------
+
+
+def _stack_repositories(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(source, RepositoryConfig) of ``spec.stacks.repositories[]`` then, for an instance written
+    as v1alpha1, ``spec.collections.repositories[]`` as ``convertTo_v1alpha2`` appends them
+    (``https.url`` = the collection's ``url``, no pipelines of their own)."""
+    stacks = _dict(spec.get("stacks"), "spec.stacks")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, r in enumerate(_list_of_dicts(stacks.get("repositories"), "spec.stacks.repositories")):
+        name = _str(r.get("name"), f"spec.stacks.repositories[{i}].name") or str(i)
+        out.append((f"spec.stacks.repositories[{name}]", r))
+    collections = _dict(spec.get("collections"), "spec.collections")
+    for i, c in enumerate(_list_of_dicts(collections.get("repositories"), "spec.collections.repositories")):
+        name = _str(c.get("name"), f"spec.collections.repositories[{i}].name") or str(i)
+        url = _str(c.get("url"), f"spec.collections.repositories[{i}].url")
+        out.append((f"spec.collections.repositories[{name}]", {"name": name, "https": {"url": url}}))
+    return out
+
+
+def _pipeline_refs(where: str, pipelines: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{where}[{p.get('id', i)}]", p) for i, p in enumerate(pipelines)]
+
+
+def kabanero_repositories(kabanero: Obj) -> list[Repository]:
+    """Stack hubs, their pipelines and the GitOps pipelines of one Kabanero CR (unmerged)."""
     spec = _dict(kabanero.get("spec"), "spec")
     stacks = _dict(spec.get("stacks"), "spec.stacks")
     gitops = _dict(spec.get("gitops"), "spec.gitops")
-    refs: list[tuple[dict[str, Any], RepoKind, str]] = []
-    for p in _list_of_dicts(stacks.get("pipelines"), "spec.stacks.pipelines"):
-        refs.append((p, "pipeline", f"spec.stacks.pipelines[{p.get('id')}]"))
-    for r in _list_of_dicts(stacks.get("repositories"), "spec.stacks.repositories"):
-        for p in _list_of_dicts(r.get("pipelines"), f"spec.stacks.repositories[{r.get('name')}].pipelines"):
-            refs.append(
-                (p, "pipeline", f"spec.stacks.repositories[{r.get('name')}].pipelines[{p.get('id')}]")
-            )
-    for p in _list_of_dicts(gitops.get("pipelines"), "spec.gitops.pipelines"):
-        refs.append((p, "gitops", f"spec.gitops.pipelines[{p.get('id')}]"))
-    for t in _list_of_dicts(spec.get("triggers"), "spec.triggers"):
-        refs.append((t, "trigger", f"spec.triggers[{t.get('id')}]"))
-    seen: dict[str, Repository] = {}
-    for ref, kind, source in refs:
-        repo = archive_repository(ref, kind=kind, source=source)
-        if repo is not None and repo.url not in seen:
-            seen[repo.url] = repo
-    return list(seen.values())
+    default_pipelines = _list_of_dicts(stacks.get("pipelines"), "spec.stacks.pipelines")
+    out: list[Repository] = []
+    pipelines: list[tuple[str, dict[str, Any]]] = []
+    for source, repo_config in _stack_repositories(spec):
+        hub = archive_repository(repo_config, kind="stack-hub", source=source)
+        if hub is not None:
+            out.append(hub)
+        # featured_stacks.go featuredStacks: the repository's own pipelines when non-empty, else
+        # the instance's; instance pipelines no repository uses are activated by nobody.
+        own = _list_of_dicts(repo_config.get("pipelines"), f"{source}.pipelines")
+        if own:
+            pipelines += _pipeline_refs(f"{source}.pipelines", own)
+        else:
+            pipelines += _pipeline_refs("spec.stacks.pipelines", default_pipelines)
+    for source, ref in pipelines:
+        if (repo := archive_repository(ref, kind="pipeline", source=source)) is not None:
+            out.append(repo)
+    for source, ref in _pipeline_refs(
+        "spec.gitops.pipelines", _list_of_dicts(gitops.get("pipelines"), "spec.gitops.pipelines")
+    ):
+        if (repo := archive_repository(ref, kind="gitops", source=source)) is not None:
+            out.append(repo)
+    return out
 
 
-# --- derived state of one instance -----------------------------------------------------------------
+def stack_repositories(stack: Obj) -> list[Repository]:
+    """Pipelines of a Stack CR: ``spec.versions[].pipelines[]`` of the versions the stack controller
+    activates (``desiredState`` not ``inactive``, case-insensitive: stack_controller.go)."""
+    _, name = object_id(stack)
+    spec = _dict(stack.get("spec"), "spec")
+    out: list[Repository] = []
+    for i, version in enumerate(_list_of_dicts(spec.get("versions"), "spec.versions")):
+        label = _str(version.get("version"), f"spec.versions[{i}].version") or str(i)
+        state = _str(version.get("desiredState"), f"spec.versions[{i}].desiredState") or ""
+        if state.lower() == "inactive":
+            continue
+        where = f"stacks/{name}.spec.versions[{label}].pipelines"
+        for source, ref in _pipeline_refs(where, _list_of_dicts(version.get("pipelines"), where)):
+            if (repo := archive_repository(ref, kind="pipeline", source=source)) is not None:
+                out.append(repo)
+    return out
+
+
+def gitops_map_repository(config_map: Obj) -> Repository | None:
+    """The GitOps repository of the ``gitops-map`` ConfigMap (kabanero-pipelines 0.9
+    ``pipelines/incubator/events/build-push-promote-task.yaml``), when it holds an http(s) URL (the
+    published sample holds the placeholder ``<gitops_repo_url>``: no repository)."""
+    data = _dict(config_map.get("data"), "data")
+    url = _str(data.get(GITOPS_REPOSITORY_URL), f"data.{GITOPS_REPOSITORY_URL}")
+    if not url or not _HTTP_URL.match(url.strip()):
+        return None
+    return Repository.of(
+        _normalize(url), "gitops", source=f"configmaps/{GITOPS_MAP}.data.{GITOPS_REPOSITORY_URL}"
+    )
+
+
+# --- events enabled ------------------------------------------------------------------------------------
+
+
+def events_enabled(kabanero: Obj, *, operator_0_9: bool) -> bool:
+    """Whether the Kabanero CR deploys its events component.
+
+    0.6-0.8 (``operator_0_9`` False): ``spec.events.enable``, a bool, false by default
+    (events.go ``k.Spec.Events.Enable == false``). 0.9 (``EventsCustomizationSpec.IsEnabled``):
+    ``enable`` when set, else on unless the events version is 0.1.0 (``spec.events.version``, or
+    the one config/versions.yaml maps ``spec.version`` to: 0.6-0.8 -> 0.1.0).
+    """
+    spec = _dict(kabanero.get("spec"), "spec")
+    events = _dict(spec.get("events"), "spec.events")
+    enable = events.get("enable")
+    if enable is not None:
+        if not isinstance(enable, bool):
+            raise Malformed(f"spec.events.enable: expected a boolean, got {enable!r:.40}")
+        return enable
+    if not operator_0_9:
+        return False
+    version = _str(events.get("version"), "spec.events.version")
+    if version:
+        return version != "0.1.0"
+    release = _str(spec.get("version"), "spec.version") or ""
+    return not _EVENTS_0_1_RELEASES.match(release)
+
+
+# --- derived state of one namespace ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -170,7 +290,8 @@ class Desired:
 
     ``frozen_owners`` are (generation, owner) pairs whose source object is malformed right now: their
     last published triggers are kept as they are (neither updated nor deleted) until it is fixed.
-    ``instance_frozen`` does the same for the instance record.
+    ``instance_frozen`` does the same for the instance record, ``all_mediations_frozen`` and
+    ``all_legacy_frozen`` for every trigger of that generation in the namespace.
     """
 
     namespace: str
@@ -179,13 +300,30 @@ class Desired:
     frozen_owners: set[tuple[str, str]] = field(default_factory=set)
     instance_frozen: bool = False
     all_mediations_frozen: bool = False
+    all_legacy_frozen: bool = False
 
 
-def derive_instance(cluster: str, kabanero: Obj) -> DesiredInstance:
+def derive_instance(
+    cluster: str,
+    kabanero: Obj,
+    *,
+    stacks: Sequence[Obj] = (),
+    gitops_map: Obj | None = None,
+    triggers: Sequence[DesiredTrigger] = (),
+) -> DesiredInstance:
+    """The instance record: the CR's repositories, then the Stacks', the gitops-map's and the
+    repositories of the namespace's triggers, merged by URL."""
     namespace, name = object_id(kabanero)
     spec = _dict(kabanero.get("spec"), "spec")
     version = _str(spec.get("version"), "spec.version")
-    repositories = instance_repositories(kabanero)
+    found = kabanero_repositories(kabanero)
+    for stack in stacks:
+        found += stack_repositories(stack)
+    if gitops_map is not None and (repo := gitops_map_repository(gitops_map)) is not None:
+        found.append(repo)
+    for trigger in triggers:
+        found += trigger.repositories
+    repositories = merge_repositories(found)
     meta = kabanero["metadata"]
     uid = meta.get("uid") if isinstance(meta.get("uid"), str) else None
     hashed = {
@@ -202,30 +340,51 @@ def derive_instance(cluster: str, kabanero: Obj) -> DesiredInstance:
     )
 
 
-def derive_legacy_triggers(cluster: str, kabanero: Obj) -> list[DesiredTrigger]:
-    """0.6-0.8: one trigger per ``spec.triggers[]`` entry; version = sha256 (legacy ``url`` accepted)."""
-    namespace, name = object_id(kabanero)
-    spec = _dict(kabanero.get("spec"), "spec")
-    out: list[DesiredTrigger] = []
-    for i, entry in enumerate(_list_of_dicts(spec.get("triggers"), "spec.triggers")):
-        trigger_id = _str(entry.get("id"), f"spec.triggers[{i}].id", optional=False)
-        sha = _str(entry.get("sha256"), f"spec.triggers[{i}].sha256")
-        assert trigger_id is not None
-        repo = archive_repository(entry, kind="trigger", source=f"spec.triggers[{trigger_id}]")
-        out.append(
-            DesiredTrigger(
+def instance_repositories(kabanero: Obj) -> list[Repository]:
+    """The repositories of one Kabanero CR alone (no Stacks, gitops-map or triggers), merged."""
+    return merge_repositories(kabanero_repositories(kabanero))
+
+
+def derive_legacy_trigger(
+    cluster: str, kabaneros: Sequence[Obj], *, fields: LegacyTriggerFields = "url"
+) -> DesiredTrigger | None:
+    """0.6-0.8: the one trigger archive kabanero-events runs in a namespace.
+
+    kabanero-events is deployed when a Kabanero CR of the namespace enables events; it lists every
+    Kabanero of its namespace and takes the first ``spec.triggers[]`` entry with a flat ``url``
+    (``pkg/utils/kabanero_util.go`` ``GetTriggerInfo``); version = that entry's ``sha256``. With
+    ``fields="any"`` (off by default; not what kabanero-events does) an entry located by
+    ``https.url`` or ``gitRelease`` counts as well.
+    """
+    if not any(events_enabled(k, operator_0_9=False) for k in kabaneros):
+        return None
+    for kabanero in kabaneros:
+        namespace, name = object_id(kabanero)
+        spec = _dict(kabanero.get("spec"), "spec")
+        for i, entry in enumerate(_list_of_dicts(spec.get("triggers"), "spec.triggers")):
+            flat = _str(entry.get("url"), f"spec.triggers[{i}].url")
+            url = flat or (archive_url(entry, flat=False) if fields == "any" else None)
+            if not url:
+                continue
+            trigger_id = _str(entry.get("id"), f"spec.triggers[{i}].id") or str(i)
+            source = f"kabaneros/{name}.spec.triggers[{trigger_id}]"
+            repo = (
+                repository_of_url(url, kind="trigger", source=source)
+                if flat
+                else archive_repository(entry, kind="trigger", source=source)
+            )
+            return DesiredTrigger(
                 key=TriggerKey(
                     cluster=cluster, namespace=namespace, generation="legacy", owner=name, name=trigger_id
                 ),
                 content=dict(entry),
                 content_hash=content_hash(entry),
-                version=sha,
-                url=archive_url(entry),
-                repositories=[repo] if repo else [],
+                version=_str(entry.get("sha256"), f"spec.triggers[{i}].sha256"),
+                url=url,
+                repositories=[repo] if repo and repo.kind != "unknown" else [],
                 destinations=[],
             )
-        )
-    return out
+    return None
 
 
 _MEDIATOR_FIELDS = ("createListener", "createRoute", "insecureListener", "repositories", "variables")
@@ -250,19 +409,25 @@ def check_mediator(mediator: Obj) -> list[dict[str, Any]]:
 
 
 def check_connections(connections: Obj) -> list[dict[str, Any]]:
-    """The ``spec.connections[]`` of an EventConnections object, or Malformed."""
+    """The ``spec.connections[]`` items of an EventConnections object that name a mediator, or
+    Malformed. An item without ``from.mediator`` (the CRD allows it) matches no mediation
+    (``eventEndpointMatch``) and is left out."""
     object_id(connections)
     spec = _dict(connections.get("spec"), "spec", optional=False)
     items = _list_of_dicts(spec.get("connections"), "spec.connections")
+    out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
-        frm = _dict(item.get("from"), f"spec.connections[{i}].from", optional=False)
+        frm = _dict(item.get("from"), f"spec.connections[{i}].from")
+        if frm.get("mediator") is None:
+            continue
         med = _dict(frm.get("mediator"), f"spec.connections[{i}].from.mediator", optional=False)
         _str(med.get("name"), f"spec.connections[{i}].from.mediator.name", optional=False)
         _str(med.get("mediation"), f"spec.connections[{i}].from.mediator.mediation")
         _str(med.get("destination"), f"spec.connections[{i}].from.mediator.destination")
         for j, to in enumerate(_list_of_dicts(item.get("to"), f"spec.connections[{i}].to")):
             _list_of_dicts(to.get("https"), f"spec.connections[{i}].to[{j}].https")
-    return items
+        out.append(item)
+    return out
 
 
 def _destinations(connections: Iterable[dict[str, Any]]) -> list[str]:
@@ -281,9 +446,10 @@ def derive_mediation_triggers(
 ) -> list[DesiredTrigger]:
     """0.9+: one trigger per mediation; content = mediation + mediator-level fields + its connections.
 
-    ``connections`` are (EventConnections name, connection item) pairs of the same namespace; an item
-    applies when ``from.mediator.name`` is this mediator and ``from.mediator.mediation`` is this
-    mediation or unset (all mediations of the mediator).
+    ``connections`` are (EventConnections name, connection item) pairs of the same namespace. An item
+    applies to a mediation when ``from.mediator`` names this mediator, this mediation and one of the
+    mediation's ``sendTo`` destinations, all three exactly (events-operator
+    ``pkg/connections/connections.go`` ``eventEndpointMatch``; unset fields compare as "").
     """
     namespace, name = object_id(mediator)
     mediations = check_mediator(mediator)
@@ -292,11 +458,13 @@ def derive_mediation_triggers(
     out: list[DesiredTrigger] = []
     for item in mediations:
         mediation = item["name"]
+        send_to = set(item.get("sendTo") or ())
         matched = [
             (source, conn)
             for source, conn in connections
             if conn["from"]["mediator"]["name"] == name
-            and conn["from"]["mediator"].get("mediation") in (None, mediation)
+            and (conn["from"]["mediator"].get("mediation") or "") == mediation
+            and (conn["from"]["mediator"].get("destination") or "") in send_to
         ]
         # Order-independent: connections are a set across EventConnections objects.
         matched.sort(key=lambda pair: (pair[0], content_hash(pair[1])))

@@ -198,8 +198,10 @@ class Emitter:
             if prev.deleted or prev.key in desired.triggers:
                 continue
             generation, owner = prev.data["key"]["generation"], prev.data["key"]["owner"]
-            if (generation, owner) in desired.frozen_owners or (
-                generation == "mediation" and desired.all_mediations_frozen
+            if (
+                (generation, owner) in desired.frozen_owners
+                or (generation == "mediation" and desired.all_mediations_frozen)
+                or (generation == "legacy" and desired.all_legacy_frozen)
             ):
                 continue
             await self._deleted(RoutingKeys.TRIGGER_DELETED, prev)

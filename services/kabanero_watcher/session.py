@@ -38,7 +38,11 @@ class Session:
         self.settings = settings
         self.emitter = emitter
         self.state: PublishedState = emitter.state
-        self.cache = ClusterCache(settings.cluster_name, legacy_triggers=settings.legacy_triggers)
+        self.cache = ClusterCache(
+            settings.cluster_name,
+            legacy_triggers=settings.legacy_triggers,
+            legacy_trigger_fields=settings.legacy_trigger_fields,
+        )
         scopes: list[str | None] = list(settings.watch_namespaces) or [None]
         self.watchers = [
             ResourceWatcher(

@@ -42,6 +42,10 @@ class Settings(CommonSettings):
     optional_reprobe_s: float = Field(default=60.0, gt=0)
     # 'auto': legacy spec.triggers[] are triggers only while the events CRDs are absent.
     legacy_triggers: Literal["auto", "always", "never"] = "auto"
+    # 'url': a legacy trigger is the first spec.triggers[] entry with a flat `url`, as kabanero-events
+    # reads it (GetTriggerInfo). 'any' (an extension, off by default): entries located by https.url
+    # or gitRelease count too, for clusters whose triggers use the 0.6+ schema fields.
+    legacy_trigger_fields: Literal["url", "any"] = "url"
     snapshot_interval_s: float = Field(default=600.0, gt=0)
     publish_retry_s: float = Field(default=2.0, gt=0)
     # Namespaces reconciled (or snapshotted) at once; within one namespace events stay sequential.

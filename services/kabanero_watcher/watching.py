@@ -62,6 +62,8 @@ class ResourceWatcher:
         metrics: WatchMetrics | None = None,
     ) -> None:
         self.api = api
+        # The ApiClient the CustomObjectsApi wraps (undeclared in its stubs): core types use it too.
+        self._api_client: client.ApiClient | None = getattr(api, "api_client", None)
         self.resource = resource
         self.namespace = namespace
         self.cache = cache
@@ -86,17 +88,28 @@ class ResourceWatcher:
         if self._metrics is not None:
             getattr(self._metrics, kind).labels(resource, reason).inc()
 
-    def _list_fn(self) -> Any:
+    def _list_fn(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        """The list function, its positional arguments and its selector keywords. Core types
+        (ConfigMaps) go through CoreV1Api; custom resources through CustomObjectsApi."""
         r = self.resource
+        kwargs: dict[str, Any] = {"field_selector": r.field_selector} if r.field_selector else {}
+        if not r.group:
+            assert self._api_client is not None, "core types need a CustomObjectsApi with its ApiClient"
+            core = client.CoreV1Api(self._api_client)
+            if self.namespace is None:
+                return core.list_config_map_for_all_namespaces, (), kwargs
+            return core.list_namespaced_config_map, (self.namespace,), kwargs
         if self.namespace is None:
-            return self.api.list_cluster_custom_object, (r.group, r.version, r.plural)
-        return self.api.list_namespaced_custom_object, (r.group, r.version, self.namespace, r.plural)
+            return self.api.list_cluster_custom_object, (r.group, r.version, r.plural), kwargs
+        return self.api.list_namespaced_custom_object, (r.group, r.version, self.namespace, r.plural), kwargs
 
     async def relist(self, reason: str) -> None:
         """LIST, replace the cache's view, remember the collection RV."""
-        fn, args = self._list_fn()
+        fn, args, kwargs = self._list_fn()
         started = time.monotonic()
-        body = await fn(*args, _request_timeout=self.settings.kube_request_timeout_s)
+        body = await fn(*args, **kwargs, _request_timeout=self.settings.kube_request_timeout_s)
+        if not isinstance(body, dict) and self._api_client is not None:
+            body = self._api_client.sanitize_for_serialization(body)  # a typed core list: to JSON
         items = body.get("items") or []
         touched = self.cache.replace(self.resource, self.namespace, items)
         self.rv = body.get("metadata", {}).get("resourceVersion")
@@ -123,7 +136,7 @@ class ResourceWatcher:
 
     async def _stream(self) -> int:
         """One watch connection from ``self.rv``; returns the number of events received."""
-        fn, args = self._list_fn()
+        fn, args, kwargs = self._list_fn()
         received = 0
         inactivity = self.settings.inactivity_timeout_s
         loop = asyncio.get_running_loop()
@@ -131,6 +144,7 @@ class ResourceWatcher:
             async with watch.Watch().stream(
                 fn,
                 *args,
+                **kwargs,
                 resource_version=self.rv,
                 allow_watch_bookmarks=True,
                 timeout_seconds=self.settings.watch_timeout_s,

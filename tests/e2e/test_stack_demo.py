@@ -37,11 +37,13 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
     }
     writes = {step: int(cols[-1]) for step, cols in rows.items()}
     assert writes == {
-        "OTC: provision + bind both services (2 triggers, N repos)": 2 + 2,
+        # deploy/samples/kabanero-sample.yaml: 2 mediations, 4 repositories (2 stack hubs, the
+        # pipelines repository that also holds the GitOps pipelines, the gitops-map repository).
+        "OTC: provision + bind both services (2 triggers, 4 repos)": 2 + 4,
         "cluster: mediation 'release' added": 1,
         "cluster: mediation 'gitops' removed": 1,
         "cluster: status-only change (expect 0 writes)": 0,
         "OTC: unbind the Kabanero Events service": 2,
-        "OTC: delete the Kabanero service": 2,
+        "OTC: delete the Kabanero service": 4,
     }
     assert "dead letters: {'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, " in proc.stdout

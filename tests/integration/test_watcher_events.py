@@ -54,6 +54,13 @@ def kabanero(
     spec: dict[str, Any] = {
         "version": version,
         "stacks": {
+            # The instance pipelines apply per stack repository (featured_stacks.go): a hub is needed.
+            "repositories": [
+                {
+                    "name": "central",
+                    "https": {"url": "https://github.com/acme/stack-hub/releases/download/1.0.0/index.yaml"},
+                }
+            ],
             "pipelines": [
                 {
                     "id": "default",
@@ -62,7 +69,7 @@ def kabanero(
                         "url": "https://github.com/acme/pipelines/releases/download/1.0.0/default.tar.gz"
                     },
                 }
-            ]
+            ],
         },
     }
     if triggers is not None:
@@ -199,7 +206,10 @@ async def test_create_update_delete_publish_exactly_the_changes(
             await tap.wait_for(2, routing_key="kabanero.instance.changed")
             inst = InstanceData.model_validate(tap.of_type("kabanero.instance.changed")[1].data)
             assert inst.version == "0.9.3" and inst.revision == 2
-            assert [r.url for r in inst.repositories] == ["https://github.com/acme/pipelines"]
+            assert [(r.url, r.kinds) for r in inst.repositories] == [
+                ("https://github.com/acme/stack-hub", ["stack-hub"]),
+                ("https://github.com/acme/pipelines", ["pipeline"]),
+            ]
 
             kube.store.delete("eventmediators", "kabanero", "webhook")
             (deleted,) = await tap.wait_for(1, routing_key="kabanero.trigger.deleted")
@@ -285,9 +295,11 @@ def _missed_changes(kube: KubeEmulator) -> None:
     update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"].append({"name": "c"}))
     update_spec(kube, "eventmediators", "webhook", lambda spec: spec["mediations"][0].update(sendTo=["d2"]))
     kube.store.delete("eventconnections", "kabanero", "connections")  # b's destinations change
-    kube.store.delete("kabaneros", "kabanero", "kabanero")
+    # (Not the CR of `kabanero`: without it the namespace has no events operator, so its mediators
+    # would be deleted triggers, not updated ones.)
+    kube.store.delete("kabaneros", "gone", "kabanero")
     with contextlib.suppress(Exception):
-        kube.store.remove_finalizers("kabaneros", "kabanero", "kabanero")
+        kube.store.remove_finalizers("kabaneros", "gone", "kabanero")
     for i in range(6):  # push the history window past the watcher's resourceVersion
         kube.store.create(configmap(f"cm{i}"))
         update_spec(kube, "eventmediators", "webhook", lambda spec: None)
@@ -299,12 +311,13 @@ EXPECTED_MISSED = {
     ("kabanero.trigger.created", "test/kabanero/mediation/webhook/c"),
     ("kabanero.trigger.updated", "test/kabanero/mediation/webhook/a"),
     ("kabanero.trigger.updated", "test/kabanero/mediation/webhook/b"),
-    ("kabanero.instance.deleted", "test/kabanero"),
+    ("kabanero.instance.deleted", "test/gone"),
 }
 
 
 def _seed_for_missed(kube: KubeEmulator) -> None:
     kube.store.create(kabanero())
+    kube.store.create(kabanero("gone"))
     kube.store.create(mediator(mediations=("a", "b")))
     conn = connections()
     conn["spec"]["connections"][0]["from"]["mediator"]["mediation"] = "b"

@@ -10,7 +10,7 @@ import pytest
 
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import WatcherRuntime
-from shared.events import TriggerData
+from shared.events import InstanceData, TriggerData
 from tests.helpers import EventTap, wait_until
 from tests.integration.test_watcher_events import (
     CHANGES,
@@ -114,7 +114,7 @@ async def test_malformed_objects_are_skipped_and_the_loop_goes_on(
             worse["spec"]["mediations"] = [{"selector": {}}]  # no name
             kube.store.create(worse)
             bad_cr = kabanero("badns")
-            bad_cr["spec"]["stacks"] = {"pipelines": [{"id": "x", "https": "oops"}]}
+            bad_cr["spec"]["stacks"] = {"repositories": [{"name": "x", "https": "oops"}]}
             kube.store.create(bad_cr)
             kube.store.create(mediator(name="good"))
             (created,) = await tap.wait_for(1, routing_key="kabanero.trigger.created")
@@ -150,45 +150,48 @@ async def test_absent_events_crds_mean_legacy_triggers_and_are_reprobed(
             "url": "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz",
         },
     ]
-    kube.store.create(kabanero(triggers=legacy))
+    cr = kabanero(triggers=legacy)
+    cr["spec"]["events"] = {"enable": True}  # kabanero-events runs only when enabled (0.6-0.8)
+    kube.store.create(cr)
+    old = "test/kabanero/legacy/kabanero/old"
     async with EventTap(amqp_url, CHANGES) as tap:
         runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
         try:
             await ready(runtime)
-            created = await tap.wait_for(2, routing_key="kabanero.trigger.created")
-            by_name = {
-                TriggerData.model_validate(e.data).key.name: TriggerData.model_validate(e.data)
-                for e in created
-            }
-            assert by_name["incubator"].version == "aa11"
-            assert (
-                by_name["incubator"].key.generation == "legacy"
-                and by_name["incubator"].key.owner == "kabanero"
+            # kabanero-events (GetTriggerInfo) runs the first entry with a flat `url`: "old" only.
+            (created,) = await tap.wait_for(1, routing_key="kabanero.trigger.created")
+            trigger = TriggerData.model_validate(created.data)
+            assert trigger.key.id == old and trigger.version == "bb22"
+            assert [r.url for r in trigger.repositories] == ["https://github.com/acme/sandbox"]
+            assert trigger.url == "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"
+            (inst,) = tap.of_type("kabanero.instance.changed")
+            assert [r.url for r in InstanceData.model_validate(inst.data).repositories][-1] == (
+                "https://github.com/acme/sandbox"
             )
-            assert [r.url for r in by_name["old"].repositories] == ["https://github.com/acme/sandbox"]
-            assert by_name["old"].url == "https://raw.githubusercontent.com/acme/sandbox/main/t.tar.gz"
             # New sha256 for the same id: updated.
             cr = kube.store.get("kabaneros", "kabanero", "kabanero")
-            cr["spec"]["triggers"][0]["sha256"] = "aa12"
+            cr["spec"]["triggers"][1]["sha256"] = "bb23"
             kube.store.update(cr)
             (upd,) = await tap.wait_for(1, routing_key="kabanero.trigger.updated")
-            assert TriggerData.model_validate(upd.data).version == "aa12"
-            # The events CRDs appear (upgrade to 0.9): mediations replace the legacy triggers.
+            assert TriggerData.model_validate(upd.data).version == "bb23"
+            # The events CRDs appear (upgrade to 0.9): mediations replace the legacy trigger, and
+            # its repository leaves the instance.
             kube.store.create(mediator())
             kube.inject("crds", present=True, group="events.kabanero.io")
-            await tap.wait_for(3, routing_key="kabanero.trigger.created", timeout=5)
-            await tap.wait_for(2, routing_key="kabanero.trigger.deleted", timeout=5)
+            await tap.wait_for(2, routing_key="kabanero.trigger.created", timeout=5)
+            await tap.wait_for(1, routing_key="kabanero.trigger.deleted", timeout=5)
+            await tap.wait_for(2, routing_key="kabanero.instance.changed", timeout=5)
         finally:
             await runtime.stop()
     got = changes(tap)
     assert sorted(got[-3:]) == sorted(
         [
             ("kabanero.trigger.created", TRIGGER),
-            ("kabanero.trigger.deleted", "test/kabanero/legacy/kabanero/incubator"),
-            ("kabanero.trigger.deleted", "test/kabanero/legacy/kabanero/old"),
+            ("kabanero.trigger.deleted", old),
+            ("kabanero.instance.changed", "test/kabanero"),
         ]
     )
-    assert len(got) == 1 + 2 + 1 + 3  # instance, 2 created, 1 updated, then the switch
+    assert len(got) == 1 + 1 + 1 + 3  # instance, created, updated, then the switch
 
 
 async def test_kubeconfig_and_watch_namespaces(
@@ -233,7 +236,7 @@ async def test_a_lone_404_of_the_events_crds_deletes_nothing_a_lasting_one_delet
         await ready(runtime)
         session = runtime.session
         assert session is not None
-        optional = [w for w in session.watchers if w.resource.optional]
+        optional = [w for w in session.watchers if w.resource.group == "events.kabanero.io"]
         async with EventTap(amqp_url, CHANGES) as tap:
             kube.inject("crds", present=False, group="events.kabanero.io")
             await wait_until(lambda: all(w.absence_suspected for w in optional), timeout=5, what="404 seen")

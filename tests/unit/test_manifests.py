@@ -306,12 +306,13 @@ def test_k8s_env_names_are_settings_and_required_ones_are_set(manifests: list[Do
 def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Doc]) -> None:
     cluster_roles = _by_kind(manifests, "ClusterRole")
     roles = _by_kind(manifests, "Role")
-    watched = {"kabaneros", "stacks", "eventmediators", "eventconnections"}
+    # configmaps: the watcher reads the `gitops-map` ConfigMaps (Kabanero 0.9 GitOps repository).
+    watched = {"kabaneros", "stacks", "eventmediators", "eventconnections", "configmaps"}
     granted: set[str] = set()
     for role in cluster_roles.values():
         for rule in role["rules"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
-            assert set(rule["apiGroups"]) <= {"kabanero.io", "events.kabanero.io"}
+            assert set(rule["apiGroups"]) <= {"kabanero.io", "events.kabanero.io", ""}
             assert "secrets" not in rule["resources"]
             granted |= set(rule["resources"])
     assert granted == watched
