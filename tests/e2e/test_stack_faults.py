@@ -38,6 +38,8 @@ CRS = {
     "mediator": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventmediators/{MEDIATOR}",
     "connections": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventconnections/connections",
     "kabanero": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/kabaneros/kabanero",
+    "stacks": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/stacks",
+    "gitops-map": f"/api/v1/namespaces/{NS}/configmaps/gitops-map",
 }
 SNAPSHOT_S = 4
 EXTRA_ENV = {
@@ -64,30 +66,52 @@ _RELEASE = re.compile(r"^https://([^/]+)/([^/]+)/([^/]+)/releases/download/[^/]+
 
 
 def expected_triggers(mediator: dict[str, Any], connections: dict[str, Any]) -> dict[str, list[str]]:
-    """Mediation name -> its destination URLs (the EventConnections entries from that mediation)."""
+    """Mediation name -> its destination URLs: the EventConnections entries whose ``from.mediator``
+    names this mediator, this mediation and one of its ``sendTo`` destinations (eventEndpointMatch)."""
     out: dict[str, list[str]] = {}
     for mediation in mediator["spec"].get("mediations") or []:
         urls: set[str] = set()
         for conn in connections["spec"].get("connections") or []:
             src = conn["from"]["mediator"]
-            if src["name"] == MEDIATOR and src.get("mediation") in (None, mediation["name"]):
+            if (
+                src["name"] == MEDIATOR
+                and src.get("mediation") == mediation["name"]
+                and src.get("destination") in (mediation.get("sendTo") or [])
+            ):
                 urls |= {h["url"] for to in conn.get("to") or [] for h in to.get("https") or []}
         out[mediation["name"]] = sorted(urls)
     return out
 
 
-def expected_repos(kabanero: dict[str, Any]) -> set[str]:
-    """Pipeline (release-download URL) and gitops (gitRelease) repositories of the Kabanero CR."""
+def _repository(ref: dict[str, Any]) -> str:
+    """The repository of an archive reference: a complete gitRelease, else a release-download URL."""
+    g = ref.get("gitRelease") or {}
+    if all(g.get(f) for f in ("hostname", "organization", "project", "release", "assetName")):
+        return f"https://{g['hostname']}/{g['organization']}/{g['project']}"
+    m = _RELEASE.match(ref["https"]["url"])
+    assert m, ref
+    return "https://{}/{}/{}".format(*m.groups())
+
+
+def expected_repos(
+    kabanero: dict[str, Any], stacks: list[dict[str, Any]], gitops_map: dict[str, Any]
+) -> set[str]:
+    """Stack hubs, the pipelines they use (their own, else the instance's), GitOps pipelines, the
+    active Stack versions' pipelines and the gitops-map repository (docs/design.md, Kabanero semantics)."""
     spec = kabanero["spec"]
     assert not spec.get("triggers"), "this scenario has no legacy triggers"
     repos = set()
-    for p in spec["stacks"].get("pipelines") or []:
-        m = _RELEASE.match(p["https"]["url"])
-        assert m, p
-        repos.add("https://{}/{}/{}".format(*m.groups()))
+    for hub in spec["stacks"].get("repositories") or []:
+        repos.add(_repository(hub))
+        for p in hub.get("pipelines") or spec["stacks"].get("pipelines") or []:
+            repos.add(_repository(p))
     for p in spec.get("gitops", {}).get("pipelines") or []:
-        g = p["gitRelease"]
-        repos.add(f"https://{g['hostname']}/{g['organization']}/{g['project']}")
+        repos.add(_repository(p))
+    for stack in stacks:
+        for version in stack["spec"].get("versions") or []:
+            if str(version.get("desiredState", "")).lower() != "inactive":
+                repos |= {_repository(p) for p in version.get("pipelines") or []}
+    repos.add(gitops_map["data"]["gitops-repository-url"].removesuffix(".git"))
     return repos
 
 
@@ -245,7 +269,11 @@ class World:
         triggers = expected_triggers(
             await self.kube("GET", "mediator"), await self.kube("GET", "connections")
         )
-        repos = expected_repos(await self.kube("GET", "kabanero"))
+        repos = expected_repos(
+            await self.kube("GET", "kabanero"),
+            (await self.kube("GET", "stacks"))["items"],
+            await self.kube("GET", "gitops-map"),
+        )
         return differences(await self.tools(), triggers, repos)
 
     async def converged(self, what: str, timeout: float) -> None:
