@@ -14,12 +14,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, SecretStr, ValidationError
+from pymongo.errors import PyMongoError
 
 from services.broker_api import instances
 from services.broker_api.crypto import CredentialsCipher
@@ -30,6 +32,7 @@ from services.broker_api.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
+    Unavailable,
     from_validation,
 )
 from services.broker_api.instances import Change, Policy, record_key
@@ -57,6 +60,12 @@ from shared.health import Health
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+KIND: web.AppKey[ServiceKind] = web.AppKey("kind")
+"""On each broker's sub-application: the service kind its routes act on."""
+AS_BROKER = web.RequestKey("as_broker", bool)
+"""Set by the broker's auth middleware: the request carries the broker credentials."""
+SELF_AUTHENTICATING = "messaging-accept"
+"""Name of the one broker route whose handler also accepts toolchain credentials."""
 # Metric label values come from these sets only: a client must not create time series at will.
 METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS"})
 MESSAGE_SOURCES = frozenset({"toolchain", "pipeline", "github"})
@@ -126,6 +135,10 @@ class BrokerApi:
             response = await handler(request)
             status = response.status
             return response
+        except PyMongoError as exc:  # the one place MongoDB trouble becomes an answer: retry later
+            log.warning("storage unavailable", extra={"route": route_name, "error": type(exc).__name__})
+            status = Unavailable.status
+            return web.json_response({"description": "storage unavailable, retry later"}, status=status)
         except BrokerError as exc:
             status = exc.status
             return web.json_response({"description": exc.description}, status=exc.status, headers=exc.headers)
@@ -151,7 +164,7 @@ class BrokerApi:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Body size (before reading it) and broker auth on the service_instances routes."""
+        """Body size (before reading it); no route or method: 404/405 before any auth check."""
         if request.content_length is not None and request.content_length > self._settings.max_body_bytes:
             raise PayloadTooLarge(self._too_large)
         match_exc = request.match_info.http_exception
@@ -159,7 +172,14 @@ class BrokerApi:
             if isinstance(match_exc, web.HTTPMethodNotAllowed):
                 raise MethodNotAllowed(f"method {request.method} not allowed here", match_exc.allowed_methods)
             raise NotFound("not found: no such route")
-        if "/service_instances" in request.path and not self.is_broker(request.headers.get("Authorization")):
+        return await handler(request)
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A broker's routes answer the broker credentials only, except the lifecycle messages,
+        which also accept a toolchain's (their handler checks those against the instance)."""
+        request[AS_BROKER] = self.is_broker(request.headers.get("Authorization"))
+        if not request[AS_BROKER] and request.match_info.route.name != SELF_AUTHENTICATING:
             raise Unauthorized("invalid authorization header: HTTP Basic broker credentials required")
         return await handler(request)
 
@@ -187,10 +207,6 @@ class BrokerApi:
         if not ID_RE.fullmatch(value):
             raise BadRequest(f"invalid {what}: must be 1-255 URL-safe characters ({ID_PATTERN})")
         return value
-
-    @staticmethod
-    def _kind(request: web.Request) -> ServiceKind:
-        return BROKERS[request.path.split("/", 2)[1]]
 
     def _check_service_id(self, kind: ServiceKind, service_id: str | None) -> None:
         if service_id is not None and service_id != kind:
@@ -235,101 +251,42 @@ class BrokerApi:
 
     # --- routes -------------------------------------------------------------------------------
 
-    async def put_instance(self, request: web.Request) -> web.Response:
-        return await self._upsert(
-            request, ProvisionRequest, instances.provision, "service instance provisioned or updated"
-        )
+    def mutation(self, route: Mutation) -> Handler:
+        """The handler of one row of :data:`MUTATIONS`: ids, body, compare-and-set, publish, answer."""
 
-    async def patch_instance(self, request: web.Request) -> web.Response:
-        return await self._upsert(request, UpdateRequest, instances.update, "service instance updated")
+        async def handle(request: web.Request) -> web.StreamResponse:
+            kind = request.config_dict[KIND]
+            sid = self._id(request, "sid", "service instance id")
+            tid = self._id(request, "tid", "toolchain id") if "tid" in request.match_info else None
+            req: Any = await self._body(request, route.body) if route.body is not None else None
+            if route.checks_service_id:
+                self._check_service_id(kind, req.service_id)
+            now = self._now()
+            call = Call(
+                kind=kind, sid=sid, tid=tid, req=req, policy=self._policy, cipher=self._cipher, now=now
+            )
+            commit = await self._store.mutate(kind, sid, lambda rec: route.change(call, rec), now=self._now)
+            self._log(route.message, kind, sid, commit, **({"toolchain_id": tid} if tid else {}))
+            await self._publish(kind, sid, commit)
+            if route.answers_instance:
+                assert commit.record is not None
+                return self._instance(commit.record)
+            return web.Response(status=204)
 
-    async def _upsert[R: ProvisionRequest | UpdateRequest](
-        self, request: web.Request, model: type[R], change: Callable[..., Change | None], message: str
-    ) -> web.Response:
-        """PUT (create-or-update) and PATCH: validate, compare-and-set, publish, answer §3's shape."""
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        req: R = await self._body(request, model)
-        self._check_service_id(kind, req.service_id)
-        now = self._now()
-        commit = await self._store.mutate(
-            kind,
-            sid,
-            lambda rec: change(
-                rec, kind=kind, sid=sid, req=req, policy=self._policy, cipher=self._cipher, now=now
-            ),
-            now=self._now,
-        )
-        assert commit.record is not None
-        self._log(message, kind, sid, commit)
-        await self._publish(kind, sid, commit)
-        return self._instance(commit.record)
-
-    async def delete_instance(self, request: web.Request) -> web.Response:
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        now = self._now()
-        commit = await self._store.mutate(
-            kind, sid, lambda rec: instances.deprovision(rec, now=now), now=self._now
-        )
-        self._log("service instance deleted", kind, sid, commit)
-        await self._publish(kind, sid, commit)
-        return web.Response(status=204)
-
-    async def bind(self, request: web.Request) -> web.Response:
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        tid = self._id(request, "tid", "toolchain id")
-        req: BindRequest = await self._body(request, BindRequest)
-        now = self._now()
-        commit = await self._store.mutate(
-            kind,
-            sid,
-            lambda rec: instances.bind(rec, tid=tid, req=req, cipher=self._cipher, now=now),
-            now=self._now,
-        )
-        self._log("toolchain bound", kind, sid, commit, toolchain_id=tid)
-        await self._publish(kind, sid, commit)
-        return web.Response(status=204)
-
-    async def unbind(self, request: web.Request) -> web.Response:
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        tid = self._id(request, "tid", "toolchain id")
-        now = self._now()
-        commit = await self._store.mutate(
-            kind, sid, lambda rec: instances.unbind(rec, tid=tid, now=now), now=self._now
-        )
-        self._log("toolchain unbound", kind, sid, commit, toolchain_id=tid)
-        await self._publish(kind, sid, commit)
-        return web.Response(status=204)
-
-    async def unbind_all(self, request: web.Request) -> web.Response:
-        kind, sid = self._kind(request), self._id(request, "sid", "service instance id")
-        now = self._now()
-        commit = await self._store.mutate(
-            kind, sid, lambda rec: instances.unbind_all(rec, now=now), now=self._now
-        )
-        self._log("all toolchains unbound", kind, sid, commit)
-        await self._publish(kind, sid, commit)
-        return web.Response(status=204)
+        return handle
 
     async def accept_message(self, request: web.Request) -> web.Response:
         """Lifecycle messages (otc-api §2.7). Auth: the broker credentials, or the Basic value
         equal to the ``toolchain_credentials`` stored for that instance and toolchain (TIAM
         introspection is not available here)."""
-        kind = self._kind(request)
+        kind = request.config_dict[KIND]
+        as_broker = request[AS_BROKER]
         header = request.headers.get("Authorization")
-        as_broker = self.is_broker(header)
         given = header[6:].strip() if header and header[:6].lower() == "basic " else ""
         if not as_broker and not given:
             raise Unauthorized("invalid authorization header: HTTP Basic credentials required")
         req: MessageRequest = await self._body(request, MessageRequest)
-        rec = await self._store.get(kind, req.instance_id)
-        if rec is None or rec.state != "active":
-            if as_broker:
-                raise BadRequest("invalid request: unknown 'instance_id'")
-            raise Unauthorized("invalid authorization header")
-        if not as_broker:
-            binding = next((b for b in rec.toolchains if b.id == req.toolchain_id), None)
-            if binding is None or not self._cipher.matches(binding.credentials, SecretStr(given)):
-                raise Unauthorized("invalid authorization header")
+        await self._authorize_message(kind, req, as_broker=as_broker, given=given)
         event = req.payload.get("event")
         source = req.service_id if req.service_id in MESSAGE_SOURCES else "other"
         self._messages.labels(source).inc()
@@ -345,6 +302,19 @@ class BrokerApi:
         )
         return web.Response(status=204)
 
+    async def _authorize_message(
+        self, kind: ServiceKind, req: MessageRequest, *, as_broker: bool, given: str
+    ) -> None:
+        rec = await self._store.get(kind, req.instance_id)
+        if rec is None or rec.state != "active":
+            if as_broker:
+                raise BadRequest("invalid request: unknown 'instance_id'")
+            raise Unauthorized("invalid authorization header")
+        if not as_broker:
+            binding = next((b for b in rec.toolchains if b.id == req.toolchain_id), None)
+            if binding is None or not self._cipher.matches(binding.credentials, SecretStr(given)):
+                raise Unauthorized("invalid authorization header")
+
     async def status(self, request: web.Request) -> web.Response:
         """Always 200 (OTC monitoring must not flap); ``warn`` when a dependency is down."""
         ok, checks = await self._health.readiness()
@@ -357,22 +327,102 @@ class BrokerApi:
         return web.json_response(openapi_spec(self._settings.build_version, self._settings.clusters))
 
 
+@dataclass(frozen=True)
+class Call:
+    """What a mutation's change function may use: the path ids, the parsed body, policy, cipher, time."""
+
+    kind: ServiceKind
+    sid: str
+    tid: str | None
+    req: Any
+    policy: Policy
+    cipher: CredentialsCipher
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One ``service_instances`` route (below ``/<broker>/api/v1``) of the broker contract (§3)."""
+
+    method: str
+    path: str
+    message: str
+    change: Callable[[Call, InstanceRecord | None], Change | None]
+    body: type[BaseModel] | None = None
+    checks_service_id: bool = False
+    answers_instance: bool = False
+    """200 with the instance (PUT and PATCH answer §3's shape); otherwise 204."""
+
+
+INSTANCE = "/service_instances/{sid}"
+TOOLCHAIN = "/service_instances/{sid}/toolchains/{tid}"
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "PUT",
+        INSTANCE,
+        "service instance provisioned or updated",
+        lambda c, rec: instances.provision(
+            rec, kind=c.kind, sid=c.sid, req=c.req, policy=c.policy, cipher=c.cipher, now=c.now
+        ),
+        body=ProvisionRequest,
+        checks_service_id=True,
+        answers_instance=True,
+    ),
+    Mutation(
+        "PATCH",
+        INSTANCE,
+        "service instance updated",
+        lambda c, rec: instances.update(
+            rec, kind=c.kind, sid=c.sid, req=c.req, policy=c.policy, cipher=c.cipher, now=c.now
+        ),
+        body=UpdateRequest,
+        checks_service_id=True,
+        answers_instance=True,
+    ),
+    Mutation(
+        "DELETE", INSTANCE, "service instance deleted", lambda c, rec: instances.deprovision(rec, now=c.now)
+    ),
+    Mutation(
+        "PUT",
+        TOOLCHAIN,
+        "toolchain bound",
+        lambda c, rec: instances.bind(rec, tid=c.tid or "", req=c.req, cipher=c.cipher, now=c.now),
+        body=BindRequest,
+    ),
+    Mutation(
+        "DELETE",
+        TOOLCHAIN,
+        "toolchain unbound",
+        lambda c, rec: instances.unbind(rec, tid=c.tid or "", now=c.now),
+    ),
+    Mutation(
+        "DELETE",
+        "/service_instances/{sid}/toolchains",
+        "all toolchains unbound",
+        lambda c, rec: instances.unbind_all(rec, now=c.now),
+    ),
+)
+MESSAGING = "/messaging/accept"
+
+
+def broker_app(api: BrokerApi, kind: ServiceKind) -> web.Application:
+    """One broker (§3): its kind for every handler, its auth middleware, the route table."""
+    app = web.Application(middlewares=[api.authenticate])
+    app[KIND] = kind
+    for route in MUTATIONS:
+        app.router.add_route(route.method, route.path, api.mutation(route))
+    app.router.add_post(MESSAGING, api.accept_message, name=SELF_AUTHENTICATING)
+    return app
+
+
 def make_app(api: BrokerApi, health: Health, settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[api.errors, api.guard])
-    for root in BROKERS:
-        base = f"/{root}/api/v1"
-        r = app.router
-        r.add_put(f"{base}/service_instances/{{sid}}", api.put_instance)
-        r.add_patch(f"{base}/service_instances/{{sid}}", api.patch_instance)
-        r.add_delete(f"{base}/service_instances/{{sid}}", api.delete_instance)
-        r.add_put(f"{base}/service_instances/{{sid}}/toolchains/{{tid}}", api.bind)
-        r.add_delete(f"{base}/service_instances/{{sid}}/toolchains/{{tid}}", api.unbind)
-        r.add_delete(f"{base}/service_instances/{{sid}}/toolchains", api.unbind_all)
-        r.add_post(f"{base}/messaging/accept", api.accept_message)
     app.router.add_get("/status", api.status)
     app.router.add_get("/version", api.version)
     app.router.add_get("/openapi.json", api.openapi)
     health.add_routes(app)
+    for root, kind in BROKERS.items():
+        app.add_subapp(f"/{root}/api/v1", broker_app(api, kind))
     return app
 
 

@@ -131,20 +131,7 @@ def provision(
             revision=rec.revision if rec else 0,
         )
         return Change(new, (Pending("provisioned", ()),))
-    creds, creds_changed = _new_credentials(cipher, current.service_credentials, req.service_credentials)
-    org = req.organization_guid if req.organization_guid is not None else current.organization_guid
-    if not creds_changed and params == current.parameters and org == current.organization_guid:
-        return None
-    new = current.model_copy(
-        update={
-            "parameters": params,
-            "dashboard_url": dashboard,
-            "organization_guid": org,
-            "service_credentials": creds,
-            "updated_at": now,
-        }
-    )
-    return Change(new, (Pending("updated", tuple(current.toolchain_ids)),))
+    return _updated(current, req, params=params, dashboard=dashboard, cipher=cipher, now=now)
 
 
 def update(
@@ -161,6 +148,20 @@ def update(
     if current is None:
         raise NotFound("service instance not found")
     params = policy.resolve(req.parameters, current.parameters) if req.parameters else current.parameters
+    dashboard = policy.dashboard_url(kind, sid, params)
+    return _updated(current, req, params=params, dashboard=dashboard, cipher=cipher, now=now)
+
+
+def _updated(
+    current: InstanceRecord,
+    req: ProvisionRequest | UpdateRequest,
+    *,
+    params: Parameters,
+    dashboard: str,
+    cipher: CredentialsCipher,
+    now: datetime,
+) -> Change | None:
+    """PUT on a live instance and PATCH: new parameters, organization or credentials, or nothing."""
     creds, creds_changed = _new_credentials(cipher, current.service_credentials, req.service_credentials)
     org = req.organization_guid if req.organization_guid is not None else current.organization_guid
     if not creds_changed and params == current.parameters and org == current.organization_guid:
@@ -168,7 +169,7 @@ def update(
     new = current.model_copy(
         update={
             "parameters": params,
-            "dashboard_url": policy.dashboard_url(kind, sid, params),
+            "dashboard_url": dashboard,
             "organization_guid": org,
             "service_credentials": creds,
             "updated_at": now,

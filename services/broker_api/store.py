@@ -8,6 +8,8 @@ overwrite each other. An in-process lock per sid only cuts down useless retries.
 
 No lost events: the same single-document update that commits the change appends its events to
 ``outbox``; :class:`services.broker_api.outbox.Outbox` publishes and pulls them.
+
+MongoDB errors propagate as they are: the HTTP error middleware maps them to 503, in one place.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from services.broker_api.errors import Unavailable
 from services.broker_api.instances import Change, record_key
@@ -99,10 +101,7 @@ class InstanceStore:
         )
 
     async def get(self, kind: ServiceKind, sid: str) -> InstanceRecord | None:
-        try:
-            doc = await self.collection.find_one({"_id": record_key(kind, sid)})
-        except PyMongoError as exc:
-            raise Unavailable("storage unavailable, retry later") from exc
+        doc = await self.collection.find_one({"_id": record_key(kind, sid)})
         return InstanceRecord.model_validate(doc) if doc else None
 
     async def mutate(
@@ -119,15 +118,12 @@ class InstanceStore:
         """
         key = record_key(kind, sid)
         lock = self._locks[key]
-        try:
-            async with lock:
-                for _ in range(MAX_ATTEMPTS):
-                    commit = await self._attempt(key, compute, now())
-                    if commit is not None:
-                        return commit
-                    await asyncio.sleep(random.uniform(0, 0.01))
-        except PyMongoError as exc:
-            raise Unavailable("storage unavailable, retry later") from exc
+        async with lock:
+            for _ in range(MAX_ATTEMPTS):
+                commit = await self._attempt(key, compute, now())
+                if commit is not None:
+                    return commit
+                await asyncio.sleep(random.uniform(0, 0.01))
         raise Unavailable("too much concurrent activity on this service instance, retry later")
 
     async def _attempt(
