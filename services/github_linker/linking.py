@@ -15,9 +15,9 @@ facts; a crash anywhere replays the same diff on redelivery, and a replayed comm
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
@@ -36,6 +36,7 @@ from shared.events import (
     SnapshotData,
     ToolCommand,
 )
+from shared.keyed_locks import KeyedLocks
 from shared.otc_tools import tool_content_hash
 
 log = logging.getLogger(__name__)
@@ -88,31 +89,46 @@ class Linker:
         self._ghe = {h.lower(): g for h, g in settings.ghe_hosts.items()}
         self._github = frozenset(h.lower() for h in settings.github_hosts)
         self._kinds = frozenset(settings.github_repo_kinds)
-        # Desired state of one toolchain can span instances: one diff at a time in this process.
-        self._lock = asyncio.Lock()
+        # Concurrency (the consumer runs up to PREFETCH messages at once, one at a time per instance,
+        # :func:`key_of`): the facts of an instance only change under its own key, but the desired
+        # state of a toolchain spans every instance bound to it. So a diff holds the lock of each
+        # toolchain it touches (sorted: no deadlock) from the first read of the toolchain's facts
+        # until its own facts are stored; a service event also holds its service's lock (a service
+        # whose parameters moved it to another instance changes key). Different toolchains run in
+        # parallel.
+        self._toolchains = KeyedLocks()
+        self._services = KeyedLocks()
 
     async def handle(self, event: CloudEvent) -> None:
         rk = event.routing_key
-        async with self._lock:
-            if rk.startswith(SERVICE_PREFIX):
-                await self._on_service(ServiceEventData.model_validate(event.data))
-            elif rk in (RoutingKeys.INSTANCE_CHANGED, RoutingKeys.INSTANCE_DELETED):
-                data = InstanceData.model_validate(event.data)
-                repos = () if data.deleted or rk == RoutingKeys.INSTANCE_DELETED else data.repositories
-                await self._on_instance(data.instance, repos, revision=data.revision, snapshot=False)
-            elif rk == RoutingKeys.SNAPSHOT:
-                snap = SnapshotData.model_validate(event.data)
-                repos = snap.repositories if snap.exists else ()
-                await self._on_instance(
-                    snap.instance,
-                    repos,
-                    revision=snap.revision,
-                    snapshot=True,
-                    instance_revision=snap.instance_revision,
-                )
-            else:
-                self._metrics.events.labels("ignored").inc()
-                log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+        if rk.startswith(SERVICE_PREFIX):
+            data = ServiceEventData.model_validate(event.data)
+            async with self._services[data.instance_id]:
+                await self._on_service(data)
+        elif rk in (RoutingKeys.INSTANCE_CHANGED, RoutingKeys.INSTANCE_DELETED):
+            inst = InstanceData.model_validate(event.data)
+            repos = () if inst.deleted or rk == RoutingKeys.INSTANCE_DELETED else inst.repositories
+            await self._on_instance(inst.instance, repos, revision=inst.revision, snapshot=False)
+        elif rk == RoutingKeys.SNAPSHOT:
+            snap = SnapshotData.model_validate(event.data)
+            repos = snap.repositories if snap.exists else ()
+            await self._on_instance(
+                snap.instance,
+                repos,
+                revision=snap.revision,
+                snapshot=True,
+                instance_revision=snap.instance_revision,
+            )
+        else:
+            self._metrics.events.labels("ignored").inc()
+            log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, toolchains: Iterable[str]) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for toolchain_id in sorted(set(toolchains)):
+                await stack.enter_async_context(self._toolchains[toolchain_id])
+            yield
 
     # --- facts --------------------------------------------------------------------------------
 
@@ -132,8 +148,9 @@ class Linker:
             deleted=data.deleted,
         )
         affected = set(new.toolchains) | set(old.toolchains if old else ())
-        await self._reconcile(affected, service=new)
-        await self._store.put_service(new)
+        async with self._holding(affected):
+            await self._reconcile(affected, service=new)
+            await self._store.put_service(new)
         self._metrics.events.labels("applied").inc()
 
     async def _on_instance(
@@ -178,8 +195,9 @@ class Linker:
             changes = {"repos": urls, "snapshot_revision": revision, "revision": instance_revision}
         new = old.model_copy(update=changes)
         affected = {t for s in await self._store.services_of(key) for t in s.toolchains}
-        await self._reconcile(affected, instance=new)
-        await self._store.put_instance(new)
+        async with self._holding(affected):
+            await self._reconcile(affected, instance=new)
+            await self._store.put_instance(new)
         self._metrics.events.labels("applied").inc()
 
     def _skip_stale(self, key: str, revision: int, last: int) -> None:
