@@ -9,9 +9,11 @@ consumer that has applied revision N acknowledges and skips anything <= N (stale
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +30,33 @@ def event_id(kind: str, key: str, revision: int) -> str:
     if len(readable.encode()) <= MAX_EVENT_ID_BYTES:
         return readable
     return f"{kind}:sha256-{hashlib.sha256(key.encode()).hexdigest()}:{revision}"
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation content hashes are made of: sorted keys, no whitespace, UTF-8 as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of :func:`canonical_json` (the ``content_hash`` fields below, and tool contents):
+    same content, same hash, whatever the key order."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def instance_scope(cluster: str, namespace: str) -> str:
+    """The identity of a Kabanero instance (one per namespace) in keys and stores: ``cluster/namespace``."""
+    return f"{cluster}/{namespace}"
+
+
+def normalize_repository_url(url: str) -> str:
+    """One spelling per repository (``Repository.url``): lower-case scheme and host, no query or
+    fragment (nor a token in one), no ``.git``, no trailing ``/``. Text that is no URL (no
+    scheme) only loses the ``.git`` and trailing ``/``."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme:
+        return url.strip().rstrip("/").removesuffix(".git")
+    path = parts.path.rstrip("/").removesuffix(".git").rstrip("/")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 
 
 ServiceKind = Literal["kabanero", "kabanero-events"]
@@ -103,6 +132,10 @@ class ServiceParameters(_Data):
     name: str | None = None
     label: str = ""
 
+    @property
+    def scope(self) -> str:
+        return instance_scope(self.cluster, self.namespace)
+
 
 class ServiceEventData(_Data):
     """A committed change of one OTC service instance. No secrets, ever."""
@@ -129,6 +162,10 @@ class InstanceRef(_Data):
     cluster: str
     namespace: str
     name: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return instance_scope(self.cluster, self.namespace)
 
 
 RepositoryKind = Literal["stack-hub", "pipeline", "gitops", "trigger", "unknown"]
@@ -255,3 +292,21 @@ class ToolCommand(_Data):
     name: str = Field(min_length=1, max_length=128)
     parameters: dict[str, Any] = Field(default_factory=dict)
     revision: int = Field(ge=0, description="monotonic per key; older commands are skipped")
+
+
+def event_scope(event: CloudEvent) -> str | None:
+    """The instance a service, instance, trigger or snapshot event concerns (``parameters`` of a
+    service event, ``instance`` of the others), read from the raw data before validation: the
+    consumers' per-instance serialisation key. None when the data names no instance."""
+    ref = (
+        event.data.get("parameters")
+        if event.routing_key.startswith("service.")
+        else event.data.get("instance")
+    )
+    if (
+        isinstance(ref, dict)
+        and isinstance(ref.get("cluster"), str)
+        and isinstance(ref.get("namespace"), str)
+    ):
+        return instance_scope(ref["cluster"], ref["namespace"])
+    return None

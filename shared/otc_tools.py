@@ -6,11 +6,11 @@ detect changes. One definition keeps the names valid for OTC and the hashes comp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from shared.events import content_hash
 
 TOOL_NAME_MAX = 128
 TOOL_NAME_RE = re.compile(r"^([^\x00-\x7F]|[a-zA-Z0-9\-._ ])+$")
@@ -23,10 +23,4 @@ def sanitize_tool_name(text: str) -> str:
 
 def tool_content_hash(tool_type_id: str, name: str, parameters: Mapping[str, Any]) -> str:
     """Stable hash of what a tool should look like: same content, same hash, whatever the key order."""
-    canonical = json.dumps(
-        {"tool_type_id": tool_type_id, "name": name, "parameters": parameters},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return content_hash({"tool_type_id": tool_type_id, "name": name, "parameters": parameters})

@@ -35,6 +35,8 @@ from shared.events import (
     ServiceEventData,
     SnapshotData,
     ToolCommand,
+    event_scope,
+    normalize_repository_url,
 )
 from shared.keyed_locks import KeyedLocks
 from shared.otc_tools import tool_content_hash
@@ -45,21 +47,9 @@ SOURCE = "github-linker"
 SERVICE_PREFIX = "service.kabanero."
 
 
-def instance_key(cluster: str, namespace: str) -> str:
-    return f"{cluster}/{namespace}"
-
-
 def key_of(event: CloudEvent) -> str:
     """Serialization key for the consumer: the Kabanero instance an event concerns."""
-    data = event.data
-    ref = data.get("parameters") if event.routing_key.startswith("service.") else data.get("instance")
-    if (
-        isinstance(ref, dict)
-        and isinstance(ref.get("cluster"), str)
-        and isinstance(ref.get("namespace"), str)
-    ):
-        return instance_key(ref["cluster"], ref["namespace"])
-    return event.subject or event.id
+    return event_scope(event) or event.subject or event.id
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,7 @@ class Linker:
             return
         new = ServiceState(
             sid=data.instance_id,
-            instance=instance_key(data.parameters.cluster, data.parameters.namespace),
+            instance=data.parameters.scope,
             toolchains=() if data.deleted else tuple(sorted(set(data.toolchains))),
             revision=data.revision,
             deleted=data.deleted,
@@ -170,14 +160,16 @@ class Linker:
         The toolchains are still reconciled then, from the stored repositories (drift repair).
         A snapshot without ``instance_revision`` (an older watcher) replaces them as before.
         """
-        key = instance_key(ref.cluster, ref.namespace)
+        key = ref.scope
         old = await self._store.instance(key) or InstanceState(key=key)
         last = old.snapshot_revision if snapshot else old.revision
         if revision < last:
             self._skip_stale(key, revision, last)
             return
         urls = tuple(
-            sorted({naming.normalize_url(r.url) for r in repos if self._kinds.intersection(r.all_kinds())})
+            sorted(
+                {normalize_repository_url(r.url) for r in repos if self._kinds.intersection(r.all_kinds())}
+            )
         )
         changes: dict[str, object]
         if not snapshot:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, sanitize_tool_name
 
@@ -18,14 +18,6 @@ PURPOSE = "github"
 TOOL_TYPE_ID = "githubconsolidated"
 NAME_MAX = TOOL_NAME_MAX
 NAME_PATTERN = TOOL_NAME_RE
-
-
-def normalize_url(url: str) -> str:
-    """One spelling per repository: lower-case scheme and host, no ``.git``, no trailing ``/``."""
-    parts = urlsplit(url.strip())
-    path = parts.path.rstrip("/").removesuffix(".git").rstrip("/")
-    netloc = parts.netloc.lower()
-    return urlunsplit((parts.scheme.lower() or "https", netloc, path, "", ""))
 
 
 def host_of(url: str) -> str:

@@ -9,14 +9,19 @@ ordering noise never reach it. Objects that do not have the documented shape rai
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.events import InstanceRef, Repository, RepositoryKind, TriggerKey
+from shared.events import (
+    InstanceRef,
+    Repository,
+    RepositoryKind,
+    TriggerKey,
+    content_hash,
+    normalize_repository_url,
+)
 
 Obj = Mapping[str, Any]
 LegacyTriggerFields = Literal["url", "any"]
@@ -33,12 +38,6 @@ _EVENTS_0_1_RELEASES = re.compile(r"^v?0\.[678](\.|$)")
 
 class Malformed(ValueError):
     """A custom object whose shape does not match its CRD schema."""
-
-
-def content_hash(value: Any) -> str:
-    """Stable sha256 of a JSON-able value (sorted keys, no whitespace)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- shape checks ---------------------------------------------------------------------------------
@@ -82,11 +81,6 @@ def object_id(obj: Obj) -> tuple[str, str]:
 # --- archive references -> repositories ------------------------------------------------------------
 
 
-def _normalize(url: str) -> str:
-    url = url.strip().rstrip("/")
-    return url.removesuffix(".git")
-
-
 def _usable_git_release(ref: Obj, where: str) -> tuple[str, str, str, str, str] | None:
     """The five gitRelease strings when all are set (``GitReleaseSpec.IsUsable``), else None."""
     git_release = _dict(ref.get("gitRelease"), f"{where}.gitRelease")
@@ -108,11 +102,15 @@ def repository_of_url(url: str, *, kind: RepositoryKind, source: str) -> Reposit
     ``unknown`` (it names no repository; github-linker never links it)."""
     if m := _RELEASE_DOWNLOAD.match(url):
         host, org, repo, tag = m.groups()
-        return Repository.of(_normalize(f"https://{host}/{org}/{repo}"), kind, ref=tag, source=source)
+        return Repository.of(
+            normalize_repository_url(f"https://{host}/{org}/{repo}"), kind, ref=tag, source=source
+        )
     if m := _RAW_GITHUB.match(url):
         org, repo, ref = m.groups()
-        return Repository.of(_normalize(f"https://github.com/{org}/{repo}"), kind, ref=ref, source=source)
-    return Repository.of(_normalize(url), "unknown", source=source)
+        return Repository.of(
+            normalize_repository_url(f"https://github.com/{org}/{repo}"), kind, ref=ref, source=source
+        )
+    return Repository.of(normalize_repository_url(url), "unknown", source=source)
 
 
 def archive_repository(ref: Obj, *, kind: RepositoryKind, source: str) -> Repository | None:
@@ -230,7 +228,9 @@ def gitops_map_repository(config_map: Obj) -> Repository | None:
     if not url or not _HTTP_URL.match(url.strip()):
         return None
     return Repository.of(
-        _normalize(url), "gitops", source=f"configmaps/{GITOPS_MAP}.data.{GITOPS_REPOSITORY_URL}"
+        normalize_repository_url(url),
+        "gitops",
+        source=f"configmaps/{GITOPS_MAP}.data.{GITOPS_REPOSITORY_URL}",
     )
 
 

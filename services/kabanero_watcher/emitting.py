@@ -28,6 +28,7 @@ from shared.events import (
     SnapshotData,
     TriggerData,
     event_id,
+    instance_scope,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Emitter:
     # --- instance ------------------------------------------------------------------------------
 
     def _instance_key(self, namespace: str) -> str:
-        return f"{self.cluster}/{namespace}"
+        return instance_scope(self.cluster, namespace)
 
     async def _instance_changed(self, inst: DesiredInstance) -> None:
         key = self._instance_key(inst.ref.namespace)

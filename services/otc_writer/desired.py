@@ -42,7 +42,7 @@ class DesiredTool:
 
 
 def instance_scope(instance: InstanceRef) -> str:
-    return f"{instance.cluster}/{instance.namespace}"
+    return instance.scope
 
 
 def trigger_tool_name(key: TriggerKey) -> str:

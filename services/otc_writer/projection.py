@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.desired import instance_scope
-from shared.events import InstanceRef, ServiceEventData, SnapshotData, TriggerData
+from shared.events import ServiceEventData, SnapshotData, TriggerData
 from shared.mongo import Document
 
 TRIGGERS = "otc_writer_triggers"
@@ -145,9 +145,7 @@ class Projection:
     async def put_service(self, event: ServiceEventData, *, deleted: bool) -> tuple[bool, str | None]:
         """Store the service; returns (fresh, previous scope when the instance it stands for changed)."""
         before = await self.services.find_one({"_id": event.instance_id})
-        scope = instance_scope(
-            InstanceRef(cluster=event.parameters.cluster, namespace=event.parameters.namespace)
-        )
+        scope = event.parameters.scope
         fresh = await self._cas(
             self.services,
             event.instance_id,

@@ -42,6 +42,7 @@ from shared.events import (
     SnapshotData,
     ToolCommand,
     TriggerData,
+    event_scope,
 )
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,7 @@ class Metrics:
 
 def key_of_event(event: CloudEvent) -> str:
     """Serialise per Kabanero instance: service, trigger and snapshot events of one instance in order."""
-    data = event.data
-    if event.routing_key.startswith("service."):
-        params = data.get("parameters") or {}
-        return f"{params.get('cluster')}/{params.get('namespace')}"
-    instance = data.get("instance") or {}
-    return f"{instance.get('cluster')}/{instance.get('namespace')}"
+    return event_scope(event) or event.subject or event.id
 
 
 def key_of_command(event: CloudEvent) -> str:
@@ -159,7 +155,7 @@ class Reconciler:
                 extra={"instance_id": data.instance_id, "revision": data.revision},
             )
             return
-        scope = f"{data.parameters.cluster}/{data.parameters.namespace}"
+        scope = data.parameters.scope
         if previous_scope is not None:
             await self.reconcile_scope(previous_scope)
         await self.reconcile_scope(scope)

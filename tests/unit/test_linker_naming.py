@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.github_linker import naming
+from shared.events import normalize_repository_url
 from shared.otc_tools import tool_content_hash
 
 GITHUB = ("github.com", "www.github.com")
@@ -20,10 +21,15 @@ def test_key_is_per_toolchain_and_repository_and_stable() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://github.com/org/repo.git", "https://GitHub.com/org/repo/", "https://github.com/org/repo"],
+    [
+        "https://github.com/org/repo.git",
+        "https://GitHub.com/org/repo/",
+        "https://github.com/org/repo",
+        " HTTPS://github.com/org/repo.git/?token=x#readme ",
+    ],
 )
 def test_normalized_spellings_are_one_repository(url: str) -> None:
-    assert naming.normalize_url(url) == "https://github.com/org/repo"
+    assert normalize_repository_url(url) == "https://github.com/org/repo"
 
 
 def test_github_name_is_readable() -> None:

@@ -11,12 +11,12 @@ from services.kabanero_watcher.cache import CONNECTIONS, KABANEROS, MEDIATORS, C
 from services.kabanero_watcher.derive import (
     Malformed,
     check_connections,
-    content_hash,
     derive_legacy_trigger,
     derive_mediation_triggers,
     events_enabled,
     instance_repositories,
 )
+from shared.events import content_hash
 
 
 def _cr(spec: dict[str, Any]) -> dict[str, Any]:
