@@ -221,13 +221,8 @@ class Linker:
     async def _desired(
         self, toolchain_id: str, *, service: ServiceState | None, instance: InstanceState | None
     ) -> dict[str, DesiredTool]:
-        services = [
-            s
-            for s in await self._store.services_bound_to(toolchain_id)
-            if not service or s.sid != service.sid
-        ]
-        if service is not None and toolchain_id in service.toolchains:
-            services.append(service)
+        """The tools ``toolchain_id`` should have, with the new facts of this event in memory."""
+        services = await self._bound_services(toolchain_id, service)
         urls: set[str] = set()
         for key in {s.instance for s in services}:
             state = (
@@ -236,6 +231,14 @@ class Linker:
             urls.update(state.repos if state else ())
         tools = (self._tool(toolchain_id, url) for url in urls)
         return {t.key: t for t in tools if t.command.parameters}
+
+    async def _bound_services(self, toolchain_id: str, service: ServiceState | None) -> list[ServiceState]:
+        """The stored services bound to the toolchain, with ``service`` (new) in place of its old self."""
+        stored = await self._store.services_bound_to(toolchain_id)
+        if service is None:
+            return stored
+        others = [s for s in stored if s.sid != service.sid]
+        return [*others, service] if toolchain_id in service.toolchains else others
 
     def _tool(self, toolchain_id: str, url: str) -> DesiredTool:
         """The tool for ``url`` in ``toolchain_id``; empty parameters when its host is no known GitHub."""

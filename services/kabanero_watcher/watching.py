@@ -46,6 +46,22 @@ class WatchMetrics:
         )
 
 
+class _Backoff:
+    """Exponential reconnect delay: doubles after each wait up to ``cap``, back to ``base`` on success."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.delay = base
+
+    def reset(self) -> None:
+        self.delay = self.base
+
+    async def sleep(self, *, at_most: float | None = None) -> None:
+        await asyncio.sleep(self.delay if at_most is None else min(self.delay, at_most))
+        self.delay = min(self.delay * 2, self.cap)
+
+
 class ResourceWatcher:
     """Keeps the cache's view of one resource type (in one namespace, or all) up to date."""
 
@@ -80,6 +96,8 @@ class ResourceWatcher:
         # A 404 was seen after a successful list; one more (after a re-probe interval) confirms it.
         self.absence_suspected = False
         self.name = resource.name + (f"@{namespace}" if namespace else "")
+        self._backoff = _Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
+        self._reason = "initial"  # why the next connection lists again ("resume": it does not)
 
     def _alive(self) -> None:
         self.last_alive = time.monotonic()
@@ -180,62 +198,15 @@ class ResourceWatcher:
             self._on_change({namespace})
 
     async def run(self) -> None:
-        backoff = self.settings.reconnect_backoff_s
-        cap = self.settings.reconnect_backoff_max_s
-        reason = "initial"
+        """List, then watch from the last resourceVersion, forever: each kind of failure has its
+        handler below, and none ends the loop."""
+        self._backoff.reset()
+        self._reason = "initial"
         while True:
             try:
-                if self.rv is None or reason != "resume":
-                    await self.relist(reason)
-                reason = "resume"
-                received = await self._stream()
-                self._alive()
-                self._count("reconnects", self.resource.name, "stream-end")
-                if received:
-                    backoff = self.settings.reconnect_backoff_s
-                    continue
-                # A stream that ends without any event (dropped, or a server closing early): do
-                # not spin.
-                await asyncio.sleep(min(backoff, 0.2))
-                backoff = min(backoff * 2, cap)
+                await self._list_and_watch()
             except ApiException as exc:
-                if exc.status == 410:
-                    log.warning(
-                        "history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv}
-                    )
-                    reason = "410"
-                    continue
-                if exc.status == 404 and self.resource.optional:
-                    if self._present and not self.absence_suspected:
-                        # Dropping the objects publishes a delete per trigger: confirm the removal
-                        # first (a real one still shows after one re-probe interval).
-                        self.absence_suspected = True
-                        log.warning(
-                            "optional CRD answered 404; confirming before treating it as removed",
-                            extra={"resource": self.name, "retry_in_s": self.settings.optional_reprobe_s},
-                        )
-                        reason = "reprobe"
-                        await self._sleep_alive(self.settings.optional_reprobe_s)
-                        continue
-                    self._present = False
-                    self.absence_suspected = False
-                    if self.resource.name not in self.cache.absent:
-                        log.info("optional CRD absent (404)", extra={"resource": self.name})
-                    touched = self.cache.set_absent(self.resource, self.namespace)
-                    self.synced.set()
-                    self._alive()
-                    self._on_change(touched)
-                    reason = "reprobe"
-                    await self._sleep_alive(self.settings.optional_reprobe_s)
-                    continue
-                log.warning(
-                    "watch failed: %s",
-                    exc.status,
-                    extra={"resource": self.name, "reason": exc.reason},
-                )
-                reason = "resume" if self.rv else "error"
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, cap)
+                await self._on_api_error(exc)
             except TimeoutError:
                 log.warning(
                     "no event or bookmark for %.1fs; reconnecting",
@@ -244,23 +215,71 @@ class ResourceWatcher:
                 )
                 self._count("reconnects", self.resource.name, "inactivity")
             except Exception as exc:  # nothing a connection raises may end the loop
-                # Transport errors are expected; kubernetes_asyncio also raises a bare Exception for an
-                # event line without type/object or a bookmark without a resourceVersion, and KeyError
-                # for an ERROR without a reason: those get a traceback.
-                transport = isinstance(exc, aiohttp.ClientError | OSError | ValueError)
-                log.log(
-                    logging.WARNING if transport else logging.ERROR,
-                    "watch %s: %s",
-                    "transport error" if transport else "failed unexpectedly",
-                    type(exc).__name__,
-                    exc_info=None if transport else exc,
-                    extra={"resource": self.name, "error": str(exc)[:200]},
-                )
-                self._count("reconnects", self.resource.name, "error")
-                if self.rv is None:
-                    reason = "error"
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, cap)
+                await self._on_connection_error(exc)
+
+    async def _list_and_watch(self) -> None:
+        if self.rv is None or self._reason != "resume":
+            await self.relist(self._reason)
+        self._reason = "resume"
+        received = await self._stream()
+        self._alive()
+        self._count("reconnects", self.resource.name, "stream-end")
+        if received:
+            self._backoff.reset()
+        else:
+            # A stream that ends without any event (dropped, or a server closing early): do not spin.
+            await self._backoff.sleep(at_most=0.2)
+
+    async def _on_api_error(self, exc: ApiException) -> None:
+        if exc.status == 410:
+            log.warning("history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv})
+            self._reason = "410"
+        elif exc.status == 404 and self.resource.optional:
+            await self._on_not_found()
+        else:
+            log.warning("watch failed: %s", exc.status, extra={"resource": self.name, "reason": exc.reason})
+            self._reason = "resume" if self.rv else "error"
+            await self._backoff.sleep()
+
+    async def _on_not_found(self) -> None:
+        """An optional CRD answered 404: absent, but only once confirmed if it was listed before."""
+        self._reason = "reprobe"
+        if self._present and not self.absence_suspected:
+            # Dropping the objects publishes a delete per trigger: confirm the removal first (a
+            # real one still shows after one re-probe interval).
+            self.absence_suspected = True
+            log.warning(
+                "optional CRD answered 404; confirming before treating it as removed",
+                extra={"resource": self.name, "retry_in_s": self.settings.optional_reprobe_s},
+            )
+        else:
+            self._present = False
+            self.absence_suspected = False
+            if self.resource.name not in self.cache.absent:
+                log.info("optional CRD absent (404)", extra={"resource": self.name})
+            touched = self.cache.set_absent(self.resource, self.namespace)
+            self.synced.set()
+            self._alive()
+            self._on_change(touched)
+        await self._sleep_alive(self.settings.optional_reprobe_s)
+
+    async def _on_connection_error(self, exc: Exception) -> None:
+        # Transport errors are expected; kubernetes_asyncio also raises a bare Exception for an event
+        # line without type/object or a bookmark without a resourceVersion, and KeyError for an
+        # ERROR without a reason: those get a traceback.
+        transport = isinstance(exc, aiohttp.ClientError | OSError | ValueError)
+        log.log(
+            logging.WARNING if transport else logging.ERROR,
+            "watch %s: %s",
+            "transport error" if transport else "failed unexpectedly",
+            type(exc).__name__,
+            exc_info=None if transport else exc,
+            extra={"resource": self.name, "error": str(exc)[:200]},
+        )
+        self._count("reconnects", self.resource.name, "error")
+        if self.rv is None:
+            self._reason = "error"
+        await self._backoff.sleep()
 
     async def _sleep_alive(self, seconds: float) -> None:
         """Wait while staying 'alive' for liveness purposes (an absent CRD is not a stall)."""
