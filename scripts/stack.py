@@ -63,10 +63,25 @@ class Stack:
     """Child processes with their logs in ``.run/``; stopped with SIGTERM, in reverse order."""
 
     def __init__(
-        self, vhost: str, *, extra_env: dict[str, dict[str, str]] | None = None, logs: Path = LOGS
+        self,
+        vhost: str,
+        *,
+        extra_env: dict[str, dict[str, str]] | None = None,
+        logs: Path = LOGS,
+        amqp_host: str | None = None,
     ) -> None:
-        """``extra_env``: more environment per process name (e.g. short intervals for fault tests)."""
+        """``extra_env``: more environment per process name (e.g. short intervals for fault tests).
+        ``amqp_host``: another broker (e.g. a private node for broker faults) whose ``vhost`` exists
+        already; by default the machine's RabbitMQ, where the vhost is recreated empty.
+
+        MongoDB (``emulators.mongo``) keeps its data in ``<logs>/mongo.sqlite``: a restart of the
+        Mongo process loses nothing (memory-only, a restart would lose every record, ledger and
+        outbox entry, and the services would re-create OTC tools they no longer know about). The
+        file is started empty with each stack, as the OTC and Kubernetes emulators are.
+        """
         self.vhost = vhost
+        self.amqp_host = amqp_host or AMQP_HOST
+        self.mongo_file = logs / "mongo.sqlite"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}
         self.extra_env = extra_env or {}
@@ -80,7 +95,7 @@ class Stack:
 
     @property
     def amqp_url(self) -> str:
-        return f"{AMQP_HOST}/{urllib.parse.quote(self.vhost, safe='')}"
+        return f"{self.amqp_host}/{urllib.parse.quote(self.vhost, safe='')}"
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -135,8 +150,14 @@ class Stack:
         }
 
     async def start(self) -> None:
-        await reset_vhost(self.vhost)
-        self.spawn("mongo", ["emulators.mongo", "--port", str(self.ports["mongo"])])
+        if self.amqp_host == AMQP_HOST:
+            await reset_vhost(self.vhost)
+        for stale in self.logs.glob("mongo.sqlite*"):
+            stale.unlink()
+        self.spawn(
+            "mongo",
+            ["emulators.mongo", "--port", str(self.ports["mongo"]), "--file", str(self.mongo_file)],
+        )
         self.spawn("kube", ["emulators.kube", "--port", str(self.ports["kube"]), "--seed", str(SEED)])
         self.spawn(
             "otc",

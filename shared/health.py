@@ -7,6 +7,7 @@ components that know their own state.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,8 +25,10 @@ Check = Callable[[], CheckResult | Awaitable[CheckResult]]
 class Health:
     """Registry of named liveness/readiness checks and the service's metrics registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, check_timeout_s: float = 1.0) -> None:
         self.registry = registry or CollectorRegistry()
+        self.check_timeout_s = check_timeout_s
+        """Bound of each check: a hung dependency makes its check fail, never the endpoint hang."""
         self._live: dict[str, Check] = {}
         self._ready: dict[str, Check] = {}
 
@@ -35,20 +38,24 @@ class Health:
     def add_readiness(self, name: str, check: Check) -> None:
         self._ready[name] = check
 
-    @staticmethod
-    async def _run(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
-        ok_all, details = True, {}
-        for name, check in checks.items():
-            try:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:
-                result = (False, f"{type(exc).__name__}: {exc}")
-            ok, detail = result if isinstance(result, tuple) else (result, "")
-            ok_all = ok_all and ok
+    async def _run(self, checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
+        """All checks at once, each bounded: the endpoint answers within ``check_timeout_s``."""
+        results = await asyncio.gather(*(self._one(check) for check in checks.values()))
+        details = {}
+        for name, (ok, detail) in zip(checks, results, strict=True):
             details[name] = ("ok" if ok else "failing") + (f": {detail}" if detail else "")
-        return ok_all, details
+        return all(ok for ok, _ in results), details
+
+    async def _one(self, check: Check) -> tuple[bool, str]:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, self.check_timeout_s)
+        except TimeoutError:
+            return False, f"no answer within {self.check_timeout_s:g}s"
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return result if isinstance(result, tuple) else (result, "")
 
     async def liveness(self) -> tuple[bool, dict[str, str]]:
         return await self._run(self._live)
@@ -83,15 +90,23 @@ class HttpServer:
     entered (``port`` is the one bound: tests bind 0), stopped gracefully on exit."""
 
     def __init__(
-        self, app: web.Application, host: str, port: int, *, name: str, shutdown_timeout: float = 5.0
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        shutdown_timeout: float = 5.0,
+        runner: web.AppRunner | None = None,
     ) -> None:
+        """``runner``: one of the caller's own (e.g. with connection limits) instead of the plain one."""
         self.app = app
         self.port = 0
         self._host = host
         self._wanted = port
         self._name = name
         # How long in-flight requests may finish; the runtime's shutdown deadline bounds it anyway.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+        self._runner = runner or web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
 
     async def __aenter__(self) -> Self:
         await self._runner.setup()  # runs the app's cleanup_ctx start halves

@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
 from shared.amqp.consumer import ConsumerMetrics
+from shared.dependencies import MONGODB, RABBITMQ, Probe
 from shared.health import Health
 from shared.lifecycle import Runtime
 from shared.mongo import Document, database, make_client, ping
@@ -48,6 +49,20 @@ class Infra:
 
     async def _mongo_ready(self) -> tuple[bool, str]:
         return await ping(self.mongo)
+
+    def probes(self) -> dict[str, Probe]:
+        """Probes of the shared dependencies, for consumers that hold messages while one is down."""
+
+        async def mongodb() -> bool:
+            try:
+                return (await asyncio.wait_for(ping(self.mongo), 3.0))[0]
+            except TimeoutError:
+                return False
+
+        async def rabbitmq() -> bool:
+            return self.amqp.ready and self.publisher.ready
+
+        return {MONGODB: mongodb, RABBITMQ: rabbitmq}
 
     @contextlib.asynccontextmanager
     async def mongodb(self) -> AsyncIterator[AsyncDatabase[Document]]:

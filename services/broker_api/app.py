@@ -12,6 +12,7 @@ from aiohttp import web
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.http import BrokerApi, make_app, utc_now
 from services.broker_api.outbox import EventSink, Outbox
+from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
 from shared.health import Health, HttpServer
@@ -84,12 +85,23 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
+    limits = ServerLimits(
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        header_timeout_s=settings.header_timeout_s,
+    )
     http = HttpServer(
         app,
         settings.http_host,
         settings.http_port,
         name=NAME,
-        shutdown_timeout=settings.shutdown_timeout_s / 2,
+        runner=GuardedAppRunner(
+            app,
+            limits=limits,
+            registry=health.registry,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_s / 2,
+        ),
     )
     runtime = BrokerRuntime(
         infra=infra, store=store, outbox=outbox, http=http, shutdown_timeout=settings.shutdown_timeout_s

@@ -46,6 +46,22 @@ class MethodNotAllowed(BrokerError):
         return {"Allow": ", ".join(self.allowed)}  # RFC 9110 §15.5.6: required on a 405
 
 
+class RequestTimeout(BrokerError):
+    status = 408
+
+
+class TooManyRequests(BrokerError):
+    status = 429
+
+    def __init__(self, description: str, retry_after_s: int) -> None:
+        super().__init__(description)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class PayloadTooLarge(BrokerError):
     status = 413
 

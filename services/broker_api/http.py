@@ -7,8 +7,7 @@ OTC still gets its 200/204. OTC retrying a call whose event is pending is harmle
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import hmac
 import json
 import logging
@@ -18,12 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, SecretStr, ValidationError
 from pymongo.errors import PyMongoError
 
 from services.broker_api import instances
+from services.broker_api.auth import AuthThrottle, basic_credentials, basic_value
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.errors import (
     BadRequest,
@@ -31,6 +32,8 @@ from services.broker_api.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     from_validation,
@@ -71,17 +74,6 @@ METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS"}
 MESSAGE_SOURCES = frozenset({"toolchain", "pipeline", "github"})
 
 
-def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        raw = base64.b64decode(header[6:].strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = raw.partition(b":")
-    return (user, password) if sep else None
-
-
 class BrokerApi:
     def __init__(
         self,
@@ -100,6 +92,7 @@ class BrokerApi:
         self._health = health
         self._clock = clock
         self._policy = Policy(settings)
+        self._throttle = AuthThrottle(settings.auth_failures_per_minute)
         self._user = settings.broker_id.encode()
         self._secret = settings.broker_secret.get_secret_value().encode()
         limit = settings.max_body_bytes
@@ -117,7 +110,7 @@ class BrokerApi:
 
     def is_broker(self, header: str | None) -> bool:
         """Constant-time check of ``BROKER_ID:BROKER_SECRET`` (both parts always compared)."""
-        creds = _parse_basic(header)
+        creds = basic_credentials(header)
         if creds is None:
             return False
         user_ok = hmac.compare_digest(creds[0], self._user)
@@ -172,7 +165,24 @@ class BrokerApi:
             if isinstance(match_exc, web.HTTPMethodNotAllowed):
                 raise MethodNotAllowed(f"method {request.method} not allowed here", match_exc.allowed_methods)
             raise NotFound("not found: no such route")
-        return await handler(request)
+        # One bound for all MongoDB work of a request (server selection included): a hung or down
+        # MongoDB answers 503 within it instead of after the driver's 30 s selection timeout.
+        with pymongo.timeout(self._settings.store_timeout_s):
+            return await handler(request)
+
+    def _auth_failed(self, request: web.Request) -> None:
+        """Count a failed authentication (a credential was presented); 429 once the client failed
+        too often (see ``auth``)."""
+        if request.headers.get("Authorization") is None:
+            return  # nothing guessed: a plain 401
+        client = request.remote or "unknown"
+        self._check_throttle(request)
+        self._throttle.failed(client)
+
+    def _check_throttle(self, request: web.Request) -> None:
+        wait = self._throttle.retry_after(request.remote or "unknown")
+        if wait is not None:
+            raise TooManyRequests("too many failed authentications from this client, retry later", wait)
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -180,12 +190,16 @@ class BrokerApi:
         which also accept a toolchain's (their handler checks those against the instance)."""
         request[AS_BROKER] = self.is_broker(request.headers.get("Authorization"))
         if not request[AS_BROKER] and request.match_info.route.name != SELF_AUTHENTICATING:
+            self._auth_failed(request)
             raise Unauthorized("invalid authorization header: HTTP Basic broker credentials required")
         return await handler(request)
 
-    @staticmethod
-    async def _body(request: web.Request, model: type[BaseModel], *, optional: bool = False) -> Any:
-        raw = await request.read()
+    async def _body(self, request: web.Request, model: type[BaseModel], *, optional: bool = False) -> Any:
+        timeout_s = self._settings.body_timeout_s
+        try:
+            raw = await asyncio.wait_for(request.read(), timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
         if not raw.strip():
             if optional:
                 return model.model_validate({})
@@ -282,11 +296,18 @@ class BrokerApi:
         kind = request.config_dict[KIND]
         as_broker = request[AS_BROKER]
         header = request.headers.get("Authorization")
-        given = header[6:].strip() if header and header[:6].lower() == "basic " else ""
+        given = basic_value(header) or ""
         if not as_broker and not given:
+            self._auth_failed(request)
             raise Unauthorized("invalid authorization header: HTTP Basic credentials required")
+        if not as_broker:
+            self._check_throttle(request)  # before the MongoDB lookup a guess would cost
         req: MessageRequest = await self._body(request, MessageRequest)
-        await self._authorize_message(kind, req, as_broker=as_broker, given=given)
+        try:
+            await self._authorize_message(kind, req, as_broker=as_broker, given=given)
+        except Unauthorized:
+            self._auth_failed(request)
+            raise
         event = req.payload.get("event")
         source = req.service_id if req.service_id in MESSAGE_SOURCES else "other"
         self._messages.labels(source).inc()

@@ -37,6 +37,12 @@ def _credential(v: object) -> object:
     """Credentials are opaque to us: a non-empty string, or an object we store as JSON."""
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True)
+    if isinstance(v, str):
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            # JSON can carry a lone surrogate ("\ud800"); it cannot be encrypted or stored as text.
+            raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
     return v
 
 

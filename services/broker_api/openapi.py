@@ -31,9 +31,13 @@ _ERRORS = {
     401: "missing or wrong HTTP Basic credentials",
     404: "unknown service instance, or no such route",
     405: "method not allowed on this route",
+    408: "request body not received in time",
     413: "body over 64 KiB",
+    429: "too many failed authentications from this client; retry after 'Retry-After' seconds",
     503: "storage unavailable; retry",
 }
+# Every authenticated operation reads a body (408) and throttles failed authentication (429).
+_AUTH_ERRORS = (408, 429)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
     if op.response is not None:
         ok["content"] = {"application/json": {"schema": refs[(op.response, "serialization")]}}
     responses: dict[str, Any] = {str(op.success): ok}
-    for code in op.errors:
+    for code in sorted({*op.errors, *(_AUTH_ERRORS if op.auth else ())}):
         responses[str(code)] = {
             "description": op.notes.get(code, _ERRORS[code]),
             "content": {"application/json": {"schema": _ref("ErrorBody")}},

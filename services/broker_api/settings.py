@@ -47,6 +47,18 @@ class Settings(CommonSettings):
     outbox_drain_interval_s: float = Field(default=5.0, gt=0)
     build_version: str = "0.1.0"
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    max_connections: int = Field(default=512, ge=1, description="open HTTP connections, in total")
+    max_connections_per_client: int = Field(default=64, ge=1, description="per client address")
+    header_timeout_s: float = Field(
+        default=15.0, gt=0, description="to deliver a request head after connecting or the last answer"
+    )
+    body_timeout_s: float = Field(default=15.0, gt=0, description="to deliver a request body")
+    store_timeout_s: float = Field(
+        default=5.0, gt=0, description="bound of one request's MongoDB work; /status's checks get 1 s"
+    )
+    auth_failures_per_minute: int = Field(
+        default=20, ge=1, description="failed authentications per client before 429"
+    )
 
     @field_validator("broker_secret")
     @classmethod

@@ -63,10 +63,12 @@ def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
         topology=infra.topology,
         prefetch=settings.prefetch,
         key_of=key_of,
+        probes=infra.probes(),
     )
     health.add_liveness(
         "consumer", lambda: (consumer.consuming, "" if consumer.consuming else "not consuming")
     )
+    health.add_readiness("queue", consumer.readiness)
     http = HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME)
     runtime = LinkerRuntime(
         infra=infra, consumer=consumer, http=http, shutdown_timeout=settings.shutdown_timeout_s

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -15,7 +18,7 @@ from services.otc_writer.applier import ToolApplier, WriteHook
 from services.otc_writer.audit import AuditMetrics, Auditor, AuditReport
 from services.otc_writer.desired import TriggerToolStyle
 from services.otc_writer.ledger import Ledger
-from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig
+from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig, OtcError
 from services.otc_writer.projection import Projection
 from services.otc_writer.reconcile import Metrics, Reconciler, key_of_command, key_of_event
 from services.otc_writer.settings import Settings
@@ -61,6 +64,7 @@ class OtcWriter(Runtime):
         reconciler: Reconciler,
         auditor: Auditor,
         http: HttpServer,
+        iam: IamTokenManager,
         shutdown_timeout: float,
     ) -> None:
         super().__init__(NAME, shutdown_timeout=shutdown_timeout)
@@ -72,6 +76,7 @@ class OtcWriter(Runtime):
         self.reconciler = reconciler
         self.auditor = auditor
         self.http = http
+        self.iam = iam
         self.consumers: list[Consumer] = []
         self.handled: dict[str, int] = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
         """Messages handled successfully per queue (acked right after): tests wait on it."""
@@ -140,9 +145,12 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         reconciler=Reconciler(projection, ledger, applier, style, Metrics(health.registry)),
         auditor=Auditor(ledger, client, applier, AuditMetrics(health.registry), owner=owner),
         http=HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME),
+        iam=iam,
         shutdown_timeout=settings.shutdown_timeout_s,
     )
     health.add_readiness("otc", lambda: (client.breaker.state != "open", client.breaker.state))
+    health.add_readiness("iam", lambda: (iam.rejected is None, iam.rejected or ""))
+    probes = {**infra.probes(), "otc": client.probe, "iam": client.probe}
     health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
 
     if deps.session is None:  # ours: closed whatever part fails after it
@@ -163,11 +171,14 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             prefetch=settings.prefetch,
             max_attempts=deps.max_attempts,
             key_of=key_of,
+            probes=probes,
         )
         runtime.consumers.append(consumer)
+        health.add_readiness(f"queue:{queue}", consumer.readiness)
         runtime.add_task(f"consume:{queue}", consumer.run)
     if settings.otc_audit_interval_s > 0:
         runtime.add_task("otc-audit", functools.partial(runtime.auditor.run, settings.otc_audit_interval_s))
+    runtime.add("iam-check", lambda: _first_token(iam))
     runtime.add("http", lambda: runtime.http)
     return runtime
 
@@ -184,6 +195,27 @@ async def _prepare_storage(ledger: Ledger, projection: Projection) -> None:
                 "error": doc.get("last_error"),
             },
         )
+
+
+@contextlib.asynccontextmanager
+async def _first_token(iam: IamTokenManager) -> AsyncIterator[None]:
+    """Learn at once whether IAM accepts the key (readiness), without delaying start-up.
+
+    Not a supervised task: it ends by design, and liveness counts every supervised task.
+    """
+
+    async def fetch() -> None:
+        try:
+            await iam.token()
+        except OtcError as exc:
+            log.error("no IAM token: OTC writes wait until IAM issues one", extra={"error": str(exc)})
+
+    task = asyncio.create_task(fetch(), name=f"{NAME}:iam-check")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from services.otc_writer.ledger import Ledger
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
 from shared.amqp import PermanentError, RetryableError
+from shared.dependencies import unavailable_dependency
 from shared.events import (
     CloudEvent,
     RoutingKeys,
@@ -230,6 +231,11 @@ class Reconciler:
         for err in errors:
             if isinstance(err, asyncio.CancelledError):
                 raise err
+        # A dependency that is down outranks everything: the consumer holds the message and runs
+        # it again once the dependency answers (tools already applied cost nothing then).
+        down = next((e for e in errors if unavailable_dependency(e) is not None), None)
+        if isinstance(down, Exception):
+            raise down
         permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
         if permanent and len(permanent) == len(errors):
             raise PermanentError("; ".join(str(e) for e in permanent))

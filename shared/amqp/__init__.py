@@ -2,7 +2,7 @@
 
 from shared.amqp.connection import AmqpConnection
 from shared.amqp.consumer import Consumer, PermanentError, RetryableError
-from shared.amqp.publisher import Publisher, PublishError
+from shared.amqp.publisher import Publisher, PublishError, PublishUnavailable
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES, Topology, declare_topology
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Consumer",
     "PermanentError",
     "PublishError",
+    "PublishUnavailable",
     "Publisher",
     "RetryableError",
     "Topology",

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from shared.amqp.connection import AmqpConnection
 from shared.amqp.topology import EXCHANGE
+from shared.dependencies import RABBITMQ, DependencyUnavailable
 from shared.events import CONTENT_TYPE, CloudEvent
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 class PublishError(Exception):
     """The broker did not confirm the message (nack, unroutable, timeout or connection loss)."""
+
+
+class PublishUnavailable(PublishError, DependencyUnavailable):
+    """No confirm because the broker is unreachable or silent (not a refusal of this message)."""
+
+    dependency = RABBITMQ
 
 
 def to_message(event: CloudEvent, headers: dict[str, Any] | None = None) -> aio_pika.Message:
@@ -46,6 +53,11 @@ class Publisher:
         self._channel = await self._connection.channel(on_return_raises=True)
         self._exchange = await self._channel.get_exchange(EXCHANGE, ensure=False)
 
+    @property
+    def ready(self) -> bool:
+        """The confirm channel is open (aio-pika reopens it after a reconnect)."""
+        return self._channel is not None and not self._channel.is_closed
+
     async def publish(self, event: CloudEvent) -> None:
         await self.publish_message(to_message(event), event.routing_key)
 
@@ -54,7 +66,7 @@ class Publisher:
     ) -> None:
         """Publish to the events exchange, or to ``exchange`` ("" = default exchange, i.e. a queue)."""
         if self._channel is None or self._exchange is None:
-            raise PublishError("publisher not started")
+            raise PublishUnavailable("publisher not started")
         target = (
             self._exchange
             if exchange is None
@@ -69,14 +81,14 @@ class Publisher:
         except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
             raise PublishError(f"not routed or refused: {routing_key}: {exc!r}") from exc
         except TimeoutError as exc:
-            raise PublishError(f"no confirm within {self._timeout}s for {routing_key}") from exc
+            raise PublishUnavailable(f"no confirm within {self._timeout}s for {routing_key}") from exc
         except (
             aio_pika.exceptions.AMQPError,
             aiormq.exceptions.AMQPError,
             ConnectionError,
             RuntimeError,
         ) as exc:
-            raise PublishError(f"broker connection problem publishing {routing_key}: {exc!r}") from exc
+            raise PublishUnavailable(f"broker connection problem publishing {routing_key}: {exc!r}") from exc
         except asyncio.CancelledError:
             raise
         if result is not None and not isinstance(result, aiormq.spec.Basic.Ack):

@@ -4,6 +4,12 @@ Per consuming queue ``Q`` (a quorum queue):
 - ``Q.dead`` receives dead letters (``kabanero-otc.dead``, routing key ``Q``), both the ones the
   consumer publishes with a reason header and the ones the broker moves past ``x-delivery-limit``
   (a message that crashes its consumer repeatedly).
+  It is bounded (``x-max-length``, default 100,000) with ``x-overflow: drop-head``: when full, the
+  oldest dead letter is dropped to keep the newest, and the consumers keep running; the alert on
+  ``Q.dead`` depth (deploy/ alert rules, docs/design.md "Faults") fires long before that. A ``.dead``
+  queue declared by an older version without the limit cannot be redeclared with other arguments
+  (RabbitMQ answers PRECONDITION_FAILED): it is then used as it is, and a warning names the policy
+  that bounds it (``rabbitmqctl set_policy``; a policy applies to existing queues).
 - ``Q.retry.<N>s`` are delay queues: a message published there expires after N seconds and is
   dead-lettered back to ``Q`` through the default exchange. This gives bounded retries with backoff
   and no hot requeue loop.
@@ -11,10 +17,14 @@ Per consuming queue ``Q`` (a quorum queue):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+log = logging.getLogger(__name__)
 
 EXCHANGE = "kabanero-otc.events"
 DEAD_EXCHANGE = "kabanero-otc.dead"
@@ -32,6 +42,7 @@ class Topology:
 
     delivery_limit: int = 10
     retry_delays_s: tuple[int, ...] = (1, 5, 30)
+    dead_max_length: int = 100_000
     queues: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(QUEUES))
 
     def retry_queue(self, queue: str, attempt: int) -> tuple[str, int]:
@@ -57,9 +68,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology | None =
         )
         for key in keys:
             await queue.bind(exchange, routing_key=key)
-        dead_queue = await channel.declare_queue(
-            f"{name}.dead", durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        dead_queue = await _declare_dead_queue(channel, f"{name}.dead", topo.dead_max_length)
         await dead_queue.bind(dead, routing_key=name)
         for delay in sorted(set(topo.retry_delays_s)):
             await channel.declare_queue(
@@ -72,3 +81,27 @@ async def declare_topology(channel: AbstractChannel, topology: Topology | None =
                     "x-dead-letter-routing-key": name,
                 },
             )
+
+
+DEAD_POLICY = (
+    "rabbitmqctl set_policy -p <vhost> --apply-to queues kotc-dead-limit '\\.dead$' "
+    '\'{{"max-length":{limit},"overflow":"drop-head"}}\''
+)
+
+
+async def _declare_dead_queue(channel: AbstractChannel, name: str, limit: int) -> AbstractQueue:
+    try:
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-max-length": limit, "x-overflow": "drop-head"},
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        await channel.reopen()  # the broker closed the channel over the mismatch
+        log.warning(
+            "%s exists without a length limit (declared by an older version); bound it with: %s",
+            name,
+            DEAD_POLICY.format(limit=limit),
+            extra={"queue": name},
+        )
+        return await channel.declare_queue(name, passive=True)

@@ -14,13 +14,16 @@ from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
 from emulators.otc.testing import OtcEmulator
 from services.otc_writer.otc_client import (
     IamTokenManager,
+    IamUnavailableError,
     OtcCircuitOpenError,
     OtcClient,
     OtcClientConfig,
     OtcNotFoundError,
     OtcPermanentError,
     OtcRetryableError,
+    OtcUnavailableError,
 )
+from shared.dependencies import unavailable_dependency
 
 KEY = "unit-key"
 GH = {"type": "link", "repo_url": "https://github.com/o/r"}
@@ -103,13 +106,31 @@ async def test_401_forces_one_refresh_then_retries(ctx: Ctx) -> None:
     assert sum(1 for c in ctx.otc.calls() if c.status == 401) >= 1
 
 
-async def test_bad_api_key_is_permanent_without_leaking_it(ctx: Ctx) -> None:
+async def test_bad_api_key_is_iam_unavailable_without_leaking_it(ctx: Ctx) -> None:
     iam = IamTokenManager(ctx.session, ctx.otc.url, "wrong-secret-key")
     client = OtcClient(OtcClientConfig(api_url=ctx.otc.api_url), ctx.session, iam)
-    with pytest.raises(OtcPermanentError) as err:
+    with pytest.raises(IamUnavailableError) as err:
         await client.list_tools(ctx.otc.seed_toolchain())
+    # Not the message's fault: the consumer holds messages instead of dead-lettering them.
+    assert unavailable_dependency(err.value) == "iam"
     assert "wrong-secret-key" not in str(err.value)
     assert "API key could not be found" in str(err.value)
+    assert iam.rejected is not None and "wrong-secret-key" not in iam.rejected
+    assert not await client.probe()
+
+
+async def test_probe_tells_whether_otc_answers_and_closes_the_circuit(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=3, max_attempts=3, breaker_reset_s=600)
+    ctx.otc.set_faults(error_rate=1.0)
+    with pytest.raises(OtcUnavailableError):  # the circuit opened on the way: OTC is down
+        await client.list_tools(tc)
+    assert client.breaker.state == "open"
+    assert not await client.probe()
+    ctx.otc.clear_faults()
+    assert await client.probe()
+    assert client.breaker.state == "closed"
+    assert await client.list_tools(tc) == []
 
 
 async def test_5xx_retried_then_gives_up_retryable(ctx: Ctx) -> None:

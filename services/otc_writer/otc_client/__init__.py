@@ -2,6 +2,7 @@
 
 from services.otc_writer.otc_client.client import OtcClient, OtcClientConfig, Tool
 from services.otc_writer.otc_client.errors import (
+    IamUnavailableError,
     OtcAmbiguousError,
     OtcCircuitOpenError,
     OtcConflictError,
@@ -9,11 +10,13 @@ from services.otc_writer.otc_client.errors import (
     OtcNotFoundError,
     OtcPermanentError,
     OtcRetryableError,
+    OtcUnavailableError,
 )
 from services.otc_writer.otc_client.iam import IamTokenManager
 
 __all__ = [
     "IamTokenManager",
+    "IamUnavailableError",
     "OtcAmbiguousError",
     "OtcCircuitOpenError",
     "OtcClient",
@@ -23,5 +26,6 @@ __all__ = [
     "OtcNotFoundError",
     "OtcPermanentError",
     "OtcRetryableError",
+    "OtcUnavailableError",
     "Tool",
 ]

@@ -28,6 +28,7 @@ from services.otc_writer.otc_client.errors import (
     OtcError,
     OtcPermanentError,
     OtcRetryableError,
+    OtcUnavailableError,
     classify,
     ibm_message,
 )
@@ -105,6 +106,8 @@ class OtcClient:
         self._concurrency = asyncio.Semaphore(config.max_concurrency)
         self.calls = 0
         """HTTP requests sent to the Toolchain API (metrics and benchmarks)."""
+        self.probes = 0
+        """Health probes sent while OTC was judged down (:meth:`probe`)."""
 
     # --- tools API ---
 
@@ -151,7 +154,7 @@ class OtcClient:
                 if found:
                     return found[0]
                 if attempt >= self.config.max_attempts or self._clock() >= deadline:
-                    raise
+                    raise self._unavailable_or(exc) from exc
                 await self._backoff(attempt, deadline)
 
     async def update_tool(self, toolchain_id: str, tool_id: str, patch: dict[str, Any]) -> Tool:
@@ -215,11 +218,63 @@ class OtcClient:
                 last = exc
             if attempt >= self.config.max_attempts or self._clock() >= deadline:
                 assert last is not None
-                raise last
+                raise self._unavailable_or(last) from last
             if self.gate.not_before > deadline:
-                raise last  # the advertised Retry-After ends after our deadline: let the queue retry
+                # The advertised Retry-After ends after our deadline: OTC holds us off as a whole.
+                raise self._unavailable_or(last) from last
             if last.status != 429:
                 await self._backoff(attempt, deadline)
+
+    def _unavailable_or(self, exc: OtcRetryableError) -> OtcRetryableError:
+        """``exc`` as :class:`OtcUnavailableError` when OTC as a whole is down or holding us off.
+
+        That is decided here, once: the circuit is not closed (failures across all calls), or OTC
+        answers 429 / pushed its Retry-After past our deadline. A lone transient failure with a
+        healthy OTC stays the message's own and spends an attempt.
+        """
+        if isinstance(exc, OtcUnavailableError):
+            return exc
+        if self.breaker.state != "closed" or exc.status == 429 or self.gate.not_before > self._clock():
+            return OtcUnavailableError(
+                exc.message,
+                status=exc.status,
+                code=exc.code,
+                transaction_id=exc.transaction_id,
+                method=exc.method,
+                path=exc.path,
+            )
+        return exc
+
+    async def probe(self) -> bool:
+        """One cheap call past the circuit: does IAM issue a token and the Toolchain API answer?
+
+        Any answer but 5xx/429 (a 400 or 404 included) means OTC is up; success closes the circuit at
+        once, so held messages resume within a probe interval of OTC's return, not after
+        ``breaker_reset_s``. Never raises.
+        """
+        if self.gate.not_before > self._clock():
+            return False
+        self.probes += 1
+        try:
+            token = await self._iam.token()
+            async with self._session.get(
+                self._base + "/toolchains",
+                params={"limit": "1"},
+                headers={"Authorization": f"Bearer {token}", "Accept": JSON},
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            ) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                await resp.read()
+        except (OtcError, aiohttp.ClientError, TimeoutError):
+            return False
+        if status == 429:
+            self.gate.push(parse_retry_after(retry_after, default=self.config.default_retry_after_s))
+            return False
+        if status >= 500:
+            return False
+        self.breaker.success()
+        return True
 
     async def _attempt(
         self,

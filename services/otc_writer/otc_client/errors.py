@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.dependencies import DependencyUnavailable
+
 TRANSACTION_HEADER = "X-Global-Transaction-ID"
 
 
@@ -48,8 +50,27 @@ class OtcAmbiguousError(OtcRetryableError):
     """A non-idempotent request may or may not have been applied (sent, then no answer)."""
 
 
-class OtcCircuitOpenError(OtcRetryableError):
+class OtcUnavailableError(OtcRetryableError, DependencyUnavailable):
+    """OTC as a whole is down or holding us off (circuit open, 429 storm): not the message's fault.
+
+    The consumer holds the message without spending an attempt until :meth:`OtcClient.probe` succeeds.
+    """
+
+    dependency = "otc"
+
+
+class OtcCircuitOpenError(OtcUnavailableError):
     """The client refused to call OTC: too many consecutive failures recently."""
+
+
+class IamUnavailableError(OtcUnavailableError):
+    """IAM is unreachable, failing, or refuses our API key: no token, so no call can be made.
+
+    A refused key is fixed by an operator, never by the content of a message: it must not dead-letter
+    the messages that happen to be in flight, and it makes otc-writer not ready.
+    """
+
+    dependency = "iam"
 
 
 class OtcConflictError(OtcRetryableError):

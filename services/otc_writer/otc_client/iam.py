@@ -20,9 +20,7 @@ import aiohttp
 
 from services.otc_writer.otc_client.errors import (
     TRANSACTION_HEADER,
-    OtcError,
-    OtcPermanentError,
-    OtcRetryableError,
+    IamUnavailableError,
     ibm_message,
 )
 from services.otc_writer.otc_client.resilience import Clock
@@ -70,6 +68,8 @@ class IamTokenManager:
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
         self.refreshes = 0
+        self.rejected: str | None = None
+        """Why IAM refused our API key at the last attempt (readiness reports it), else None."""
 
     async def token(self) -> str:
         current = self._token
@@ -101,16 +101,16 @@ class IamTokenManager:
                     body = None
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise OtcRetryableError(
+            raise IamUnavailableError(
                 f"IAM unreachable: {type(exc).__name__}", method="POST", path="/identity/token"
             ) from None
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             message, code = ibm_message(body)
-            err_cls: type[OtcError] = (
-                OtcRetryableError if status == 429 or status >= 500 else OtcPermanentError
-            )
-            raise err_cls(
-                f"IAM token request failed: {message or 'no usable token in the answer'}",
+            reason = f"IAM token request failed: {message or 'no usable token in the answer'}"
+            if status in (400, 401, 403):
+                self.rejected = f"{status} {reason}"
+            raise IamUnavailableError(
+                reason,
                 status=status,
                 code=code,
                 transaction_id=trace,
@@ -123,5 +123,6 @@ class IamTokenManager:
             expires_in = body.get("expires_in")
             lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 600.0
         self.refreshes += 1
+        self.rejected = None
         log.info("IAM token obtained", extra={"lifetime_s": lifetime})
         return _Token(value=value, refresh_at=started + REFRESH_AT * lifetime, expires_at=started + lifetime)

@@ -1,0 +1,256 @@
+"""The consumer against real RabbitMQ and MongoDB: a dependency that is down spends no attempts;
+what a message says about its own retries is not trusted; what can never be stored dead-letters at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from pymongo import AsyncMongoClient
+
+from services.github_linker.app import QUEUE as LINKER_QUEUE
+from services.github_linker.app import Deps, build
+from services.github_linker.settings import Settings
+from shared.amqp import (
+    AmqpConnection,
+    Consumer,
+    Publisher,
+    RetryableError,
+    Topology,
+    declare_topology,
+)
+from shared.amqp.consumer import ATTEMPT_HEADER, REASON_HEADER, ConsumerMetrics, Handler
+from shared.amqp.publisher import to_message
+from shared.dependencies import DependencyUnavailable
+from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceParameters
+from tests.helpers import drain_queue, wait_until
+
+FAST = Topology(retry_delays_s=(1,))
+QUEUE = "otc-writer.events"
+
+
+@contextlib.asynccontextmanager
+async def consuming(consumer: Consumer) -> AsyncIterator[None]:
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _event(instance: str, revision: int = 1) -> CloudEvent:
+    data = ServiceEventData(
+        kind="kabanero-events",
+        instance_id=instance,
+        service_id="kabanero-events",
+        parameters=ServiceParameters(cluster="default", namespace=instance),
+        revision=revision,
+    )
+    return CloudEvent.for_data(
+        RoutingKeys.service("kabanero-events", "provisioned"), data, source="test", subject=instance
+    )
+
+
+def _key(event: CloudEvent) -> str:
+    return str(event.data["parameters"]["namespace"])
+
+
+@pytest.fixture
+async def amqp(amqp_url: str) -> AsyncIterator[tuple[AmqpConnection, Publisher]]:
+    conn = AmqpConnection(amqp_url, name="test", connect_timeout=5)
+    await conn.connect()
+    channel = await conn.channel()
+    await declare_topology(channel, FAST)
+    await channel.close()
+    publisher = Publisher(conn, timeout=5)
+    await publisher.start()
+    yield conn, publisher
+    await conn.close()
+
+
+def _consumer(
+    conn: AmqpConnection, publisher: Publisher, handler: Handler, *, max_attempts: int = 2, **kw: object
+) -> Consumer:
+    return Consumer(
+        conn,
+        publisher,
+        QUEUE,
+        handler,
+        metrics=ConsumerMetrics(CollectorRegistry()),
+        topology=FAST,
+        max_attempts=max_attempts,
+        key_of=_key,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_dependency_down_holds_messages_in_order_without_spending_attempts(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    conn, publisher = amqp
+    down = True
+    calls = 0
+    done: list[tuple[str, int]] = []
+    probes = 0
+
+    async def handler(event: CloudEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if down:
+            raise RetryableError("lost the lease") from DependencyUnavailable("OTC down", dependency="otc")
+        done.append((_key(event), int(event.data["revision"])))
+
+    async def probe() -> bool:
+        nonlocal probes
+        probes += 1
+        return not down
+
+    consumer = _consumer(conn, publisher, handler, probes={"otc": probe}, probe_interval_s=0.2)
+    async with consuming(consumer):
+        for revision in (1, 2, 3):
+            await publisher.publish(_event("a", revision))
+        await publisher.publish(_event("b"))
+        await wait_until(lambda: consumer.outage == "otc", what="the consumer pausing")
+        await asyncio.sleep(4)  # twice what max_attempts=2 with 1 s delays would take to give up
+        assert consumer.outage == "otc" and probes >= 3
+        # While paused the handler is not called again: at most one call per message in hand.
+        assert calls <= 4
+        assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+        down = False
+        started = asyncio.get_running_loop().time()
+        await wait_until(lambda: len(done) == 4, timeout=10, what="all four handled")
+        assert asyncio.get_running_loop().time() - started < 3
+    assert [r for k, r in done if k == "a"] == [1, 2, 3]  # the held one did not get overtaken
+    assert consumer.outage is None
+    assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+    assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
+
+
+async def test_an_attempt_count_the_message_claims_is_not_trusted(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    conn, publisher = amqp
+    calls = 0
+
+    async def handler(event: CloudEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryableError("transient")
+
+    consumer = _consumer(conn, publisher, handler, max_attempts=3)
+    async with consuming(consumer):
+        event = _event("forged")
+        await publisher.publish_message(to_message(event, {ATTEMPT_HEADER: 999}), event.routing_key)
+        await wait_until(lambda: calls >= 2, timeout=10, what="the retry")
+    assert calls == 2
+    assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"n": 2**70}, "integer out of BSON's 64-bit range"),
+        ({"blob": "x" * (17 * 1024 * 1024)}, "document over MongoDB's size limit"),
+    ],
+    ids=["int-too-big", "over-16MB"],
+)
+async def test_what_mongodb_can_never_store_dead_letters_at_once_with_the_reason(
+    amqp: tuple[AmqpConnection, Publisher],
+    amqp_url: str,
+    mongodb_url: str,
+    document: dict[str, object],
+    reason: str,
+) -> None:
+    conn, publisher = amqp
+    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_url, serverSelectionTimeoutMS=5000)
+    collection = mongo.get_default_database(default="kotc_test")[f"c{uuid.uuid4().hex[:8]}"]
+    calls = 0
+
+    async def handler(event: CloudEvent) -> None:
+        nonlocal calls
+        calls += 1
+        await collection.insert_one(dict(document))
+
+    consumer = _consumer(conn, publisher, handler, max_attempts=5)
+    try:
+        async with consuming(consumer):
+            await publisher.publish(_event("huge"))
+            dead = await wait_until(lambda: drain_queue(amqp_url, f"{QUEUE}.dead"), timeout=10)
+    finally:
+        await mongo.close()
+    assert calls == 1
+    assert dead[0].headers[REASON_HEADER] == f"can never succeed: {reason}"
+
+
+async def test_dead_queues_have_a_length_limit(amqp_url: str, amqp: tuple[AmqpConnection, Publisher]) -> None:
+    conn, _ = amqp
+    channel = await conn.channel()
+    try:
+        # Passive re-declaration with the same arguments succeeds only if they match.
+        queue = await channel.declare_queue(
+            f"{QUEUE}.dead",
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-max-length": FAST.dead_max_length,
+                "x-overflow": "drop-head",
+            },
+        )
+        assert queue.name == f"{QUEUE}.dead"
+    finally:
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            await channel.close()
+
+
+async def test_an_unbounded_dead_queue_of_an_older_version_is_kept_and_named(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = AmqpConnection(amqp_url, name="test", connect_timeout=5)
+    await conn.connect()
+    try:
+        channel = await conn.channel()
+        topo = Topology(retry_delays_s=(1,), queues={"old.q": ("old.#",)})
+        await channel.declare_queue("old.q.dead", durable=True, arguments={"x-queue-type": "quorum"})
+        with caplog.at_level("WARNING"):
+            await declare_topology(channel, topo)
+        assert "rabbitmqctl set_policy" in caplog.text
+        await declare_topology(channel, topo)  # still idempotent
+        await channel.close()
+    finally:
+        await conn.close()
+
+
+async def test_github_linker_is_not_ready_once_its_queue_is_deleted(amqp_url: str, mongodb_url: str) -> None:
+    settings = Settings(
+        amqp_url=amqp_url,  # type: ignore[arg-type]
+        mongodb_url=mongodb_url,  # type: ignore[arg-type]
+        http_host="127.0.0.1",
+        http_port=0,
+        connect_timeout_s=10,
+    )
+    runtime = build(settings, deps=Deps(registry=CollectorRegistry()))
+    async with runtime, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{runtime.port}/readyz"
+        await wait_until(lambda: runtime.consumer.consuming, what="consuming")
+        async with http.get(url) as resp:
+            assert resp.status == 200
+        conn = await aio_pika.connect(amqp_url)
+        channel = await conn.channel()
+        await channel.queue_delete(LINKER_QUEUE)
+        await conn.close()
+
+        async def unready() -> bool:
+            async with http.get(url) as resp:
+                body = await resp.json()
+                return resp.status == 503 and "does not exist" in body["checks"]["queue"]
+
+        await wait_until(unready, timeout=10, what="/readyz failing")

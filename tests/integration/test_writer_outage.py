@@ -1,0 +1,87 @@
+"""otc-writer while OTC or IAM is down: nothing dead-letters, nothing is lost, OTC converges at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, Deps
+from services.otc_writer.desired import trigger_tool_name
+from tests.helpers import drain_queue, wait_until
+from tests.integration.writer_support import (
+    FAST,
+    WriterEnv,
+    command,
+    service_event,
+    snapshot_event,
+    trigger,
+    trigger_event,
+    writes,
+)
+
+
+async def _ready(port: int, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_otc_down_longer_than_all_attempts_dead_letters_nothing(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="outage")
+    first = [trigger(f"t{i}") for i in range(3)]
+    # A long reset: only the probe can close the circuit, so the test shows the probe resumes work.
+    async with env.writer(Deps(topology=FAST, max_attempts=3), otc_breaker_reset_s=600) as w:
+        await env.publish(
+            snapshot_event(first, revision=1),
+            service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc),
+        )
+        await env.wait_handled(w, 2)
+        env.otc.set_faults(error_rate=1.0)  # OTC answers nothing but 503
+        later = [trigger(f"t{i}", revision=2) for i in range(3, 9)]
+        for t in later:
+            await env.publish(trigger_event(t))
+        for i in range(4):
+            await env.publish(command("apply", key=f"r{i}", toolchain_id=tc, revision=1))
+        # 3 attempts at 1 s delays would have dead-lettered everything within ~5 s.
+        await wait_until(
+            lambda: all(c.outage == "otc" for c in w.consumers), timeout=30, what="both consumers holding"
+        )
+        await asyncio.sleep(8)
+        status, body = await _ready(w.http_port)
+        assert status == 503 and "open" in str(body["checks"])
+        assert (await _ready(w.http_port, "/healthz"))[0] == 200  # alive: waiting is its job now
+        for queue in (EVENTS_QUEUE, COMMANDS_QUEUE):
+            assert await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2) == []
+        env.otc.clear_faults()
+        loop = asyncio.get_running_loop()
+        back = loop.time()
+        await wait_until(lambda: len(env.otc.tools(tc)) == 9 + 4, timeout=10, what="OTC converged")
+        converged = loop.time() - back
+        await env.wait_handled(w, 2 + len(later))
+        await env.wait_handled(w, 4, COMMANDS_QUEUE)
+    assert converged < 10
+    expected = sorted(
+        [trigger_tool_name(t.key) for t in first + later] + [f"kabanero-repo r{i}" for i in range(4)]
+    )
+    assert env.tool_names(tc) == expected  # exactly one each: no duplicates
+    assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 13
+    for queue in (EVENTS_QUEUE, COMMANDS_QUEUE):
+        assert await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2) == []
+
+
+async def test_iam_rejecting_the_key_makes_the_writer_unready_and_dead_letters_nothing(
+    env: WriterEnv,
+) -> None:
+    tc = env.otc.seed_toolchain(name="badkey")
+    async with env.writer(otc_api_key="a-key-iam-does-not-know") as w:
+        await wait_until(lambda: w.iam.rejected is not None, timeout=10, what="IAM's verdict")
+        status, body = await _ready(w.http_port)
+        assert status == 503
+        assert str(body["checks"]["iam"]).startswith("failing")
+        assert "a-key-iam-does-not-know" not in str(body)
+        await env.publish(command("apply", key="k1", toolchain_id=tc, revision=1))
+        await wait_until(lambda: w.consumers[1].outage == "iam", timeout=10, what="commands held")
+        await asyncio.sleep(3)
+        assert await drain_queue(env.amqp_url, f"{COMMANDS_QUEUE}.dead", timeout=0.2) == []
+    assert env.otc.tools(tc) == []
