@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).parent / "fixtures" / "kabanero"
 SAMPLES = ROOT / "samples"
-CRDS = ROOT / "crds"
+CRDS = ROOT.parents[2] / "emulators" / "kube" / "crds"
 # What the watcher reads; samples also hold Tekton objects (TriggerBinding, …) it never sees.
 KINDS = ("Kabanero", "Stack", "EventMediator", "EventConnections", "ConfigMap")
 

@@ -84,11 +84,7 @@ class Discovery:
     # ------------------------------------------------------------------ OpenAPI
 
     def _group_versions(self) -> list[tuple[str, str]]:
-        seen: list[tuple[str, str]] = []
-        for rt in self.registry.resources:
-            if self._served(rt.group) and (rt.group, rt.version) not in seen:
-                seen.append((rt.group, rt.version))
-        return seen
+        return [(g, v) for g, v in self.registry.group_versions() if self._served(g)]
 
     @staticmethod
     def _gv_path(group: str, version: str) -> str:
@@ -103,8 +99,8 @@ class Discovery:
         return {"paths": paths}
 
     @staticmethod
-    def _operations(rt: ResourceType, action: str) -> dict[str, Any]:
-        gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+    def _operations(rt: ResourceType, action: str, version: str) -> dict[str, Any]:
+        gvk = {"group": rt.group, "version": version, "kind": rt.kind}
         params = [
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
@@ -133,20 +129,20 @@ class Discovery:
                 f"{prefix}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced else f"{prefix}/{rt.plural}"
             )
             paths[base] = {
-                "get": self._operations(rt, "list"),
-                "post": self._operations(rt, "post"),
+                "get": self._operations(rt, "list", version),
+                "post": self._operations(rt, "post", version),
             }
             paths[f"{base}/{{name}}"] = {
-                "get": self._operations(rt, "get"),
-                "put": self._operations(rt, "put"),
-                "patch": self._operations(rt, "patch"),
-                "delete": self._operations(rt, "delete"),
+                "get": self._operations(rt, "get", version),
+                "put": self._operations(rt, "put", version),
+                "patch": self._operations(rt, "patch", version),
+                "delete": self._operations(rt, "delete", version),
             }
             if rt.status_subresource:
                 paths[f"{base}/{{name}}/status"] = {
-                    "get": self._operations(rt, "get"),
-                    "put": self._operations(rt, "put"),
-                    "patch": self._operations(rt, "patch"),
+                    "get": self._operations(rt, "get", version),
+                    "put": self._operations(rt, "put", version),
+                    "patch": self._operations(rt, "patch", version),
                 }
         return {
             "openapi": "3.0.0",

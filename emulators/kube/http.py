@@ -8,6 +8,7 @@ carrying a 410 `Status`, then the end of the stream.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -174,6 +175,20 @@ class _Target:
     namespace: str | None
     name: str | None
     subresource: str | None
+    version: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.rt.group}/{self.version}" if self.rt.group else self.version
+
+    def view(self, obj: Obj) -> Obj:
+        """An object (or a list and its items) as read in the requested version (conversion None)."""
+        if obj.get("apiVersion") == self.rt.api_version:
+            obj["apiVersion"] = self.api_version
+        for item in obj.get("items") or ():
+            if isinstance(item, dict) and item.get("apiVersion") == self.rt.api_version:
+                item["apiVersion"] = self.api_version
+        return obj
 
 
 def _target(request: web.Request, group: str, version: str) -> _Target:
@@ -194,7 +209,7 @@ def _target(request: web.Request, group: str, version: str) -> _Target:
     sub = rest[1] if len(rest) == 2 else None
     if sub is not None and (sub != "status" or not rt.status_subresource):
         raise errors.no_such_resource()
-    return _Target(rt, namespace, name, sub)
+    return _Target(rt, namespace, name, sub, version)
 
 
 async def _core(request: web.Request) -> web.StreamResponse:
@@ -219,7 +234,7 @@ async def _dispatch(request: web.Request, target: _Target) -> web.StreamResponse
                 extra = f"metadata.name={name}"
                 field_selector = f"{field_selector},{extra}" if field_selector else extra
             selector = Selector.parse(q.get("labelSelector"), field_selector)
-            return await _watch(request, rt, ns, selector)
+            return await _watch(request, target, ns, selector)
         if name is None:
             selector = Selector.parse(q.get("labelSelector"), q.get("fieldSelector"))
             limit = q.get("limit")
@@ -232,27 +247,34 @@ async def _dispatch(request: web.Request, target: _Target) -> web.StreamResponse
                 limit=int(limit) if limit and limit.isdigit() else None,
                 continue_token=q.get("continue") or None,
             )
-            return _json(body)
-        return _json(store.get(rt, ns, name))
+            return _json(target.view(body))
+        return _json(target.view(store.get(rt, ns, name)))
     if method == "POST":
         if name is not None or (rt.namespaced and ns is None):
             raise errors.method_not_allowed(method)
         body = await _read_json(request)
         if rt.status_subresource and isinstance(body, dict):
             body.pop("status", None)
-        return _json(store.create(body, resource=rt, namespace=ns), 201)
+        created = store.create(body, resource=rt, namespace=ns, version=target.version)
+        return _json(target.view(created), 201)
     if method == "PUT":
         if name is None:
             raise errors.method_not_allowed(method)
         body = await _read_json(request)
         if not isinstance(body, dict):
             raise errors.bad_request("the body must be a JSON object")
-        return _json(store.update(body, resource=rt, namespace=ns, name=name, subresource=sub))
+        updated = store.update(
+            body, resource=rt, namespace=ns, name=name, subresource=sub, version=target.version
+        )
+        return _json(target.view(updated))
     if method == "PATCH":
         if name is None:
             raise errors.method_not_allowed(method)
         patch = await _read_json(request)
-        return _json(store.patch(rt, ns, name, patch, request.content_type, subresource=sub))
+        patched = store.patch(
+            rt, ns, name, patch, request.content_type, subresource=sub, version=target.version
+        )
+        return _json(target.view(patched))
     if method == "DELETE":
         options = await _read_json(request)
         pre = options.get("preconditions") if isinstance(options, dict) else None
@@ -263,7 +285,8 @@ async def _dispatch(request: web.Request, target: _Target) -> web.StreamResponse
                 store.delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
                 for obj in store.list_objects(rt, ns, selector)
             ]
-            return _json({"apiVersion": rt.api_version, "kind": rt.list_kind, "metadata": {}, "items": items})
+            body = {"apiVersion": rt.api_version, "kind": rt.list_kind, "metadata": {}, "items": items}
+            return _json(target.view(body))
         result = store.delete(
             rt,
             ns,
@@ -273,7 +296,7 @@ async def _dispatch(request: web.Request, target: _Target) -> web.StreamResponse
         )
         pending = bool(result["metadata"].get("finalizers"))
         if rt.tracks_generation or pending:
-            return _json(result, 202 if pending else 200)
+            return _json(target.view(result), 202 if pending else 200)
         details = {"name": name, "kind": rt.plural, "uid": result["metadata"]["uid"]}
         if rt.group:
             details["group"] = rt.group
@@ -301,8 +324,9 @@ async def _wait(signal: asyncio.Event, seconds: float) -> None:
 
 
 async def _watch(
-    request: web.Request, rt: ResourceType, namespace: str | None, selector: Selector
+    request: web.Request, target: _Target, namespace: str | None, selector: Selector
 ) -> web.StreamResponse:
+    rt = target.rt
     store = request.app[STORE]
     settings = request.app[SETTINGS]
     q = request.query
@@ -328,7 +352,13 @@ async def _watch(
     try:
         await resp.prepare(request)
         await _pump(
-            request, resp, sub, rt, timeout=timeout, bookmarks=bookmarks, interval=settings.bookmark_interval
+            request,
+            resp,
+            sub,
+            target,
+            timeout=timeout,
+            bookmarks=bookmarks,
+            interval=settings.bookmark_interval,
         )
     except ConnectionError:
         logger.debug("watch client of %s went away", rt.qualified)
@@ -341,7 +371,7 @@ async def _pump(
     request: web.Request,
     resp: web.StreamResponse,
     sub: Subscription,
-    rt: ResourceType,
+    target: _Target,
     *,
     timeout: float,
     bookmarks: bool,
@@ -370,14 +400,14 @@ async def _pump(
             return
         if sub.pending:
             kind, obj = sub.pending.popleft()
-            await resp.write(_event_line(kind, obj))
+            await resp.write(_event_line(kind, target.view(copy.copy(obj))))
             continue
         if now >= deadline:
             break
         if now >= next_bookmark:
             bookmark = {
-                "kind": rt.kind,
-                "apiVersion": rt.api_version,
+                "kind": target.rt.kind,
+                "apiVersion": target.api_version,
                 "metadata": {"resourceVersion": str(store.resource_version)},
             }
             await resp.write(_event_line("BOOKMARK", bookmark))

@@ -29,6 +29,14 @@ class ResourceType:
     """`metadata.generation` starts at 1 and is bumped on every non-metadata, non-status change."""
     categories: tuple[str, ...] = ()
     verbs: tuple[str, ...] = field(default=_CR_VERBS)
+    also_served: tuple[str, ...] = ()
+    """Other versions served from the same objects with conversion None: an object written in one
+    version is read in any other with the same fields, only `apiVersion` differs. `version` is the
+    storage version."""
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        return (self.version, *self.also_served)
 
     @property
     def api_version(self) -> str:
@@ -74,6 +82,8 @@ class ResourceType:
         return entries
 
 
+# kabanero-operator@0.6.0..0.9.2:deploy/crds/kabanero.io_kabaneros_crd.yaml: v1alpha1 served,
+# v1alpha2 served and stored, no conversion stanza (None).
 KABANEROS = ResourceType(
     group="kabanero.io",
     version="v1alpha2",
@@ -82,6 +92,7 @@ KABANEROS = ResourceType(
     kind="Kabanero",
     status_subresource=True,
     tracks_generation=True,
+    also_served=("v1alpha1",),
 )
 STACKS = ResourceType(
     group="kabanero.io",
@@ -155,13 +166,14 @@ class Registry:
 
     def by_path(self, group: str, version: str, plural: str) -> ResourceType | None:
         for rt in self.resources:
-            if (rt.group, rt.version, rt.plural) == (group, version, plural):
+            if (rt.group, rt.plural) == (group, plural) and version in rt.served:
                 return rt
         return None
 
     def by_kind(self, api_version: str, kind: str) -> ResourceType | None:
+        group, _, version = api_version.rpartition("/")
         for rt in self.resources:
-            if rt.api_version == api_version and rt.kind == kind:
+            if rt.group == group and rt.kind == kind and version in rt.served:
                 return rt
         return None
 
@@ -185,11 +197,24 @@ class Registry:
         return seen
 
     def versions(self, group: str) -> list[str]:
+        """Served versions of a group, storage versions first (the first is the preferred one)."""
         seen: list[str] = []
         for rt in self.resources:
             if rt.group == group and rt.version not in seen:
                 seen.append(rt.version)
+        for rt in self.resources:
+            for version in rt.also_served:
+                if rt.group == group and version not in seen:
+                    seen.append(version)
+        return seen
+
+    def group_versions(self) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        for rt in self.resources:
+            for version in rt.served:
+                if (rt.group, version) not in seen:
+                    seen.append((rt.group, version))
         return seen
 
     def in_group_version(self, group: str, version: str) -> list[ResourceType]:
-        return [rt for rt in self.resources if rt.group == group and rt.version == version]
+        return [rt for rt in self.resources if rt.group == group and version in rt.served]

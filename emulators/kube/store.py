@@ -18,6 +18,12 @@ Semantics (as the real API server, unless noted):
   finalizer is removed the object is really deleted (DELETED carrying the final state);
 - history: the last `history_window` changes per resource type are kept; a watch or an exact list from an
   older resourceVersion fails with 410 Expired; `compact()` drops all history at once;
+- custom resources are validated against their CRD's `openAPIV3Schema` (`schemas.py`; the bundled
+  Kabanero 0.9.2 CRDs by default) at the version written, on create, update, patch and status writes:
+  422 `Invalid` with the API server's causes. `validate=False` on the direct helpers stores an object
+  the API server would refuse (as one stored before its CRD had a schema), for robustness tests;
+- a type served in several versions (`ResourceType.also_served`, conversion None) keeps one object;
+  it is stored with the storage version's `apiVersion` and the HTTP layer answers in the version asked;
 - deviation: a namespaced object created in a namespace that does not exist creates that Namespace
   (unless `auto_namespaces=False`, then 404 like the real server); deleting a namespace does not cascade.
 """
@@ -42,6 +48,7 @@ from . import errors
 from .errors import ApiError
 from .patching import apply_patch
 from .resources import NAMESPACES, Registry, ResourceType
+from .schemas import Schemas
 from .selectors import Selector
 
 Obj = dict[str, Any]
@@ -168,10 +175,12 @@ class Store:
         *,
         history_window: int = 1000,
         auto_namespaces: bool = True,
+        schemas: Schemas | None = None,
     ) -> None:
         if history_window < 1:
             raise ValueError("history_window must be >= 1")
         self.registry = registry or Registry()
+        self.schemas = Schemas.bundled() if schemas is None else schemas
         self.history_window = history_window
         self.auto_namespaces = auto_namespaces
         self.subscriptions: set[Subscription] = set()
@@ -245,6 +254,15 @@ class Store:
                 f"no resource type for apiVersion={obj.get('apiVersion')!r} kind={obj.get('kind')!r}"
             )
         raise ValueError("resource type or object with apiVersion/kind required")
+
+    @staticmethod
+    def _version(rt: ResourceType, obj: Any, version: str | None) -> str:
+        """The version a write is made in: the one asked, else the object's own if served, else storage."""
+        if version is not None:
+            return version
+        api_version = obj.get("apiVersion") if isinstance(obj, dict) else None
+        written = str(api_version or "").rpartition("/")[2]
+        return written if written in rt.served else rt.version
 
     def _key(self, rt: ResourceType, namespace: str | None, name: str) -> tuple[str, str]:
         if rt.namespaced:
@@ -365,11 +383,14 @@ class Store:
         *,
         resource: str | ResourceType | None = None,
         namespace: str | None = None,
+        validate: bool = True,
+        version: str | None = None,
     ) -> Obj:
         """Create `obj` (its type from `resource` or from apiVersion/kind). Namespace: `namespace`,
         else `metadata.namespace`, else "default". Status is kept as given (the HTTP layer drops it
         for types with a status subresource, as the API server does)."""
         rt = self._resolve(resource, obj)
+        written_in = self._version(rt, obj, version)
         new = copy.deepcopy(obj)
         meta = _meta(new)
         name = meta.get("name") or ""
@@ -413,10 +434,22 @@ class Store:
         if rt is NAMESPACES:
             new.setdefault("spec", {"finalizers": ["kubernetes"]})
             new.setdefault("status", {"phase": "Active"})
+        if validate:
+            self.schemas.check(rt, written_in, new)
         return self._commit(rt, "ADDED", new, None)
 
-    def _write(self, rt: ResourceType, old: Obj, proposed: Any, subresource: str | None) -> Obj:
+    def _write(
+        self,
+        rt: ResourceType,
+        old: Obj,
+        proposed: Any,
+        subresource: str | None,
+        *,
+        validate: bool = True,
+        version: str | None = None,
+    ) -> Obj:
         """Validate and commit `proposed` as the next state of `old` (update and patch share this)."""
+        written_in = self._version(rt, proposed, version)
         meta = _meta(proposed)
         old_meta = old["metadata"]
         name = old_meta["name"]
@@ -462,6 +495,8 @@ class Store:
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if new == old:
             return copy.deepcopy(old)
+        if validate:
+            self.schemas.check(rt, written_in, new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return self._commit(rt, "DELETED", new, old)
         return self._commit(rt, "MODIFIED", new, old)
@@ -474,6 +509,8 @@ class Store:
         namespace: str | None = None,
         name: str | None = None,
         subresource: str | None = None,
+        validate: bool = True,
+        version: str | None = None,
     ) -> Obj:
         """PUT semantics: replace the object (or only its status with `subresource="status"`)."""
         rt = self._resolve(resource, obj)
@@ -486,7 +523,7 @@ class Store:
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
         old = self._stored(rt, namespace or meta.get("namespace"), name)
-        return self._write(rt, old, copy.deepcopy(obj), subresource)
+        return self._write(rt, old, copy.deepcopy(obj), subresource, validate=validate, version=version)
 
     def patch(
         self,
@@ -497,11 +534,13 @@ class Store:
         content_type: str = "application/merge-patch+json",
         *,
         subresource: str | None = None,
+        validate: bool = True,
+        version: str | None = None,
     ) -> Obj:
         rt = self._resolve(resource)
         old = self._stored(rt, namespace, name)
         proposed = apply_patch(copy.deepcopy(old), patch, content_type)
-        return self._write(rt, old, proposed, subresource)
+        return self._write(rt, old, proposed, subresource, validate=validate, version=version or rt.version)
 
     def delete(
         self,
@@ -542,7 +581,7 @@ class Store:
 
     # ------------------------------------------------------------------ test conveniences
 
-    def apply(self, obj: Obj, *, resource: str | ResourceType | None = None) -> Obj:
+    def apply(self, obj: Obj, *, resource: str | ResourceType | None = None, validate: bool = True) -> Obj:
         """Create `obj`, or replace the stored one unconditionally (keeping uid, creationTimestamp,
         generation rules and, unless `obj` has one, the status). A `status` in `obj` is written through
         the status subresource (so it never bumps generation)."""
@@ -551,32 +590,42 @@ class Store:
         namespace = meta.get("namespace") if rt.namespaced else None
         key = self._key(rt, namespace, str(meta.get("name", "")))
         if key not in self._objects[rt]:
-            return self.create(obj, resource=rt)
+            return self.create(obj, resource=rt, validate=validate)
         body = copy.deepcopy(obj)
         body["metadata"].pop("resourceVersion", None)
-        result = self.update(body, resource=rt, namespace=key[0] or None)
+        result = self.update(body, resource=rt, namespace=key[0] or None, validate=validate)
         if rt.status_subresource and "status" in obj:
             result = self.update(
-                {"metadata": {"name": key[1]}, "status": obj["status"]},
+                {"apiVersion": obj.get("apiVersion"), "metadata": {"name": key[1]}, "status": obj["status"]},
                 resource=rt,
                 namespace=key[0] or None,
                 subresource="status",
+                validate=validate,
             )
         return result
 
     def patch_status(
-        self, resource: str | ResourceType, namespace: str | None, name: str, status: Any
+        self,
+        resource: str | ResourceType,
+        namespace: str | None,
+        name: str,
+        status: Any,
+        *,
+        validate: bool = True,
     ) -> Obj:
         """Replace the status through the status subresource (never bumps generation)."""
         rt = self._resolve(resource)
         stored = self._stored(rt, namespace, name)
         proposed = copy.deepcopy(stored)
         proposed["status"] = copy.deepcopy(status)
-        return self._write(rt, stored, proposed, "status" if rt.status_subresource else None)
+        return self._write(
+            rt, stored, proposed, "status" if rt.status_subresource else None, validate=validate
+        )
 
     def remove_finalizers(self, resource: str | ResourceType, namespace: str | None, name: str) -> Obj:
-        """Clear `metadata.finalizers` (completing a pending delete)."""
-        return self.patch(resource, namespace, name, {"metadata": {"finalizers": None}})
+        """Clear `metadata.finalizers` (completing a pending delete), as a controller would; not
+        validated, so an object stored with `validate=False` can still go away."""
+        return self.patch(resource, namespace, name, {"metadata": {"finalizers": None}}, validate=False)
 
     # ------------------------------------------------------------------ watches
 

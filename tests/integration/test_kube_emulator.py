@@ -159,12 +159,23 @@ async def test_create_list_patch_and_status_semantics(kube: KubeEmulator, crs: A
     assert exists.value.status == 409
     assert status_of(exists.value)["reason"] == "AlreadyExists"
 
-    # JSON patch, and a malformed object that the watcher must survive is storable.
-    jp = await crs.patch_namespaced_custom_object(
-        GROUP, VERSION, NS, PLURAL, "kabanero", [{"op": "replace", "path": "/spec", "value": "oops"}]
-    )
-    assert jp["spec"] == "oops" and jp["metadata"]["generation"] == 3
-    assert kube.store.get(PLURAL, NS, "kabanero")["spec"] == "oops"
+    # A JSON patch that breaks the CRD schema is refused as the API server does; the direct helper
+    # with validate=False still stores it (an object the watcher must survive).
+    with pytest.raises(ApiException) as invalid:
+        await crs.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, "kabanero", [{"op": "replace", "path": "/spec", "value": "oops"}]
+        )
+    assert invalid.value.status == 422
+    assert status_of(invalid.value)["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'Invalid value: "string": spec in body must be of type object: "string"',
+            "field": "spec",
+        }
+    ]
+    assert kube.store.get(PLURAL, NS, "kabanero")["spec"] == {"version": "0.9.1"}
+    stored = kube.store.patch(PLURAL, NS, "kabanero", {"spec": "oops"}, validate=False)
+    assert stored["spec"] == "oops" and stored["metadata"]["generation"] == 3
 
 
 async def test_selectors_and_paging(kube: KubeEmulator, crs: Any) -> None:
@@ -501,3 +512,139 @@ async def test_kubectl_get_apply_delete(kube: KubeEmulator, tmp_path: Path) -> N
 
     assert "deleted" in await kubectl("delete", "-f", str(manifest))
     assert [o["metadata"]["name"] for o in kube.store.list_objects(PLURAL)] == ["other"]
+
+
+async def test_v1alpha1_and_v1alpha2_kabaneros_are_one_object_read_in_either_version(
+    kube: KubeEmulator, crs: Any, http: aiohttp.ClientSession
+) -> None:
+    """kabaneros.kabanero.io serves v1alpha1 and v1alpha2 (storage) with conversion None: an object
+    written in one version is read in the other with the same fields; only apiVersion differs."""
+    v1 = {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "Kabanero",
+        "metadata": {"name": "old", "namespace": NS},
+        "spec": {
+            "version": "0.5.0",
+            "collections": {"repositories": [{"name": "central", "url": "https://h/o/r/index.yaml"}]},
+        },
+    }
+    created = await crs.create_namespaced_custom_object(GROUP, "v1alpha1", NS, PLURAL, v1)
+    assert created["apiVersion"] == f"{GROUP}/v1alpha1"
+    as_v2 = await crs.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "old")
+    assert as_v2["apiVersion"] == f"{GROUP}/{VERSION}" and as_v2["spec"] == v1["spec"]
+    kube.store.create(kabanero("new"))
+    listed = await crs.list_namespaced_custom_object(GROUP, "v1alpha1", NS, PLURAL)
+    assert [(i["apiVersion"], i["metadata"]["name"]) for i in listed["items"]] == [
+        (f"{GROUP}/v1alpha1", "new"),
+        (f"{GROUP}/v1alpha1", "old"),
+    ]
+    # A v1alpha2 watch sees a v1alpha1 write, in v1alpha2.
+    rv = listed["metadata"]["resourceVersion"]
+    await crs.patch_namespaced_custom_object(
+        GROUP, "v1alpha1", NS, PLURAL, "old", {"spec": {"version": "0.5.1"}}, _content_type=MERGE
+    )
+    async with watch.Watch().stream(
+        crs.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, resource_version=rv, timeout_seconds=2
+    ) as stream:
+        async for event in stream:
+            obj = event["raw_object"]
+            assert (event["type"], obj["apiVersion"], obj["spec"]["version"]) == (
+                "MODIFIED",
+                f"{GROUP}/{VERSION}",
+                "0.5.1",
+            )
+            break
+    # Discovery: both versions, v1alpha2 preferred; Stacks exist only in v1alpha2.
+    async with http.get(f"/apis/{GROUP}") as r:
+        group = await r.json()
+    assert [v["version"] for v in group["versions"]] == [VERSION, "v1alpha1"]
+    assert group["preferredVersion"]["version"] == VERSION
+    async with http.get(f"/apis/{GROUP}/v1alpha1") as r:
+        assert [res["name"] for res in (await r.json())["resources"]] == ["kabaneros", "kabaneros/status"]
+    async with http.get(f"/apis/{GROUP}/v1alpha1/namespaces/{NS}/stacks") as r:
+        assert r.status == 404
+
+
+async def test_writes_are_validated_against_the_real_crd_schemas(crs: Any) -> None:
+    """422 Invalid with the API server's Status: required fields, types, per version."""
+    mediator = {
+        "apiVersion": f"{EVENTS}/{EVENTS_VERSION}",
+        "kind": "EventMediator",
+        "metadata": {"name": "webhook", "namespace": NS},
+        # The kabanero-io/docs 0.9 example's shape: the `mediation:` wrapper leaves `name` out.
+        "spec": {"createListener": "yes", "mediations": [{"mediation": {"name": "webhook"}}]},
+    }
+    with pytest.raises(ApiException) as refused:
+        await crs.create_namespaced_custom_object(EVENTS, EVENTS_VERSION, NS, "eventmediators", mediator)
+    assert refused.value.status == 422
+    status = status_of(refused.value)
+    assert status["reason"] == "Invalid" and status["kind"] == "Status"
+    assert status["message"] == (
+        'EventMediator.events.kabanero.io "webhook" is invalid: ['
+        'spec.createListener: Invalid value: "string": spec.createListener in body must be of type boolean: "string", '
+        "spec.mediations[0].name: Required value]"
+    )
+    assert [(c["reason"], c["field"]) for c in status["details"]["causes"]] == [
+        ("FieldValueInvalid", "spec.createListener"),
+        ("FieldValueRequired", "spec.mediations[0].name"),
+    ]
+    assert status["details"]["kind"] == "EventMediator" and status["details"]["group"] == EVENTS
+    connections = {
+        "apiVersion": f"{EVENTS}/{EVENTS_VERSION}",
+        "kind": "EventConnections",
+        "metadata": {"name": "c", "namespace": NS},
+        "spec": {"connections": [{"from": {"mediator": {"mediation": "m"}}}]},
+    }
+    with pytest.raises(ApiException) as missing:
+        await crs.create_namespaced_custom_object(EVENTS, EVENTS_VERSION, NS, "eventconnections", connections)
+    fields = [c["field"] for c in status_of(missing.value)["details"]["causes"]]
+    assert fields == ["spec.connections[0].to", "spec.connections[0].from.mediator.name"]
+    # An item without a mediator is valid (the CRD does not require one).
+    connections["spec"] = {"connections": [{"from": {}, "to": []}]}
+    await crs.create_namespaced_custom_object(EVENTS, EVENTS_VERSION, NS, "eventconnections", connections)
+    # The v1alpha1 Kabanero schema is not the v1alpha2 one: spec.collections is typed only there.
+    bad_v1 = kabanero("old") | {"apiVersion": f"{GROUP}/v1alpha1"}
+    bad_v1["spec"] = {"collections": {"repositories": "central"}}
+    with pytest.raises(ApiException) as typed:
+        await crs.create_namespaced_custom_object(GROUP, "v1alpha1", NS, PLURAL, bad_v1)
+    assert [c["field"] for c in status_of(typed.value)["details"]["causes"]] == [
+        "spec.collections.repositories"
+    ]
+    bad_v1["apiVersion"] = f"{GROUP}/{VERSION}"
+    await crs.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, bad_v1)  # unknown field, kept
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+async def test_kubectl_applies_v1alpha1_and_reports_schema_errors(kube: KubeEmulator, tmp_path: Path) -> None:
+    kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
+    manifest = tmp_path / "kabanero.yaml"
+
+    async def kubectl(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            "kubectl",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
+        out, err = await proc.communicate()
+        return int(proc.returncode or 0), (out + err).decode()
+
+    manifest.write_text(
+        f"apiVersion: kabanero.io/v1alpha1\nkind: Kabanero\nmetadata:\n  name: kabanero\n  namespace: {NS}\n"
+        "spec:\n  collections:\n    repositories:\n    - name: central\n      url: https://h/o/r/i.yaml\n"
+    )
+    code, out = await kubectl("apply", "-f", str(manifest))
+    assert code == 0 and "kabanero.kabanero.io/kabanero created" in out, out
+    stored = kube.store.get(PLURAL, NS, "kabanero")
+    assert stored["apiVersion"] == f"{GROUP}/{VERSION}" and stored["spec"]["collections"]["repositories"]
+    manifest.write_text(
+        f"apiVersion: events.kabanero.io/v1alpha1\nkind: EventMediator\nmetadata:\n  name: m\n  namespace: {NS}\n"
+        "spec:\n  mediations:\n  - mediation:\n      name: webhook\n"
+    )
+    code, out = await kubectl("apply", "-f", str(manifest))
+    assert code != 0 and "spec.mediations[0].name: Required value" in out, out

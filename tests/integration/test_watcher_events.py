@@ -196,7 +196,10 @@ async def test_create_update_delete_publish_exactly_the_changes(
 
             # Status-only updates publish nothing; a spec change of the CR is instance.changed.
             kube.store.patch_status(
-                "eventmediators", "kabanero", "webhook", {"summary": [{"operation": "x"}]}
+                "eventmediators",
+                "kabanero",
+                "webhook",
+                {"summary": [{"operation": "x", "input": [], "result": "ok", "message": ""}]},
             )
             kube.store.patch_status(
                 "kabaneros", "kabanero", "kabanero", {"kabaneroInstance": {"ready": "True"}}

@@ -42,19 +42,22 @@ def test_unchanged_update_commits_nothing(store: Store) -> None:
     assert store.resource_version == int(created["metadata"]["resourceVersion"])
 
 
+def _summary(result: str) -> dict[str, Any]:
+    """An EventMediator status (its CRD requires these four fields per summary entry)."""
+    return {"summary": [{"operation": "send", "input": [], "result": result, "message": ""}]}
+
+
 def test_generation_follows_spec_only(store: Store) -> None:
     store.create(mediator())
-    assert (
-        store.patch_status("eventmediators", NS, "webhook", {"summary": "ok"})["metadata"]["generation"] == 1
-    )
+    assert store.patch_status("eventmediators", NS, "webhook", _summary("ok"))["metadata"]["generation"] == 1
     labelled = store.patch("eventmediators", NS, "webhook", {"metadata": {"labels": {"x": "y"}}})
     assert labelled["metadata"]["generation"] == 1
     changed = store.patch("eventmediators", NS, "webhook", {"spec": {"mediations": []}})
     assert changed["metadata"]["generation"] == 2
-    assert changed["status"] == {"summary": "ok"}
+    assert changed["status"] == _summary("ok")
     # apply() routes a status through the status subresource
-    applied = store.apply({**mediator(), "status": {"summary": "again"}})
-    assert applied["metadata"]["generation"] == 3 and applied["status"] == {"summary": "again"}
+    applied = store.apply({**mediator(), "status": _summary("again")})
+    assert applied["metadata"]["generation"] == 3 and applied["status"] == _summary("again")
 
 
 def test_conflict_on_stale_resource_version(store: Store) -> None:
@@ -111,7 +114,12 @@ def test_exact_list_reads_the_past(store: Store) -> None:
 
 
 def test_finalizer_flow_and_malformed_objects(store: Store) -> None:
-    store.create({**mediator(), "spec": "not-an-object", "metadata": {"name": "m", "finalizers": ["f"]}})
+    # validate=False stores what the API server would refuse (an object from before its CRD's schema).
+    malformed = {**mediator(), "spec": "not-an-object", "metadata": {"name": "m", "finalizers": ["f"]}}
+    with pytest.raises(ApiError) as refused:
+        store.create(malformed)
+    assert refused.value.code == 422
+    store.create(malformed, validate=False)
     marked = store.delete("eventmediators", "default", "m")
     assert marked["metadata"]["deletionTimestamp"] and marked["spec"] == "not-an-object"
     assert marked["metadata"]["generation"] == 2  # the API server bumps it when marking for deletion
