@@ -15,9 +15,8 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from emulators.kube.testing import KubeEmulator
-from services.kabanero_watcher.derive import content_hash
 from services.kabanero_watcher.state import PublishedState, Record
-from shared.events import InstanceData, InstanceRef, Repository, TriggerData, TriggerKey
+from shared.events import InstanceData, InstanceRef, Repository, TriggerData, TriggerKey, content_hash
 from tests.helpers import EventTap
 from tests.integration.test_watcher_events import (
     changes,
