@@ -473,6 +473,23 @@ async def test_kubeconfig_loads_in_kubernetes_asyncio(kube: KubeEmulator, tmp_pa
     assert [i["metadata"]["name"] for i in listed["items"]] == ["kabanero"]
 
 
+async def run_kubectl(kubeconfig: Path, home: Path, *args: str) -> tuple[int, str]:
+    """kubectl against the emulator: (exit code, stdout then stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        "kubectl",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cache-dir",
+        str(home / "cache"),
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HOME": str(home)},
+    )
+    out, err = await proc.communicate()
+    return int(proc.returncode or 0), (out + err).decode()
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 async def test_kubectl_get_apply_delete(kube: KubeEmulator, tmp_path: Path) -> None:
     kube.store.create(
@@ -482,20 +499,9 @@ async def test_kubectl_get_apply_delete(kube: KubeEmulator, tmp_path: Path) -> N
     manifest = tmp_path / "kabanero.yaml"
 
     async def kubectl(*args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "kubectl",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            *args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode()
+        code, out = await run_kubectl(kubeconfig, tmp_path, *args)
+        assert code == 0, out
+        return out
 
     for version, verb in (("0.9.0", "created"), ("0.9.1", "configured"), ("0.9.1", "unchanged")):
         manifest.write_text(
@@ -620,19 +626,7 @@ async def test_kubectl_applies_v1alpha1_and_reports_schema_errors(kube: KubeEmul
     manifest = tmp_path / "kabanero.yaml"
 
     async def kubectl(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            "kubectl",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            *args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        out, err = await proc.communicate()
-        return int(proc.returncode or 0), (out + err).decode()
+        return await run_kubectl(kubeconfig, tmp_path, *args)
 
     manifest.write_text(
         f"apiVersion: kabanero.io/v1alpha1\nkind: Kabanero\nmetadata:\n  name: kabanero\n  namespace: {NS}\n"
