@@ -56,6 +56,9 @@ class KubeEmulator:
         if self._runner is not None:
             raise RuntimeError("already started")
         seed_files(self.store, self._seed)
+        # Like every real cluster: its uid is the cluster identity watchers record per CLUSTER_NAME.
+        if not any(o["metadata"]["name"] == "kube-system" for o in self.store.list_objects("namespaces")):
+            self.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

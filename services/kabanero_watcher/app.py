@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from kubernetes_asyncio import client
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
+from services.kabanero_watcher.identity import ClusterIdentity
 from services.kabanero_watcher.kube import KubeClient
 from services.kabanero_watcher.lease import LeaseElector
+from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
@@ -100,13 +102,33 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             return True, ""
         return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
 
+    def lease() -> tuple[bool, str]:
+        return runtime.elector.health() if runtime.elector is not None else (True, "starting")
+
     health.add_liveness("watch", live)
     health.add_readiness("initial-sync", ready)
     health.add_readiness("reconcile", storage)
+    health.add_readiness("lease", lease)
 
     def elect() -> contextlib.AbstractAsyncContextManager[object]:
-        runtime.elector = LeaseElector(runtime.kube.custom, settings)
+        custom = runtime.kube.custom
+        identity = ClusterIdentity(
+            infra.db,
+            custom.api_client,
+            settings.cluster_name,
+            holder=settings.holder_identity,
+            timeout_s=settings.kube_request_timeout_s,
+        )
+        runtime.elector = LeaseElector(custom, settings, precheck=identity.verify)
         return runtime.supervisor.running("lease", runtime.elector.run())
+
+    resync = ResyncListener(
+        infra.amqp,
+        infra.publisher,
+        cluster=settings.cluster_name,
+        holder=settings.holder_identity,
+        session=lambda: runtime.session if runtime.leading else None,
+    )
 
     def lead() -> contextlib.AbstractAsyncContextManager[object]:
         publish = deps.publish or infra.publisher.publish
@@ -119,6 +141,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     runtime.add("kubernetes", lambda: runtime.kube)
     runtime.add("lease", elect)
     runtime.add("leadership", lead)
+    runtime.add_task("resync-listener", resync.run)
     return runtime
 
 

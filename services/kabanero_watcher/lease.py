@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+from pymongo.errors import PyMongoError
 
+from services.kabanero_watcher.identity import IdentityConflict
 from services.kabanero_watcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,10 @@ class LeaseElector:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        precheck: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``precheck`` runs before every round; an exception from it fails the round (the cluster
+        identity check raises :class:`~services.kabanero_watcher.identity.IdentityConflict`)."""
         self.api = api
         self.identity = settings.holder_identity
         self.name = settings.lease_name
@@ -51,6 +57,30 @@ class LeaseElector:
         self._observed_at = 0.0
         self.changed = asyncio.Event()
         self.leading_flag = False
+        self._precheck = precheck
+        self.failed_rounds = 0
+        """Consecutive rounds that could not talk to the API server (reset by one that did)."""
+        self.last_error: str | None = None
+        self.refusal: str | None = None
+        """Why this watcher refuses to lead (an identity conflict), None when it may."""
+        self.holder: str | None = None
+        """Holder of the lease as last read."""
+
+    # Rounds failed in a row before /readyz says the API server is unreachable (~15 s by default).
+    UNREACHABLE_AFTER = 3
+
+    def health(self) -> tuple[bool, str]:
+        """Readiness: false with the reason when the API server keeps failing or we refuse to lead."""
+        if self.refusal is not None:
+            return False, self.refusal
+        if self.failed_rounds >= self.UNREACHABLE_AFTER:
+            return False, (
+                f"cannot reach the Kubernetes API: {self.failed_rounds} lease rounds failed in a row "
+                f"(last: {self.last_error})"
+            )
+        if self.is_leader():
+            return True, "leading"
+        return True, f"standby (lease held by {self.holder or 'nobody'})"
 
     def is_leader(self) -> bool:
         return self.leading_flag and self._clock() < self._valid_until
@@ -91,10 +121,13 @@ class LeaseElector:
         if lease is None:
             try:
                 await self.api.create_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
                     self._body(rv=None, transitions=0, acquired=None),
                     _request_timeout=self.timeout,
-                )  # fmt: skip
+                )
             except ApiException as exc:
                 if exc.status == 409:
                     return False
@@ -103,6 +136,7 @@ class LeaseElector:
         spec = lease.get("spec") or {}
         meta = lease.get("metadata") or {}
         holder = spec.get("holderIdentity") or ""
+        self.holder = holder or None
         observed = (holder, spec.get("renewTime"), meta.get("resourceVersion"))
         if observed != self._observed:
             self._observed, self._observed_at = observed, started
@@ -114,10 +148,14 @@ class LeaseElector:
         acquired = spec.get("acquireTime") if holder == self.identity else None
         try:
             await self.api.replace_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
                 self._body(rv=meta.get("resourceVersion"), transitions=transitions, acquired=acquired),
                 _request_timeout=self.timeout,
-            )  # fmt: skip
+            )
         except ApiException as exc:
             if exc.status == 409:  # somebody else renewed or took it first
                 return False
@@ -137,11 +175,7 @@ class LeaseElector:
         """Election loop; sets/clears :attr:`leading_flag` and pulses :attr:`changed`."""
         try:
             while True:
-                try:
-                    ok = await self.try_acquire_or_renew()
-                except (ApiException, OSError, TimeoutError, ValueError) as exc:
-                    log.warning("lease round failed: %s", type(exc).__name__, extra={"error": str(exc)[:200]})
-                    ok = False
+                ok = await self._round()
                 leading = ok or (self.leading_flag and self._clock() < self._valid_until)
                 if leading != self.leading_flag:
                     self.leading_flag = leading
@@ -156,6 +190,31 @@ class LeaseElector:
                 self.changed.set()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.release())
+
+    async def _round(self) -> bool:
+        try:
+            if self._precheck is not None:
+                await self._precheck()
+            ok = await self.try_acquire_or_renew()
+        except IdentityConflict as exc:
+            if self.refusal != str(exc):
+                log.error("refusing to lead: %s", exc)
+            self.refusal = str(exc)
+            self.failed_rounds = 0
+            return False
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError, PyMongoError) as exc:
+            self.failed_rounds += 1
+            self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning(
+                "lease round failed: %s",
+                type(exc).__name__,
+                extra={"error": str(exc)[:200], "failed_rounds": self.failed_rounds},
+            )
+            return False
+        self.refusal = None
+        self.failed_rounds = 0
+        self.last_error = None
+        return ok
 
     async def _sleep_watching_expiry(self) -> None:
         end = self._clock() + self.renew_period
