@@ -78,6 +78,7 @@ class RoutingKeys:
     SNAPSHOT = "kabanero.snapshot"
     TOOL_APPLY = "otc.tool.apply"
     TOOL_REMOVE = "otc.tool.remove"
+    CONTROL_RESYNC = "control.resync"
 
 
 class CloudEvent(BaseModel):
@@ -310,3 +311,26 @@ def event_scope(event: CloudEvent) -> str | None:
     ):
         return instance_scope(ref["cluster"], ref["namespace"])
     return None
+
+
+# --- kabanero-otc CLI -> kabanero-watcher: control.resync ---------------------------------------
+
+
+class ResyncRequest(_Data):
+    """``control.resync``: ask the leading watcher of ``cluster`` (every cluster when None) for fresh
+    snapshots of ``namespace`` (every instance when None). Sent with AMQP ``reply_to`` and
+    ``correlation_id``; each leader that took snapshots answers with a :class:`ResyncReply`."""
+
+    schema_version: Literal[1] = 1
+    cluster: str | None = None
+    namespace: str | None = None
+
+
+class ResyncReply(_Data):
+    """A leader's answer: the snapshot revision it published per namespace (otc-writer has caught
+    up with the resync once its projection holds these revisions)."""
+
+    schema_version: Literal[1] = 1
+    cluster: str
+    holder: str = Field(description="lease holder identity of the answering watcher")
+    snapshots: dict[str, int] = Field(default_factory=dict, description="namespace -> snapshot revision")

@@ -67,6 +67,8 @@ class Session:
         # Set while the reconciler waits with nothing to do (benchmarks and tests use it).
         self.idle = asyncio.Event()
         self.last_reconcile_ms: float | None = None
+        # On-demand resyncs (``control.resync``): namespace filter (None = all) -> waiting caller.
+        self._resyncs: list[tuple[str | None, asyncio.Future[dict[str, int]]]] = []
 
     # --- signals from watchers -----------------------------------------------------------------
 
@@ -83,6 +85,35 @@ class Session:
         self.idle.clear()
         self._wake.set()
 
+    async def resync(self, namespace: str | None = None) -> dict[str, int]:
+        """Fresh snapshots now (of one namespace, or all), taken by the reconcile loop after the
+        initial sync; returns namespace -> published snapshot revision."""
+        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._resyncs.append((namespace, future))
+        self.idle.clear()
+        self._wake.set()
+        return await future
+
+    async def _answer_resyncs(self) -> None:
+        requests, self._resyncs = self._resyncs, []
+        live = {ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)}
+        wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
+        namespaces = sorted(live if not wanted else live & wanted)
+        try:
+            await self._bounded([functools.partial(self.emitter.snapshot, ns) for ns in namespaces])
+        except BaseException:
+            self._resyncs = requests + self._resyncs  # answered after the retry
+            raise
+        for ns, future in requests:
+            if not future.done():
+                future.set_result(
+                    {n: self._snapshot_revision(n) for n in namespaces if ns is None or n == ns}
+                )
+
+    def _snapshot_revision(self, namespace: str) -> int:
+        record = self.state.get("snapshot", f"{self.settings.cluster_name}/{namespace}")
+        return record.revision if record is not None else 0
+
     # --- health ----------------------------------------------------------------------------------
 
     def oldest_activity_age(self) -> float:
@@ -92,12 +123,16 @@ class Session:
     # --- loops -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self._load_state()
-        async with asyncio.TaskGroup() as tg:
-            for watcher in self.watchers:
-                tg.create_task(watcher.run(), name=f"watch:{watcher.name}")
-            tg.create_task(self._reconcile_loop(), name="reconcile")
-            tg.create_task(self._snapshot_timer(), name="snapshot-timer")
+        try:
+            await self._load_state()
+            async with asyncio.TaskGroup() as tg:
+                for watcher in self.watchers:
+                    tg.create_task(watcher.run(), name=f"watch:{watcher.name}")
+                tg.create_task(self._reconcile_loop(), name="reconcile")
+                tg.create_task(self._snapshot_timer(), name="snapshot-timer")
+        finally:
+            for _, future in self._resyncs:
+                future.cancel()  # the term ended: the caller's next leader answers a new request
 
     async def _load_state(self) -> None:
         """The published state, read again until MongoDB answers (a term that starts during an
@@ -129,6 +164,8 @@ class Session:
                 if self._snapshot_due:
                     await self._snapshots()
                     self._snapshot_due = False
+                if self._resyncs:
+                    await self._answer_resyncs()
                 if not self.synced:
                     self.synced = True
                     log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
@@ -145,7 +182,7 @@ class Session:
                 await asyncio.sleep(self.settings.publish_retry_s)
                 continue
             self.storage_error = None
-            if not self._dirty and not self._snapshot_due:
+            if not self._dirty and not self._snapshot_due and not self._resyncs:
                 self.idle.set()
             await self._wake.wait()
             self.idle.clear()
