@@ -1,0 +1,3 @@
+from kotc_cli.main import main
+
+main()

@@ -1,0 +1,323 @@
+"""``kabanero-otc`` against the whole stack as real processes (what ``make run`` starts).
+
+The CLI runs as the installed console script, in a directory below the stack's ``.run/`` with the
+services' variables removed from its environment: it finds everything in the run file, as after
+``make run``. One stack serves the module; the tests run in file order and build on each other
+(provisioned services, then a dead letter, then a dependency taken down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+
+from emulators.otc.platform import OtcPlatform
+from kotc_cli.config import KEYS, SERVICE_ENV
+from scripts.stack import API_KEY, BROKER_ID, BROKERS, Demo, Stack, write_run_file
+from tests.conftest import _mgmt
+
+pytestmark = pytest.mark.e2e
+CLI = Path(sys.executable).parent / "kabanero-otc"
+OTC_PREFIX = "/toolchain/v2"
+
+
+class Env:
+    def __init__(self, stack: Stack, cwd: Path) -> None:
+        self.stack = stack
+        self.cwd = cwd
+        self.toolchain = ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in KEYS and k not in SERVICE_ENV.values()}
+        env.pop("KOTC_RUN_FILE", None)
+        return subprocess.run(
+            [str(CLI), *args], cwd=self.cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    def json(self, *args: str) -> tuple[int, dict[str, Any]]:
+        proc = self.cli("--json", *args)
+        assert proc.stdout.strip(), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    async def otc(self, method: str, path: str, body: Any = None) -> Any:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"{self.stack.url('otc')}/identity/token",
+                data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": API_KEY},
+            ) as r:
+                token = (await r.json())["access_token"]
+            async with s.request(
+                method,
+                f"{self.stack.url('otc')}{path}",
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                return await r.json() if r.content_type == "application/json" else None
+
+    async def control(self, method: str, path: str, body: Any = None) -> Any:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(method, f"{self.stack.url('otc')}{path}", json=body) as r,
+        ):
+            assert r.status < 400, await r.text()
+            return await r.json()
+
+    async def demo(self) -> Demo:
+        demo = Demo(self.stack, aiohttp.ClientSession())
+        demo.toolchain = self.toolchain
+        return demo
+
+    async def tools(self) -> list[dict[str, Any]]:
+        demo = await self.demo()
+        try:
+            return await demo.tools()
+        finally:
+            await demo.http.close()
+
+    async def writes(self) -> int:
+        demo = await self.demo()
+        try:
+            return await demo.writes()
+        finally:
+            await demo.http.close()
+
+
+async def _wait(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {what}")
+        await asyncio.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("cli")
+    vhost = f"kotc-test-cli-{uuid.uuid4().hex[:8]}"
+    stack = Stack(vhost, logs=root / ".run")
+    try:
+        asyncio.run(stack.start())
+        write_run_file(stack)
+        (root / "work").mkdir()
+        yield Env(stack, root / "work")
+    finally:
+        stack.stop()
+        _mgmt("DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
+
+
+def test_usage_errors_exit_2(env: Env) -> None:
+    assert env.cli().returncode == 2
+    proc = env.cli("dead-letters", "replay")
+    assert proc.returncode == 2 and "--id" in proc.stderr
+    proc = env.cli("dead-letters", "list", "--queue", "nope")
+    assert proc.returncode == 2 and "not a consuming queue" in proc.stderr
+
+
+def test_status_shows_services_bindings_and_owned_tools(env: Env) -> None:
+    async def provision() -> None:
+        env.toolchain = (await env.control("POST", "/_emulator/toolchains", {"name": "cli-toolchain"}))["id"]
+        params = {"cluster": "default", "namespace": "kabanero"}
+        async with OtcPlatform(env.stack.url("broker"), BROKER_ID, env.stack.broker_secret) as otc:
+            for broker, sid in BROKERS:
+                assert (await otc.provision(broker, sid, parameters=params)).status == 200
+                assert (await otc.bind(broker, sid, env.toolchain)).status == 204
+
+        async def converged() -> bool:
+            kinds = [t["tool_type_id"] for t in await env.tools()]
+            return kinds.count("customtool") == 2 and kinds.count("githubconsolidated") >= 1
+
+        await _wait(converged, "tools in OTC")
+        await env.stack.quiet()
+
+    asyncio.run(provision())
+    code, status = env.json("status")
+    assert code == 0, status["problems"]
+    assert {s["service"] for s in status["services"] if s["live"] and s["ready"]} == {
+        "broker-api",
+        "kabanero-watcher",
+        "otc-writer",
+        "github-linker",
+    }
+    assert {
+        (i["kind"], i["instance_id"], i["cluster"], i["namespace"], tuple(i["toolchains"]))
+        for i in status["kabanero_services"]
+    } == {
+        ("kabanero-events", "demo-events", "default", "kabanero", (env.toolchain,)),
+        ("kabanero", "demo-kabanero", "default", "kabanero", (env.toolchain,)),
+    }
+    in_otc = {t["name"] for t in asyncio.run(env.tools())}
+    owned = {
+        t["name"] for t in status["tools"] if t["state"] == "applied" and t["toolchain_id"] == env.toolchain
+    }
+    assert owned == in_otc and len(owned) >= 3
+    assert all(q["consumers"] == 1 and q["dead"] == 0 for q in status["queues"])
+    human = env.cli("status")
+    assert human.returncode == 0 and "TOOLS OWNED BY KABANERO-OTC" in human.stdout
+    assert all(name[:60] in human.stdout for name in owned)
+
+
+def test_plan_writes_nothing_and_shows_a_tool_deleted_by_hand(env: Env) -> None:
+    code, plan = env.json("plan")
+    assert code == 0 and plan["changes"] == 0, plan
+    assert {s["action"] for s in plan["steps"]} == {"unchanged"}
+    victim = next(t for t in asyncio.run(env.tools()) if t["tool_type_id"] == "customtool")
+    asyncio.run(env.otc("DELETE", f"{OTC_PREFIX}/toolchains/{env.toolchain}/tools/{victim['id']}"))
+    before = asyncio.run(env.writes())
+    code, plan = env.json("plan", "--toolchain", env.toolchain)
+    assert code == 1
+    assert [(s["action"], s["name"]) for s in plan["steps"] if s["action"] != "unchanged"] == [
+        ("create", victim["name"])
+    ]
+    assert asyncio.run(env.writes()) == before  # plan wrote nothing
+    human = env.cli("plan")
+    assert human.returncode == 1 and "would change: 1 create" in human.stdout
+
+
+def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
+    # The API key may not create tools (403, not a refusal of the content): the event dead-letters.
+    asyncio.run(
+        env.control(
+            "POST",
+            "/_emulator/faults",
+            {
+                "rules": [
+                    {
+                        "path": ".*/tools",
+                        "method": "POST",
+                        "status": 403,
+                        "message": "not authorized to create tools",
+                    }
+                ]
+            },
+        )
+    )
+
+    async def add_mediation() -> None:
+        demo = await env.demo()
+        try:
+            current = await demo.mediations()
+            extra = {**current[0], "name": "cli-extra", "selector": {"urlPattern": "cli-extra"}}
+            await demo.kube_patch({"spec": {"mediations": [*current, extra]}})
+        finally:
+            await demo.http.close()
+
+    asyncio.run(add_mediation())
+
+    async def dead_letter() -> bool:
+        return env.cli("dead-letters", "list").returncode == 1
+
+    asyncio.run(_wait(dead_letter, "a dead letter"))
+    code, listed = env.json("dead-letters", "list")
+    assert code == 1
+    (letter,) = [d for d in listed["dead_letters"] if d["type"] == "io.kabanero.otc.kabanero.trigger.created"]
+    assert letter["queue"] == "otc-writer.events.dead" and letter["reason"] == "permanent error"
+    assert "403" in letter["error"] or "not authorized" in letter["error"]
+    assert letter["attempts"] == 1 and letter["subject"]
+    code, status = env.json("status")
+    assert code == 1 and any("dead letter" in p for p in status["problems"])
+    again = env.json("dead-letters", "list")[1]["dead_letters"]
+    assert [d["id"] for d in again] == [d["id"] for d in listed["dead_letters"]]  # listing consumed nothing
+
+    asyncio.run(env.control("DELETE", "/_emulator/faults"))
+    proc = env.cli("dead-letters", "replay", "--id", letter["id"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert letter["id"] in proc.stdout
+
+    async def replayed() -> bool:
+        return any("cli-extra" in (t["name"] or "") for t in await env.tools())
+
+    asyncio.run(_wait(replayed, "the replayed trigger's tool in OTC"))
+    assert env.json("dead-letters", "list")[1]["dead_letters"] == []
+
+    async def garbage() -> None:
+        conn = await aio_pika.connect(env.stack.amqp_url)
+        try:
+            ch = await conn.channel()
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"not a CloudEvent", message_id="junk-1"), "github-linker.events"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(garbage())
+
+    async def junk_dead() -> bool:
+        return any(
+            d["id"] == "junk-1"
+            for d in env.json("dead-letters", "list", "--queue", "github-linker.events")[1]["dead_letters"]
+        )
+
+    asyncio.run(_wait(junk_dead, "junk dead-lettered"))
+    proc = env.cli("dead-letters", "purge", "--queue", "github-linker.events")
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    assert env.json("dead-letters", "list")[0] == 1  # still there
+    code, purged = env.json("dead-letters", "purge", "--queue", "github-linker.events", "--yes")
+    assert code == 0 and purged["purged"] == {"github-linker.events.dead": 1}
+    assert env.json("dead-letters", "list") == (0, {"vhost": env.stack.vhost, "dead_letters": []})
+
+
+def test_resync_gets_fresh_snapshots_and_waits_for_otc_writer(env: Env) -> None:
+    code, out = env.json("resync")
+    assert code == 0, out
+    assert out["caught_up"] and set(out["leaders"]) == {"default"}
+    assert "default/kabanero" in out["snapshots"]
+    again = env.json("resync", "--namespace", "kabanero")[1]
+    assert again["snapshots"]["default/kabanero"] > out["snapshots"]["default/kabanero"]
+    code, out = env.json("resync", "--cluster", "elsewhere", "--timeout", "3")
+    assert code == 1 and "no leading watcher answered" in out["problems"][0]
+
+
+def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> None:
+    code, doc = env.json("doctor")
+    assert code == 0, [c for c in doc["checks"] if c["outcome"] != "ok"]
+    names = {c["name"] for c in doc["checks"] if c["outcome"] == "ok"}
+    assert {
+        "rabbitmq",
+        "rabbitmq topology",
+        "mongodb",
+        "mongodb indexes",
+        "kubernetes api",
+        "watcher rbac",
+        "cluster identity",
+        "otc iam",
+        "broker-api auth",
+    } <= names
+
+    env.stack.kill("kube")
+    proc = env.cli("doctor")
+    assert proc.returncode == 2, proc.stdout
+    assert "unreachable: kubernetes api" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("kubernetes api"))
+    assert "UNREACHABLE" in row and "KUBE_API_URL" in row
+
+    # The watcher that lost its API server says so in /readyz, and status reports it.
+    async def watcher_not_ready() -> bool:
+        code, status = env.json("status")
+        watcher = next(s for s in status["services"] if s["service"] == "kabanero-watcher")
+        return (
+            code == 1
+            and not watcher["ready"]
+            and "cannot reach the Kubernetes API" in watcher["failing"].get("lease", "")
+        )
+
+    asyncio.run(_wait(watcher_not_ready, "watcher not ready", timeout=60))
+
+
+def test_unreachable_dependency_is_named_with_exit_2(env: Env) -> None:
+    proc = env.cli("status", "--set", "RABBITMQ_MGMT_URL=http://127.0.0.1:9")
+    assert proc.returncode == 2 and "RabbitMQ management API unreachable at http://127.0.0.1:9" in proc.stderr
+    proc = env.cli("dead-letters", "list", "--set", "AMQP_URL=amqp://guest:guest@127.0.0.1:9/x")
+    assert proc.returncode == 2 and "RabbitMQ unreachable" in proc.stderr
