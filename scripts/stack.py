@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +36,9 @@ from shared.amqp.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run"
+RUN_FILE = "stack.json"  # in the run directory: what ``kabanero-otc`` reads (kotc_cli.config)
+LOCK_FILE = "stack.lock"
+PR_SET_PDEATHSIG = 1
 SEED = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
 AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 MGMT = "http://127.0.0.1:15672/api"
@@ -51,6 +56,18 @@ SERVICES = {  # process name -> its key in Stack.ports
     "otc-writer": "writer",
     "github-linker": "linker",
 }
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the stack process dies, even by SIGKILL, so no
+    service outlives its stack and steals the next stack's work (Linux ``PR_SET_PDEATHSIG``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != _STACK_PID:  # the stack died before prctl took effect
+        os._exit(1)
+
+
+_STACK_PID = os.getpid()
 
 
 def free_port() -> int:
@@ -114,6 +131,7 @@ class Stack:
                 env={**os.environ, "LOG_FORMAT": "json", **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
 
     def proc(self, name: str) -> subprocess.Popen[bytes]:
@@ -238,6 +256,27 @@ class Stack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}")
             await asyncio.sleep(0.2)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``kabanero-otc`` needs to reach this stack (the run file; secrets of a dev stack)."""
+        return {
+            "pid": os.getpid(),
+            "vhost": self.vhost,
+            "AMQP_URL": self.amqp_url,
+            "RABBITMQ_MGMT_URL": MGMT.removesuffix("/api"),
+            "MONGODB_URL": self.common_env(0)["MONGODB_URL"],
+            "KUBE_API_URL": self.url("kube"),
+            "OTC_API_URL": f"{self.url('otc')}/toolchain/v2",
+            "OTC_IAM_URL": self.url("otc"),
+            "OTC_API_KEY": API_KEY,
+            "BROKER_ID": BROKER_ID,
+            "BROKER_SECRET": self.broker_secret,
+            "CREDENTIALS_KEY": self.credentials_key,
+            "CLUSTER_NAME": "default",
+            "services": {name: [self.url(port)] for name, port in SERVICES.items()},
+            "logs": str(self.logs),
+            "pids": {name: proc.pid for name, proc in self.procs},
+        }
 
     def check_alive(self) -> None:
         for name, proc in self.procs:
@@ -441,14 +480,61 @@ async def demo(vhost: str) -> int:
     return 0 if not any(dead.values()) else 1
 
 
-async def run(vhost: str) -> int:
-    stack = Stack(vhost)
+@contextlib.contextmanager
+def single_instance(run_dir: Path) -> Iterator[bool]:
+    """Hold ``<run dir>/stack.lock`` (flock) while the stack runs; False when another holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_run_file(stack: Stack) -> Path:
+    """``<logs>/stack.json``, owner-only (it holds the dev stack's credentials)."""
+    path = stack.logs / RUN_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(stack.describe(), f, indent=2)
+    tmp.replace(path)
+    return path
+
+
+async def run(vhost: str, run_dir: Path = LOGS) -> int:
+    with single_instance(run_dir) as alone:
+        if not alone:
+            holder = (run_dir / LOCK_FILE).read_text().strip() or "?"
+            print(
+                f"kabanero-otc is already running (make run, pid {holder}; see {run_dir / RUN_FILE}); "
+                "stop it first (Ctrl-C in its terminal)",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            return await _run(vhost, run_dir)
+        finally:
+            (run_dir / RUN_FILE).unlink(missing_ok=True)
+
+
+async def _run(vhost: str, run_dir: Path) -> int:
+    stack = Stack(vhost, logs=run_dir)
     try:
         await stack.start()
     except Exception as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         stack.stop()
         return 1
+    run_file = write_run_file(stack)
     print("kabanero-otc is running (Ctrl-C stops it):")
     print(
         f"  broker-api        {stack.url('broker')}  (Basic {BROKER_ID}:{'*' * 8}, secret in the process env)"
@@ -459,7 +545,8 @@ async def run(vhost: str) -> int:
         f"  health            {', '.join(stack.url(n) + '/healthz' for n in ('watcher', 'writer', 'linker'))}"
     )
     print(f"  RabbitMQ console  http://127.0.0.1:15672 (guest/guest), vhost '{stack.vhost}'")
-    print(f"  logs              {LOGS}/")
+    print(f"  logs              {run_dir}/<process>.log")
+    print(f"  CLI               .venv/bin/kabanero-otc status   (reads {run_file})")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -480,10 +567,13 @@ def main() -> None:
     parser.add_argument(
         "--vhost", help="RabbitMQ virtual host, recreated empty (default: kabanero-otc[-demo])"
     )
+    parser.add_argument(
+        "--run-dir", type=Path, default=LOGS, help="logs, run file and lock of `run` (default .run/)"
+    )
     args = parser.parse_args()
     if args.mode == "demo":
         sys.exit(asyncio.run(demo(args.vhost or "kabanero-otc-demo")))
-    sys.exit(asyncio.run(run(args.vhost or "kabanero-otc")))
+    sys.exit(asyncio.run(run(args.vhost or "kabanero-otc", args.run_dir.resolve())))
 
 
 if __name__ == "__main__":
