@@ -37,7 +37,7 @@ async def test_watcher_without_its_api_server_is_not_ready_and_says_why(amqp_url
             return status == 503 and "cannot reach the Kubernetes API" in body["checks"]["lease"]
 
         await wait_until(failing, timeout=15, what="readyz 503 naming the API server")
-        status, body = await _readyz(runtime)
+        _, body = await _readyz(runtime)
         assert "lease rounds failed in a row" in body["checks"]["lease"], body
         assert not runtime.leading
     finally:
