@@ -25,7 +25,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_watcher_without_its_api_server_is_not_ready_and_says_why(amqp_url: str, mongodb_url: str) -> None:
+async def test_watcher_without_its_api_server_is_not_ready_and_says_why(
+    amqp_url: str, mongodb_url: str
+) -> None:
     async with KubeEmulator.running() as kube:
         settings = watcher_settings(kube, amqp_url, mongodb_url)
     dead = settings.model_copy(update={"kube_api_url": f"http://127.0.0.1:{_closed_port()}"})
