@@ -114,7 +114,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         custom = runtime.kube.custom
         identity = ClusterIdentity(
             infra.db,
-            custom.api_client,
+            runtime.kube.api_client,
             settings.cluster_name,
             holder=settings.holder_identity,
             timeout_s=settings.kube_request_timeout_s,

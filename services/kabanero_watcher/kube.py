@@ -39,10 +39,14 @@ class KubeClient:
         self._client: client.ApiClient | None = given
 
     @property
-    def custom(self) -> client.CustomObjectsApi:
+    def api_client(self) -> client.ApiClient:
         if self._client is None:
             raise RuntimeError("Kubernetes client not opened")
-        return client.CustomObjectsApi(self._client)
+        return self._client
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api_client)
 
     async def __aenter__(self) -> Self:
         if self._client is None:
