@@ -6,6 +6,8 @@ and passed down, never read from a global.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
@@ -34,10 +36,22 @@ class SettingsError(Exception):
     """A missing or invalid setting; the message names the variables, never their values."""
 
 
+SECRETS_DIR = "/run/secrets"
+"""Where Kubernetes Secret volumes and compose secrets are usually mounted (``SECRETS_DIR`` overrides)."""
+
+
+def secrets_dir() -> Path | None:
+    """The directory of secret files, one per setting named like its variable (``BROKER_SECRET``,
+    ``OTC_API_KEY``, ...); None when it does not exist. The environment wins over a file."""
+    path = Path(os.environ.get("SECRETS_DIR") or SECRETS_DIR)
+    return path if path.is_dir() else None
+
+
 def load_settings[S: CommonSettings](cls: type[S], *, service: str) -> S:
-    """Read ``cls`` from the environment; one clear error naming every bad variable."""
+    """Read ``cls`` from the environment and the secrets directory; one clear error naming every
+    bad variable."""
     try:
-        return cls()
+        return cls(_secrets_dir=secrets_dir())
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
