@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: rabbitmq venv lint typecheck unit test test-real-mongo bench demo run clean lock
+.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench demo run clean lock
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
@@ -22,6 +22,11 @@ lock: venv  ## refresh the pinned lock after changing pyproject.toml dependencie
 rabbitmq:
 	@bash scripts/ensure-rabbitmq.sh
 
+# promtool (from Debian's prometheus package, unpacked into .venv/bin): the tests check /metrics,
+# the alert rules and the dashboard with it.
+promtool: venv
+	@bash scripts/ensure-promtool.sh $(VENV)/bin
+
 # ruff includes the complexity bound (C901, max 12 in services/ and shared/); lint-imports the
 # layering contracts of pyproject.toml [tool.importlinter].
 lint: venv
@@ -34,7 +39,7 @@ typecheck: venv
 
 # The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
 # and the embedded MongoDB wire server (or MONGODB_URL when set).
-test: venv rabbitmq lint typecheck
+test: venv rabbitmq promtool lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv

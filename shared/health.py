@@ -2,21 +2,44 @@
 
 ``/healthz`` answers whether the process is doing its job (a vital loop is alive); ``/readyz``
 whether it can serve now (dependencies reachable). Checks are small callables registered by the
-components that know their own state.
+components that know their own state. ``/version`` names the service and the package version.
+
+Metrics: every series of ours is named ``kotc_*``; each registry also carries the client library's
+standard process, platform and GC collectors under their standard names (``process_*``,
+``python_*``), which stock dashboards and alerts expect, and ``kotc_build_info{service,version}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Self
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("kabanero-otc")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+VERSION = package_version()
 
 CheckResult = bool | tuple[bool, str]
 Check = Callable[[], CheckResult | Awaitable[CheckResult]]
@@ -26,11 +49,27 @@ class Health:
     """Registry of named liveness/readiness checks and the service's metrics registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, check_timeout_s: float = 1.0) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        self.service = "kabanero-otc"
         self.check_timeout_s = check_timeout_s
         """Bound of each check: a hung dependency makes its check fail, never the endpoint hang."""
         self._live: dict[str, Check] = {}
         self._ready: dict[str, Check] = {}
+
+    def identify(self, service: str) -> None:
+        """Name the service: ``kotc_build_info`` and ``/version`` (called once, by :class:`Infra`)."""
+        self.service = service
+        Gauge(
+            "kotc_build_info",
+            "Service and version of this process (always 1)",
+            ["service", "version"],
+            registry=self.registry,
+        ).labels(service, VERSION).set(1)
 
     def add_liveness(self, name: str, check: Check) -> None:
         self._live[name] = check
@@ -67,6 +106,10 @@ class Health:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/version", self._version)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"service": self.service, "version": VERSION})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok, details = await self.liveness()

@@ -18,9 +18,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
 from shared.amqp.consumer import ConsumerMetrics
 from shared.dependencies import MONGODB, RABBITMQ, Probe
-from shared.health import Health
+from shared.health import VERSION, Health
 from shared.lifecycle import Runtime
 from shared.mongo import Document, database, make_client, ping
+from shared.queue_depths import QueueDepths
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,11 @@ class Infra:
     def __init__(
         self, settings: CommonSettings, *, name: str, health: Health, topology: Topology | None = None
     ) -> None:
+        log.info("%s %s starting", name, VERSION, extra={"service": name, "version": VERSION})
         self.settings = settings
         self.name = name
         self.health = health
+        health.identify(name)
         self.topology = topology or Topology()
         self.amqp = AmqpConnection(
             settings.amqp_url.get_secret_value(), name=name, connect_timeout=settings.connect_timeout_s
@@ -44,6 +47,7 @@ class Infra:
         )
         self.db: AsyncDatabase[Document] = database(self.mongo)
         self.consumer_metrics = ConsumerMetrics(health.registry)
+        self.queue_depths = QueueDepths(self.amqp, self.topology, health.registry)
         health.add_readiness("rabbitmq", self.amqp.readiness)
         health.add_readiness("mongodb", self._mongo_ready)
 
@@ -103,3 +107,5 @@ class Infra:
         """MongoDB first, RabbitMQ second: they close in the reverse order, after everything else."""
         runtime.add("mongodb", self.mongodb)
         runtime.add("rabbitmq", self.rabbitmq)
+        # Metrics only (not vital): the depth of every queue of the topology, for the alert rules.
+        runtime.add_task("queue-depths", self.queue_depths.run, vital=False)

@@ -58,7 +58,7 @@ from services.broker_api.outbox import Outbox
 from services.broker_api.settings import Settings
 from services.broker_api.store import Commit, InstanceStore
 from shared.events import ServiceKind
-from shared.health import Health
+from shared.health import VERSION, Health
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ class BrokerApi:
         self._too_large = f"request body over {limit // 1024} KiB ({limit} bytes)"
         reg = health.registry
         self._requests = Counter(
-            "broker_api_requests_total", "HTTP requests", ["method", "route", "status"], registry=reg
+            "kotc_broker_api_requests_total", "HTTP requests", ["method", "route", "status"], registry=reg
         )
-        self._latency = Histogram("broker_api_request_seconds", "HTTP latency", ["route"], registry=reg)
+        self._latency = Histogram("kotc_broker_api_request_seconds", "HTTP latency", ["route"], registry=reg)
         self._messages = Counter(
-            "broker_api_messages_total", "accepted OTC lifecycle messages", ["source"], registry=reg
+            "kotc_broker_api_messages_total", "accepted OTC lifecycle messages", ["source"], registry=reg
         )
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -342,7 +342,9 @@ class BrokerApi:
         return web.json_response(StatusResponse(status="ok" if ok else "warn", checks=checks).model_dump())
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response(VersionResponse(build=self._settings.build_version).model_dump())
+        return web.json_response(
+            VersionResponse(build=self._settings.build_version, version=VERSION).model_dump()
+        )
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_spec(self._settings.build_version, self._settings.clusters))

@@ -152,6 +152,8 @@ class StatusResponse(BaseModel):
 class VersionResponse(BaseModel):
     build: str
     name: str = "kabanero-otc broker-api"
+    service: str = "broker-api"
+    version: str = Field(description="package version (as on every service's /version)")
 
 
 # --- stored record ------------------------------------------------------------------------------

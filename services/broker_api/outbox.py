@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -56,11 +56,18 @@ class Outbox:
         self._sink = sink
         self._locks = KeyedLocks()
         self.published = Counter(
-            "broker_api_events_published_total", "service events confirmed by RabbitMQ", registry=registry
+            "kotc_broker_api_events_published_total",
+            "service events confirmed by RabbitMQ",
+            registry=registry,
         )
         self.failures = Counter(
-            "broker_api_event_publish_failures_total",
+            "kotc_broker_api_event_publish_failures_total",
             "publish attempts that failed (the event stays in the outbox)",
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "kotc_broker_api_outbox_backlog",
+            "Service instance records with events not yet published, at the last drain pass",
             registry=registry,
         )
 
@@ -152,6 +159,7 @@ class Outbox:
         for key in keys:
             if not await self.flush(key):
                 pending += 1
+        self.backlog.set(pending)
         return pending
 
     async def run(self, interval_s: float) -> None:

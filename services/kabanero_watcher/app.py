@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from kubernetes_asyncio import client
+from prometheus_client import Gauge
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
 from services.kabanero_watcher.identity import ClusterIdentity
@@ -105,6 +106,13 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     def lease() -> tuple[bool, str]:
         return runtime.elector.health() if runtime.elector is not None else (True, "starting")
 
+    leader = Gauge(
+        "kotc_watcher_leader",
+        "1 while this watcher leads its cluster (holds the Lease)",
+        ["cluster"],
+        registry=health.registry,
+    )
+    leader.labels(settings.cluster_name).set_function(lambda: float(runtime.leading))
     health.add_liveness("watch", live)
     health.add_readiness("initial-sync", ready)
     health.add_readiness("reconcile", storage)

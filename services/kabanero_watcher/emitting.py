@@ -43,7 +43,7 @@ class NotLeader(Exception):
 class EmitMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
-            "watcher_events_published",
+            "kotc_watcher_events_published_total",
             "kabanero.* events published (confirmed)",
             ["routing_key"],
             registry=registry,

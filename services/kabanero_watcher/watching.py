@@ -38,11 +38,16 @@ log = logging.getLogger(__name__)
 class WatchMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
-            "watcher_watch_events", "watch events received", ["resource", "type"], registry=registry
+            "kotc_watcher_watch_events_total",
+            "watch events received",
+            ["resource", "type"],
+            registry=registry,
         )
-        self.relists = Counter("watcher_relists", "LIST calls", ["resource", "reason"], registry=registry)
+        self.relists = Counter(
+            "kotc_watcher_relists_total", "LIST calls", ["resource", "reason"], registry=registry
+        )
         self.reconnects = Counter(
-            "watcher_reconnects", "watch reconnects", ["resource", "reason"], registry=registry
+            "kotc_watcher_reconnects_total", "watch reconnects", ["resource", "reason"], registry=registry
         )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from services.otc_writer import metrics as client_metrics
 from services.otc_writer.applier import ToolApplier, WriteHook
 from services.otc_writer.audit import AuditMetrics, Auditor, AuditReport
 from services.otc_writer.desired import TriggerToolStyle
@@ -128,6 +129,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         timeout_s=settings.otc_timeout_s,
     )
     client = OtcClient(otc_config(settings), session, iam)
+    client_metrics.register(health.registry, lambda: client)
     ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
     projection = Projection(infra.db)
     applier = ToolApplier(ledger, client, owner=owner, after_write=deps.after_otc_write)

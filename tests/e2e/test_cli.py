@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +25,12 @@ from typing import Any
 import aio_pika
 import aiohttp
 import pytest
+import yaml
 
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.stack import API_KEY, BROKER_ID, BROKERS, Demo, Stack, write_run_file
+from scripts.stack import API_KEY, BROKER_ID, BROKERS, SERVICES, Demo, Stack, write_run_file
+from shared.health import VERSION
 from tests.conftest import _mgmt
 
 pytestmark = pytest.mark.e2e
@@ -278,6 +282,83 @@ def test_resync_gets_fresh_snapshots_and_waits_for_otc_writer(env: Env) -> None:
     assert again["snapshots"]["default/kabanero"] > out["snapshots"]["default/kabanero"]
     code, out = env.json("resync", "--cluster", "elsewhere", "--timeout", "3")
     assert code == 1 and "no leading watcher answered" in out["problems"][0]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME_RE = re.compile(r"\b((?:kotc|process|python)_[a-z0-9_]+)")
+
+
+def promtool() -> str:
+    found = shutil.which("promtool") or str(Path(sys.executable).parent / "promtool")
+    if not Path(found).exists():
+        pytest.fail("promtool is missing: `make test` installs it (scripts/ensure-promtool.sh)")
+    return found
+
+
+def test_metrics_are_kotc_standard_and_promtool_clean_and_deploy_files_name_them(env: Env) -> None:
+    exposed: set[str] = set()
+
+    async def scrape(url: str) -> tuple[str, dict[str, Any]]:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{url}/metrics") as r:
+                text = await r.text()
+            async with s.get(f"{url}/version") as r:
+                return text, await r.json()
+
+    for name, port in SERVICES.items():
+        text, version = asyncio.run(scrape(env.stack.url(port)))
+        assert version["service"] == name and version["version"] == VERSION
+        check = subprocess.run(
+            [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), (
+            name,
+            check.stdout,
+            check.stderr,
+        )
+        samples = [
+            line.split("{")[0].split(" ")[0]
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        ]
+        assert samples and all(s.startswith(("kotc_", "process_", "python_")) for s in samples), name
+        assert f'kotc_build_info{{service="{name}",version="{VERSION}"}} 1.0' in text
+        assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
+        exposed |= set(samples) | {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+        first = (env.stack.logs / f"{name}.log").read_text().splitlines()[0]
+        assert f"{name} {VERSION} starting" in json.loads(first)["message"], first
+    for needed in (
+        "kotc_otc_circuit_breaker_open",
+        "kotc_otc_rate_limited_total",
+        "kotc_otc_retries_total",
+        "kotc_watcher_leader",
+        "kotc_broker_api_outbox_backlog",
+        "kotc_queue_messages",
+    ):
+        assert needed in exposed, needed
+
+    def known(name: str) -> bool:
+        return name in exposed or any(
+            name == t + sfx for t in exposed for sfx in ("_bucket", "_sum", "_count", "_total")
+        )
+
+    rules = ROOT / "deploy" / "prometheus" / "kabanero-otc-alerts.yml"
+    check = subprocess.run(
+        [promtool(), "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    exprs = [r["expr"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "kabanero-otc-dashboard.json").read_text())
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    referenced = {n for e in exprs for n in NAME_RE.findall(e)}
+    assert {n for n in referenced if not known(n)} == set()
+    assert {
+        "kotc_queue_messages",
+        "kotc_otc_circuit_breaker_open",
+        "kotc_watcher_leader",
+        "kotc_broker_api_outbox_backlog",
+        "kotc_otc_rate_limited_total",
+    } <= referenced
 
 
 def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> None:

@@ -379,7 +379,7 @@ async def test_unauthenticated_endpoints_and_openapi(broker: tuple[BrokerRuntime
     assert (await c.call("GET", "/status", auth=None))[1]["status"] == "ok"
     async with c.session.get(rt.url + "/metrics") as resp:
         assert resp.status == 200
-        assert "broker_api_requests_total" in await resp.text()
+        assert "kotc_broker_api_requests_total" in await resp.text()
     _, spec = await c.call("GET", "/openapi.json", auth=None)
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     app_routes = {

@@ -108,6 +108,10 @@ class OtcClient:
         """HTTP requests sent to the Toolchain API (metrics and benchmarks)."""
         self.probes = 0
         """Health probes sent while OTC was judged down (:meth:`probe`)."""
+        self.rate_limited = 0
+        """429 answers (each pushed the Retry-After gate)."""
+        self.retries = 0
+        """Attempts repeated after a retryable failure (429, 5xx, network)."""
 
     # --- tools API ---
 
@@ -222,6 +226,7 @@ class OtcClient:
             if self.gate.not_before > deadline:
                 # The advertised Retry-After ends after our deadline: OTC holds us off as a whole.
                 raise self._unavailable_or(last) from last
+            self.retries += 1
             if last.status != 429:
                 await self._backoff(attempt, deadline)
 
@@ -370,6 +375,7 @@ class OtcClient:
         if status == 401:
             raise _Unauthorized(token, trace)
         if status == 429:
+            self.rate_limited += 1
             wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
             self.gate.push(wait)
             log.warning("OTC rate limit: not calling for %.1fs", wait, extra={"path": path})
