@@ -1,4 +1,4 @@
-"""``kabanero-otc dead-letters list|replay|purge``: the ``<queue>.dead`` queues of ARCHITECTURE §4.
+"""``kabanero-otc dead-letters list|replay|purge``: the ``<queue>.dead`` queues of docs/architecture.md §4.
 
 Listing takes each dead letter with ``basic.get`` (manual ack) and closes the channel without acking,
 which puts every message back: nothing is consumed. Replay republishes the chosen messages to their

@@ -1,4 +1,4 @@
-"""``make run`` / ``make demo``: the whole stack as local processes, no Docker (ARCHITECTURE §7).
+"""``make run`` / ``make demo``: the whole stack as local processes, no Docker (docs/architecture.md §7).
 
 Starts the embedded MongoDB (``emulators.mongo``), the Kubernetes and OTC emulators, and the four
 services, against the machine's RabbitMQ. ``run`` keeps them up and prints where to look; ``demo``
@@ -49,7 +49,7 @@ BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str],
     ("kabanero-events-broker", "demo-events"),
     ("kabanero-broker", "demo-kabanero"),
 )
-QUEUES = tuple(TOPOLOGY_QUEUES)  # the consuming queues of ARCHITECTURE §4
+QUEUES = tuple(TOPOLOGY_QUEUES)  # the consuming queues of docs/architecture.md §4
 SERVICES = {  # process name -> its key in Stack.ports
     "broker-api": "broker",
     "kabanero-watcher": "watcher",

@@ -1,4 +1,4 @@
-"""CloudEvents envelope and the versioned data models every service exchanges (ARCHITECTURE §4).
+"""CloudEvents envelope and the versioned data models every service exchanges (docs/architecture.md §4).
 
 The envelope is CloudEvents 1.0 structured JSON. The routing key is the CloudEvent ``type`` minus
 ``io.kabanero.otc.``. Every ``data`` model carries ``schema_version`` so a consumer can refuse a

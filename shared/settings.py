@@ -1,4 +1,4 @@
-"""Settings every service reads from the environment (ARCHITECTURE §2).
+"""Settings every service reads from the environment (docs/architecture.md §2).
 
 Each service subclasses :class:`CommonSettings`; the resulting object is built once in ``main()``
 and passed down, never read from a global.

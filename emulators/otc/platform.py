@@ -1,4 +1,4 @@
-"""The "OTC platform" driver: calls a broker's API the way OTC does (ARCHITECTURE §3, otc-api.md §2).
+"""The "OTC platform" driver: calls a broker's API the way OTC does (docs/architecture.md §3, otc-api.md §2).
 
 :class:`OtcPlatform` is usable on its own (``async with OtcPlatform(url, id, secret) as otc: ...``);
 ``platform_routes`` exposes it as ``POST /_emulator/platform/<action>`` so non-Python drivers (the

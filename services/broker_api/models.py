@@ -1,4 +1,4 @@
-"""Wire models of the broker contract (ARCHITECTURE §3) and the stored record (``service_instances``).
+"""Wire models of the broker contract (docs/architecture.md §3) and the stored record (``service_instances``).
 
 Request models ignore unknown fields (OTC sends more than we read). Secrets are typed ``SecretStr``
 so an accidental ``repr`` or log shows ``**********``.
@@ -20,7 +20,7 @@ ID_RE = re.compile(ID_PATTERN)
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCHEMA_VERSION = 1
-# context root of each broker -> its OTC service_id (= the event kind), ARCHITECTURE §1/§3
+# context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3
 BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
 _SECRET = {"type": "string", "format": "password", "writeOnly": True}
 # What ``_credential`` accepts, so the published schema is exact (an empty string is refused).

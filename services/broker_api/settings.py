@@ -1,4 +1,4 @@
-"""broker-api settings (environment names are contracts, ARCHITECTURE §2; extra ones in README).
+"""broker-api settings (environment names are contracts, docs/architecture.md §2; extra ones in README).
 
 | env | default | meaning |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""github-linker settings (environment; contract names per ARCHITECTURE §2)."""
+"""github-linker settings (environment; contract names per docs/architecture.md §2)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Settings(CommonSettings):
     # GitHub Enterprise: host -> the git_id (Enterprise GUID) OTC knows it by (JSON object).
     ghe_hosts: dict[str, str] = Field(default_factory=dict)
     # Which repositories of an instance get a tool: one whose kinds (a repository can have several)
-    # meet this set. ARCHITECTURE §1 names trigger and pipeline repos; stack hubs hold the stacks and,
+    # meet this set. docs/architecture.md §1 names trigger and pipeline repos; stack hubs hold the stacks and,
     # before 0.9, their pipelines, so they are linked by default too; "gitops" is the GitOps pipelines
     # and the gitops-map repository. Leave a kind out to stop linking it ("unknown" never links).
     github_repo_kinds: tuple[str, ...] = ("stack-hub", "pipeline", "gitops", "trigger")

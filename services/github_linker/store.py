@@ -1,4 +1,4 @@
-"""github-linker's own collections (ARCHITECTURE §6): only what it needs to derive GitHub tools.
+"""github-linker's own collections (docs/architecture.md §6): only what it needs to derive GitHub tools.
 
 - ``github_linker_services``: Kabanero service -> its instance, bound toolchains, last revision.
 - ``github_linker_instances``: instance (cluster/namespace) -> repository URLs, last revisions.

@@ -1,4 +1,4 @@
-"""kabanero-watcher settings (ARCHITECTURE §2: ``CLUSTER_NAME``, ``WATCH_NAMESPACES``)."""
+"""kabanero-watcher settings (docs/architecture.md §2: ``CLUSTER_NAME``, ``WATCH_NAMESPACES``)."""
 
 from __future__ import annotations
 

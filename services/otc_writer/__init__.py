@@ -1,4 +1,4 @@
-"""otc-writer: the only component that writes to OTC (ARCHITECTURE §2, §5).
+"""otc-writer: the only component that writes to OTC (docs/architecture.md §2, §5).
 
 It mirrors Kabanero event triggers as trigger tools in every toolchain a Kabanero Events service is
 bound to, executes github-linker's ``otc.tool.*`` commands, and records every applied tool in a

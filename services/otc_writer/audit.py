@@ -1,4 +1,4 @@
-"""Periodic audit: repair drift made in OTC itself (ARCHITECTURE §9: OTC state = desired state).
+"""Periodic audit: repair drift made in OTC itself (docs/architecture.md §9: OTC state = desired state).
 
 Messages reconcile desired state against the ledger only, so a tool deleted or edited by hand in OTC
 would stay wrong until its source changes. A pass lists the tools of every toolchain that has ledger

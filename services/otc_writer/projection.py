@@ -1,4 +1,4 @@
-"""otc-writer's own view of the world, learned only from events (ARCHITECTURE §6).
+"""otc-writer's own view of the world, learned only from events (docs/architecture.md §6).
 
 - ``otc_writer_triggers``: one document per trigger key (deleted ones kept as tombstones so an older
   ``created`` arriving late is recognised as stale).

@@ -1,4 +1,4 @@
-"""otc-writer settings (ARCHITECTURE §2: ``OTC_API_URL``, ``OTC_IAM_URL``, ``OTC_API_KEY``)."""
+"""otc-writer settings (docs/architecture.md §2: ``OTC_API_URL``, ``OTC_IAM_URL``, ``OTC_API_KEY``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RabbitMQ plumbing: connection, topology (ARCHITECTURE §4), confirmed publisher, ack-policy consumer."""
+"""RabbitMQ plumbing: connection, topology (docs/architecture.md §4), confirmed publisher, ack-policy consumer."""
 
 from shared.amqp.connection import AmqpConnection
 from shared.amqp.consumer import Consumer, PermanentError, RetryableError

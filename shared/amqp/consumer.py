@@ -1,4 +1,4 @@
-"""Consumer with an explicit ack policy (ARCHITECTURE §4).
+"""Consumer with an explicit ack policy (docs/architecture.md §4).
 
 - success: ack after the handler returned (its effect is durable);
 - a dependency that is down (``shared.dependencies.unavailable_dependency``: OTC's circuit, IAM,

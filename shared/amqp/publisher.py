@@ -1,4 +1,4 @@
-"""Confirmed, mandatory, time-bounded publishing of CloudEvents (ARCHITECTURE §4)."""
+"""Confirmed, mandatory, time-bounded publishing of CloudEvents (docs/architecture.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exchanges, queues and bindings of ARCHITECTURE §4, declared idempotently by every service.
+"""Exchanges, queues and bindings of docs/architecture.md §4, declared idempotently by every service.
 
 Per consuming queue ``Q`` (a quorum queue):
 - ``Q.dead`` receives dead letters (``kabanero-otc.dead``, routing key ``Q``), both the ones the

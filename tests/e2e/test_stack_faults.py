@@ -1,4 +1,4 @@
-"""The whole product under faults: ARCHITECTURE §9's invariants across process kills and OTC errors.
+"""The whole product under faults: docs/architecture.md §9's invariants across process kills and OTC errors.
 
 The stack of ``scripts/stack.py`` (four services, the Kubernetes, OTC and Mongo emulators as real
 processes, the real RabbitMQ) runs a burst of cluster changes while OTC answers 30 % 5xx, 429 storms

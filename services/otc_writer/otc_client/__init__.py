@@ -1,4 +1,4 @@
-"""Toolchain API v2 + IAM client used by otc-writer (ARCHITECTURE §5)."""
+"""Toolchain API v2 + IAM client used by otc-writer (docs/architecture.md §5)."""
 
 from services.otc_writer.otc_client.client import OtcClient, OtcClientConfig, Tool
 from services.otc_writer.otc_client.errors import (

@@ -1,4 +1,4 @@
-"""One error hierarchy for everything the Toolchain API and IAM answer (ARCHITECTURE §5).
+"""One error hierarchy for everything the Toolchain API and IAM answer (docs/architecture.md §5).
 
 Callers only distinguish *retryable* (try again later: 429, 5xx, network, open breaker, 409) from
 *permanent* (the request can never succeed as sent: 4xx other than 404/409/429) and *not found*
