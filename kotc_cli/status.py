@@ -179,7 +179,9 @@ async def run(config: Config) -> Report:
                 _yn(s["live"]),
                 _yn(s["ready"]),
                 s["version"],
-                s["problem"] or "; ".join(f"{k}: {v}" for k, v in s["checks"].items()),
+                s["problem"]
+                or "; ".join(f"{k}: {v}" for k, v in s["failing"].items())
+                or f"{len(s['checks'])} checks ok" + (f" ({lease})" if (lease := _lease(s)) else ""),
             )
             for s in services
         ],
@@ -207,6 +209,12 @@ async def run(config: Config) -> Report:
     )
     report.line("problems:\n" + "\n".join(f"  - {p}" for p in problems) if problems else "no problems found")
     return report
+
+
+def _lease(service: dict[str, Any]) -> str:
+    """A watcher's leadership (``leading`` / ``standby (lease held by ...)``), worth a glance."""
+    detail = str(service["checks"].get("lease", ""))
+    return detail.removeprefix("ok: ") if detail.startswith("ok: ") else ""
 
 
 def _yn(flag: bool) -> str:

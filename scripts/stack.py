@@ -339,12 +339,16 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: flo
 class Demo:
     """The scenario: OTC provisions and binds both services, the cluster changes, OTC follows."""
 
-    def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, stack: Stack, session: aiohttp.ClientSession, *, echo: Callable[[str], None] | None = None
+    ) -> None:
+        """``echo``: where to print each step with the toolchain's tools as it completes."""
         self.stack = stack
         self.http = session
         self.otc = stack.url("otc")
         self.toolchain = ""
         self.rows: list[tuple[str, str, str]] = []
+        self.echo = echo
 
     async def tools(self, tool_type: str | None = None) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.otc}/_emulator/state") as r:
@@ -370,9 +374,12 @@ class Demo:
 
         took = await wait_for(ok, what)
         await self.stack.quiet()  # retries and stragglers land before the write count below
-        if not check(await self.tools()):
+        tools = await self.tools()
+        if not check(tools):
             raise RuntimeError(f"state changed again after: {what}")
         self.rows.append((what, f"{took:.1f}s", str(await self.writes() - before)))
+        if self.echo is not None:
+            self.echo(tools_by_kind(len(self.rows), self.rows[-1], tools))
 
     async def kube_patch(self, body: dict[str, Any]) -> None:
         async with self.http.patch(
@@ -414,7 +421,7 @@ class Demo:
 
             # deploy/samples/kabanero-sample.yaml yields 2 triggers and 4 repositories (its header).
             await self.settle(
-                "OTC: provision + bind both services (2 triggers, 4 repos)",
+                "OTC: provision + bind both services",
                 provision_and_bind(),
                 counts(2, 4),
             )
@@ -458,25 +465,66 @@ class Demo:
         return out
 
 
+TOOL_KINDS = {"customtool": "Kabanero Event Trigger", "githubconsolidated": "GitHub"}
+
+
+def tools_by_kind(number: int, row: tuple[str, str, str], tools: list[dict[str, Any]]) -> str:
+    """One step as it completed: what happened, then every tool of the toolchain by kind and name."""
+    what, took, writes = row
+    lines = [f"\n[{number}] {what}  (converged in {took}, {writes} OTC writes)"]
+    by_kind: dict[str, list[str]] = {}
+    for tool in tools:
+        by_kind.setdefault(tool["tool_type_id"], []).append(str(tool.get("name") or tool["id"]))
+    if not by_kind:
+        lines.append("    toolchain: no tools")
+    for kind, names in sorted(by_kind.items()):
+        label = f"{TOOL_KINDS.get(kind, kind)} ({kind}), {len(names)}"
+        lines += [f"    {label}:"] + [f"      - {name}" for name in sorted(names)]
+    return "\n".join(lines)
+
+
+def cli_status(stack: Stack) -> str:
+    """``kabanero-otc status`` of this stack, as an operator would run it (its own run file)."""
+    run_file = stack.logs / f"demo-{stack.vhost}.json"
+    fd = os.open(run_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(stack.describe(), f)
+    try:
+        proc = subprocess.run(  # noqa: S603 - our own console script
+            [str(Path(sys.executable).parent / "kabanero-otc"), "--run-file", str(run_file), "status"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        run_file.unlink(missing_ok=True)
+    return f"$ kabanero-otc status   (exit {proc.returncode})\n{proc.stdout}{proc.stderr}"
+
+
 async def demo(vhost: str) -> int:
     stack = Stack(vhost)
+    print("kabanero-otc demo: OTC mirrors the cluster; after each step, the toolchain's tools")
     try:
         await stack.start()
         async with aiohttp.ClientSession() as session:
-            scenario = Demo(stack, session)
+            scenario = Demo(stack, session, echo=print)
             await scenario.run()
             dead = await scenario.dead_letters()
+        status = await asyncio.to_thread(cli_status, stack)
     except Exception as exc:
         print(f"\nDEMO FAILED: {exc}\nLogs: {LOGS}/", file=sys.stderr)
         stack.stop()
         return 1
     stack.stop()
-    print("\nkabanero-otc demo: OTC mirrors the cluster")
+    print("\nsummary")
     print(f"{'step':<66} {'converged':>9} {'OTC writes':>10}")
     for what, took, writes in scenario.rows:
         print(f"{what:<66} {took:>9} {writes:>10}")
     print(f"dead letters: {dead}")
     print(f"logs: {LOGS}/  (RabbitMQ vhost '{stack.vhost}' at http://127.0.0.1:15672, guest/guest)")
+    print(f"\n{status}")
     return 0 if not any(dead.values()) else 1
 
 

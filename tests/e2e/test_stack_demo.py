@@ -39,7 +39,7 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
     assert writes == {
         # deploy/samples/kabanero-sample.yaml: 2 mediations, 4 repositories (2 stack hubs, the
         # pipelines repository that also holds the GitOps pipelines, the gitops-map repository).
-        "OTC: provision + bind both services (2 triggers, 4 repos)": 2 + 4,
+        "OTC: provision + bind both services": 2 + 4,
         "cluster: mediation 'release' added": 1,
         "cluster: mediation 'gitops' removed": 1,
         "cluster: status-only change (expect 0 writes)": 0,
@@ -47,3 +47,11 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         "OTC: delete the Kabanero service": 4,
     }
     assert "dead letters: {'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, " in proc.stdout
+    # After each step, the toolchain's tools by kind and name; the run ends with kabanero-otc status.
+    first = proc.stdout.split("[1] OTC: provision + bind both services")[1].split("[2]")[0]
+    assert "Kabanero Event Trigger (customtool), 2:" in first and "GitHub (githubconsolidated), 4:" in first
+    assert first.count("      - kabanero-trigger ") == 2
+    last = proc.stdout.split("[6] OTC: delete the Kabanero service")[1].split("summary")[0]
+    assert "toolchain: no tools" in last
+    status = proc.stdout.split("$ kabanero-otc status   (exit 0)")[1]
+    assert "SERVICES" in status and "QUEUES" in status and "no problems found" in status
