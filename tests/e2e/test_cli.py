@@ -244,7 +244,15 @@ def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
         return any("cli-extra" in (t["name"] or "") for t in await env.tools())
 
     asyncio.run(_wait(replayed, "the replayed trigger's tool in OTC"))
-    assert env.json("dead-letters", "list")[1]["dead_letters"] == []
+    assert letter["id"] not in {d["id"] for d in env.json("dead-letters", "list")[1]["dead_letters"]}
+    # Whatever else met the 403 meanwhile (a periodic snapshot, say) goes back too, and now succeeds.
+    code, out = env.json("dead-letters", "replay", "--all")
+    assert code == 0 and all(r["to"] for r in out["replayed"])
+
+    async def none_left() -> bool:
+        return env.json("dead-letters", "list") == (0, {"vhost": env.stack.vhost, "dead_letters": []})
+
+    asyncio.run(_wait(none_left, "no dead letters after the replays"))
 
     async def garbage() -> None:
         conn = await aio_pika.connect(env.stack.amqp_url)
