@@ -307,13 +307,17 @@ def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Do
     cluster_roles = _by_kind(manifests, "ClusterRole")
     roles = _by_kind(manifests, "Role")
     # configmaps: the watcher reads the `gitops-map` ConfigMaps (Kabanero 0.9 GitOps repository).
-    watched = {"kabaneros", "stacks", "eventmediators", "eventconnections", "configmaps"}
+    # namespaces: only `get` of kube-system, whose uid is the cluster identity (one cluster per name).
+    watched = {"kabaneros", "stacks", "eventmediators", "eventconnections", "configmaps", "namespaces"}
     granted: set[str] = set()
     for role in cluster_roles.values():
         for rule in role["rules"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
             assert set(rule["apiGroups"]) <= {"kabanero.io", "events.kabanero.io", ""}
             assert "secrets" not in rule["resources"]
+            if "namespaces" in rule["resources"]:
+                assert rule["resources"] == ["namespaces"] and rule["verbs"] == ["get"]
+                assert rule["resourceNames"] == ["kube-system"]
             granted |= set(rule["resources"])
     assert granted == watched
     for role in roles.values():
