@@ -20,7 +20,7 @@ from kotc_cli.clients import amqp
 from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError
 from kotc_cli.output import Report, age
-from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER
+from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, persistent_copy
 from shared.amqp.topology import QUEUES
 
 REPLAYED_HEADER = "x-kotc-replayed"
@@ -139,17 +139,8 @@ async def list_(config: Config, queue: str | None) -> Report:
 
 
 def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
-    headers = {k: v for k, v in dict(message.headers or {}).items() if k not in _DROPPED}
-    headers[REPLAYED_HEADER] = _count(headers.get(REPLAYED_HEADER)) + 1
-    return aio_pika.Message(
-        body=message.body,
-        content_type=message.content_type,
-        message_id=message.message_id,
-        type=message.type,
-        timestamp=message.timestamp,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers=headers,
-    )
+    replays = _count((message.headers or {}).get(REPLAYED_HEADER)) + 1
+    return persistent_copy(message, {REPLAYED_HEADER: replays}, drop=_DROPPED)
 
 
 async def replay(config: Config, queue: str | None, ids: list[str], everything: bool) -> Report:

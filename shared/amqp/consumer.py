@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import aio_pika
@@ -297,15 +297,7 @@ class Consumer:
 
     @staticmethod
     def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-        return aio_pika.Message(
-            body=message.body,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={**dict(message.headers or {}), **headers},
-        )
+        return persistent_copy(message, headers)
 
     async def _retry(
         self, message: AbstractIncomingMessage, exc: Exception, attempt: int, event: CloudEvent
@@ -376,6 +368,23 @@ class Consumer:
             return
         await message.ack()
         self._metrics.outcomes.labels(self.queue_name, "dead").inc()
+
+
+def persistent_copy(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, drop: Collection[str] = ()
+) -> aio_pika.Message:
+    """A persistent copy of ``message``: its headers without ``drop``, then ``headers`` merged in
+    (a retry, a dead letter, a replay of one)."""
+    kept = {k: v for k, v in dict(message.headers or {}).items() if k not in drop}
+    return aio_pika.Message(
+        body=message.body,
+        content_type=message.content_type,
+        message_id=message.message_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={**kept, **headers},
+    )
 
 
 def _attempts_of(message: AbstractIncomingMessage, queue: str) -> int:
