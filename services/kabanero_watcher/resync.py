@@ -1,6 +1,6 @@
 """``control.resync``: snapshots on demand, for ``kabanero-otc resync`` (level-triggered repair).
 
-Every watcher replica binds a queue of its own (exclusive, server-named, gone with its connection)
+Every watcher replica binds a queue of its own (exclusive, gone with its connection)
 to ``control.resync`` on the events exchange, so a request reaches all of them and a request sent
 while no watcher runs is returned to its sender (mandatory publish). Only the replica that leads
 the named cluster acts: its session publishes fresh snapshots, and it answers on the request's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 
 import aio_pika
@@ -48,7 +49,10 @@ class ResyncListener:
 
     async def run(self) -> None:
         channel = await self._connection.channel()
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        # Named by us (not server-named ``amq.gen-*``): the robust channel re-declares it after a
+        # reconnect, which a client may not do for a name in the reserved ``amq.`` namespace.
+        name = f"kabanero-watcher.resync.{self._holder}.{uuid.uuid4().hex[:8]}"
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
         await queue.bind(EXCHANGE, routing_key=RoutingKeys.CONTROL_RESYNC)
         await queue.consume(self._on_message, no_ack=True)
         try:
