@@ -3,9 +3,14 @@
 #
 # Targets:
 #   runtime (default, production): the services and their runtime dependencies only, at the
-#           versions pinned in requirements.lock; no emulators, tests, dev tools or pip.
-#   dev     the whole lock (test tools, mongoeco) plus the emulators and the sample instance, for
-#           the `demo` compose profile: `docker build --target dev -t kabanero-otc:dev .`
+#           versions and hashes of requirements-runtime.lock; no emulators, tests, dev tools or pip.
+#   dev     the whole requirements.lock (test tools, mongoeco) plus the emulators and the sample
+#           instance, for the `demo` compose profile: `docker build --target dev -t kabanero-otc:dev .`
+#
+# No network inside the build: the wheels come from ./wheels, downloaded beforehand and checked
+# against the lock's hashes (scripts/wheelhouse.sh; README "Docker Compose"). Any image with CPython
+# 3.13 as `python3`, groupadd and useradd works as the base: the official python image by default,
+# a Debian trixie image made with debootstrap in `make compose-check`.
 ARG PYTHON_IMAGE=python:3.13-slim
 
 FROM ${PYTHON_IMAGE} AS base
@@ -18,35 +23,37 @@ RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin app
 
-# --- production virtualenv: the project's declared dependencies, constrained to the lock's pins ---
+# --- production virtualenv: [project.dependencies] and their closure, hash-checked, offline ---
 FROM base AS build-runtime
 WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock pyproject.toml README.md ./
-# The lock is a full freeze of `.[dev]`; production installs only [project.dependencies] (and
-# their transitive closure), every one pinned by the lock used as a constraints file.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
-      > runtime-requirements.txt \
- && pip install -c requirements.lock -r runtime-requirements.txt
+# No pip in the virtualenv: pip runs from its (hash-checked) wheel in the wheelhouse.
+RUN python3 -m venv --without-pip /opt/venv
+COPY requirements-runtime.lock pyproject.toml README.md ./
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+      --require-hashes -r requirements-runtime.lock
 # Only services/ and shared/ are copied, so the package build cannot pick up emulators/ or tests/.
 COPY shared ./shared
 COPY services ./services
-RUN pip install --no-deps . \
- && pip check \
- && pip uninstall -y pip
+# The project itself (no hash: it is this source tree); its build backend comes from the wheelhouse.
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \
+ && /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" check
 
 # --- dev virtualenv: everything in the lock, plus the emulators ---
 FROM base AS build-dev
 WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv --without-pip /opt/venv
 COPY requirements.lock pyproject.toml README.md ./
-RUN pip install -r requirements.lock
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+      --require-hashes -r requirements.lock
 COPY shared ./shared
 COPY services ./services
 COPY emulators ./emulators
-RUN pip install --no-deps . && pip check
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \
+ && /opt/venv/bin/python -m pip check
 
 FROM base AS dev
 COPY --from=build-dev /opt/venv /opt/venv
@@ -60,19 +67,29 @@ CMD ["emulators.kube", "--host", "0.0.0.0", "--port", "8001", "--seed", "/app/sa
 
 # --- production image (last stage = default target) ---
 FROM base AS runtime
+# VERSION follows pyproject.toml (tests/unit/test_manifests.py); REVISION and SOURCE are passed by
+# whoever builds (`make compose-check` passes the git commit and origin).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="kabanero-otc" \
-      org.opencontainers.image.description="Kabanero <-> IBM Open Toolchain integration services"
+      org.opencontainers.image.description="Kabanero <-> IBM Open Toolchain integration services" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 COPY --from=build-runtime /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     LOG_FORMAT=json \
-    HTTP_PORT=8080
+    HTTP_PORT=8080 \
+    BUILD_VERSION=${VERSION}
 # An empty working directory: `python -m` puts it on sys.path, so it must hold no code.
 WORKDIR /app
 # Numeric user so Kubernetes can verify runAsNonRoot.
 USER 10001:10001
 EXPOSE 8080
-# Liveness (vital tasks alive) on the service's HTTP_PORT; orchestrators may override.
+# Liveness (vital tasks alive) on the service's HTTP_PORT; orchestrators may override. An argv list
+# without spaces (shared/probe.py): podman and Docker split `python -c "..."` strings differently.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HTTP_PORT', '8080'), timeout=2)"]
+  CMD ["python", "-m", "shared.probe", "/healthz"]
 ENTRYPOINT ["python", "-m"]
 CMD ["services.broker_api"]

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench demo run clean lock
+.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench demo run clean lock compose-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
@@ -16,8 +16,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
-lock: venv  ## refresh the pinned lock after changing pyproject.toml dependencies
-	$(PY) -m pip install -q -e '.[dev]' && $(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+lock: venv  ## refresh the pinned, hashed locks after changing pyproject.toml dependencies
+	$(PY) -m pip install -q -e '.[dev]' && $(PY) -m scripts.lock
 
 rabbitmq:
 	@bash scripts/ensure-rabbitmq.sh
@@ -38,9 +38,14 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 # The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
-# and the embedded MongoDB wire server (or MONGODB_URL when set).
+# and the embedded MongoDB wire server (or MONGODB_URL when set), then the compose stack in containers.
 test: venv rabbitmq promtool lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory compose-check
+
+# docker-compose.yml built and run for real in containers (podman), scenario included (README).
+compose-check: venv
+	bash scripts/compose-check.sh
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
