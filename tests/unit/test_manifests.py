@@ -9,9 +9,11 @@ is provided, secrets are referenced (never embedded), and the Kubernetes securit
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +87,74 @@ def test_dockerfile_production_stage_is_default_non_root_and_without_dev_code() 
     user = re.search(r"^USER\s+(\d+)", runtime, re.MULTILINE)
     assert user and int(user.group(1)) != 0, "numeric non-root user (Kubernetes runAsNonRoot)"
     build = "\n".join(stages["build-runtime"])
-    assert "-c requirements.lock" in build, "runtime dependencies pinned by the lock"
+    assert "--require-hashes -r requirements-runtime.lock" in build, "runtime dependencies hashed by the lock"
     assert "--no-deps ." in build
     for path in ("emulators", "tests", "bench"):
         assert f"COPY {path}" not in build + runtime, f"{path}/ must not reach the production image"
     assert "COPY --from=build-runtime /opt/venv" in runtime
     dev = "\n".join(stages["build-dev"])
-    assert "-r requirements.lock" in dev and "COPY emulators" in dev
+    assert "--require-hashes -r requirements.lock" in dev and "COPY emulators" in dev
+    # The liveness check is an argv list through the probe module (no shell, no spaces to split).
+    health = re.search(r"^HEALTHCHECK .*\n\s*CMD (\[.*\])$", text, re.MULTILINE)
+    assert health and json.loads(health.group(1)) == ["python", "-m", "shared.probe", "/healthz"]
+    # OCI labels; the version follows the package's.
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG VERSION={version}" in runtime
+    for label in ("title", "version", "revision", "source"):
+        assert f"org.opencontainers.image.{label}=" in runtime
+
+
+def test_dockerfile_builds_offline_from_the_wheelhouse_with_python3() -> None:
+    """No network in the build, and no `python` command assumed: only the official image has one."""
+    for stage in ("base", "build-runtime", "build-dev"):
+        for run in _run_commands(stage):
+            assert not re.search(r"(^|[\s;&|])python\s", run), f"{stage}: `python` is not on Debian: {run}"
+    for stage in ("build-runtime", "build-dev"):
+        pip_runs = [run for run in _run_commands(stage) if '/pip" ' in run]
+        assert len(pip_runs) == 2, "the lock, then the project"
+        for run in pip_runs:
+            assert run.startswith("RUN --mount=type=bind,source=wheels,target=/wheels "), run
+            assert "install --no-index --find-links /wheels" in run, run
+
+
+def _run_commands(stage: str) -> list[str]:
+    """The RUN instructions of a Dockerfile stage, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+    return [line for line in body.splitlines() if line.startswith("RUN ")]
+
+
+def test_locks_pin_and_hash_every_distribution_and_runtime_is_a_subset() -> None:
+    full = _lock("requirements.lock")
+    runtime = _lock("requirements-runtime.lock")
+    assert runtime and runtime.items() <= full.items(), "the runtime lock is a subset of the full lock"
+    # The image runs pip from its wheel and builds the project with setuptools, both offline.
+    assert {"pip", "setuptools"} <= set(full)
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in declared:
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        assert _canonical(name) in runtime, f"{name} (pyproject dependencies) missing from the runtime lock"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock(name: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """canonical name -> (version, hashes); every entry must have at least one sha256 hash."""
+    entries: dict[str, tuple[str, frozenset[str]]] = {}
+    text = (ROOT / name).read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        pin, *options = line.split()
+        dist, _, version = pin.partition("==")
+        hashes = frozenset(
+            o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:")
+        )
+        assert version and hashes, f"{name}: {pin} is not pinned with a hash"
+        entries[_canonical(dist)] = (version, hashes)
+    return entries
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
@@ -111,9 +174,9 @@ def compose() -> Doc:
 
 def test_compose_services_run_the_image_with_infra_env_healthcheck_and_dependencies(compose: Doc) -> None:
     services = compose["services"]
-    assert services["rabbitmq"]["image"].startswith("rabbitmq:3-management")
-    assert {"127.0.0.1:5672:5672", "127.0.0.1:15672:15672"} <= set(services["rabbitmq"]["ports"])
-    assert services["mongo"]["image"] == "mongo:7"
+    # Official images, pinned to a version (RabbitMQ: the one `make compose-check` runs).
+    assert re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+-management", services["rabbitmq"]["image"])
+    assert re.fullmatch(r"mongo:7\.\d+\.\d+", services["mongo"]["image"])
     for infra in ("rabbitmq", "mongo"):
         assert services[infra]["healthcheck"]["test"]
     for name, module in SERVICES.items():
@@ -128,10 +191,61 @@ def test_compose_services_run_the_image_with_infra_env_healthcheck_and_dependenc
             env["MONGODB_URL"].startswith("mongodb://") and "@mongo:27017/kabanero_otc" in env["MONGODB_URL"]
         )
         assert env["HTTP_PORT"] == "8080"
-        assert "/readyz" in " ".join(svc["healthcheck"]["test"])
+        assert svc["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.probe", "/readyz"]
         for infra in ("rabbitmq", "mongo"):
             assert svc["depends_on"][infra]["condition"] == "service_healthy"
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
+
+
+def test_compose_publishes_loopback_ports_each_changeable_by_env(compose: Doc) -> None:
+    """A RabbitMQ (or anything) already on 5672, 8080, ... of the host must not stop `up`."""
+    env_example = (ROOT / ".env.example").read_text()
+    published = 0
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            m = re.fullmatch(r"127\.0\.0\.1:\$\{([A-Z_]+_PORT):-(\d+)\}:(\d+)", port)
+            assert m, f"{name}: {port!r} is not 127.0.0.1:${{NAME_PORT:-default}}:container"
+            assert f"#{m.group(1)}={m.group(2)}" in env_example, f".env.example does not show {m.group(1)}"
+            published += 1
+    assert published == 6
+
+
+def test_compose_probe_healthchecks_name_urls_the_probe_accepts(compose: Doc) -> None:
+    probe = importlib.import_module("shared.probe")
+    for name, svc in compose["services"].items():
+        test = svc["healthcheck"]["test"]
+        if test[1:4] == ["python", "-m", "shared.probe"]:
+            assert len(test) == 5 and " " not in "".join(test), f"{name}: argv without spaces"
+            assert probe.url_of(test[4], {}).startswith("http://127.0.0.1:"), name
+
+
+def test_compose_check_override_only_stands_in_for_the_two_infra_images(compose: Doc) -> None:
+    """docker-compose.check.yml: RabbitMQ and MongoDB stand-ins, the stand-in's MongoDB URL, nothing else."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
+    override = yaml.load((ROOT / "docker-compose.check.yml").read_text(), Loader=Loader)
+    services = override["services"]
+    assert set(services) == {"rabbitmq", "mongo", *SERVICES}
+    assert set(services["rabbitmq"]) == {"image"}
+    assert services["mongo"]["command"][0] == "emulators.mongo"
+    assert services["mongo"]["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "shared.probe"]
+    for name in SERVICES:
+        assert services[name] == {
+            "environment": {"MONGODB_URL": "mongodb://mongo:27017/kabanero_otc?directConnection=true"}
+        }
+    # The user's file never names a stand-in.
+    assert "CHECK_" not in (ROOT / "docker-compose.yml").read_text()
+    assert compose["services"]["mongo"]["image"].startswith("mongo:")
+
+
+def test_readme_states_the_compose_version_and_the_docker_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "Compose v2.20" in readme and "docker-compose 1." in readme
+    assert "python3 -m scripts.wheelhouse" in readme and "docker compose --profile demo up" in readme
+    assert "make compose-check" in readme
 
 
 def test_compose_env_names_are_settings_and_required_ones_are_set(compose: Doc) -> None:
