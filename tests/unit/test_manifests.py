@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s"
+K8S = ROOT / "k8s" / "base"  # what `kubectl apply -k k8s/` applies; overlays build on it
+MULTI = ROOT / "k8s" / "overlays" / "multi-cluster"
+KUBERNETES_VERSION = "1.32.0"  # the schemas the rendered manifests are validated against
 SAMPLE = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
 
 SERVICES = {
@@ -467,13 +469,35 @@ def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> N
     assert pdb["spec"]["minAvailable"] == 1
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_k8s_kustomization_renders_into_one_namespace() -> None:
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+
+
+def _render(path: Path) -> list[Doc]:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=30, check=False
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 0, out.stderr
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("path", [ROOT / "k8s", MULTI], ids=["k8s", "multi-cluster"])
+def test_k8s_rendered_manifests_match_the_kubernetes_schemas(path: Path) -> None:
+    """Strict: an unknown or misspelt field fails, not only a wrong type. CRDs are checked below."""
+    import kubernetes_validate
+
+    for doc in _render(path):
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+@needs_kubectl
+def test_k8s_kustomization_renders_into_one_namespace() -> None:
+    docs = _render(ROOT / "k8s")
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
     for doc in docs:
         if doc["kind"] not in cluster_scoped:
@@ -486,6 +510,131 @@ def test_k8s_kustomization_renders_into_one_namespace() -> None:
             container = doc["spec"]["template"]["spec"]["containers"][0]
             assert container["envFrom"] == [{"configMapRef": {"name": config_maps[0]}}]
             assert container["image"] == "kabanero-otc:0.1.0"
+
+
+@pytest.fixture(scope="module")
+def multi() -> list[Doc]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed")
+    return _render(MULTI)
+
+
+def _pod_env(deployment: Doc) -> dict[str, str]:
+    env = _container(deployment)["env"]
+    return {e["name"]: e.get("value", "<from>") for e in env}
+
+
+def test_k8s_multi_cluster_has_one_of_each_service_and_a_watcher_per_cluster(multi: list[Doc]) -> None:
+    deployments = _by_kind(multi, "Deployment")
+    (config,) = _by_kind(multi, "ConfigMap").values()
+    clusters = config["data"]["ALLOWED_CLUSTERS"].split(",")
+    assert len(clusters) >= 2
+    assert set(deployments) == {"broker-api", "otc-writer", "github-linker"} | {
+        f"kabanero-watcher-{c}" for c in clusters
+    }
+    known, _ = _settings_fields("kabanero_watcher")
+    secrets_used = set()
+    for cluster in clusters:
+        watcher = deployments[f"kabanero-watcher-{cluster}"]
+        pod = watcher["spec"]["template"]["spec"]
+        env = _pod_env(watcher)
+        assert env["CLUSTER_NAME"] == cluster
+        assert set(env) <= known and "KUBE_API_URL" not in env
+        # The kubeconfig wins over the in-cluster config Kubernetes offers every pod.
+        assert env["KUBERNETES_SERVICE_HOST"] == "" and pod["automountServiceAccountToken"] is False
+        mounts = {m["name"]: m for m in _container(watcher)["volumeMounts"]}
+        volume = next(v for v in pod["volumes"] if "secret" in v)
+        assert env["KUBECONFIG"].startswith(mounts[volume["name"]]["mountPath"] + "/")
+        assert mounts[volume["name"]]["readOnly"] is True
+        secrets_used.add(volume["secret"]["secretName"])
+        # Each watcher's own pods only: selectors must not overlap between clusters.
+        assert watcher["spec"]["selector"]["matchLabels"]["kabanero-otc.io/cluster"] == cluster
+        watcher_module = importlib.import_module("services.kabanero_watcher.settings")
+        settings = watcher_module.Settings(
+            **{k.lower(): v for k, v in env.items() if v != "<from>"},
+            amqp_url="amqp://u:p@rabbitmq:5672/",
+            mongodb_url="mongodb://mongo:27017/kabanero_otc",
+        )
+        assert not settings.kubernetes_service_host and settings.kubeconfig == env["KUBECONFIG"]
+    assert secrets_used == {f"kabanero-watcher-{c}-kubeconfig" for c in clusters}
+    for deployment in deployments.values():
+        assert _container(deployment)["image"] == "kabanero-otc:0.1.0"
+        assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # No API access is needed in the cluster kabanero-otc runs in.
+    assert not [d for d in multi if d["apiVersion"].startswith("rbac.authorization.k8s.io/")]
+
+
+def _egress_ports(policies: list[Doc], pod_labels: dict[str, str]) -> set[int]:
+    ports: set[int] = set()
+    for policy in policies:
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= pod_labels.items():
+            for rule in policy["spec"].get("egress", []):
+                assert rule.get("to"), (
+                    f"{policy['metadata']['name']}: an egress rule without `to` allows anywhere"
+                )
+                ports |= {p["port"] for p in rule["ports"]}
+    return ports
+
+
+def test_k8s_network_policies_deny_by_default_and_allow_only_the_dependencies(multi: list[Doc]) -> None:
+    policies = list(_by_kind(multi, "NetworkPolicy").values())
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    base = {53, 5671, 5672, 27017}  # DNS, RabbitMQ (TLS too), MongoDB
+    expected = {
+        "broker-api": base,
+        "github-linker": base,
+        "otc-writer": base | {443},  # OTC: Toolchain API and IAM
+        "kabanero-watcher": base | {443, 6443},  # the watched clusters' API servers
+    }
+    for deployment in _by_kind(multi, "Deployment").values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert _egress_ports(policies, labels) == expected[labels["app.kubernetes.io/name"]]
+    # OTC's HTTPS goes to public addresses only.
+    (otc,) = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": "otc-writer"}
+    ]
+    block = otc["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert block["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(
+        block["except"]
+    )
+    # Ingress: broker-api's port only from the ingress controller in front of it (OTC's side), and
+    # the metrics port from Prometheus; nothing else reaches any pod.
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            sources = [
+                peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for peer in rule["from"]
+            ]
+            assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+            selected = policy["spec"]["podSelector"]["matchLabels"]
+            if selected == {"app.kubernetes.io/name": "broker-api"}:
+                assert sources == ["ingress-nginx"]
+            else:
+                assert sources == ["monitoring"] and selected == {"app.kubernetes.io/part-of": "kabanero-otc"}
+
+
+def test_k8s_service_monitor_scrapes_every_service(multi: list[Doc]) -> None:
+    (monitor,) = [d for d in multi if d["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["kabanero-otc"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [
+        s for s in _by_kind(multi, "Service").values() if wanted.items() <= s["metadata"]["labels"].items()
+    ]
+    assert endpoint["port"] in {p["name"] for s in scraped for p in s["spec"]["ports"]}
+    names = set()
+    for deployment in _by_kind(multi, "Deployment").values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert any(s["spec"]["selector"].items() <= labels.items() for s in scraped), deployment["metadata"][
+            "name"
+        ]
+        names.add(labels["app.kubernetes.io/name"])
+    assert names == set(SERVICES)
 
 
 def test_deployment_doc_lists_every_setting() -> None:
