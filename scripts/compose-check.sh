@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=$ROOT/.venv/bin/python
-CACHE=${KOTC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kabanero-otc}
+CACHE=${KOTC_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/kabanero-otc}
 RUN_ID=$(date -u +%Y%m%d%H%M%S)-$$
 PROJECT=kotc-check-$RUN_ID
 IMAGE=localhost/kabanero-otc:check-$RUN_ID
@@ -139,14 +139,15 @@ wheels=$CACHE/wheels-$lock_hash
 if [ -f "$wheels/.complete" ]; then
   say "cached: $wheels"
 else
-  rm -rf "$wheels.partial"
+  partial=$(mktemp -d "$wheels.partial.XXXXXX")  # runs in parallel each download their own
   # (this machine's pip configuration names local indexes that may be absent: their warnings go)
-  "$PY" -m scripts.wheelhouse --dest "$wheels.partial" --arch "$(uname -m)" 2>&1 | { grep -v "^WARNING: Location" || true; } \
+  "$PY" -m scripts.wheelhouse --dest "$partial" --arch "$(uname -m)" 2>&1 | { grep -v "^WARNING: Location" || true; } \
     || die "wheelhouse download"
-  touch "$wheels.partial/.complete"
-  rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
-  for old in "$CACHE"/wheels-*; do [ "$old" = "$wheels" ] || rm -rf "$old"; done
+  touch "$partial/.complete"
+  mv -T "$partial" "$wheels" 2>/dev/null || rm -rf "$partial"  # another run was first: use its copy
 fi
+touch "$wheels"  # in use: the clean-up below spares it
+find "$CACHE" -maxdepth 1 -name 'wheels-*' -mmin +1440 ! -path "$wheels" -exec rm -rf {} + 2>/dev/null || true
 # The Dockerfile binds ./wheels (build context): the cached wheelhouse, hard-linked.
 rm -rf wheels
 cp -al "$wheels" wheels 2>/dev/null || cp -a "$wheels" wheels
@@ -255,6 +256,8 @@ CHECK_OTC_URL=http://127.0.0.1:$p_otc BROKER_ID=kabanero-otc-check BROKER_SECRET
 CLUSTER_NAME=default "$PY" -m scripts.compose_scenario || die "scenario"
 if command -v kubectl >/dev/null 2>&1; then
   kubectl --server "http://127.0.0.1:$p_kube" get eventmediators -A 2>&1 | sed 's/^/compose-check: kubectl: /' || die "kubectl against the kube emulator"
+else
+  skip "kubectl against the kube emulator's published port: no kubectl on this machine (the scenario used HTTP)"
 fi
 
 # --- down --------------------------------------------------------------------------------------

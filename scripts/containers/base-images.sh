@@ -2,7 +2,8 @@
 # The compose check's base images, made without any registry: Debian trixie (CPython 3.13) with
 # debootstrap, imported into podman's storage. Cached there: each image is tagged with the hash of
 # this recipe (this file and rabbitmq-entrypoint.sh), so a change of recipe builds new ones and an
-# unchanged recipe costs nothing. Prints `BASE_IMAGE=...` and `RABBITMQ_IMAGE=...`.
+# unchanged recipe costs nothing (older recipes' images are left: another clone may still use them;
+# `podman rmi` them by hand). Prints `BASE_IMAGE=...` and `RABBITMQ_IMAGE=...`.
 #
 #   localhost/kabanero-otc-base:<hash>      minbase + python3 + ca-certificates: the Dockerfile's
 #                                           PYTHON_IMAGE (`python3`, groupadd/useradd, no compiler)
@@ -89,8 +90,5 @@ to_image "$work/rabbitmq" "$RABBITMQ" \
   --change 'USER rabbitmq' --change 'WORKDIR /var/lib/rabbitmq' \
   --change 'ENV HOME=/var/lib/rabbitmq' --change 'EXPOSE 5672' --change 'EXPOSE 15672' \
   --change 'ENTRYPOINT ["/usr/local/bin/kotc-rabbitmq"]'
-for old in $(podman images --format '{{.Repository}}:{{.Tag}}' | grep -E '^localhost/kabanero-otc-(base|rabbitmq):'); do
-  [ "$old" = "$BASE" ] || [ "$old" = "$RABBITMQ" ] || podman rmi "$old" >/dev/null 2>&1 || true  # an older recipe's
-done
 log "imported $BASE, $RABBITMQ in $((SECONDS - start))s"
 echo "BASE_IMAGE=$BASE"; echo "RABBITMQ_IMAGE=$RABBITMQ"
