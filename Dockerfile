@@ -32,9 +32,11 @@ COPY requirements-runtime.lock pyproject.toml README.md ./
 RUN --mount=type=bind,source=wheels,target=/wheels \
     /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
       --require-hashes -r requirements-runtime.lock
-# Only services/ and shared/ are copied, so the package build cannot pick up emulators/ or tests/.
+# Only services/, shared/ and the operators' CLI (kotc_cli/, `kabanero-otc`) are copied, so the
+# package build cannot pick up emulators/ or tests/.
 COPY shared ./shared
 COPY services ./services
+COPY kotc_cli ./kotc_cli
 # The project itself (no hash: it is this source tree); its build backend comes from the wheelhouse.
 RUN --mount=type=bind,source=wheels,target=/wheels \
     /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \
@@ -50,6 +52,7 @@ RUN --mount=type=bind,source=wheels,target=/wheels \
       --require-hashes -r requirements.lock
 COPY shared ./shared
 COPY services ./services
+COPY kotc_cli ./kotc_cli
 COPY emulators ./emulators
 RUN --mount=type=bind,source=wheels,target=/wheels \
     /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \

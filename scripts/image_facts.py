@@ -3,7 +3,8 @@
 Run by the compose check on the image it built: a numeric non-root user; the liveness HEALTHCHECK
 kept (podman's default OCI format would drop it) as an argv list through ``shared.probe``; the OCI
 labels with the version and revision; and, in a container with a read-only root filesystem, every
-service importable, no pip and no compiler or build tool on the PATH or in the virtualenv.
+service and the ``kabanero-otc`` CLI importable, no pip and no compiler or build tool on the PATH or
+in the virtualenv.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ INSIDE = f"""
 import importlib, json, pathlib, shutil, sys
 for name in {SERVICES!r}:
     importlib.import_module(f"services.{{name}}.app")
+importlib.import_module("kotc_cli.main")  # the operators' CLI, `kabanero-otc`
+if not (pathlib.Path(sys.prefix) / "bin" / "kabanero-otc").exists():
+    raise SystemExit("no kabanero-otc command in the image")
 bin_dir = pathlib.Path(sys.prefix) / "bin"
 found = [t for t in {BUILD_TOOLS!r} if shutil.which(t) or (bin_dir / t).exists()]
 try:
