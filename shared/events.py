@@ -132,6 +132,9 @@ class ServiceParameters(_Data):
     namespace: str
     name: str | None = None
     label: str = ""
+    # Added (optional, schema_version stays 1): a Kabanero service's ``parameters.events``; None for
+    # Events services and producers that predate it.
+    events: Literal["auto", "manual"] | None = None
 
     @property
     def scope(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from emulators.otc.brokered import BrokeredTools
 from emulators.otc.calllog import CallLog, call_log_middleware
 from emulators.otc.clock import Clock
 from emulators.otc.control import control_routes
@@ -60,7 +61,9 @@ def build_app(settings: OtcEmulatorSettings, *, clock: Clock | None = None) -> w
         issuer=TokenIssuer(settings, clock),
         platform=PlatformHolder(platform),
     )
-    api = ToolchainApi(settings, emulator.store, emulator.issuer, emulator.faults)
+    api = ToolchainApi(
+        settings, emulator.store, emulator.issuer, emulator.faults, BrokeredTools(emulator.platform)
+    )
     app = web.Application(middlewares=[call_log_middleware(emulator.calls), api.middleware()])
     app[EMULATOR_KEY] = emulator
     app.router.add_post("/identity/token", _with_trace(token_handler(settings, emulator.issuer)))

@@ -47,6 +47,8 @@ class ToolRecord(BaseModel):
     state: ToolState = "configured"
     updated_at: datetime
     seq: int
+    broker_dashboard_url: str | None = None
+    """Broker-backed tools: the ``dashboard_url`` the broker answered on provision (the card's link)."""
 
 
 # --- wire shapes ----------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class Renderer:
 
     def tool(self, rec: ToolRecord, toolchain: ToolchainRecord) -> Tool:
         params = rec.parameters
-        ui = params.get("repo_url") or params.get("dashboard_url")
+        ui = params.get("repo_url") or params.get("dashboard_url") or rec.broker_dashboard_url
         ui_href = ui if isinstance(ui, str) else f"{UI_BASE}/toolchains/{rec.toolchain_id}/tools/{rec.id}"
         return Tool(
             id=rec.id,

@@ -85,11 +85,19 @@ class Store:
         return list(self.tools[toolchain_id].values())
 
     def create_tool(
-        self, toolchain_id: str, *, tool_type_id: str, name: str | None, parameters: dict[str, Any]
+        self,
+        toolchain_id: str,
+        *,
+        tool_type_id: str,
+        name: str | None,
+        parameters: dict[str, Any],
+        tool_id: str | None = None,
+        broker_dashboard_url: str | None = None,
     ) -> ToolRecord:
         self.toolchain(toolchain_id)
         record = ToolRecord(
-            id=str(uuid.uuid4()),
+            id=tool_id or str(uuid.uuid4()),
+            broker_dashboard_url=broker_dashboard_url,
             toolchain_id=toolchain_id,
             tool_type_id=tool_type_id,
             name=name,

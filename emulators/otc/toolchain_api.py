@@ -8,6 +8,7 @@ token (401), turns :class:`ApiError` and aiohttp's 404/405 into IBM error bodies
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -15,10 +16,11 @@ from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from emulators.otc.brokered import BrokeredTools
 from emulators.otc.errors import TRANSACTION_HEADER, ApiError, error_response, transaction_id
 from emulators.otc.faults import FaultInjector
 from emulators.otc.iam import TokenIssuer
-from emulators.otc.models import ToolchainCreate, ToolchainRecord, ToolCreate
+from emulators.otc.models import ToolchainCreate, ToolchainRecord, ToolCreate, ToolRecord
 from emulators.otc.paging import paginate, parse_limit
 from emulators.otc.render import API_PREFIX, Renderer
 from emulators.otc.request_keys import DROPPED
@@ -70,9 +72,15 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
 
 class ToolchainApi:
     def __init__(
-        self, settings: OtcEmulatorSettings, store: Store, issuer: TokenIssuer, faults: FaultInjector
+        self,
+        settings: OtcEmulatorSettings,
+        store: Store,
+        issuer: TokenIssuer,
+        faults: FaultInjector,
+        brokered: BrokeredTools,
     ) -> None:
         self._settings = settings
+        self._brokered = brokered
         self._store = store
         self._issuer = issuer
         self._faults = faults
@@ -196,7 +204,11 @@ class ToolchainApi:
         return _json(self.renderer(request).toolchain(record))
 
     async def delete_toolchain(self, request: web.Request) -> web.Response:
-        self._store.delete_toolchain(self._toolchain_id(request))
+        tid = self._toolchain_id(request)
+        for tool in self._store.tools_of(tid):
+            await self._delete_brokered(tool)
+            self._store.delete_tool(tid, tool.id)
+        self._store.delete_toolchain(tid)
         return web.Response(status=204)
 
     # --- tools ---
@@ -234,11 +246,23 @@ class ToolchainApi:
     async def create_tool(self, request: web.Request) -> web.Response:
         toolchain = self._store.toolchain(self._toolchain_id(request))
         body = _parse(ToolCreate, await _json_object(request, JSON))
-        check_tool_type(body.tool_type_id)
+        broker = self._brokered.broker_of(body.tool_type_id)
+        if broker is None:
+            check_tool_type(body.tool_type_id)
         name = check_name(body.name) if body.name is not None else None
         params = normalize_parameters(body.tool_type_id, body.parameters or {}, create=True)
+        tool_id, dashboard = None, None
+        if broker is not None:
+            tool_id = str(uuid.uuid4())
+            dashboard = (await self._brokered.create(broker, tool_id, toolchain.id, params)).dashboard_url
+            toolchain = self._store.toolchain(toolchain.id)  # deleted while the broker answered: 404
         record = self._store.create_tool(
-            toolchain.id, tool_type_id=body.tool_type_id, name=name, parameters=params
+            toolchain.id,
+            tool_type_id=body.tool_type_id,
+            name=name,
+            parameters=params,
+            tool_id=tool_id,
+            broker_dashboard_url=dashboard,
         )
         return _json(self.renderer(request).tool(record, toolchain), status=201)
 
@@ -265,10 +289,20 @@ class ToolchainApi:
             merged = {} if raw is None else merge_patch(record.parameters, raw)
             check_immutable(record.tool_type_id, record.parameters, merged)
             params = normalize_parameters(record.tool_type_id, merged, create=False)
+        broker = self._brokered.broker_of(record.tool_type_id)
+        if broker is not None and params != record.parameters:
+            await self._brokered.update(broker, record.id, params)
         updated = self._store.replace_tool(record.model_copy(update={"name": name, "parameters": params}))
         return _json(self.renderer(request).tool(updated, toolchain))
 
     async def delete_tool(self, request: web.Request) -> web.Response:
         toolchain, tool_id = self._tool_ids(request)
-        self._store.delete_tool(toolchain.id, tool_id)
+        await self._delete_brokered(self._store.tool(toolchain.id, tool_id))
+        if tool_id in self._store.tools.get(toolchain.id, {}):  # not deleted meanwhile
+            self._store.delete_tool(toolchain.id, tool_id)
         return web.Response(status=204)
+
+    async def _delete_brokered(self, tool: ToolRecord) -> None:
+        broker = self._brokered.broker_of(tool.tool_type_id)
+        if broker is not None:
+            await self._brokered.delete(broker, tool.id, tool.toolchain_id)

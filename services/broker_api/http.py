@@ -244,7 +244,9 @@ class BrokerApi:
         body = InstanceResponse(
             instance_id=rec.instance_id,
             dashboard_url=rec.dashboard_url,
-            parameters=ParametersOut(**rec.parameters.model_dump(), label=rec.parameters.label),
+            parameters=ParametersOut(
+                **rec.parameters.model_dump(), label=rec.parameters.label, events_note=_events_note(rec)
+            ),
             organization_guid=rec.organization_guid,
         )
         out = body.model_dump(mode="json", exclude_none=True)
@@ -447,6 +449,17 @@ def make_app(api: BrokerApi, health: Health, settings: Settings) -> web.Applicat
     for root, kind in BROKERS.items():
         app.add_subapp(f"/{root}/api/v1", broker_app(api, kind))
     return app
+
+
+def _events_note(rec: InstanceRecord) -> str | None:
+    """Say, when ``events`` is manual, that the Events tools added while it was auto stay."""
+    if rec.parameters.events != "manual" or not rec.events_tools:
+        return None
+    return (
+        f"{len(rec.events_tools)} Kabanero Events tool(s) added while events was 'auto' are left in "
+        "place (each is removed when this service is unbound from its toolchain or deleted); "
+        "no new ones are added"
+    )
 
 
 def utc_now() -> datetime:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from pydantic import SecretStr
 
@@ -44,9 +45,20 @@ class Pending:
 
 
 @dataclass(frozen=True)
+class EventsToolOp:
+    """An ``otc.tool.apply|remove`` command for the Kabanero Events tool this service added (or
+    adds) to ``toolchain_id`` (``parameters.events`` = auto). Committed with the change, published
+    after its service events, each with its own revision."""
+
+    op: Literal["apply", "remove"]
+    toolchain_id: str
+
+
+@dataclass(frozen=True)
 class Change:
     record: InstanceRecord
     events: tuple[Pending, ...]
+    tools: tuple[EventsToolOp, ...] = ()
 
 
 class Policy:
@@ -57,16 +69,22 @@ class Policy:
         self._default_cluster = settings.default_cluster
         self._default_namespace = settings.default_namespace
         self._pattern = settings.kabanero_dashboard_url_pattern
+        self._events = settings.auto_events_service
 
-    def resolve(self, given: ParametersIn, base: Parameters | None = None) -> Parameters:
-        """PUT: ``base`` None, missing keys take defaults. PATCH: keys present override ``base``."""
+    def resolve(
+        self, given: ParametersIn, base: Parameters | None = None, *, kind: ServiceKind = "kabanero"
+    ) -> Parameters:
+        """PUT: ``base`` None, missing keys take defaults. PATCH: keys present override ``base``.
+        ``events`` is a Kabanero service's only (ignored, like any unknown key, by the Events broker)."""
         present = given.model_fields_set
         if base is None:
-            cluster, namespace, name = given.cluster, given.namespace, given.name
+            cluster, namespace, name, events = given.cluster, given.namespace, given.name, given.events
         else:
             cluster = given.cluster if "cluster" in present else base.cluster
             namespace = given.namespace if "namespace" in present else base.namespace
             name = given.name if "name" in present else base.name
+            events = given.events if "events" in present else base.events
+        events = (events or self._events) if kind == "kabanero" else None
         cluster = cluster or self._default_cluster
         if cluster not in self._clusters:
             raise BadRequest(
@@ -74,7 +92,9 @@ class Policy:
                 + ", ".join(self._clusters)
                 + ")"
             )
-        return Parameters(cluster=cluster, namespace=namespace or self._default_namespace, name=name)
+        return Parameters(
+            cluster=cluster, namespace=namespace or self._default_namespace, name=name, events=events
+        )
 
     def dashboard_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
         return self._pattern.format(
@@ -113,7 +133,7 @@ def provision(
     cipher: CredentialsCipher,
     now: datetime,
 ) -> Change | None:
-    params = policy.resolve(req.parameters)
+    params = policy.resolve(req.parameters, kind=kind)
     dashboard = policy.dashboard_url(kind, sid, params)
     current = _alive(rec)
     if current is None:
@@ -147,7 +167,11 @@ def update(
     current = _alive(rec)
     if current is None:
         raise NotFound("service instance not found")
-    params = policy.resolve(req.parameters, current.parameters) if req.parameters else current.parameters
+    params = (
+        policy.resolve(req.parameters, current.parameters, kind=kind)
+        if req.parameters
+        else current.parameters
+    )
     dashboard = policy.dashboard_url(kind, sid, params)
     return _updated(current, req, params=params, dashboard=dashboard, cipher=cipher, now=now)
 
@@ -166,6 +190,11 @@ def _updated(
     org = req.organization_guid if req.organization_guid is not None else current.organization_guid
     if not creds_changed and params == current.parameters and org == current.organization_guid:
         return None
+    # manual -> auto: the toolchains bound already get their Events tool now. auto -> manual leaves
+    # the ones added in place (still removed on unbind/delete): no op, only no new ones.
+    adds = (
+        [t for t in current.toolchain_ids if t not in current.events_tools] if params.events == "auto" else []
+    )
     new = current.model_copy(
         update={
             "parameters": params,
@@ -173,9 +202,14 @@ def _updated(
             "organization_guid": org,
             "service_credentials": creds,
             "updated_at": now,
+            "events_tools": [*current.events_tools, *adds],
         }
     )
-    return Change(new, (Pending("updated", tuple(current.toolchain_ids)),))
+    return Change(
+        new,
+        (Pending("updated", tuple(current.toolchain_ids)),),
+        tuple(EventsToolOp("apply", t) for t in adds),
+    )
 
 
 def bind(
@@ -198,8 +232,22 @@ def bind(
         *current.toolchains,
         Binding(id=tid, credentials=cipher.encrypt(req.toolchain_credentials), bound_at=now),
     ]
-    new = current.model_copy(update={"toolchains": bindings, "updated_at": now})
-    return Change(new, (Pending("bound", tuple(new.toolchain_ids), tid),))
+    auto = current.parameters.events == "auto" and tid not in current.events_tools
+    new = current.model_copy(
+        update={
+            "toolchains": bindings,
+            "updated_at": now,
+            "events_tools": [*current.events_tools, tid] if auto else current.events_tools,
+        }
+    )
+    ops = (EventsToolOp("apply", tid),) if auto else ()
+    return Change(new, (Pending("bound", tuple(new.toolchain_ids), tid),), ops)
+
+
+def _removing(current: InstanceRecord, tids: list[str]) -> tuple[list[str], tuple[EventsToolOp, ...]]:
+    """The Events tools this service added to ``tids``: what remains recorded, and their removes."""
+    gone = [t for t in current.events_tools if t in tids]
+    return [t for t in current.events_tools if t not in gone], tuple(EventsToolOp("remove", t) for t in gone)
 
 
 def unbind(rec: InstanceRecord | None, *, tid: str, now: datetime) -> Change | None:
@@ -207,8 +255,9 @@ def unbind(rec: InstanceRecord | None, *, tid: str, now: datetime) -> Change | N
     if current is None or tid not in current.toolchain_ids:
         return None
     bindings = [b for b in current.toolchains if b.id != tid]
-    new = current.model_copy(update={"toolchains": bindings, "updated_at": now})
-    return Change(new, (Pending("unbound", tuple(new.toolchain_ids), tid),))
+    kept, ops = _removing(current, [tid])
+    new = current.model_copy(update={"toolchains": bindings, "updated_at": now, "events_tools": kept})
+    return Change(new, (Pending("unbound", tuple(new.toolchain_ids), tid),), ops)
 
 
 def _unbind_each(current: InstanceRecord) -> list[Pending]:
@@ -220,8 +269,9 @@ def unbind_all(rec: InstanceRecord | None, *, now: datetime) -> Change | None:
     current = _alive(rec)
     if current is None or not current.toolchains:
         return None
-    new = current.model_copy(update={"toolchains": [], "updated_at": now})
-    return Change(new, tuple(_unbind_each(current)))
+    kept, ops = _removing(current, current.toolchain_ids)
+    new = current.model_copy(update={"toolchains": [], "updated_at": now, "events_tools": kept})
+    return Change(new, tuple(_unbind_each(current)), ops)
 
 
 def deprovision(rec: InstanceRecord | None, *, now: datetime) -> Change | None:
@@ -229,6 +279,7 @@ def deprovision(rec: InstanceRecord | None, *, now: datetime) -> Change | None:
     current = _alive(rec)
     if current is None:
         return None
+    _, ops = _removing(current, current.events_tools)
     new = current.model_copy(
         update={
             "state": "deleted",
@@ -236,6 +287,7 @@ def deprovision(rec: InstanceRecord | None, *, now: datetime) -> Change | None:
             "toolchains": [],
             "updated_at": now,
             "deleted_at": now,
+            "events_tools": [],
         }
     )
-    return Change(new, (*_unbind_each(current), Pending("deprovisioned", ())))
+    return Change(new, (*_unbind_each(current), Pending("deprovisioned", ())), ops)

@@ -20,6 +20,7 @@ ID_RE = re.compile(ID_PATTERN)
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCHEMA_VERSION = 1
+EventsMode = Literal["auto", "manual"]
 # context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3
 BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
 _SECRET = {"type": "string", "format": "password", "writeOnly": True}
@@ -56,6 +57,11 @@ class ParametersIn(_Request):
     cluster: str | None = Field(default=None, min_length=1, max_length=253)
     namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
     name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    events: EventsMode | None = Field(
+        default=None,
+        description="Kabanero broker only: 'auto' adds a Kabanero Events tool to each toolchain the "
+        "service is bound to; 'manual' (default: setting AUTO_EVENTS_SERVICE) adds none",
+    )
 
 
 class ProvisionRequest(_Request):
@@ -113,6 +119,8 @@ class Parameters(BaseModel):
     cluster: str
     namespace: str
     name: str | None = None
+    events: EventsMode | None = None
+    """Kabanero services: whether binding adds a Kabanero Events tool; None for Events services."""
 
     @property
     def label(self) -> str:
@@ -127,6 +135,12 @@ class ParametersOut(BaseModel):
     namespace: str
     name: str | None = None
     label: str = Field(description="human text for the OTC tool card, '<cluster>/<namespace>[/<name>]'")
+    events: EventsMode | None = Field(default=None, description="Kabanero services: auto or manual")
+    events_note: str | None = Field(
+        default=None,
+        description="set when events is 'manual' but Events tools added automatically remain: they "
+        "are left in place (removed on unbind/delete); no new ones are added",
+    )
 
 
 class InstanceResponse(BaseModel):
@@ -188,6 +202,11 @@ class InstanceRecord(BaseModel):
     dashboard_url: str
     service_credentials: str | None = Field(default=None, description="Fernet token")
     toolchains: list[Binding] = Field(default_factory=list)
+    events_tools: list[str] = Field(
+        default_factory=list,
+        description="toolchains to which this Kabanero service asked otc-writer to add a Kabanero "
+        "Events tool (parameters.events = auto) and has not asked to remove it yet",
+    )
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None

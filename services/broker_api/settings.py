@@ -10,6 +10,8 @@
 | ``DEFAULT_NAMESPACE`` | ``kabanero`` | ``parameters.namespace`` when omitted |
 | ``KABANERO_DASHBOARD_URL_PATTERN`` | see below | ``dashboard_url`` template; placeholders ``{cluster}``,
   ``{namespace}``, ``{name}`` (Kabanero CR name, ``kabanero`` when unset), ``{instance_id}``, ``{service_id}`` |
+| ``AUTO_EVENTS_SERVICE`` | ``manual`` | ``parameters.events`` of a Kabanero service that omits it:
+  ``auto`` (binding adds a Kabanero Events tool to the toolchain) or ``manual`` |
 | ``OUTBOX_DRAIN_INTERVAL_S`` | 5 | how often unpublished events are retried |
 | ``BUILD_VERSION`` | package version | reported by ``GET /version`` |
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -44,6 +47,7 @@ class Settings(CommonSettings):
     allowed_clusters: str = "default"
     default_namespace: str = "kabanero"
     kabanero_dashboard_url_pattern: str = DEFAULT_DASHBOARD_PATTERN
+    auto_events_service: Literal["auto", "manual"] = "manual"
     outbox_drain_interval_s: float = Field(default=5.0, gt=0)
     build_version: str = "0.1.0"
     max_body_bytes: int = Field(default=64 * 1024, gt=0)

@@ -15,6 +15,7 @@ MongoDB errors propagate as they are: the HTTP error middleware maps them to 503
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -29,10 +30,19 @@ from pymongo.errors import DuplicateKeyError
 
 from services.broker_api.errors import Unavailable
 from services.broker_api.instances import Change, record_key
-from services.broker_api.models import InstanceRecord, OutboxEntry
-from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceKind, ServiceParameters, event_id
+from services.broker_api.models import BROKERS, InstanceRecord, OutboxEntry
+from shared.events import (
+    CloudEvent,
+    RoutingKeys,
+    ServiceEventData,
+    ServiceKind,
+    ServiceParameters,
+    ToolCommand,
+    event_id,
+)
 from shared.keyed_locks import KeyedLocks
 from shared.mongo import Document
+from shared.otc_tools import TOOL_NAME_MAX, sanitize_tool_name
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,34 @@ class Commit:
     events: tuple[OutboxEntry, ...]
 
 
+EVENTS_TOOL_PURPOSE = "kabanero-events-auto"
+EVENTS_TOOL_TYPE = BROKERS["kabanero-events-broker"]  # the events broker's OTC service id
+
+
+def events_tool_command(rec: InstanceRecord, toolchain_id: str, revision: int) -> ToolCommand:
+    """The Kabanero Events tool a Kabanero service with ``events: auto`` adds to ``toolchain_id``.
+
+    Its parameters are what OTC hands the events broker on provision (the same instance); its name
+    is deterministic (otc-writer resolves an ambiguous create by it) and names the Kabanero service,
+    so it never equals a hand-added tool's name by accident.
+    """
+    p = rec.parameters
+    params: dict[str, Any] = {"cluster": p.cluster, "namespace": p.namespace}
+    if p.name:
+        params["name"] = p.name
+    sid_hash = hashlib.sha256(rec.instance_id.encode()).hexdigest()[:8]
+    name = sanitize_tool_name(f"kabanero-events {p.cluster} {p.namespace} auto {sid_hash}")[:TOOL_NAME_MAX]
+    return ToolCommand(
+        purpose=EVENTS_TOOL_PURPOSE,
+        key=f"{EVENTS_TOOL_PURPOSE}:{rec.instance_id}"[:512],
+        toolchain_id=toolchain_id,
+        tool_type_id=EVENTS_TOOL_TYPE,
+        name=name,
+        parameters=params,
+        revision=revision,
+    )
+
+
 def _event_entries(change: Change, base_revision: int, source: str, now: datetime) -> list[OutboxEntry]:
     rec = change.record
     entries = []
@@ -66,6 +104,7 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
                 namespace=rec.parameters.namespace,
                 name=rec.parameters.name,
                 label=rec.parameters.label,
+                events=rec.parameters.events,
             ),
             dashboard_url=rec.dashboard_url,
             toolchains=list(pending.toolchains),
@@ -77,6 +116,19 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
         event_id = make_event_id(rec.kind, rec.instance_id, revision)
         event = CloudEvent.for_data(
             routing_key, data, source=source, subject=rec.instance_id, id=event_id
+        ).model_copy(update={"time": now})
+        entries.append(
+            OutboxEntry(
+                id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
+            )
+        )
+    for j, op in enumerate(change.tools):
+        revision = base_revision + len(change.events) + j + 1
+        command = events_tool_command(rec, op.toolchain_id, revision)
+        routing_key = RoutingKeys.TOOL_APPLY if op.op == "apply" else RoutingKeys.TOOL_REMOVE
+        event_id = make_event_id(rec.kind, rec.instance_id, revision)
+        event = CloudEvent.for_data(
+            routing_key, command, source=source, subject=rec.instance_id, id=event_id
         ).model_copy(update={"time": now})
         entries.append(
             OutboxEntry(

@@ -121,7 +121,7 @@ async def test_lifecycle_answers_and_events(broker: tuple[BrokerRuntime, Client]
     assert body == {
         "instance_id": "sid-1",
         "dashboard_url": "https://kabanero-landing-team-a.apps.prod.example.com/",
-        "parameters": {"cluster": "prod", "namespace": "team-a", "label": "prod/team-a"},
+        "parameters": {"cluster": "prod", "namespace": "team-a", "label": "prod/team-a", "events": "manual"},
         "organization_guid": "org-1",
     }
     assert (await c.call("PUT", f"{KB}/service_instances/sid-1", PROVISION))[0] == 200  # identical: no event
