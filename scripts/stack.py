@@ -455,6 +455,38 @@ class Demo:
                 expect(204, otc.deprovision("kabanero-broker", "demo-kabanero")),
                 counts(0, 0),
             )
+            await self.auto_events(otc, counts)
+
+    async def auto_events(
+        self, otc: OtcPlatform, counts: Callable[[int, int | None], Callable[[list[dict[str, Any]]], bool]]
+    ) -> None:
+        """``parameters.events: auto``: binding adds a Kabanero Events tool, unbinding removes it."""
+        sid, params = "demo-kabanero-auto", {"cluster": "default", "namespace": "kabanero", "events": "auto"}
+
+        def with_events(n: int, trig: int, gh: int) -> Callable[[list[dict[str, Any]]], bool]:
+            def check(tools: list[dict[str, Any]]) -> bool:
+                return (
+                    counts(trig, gh)(tools)
+                    and sum(t["tool_type_id"] == "kabanero-events" for t in tools) == n
+                )
+
+            return check
+
+        async def provision_and_bind() -> None:
+            assert (await otc.provision("kabanero-broker", sid, parameters=params)).status == 200
+            assert (await otc.bind("kabanero-broker", sid, self.toolchain)).status == 204
+
+        async def unbind() -> None:
+            assert (await otc.unbind("kabanero-broker", sid, self.toolchain)).status == 204
+
+        await self.settle(
+            "OTC: events=auto Kabanero service bound (+Events tool, 2 trig.)",
+            provision_and_bind(),
+            with_events(1, 2, 4),
+        )
+        await self.settle(
+            "OTC: unbind it (its Events tool and all it brought go)", unbind(), with_events(0, 0, 0)
+        )
 
     async def dead_letters(self) -> dict[str, int]:
         vhost = urllib.parse.quote(self.stack.vhost, safe="")

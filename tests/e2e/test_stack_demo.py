@@ -45,6 +45,10 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         "cluster: status-only change (expect 0 writes)": 0,
         "OTC: unbind the Kabanero Events service": 2,
         "OTC: delete the Kabanero service": 4,
+        # events=auto: the Events tool (OTC then provisions + binds the Events service through our
+        # events broker), its 2 trigger tools, 4 GitHub tools; unbinding removes the same 7.
+        "OTC: events=auto Kabanero service bound (+Events tool, 2 trig.)": 1 + 2 + 4,
+        "OTC: unbind it (its Events tool and all it brought go)": 1 + 2 + 4,
     }
     assert "dead letters: {'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, " in proc.stdout
     # After each step, the toolchain's tools by kind and name; the run ends with kabanero-otc status.
