@@ -121,7 +121,12 @@ def _model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
             revision=1,
             parameters={"repo_url": "https://github.com/example/app", "type": "link"},
         )
-        return ToolCommand, example, "github-linker", "make one tool exist with this content, or not exist"
+        return (
+            ToolCommand,
+            example,
+            "github-linker; broker-api (purpose `kabanero-events-auto`: the Events tool of an events=auto service)",
+            "make one tool exist with this content, or not exist",
+        )
     if key == "control.resync":
         return ResyncRequest, ResyncRequest(cluster="default"), "kabanero-otc CLI", "ask for fresh snapshots"
     raise KeyError(key)
