@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -75,7 +76,7 @@ class Linker:
         return out
 
 
-def _settings(amqp_url: str, mongodb_url: str) -> Settings:
+def _settings(amqp_url: str, mongodb_url: str, **overrides: Any) -> Settings:
     return Settings(
         amqp_url=amqp_url,  # type: ignore[arg-type]
         mongodb_url=mongodb_url,  # type: ignore[arg-type]
@@ -83,13 +84,14 @@ def _settings(amqp_url: str, mongodb_url: str) -> Settings:
         http_port=0,
         ghe_hosts={"ghe.example.com": "ghe-guid"},
         connect_timeout_s=10,
+        **overrides,
     )
 
 
 @asynccontextmanager
-async def running(amqp_url: str, mongodb_url: str) -> AsyncIterator[Linker]:
+async def running(amqp_url: str, mongodb_url: str, **overrides: Any) -> AsyncIterator[Linker]:
     registry = CollectorRegistry()
-    runtime = build(_settings(amqp_url, mongodb_url), deps=Deps(registry=registry))
+    runtime = build(_settings(amqp_url, mongodb_url, **overrides), deps=Deps(registry=registry))
     async with runtime, EventTap(amqp_url, ("otc.tool.#",)) as tap:
         await wait_until(lambda: runtime.consumer.consuming, what="consumer")
         yield Linker(runtime, registry, tap)
@@ -153,6 +155,40 @@ def summary(commands: list[tuple[str, ToolCommand]]) -> set[tuple[str, str, str]
     out = {(rk.rsplit(".", 1)[1], c.toolchain_id, c.parameters.get("repo_url", "")) for rk, c in commands}
     assert len(out) == len(commands), commands
     return out
+
+
+def _kinds_instance(revision: int) -> CloudEvent:
+    """Repositories as the watcher reports them: several kinds per URL; and one from an older
+    producer (kind only, no kinds list)."""
+    data = InstanceData(
+        instance=InstanceRef(cluster="c1", namespace="kabanero", name="kabanero"),
+        repositories=[
+            Repository.of(REPO_A, "stack-hub").merged(Repository.of(REPO_A, "pipeline")),
+            Repository.of(REPO_B, "stack-hub"),
+            Repository(url=REPO_C, kind="gitops"),
+            Repository.of("https://github.com/org/not-a-repo", "unknown"),
+        ],
+        content_hash=f"kinds-{revision}",
+        revision=revision,
+    )
+    return CloudEvent.for_data(RoutingKeys.INSTANCE_CHANGED, data, source="test")
+
+
+@pytest.mark.parametrize(
+    ("kinds", "linked"),
+    [
+        pytest.param(None, {REPO_A, REPO_B, REPO_C}, id="default-links-stack-hubs"),
+        pytest.param(["pipeline", "gitops", "trigger"], {REPO_A, REPO_C}, id="stack-hub-left-out"),
+    ],
+)
+async def test_repository_kinds_select_what_is_linked(
+    amqp_url: str, mongodb_url: str, kinds: list[str] | None, linked: set[str]
+) -> None:
+    overrides = {} if kinds is None else {"github_repo_kinds": tuple(kinds)}
+    async with running(amqp_url, mongodb_url, **overrides) as linker:
+        await linker.publish(service("sid-k", "provisioned", ["tc-k"], 1))
+        await linker.publish(_kinds_instance(1))
+        assert summary(await linker.new_commands()) == {("apply", "tc-k", url) for url in linked}
 
 
 async def test_lifecycle_follows_repositories_and_bindings(linker: Linker) -> None:
