@@ -285,15 +285,16 @@ class Doctor:
             try:
                 await iam.token()
                 self.add("otc iam", "ok", f"token for the API key from {settings.otc_iam_url}")
-            except OtcPermanentError as exc:
-                self.add("otc iam", "problem", str(exc), "check OTC_API_KEY (IAM refused it)")
             except OtcError as exc:
-                self.add(
-                    "otc iam",
-                    "unreachable",
-                    f"{settings.otc_iam_url}: {exc}",
-                    "check OTC_IAM_URL and the network",
-                )
+                if isinstance(exc, OtcPermanentError) or exc.status in (400, 401, 403):
+                    self.add("otc iam", "problem", str(exc), "check OTC_API_KEY (IAM refused it)")
+                else:
+                    self.add(
+                        "otc iam",
+                        "unreachable",
+                        f"{settings.otc_iam_url}: {exc}",
+                        "check OTC_IAM_URL and the network",
+                    )
             try:
                 async with session.get(settings.otc_api_url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     self.add(

@@ -30,6 +30,8 @@ import yaml
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
 from scripts.stack import API_KEY, BROKER_ID, BROKERS, SERVICES, Demo, Stack, write_run_file
+from services.otc_writer.desired import trigger_tool_name
+from shared.events import TriggerKey
 from shared.health import VERSION
 from tests.conftest import _mgmt
 
@@ -281,6 +283,57 @@ def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
     assert env.json("dead-letters", "list") == (0, {"vhost": env.stack.vhost, "dead_letters": []})
 
 
+def test_a_tool_otc_refuses_shows_as_refused_with_otcs_message(env: Env) -> None:
+    key = TriggerKey(
+        cluster="default", namespace="kabanero", generation="mediation", owner="webhook", name="cli-refused"
+    )
+    name = trigger_tool_name(key)
+    rule = {
+        "path": ".*/tools",
+        "method": "POST",
+        "name": name,
+        "status": 400,
+        "message": "tool name not allowed here",
+    }
+    asyncio.run(env.control("POST", "/_emulator/faults", {"rules": [rule]}))
+
+    async def mediations(add: bool) -> None:
+        demo = await env.demo()
+        try:
+            current = [m for m in await demo.mediations() if m["name"] != "cli-refused"]
+            extra = {**current[0], "name": "cli-refused", "selector": {"urlPattern": "cli-refused"}}
+            await demo.kube_patch({"spec": {"mediations": [*current, extra] if add else current}})
+        finally:
+            await demo.http.close()
+
+    asyncio.run(mediations(True))
+
+    async def refused() -> bool:
+        return any(t["state"] == "refused" for t in env.json("status")[1]["tools"])
+
+    asyncio.run(_wait(refused, "a refused tool in status"))
+    code, status = env.json("status")
+    (tool,) = [t for t in status["tools"] if t["state"] == "refused"]
+    assert code == 1 and tool["name"] == name and "tool name not allowed here" in tool["detail"]
+    assert any(p.startswith(f"OTC refused tool {name!r}") for p in status["problems"])
+    human = env.cli("status")
+    assert "refused" in human.stdout and "tool name not allowed here" in human.stdout
+    code, plan = env.json("plan")
+    assert [(s["action"], s["name"]) for s in plan["steps"] if s["action"] == "refused"] == [
+        ("refused", name)
+    ]
+
+    # The trigger goes away in the cluster: the refused entry is dropped, nothing is left to do.
+    asyncio.run(env.control("DELETE", "/_emulator/faults"))
+    asyncio.run(mediations(False))
+
+    async def gone() -> bool:
+        return not any(t["state"] == "refused" for t in env.json("status")[1]["tools"])
+
+    asyncio.run(_wait(gone, "the refused tool gone with its trigger"))
+    assert env.json("dead-letters", "purge", "--yes")[0] == 0
+
+
 def test_resync_gets_fresh_snapshots_and_waits_for_otc_writer(env: Env) -> None:
     code, out = env.json("resync")
     assert code == 0, out
@@ -384,6 +437,12 @@ def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> No
         "otc iam",
         "broker-api auth",
     } <= names
+
+    # A wrong setting is a problem (exit 1) with the fix; a dependency down is exit 2.
+    code, doc = env.json("doctor", "--set", "BROKER_SECRET=not-the-secret", "--set", "OTC_API_KEY=wrong-key")
+    failing = {c["name"]: c for c in doc["checks"] if c["outcome"] != "ok"}
+    assert code == 1 and set(failing) == {"broker-api auth", "otc iam"}, failing
+    assert all(c["outcome"] == "problem" and c["fix"] for c in failing.values())
 
     env.stack.kill("kube")
     proc = env.cli("doctor")
