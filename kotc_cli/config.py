@@ -1,7 +1,8 @@
 """Where the deployment is: flags, else ``make run``'s run file, else the services' environment.
 
 ``make run`` writes ``.run/stack.json`` (URLs, vhost, database, the emulators' dev credentials) and
-removes it when it stops; the CLI finds it from the working directory upwards, or at ``KOTC_RUN_FILE``.
+removes it when it stops; the CLI finds it from the working directory upwards, then in the checkout
+it was installed from, or at ``KOTC_RUN_FILE``.
 While that stack runs, its file wins over the environment, so a shell that exports ``AMQP_URL`` for
 the test suite still talks to the running stack (``--no-run-file`` turns it off). Without a run file
 the CLI reads the same environment names as the services (``AMQP_URL``, ``MONGODB_URL``, ...).
@@ -101,8 +102,13 @@ class Config:
         return value
 
 
+SOURCE_TREE = Path(__file__).resolve().parent.parent
+"""The checkout the CLI runs from (``make venv`` installs it editable): its ``make run`` is found too."""
+
+
 def find_run_file(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
+    """``.run/stack.json`` in ``start`` or a parent, else in the checkout the CLI was installed from."""
+    for folder in (start, *start.parents, SOURCE_TREE):
         candidate = folder / RUN_FILE
         if candidate.is_file():
             return candidate

@@ -181,7 +181,7 @@ async def run(config: Config) -> Report:
                 s["version"],
                 s["problem"]
                 or "; ".join(f"{k}: {v}" for k, v in s["failing"].items())
-                or f"{len(s['checks'])} checks ok" + (f" ({lease})" if (lease := _lease(s)) else ""),
+                or f"{len(s['checks'])} checks ok" + (f"; {lease}" if (lease := _lease(s)) else ""),
             )
             for s in services
         ],

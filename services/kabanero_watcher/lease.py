@@ -58,6 +58,8 @@ class LeaseElector:
         self.changed = asyncio.Event()
         self.leading_flag = False
         self._precheck = precheck
+        self._last_ok = clock()
+        """When a round last reached the API server (start: the grace of one lease duration)."""
         self.failed_rounds = 0
         """Consecutive rounds that could not talk to the API server (reset by one that did)."""
         self.last_error: str | None = None
@@ -73,13 +75,18 @@ class LeaseElector:
         """Readiness: false with the reason when the API server keeps failing or we refuse to lead."""
         if self.refusal is not None:
             return False, self.refusal
-        if self.failed_rounds >= self.UNREACHABLE_AFTER:
+        silent = self._clock() - self._last_ok
+        if self.failed_rounds >= self.UNREACHABLE_AFTER or silent > self.duration:
+            # Counted rounds catch fast failures (refused connections); the clock catches a hung
+            # API server, whose every round takes the whole request timeout.
             return False, (
-                f"cannot reach the Kubernetes API: {self.failed_rounds} lease rounds failed in a row "
-                f"(last: {self.last_error})"
+                f"cannot reach the Kubernetes API: no lease round succeeded for {silent:.0f}s, "
+                f"{self.failed_rounds} lease rounds failed in a row (last: {self.last_error or 'still waiting'})"
             )
         if self.is_leader():
             return True, "leading"
+        if self.holder == self.identity:
+            return True, "standby (our lease expired; taking it back)"
         return True, f"standby (lease held by {self.holder or 'nobody'})"
 
     def is_leader(self) -> bool:
@@ -201,6 +208,7 @@ class LeaseElector:
                 log.error("refusing to lead: %s", exc)
             self.refusal = str(exc)
             self.failed_rounds = 0
+            self._last_ok = self._clock()  # the API answered: it is the cluster that is wrong
             return False
         except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError, PyMongoError) as exc:
             self.failed_rounds += 1
@@ -213,6 +221,7 @@ class LeaseElector:
             return False
         self.refusal = None
         self.failed_rounds = 0
+        self._last_ok = self._clock()
         self.last_error = None
         return ok
 

@@ -46,6 +46,32 @@ async def test_watcher_without_its_api_server_is_not_ready_and_says_why(
         await runtime.stop()
 
 
+async def test_watcher_whose_api_server_hangs_is_not_ready_within_a_lease_duration(
+    amqp_url: str, mongodb_url: str
+) -> None:
+    """An API server that accepts connections and never answers: every round lasts the whole request
+    timeout, so counting failed rounds alone would take long; the clock says it within one lease."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts, nobody answers
+        async with KubeEmulator.running() as kube:
+            settings = watcher_settings(kube, amqp_url, mongodb_url, kube_request_timeout_s=5.0)
+        hung = settings.model_copy(update={"kube_api_url": f"http://127.0.0.1:{silent.getsockname()[1]}"})
+        runtime = await started(hung)
+        try:
+
+            async def failing() -> bool:
+                status, body = await _readyz(runtime)
+                return status == 503 and "no lease round succeeded for" in body["checks"]["lease"]
+
+            # lease_duration_s is 2 in these settings; one round alone takes the 5 s request timeout.
+            await wait_until(failing, timeout=4.5, what="readyz 503 while the first round still hangs")
+            _, body = await _readyz(runtime)
+            assert "still waiting" in body["checks"]["lease"], body
+        finally:
+            await runtime.stop()
+
+
 async def test_two_clusters_under_one_cluster_name_the_second_refuses_to_lead(
     amqp_url: str, mongodb_url: str
 ) -> None:
