@@ -3,7 +3,7 @@
 ``python -m bench.broker_load [--requests 2000] [--concurrency 32]``: starts ``emulators.mongo``
 (unless MONGODB_URL is set) and uses the machine's RabbitMQ (AMQP_URL) in a throw-away vhost,
 then measures requests/s and p50/p99 latency of PUT service_instances and PUT toolchains.
-Appends a section to ``bench/results.md`` and prints the figures as JSON.
+Prints the figures as JSON (``make bench`` gathers them into bench/results.json).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 from cryptography.fernet import Fernet
 
-from bench.common import append_results, bench_infra
+from bench.common import bench_infra
+from bench.counting import COUNTER, since
 from services.broker_api.app import build
 from services.broker_api.settings import Settings
 
@@ -46,7 +47,7 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         http_host="127.0.0.1",
         http_port=0,
     )
-    latencies: dict[str, list[float]] = {"provision": [], "bind": []}
+    latencies: dict[str, list[float]] = {"provision": [], "bind": [], "counted": []}
     errors = 0
     pairs = requests // 2
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -77,6 +78,16 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        # MongoDB commands per request, counted on sequential requests of new instances.
+        counted = 20
+        ops = COUNTER.snapshot()
+        for i in range(counted):
+            await timed("counted", f"{base}/count-{i}", {"service_id": "kabanero", "parameters": {}})
+        provision_ops = since(ops)
+        ops = COUNTER.snapshot()
+        for i in range(counted):
+            await timed("counted", f"{base}/count-{i}/toolchains/tc-{i}", {"toolchain_credentials": "c"})
+        bind_ops = since(ops)
     every = latencies["provision"] + latencies["bind"]
     return {
         "requests": len(every),
@@ -88,6 +99,10 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         "p99_ms": round(_pct(every, 0.99), 2),
         "provision_p99_ms": round(_pct(latencies["provision"], 0.99), 2),
         "bind_p99_ms": round(_pct(latencies["bind"], 0.99), 2),
+        "mongo_ops_per_provision": round(sum(provision_ops.values()) / counted, 2),
+        "mongo_ops_per_bind": round(sum(bind_ops.values()) / counted, 2),
+        "provision_ops_by_command": provision_ops,
+        "bind_ops_by_command": bind_ops,
     }
 
 
@@ -98,36 +113,6 @@ def main() -> None:
     args = parser.parse_args()
     with bench_infra("bench_broker") as infra:
         result = asyncio.run(_run(infra.mongodb_url, infra.amqp_url, args.requests, args.concurrency))
-        append_results(
-            "broker-api provision+bind",
-            f"python -m bench.broker_load --requests {args.requests} --concurrency {args.concurrency}",
-            infra,
-            [
-                "requests",
-                "concurrency",
-                "errors",
-                "req/s",
-                "p50 ms",
-                "p99 ms",
-                "provision p99 ms",
-                "bind p99 ms",
-            ],
-            [
-                [
-                    result[k]
-                    for k in (
-                        "requests",
-                        "concurrency",
-                        "errors",
-                        "requests_per_s",
-                        "p50_ms",
-                        "p99_ms",
-                        "provision_p99_ms",
-                        "bind_p99_ms",
-                    )
-                ]
-            ],
-        )
     print(json.dumps(result))
 
 

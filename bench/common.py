@@ -33,24 +33,25 @@ class BenchInfra:
 
 
 @contextlib.contextmanager
-def bench_infra(db_prefix: str) -> Iterator[BenchInfra]:
+def bench_infra(db_prefix: str, *, writer_entries: int = 0) -> Iterator[BenchInfra]:
+    """``writer_entries``: the database starts with that many applied trigger tools of other
+    instances (bench/writer_seed.py), for costs against the size of otc-writer's collections."""
     mongo: subprocess.Popen[str] | None = None
     url = os.environ.get("MONGODB_URL")
     label = "MongoDB at MONGODB_URL"
+    db_name = f"{db_prefix}_{uuid.uuid4().hex[:8]}"
     if not url:
-        mongo = subprocess.Popen(
-            [sys.executable, "-m", "emulators.mongo", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        args = ["emulators.mongo", "--port", "0"]
+        if writer_entries:
+            args = ["bench.seeded_mongo", "--db", db_name, "--writer-entries", str(writer_entries)]
+        mongo = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert mongo.stdout is not None
         url = mongo.stdout.readline().strip().removeprefix("MONGODB_URL=")
         label = "emulators.mongo (mongoeco)"
     parts = urllib.parse.urlsplit(url)
-    db_url = urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, f"/{db_prefix}_{uuid.uuid4().hex[:8]}", parts.query, "")
-    )
+    db_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{db_name}", parts.query, ""))
+    if writer_entries and mongo is None:
+        _seed_over_the_wire(db_url, writer_entries)
     vhost = f"kotc-bench-{uuid.uuid4().hex[:8]}"
     _mgmt("PUT", f"vhosts/{vhost}")
     _mgmt("PUT", f"permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
@@ -61,6 +62,20 @@ def bench_infra(db_prefix: str) -> Iterator[BenchInfra]:
         if mongo is not None:
             mongo.terminate()
             mongo.wait(10)
+
+
+def _seed_over_the_wire(url: str, entries: int) -> None:
+    from pymongo import MongoClient
+
+    from bench.writer_seed import seed_documents
+
+    client: MongoClient[dict[str, object]] = MongoClient(url)
+    try:
+        db = client.get_default_database()
+        for collection, docs in seed_documents(entries).items():
+            db[collection].insert_many(docs)
+    finally:
+        client.close()
 
 
 def append_results(

@@ -9,7 +9,7 @@ and MongoDB (MONGODB_URL, else ``emulators.mongo``), then:
 2. unchanged re-list: LIST of the three types again + diff against the published state, timed
    until the reconciler is idle, counting the change events it emits (must be 0).
 
-Appends a section to ``bench/results.md`` and prints the figures as JSON.
+Prints the figures as JSON (``make bench`` gathers them into bench/results.json).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import append_results, bench_infra
+from bench.common import bench_infra
+from bench.counting import COUNTER, since
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import build
 from services.kabanero_watcher.settings import Settings
@@ -91,6 +92,7 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
         )
         async with EventTap(amqp_url, ("kabanero.#",)) as tap:
             runtime = build(settings)
+            ops = COUNTER.snapshot()
             t0 = time.perf_counter()
             await runtime.start()
             try:
@@ -101,6 +103,7 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
                 session = runtime.session
                 assert session is not None
                 initial_events = session.emitter.published
+                initial_ops = since(ops)
                 await session.idle.wait()
                 before_changes = session.emitter.published
                 t1 = time.perf_counter()
@@ -123,6 +126,9 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
         "mediations": namespaces * mediations,
         "initial_sync_s": round(initial_s, 2),
         "initial_events_published": initial_events,
+        "initial_sync_events_per_s": round(initial_events / initial_s, 1),
+        "initial_sync_mongo_ops": initial_ops,
+        "mongo_ops_per_event": round(sum(initial_ops.values()) / max(1, initial_events), 2),
         "relist_list_s": round(list_s, 3),
         "relist_diff_ms": round(diff_ms, 1),
         "relist_total_s_incl_snapshots": round(relist_s, 3),
@@ -139,34 +145,6 @@ def main() -> None:
     args = parser.parse_args()
     with bench_infra("bench_watcher") as infra:
         result = asyncio.run(_run(infra.mongodb_url, infra.amqp_url, args.namespaces, args.mediations))
-        append_results(
-            "kabanero-watcher initial sync and re-list",
-            f"python -m bench.watcher_relist --namespaces {args.namespaces} --mediations {args.mediations}",
-            infra,
-            [
-                "namespaces",
-                "mediations",
-                "PUBLISH_CONCURRENCY",
-                "initial sync s (events)",
-                "re-list LIST s",
-                "diff ms",
-                "re-list total s (incl. snapshots)",
-                "change events from the unchanged re-list",
-            ],
-            [
-                [
-                    result["namespaces"],
-                    result["mediations"],
-                    result["publish_concurrency"],
-                    f"{result['initial_sync_s']} ({result['initial_events_published']})",
-                    result["relist_list_s"],
-                    result["relist_diff_ms"],
-                    result["relist_total_s_incl_snapshots"],
-                    result["relist_change_events"],
-                ]
-            ],
-            note="Kubernetes: in-process emulators.kube.",
-        )
     print(json.dumps(result))
 
 

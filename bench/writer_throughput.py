@@ -15,7 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import append_results, bench_infra
+from bench.common import bench_infra
+from bench.counting import COUNTER, since
 from emulators.otc.testing import OtcEmulator
 from services.otc_writer.app import EVENTS_QUEUE, Deps, build
 from services.otc_writer.settings import Settings
@@ -57,8 +58,15 @@ async def _wait(pred: object, timeout: float) -> None:
 
 
 async def run(
-    changes: int, toolchains: int, instances: int, mongodb_url: str, amqp_url: str
+    changes: int,
+    toolchains: int,
+    instances: int,
+    mongodb_url: str,
+    amqp_url: str,
+    *,
+    seed: int = 0,
 ) -> dict[str, float]:
+
     async with OtcEmulator.running(port=0, api_keys=(KEY,)) as otc:
         tcs = [otc.seed_toolchain(name=f"b{i}") for i in range(toolchains)]
         conn = AmqpConnection(amqp_url, name="bench", connect_timeout=5)
@@ -116,13 +124,16 @@ async def run(
             ]
             n_changes = len(events)
             start_calls, start_handled = otc.call_count, w.handled[EVENTS_QUEUE]
+            ops_before = COUNTER.snapshot()
             t0 = time.perf_counter()
             await asyncio.gather(*(pub.publish(e) for e in events))
             await _wait(lambda: w.handled[EVENTS_QUEUE] >= start_handled + n_changes, 300)
             elapsed = time.perf_counter() - t0
+            change_ops = since(ops_before)
             change_calls = otc.call_count - start_calls
             # Unchanged snapshot of every instance.
             mark, handled = otc.call_count, w.handled[EVENTS_QUEUE]
+            ops_before = COUNTER.snapshot()
             for ns in namespaces:
                 snap = SnapshotData(
                     instance=InstanceRef(cluster="default", namespace=ns),
@@ -133,6 +144,7 @@ async def run(
                 await pub.publish(CloudEvent.for_data(RoutingKeys.SNAPSHOT, snap, source="bench"))
             await _wait(lambda: w.handled[EVENTS_QUEUE] >= handled + instances, 60)
             snapshot_calls = otc.call_count - mark
+            snapshot_ops = since(ops_before)
             tools = sum(len(otc.tools(tc)) for tc in tcs)
         await conn.close()
     return {
@@ -144,6 +156,12 @@ async def run(
         "otc_calls_per_change_per_toolchain": change_calls / n_changes / toolchains,
         "otc_calls_per_unchanged_snapshot": snapshot_calls / instances,
         "tools": tools,
+        "seeded_ledger": seed,
+        "ms_per_change": elapsed * 1000 / n_changes,
+        "mongo_ops_per_change": sum(change_ops.values()) / n_changes,
+        "mongo_ops_by_command": change_ops,  # type: ignore[dict-item]
+        "mongo_ops_per_unchanged_snapshot": sum(snapshot_ops.values()) / instances,
+        "triggers_per_snapshot": per_ns,
     }
 
 
@@ -152,36 +170,11 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=500)
     parser.add_argument("--toolchains", type=int, default=1)
     parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--writer-entries", type=int, default=0, help="applied tools already stored")
     args = parser.parse_args()
-    with bench_infra("bench_writer") as infra:
+    with bench_infra("bench_writer", writer_entries=args.writer_entries) as infra:
         r = asyncio.run(run(args.changes, args.toolchains, args.instances, infra.mongodb_url, infra.amqp_url))
-        append_results(
-            "otc-writer trigger changes applied",
-            f"python -m bench.writer_throughput --changes {args.changes} --toolchains {args.toolchains} "
-            f"--instances {args.instances}",
-            infra,
-            [
-                "changes",
-                "toolchains",
-                "instances",
-                "changes/s",
-                "seconds",
-                "OTC calls per change per toolchain",
-                "OTC calls per unchanged snapshot",
-            ],
-            [
-                [
-                    f"{r['changes']:.0f}",
-                    f"{r['toolchains']:.0f}",
-                    f"{r['instances']:.0f}",
-                    f"{r['changes_per_s']:.0f}",
-                    f"{r['seconds']:.2f}",
-                    f"{r['otc_calls_per_change_per_toolchain']:.2f}",
-                    f"{r['otc_calls_per_unchanged_snapshot']:.0f}",
-                ]
-            ],
-            note="OTC: in-process emulators.otc at zero latency; otc-writer in-process.",
-        )
+        r["seeded_ledger"] = args.writer_entries
     print(json.dumps(r))
 
 

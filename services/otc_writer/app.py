@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -116,8 +115,6 @@ def otc_config(settings: Settings) -> OtcClientConfig:
 def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     """Runs inside the event loop (the OTC HTTP session is created here, closed as the first part)."""
     deps = deps or Deps()
-    if deps.after_otc_write is None and settings.test_crash_after_writes:
-        deps = dataclasses.replace(deps, after_otc_write=_crash_after(settings.test_crash_after_writes))
     health = Health()
     infra = Infra(settings, name=NAME, health=health, topology=deps.topology)
     owner = deps.owner or f"{NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -192,9 +189,9 @@ async def _prepare_storage(ledger: Ledger, projection: Projection) -> None:
         log.warning(
             "OTC refused this tool's content; it is not re-attempted until the content changes",
             extra={
-                "ledger_id": doc["_id"],
-                "refused_at": str(doc.get("refused_at")),
-                "error": doc.get("last_error"),
+                "ledger_id": doc.id,
+                "refused_at": str(doc.refused_at),
+                "error": doc.last_error,
             },
         )
 
@@ -222,17 +219,3 @@ async def _first_token(iam: IamTokenManager) -> AsyncIterator[None]:
 
 def main() -> None:
     run_service(lambda: load_settings(Settings, service="otc-writer"), build)
-
-
-def _crash_after(n: int) -> WriteHook:
-    """Fault injection for tests: SIGKILL this process right after its n-th OTC write."""
-    count = 0
-
-    async def hook(op: str, ledger_id: str) -> None:
-        nonlocal count
-        count += 1
-        if count >= n:
-            log.critical("test fault: killing the process after an OTC write", extra={"op": op})
-            os.kill(os.getpid(), 9)
-
-    return hook

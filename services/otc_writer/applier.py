@@ -1,16 +1,18 @@
 """Apply or remove one tool in one toolchain, exactly once, through the ledger (see ``ledger.py``).
 
-Under the key's lease (renewed while held; no OTC write starts once it is lost): skip stale
-revisions; skip unchanged content (zero OTC calls); otherwise write the intent, make the one OTC
-write, commit. After an interrupted attempt (intent still pending) OTC is read first (the known tool
-id, else the deterministic name), so the retry adopts what the interrupted attempt did instead of
-repeating it.
+Two ledger round trips per change: one conditional update takes the key's lease *and* records the
+intent of the OTC write; one more commits the applied state and releases the lease. Under the lease
+(renewed while held; no OTC write starts once it is lost or nearly expired): skip stale revisions;
+skip unchanged content (zero OTC calls); otherwise make the one OTC write and commit. After an
+interrupted attempt (an intent found by the lease) OTC is read first (the known tool id, else the
+deterministic name), so the retry adopts what the interrupted attempt did instead of repeating it.
 
-A permanent refusal of the write (``is_refusal``) is recorded with the refused content hash; the same
-content is then skipped without an OTC call (``Outcome.REFUSED``), so every later event of the
-instance does not repeat the doomed call and dead-letter again. Only the message that met the refusal
-dead-letters with the reason, including its own retries (``current_message``), which dead-letter
-again from the record instead of calling OTC.
+A refusal of the write by OTC (``OtcRefusedError``, raised by the client from the status and the
+operation) is recorded with the refused content hash and the id of the event that caused it; the
+same content is then skipped without an OTC call (``Outcome.REFUSED``), so later events of the
+instance do not repeat the doomed call and dead-letter again. Only the event that met the refusal
+dead-letters with the reason, including its own retries (``cause``), which dead-letter again from
+the record instead of calling OTC.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 from services.otc_writer.desired import DesiredTool
-from services.otc_writer.ledger import Lease, Ledger
-from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, OtcPermanentError, Tool
+from services.otc_writer.ledger import Intent, Lease, Ledger, LedgerEntry
+from services.otc_writer.otc_client import (
+    OtcClient,
+    OtcError,
+    OtcNotFoundError,
+    OtcPermanentError,
+    OtcRefusedError,
+    Tool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +52,8 @@ class Outcome(enum.StrEnum):
     """OTC refused this very content before: skipped without a call until the content changes."""
 
 
-current_message: ContextVar[str | None] = ContextVar("otc_writer_current_message", default=None)
-"""Id of the CloudEvent being handled; a refusal records it (see ``ToolRefused``)."""
-
-# 401/403 are about credentials and permissions, fixed outside the content: never a refusal of it.
-_NOT_CONTENT = frozenset({401, 403})
-
-
 class ToolRefused(OtcPermanentError):
-    """A retry of the message that met the refusal: it dead-letters again, from the recorded reason."""
-
-
-def is_refusal(exc: OtcError) -> bool:
-    """A permanent answer of the Toolchain API to the tool write itself (not IAM, not a lookup)."""
-    return (
-        isinstance(exc, OtcPermanentError)
-        and exc.method in ("POST", "PATCH")
-        and "/tools" in (exc.path or "")
-        and exc.status not in _NOT_CONTENT
-    )
+    """A retry of the event that met the refusal: it dead-letters again, from the recorded reason."""
 
 
 def merge_patch_for(
@@ -74,6 +65,11 @@ def merge_patch_for(
         if k not in desired and k in current:
             patch[k] = None
     return patch
+
+
+def is_unchanged(entry: LedgerEntry, want: DesiredTool) -> bool:
+    """The entry holds ``want`` applied, with nothing unresolved: no lease, no call needed."""
+    return entry.applied and entry.content_hash == want.hash and entry.refused_hash is None
 
 
 class ToolApplier:
@@ -91,35 +87,37 @@ class ToolApplier:
         if self._after_write is not None:
             await self._after_write(op, lease.id)
 
-    async def apply(self, want: DesiredTool) -> Outcome:
+    async def apply(self, want: DesiredTool, *, cause: str | None = None) -> Outcome:
+        """Make OTC hold ``want``; ``cause``: id of the event that asked (recorded on a refusal)."""
         lease = await self._ledger.acquire(
-            want.purpose, want.key, want.toolchain_id, self._owner, scope=want.scope
+            want.purpose,
+            want.key,
+            want.toolchain_id,
+            self._owner,
+            scope=want.scope,
+            intent=Intent(op="apply", name=want.name),
         )
         try:
             async with self._ledger.kept(lease):
-                outcome = await self._apply(lease, want)
+                outcome = await self._apply(lease, want, cause)
         except ToolRefused:
             raise  # the lease is released already
+        except OtcRefusedError as exc:
+            await self._ledger.refuse(
+                lease, content_hash=want.hash, revision=want.revision, error=str(exc), message_id=cause
+            )
+            log.warning(
+                "tool refused by OTC; not re-attempted until its content changes",
+                extra={"ledger_id": lease.id, "tool_name": want.name, "error": str(exc)},
+            )
+            raise
         except OtcError as exc:
-            if is_refusal(exc):
-                await self._ledger.refuse(
-                    lease,
-                    content_hash=want.hash,
-                    revision=want.revision,
-                    error=str(exc),
-                    message_id=current_message.get(),
-                )
-                log.warning(
-                    "tool refused by OTC; not re-attempted until its content changes",
-                    extra={"ledger_id": lease.id, "tool_name": want.name, "error": str(exc)},
-                )
-            else:
-                await self._ledger.fail(lease, str(exc))
+            await self._ledger.fail(lease, str(exc))
             raise
         except BaseException:
             await self._ledger.release(lease)
             raise
-        if outcome is not Outcome.REFUSED:  # logged with its reason by ``_apply``
+        if outcome is not Outcome.REFUSED:  # logged with its reason by ``_skip``
             log.info(
                 "tool %s",
                 outcome,
@@ -127,18 +125,41 @@ class ToolApplier:
             )
         return outcome
 
-    async def _apply(self, lease: Lease, want: DesiredTool) -> Outcome:
-        doc = lease.doc
-        if want.revision < doc.get("revision", -1):
+    async def _apply(self, lease: Lease, want: DesiredTool, cause: str | None) -> Outcome:
+        fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
+        skipped = await self._skip(lease, want, fields, cause)
+        if skipped is not None:
+            return skipped
+        entry = lease.entry
+        applied: dict[str, Any] = entry.parameters or {}
+        current: Tool | None = None
+        if entry.interrupted:
+            names = [i.name for i in entry.interrupted if i.name] + [want.name]
+            current = await self._observe(want.toolchain_id, entry.tool_id, names)
+            if current is None:
+                applied = {}
+        elif entry.present and entry.tool_id:
+            current = Tool(
+                id=entry.tool_id,
+                toolchain_id=want.toolchain_id,
+                tool_type_id=entry.tool_type_id or want.tool_type_id,
+                name=entry.tool_name,
+                parameters=applied,
+            )
+        return await self._converge(lease, want, fields, current, applied)
+
+    async def _skip(
+        self, lease: Lease, want: DesiredTool, fields: dict[str, Any], cause: str | None
+    ) -> Outcome | None:
+        """Stale, refused before, or unchanged: released without an OTC call (None: go on)."""
+        entry = lease.entry
+        if want.revision < entry.revision:
             await self._ledger.release(lease)
             return Outcome.STALE
-        pending = doc.get("pending")
-        fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
-        if doc.get("refused_hash") is not None and doc.get("refused_hash") == want.hash:
+        if entry.refused_hash is not None and entry.refused_hash == want.hash:
             await self._ledger.release(lease, fields)
-            reason = doc.get("last_error") or "refused by OTC"
-            by = doc.get("refused_by")
-            if by is not None and by == current_message.get():
+            reason = entry.last_error or "refused by OTC"
+            if entry.refused_by is not None and entry.refused_by == cause:
                 raise ToolRefused(reason)
             log.info(
                 "tool refused by OTC earlier, skipped until its content changes",
@@ -146,31 +167,15 @@ class ToolApplier:
                     "ledger_id": lease.id,
                     "tool_name": want.name,
                     "revision": want.revision,
-                    "refused_at": str(doc.get("refused_at")),
+                    "refused_at": str(entry.refused_at),
                     "error": reason,
                 },
             )
             return Outcome.REFUSED
-        if doc.get("present") and doc.get("tool_id") and not pending and doc.get("content_hash") == want.hash:
+        if entry.applied and entry.content_hash == want.hash:
             await self._ledger.release(lease, fields)
             return Outcome.UNCHANGED
-        applied: dict[str, Any] = doc.get("parameters") or {}
-        current: Tool | None = None
-        if pending:
-            current = await self._observe(
-                want.toolchain_id, doc.get("tool_id"), pending.get("name") or want.name
-            )
-            if current is None:
-                applied = {}
-        elif doc.get("present") and doc.get("tool_id"):
-            current = Tool(
-                id=doc["tool_id"],
-                toolchain_id=want.toolchain_id,
-                tool_type_id=doc.get("tool_type_id") or want.tool_type_id,
-                name=doc.get("tool_name"),
-                parameters=applied,
-            )
-        return await self._converge(lease, want, fields, current, applied)
+        return None
 
     async def _converge(
         self,
@@ -181,7 +186,10 @@ class ToolApplier:
         applied: dict[str, Any],
         op_prefix: str = "",
     ) -> Outcome:
-        """Make OTC hold ``want``: patch ``current`` (or adopt it unchanged), else create; commit."""
+        """Make OTC hold ``want``: patch ``current`` (or adopt it unchanged), else create; commit.
+
+        ``op_prefix`` (the audit): the lease announced no intent, so each write records its own.
+        """
         commit = {
             **fields,
             "tool_name": want.name,
@@ -200,7 +208,7 @@ class ToolApplier:
             if not patch:
                 await self._ledger.commit(lease, {**commit, "tool_id": current.id})
                 return Outcome.ADOPTED
-            await self._ledger.mark_pending(lease, op_prefix + "patch", want.name)
+            await self._before_write(lease, op_prefix, "patch", want.name)
             try:
                 tool = await self._client.update_tool(want.toolchain_id, current.id, patch)
             except OtcNotFoundError:
@@ -209,13 +217,19 @@ class ToolApplier:
                 await self._wrote("patch", lease)
                 await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
                 return Outcome.UPDATED
-        await self._ledger.mark_pending(lease, op_prefix + "create", want.name)
+        await self._before_write(lease, op_prefix, "create", want.name)
         tool = await self._client.create_tool(
             want.toolchain_id, tool_type_id=want.tool_type_id, name=want.name, parameters=want.parameters
         )
         await self._wrote("create", lease)
         await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
         return Outcome.CREATED
+
+    async def _before_write(self, lease: Lease, op_prefix: str, op: str, name: str) -> None:
+        if op_prefix:
+            await self._ledger.mark_pending(lease, op_prefix + op, name)
+        else:
+            self._ledger.check(lease)  # the intent was written with the lease
 
     async def restore(
         self, lease: Lease, want: DesiredTool, current: Tool | None, *, op_prefix: str = ""
@@ -249,7 +263,7 @@ class ToolApplier:
         log.info("duplicate tool deleted by the audit", extra={"ledger_id": lease.id, "tool_id": tool_id})
         return True
 
-    async def _observe(self, toolchain_id: str, tool_id: str | None, name: str) -> Tool | None:
+    async def _observe(self, toolchain_id: str, tool_id: str | None, names: list[str]) -> Tool | None:
         """What OTC holds for an entry whose last attempt was interrupted."""
         if tool_id:
             try:
@@ -257,15 +271,39 @@ class ToolApplier:
             except OtcNotFoundError:
                 pass  # gone (by hand, or an interrupted recreate gave it a new id): look the name up
         try:
-            found = await self._client.find_tool_by_name(toolchain_id, name)
+            tools = await self._client.list_tools(toolchain_id)
         except OtcNotFoundError:
             return None
-        return found[0] if found else None
+        for name in names:
+            found = [t for t in tools if t.name == name]
+            if found:
+                return found[0]
+        return None
 
     async def remove(
-        self, purpose: str, key: str, toolchain_id: str, *, revision: int, name: str | None = None
+        self,
+        purpose: str,
+        key: str,
+        toolchain_id: str,
+        *,
+        revision: int,
+        name: str | None = None,
+        create: bool = True,
     ) -> Outcome:
-        lease = await self._ledger.acquire(purpose, key, toolchain_id, self._owner)
+        """Make OTC hold no tool for the entry. ``create=False``: an entry that does not exist is
+        left absent (the caller's projection guards the order); else it is created as a tombstone
+        at ``revision``, so that an older apply arriving later is stale."""
+        intent = Intent(op="delete", name=name or "")
+        if create:
+            lease: Lease | None = await self._ledger.acquire(
+                purpose, key, toolchain_id, self._owner, intent=intent
+            )
+        else:
+            lease = await self._ledger.acquire_existing(
+                purpose, key, toolchain_id, self._owner, intent=intent
+            )
+        if lease is None:
+            return Outcome.ABSENT
         try:
             async with self._ledger.kept(lease):
                 outcome = await self._remove(lease, toolchain_id, revision, name)
@@ -279,8 +317,8 @@ class ToolApplier:
         return outcome
 
     async def _remove(self, lease: Lease, toolchain_id: str, revision: int, name: str | None) -> Outcome:
-        doc = lease.doc
-        if revision < doc.get("revision", -1):
+        entry = lease.entry
+        if revision < entry.revision:
             await self._ledger.release(lease)
             return Outcome.STALE
         gone = {
@@ -290,19 +328,10 @@ class ToolApplier:
             "parameters": None,
             "content_hash": None,
         }
-        pending = doc.get("pending")
-        tool_ids: list[str] = []
-        if doc.get("tool_id") and (doc.get("present") or pending):
-            tool_ids = [doc["tool_id"]]
-        elif pending:
-            # An interrupted create: it may have committed in OTC under its deterministic name.
-            wanted = pending.get("name") or name or doc.get("tool_name")
-            if wanted:
-                tool_ids = [t.id for t in await self._client.find_tool_by_name(toolchain_id, wanted)]
+        tool_ids = await self._tools_of(entry, toolchain_id, name)
         if not tool_ids:
             await self._ledger.commit(lease, gone)
             return Outcome.ABSENT
-        await self._ledger.mark_pending(lease, "delete", doc.get("tool_name") or name or "")
         deleted = False
         for tool_id in tool_ids:
             self._ledger.check(lease)
@@ -315,3 +344,15 @@ class ToolApplier:
             await self._wrote("delete", lease)
         await self._ledger.commit(lease, gone)
         return Outcome.DELETED if deleted else Outcome.ABSENT
+
+    async def _tools_of(self, entry: LedgerEntry, toolchain_id: str, name: str | None) -> list[str]:
+        """The OTC tools an entry stands for: its known tool, or after an interrupted create the
+        tools bearing one of the names it may have been created under."""
+        if entry.tool_id and (entry.present or entry.interrupted):
+            return [entry.tool_id]
+        if not entry.interrupted:
+            return []
+        names = {i.name for i in entry.interrupted if i.name} | {n for n in (name, entry.tool_name) if n}
+        if not names:
+            return []
+        return [t.id for t in await self._client.list_tools(toolchain_id) if t.name in names]

@@ -32,9 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.otc_writer.applier import Outcome, ToolApplier
 from services.otc_writer.desired import DesiredTool
-from services.otc_writer.ledger import LeaseBusy, LeaseLost, Ledger
+from services.otc_writer.ledger import LeaseBusy, LeaseLost, Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, OtcRetryableError, Tool
-from shared.mongo import Document
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class AuditReport:
 
 @dataclass(frozen=True)
 class _Plan:
-    doc: Document
+    doc: LedgerEntry
     ours: Tool | None
     """The tool that should be the entry's: by id, else the first with its name; None = gone."""
     restore: bool
@@ -132,56 +131,52 @@ class Auditor:
             )
             return report
 
-    async def _audit_toolchain(self, toolchain_id: str, docs: list[Document], report: AuditReport) -> None:
-        now = datetime.now(UTC)
-        entries = [
-            d
-            for d in docs
-            if d.get("present")
-            and d.get("tool_id")
-            and d.get("refused_hash") is None
-            and (d.get("pending") is None or _by_audit(d))
-        ]
+    async def _audit_toolchain(self, toolchain_id: str, docs: list[LedgerEntry], report: AuditReport) -> None:
+        entries = [d for d in docs if _auditable(d)]
         if not entries:
             return
-        try:
-            tools = await self._client.list_tools(toolchain_id)
-        except OtcNotFoundError:
-            log.warning("audit: toolchain not found in OTC; skipped", extra={"toolchain_id": toolchain_id})
-            return
-        except OtcError as exc:
-            self._failed(report, f"list {toolchain_id}: {exc}")
+        tools = await self._list(toolchain_id, report)
+        if tools is None:
             return
         report.toolchains += 1
-        known_ids = {d["tool_id"] for d in docs if d.get("tool_id")}
-        names = Tally(d.get("tool_name") for d in docs)
+        known_ids = {d.tool_id for d in docs if d.tool_id}
+        names = Tally(d.tool_name for d in docs)
+        now = datetime.now(UTC)
         for doc in entries:
             report.tools_checked += 1
-            plan = _plan(doc, tools, known_ids, shared_name=names[doc.get("tool_name")] > 1)
+            plan = _plan(doc, tools, known_ids, shared_name=names[doc.tool_name] > 1)
             if not plan.restore and not plan.duplicates:
                 continue
-            until = doc.get("lease_until")
-            if doc.get("lease_owner") is not None and until is not None and _aware(until) > now:
+            if doc.leased_at(now):
                 report.busy += 1
                 continue
             try:
                 await self._repair(toolchain_id, plan, report)
             except (OtcError, LeaseLost) as exc:
-                self._failed(report, f"{doc['_id']}: {exc}")
+                self._failed(report, f"{doc.id}: {exc}")
                 if isinstance(exc, OtcRetryableError):
                     return  # OTC is unwell: leave the rest of this toolchain for the next pass
+
+    async def _list(self, toolchain_id: str, report: AuditReport) -> list[Tool] | None:
+        try:
+            return await self._client.list_tools(toolchain_id)
+        except OtcNotFoundError:
+            log.warning("audit: toolchain not found in OTC; skipped", extra={"toolchain_id": toolchain_id})
+        except OtcError as exc:
+            self._failed(report, f"list {toolchain_id}: {exc}")
+        return None
 
     async def _repair(self, toolchain_id: str, plan: _Plan, report: AuditReport) -> None:
         doc = plan.doc
         try:
             lease = await self._ledger.acquire(
-                doc["purpose"], doc["key"], toolchain_id, self._owner, scope=doc.get("scope"), wait_s=0
+                doc.purpose, doc.key, toolchain_id, self._owner, scope=doc.scope, wait_s=0
             )
         except LeaseBusy:
             report.busy += 1
             return
         async with self._ledger.kept(lease):
-            if not _same_entry(lease.doc, doc):
+            if not _same_entry(lease.entry, doc):
                 await self._ledger.release(lease)
                 report.busy += 1  # a handler changed it since we read it: its state wins
                 return
@@ -196,14 +191,14 @@ class Auditor:
                 await self._ledger.release(lease)
                 return
             want = DesiredTool(
-                purpose=doc["purpose"],
-                key=doc["key"],
+                purpose=doc.purpose,
+                key=doc.key,
                 toolchain_id=toolchain_id,
-                tool_type_id=doc["tool_type_id"],
-                name=doc["tool_name"],
-                parameters=doc.get("parameters") or {},
-                revision=doc.get("revision", -1),
-                scope=doc.get("scope"),
+                tool_type_id=doc.tool_type_id or "",
+                name=doc.tool_name or "",
+                parameters=doc.parameters or {},
+                revision=doc.revision,
+                scope=doc.scope,
             )
             outcome = await self._applier.restore(lease, want, plan.ours, op_prefix=AUDIT_OP)
         kind = _KIND.get(outcome)
@@ -220,9 +215,15 @@ class Auditor:
         log.warning("audit step failed; left for the next pass", extra={"error": error})
 
 
-def _plan(doc: Document, tools: list[Tool], known_ids: set[str], *, shared_name: bool) -> _Plan:
-    tool_id: str = doc["tool_id"]
-    name = doc.get("tool_name")
+def _auditable(d: LedgerEntry) -> bool:
+    """Marked present with a tool, not refused, and nothing pending but an audit repair."""
+    unresolved = d.intent is not None or (d.pending is not None and not _by_audit(d))
+    return d.present and bool(d.tool_id) and d.refused_hash is None and not unresolved
+
+
+def _plan(doc: LedgerEntry, tools: list[Tool], known_ids: set[str], *, shared_name: bool) -> _Plan:
+    tool_id = doc.tool_id
+    name = doc.tool_name
     by_id = next((t for t in tools if t.id == tool_id), None)
     named = [t for t in tools if name and t.name == name and t.id not in known_ids]
     ours = by_id or (named[0] if named else None)
@@ -231,22 +232,17 @@ def _plan(doc: Document, tools: list[Tool], known_ids: set[str], *, shared_name:
     return _Plan(doc, ours, restore, duplicates)
 
 
-def _by_audit(doc: Document) -> bool:
+def _by_audit(doc: LedgerEntry) -> bool:
     """Pending from an interrupted audit repair (a message's pending is resolved by its retry)."""
-    pending = doc.get("pending") or {}
-    return str(pending.get("op", "")).startswith(AUDIT_OP)
+    return doc.pending is not None and doc.pending.op.startswith(AUDIT_OP)
 
 
-def _drifted(tool: Tool, doc: Document) -> bool:
+def _drifted(tool: Tool, doc: LedgerEntry) -> bool:
     """Only what we own: the name and the keys of the applied parameters."""
-    applied: dict[str, Any] = doc.get("parameters") or {}
-    return tool.name != doc.get("tool_name") or any(tool.parameters.get(k) != v for k, v in applied.items())
+    applied: dict[str, Any] = doc.parameters or {}
+    return tool.name != doc.tool_name or any(tool.parameters.get(k) != v for k, v in applied.items())
 
 
-def _same_entry(now: Document, then: Document) -> bool:
-    keys = ("present", "tool_id", "content_hash", "pending", "refused_hash", "updated_at")
-    return all(now.get(k) == then.get(k) for k in keys)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def _same_entry(now: LedgerEntry, then: LedgerEntry) -> bool:
+    keys = ("present", "tool_id", "content_hash", "pending", "intent", "refused_hash", "updated_at")
+    return all(getattr(now, k) == getattr(then, k) for k in keys)

@@ -5,15 +5,20 @@ Why each field exists:
   change is sent as a minimal merge-patch computed against what was applied.
 - ``revision``: compare-and-set; an apply or remove with an older revision is skipped, so a late or
   redelivered older event never overwrites a newer applied state.
-- ``pending``: the intent written *before* a mutating OTC call. If the process dies between the call
+- ``intent``: written by the same conditional update that takes the lease, so the hot path costs
+  exactly two ledger round trips (lease and intent in one, the commit and release in one more).
+  A release without an OTC write restores the intent the lease found.
+- ``pending``: the intent written *before* a mutating OTC call whose operation differs from the
+  one the lease announced (a recreate after a 404, an audit repair), and by older versions. If the process dies between the call
   and the ledger commit, the next attempt sees it and reads OTC (by tool id or deterministic name)
   before writing: no duplicate create, no lost delete, no second identical write.
 - ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
   around the OTC call. Two replicas consuming one queue thus never act on the same tool at once; a
   crashed holder's lease simply expires. While held it is renewed every third of its TTL (``kept``),
   since one apply (a slow pending lookup, then a write, each with retries) can outlast the TTL.
-  The intent write before each OTC write is fenced on the owner *and* an unexpired lease, so a holder
-  whose renewals failed aborts before writing; commits are fenced on the owner.
+  Before each OTC write the holder checks that at least a quarter of the TTL is left (renewals keep
+  two thirds or more), so a holder whose renewals failed aborts before writing, with that margin
+  against clock skew between replicas; commits are fenced on the owner.
 - ``refused_hash`` / ``refused_at`` / ``refused_by`` (with ``last_error``): OTC refused this content
   for good (a 4xx on the write). The same content is not sent again until it changes, the tool is
   removed, or another attempt on the entry succeeds or fails otherwise; ``refused_by`` (the CloudEvent
@@ -27,10 +32,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -41,11 +47,74 @@ from shared.mongo import Document
 log = logging.getLogger(__name__)
 
 LEDGER = "otc_writer_ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``intent`` written with the lease. Version 1 documents read as they are (no ``intent``)."""
 
 
 def ledger_id(purpose: str, key: str, toolchain_id: str) -> str:
     return f"{purpose}|{toolchain_id}|{key}"
+
+
+class Intent(BaseModel):
+    """An OTC write that may have started: the next holder reads OTC before writing again."""
+
+    op: str
+    name: str = ""
+    since: datetime | None = None
+
+
+class LedgerEntry(BaseModel):
+    """One ledger document (see the module docstring for why each field exists)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    purpose: str
+    key: str
+    toolchain_id: str
+    scope: str | None = None
+    present: bool = False
+    revision: int = -1
+    tool_id: str | None = None
+    tool_name: str | None = None
+    tool_type_id: str | None = None
+    parameters: dict[str, Any] | None = None
+    content_hash: str | None = None
+    pending: Intent | None = None
+    intent: Intent | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    refused_hash: str | None = None
+    refused_at: datetime | None = None
+    refused_by: str | None = None
+    last_error: str | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def interrupted(self) -> list[Intent]:
+        """Intents of attempts that may have written to OTC without committing."""
+        return [i for i in (self.pending, self.intent) if i is not None]
+
+    @property
+    def applied(self) -> bool:
+        """A tool is known in OTC and nothing is unresolved."""
+        return self.present and bool(self.tool_id) and not self.interrupted
+
+    def leased_at(self, now: datetime) -> bool:
+        until = self.lease_until
+        if self.lease_owner is None or until is None:
+            return False
+        return (until if until.tzinfo is not None else until.replace(tzinfo=UTC)) > now
+
+    @classmethod
+    def fresh(cls, purpose: str, key: str, toolchain_id: str, scope: str | None) -> LedgerEntry:
+        return cls(
+            id=ledger_id(purpose, key, toolchain_id),
+            purpose=purpose,
+            key=key,
+            toolchain_id=toolchain_id,
+            scope=scope,
+        )
 
 
 _NOT_REFUSED: dict[str, Any] = {
@@ -54,6 +123,7 @@ _NOT_REFUSED: dict[str, Any] = {
     "refused_by": None,
     "last_error": None,
 }
+_UNLEASED: dict[str, Any] = {"lease_owner": None, "lease_until": None}
 
 
 class LeaseBusy(Exception):
@@ -68,14 +138,18 @@ class LeaseLost(Exception):
 class Lease:
     id: str
     owner: str
-    doc: Document
-    """The ledger document as it was when the lease was taken."""
+    entry: LedgerEntry
+    """The ledger entry as it was before the lease was taken (its intent: the one found)."""
     until: datetime
     """Expiry as last written by us (taken or renewed)."""
+    margin: timedelta = field(default=timedelta(0))
+    """Lease time that must be left when an OTC write starts."""
     lost: bool = False
     """A renewal or a fenced write found the lease no longer ours."""
     released: bool = False
     """Committed or released by us: renewing it now would be a mistake, not a loss."""
+    writing: bool = False
+    """An OTC write may have started: a release keeps the intent, the outcome is unknown."""
 
 
 class Ledger:
@@ -88,11 +162,12 @@ class Ledger:
     ) -> None:
         self.coll: AsyncCollection[Document] = db[LEDGER]
         self._ttl = timedelta(seconds=lease_ttl_s)
+        self._margin = self._ttl / 4
         self._wait_s = lease_wait_s
 
     async def ensure_indexes(self) -> None:
-        # Uniqueness of (purpose, key, toolchain) comes from ``_id`` = ledger_id(...); a second unique
-        # index would be redundant (and makes every update scan the collection on mongoeco).
+        # Uniqueness of (purpose, key, toolchain) comes from ``_id`` = ledger_id(...). The scope index
+        # serves one query per instance reconcile (service events, snapshots), never one per change.
         await self.coll.create_index(
             [("purpose", ASCENDING), ("key", ASCENDING), ("toolchain_id", ASCENDING)],
             name="purpose_key_toolchain",
@@ -107,39 +182,80 @@ class Ledger:
         owner: str,
         *,
         scope: str | None = None,
+        intent: Intent | None = None,
         wait_s: float | None = None,
     ) -> Lease:
-        """Take the key's lease (creating its document), waiting up to ``wait_s`` (``lease_wait_s``)."""
+        """Take the key's lease (creating its entry) and write ``intent`` in the same update.
+
+        Waits up to ``wait_s`` (``lease_wait_s``) for another holder.
+        """
+        lease = await self._take(purpose, key, toolchain_id, owner, scope, intent, wait_s, upsert=True)
+        assert lease is not None
+        return lease
+
+    async def acquire_existing(
+        self,
+        purpose: str,
+        key: str,
+        toolchain_id: str,
+        owner: str,
+        *,
+        intent: Intent | None = None,
+        wait_s: float | None = None,
+    ) -> Lease | None:
+        """As ``acquire``, but None when there is no entry (nothing was ever applied: nothing to remove)."""
+        return await self._take(purpose, key, toolchain_id, owner, None, intent, wait_s, upsert=False)
+
+    async def _take(
+        self,
+        purpose: str,
+        key: str,
+        toolchain_id: str,
+        owner: str,
+        scope: str | None,
+        intent: Intent | None,
+        wait_s: float | None,
+        *,
+        upsert: bool,
+    ) -> Lease | None:
         doc_id = ledger_id(purpose, key, toolchain_id)
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
         delay = 0.01
         while True:
             now = datetime.now(UTC)
+            until = now + self._ttl
+            update: dict[str, Any] = {"$set": {"lease_owner": owner, "lease_until": until}}
+            if intent is not None:
+                update["$set"]["intent"] = intent.model_copy(update={"since": now}).model_dump()
+            if upsert:
+                update["$setOnInsert"] = {
+                    "purpose": purpose,
+                    "key": key,
+                    "toolchain_id": toolchain_id,
+                    "scope": scope,
+                    "present": False,
+                    "revision": -1,
+                    "schema_version": SCHEMA_VERSION,
+                }
             try:
-                doc = await self.coll.find_one_and_update(
-                    {
-                        "_id": doc_id,
-                        "$or": [{"lease_owner": None}, {"lease_until": {"$lt": now}}],
-                    },
-                    {
-                        "$set": {"lease_owner": owner, "lease_until": now + self._ttl},
-                        "$setOnInsert": {
-                            "purpose": purpose,
-                            "key": key,
-                            "toolchain_id": toolchain_id,
-                            "scope": scope,
-                            "present": False,
-                            "revision": -1,
-                            "schema_version": SCHEMA_VERSION,
-                        },
-                    },
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
+                before = await self.coll.find_one_and_update(
+                    {"_id": doc_id, "$or": [{"lease_owner": None}, {"lease_until": {"$lt": now}}]},
+                    update,
+                    upsert=upsert,
+                    return_document=ReturnDocument.BEFORE,
                 )
             except DuplicateKeyError:
-                doc = None  # exists and leased by someone else
-            if doc is not None and doc.get("lease_owner") == owner:
-                return Lease(doc_id, owner, doc, until=now + self._ttl)
+                before, busy = None, True  # exists and leased by someone else
+            else:
+                if before is None and upsert:  # inserted: a new entry
+                    entry = LedgerEntry.fresh(purpose, key, toolchain_id, scope)
+                    return Lease(doc_id, owner, entry, until=until, margin=self._margin)
+                busy = before is None
+            if before is not None:
+                entry = LedgerEntry.model_validate(before)
+                return Lease(doc_id, owner, entry, until=until, margin=self._margin)
+            if busy and not upsert and await self.coll.find_one({"_id": doc_id}, {"_id": 1}) is None:
+                return None
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
             await asyncio.sleep(delay)
@@ -182,12 +298,15 @@ class Ledger:
         return True
 
     def check(self, lease: Lease) -> None:
-        """Raise ``LeaseLost`` unless the lease is still ours and unexpired (call before an OTC write)."""
-        if lease.lost or datetime.now(UTC) >= lease.until:
-            raise LeaseLost(f"lease on {lease.id} lost or expired before the OTC write")
+        """Raise ``LeaseLost`` unless the lease is ours with ``margin`` left; call right before an OTC
+        write (from then on the write may have happened: ``writing``)."""
+        if lease.lost or datetime.now(UTC) + lease.margin >= lease.until:
+            raise LeaseLost(f"lease on {lease.id} lost or about to expire before the OTC write")
+        lease.writing = True
 
     async def mark_pending(self, lease: Lease, op: str, name: str) -> None:
-        """Record the intent of the OTC write that follows; aborts (LeaseLost) if the lease is gone."""
+        """Record the intent of an OTC write the lease did not announce; aborts (LeaseLost) if the
+        lease is gone (fenced on the owner and an unexpired lease)."""
         self.check(lease)
         now = datetime.now(UTC)
         await self._fenced(
@@ -205,16 +324,17 @@ class Ledger:
                 "$set": {
                     **fields,
                     "pending": None,
+                    "intent": None,
                     **_NOT_REFUSED,
                     "updated_at": datetime.now(UTC),
-                    "lease_owner": None,
-                    "lease_until": None,
+                    "schema_version": SCHEMA_VERSION,
+                    **_UNLEASED,
                 }
             },
         )
 
     async def fail(self, lease: Lease, error: str) -> None:
-        """Keep ``pending`` (the outcome may be unknown), record the error, release the lease.
+        """Keep the intents (the outcome may be unknown), record the error, release the lease.
 
         An earlier refusal is forgotten: this attempt was of other content (or a removal).
         """
@@ -226,8 +346,7 @@ class Ledger:
                     **_NOT_REFUSED,
                     "last_error": error[:2000],
                     "updated_at": datetime.now(UTC),
-                    "lease_owner": None,
-                    "lease_until": None,
+                    **_UNLEASED,
                 }
             },
         )
@@ -237,8 +356,8 @@ class Ledger:
     ) -> None:
         """Record OTC's permanent refusal of ``content_hash`` and release the lease.
 
-        ``pending`` is kept as in ``fail``: an earlier interrupted attempt may have left a tool that
-        only the pending lookup still knows about.
+        The intents are kept as in ``fail``: an earlier interrupted attempt may have left a tool that
+        only the lookup of its name still knows about.
         """
         lease.released = True
         now = datetime.now(UTC)
@@ -252,22 +371,26 @@ class Ledger:
                     "revision": revision,
                     "last_error": error[:2000],
                     "updated_at": now,
-                    "lease_owner": None,
-                    "lease_until": None,
+                    **_UNLEASED,
                 }
             },
         )
 
-    async def refused(self, limit: int = 100) -> list[Document]:
-        """Entries whose current content OTC refused (for the logs)."""
+    async def refused(self, limit: int = 100) -> list[LedgerEntry]:
+        """Entries whose current content OTC refused (for the logs at start; off the hot path)."""
         cursor = self.coll.find({"refused_hash": {"$ne": None}}).limit(limit)
-        return [d async for d in cursor]
+        return [LedgerEntry.model_validate(d) async for d in cursor]
 
     async def release(self, lease: Lease, fields: dict[str, Any] | None = None) -> None:
+        """Release without an OTC write: the intent goes back to what the lease found."""
         lease.released = True
+        restore: dict[str, Any] = {}
+        if not lease.writing:
+            found = lease.entry.intent
+            restore["intent"] = found.model_dump() if found is not None else None
         await self.coll.update_one(
             {"_id": lease.id, "lease_owner": lease.owner},
-            {"$set": {**(fields or {}), "lease_owner": None, "lease_until": None}},
+            {"$set": {**(fields or {}), **restore, **_UNLEASED}},
         )
 
     async def _fenced(
@@ -281,25 +404,20 @@ class Ledger:
             lease.lost = True
             raise LeaseLost(f"lease on {lease.id} lost or expired")
 
-    async def present_in_scope(self, purpose: str, scope: str) -> list[Document]:
-        """Entries that have, or may have (pending), a tool in OTC."""
-        cursor = self.coll.find(
-            {"purpose": purpose, "scope": scope, "$or": [{"present": True}, {"pending": {"$ne": None}}]}
-        )
-        return [d async for d in cursor]
+    async def in_scope(self, purpose: str, scope: str) -> list[LedgerEntry]:
+        """Every entry of one instance, in one query (an instance reconcile compares them in memory)."""
+        cursor = self.coll.find({"purpose": purpose, "scope": scope})
+        return [LedgerEntry.model_validate(d) async for d in cursor]
 
-    async def present_for_key(self, purpose: str, key: str) -> list[Document]:
-        cursor = self.coll.find(
-            {"purpose": purpose, "key": key, "$or": [{"present": True}, {"pending": {"$ne": None}}]}
-        )
-        return [d async for d in cursor]
-
-    async def with_tools(self) -> dict[str, list[Document]]:
+    async def with_tools(self) -> dict[str, list[LedgerEntry]]:
         """Entries that have, or may have (pending), a tool in OTC, per toolchain (for the audit)."""
-        cursor = self.coll.find({"$or": [{"present": True}, {"pending": {"$ne": None}}]})
-        by_toolchain: dict[str, list[Document]] = {}
+        cursor = self.coll.find(
+            {"$or": [{"present": True}, {"pending": {"$ne": None}}, {"intent": {"$ne": None}}]}
+        )
+        by_toolchain: dict[str, list[LedgerEntry]] = {}
         async for doc in cursor:
-            by_toolchain.setdefault(doc["toolchain_id"], []).append(doc)
+            entry = LedgerEntry.model_validate(doc)
+            by_toolchain.setdefault(entry.toolchain_id, []).append(entry)
         return by_toolchain
 
     async def get(self, purpose: str, key: str, toolchain_id: str) -> Document | None:

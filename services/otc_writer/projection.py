@@ -4,6 +4,10 @@
   ``created`` arriving late is recognised as stale).
 - ``otc_writer_services``: Kabanero Events services -> instance and bound toolchains.
 - ``otc_writer_instances``: the last snapshot revision applied per instance.
+- ``otc_writer_bindings``: per instance, the toolchains bound to it (the union over its services),
+  so that a trigger change reads them by ``_id``. Derived from ``otc_writer_services``; written with a
+  compare-and-set on ``rev`` so two replicas handling two services of one instance never lose one.
+  A missing document (data of an older version) is derived on first read.
 
 Every write is a compare-and-set on ``revision`` (an upsert whose filter requires a lower revision; a
 duplicate-key error means the stored one is as new or newer), so stale events change nothing even
@@ -28,7 +32,10 @@ from shared.mongo import Document
 TRIGGERS = "otc_writer_triggers"
 SERVICES = "otc_writer_services"
 INSTANCES = "otc_writer_instances"
+BINDINGS = "otc_writer_bindings"
 SCHEMA_VERSION = 1
+
+State = Literal["stored", "same", "stale"]
 
 
 class Projection:
@@ -36,6 +43,7 @@ class Projection:
         self.triggers: AsyncCollection[Document] = db[TRIGGERS]
         self.services: AsyncCollection[Document] = db[SERVICES]
         self.instances: AsyncCollection[Document] = db[INSTANCES]
+        self.bindings: AsyncCollection[Document] = db[BINDINGS]
 
     async def ensure_indexes(self) -> None:
         await self.triggers.create_index([("scope", ASCENDING)], name="scope")
@@ -57,7 +65,7 @@ class Projection:
     @staticmethod
     async def _cas_state(
         coll: AsyncCollection[Document], doc_id: str, revision: int, fields: dict[str, Any]
-    ) -> Literal["stored", "same", "stale"]:
+    ) -> State:
         """``stored`` (newer revision written), ``same`` (equal revision, unchanged) or ``stale``."""
         try:
             result = await coll.update_one(
@@ -80,8 +88,9 @@ class Projection:
         doc = await coll.find_one({"_id": doc_id}, {"revision": 1})
         return "same" if doc is not None and doc.get("revision") == revision else "stale"
 
-    async def put_trigger(self, trigger: TriggerData) -> bool:
-        return await self._cas(
+    async def put_trigger(self, trigger: TriggerData) -> State:
+        """One update by ``_id`` when the revision is newer (the hot path); one more read otherwise."""
+        return await self._cas_state(
             self.triggers,
             trigger.key.id,
             trigger.revision,
@@ -96,12 +105,17 @@ class Projection:
         doc = await self.triggers.find_one({"_id": key_id})
         return TriggerData.model_validate(doc["data"]) if doc else None
 
-    async def live_triggers(self, scope: str) -> list[TriggerData]:
-        cursor = self.triggers.find({"scope": scope, "deleted": False})
+    async def triggers_in_scope(self, scope: str) -> list[TriggerData]:
+        """Every trigger of one instance, deleted ones included (one query per instance reconcile)."""
+        cursor = self.triggers.find({"scope": scope})
         return [TriggerData.model_validate(d["data"]) async for d in cursor]
 
-    async def put_snapshot(self, snap: SnapshotData) -> bool:
+    async def put_snapshot(self, snap: SnapshotData) -> list[TriggerData] | None:
         """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing.
+
+        The instance's triggers are read once and compared in memory: only a trigger whose revision
+        is newer than the stored one is written. Returns every trigger of the instance as stored now
+        (for the reconcile), or None when the snapshot is stale.
 
         A snapshot may be handled after trigger events published after it was taken (it came back
         from a retry queue). With ``trigger_revisions`` a trigger it does not list is tombstoned only
@@ -112,35 +126,41 @@ class Projection:
         scope = instance_scope(snap.instance)
         state = await self._cas_state(self.instances, scope, snap.revision, {"exists": snap.exists})
         if state == "stale":
-            return False
+            return None
+        stored = {t.key.id: t for t in await self.triggers_in_scope(scope)}
         listed = {t.key.id for t in snap.triggers} if snap.exists else set()
-        if snap.exists:
-            for trigger in snap.triggers:
-                await self.put_trigger(trigger)  # each by its own revision: never regresses
-        known = snap.trigger_revisions
-        if state == "same" and known is None:
+        for trigger in snap.triggers if snap.exists else []:
+            known = stored.get(trigger.key.id)
+            newer = known is None or known.revision < trigger.revision
+            if newer and await self.put_trigger(trigger) == "stored":  # each by its own revision
+                stored[trigger.key.id] = trigger
+        if state == "same" and snap.trigger_revisions is None:
             # A redelivery: tombstones were written by the first delivery, and repeating them now
             # could delete a trigger created after this snapshot was taken. Reconcile only.
-            return True
-        async for doc in self.triggers.find({"scope": scope, "deleted": False}):
-            if doc["_id"] in listed:
+            return list(stored.values())
+        for key_id, trigger in list(stored.items()):
+            if key_id in listed or trigger.deleted:
                 continue
-            revision = int(doc["revision"])
-            if known is not None:
-                seen = known.get(doc["_id"])
-                if seen is None or seen < revision:
-                    continue  # published after the snapshot was taken: not the snapshot's to judge
-                revision = seen  # the watcher's delete: older events of the key become stale
-            # Absent from a newer snapshot: gone. At least the stored revision, so a replayed older
-            # ``created`` (revision <= this one) stays stale.
-            data = TriggerData.model_validate(doc["data"]).model_copy(
-                update={"deleted": True, "revision": revision}
-            )
-            await self.triggers.update_one(
-                {"_id": doc["_id"], "revision": doc["revision"]},
-                {"$set": {"deleted": True, "revision": revision, "data": data.model_dump(mode="json")}},
-            )
-        return True
+            tomb = await self._tombstone(trigger, snap.trigger_revisions)
+            if tomb is not None:
+                stored[key_id] = tomb
+        return list(stored.values())
+
+    async def _tombstone(self, trigger: TriggerData, known: dict[str, int] | None) -> TriggerData | None:
+        """Absent from a newer snapshot: gone, at least at the stored revision (so a replayed older
+        ``created`` stays stale). None when the snapshot is not the one to judge, or it changed."""
+        revision = trigger.revision
+        if known is not None:
+            seen = known.get(trigger.key.id)
+            if seen is None or seen < revision:
+                return None  # published after the snapshot was taken: not the snapshot's to judge
+            revision = seen  # the watcher's delete: older events of the key become stale
+        tomb = trigger.model_copy(update={"deleted": True, "revision": revision})
+        result = await self.triggers.update_one(
+            {"_id": trigger.key.id, "revision": trigger.revision},
+            {"$set": {"deleted": True, "revision": revision, "data": tomb.model_dump(mode="json")}},
+        )
+        return tomb if result.matched_count == 1 else None
 
     async def put_service(self, event: ServiceEventData, *, deleted: bool) -> tuple[bool, str | None]:
         """Store the service; returns (fresh, previous scope when the instance it stands for changed)."""
@@ -157,8 +177,36 @@ class Projection:
             },
         )
         previous = before.get("scope") if before else None
-        return fresh, (previous if previous and previous != scope else None)
+        moved = previous if previous and previous != scope else None
+        if fresh:
+            for affected in (moved, scope):
+                if affected is not None:
+                    await self._derive_bindings(affected)
+        return fresh, moved
 
     async def bound_toolchains(self, scope: str) -> set[str]:
-        cursor = self.services.find({"scope": scope, "deleted": False})
-        return {tc async for d in cursor for tc in d.get("toolchains", [])}
+        """The toolchains bound to an instance: one read by ``_id``."""
+        doc = await self.bindings.find_one({"_id": scope})
+        if doc is None:
+            return await self._derive_bindings(scope)  # written by an older version: derive it once
+        return set(doc.get("toolchains", []))
+
+    async def _derive_bindings(self, scope: str) -> set[str]:
+        """Recompute the instance's bindings from its services and store them (compare-and-set)."""
+        while True:
+            doc = await self.bindings.find_one({"_id": scope})
+            rev = int(doc.get("rev", 0)) if doc else 0
+            cursor = self.services.find({"scope": scope, "deleted": False})
+            toolchains = sorted({tc async for d in cursor for tc in d.get("toolchains", [])})
+            if doc is not None and doc.get("toolchains") == toolchains:
+                return set(toolchains)
+            update = {"$set": {"toolchains": toolchains, "rev": rev + 1, "updated_at": datetime.now(UTC)}}
+            try:
+                if doc is None:
+                    await self.bindings.insert_one({"_id": scope, **update["$set"]})
+                    return set(toolchains)
+                result = await self.bindings.update_one({"_id": scope, "rev": rev}, update)
+            except DuplicateKeyError:
+                continue  # another writer derived it first: derive again from what it saw
+            if result.matched_count == 1:
+                return set(toolchains)

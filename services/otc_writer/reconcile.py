@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from services.otc_writer.applier import Outcome, ToolApplier, current_message
+from services.otc_writer.applier import Outcome, ToolApplier, is_unchanged
 from services.otc_writer.desired import (
     TRIGGER_PURPOSE,
     DesiredTool,
@@ -31,7 +31,7 @@ from services.otc_writer.desired import (
     desired_trigger_tool,
     instance_scope,
 )
-from services.otc_writer.ledger import Ledger
+from services.otc_writer.ledger import Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
 from shared.amqp import PermanentError, RetryableError
@@ -43,6 +43,7 @@ from shared.events import (
     SnapshotData,
     ToolCommand,
     TriggerData,
+    TriggerKey,
     event_scope,
 )
 
@@ -63,8 +64,18 @@ class Metrics:
 
 
 def key_of_event(event: CloudEvent) -> str:
-    """Serialise per Kabanero instance: service, trigger and snapshot events of one instance in order."""
+    """Order what must be ordered, no more: trigger events per trigger key, service and snapshot
+    events per instance. Revisions (projection) and leases (ledger) make the rest safe to run at once,
+    as they already must be between two replicas."""
+    if event.routing_key.startswith("kabanero.trigger."):
+        try:
+            return "trigger:" + TriggerKey.model_validate(event.data.get("key") or {}).id
+        except ValueError:
+            pass  # invalid: the handler rejects it with the reason
     return event_scope(event) or event.subject or event.id
+
+
+_TOOL_FIELDS = {"purpose", "key", "toolchain_id", "tool_type_id", "name", "parameters", "revision"}
 
 
 def key_of_command(event: CloudEvent) -> str:
@@ -90,63 +101,36 @@ class Reconciler:
     # --- entry points (consumer handlers) ---
 
     async def handle_event(self, event: CloudEvent) -> None:
-        token = current_message.set(event.id)
-        try:
-            await self._handle_event(event)
-        finally:
-            current_message.reset(token)
-
-    async def handle_command(self, event: CloudEvent) -> None:
-        token = current_message.set(event.id)
-        try:
-            await self._handle_command(event)
-        finally:
-            current_message.reset(token)
-
-    async def _handle_event(self, event: CloudEvent) -> None:
         rk = event.routing_key
         if rk.startswith("service.kabanero-events."):
-            await self._on_service(ServiceEventData.model_validate(event.data), rk.rsplit(".", 1)[1])
+            data = ServiceEventData.model_validate(event.data)
+            await self._on_service(data, rk.rsplit(".", 1)[1], event.id)
         elif rk in (RoutingKeys.TRIGGER_CREATED, RoutingKeys.TRIGGER_UPDATED, RoutingKeys.TRIGGER_DELETED):
             trigger = TriggerData.model_validate(event.data)
             if rk == RoutingKeys.TRIGGER_DELETED and not trigger.deleted:
                 trigger = trigger.model_copy(update={"deleted": True})
-            await self._on_trigger(trigger)
+            await self._on_trigger(trigger, event.id)
         elif rk == RoutingKeys.SNAPSHOT:
-            await self._on_snapshot(SnapshotData.model_validate(event.data))
+            await self._on_snapshot(SnapshotData.model_validate(event.data), event.id)
         else:
             log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
 
-    async def _handle_command(self, event: CloudEvent) -> None:
+    async def handle_command(self, event: CloudEvent) -> None:
         cmd = ToolCommand.model_validate(event.data)
         if event.routing_key == RoutingKeys.TOOL_APPLY:
-            want = DesiredTool(
-                purpose=cmd.purpose,
-                key=cmd.key,
-                toolchain_id=cmd.toolchain_id,
-                tool_type_id=cmd.tool_type_id,
-                name=cmd.name,
-                parameters=cmd.parameters,
-                revision=cmd.revision,
-            )
-            await self._run([self._count(cmd.purpose, self._applier.apply(want))])
+            want = DesiredTool(**cmd.model_dump(include=_TOOL_FIELDS))
+            await self._run([self._count(cmd.purpose, self._applier.apply(want, cause=event.id))])
         elif event.routing_key == RoutingKeys.TOOL_REMOVE:
-            await self._run(
-                [
-                    self._count(
-                        cmd.purpose,
-                        self._applier.remove(
-                            cmd.purpose, cmd.key, cmd.toolchain_id, revision=cmd.revision, name=cmd.name
-                        ),
-                    )
-                ]
+            job = self._applier.remove(
+                cmd.purpose, cmd.key, cmd.toolchain_id, revision=cmd.revision, name=cmd.name
             )
+            await self._run([self._count(cmd.purpose, job)])
         else:
             raise PermanentError(f"unknown command {event.routing_key}")
 
     # --- projection updates ---
 
-    async def _on_service(self, data: ServiceEventData, what: str) -> None:
+    async def _on_service(self, data: ServiceEventData, what: str, cause: str) -> None:
         deleted = data.deleted or what == "deprovisioned"
         fresh, previous_scope = await self._projection.put_service(data, deleted=deleted)
         if not fresh:
@@ -158,64 +142,104 @@ class Reconciler:
             return
         scope = data.parameters.scope
         if previous_scope is not None:
-            await self.reconcile_scope(previous_scope)
-        await self.reconcile_scope(scope)
+            await self.reconcile_scope(previous_scope, cause)
+        await self.reconcile_scope(scope, cause)
 
-    async def _on_trigger(self, trigger: TriggerData) -> None:
-        if not await self._projection.put_trigger(trigger):
+    async def _on_trigger(self, trigger: TriggerData, cause: str) -> None:
+        if await self._projection.put_trigger(trigger) == "stale":
             self._metrics.skipped.labels("trigger").inc()
             log.info(
                 "stale trigger event skipped", extra={"trigger": trigger.key.id, "revision": trigger.revision}
             )
             return
-        await self.reconcile_trigger(trigger.key.id)
+        await self.reconcile_trigger(trigger, cause)
 
-    async def _on_snapshot(self, snap: SnapshotData) -> None:
-        if not await self._projection.put_snapshot(snap):
+    async def _on_snapshot(self, snap: SnapshotData, cause: str) -> None:
+        triggers = await self._projection.put_snapshot(snap)
+        if triggers is None:
             self._metrics.skipped.labels("snapshot").inc()
             log.info("stale snapshot skipped", extra={"instance": instance_scope(snap.instance)})
             return
-        await self.reconcile_scope(instance_scope(snap.instance))
+        await self.reconcile_scope(instance_scope(snap.instance), cause, triggers)
 
     # --- convergence ---
 
-    async def reconcile_scope(self, scope: str) -> None:
-        """Every trigger tool of one instance: create missing, patch changed, delete stale."""
+    async def reconcile_scope(
+        self, scope: str, cause: str | None = None, triggers: list[TriggerData] | None = None
+    ) -> None:
+        """Every trigger tool of one instance: create missing, patch changed, delete stale.
+
+        The instance's bindings, triggers and ledger entries are read once (three reads, whatever
+        the size) and compared in memory: an applied, unchanged entry costs no further round trip.
+        Only entries of triggers this reconcile knows about are removed (a trigger created since
+        the triggers were read is its own event's to apply).
+        """
         toolchains = await self._projection.bound_toolchains(scope)
-        triggers = await self._projection.live_triggers(scope)
-        wanted = {(t.key.id, tc): t for t in triggers for tc in toolchains}
-        jobs: list[Awaitable[Outcome]] = [
-            self._count(TRIGGER_PURPOSE, self._applier.apply(desired_trigger_tool(t, tc, self._style)))
-            for (_, tc), t in sorted(wanted.items())
-        ]
-        for doc in await self._ledger.present_in_scope(TRIGGER_PURPOSE, scope):
-            if (doc["key"], doc["toolchain_id"]) not in wanted:
-                jobs.append(self._remove_trigger_tool(doc["key"], doc["toolchain_id"], scope))
+        if triggers is None:
+            triggers = await self._projection.triggers_in_scope(scope)
+        entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(TRIGGER_PURPOSE, scope)}
+        known = {t.key.id: t for t in triggers}
+        jobs: list[Awaitable[Outcome]] = []
+        unchanged = 0
+        for trigger in sorted((t for t in triggers if not t.deleted), key=lambda t: t.key.id):
+            for tc in sorted(toolchains):
+                want = desired_trigger_tool(trigger, tc, self._style)
+                entry = entries.get((trigger.key.id, tc))
+                if entry is not None and is_unchanged(entry, want):
+                    unchanged += 1
+                    continue
+                jobs.append(self._count(TRIGGER_PURPOSE, self._applier.apply(want, cause=cause)))
+        for (key_id, tc), entry in sorted(entries.items()):
+            owner = known.get(key_id)
+            if owner is None or (not owner.deleted and tc in toolchains):
+                continue
+            if entry.present or entry.interrupted:
+                jobs.append(self._remove(entry, owner))
+        if unchanged:
+            self._metrics.tools.labels(TRIGGER_PURPOSE, str(Outcome.UNCHANGED)).inc(unchanged)
         await self._run(jobs)
 
-    async def reconcile_trigger(self, key_id: str) -> None:
-        trigger = await self._projection.get_trigger(key_id)
-        if trigger is None:
-            return
+    async def reconcile_trigger(self, trigger: TriggerData, cause: str | None = None) -> None:
+        """One trigger in every toolchain bound to its instance: one read, then the applier."""
         scope = instance_scope(trigger.instance)
-        toolchains = set() if trigger.deleted else await self._projection.bound_toolchains(scope)
-        jobs: list[Awaitable[Outcome]] = [
-            self._count(TRIGGER_PURPOSE, self._applier.apply(desired_trigger_tool(trigger, tc, self._style)))
-            for tc in sorted(toolchains)
-        ]
-        for doc in await self._ledger.present_for_key(TRIGGER_PURPOSE, key_id):
-            if doc["toolchain_id"] not in toolchains:
-                jobs.append(self._remove_trigger_tool(key_id, doc["toolchain_id"], scope))
+        toolchains = await self._projection.bound_toolchains(scope)
+        jobs: list[Awaitable[Outcome]]
+        if trigger.deleted:
+            jobs = [
+                self._count(
+                    TRIGGER_PURPOSE,
+                    self._applier.remove(
+                        TRIGGER_PURPOSE,
+                        trigger.key.id,
+                        tc,
+                        revision=trigger.revision,
+                        name=desired_trigger_tool(trigger, tc, self._style).name,
+                        create=False,
+                    ),
+                )
+                for tc in sorted(toolchains)
+            ]
+        else:
+            jobs = [
+                self._count(
+                    TRIGGER_PURPOSE,
+                    self._applier.apply(desired_trigger_tool(trigger, tc, self._style), cause=cause),
+                )
+                for tc in sorted(toolchains)
+            ]
         await self._run(jobs)
 
-    async def _remove_trigger_tool(self, key_id: str, toolchain_id: str, scope: str) -> Outcome:
-        trigger = await self._projection.get_trigger(key_id)
-        revision = trigger.revision if trigger else 0
-        name = desired_trigger_tool(trigger, toolchain_id, self._style).name if trigger else None
-        return await self._count(
+    async def _remove(self, entry: LedgerEntry, trigger: TriggerData) -> Outcome:
+        revision = max(entry.revision, trigger.revision) if trigger.deleted else trigger.revision
+        job = self._applier.remove(
             TRIGGER_PURPOSE,
-            self._applier.remove(TRIGGER_PURPOSE, key_id, toolchain_id, revision=revision, name=name),
+            entry.key,
+            entry.toolchain_id,
+            revision=revision,
+            name=entry.tool_name or desired_trigger_tool(trigger, entry.toolchain_id, self._style).name,
+            create=False,
         )
+        return await self._count(TRIGGER_PURPOSE, job)
 
     async def _count(self, purpose: str, job: Awaitable[Outcome]) -> Outcome:
         outcome = await job

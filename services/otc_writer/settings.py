@@ -44,9 +44,3 @@ class Settings(CommonSettings):
         ge=0,
         description="period of the audit that repairs tools changed or deleted by hand in OTC (0 = off)",
     )
-    test_crash_after_writes: int = Field(
-        default=0,
-        ge=0,
-        validation_alias="OTC_WRITER_TEST_CRASH_AFTER_WRITES",
-        description="test-only fault injection: SIGKILL the process after this many OTC writes (0 = off)",
-    )

@@ -40,11 +40,12 @@ def _env(amqp_url: str, mongodb_url: str, otc: OtcEmulator, **extra: str) -> dic
     }
 
 
-async def _spawn(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def _spawn(env: dict[str, str], *module: str) -> asyncio.subprocess.Process:
+    """The writer (or ``module``: a wrapper of it that injects a fault) as a process."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.otc_writer",
+        *(module or ("services.otc_writer",)),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
@@ -84,7 +85,7 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
 ) -> None:
     async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
         tc = otc.seed_toolchain(name="kill")
-        proc = await _spawn(_env(amqp_url, mongodb_url, otc, OTC_WRITER_TEST_CRASH_AFTER_WRITES="1"))
+        proc = await _spawn(_env(amqp_url, mongodb_url, otc), "tests.e2e.crashing_writer", "1")
         try:
             await publisher.publish(_apply(tc, "a", 1, "https://github.com/o/a"))
             assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
@@ -97,7 +98,8 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
         mongo = make_client(mongodb_url)
         ledger = Ledger(database(mongo))
         doc = await ledger.get("github", "a", tc)
-        assert doc is not None and doc["pending"]["op"] == "create" and not doc["present"]
+        # The intent, written with the lease, survives: the restart reads OTC before writing.
+        assert doc is not None and doc["intent"]["op"] == "apply" and not doc["present"]
 
         if second == "change":
             await publisher.publish(_apply(tc, "a", 2, "https://github.com/o/a2"))
@@ -107,7 +109,13 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
             async def committed() -> bool:
                 d = await ledger.get("github", "a", tc)
                 want = 2 if second == "change" else 1
-                return bool(d and d["present"] and d.get("pending") is None and d["revision"] == want)
+                return bool(
+                    d
+                    and d["present"]
+                    and d.get("intent") is None
+                    and d.get("pending") is None
+                    and d["revision"] == want
+                )
 
             await wait_until(committed, timeout=30, what="ledger commit after restart")
         finally:

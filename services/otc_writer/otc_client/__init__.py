@@ -9,6 +9,7 @@ from services.otc_writer.otc_client.errors import (
     OtcError,
     OtcNotFoundError,
     OtcPermanentError,
+    OtcRefusedError,
     OtcRetryableError,
     OtcUnavailableError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "OtcError",
     "OtcNotFoundError",
     "OtcPermanentError",
+    "OtcRefusedError",
     "OtcRetryableError",
     "OtcUnavailableError",
     "Tool",

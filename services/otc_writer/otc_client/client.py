@@ -146,7 +146,9 @@ class OtcClient:
         attempt = 0
         while True:
             try:
-                body = await self._call("POST", path, payload=payload, idempotent=False, deadline=deadline)
+                body = await self._call(
+                    "POST", path, payload=payload, idempotent=False, deadline=deadline, write=True
+                )
                 return Tool.model_validate(body)
             except OtcAmbiguousError as exc:
                 attempt += 1
@@ -164,7 +166,11 @@ class OtcClient:
     async def update_tool(self, toolchain_id: str, tool_id: str, patch: dict[str, Any]) -> Tool:
         """Merge-patch (RFC 7386): a key set to None is removed."""
         body = await self._call(
-            "PATCH", self._tool_path(toolchain_id, tool_id), payload=patch, content_type=MERGE_PATCH
+            "PATCH",
+            self._tool_path(toolchain_id, tool_id),
+            payload=patch,
+            content_type=MERGE_PATCH,
+            write=True,
         )
         return Tool.model_validate(body)
 
@@ -193,8 +199,12 @@ class OtcClient:
         content_type: str = JSON,
         idempotent: bool = True,
         deadline: float | None = None,
+        write: bool = False,
     ) -> dict[str, Any]:
-        """One logical call with retries; returns the JSON body (``{}`` for 204)."""
+        """One logical call with retries; returns the JSON body (``{}`` for 204).
+
+        ``write``: a tool write, whose permanent answer is a refusal of its content (``OtcRefusedError``).
+        """
         deadline = deadline if deadline is not None else self._clock() + self.config.deadline_s
         refreshed = False
         attempt = 0
@@ -202,7 +212,7 @@ class OtcClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, path, payload, params, content_type, idempotent)
+                return await self._attempt(method, path, payload, params, content_type, idempotent, write)
             except _Unauthorized as exc:
                 if refreshed:
                     raise OtcPermanentError(
@@ -289,6 +299,7 @@ class OtcClient:
         params: dict[str, str] | None,
         content_type: str,
         idempotent: bool,
+        write: bool,
     ) -> dict[str, Any]:
         if not self.breaker.allow():
             raise OtcCircuitOpenError(
@@ -305,7 +316,9 @@ class OtcClient:
                 token = await self._iam.token()
                 # A 429 answered while we waited for a token binds us too (Retry-After is global).
                 await self.gate.wait(self._sleep)
-                result = await self._send(method, path, payload, params, content_type, idempotent, token)
+                result = await self._send(
+                    method, path, payload, params, content_type, idempotent, token, write
+                )
             self.breaker.success()
             verdict = True
             return result
@@ -330,6 +343,7 @@ class OtcClient:
         content_type: str,
         idempotent: bool,
         token: str,
+        write: bool,
     ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}", "Accept": JSON}
         data: bytes | None = None
@@ -379,7 +393,9 @@ class OtcClient:
             wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
             self.gate.push(wait)
             log.warning("OTC rate limit: not calling for %.1fs", wait, extra={"path": path})
-        err = classify(status, message, code=code, transaction_id=trace, method=method, path=path)
+        err = classify(
+            status, message, code=code, transaction_id=trace, method=method, path=path, write=write
+        )
         if not idempotent and status >= 500:
             raise OtcAmbiguousError(
                 err.message, status=status, code=code, transaction_id=trace, method=method, path=path

@@ -81,6 +81,15 @@ class OtcPermanentError(OtcError):
     """4xx other than 404/409/429: the request itself is wrong or not allowed."""
 
 
+class OtcRefusedError(OtcPermanentError):
+    """The Toolchain API refused a tool write for good (4xx other than 401/403/404/409/429): its
+    content is wrong or not allowed; sending the same content again cannot succeed."""
+
+
+# 401/403 are about credentials and permissions, fixed outside the content: never a refusal of it.
+_NOT_CONTENT = frozenset({401, 403})
+
+
 class OtcNotFoundError(OtcError):
     """404: the toolchain or tool does not exist (any more)."""
 
@@ -103,8 +112,16 @@ def ibm_message(body: Any) -> tuple[str | None, str | None]:
 
 
 def classify(
-    status: int, message: str, *, code: str | None, transaction_id: str | None, method: str, path: str
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    transaction_id: str | None,
+    method: str,
+    path: str,
+    write: bool = False,
 ) -> OtcError:
+    """The error for an answer; ``write``: the request was a tool write (POST or PATCH of a tool)."""
     kwargs: dict[str, Any] = {
         "status": status,
         "code": code,
@@ -118,4 +135,6 @@ def classify(
         return OtcConflictError(message, **kwargs)
     if status == 429 or status >= 500 or status == 408:
         return OtcRetryableError(message, **kwargs)
+    if write and status not in _NOT_CONTENT:
+        return OtcRefusedError(message, **kwargs)
     return OtcPermanentError(message, **kwargs)

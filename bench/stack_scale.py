@@ -1,0 +1,373 @@
+"""The whole stack at scale: 10,000 triggers in 100 instances, a restart over them, sustained changes.
+
+Runs ``scripts/stack.py``'s processes (four services, the Kubernetes, OTC and Mongo emulators, the
+machine's RabbitMQ in a fresh vhost). Phases, each measured on its own:
+
+1. idle RSS of every service right after start;
+2. load: ``--namespaces`` namespaces with one Kabanero CR and one EventMediator of ``--mediations``
+   mediations each, one Kabanero Events service provisioned and bound per namespace; timed until
+   OTC holds every trigger tool; RSS at that size;
+3. resync: every service stopped (SIGTERM) and started again over the unchanged world; timed from
+   the restart until the watcher is synced again and every queue stays empty; OTC writes counted
+   (ideal 0);
+4. sustained: ``--workers`` closed loops, each changing one mediation's content and waiting until
+   OTC's tool carries it, for ``--seconds``: changes/s, cluster-to-OTC;
+5. latency: changes issued at half that rate for ``--seconds``, each timed from the PATCH's answer
+   until the tool in OTC carries the new content hash (one GET of that tool every ``--poll-ms``);
+6. invariants: every trigger tool present exactly once with its last content, no dead letter,
+   OTC tool writes per change.
+
+    .venv/bin/python -m bench.stack_scale [--namespaces 100] [--mediations 100] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import statistics
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from emulators.otc.platform import OtcPlatform
+from scripts.stack import API_KEY, BROKER_ID, LOGS, SERVICES, Stack, mgmt, wait_http
+
+TIMEOUT_S = 600.0
+EVENTS_GROUP = "/apis/events.kabanero.io/v1alpha1"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def mediator(ns: str, patterns: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "events.kabanero.io/v1alpha1",
+        "kind": "EventMediator",
+        "metadata": {"name": "webhook", "namespace": ns},
+        "spec": {
+            "createListener": True,
+            "mediations": [
+                {
+                    "name": f"m{i}",
+                    "selector": {"urlPattern": p},
+                    "sendTo": ["dest"],
+                    "body": [{"=": "sendEvent(dest, body, header)"}],
+                }
+                for i, p in enumerate(patterns)
+            ],
+        },
+    }
+
+
+def kabanero(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kabanero.io/v1alpha2",
+        "kind": "Kabanero",
+        "metadata": {"name": "kabanero", "namespace": ns},
+        "spec": {"version": "0.9.2"},
+    }
+
+
+class World:
+    """What the bench drives: the cluster (kube emulator) and OTC (its API and control endpoints)."""
+
+    def __init__(self, stack: Stack, http: aiohttp.ClientSession, namespaces: int, mediations: int) -> None:
+        self.stack = stack
+        self.http = http
+        self.namespaces = [f"team-{n:03d}" for n in range(namespaces)]
+        self.patterns = {ns: [f"m{i}-v0" for i in range(mediations)] for ns in self.namespaces}
+        self.toolchain = ""
+        self.token = ""
+        self.tool_ids: dict[tuple[str, str], str] = {}
+        self.locks = {ns: asyncio.Lock() for ns in self.namespaces}
+        self.content: dict[tuple[str, int], str] = {}
+        """The additional-properties each trigger tool showed last."""
+        self.busy: set[tuple[str, int]] = set()
+
+    async def kube(self, method: str, path: str, body: dict[str, Any]) -> None:
+        ctype = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        async with self.http.request(
+            method, self.stack.url("kube") + path, data=json.dumps(body), headers={"Content-Type": ctype}
+        ) as r:
+            if r.status >= 300:
+                raise RuntimeError(f"kube {method} {path}: {r.status} {await r.text()}")
+
+    async def seed_cluster(self) -> None:
+        for ns in self.namespaces:
+            await self.kube("POST", f"/apis/kabanero.io/v1alpha2/namespaces/{ns}/kabaneros", kabanero(ns))
+            await self.kube(
+                "POST", f"{EVENTS_GROUP}/namespaces/{ns}/eventmediators", mediator(ns, self.patterns[ns])
+            )
+
+    async def change(self, ns: str, index: int) -> None:
+        """Give one mediation new content (serialised per namespace)."""
+        async with self.locks[ns]:
+            self.patterns[ns][index] = f"m{index}-{uuid.uuid4().hex[:8]}"
+            spec = mediator(ns, self.patterns[ns])["spec"]
+            await self.kube("PATCH", f"{EVENTS_GROUP}/namespaces/{ns}/eventmediators/webhook", {"spec": spec})
+
+    async def change_and_wait(self, ns: str, index: int, poll_s: float) -> float:
+        """Change one mediation; seconds from the PATCH's answer until its OTC tool shows new content."""
+        key = (ns, index)
+        while key in self.busy:  # one change in flight per mediation: its latency stays its own
+            await asyncio.sleep(poll_s)
+            index = (index + 1) % len(self.patterns[ns])
+            key = (ns, index)
+        self.busy.add(key)
+        try:
+            old = self.content[key]
+            await self.change(ns, index)
+            t = time.monotonic()
+            deadline = t + 60
+            while True:
+                got = await self.tool_content(ns, index)
+                if got is not None and got != old:
+                    self.content[key] = got
+                    return time.monotonic() - t
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{ns}/m{index} never showed its change")
+                await asyncio.sleep(poll_s)
+        finally:
+            self.busy.discard(key)
+
+    async def state_tools(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.stack.url('otc')}/_emulator/state") as r:
+            state = await r.json()
+        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
+        return list(tc["tools"])
+
+    async def writes_since(self, index: int) -> tuple[int, int]:
+        """(tool writes since the call-log index, the log's length now)."""
+        async with self.http.get(
+            f"{self.stack.url('otc')}/_emulator/calls", params={"since": str(index)}
+        ) as r:
+            body = await r.json()
+        n = sum(
+            1 for c in body["calls"] if c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"]
+        )
+        return n, int(body["total"])
+
+    async def log_length(self) -> int:
+        return (await self.writes_since(1 << 62))[1]
+
+    async def login(self) -> None:
+        async with self.http.post(
+            f"{self.stack.url('otc')}/identity/token",
+            data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": API_KEY},
+        ) as r:
+            self.token = (await r.json())["access_token"]
+
+    async def learn_tool_ids(self) -> None:
+        for tool in await self.state_tools():
+            if tool["tool_type_id"] == "customtool":
+                raw = tool["parameters"]["additional-properties"]
+                props = json.loads(raw)
+                self.tool_ids[(props["namespace"], props["trigger"])] = tool["id"]
+                self.content[(props["namespace"], int(props["trigger"][1:]))] = raw
+
+    async def tool_content(self, ns: str, index: int) -> str | None:
+        """The tool's additional-properties (its trigger's content), read through the Toolchain API."""
+        tool_id = self.tool_ids[(ns, f"m{index}")]
+        url = f"{self.stack.url('otc')}/toolchain/v2/toolchains/{self.toolchain}/tools/{tool_id}"
+        async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"}) as r:
+            if r.status == 401:
+                await self.login()
+                return None
+            body = await r.json()
+        if r.status != 200:
+            return None
+        return str(body["parameters"].get("additional-properties", ""))
+
+
+async def until(check: Any, what: str, timeout: float = TIMEOUT_S, poll_s: float = 0.5) -> float:
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(poll_s)
+    return time.monotonic() - started
+
+
+def _service_rss(stack: Stack) -> dict[str, float]:
+    return {name: rss_mb(stack.proc(name).pid) for name in SERVICES}
+
+
+async def _restart_all(stack: Stack) -> float:
+    """SIGTERM every service, start them again; seconds from the restart until all are ready."""
+    for name in reversed(list(SERVICES)):
+        await asyncio.to_thread(stack.kill, name, signal.SIGTERM)
+    started = time.monotonic()
+    for name in SERVICES:
+        index = next(i for i, (n, _) in enumerate(stack.procs) if n == name)
+        stack.procs[index] = (name, stack._popen(name, "ab"))
+    for name, port in SERVICES.items():
+        await wait_http(f"{stack.url(port)}/readyz", name, timeout=120)
+    return time.monotonic() - started
+
+
+async def run(
+    namespaces: int, mediations: int, seconds: float, workers: int, poll_ms: float
+) -> dict[str, Any]:
+    stack = Stack(
+        f"kotc-bench-{uuid.uuid4().hex[:8]}",
+        logs=LOGS / "bench-stack-scale",
+        extra_env={
+            "otc-writer": {"OTC_RATE_LIMIT": "100000", "OTC_MAX_CONCURRENCY": "32", "LOG_LEVEL": "WARNING"},
+            "kabanero-watcher": {"SNAPSHOT_INTERVAL_S": "3600", "LOG_LEVEL": "WARNING"},
+            "broker-api": {"LOG_LEVEL": "WARNING"},
+            "github-linker": {"LOG_LEVEL": "WARNING"},
+        },
+    )
+    out: dict[str, Any] = {
+        "namespaces": namespaces,
+        "mediations": mediations,
+        "triggers": namespaces * mediations,
+    }
+    poll_s = poll_ms / 1000
+    try:
+        await stack.start()
+        await asyncio.sleep(2.0)
+        out["rss_idle"] = _service_rss(stack)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+            world = World(stack, http, namespaces, mediations)
+            async with http.post(f"{stack.url('otc')}/_emulator/toolchains", json={"name": "bench"}) as r:
+                world.toolchain = (await r.json())["id"]
+            await world.login()
+            total = namespaces * mediations
+            t0 = time.monotonic()
+            await world.seed_cluster()
+            async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+                for ns in world.namespaces:
+                    sid = f"events-{ns}"
+                    reply = await otc.provision(
+                        "kabanero-events-broker", sid, parameters={"cluster": "default", "namespace": ns}
+                    )
+                    assert reply.status < 300, reply
+                    reply = await otc.bind("kabanero-events-broker", sid, world.toolchain)
+                    assert reply.status < 300, reply
+
+            async def loaded() -> bool:
+                return len(await world.state_tools()) >= total
+
+            await until(loaded, f"{total} trigger tools", poll_s=1.0)
+            out["load_seconds"] = round(time.monotonic() - t0, 2)
+            await stack.quiet(timeout=TIMEOUT_S)
+            await world.learn_tool_ids()
+            assert len(world.tool_ids) == total, len(world.tool_ids)
+            out["rss_loaded"] = _service_rss(stack)
+
+            # 3. Restart over the unchanged world.
+            mark = await world.log_length()
+            t0 = time.monotonic()
+            out["resync_ready_seconds"] = round(await _restart_all(stack), 2)
+            await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
+            out["resync_seconds"] = round(time.monotonic() - t0, 2)
+            out["resync_writes"], _ = await world.writes_since(mark)
+
+            # 4. Sustained closed-loop changes.
+            rng = random.Random(12)
+            mark = await world.log_length()
+            done = 0
+            stop_at = time.monotonic() + seconds
+
+            async def worker(w: int) -> None:
+                nonlocal done
+                mine = world.namespaces[w::workers]
+                while time.monotonic() < stop_at:
+                    ns = rng.choice(mine)
+                    index = rng.randrange(mediations)
+                    await world.change_and_wait(ns, index, poll_s)
+                    done += 1
+
+            t0 = time.monotonic()
+            await asyncio.gather(*(worker(w) for w in range(min(workers, namespaces))))
+            sustained_s = time.monotonic() - t0
+            out["sustained_changes"] = done
+            out["sustained_changes_per_s"] = round(done / sustained_s, 1)
+
+            # 5. Latency at half that rate (open loop).
+            rate = max(0.5, out["sustained_changes_per_s"] / 2)
+            latencies: list[float] = []
+            issued = 0
+
+            async def one(ns: str, index: int) -> None:
+                latencies.append(await world.change_and_wait(ns, index, poll_s))
+
+            tasks = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                ns = world.namespaces[issued % namespaces]
+                tasks.append(asyncio.create_task(one(ns, rng.randrange(mediations))))
+                issued += 1
+                await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
+            await asyncio.gather(*tasks)
+            out["latency_rate_per_s"] = round(rate, 2)
+            out["latency_changes"] = len(latencies)
+            out["latency_ms"] = {
+                "p50": round(statistics.median(latencies) * 1000, 1),
+                "p99": round(percentile(latencies, 0.99) * 1000, 1),
+                "max": round(max(latencies) * 1000, 1),
+            }
+            await stack.quiet(timeout=TIMEOUT_S)
+            writes, _ = await world.writes_since(mark)
+            changes = done + len(latencies)
+            out["writes_per_change"] = round(writes / changes, 3)
+
+            # 6. Invariants: one tool per trigger, each with its last content; no dead letter.
+            tools = await world.state_tools()
+            names = [t["name"] for t in tools if t["tool_type_id"] == "customtool"]
+            latest = 0
+            for tool in tools:
+                if tool["tool_type_id"] != "customtool":
+                    continue
+                raw = tool["parameters"]["additional-properties"]
+                props = json.loads(raw)
+                latest += world.content[(props["namespace"], int(props["trigger"][1:]))] == raw
+            dead = {q: n for q, n in (await stack.queue_depths()).items() if q.endswith(".dead") and n}
+            out["invariants"] = {
+                "tools": len(names),
+                "duplicate_names": len(names) - len(set(names)),
+                "tools_with_last_content": latest,
+                "dead_letters": dead,
+                "hold": len(names) == total and len(set(names)) == total and latest == total and not dead,
+            }
+            stack.check_alive()
+    finally:
+        await asyncio.to_thread(stack.stop)
+        await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--namespaces", type=int, default=100)
+    parser.add_argument("--mediations", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--poll-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    print(
+        json.dumps(
+            asyncio.run(run(args.namespaces, args.mediations, args.seconds, args.workers, args.poll_ms))
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
