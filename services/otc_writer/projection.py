@@ -110,6 +110,10 @@ class Projection:
         cursor = self.triggers.find({"scope": scope})
         return [TriggerData.model_validate(d["data"]) async for d in cursor]
 
+    async def live_triggers(self, scope: str) -> list[TriggerData]:
+        """The instance's triggers that exist (operator queries, e.g. ``kabanero-otc plan``)."""
+        return [t for t in await self.triggers_in_scope(scope) if not t.deleted]
+
     async def put_snapshot(self, snap: SnapshotData) -> list[TriggerData] | None:
         """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing.
 
