@@ -4,10 +4,17 @@
   ``created`` arriving late is recognised as stale).
 - ``otc_writer_services``: Kabanero Events services -> instance and bound toolchains.
 - ``otc_writer_instances``: the last snapshot revision applied per instance.
-- ``otc_writer_bindings``: per instance, the toolchains bound to it (the union over its services),
-  so that a trigger change reads them by ``_id``. Derived from ``otc_writer_services``; written with a
-  compare-and-set on ``rev`` so two replicas handling two services of one instance never lose one.
-  A missing document (data of an older version) is derived on first read.
+- ``otc_writer_bindings``: per instance, the toolchains bound to it (the union over its services).
+  Derived from ``otc_writer_services``; written with a compare-and-set on ``rev`` so two replicas
+  handling two services of one instance never lose one. A missing document (data of an older
+  version) is derived on first read.
+- Each trigger document carries a copy of its instance's bindings (``bindings``, with their
+  ``rev``): the revision compare-and-set of a trigger change returns them, so a change costs one
+  projection round trip. A bind or unbind updates the copies (one ``update_many`` per service
+  event); a new trigger (or one stored by an older version) reads the bindings once and keeps a
+  copy unless a newer one arrived meanwhile. Either the trigger handler sees the new bindings, or
+  its write came first and the bind's own instance reconcile, which reads the triggers after
+  updating the copies, sees the trigger.
 
 Every write is a compare-and-set on ``revision`` (an upsert whose filter requires a lower revision; a
 duplicate-key error means the stored one is as new or newer), so stale events change nothing even
@@ -20,7 +27,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -89,17 +96,51 @@ class Projection:
         return "same" if doc is not None and doc.get("revision") == revision else "stale"
 
     async def put_trigger(self, trigger: TriggerData) -> State:
-        """One update by ``_id`` when the revision is newer (the hot path); one more read otherwise."""
-        return await self._cas_state(
-            self.triggers,
-            trigger.key.id,
-            trigger.revision,
-            {
-                "scope": instance_scope(trigger.instance),
-                "deleted": trigger.deleted,
-                "data": trigger.model_dump(mode="json"),
-            },
+        """Store the trigger if its revision is newer (one update by ``_id``; one more read otherwise)."""
+        state, _ = await self.put_trigger_bound(trigger, bindings=False)
+        return state
+
+    async def put_trigger_bound(
+        self, trigger: TriggerData, *, bindings: bool = True
+    ) -> tuple[State, set[str]]:
+        """As ``put_trigger``, and the toolchains bound to its instance (from the trigger's copy).
+
+        A newer revision: one ``find_one_and_update`` that returns the copy. A trigger without a
+        copy (new): one read of the bindings and one conditional update to keep the copy.
+        """
+        scope = instance_scope(trigger.instance)
+        fields = {
+            "scope": scope,
+            "deleted": trigger.deleted,
+            "data": trigger.model_dump(mode="json"),
+            "revision": trigger.revision,
+            "schema_version": SCHEMA_VERSION,
+            "updated_at": datetime.now(UTC),
+        }
+        doc: Document | None
+        try:
+            doc = await self.triggers.find_one_and_update(
+                {"_id": trigger.key.id, "revision": {"$lt": trigger.revision}},
+                {"$set": fields},
+                projection={"bindings": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            state: State = "stored"
+        except DuplicateKeyError:  # the stored revision is as new or newer
+            doc = await self.triggers.find_one({"_id": trigger.key.id}, {"revision": 1, "bindings": 1})
+            state = "same" if doc is not None and doc.get("revision") == trigger.revision else "stale"
+        if not bindings or state == "stale":
+            return state, set()
+        copy = (doc or {}).get("bindings")
+        if isinstance(copy, dict) and "rev" in copy:
+            return state, set(copy.get("toolchains", []))
+        rev, toolchains = await self._bindings(scope)
+        await self.triggers.update_one(
+            {"_id": trigger.key.id, **_older_copy(rev)},
+            {"$set": {"bindings": {"toolchains": sorted(toolchains), "rev": rev}}},
         )
+        return state, toolchains
 
     async def get_trigger(self, key_id: str) -> TriggerData | None:
         doc = await self.triggers.find_one({"_id": key_id})
@@ -190,27 +231,41 @@ class Projection:
 
     async def bound_toolchains(self, scope: str) -> set[str]:
         """The toolchains bound to an instance: one read by ``_id``."""
+        return (await self._bindings(scope))[1]
+
+    async def _bindings(self, scope: str) -> tuple[int, set[str]]:
         doc = await self.bindings.find_one({"_id": scope})
         if doc is None:
             return await self._derive_bindings(scope)  # written by an older version: derive it once
-        return set(doc.get("toolchains", []))
+        return int(doc.get("rev", 0)), set(doc.get("toolchains", []))
 
-    async def _derive_bindings(self, scope: str) -> set[str]:
-        """Recompute the instance's bindings from its services and store them (compare-and-set)."""
+    async def _derive_bindings(self, scope: str) -> tuple[int, set[str]]:
+        """Recompute the instance's bindings from its services, store them (compare-and-set) and
+        update the triggers' copies (always: a redelivery finishes what a crash interrupted)."""
         while True:
             doc = await self.bindings.find_one({"_id": scope})
             rev = int(doc.get("rev", 0)) if doc else 0
             cursor = self.services.find({"scope": scope, "deleted": False})
             toolchains = sorted({tc async for d in cursor for tc in d.get("toolchains", [])})
-            if doc is not None and doc.get("toolchains") == toolchains:
-                return set(toolchains)
-            update = {"$set": {"toolchains": toolchains, "rev": rev + 1, "updated_at": datetime.now(UTC)}}
-            try:
-                if doc is None:
-                    await self.bindings.insert_one({"_id": scope, **update["$set"]})
-                    return set(toolchains)
-                result = await self.bindings.update_one({"_id": scope, "rev": rev}, update)
-            except DuplicateKeyError:
-                continue  # another writer derived it first: derive again from what it saw
-            if result.matched_count == 1:
-                return set(toolchains)
+            if doc is None or doc.get("toolchains") != toolchains:
+                update = {"toolchains": toolchains, "rev": rev + 1, "updated_at": datetime.now(UTC)}
+                try:
+                    if doc is None:
+                        await self.bindings.insert_one({"_id": scope, **update})
+                    elif (
+                        await self.bindings.update_one({"_id": scope, "rev": rev}, {"$set": update})
+                    ).matched_count != 1:
+                        continue  # another writer derived it first: derive again from what it saw
+                except DuplicateKeyError:
+                    continue
+                rev += 1
+            await self.triggers.update_many(
+                {"scope": scope, **_older_copy(rev)},
+                {"$set": {"bindings": {"toolchains": toolchains, "rev": rev}}},
+            )
+            return rev, set(toolchains)
+
+
+def _older_copy(rev: int) -> dict[str, Any]:
+    """Filter: the trigger has no copy of its instance's bindings, or one older than ``rev``."""
+    return {"$or": [{"bindings": {"$exists": False}}, {"bindings.rev": {"$lt": rev}}]}

@@ -146,13 +146,14 @@ class Reconciler:
         await self.reconcile_scope(scope, cause)
 
     async def _on_trigger(self, trigger: TriggerData, cause: str) -> None:
-        if await self._projection.put_trigger(trigger) == "stale":
+        state, toolchains = await self._projection.put_trigger_bound(trigger)
+        if state == "stale":
             self._metrics.skipped.labels("trigger").inc()
             log.info(
                 "stale trigger event skipped", extra={"trigger": trigger.key.id, "revision": trigger.revision}
             )
             return
-        await self.reconcile_trigger(trigger, cause)
+        await self.reconcile_trigger(trigger, cause, toolchains)
 
     async def _on_snapshot(self, snap: SnapshotData, cause: str) -> None:
         triggers = await self._projection.put_snapshot(snap)
@@ -199,10 +200,12 @@ class Reconciler:
             self._metrics.tools.labels(TRIGGER_PURPOSE, str(Outcome.UNCHANGED)).inc(unchanged)
         await self._run(jobs)
 
-    async def reconcile_trigger(self, trigger: TriggerData, cause: str | None = None) -> None:
-        """One trigger in every toolchain bound to its instance: one read, then the applier."""
-        scope = instance_scope(trigger.instance)
-        toolchains = await self._projection.bound_toolchains(scope)
+    async def reconcile_trigger(
+        self, trigger: TriggerData, cause: str | None = None, toolchains: set[str] | None = None
+    ) -> None:
+        """One trigger in every toolchain bound to its instance (``toolchains``, else read)."""
+        if toolchains is None:
+            toolchains = await self._projection.bound_toolchains(instance_scope(trigger.instance))
         jobs: list[Awaitable[Outcome]]
         if trigger.deleted:
             jobs = [
