@@ -358,6 +358,7 @@ def promtool() -> str:
 
 def test_metrics_are_kotc_standard_and_promtool_clean_and_deploy_files_name_them(env: Env) -> None:
     exposed: set[str] = set()
+    exposed_lines: list[str] = []
 
     async def scrape(url: str) -> tuple[str, dict[str, Any]]:
         async with aiohttp.ClientSession() as s:
@@ -385,9 +386,11 @@ def test_metrics_are_kotc_standard_and_promtool_clean_and_deploy_files_name_them
         assert samples and all(s.startswith(("kotc_", "process_", "python_")) for s in samples), name
         assert f'kotc_build_info{{service="{name}",version="{VERSION}"}} 1.0' in text
         assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
+        exposed_lines += text.splitlines()
         exposed |= set(samples) | {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
         first = (env.stack.logs / f"{name}.log").read_text().splitlines()[0]
         assert f"{name} {VERSION} starting" in json.loads(first)["message"], first
+    assert any(line == 'kotc_watcher_leader{cluster="default"} 1.0' for line in exposed_lines)
     for needed in (
         "kotc_otc_circuit_breaker_open",
         "kotc_otc_rate_limited_total",
