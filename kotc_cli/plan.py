@@ -21,6 +21,7 @@ from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError, Unreachable
 from kotc_cli.otc import otc_client, trigger_style, writer_settings
 from kotc_cli.output import Report
+from kotc_cli.status import in_flight
 from services.otc_writer.desired import TRIGGER_PURPOSE, DesiredTool, desired_trigger_tool
 from services.otc_writer.ledger import LEDGER, ledger_id
 from services.otc_writer.otc_client import (
@@ -108,7 +109,7 @@ def compare(
                     Step("delete-duplicate", tool_id=dup.id, detail="second tool with our name", **base)
                 )
     for lid, doc in sorted(ledger.items()):
-        if lid in wanted or not (doc.get("present") or doc.get("pending")):
+        if lid in wanted or not (doc.get("present") or in_flight(doc)):
             continue
         tc = doc["toolchain_id"]
         tool = next((t for t in tools.get(tc, []) if t.id == doc.get("tool_id")), None)
@@ -126,7 +127,7 @@ async def run(config: Config, toolchain: str | None) -> Report:
         ledger = {k: v for k, v in ledger.items() if v.get("toolchain_id") == toolchain}
     toolchains = sorted(
         {w.toolchain_id for w in wanted.values()}
-        | {d["toolchain_id"] for d in ledger.values() if d.get("present") or d.get("pending")}
+        | {d["toolchain_id"] for d in ledger.values() if d.get("present") or in_flight(d)}
         | ({toolchain} if toolchain else set())
     )
     tools: dict[str, list[Tool]] = {}

@@ -96,12 +96,17 @@ async def kabanero_services(db: AsyncDatabase[Document]) -> list[dict[str, Any]]
     ]
 
 
+def in_flight(doc: Document) -> dict[str, Any]:
+    """The OTC write that may have started for this entry (``intent``; ``pending`` in older ledgers)."""
+    return dict(doc.get("intent") or doc.get("pending") or {})
+
+
 def sync_state(doc: Document) -> tuple[str, str | None]:
     """applied / pending / refused / failing (retried) / removing, with OTC's message when relevant."""
     if doc.get("refused_hash") is not None:
         return "refused", doc.get("last_error")
-    if doc.get("pending"):
-        op = (doc.get("pending") or {}).get("op")
+    if in_flight(doc):
+        op = in_flight(doc).get("op")
         return "pending", f"{op} in progress or interrupted" + (
             f"; last error: {doc['last_error']}" if doc.get("last_error") else ""
         )
@@ -111,7 +116,14 @@ def sync_state(doc: Document) -> tuple[str, str | None]:
 
 
 async def owned_tools(db: AsyncDatabase[Document]) -> list[dict[str, Any]]:
-    query = {"$or": [{"present": True}, {"pending": {"$ne": None}}, {"refused_hash": {"$ne": None}}]}
+    query = {
+        "$or": [
+            {"present": True},
+            {"intent": {"$ne": None}},
+            {"pending": {"$ne": None}},
+            {"refused_hash": {"$ne": None}},
+        ]
+    }
     rows = []
     async for doc in db[LEDGER].find(query, {"parameters": 0}):
         state, detail = sync_state(doc)
@@ -119,7 +131,7 @@ async def owned_tools(db: AsyncDatabase[Document]) -> list[dict[str, Any]]:
             {
                 "toolchain_id": doc.get("toolchain_id"),
                 "purpose": doc.get("purpose"),
-                "name": doc.get("tool_name") or (doc.get("pending") or {}).get("name"),
+                "name": doc.get("tool_name") or in_flight(doc).get("name") or doc.get("key"),
                 "tool_id": doc.get("tool_id"),
                 "state": state,
                 "detail": detail,
