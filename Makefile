@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench demo run clean lock compose-check
+.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench chaos demo run clean lock compose-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
@@ -52,6 +52,11 @@ unit: venv
 
 bench: venv rabbitmq
 	$(PY) -m bench.run
+
+# The stack under one fault at a time (its own private RabbitMQ node): bench/chaos.json.
+# CHAOS_PROFILE=full runs every fault three times, OTC down for 5 minutes included (~1 h).
+chaos: venv
+	$(PY) -m bench.chaos --profile $(or $(CHAOS_PROFILE),short)
 
 demo: venv rabbitmq
 	$(PY) -m scripts.stack demo
