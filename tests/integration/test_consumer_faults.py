@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import aio_pika
 import aiohttp
@@ -31,19 +30,11 @@ from shared.amqp.publisher import to_message
 from shared.dependencies import DependencyUnavailable
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceParameters
 from tests.helpers import drain_queue, wait_until
+from tests.integration.test_amqp import amqp as amqp  # the fixture: a fresh vhost, topology, publisher
+from tests.integration.test_amqp import consuming
 
 FAST = Topology(retry_delays_s=(1,))
 QUEUE = "otc-writer.events"
-
-
-@contextlib.asynccontextmanager
-async def consuming(consumer: Consumer) -> AsyncIterator[None]:
-    task = asyncio.create_task(consumer.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def _event(instance: str, revision: int = 1) -> CloudEvent:
@@ -61,19 +52,6 @@ def _event(instance: str, revision: int = 1) -> CloudEvent:
 
 def _key(event: CloudEvent) -> str:
     return str(event.data["parameters"]["namespace"])
-
-
-@pytest.fixture
-async def amqp(amqp_url: str) -> AsyncIterator[tuple[AmqpConnection, Publisher]]:
-    conn = AmqpConnection(amqp_url, name="test", connect_timeout=5)
-    await conn.connect()
-    channel = await conn.channel()
-    await declare_topology(channel, FAST)
-    await channel.close()
-    publisher = Publisher(conn, timeout=5)
-    await publisher.start()
-    yield conn, publisher
-    await conn.close()
 
 
 def _consumer(
