@@ -109,7 +109,7 @@ def compare(
         want_t = triggers if tc in events_bound else {}
         want_r = repos if tc in kabanero_bound else set()
         out.expected += len(want_t) + len(want_r)
-        out.present += len(tools)
+        out.present += sum(1 for t in tools if t["tool_type_id"] in ("customtool", "githubconsolidated"))
         seen: dict[str, int] = {}
         for tool in tools:
             if tool["tool_type_id"] == "customtool":
