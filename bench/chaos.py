@@ -813,7 +813,9 @@ async def wait_ready(c: Chaos, service: str, timeout: float = 90) -> None:
     raise RuntimeError(f"{service} not serving after {timeout:g}s")
 
 
-async def chaos(profile: str, out: Path, converge_timeout: float, logs: Path) -> int:
+async def chaos(
+    profile: str, out: Path, converge_timeout: float, logs: Path, only: tuple[str, ...] = ()
+) -> int:
     node = RabbitNode()
     rows: list[Row] = []
     leaks: dict[str, Any] | None = None
@@ -837,6 +839,8 @@ async def chaos(profile: str, out: Path, converge_timeout: float, logs: Path) ->
                     await c.dead_letters()  # start counting from empty
                     await misuse(c)
                     for name, seconds, times in PROFILES[profile]:
+                        if only and not any(o in name for o in only):
+                            continue
                         for i in range(1, times + 1):
                             try:
                                 row = await run_round(c, name, seconds, i, converge_timeout)
@@ -844,7 +848,7 @@ async def chaos(profile: str, out: Path, converge_timeout: float, logs: Path) ->
                                 row = _broken(name, i, seconds, exc)
                             rows.append(row)
                             print(_line(row), flush=True)
-                            await _write(out, profile, started, rows, None)
+                            await _write(out, profile, started, rows, None, only)
                     leaks = await scrape(c)
                     print(f"secret scrape: {leaks}", flush=True)
                 finally:
@@ -859,21 +863,27 @@ async def chaos(profile: str, out: Path, converge_timeout: float, logs: Path) ->
         with contextlib.suppress(Exception):
             await booting  # cancelled while the node boots: let it come up, then stop it
         await asyncio.to_thread(node.cleanup)
-    ok = await _write(out, profile, started, rows, leaks)
+    ok = await _write(out, profile, started, rows, leaks, only)
     failed = [r for r in rows if not r.ok]
     print(f"{len(rows)} rounds, {len(failed)} failed, secret scrape: {leaks}; written to {out}")
     return 0 if ok else 1
 
 
 async def _write(
-    out: Path, profile: str, started: float, rows: list[Row], leaks: dict[str, Any] | None
+    out: Path,
+    profile: str,
+    started: float,
+    rows: list[Row],
+    leaks: dict[str, Any] | None,
+    only: tuple[str, ...] = (),
 ) -> bool:
     """Write the report (after every round too, so a long run keeps what it measured); True if ok."""
     ok = bool(rows) and all(r.ok for r in rows) and leaks is not None and not leaks["found"]
     report = {
         "profile": profile,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": f"python -m bench.chaos --profile {profile}",
+        "command": f"python -m bench.chaos --profile {profile}"
+        + (f" --faults '{','.join(only)}'" if only else ""),
         "duration_s": round(time.monotonic() - started, 1),
         "ok": ok,
         "invariants": "missing = 0, duplicated = 0, dead letters only for poison, converged in time, no secret found",
@@ -921,8 +931,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--converge-timeout", type=float, default=120.0)
     parser.add_argument("--logs", type=Path, default=LOGS / "chaos")
+    parser.add_argument(
+        "--faults", default="", help="comma-separated parts of fault names: run only those of the profile"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(_interruptible(chaos(args.profile, args.out, args.converge_timeout, args.logs))))
+    sys.exit(
+        asyncio.run(
+            _interruptible(
+                chaos(
+                    args.profile,
+                    args.out,
+                    args.converge_timeout,
+                    args.logs,
+                    tuple(f.strip() for f in args.faults.split(",") if f.strip()),
+                )
+            )
+        )
+    )
 
 
 async def _interruptible(run: Awaitable[int]) -> int:
