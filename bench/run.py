@@ -93,13 +93,24 @@ def part(args: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.monotonic() - started
 
 
-def gather(parts: dict[str, list[str]]) -> dict[str, Any]:
+def collect(parts: dict[str, list[str]], partial: Path) -> tuple[dict[str, Any], dict[str, float]]:
     raw: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for name, args in parts.items():
         print(f"== {name}: python -m {' '.join(args)}", flush=True)
         raw[name], seconds[name] = part(args)
-        print(f"   {seconds[name]:.0f} s", flush=True)
+        print(f"   {seconds[name]:.0f} s: {json.dumps(raw[name])}", flush=True)
+        partial.write_text(json.dumps(raw, indent=2) + "\n")  # what a later failure leaves
+    return raw, seconds
+
+
+def gather(parts: dict[str, list[str]], partial: Path) -> dict[str, Any]:
+    raw, seconds = collect(parts, partial)
+    return summarise(raw, seconds, parts)
+
+
+def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, list[str]]) -> dict[str, Any]:
+    """The keys of issue 12 from the parts' own figures (``raw`` is kept in full beside them)."""
     b, w, s = raw["baseline"], raw["writer"], raw["stack"]
     ceiling = min(b["amqp_hop_per_s"], b["store_upsert_per_s"])
     at_1k, at_10k = raw["writer_1k"]["ms_per_change"], raw["writer_10k"]["ms_per_change"]
@@ -203,9 +214,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench code runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--only", help="comma-separated parts; writes their raw figures only")
     args = parser.parse_args()
     started = time.monotonic()
-    results = gather(QUICK if args.quick else FULL)
+    parts = QUICK if args.quick else FULL
+    if args.only:
+        parts = {k: v for k, v in parts.items() if k in args.only.split(",")}
+        raw, _ = collect(parts, args.out.with_suffix(".partial.json"))
+        args.out.write_text(json.dumps(raw, indent=2) + "\n")
+        return 0
+    results = gather(parts, args.out.with_suffix(".partial.json"))
     results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))
