@@ -93,10 +93,15 @@ def part(args: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.monotonic() - started
 
 
-def collect(parts: dict[str, list[str]], partial: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    raw: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
+def collect(
+    parts: dict[str, list[str]], partial: Path, *, resume: bool = False
+) -> tuple[dict[str, Any], dict[str, float]]:
+    raw: dict[str, Any] = json.loads(partial.read_text()) if resume and partial.exists() else {}
+    seconds: dict[str, float] = {k: 0.0 for k in raw}
     for name, args in parts.items():
+        if name in raw:
+            print(f"== {name}: kept from {partial}", flush=True)
+            continue
         print(f"== {name}: python -m {' '.join(args)}", flush=True)
         raw[name], seconds[name] = part(args)
         print(f"   {seconds[name]:.0f} s: {json.dumps(raw[name])}", flush=True)
@@ -104,8 +109,8 @@ def collect(parts: dict[str, list[str]], partial: Path) -> tuple[dict[str, Any],
     return raw, seconds
 
 
-def gather(parts: dict[str, list[str]], partial: Path) -> dict[str, Any]:
-    raw, seconds = collect(parts, partial)
+def gather(parts: dict[str, list[str]], partial: Path, *, resume: bool = False) -> dict[str, Any]:
+    raw, seconds = collect(parts, partial, resume=resume)
     return summarise(raw, seconds, parts)
 
 
@@ -215,6 +220,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the bench code runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--only", help="comma-separated parts; writes their raw figures only")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the parts a failed run left in results.partial.json"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     parts = QUICK if args.quick else FULL
@@ -223,7 +231,7 @@ def main() -> int:
         raw, _ = collect(parts, args.out.with_suffix(".partial.json"))
         args.out.write_text(json.dumps(raw, indent=2) + "\n")
         return 0
-    results = gather(parts, args.out.with_suffix(".partial.json"))
+    results = gather(parts, args.out.with_suffix(".partial.json"), resume=args.resume)
     results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))

@@ -204,6 +204,18 @@ async def until(check: Any, what: str, timeout: float = TIMEOUT_S, poll_s: float
     return time.monotonic() - started
 
 
+async def _retried(call: Any) -> None:
+    """As OTC does: a 5xx (e.g. 503 while the store is too busy to answer in time) is retried."""
+    for _ in range(60):
+        reply = await call()
+        if reply.status < 300:
+            return
+        if reply.status < 500:
+            raise RuntimeError(f"broker refused: {reply}")
+        await asyncio.sleep(1.0)
+    raise RuntimeError(f"broker kept failing: {reply}")
+
+
 def _service_rss(stack: Stack) -> dict[str, float]:
     return {name: rss_mb(stack.proc(name).pid) for name in SERVICES}
 
@@ -255,12 +267,11 @@ async def run(
             async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
                 for ns in world.namespaces:
                     sid = f"events-{ns}"
-                    reply = await otc.provision(
-                        "kabanero-events-broker", sid, parameters={"cluster": "default", "namespace": ns}
+                    params = {"cluster": "default", "namespace": ns}
+                    await _retried(
+                        lambda s=sid, p=params: otc.provision("kabanero-events-broker", s, parameters=p)
                     )
-                    assert reply.status < 300, reply
-                    reply = await otc.bind("kabanero-events-broker", sid, world.toolchain)
-                    assert reply.status < 300, reply
+                    await _retried(lambda s=sid: otc.bind("kabanero-events-broker", s, world.toolchain))
 
             async def loaded() -> bool:
                 return len(await world.state_tools()) >= total
