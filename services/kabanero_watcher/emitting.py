@@ -12,6 +12,7 @@ mediator and mediation names) becomes ``<kind>:sha256-<hash of key>:<revision>``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -66,30 +67,62 @@ class Emitter:
         self._metrics = metrics
         self.source = f"/kabanero-watcher/{state.cluster}"
         self.published = 0
+        self._queue: list[tuple[str, Record, str]] = []
 
     async def _emit(self, routing_key: str, record: Record, subject: str) -> None:
+        """Queue one event; ``_flush`` publishes the queue (the events of one namespace's diff).
+
+        Reconciles of several namespaces and snapshots run at once on one emitter: the diff queues
+        its events without suspending (nothing between the first ``_emit`` and ``_flush`` awaits
+        I/O), and ``_flush`` takes the whole queue before its first await, so a batch is always the
+        events of one namespace.
+        """
+        self._queue.append((routing_key, record, subject))
+
+    async def _flush(self) -> None:
+        """Pending records in one bulk write, every event published with the confirms in flight,
+        then the done records in one more bulk write. A failed publish leaves its record pending
+        (re-published unchanged by the next reconcile); the confirmed ones are recorded done."""
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
         if not self._is_leader():
             raise NotLeader("lease lost before publishing")
-        event = CloudEvent(
-            id=event_id(record.kind, record.key, record.revision),
-            source=self.source,
-            type=f"io.kabanero.otc.{routing_key}",
-            subject=subject,
-            data=record.data,
+        events = [
+            CloudEvent(
+                id=event_id(record.kind, record.key, record.revision),
+                source=self.source,
+                type=f"io.kabanero.otc.{routing_key}",
+                subject=subject,
+                data=record.data,
+            )
+            for routing_key, record, subject in batch
+        ]
+        done = [r.model_copy(update={"routing_key": rk, "pending": False}) for rk, r, _ in batch]
+        await self.state.commit_many(
+            [
+                d.model_copy(update={"pending": True})
+                for d, (_, r, _) in zip(done, batch, strict=True)
+                if not r.pending
+            ]
         )
-        done = record.model_copy(update={"routing_key": routing_key, "pending": False})
-        if not record.pending:
-            await self.state.commit(done.model_copy(update={"pending": True}))
-        await self._publish_fn(event)
-        await self.state.commit(done)
-        self.published += 1
-        if self._metrics is not None:
-            self._metrics.published.labels(routing_key).inc()
-        log.info(
-            "published %s",
-            routing_key,
-            extra={"event_id": event.id, "subject": subject, "revision": record.revision},
-        )
+        results = await asyncio.gather(*(self._publish_fn(e) for e in events), return_exceptions=True)
+        confirmed = [d for d, res in zip(done, results, strict=True) if not isinstance(res, BaseException)]
+        await self.state.commit_many(confirmed)
+        for (routing_key, record, subject), event, res in zip(batch, events, results, strict=True):
+            if isinstance(res, BaseException):
+                continue
+            self.published += 1
+            if self._metrics is not None:
+                self._metrics.published.labels(routing_key).inc()
+            log.info(
+                "published %s",
+                routing_key,
+                extra={"event_id": event.id, "subject": subject, "revision": record.revision},
+            )
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     def _record(
         self, kind: RecordKind, key: str, namespace: str, content_hash: str, revision: int, data: BaseModel
@@ -173,6 +206,12 @@ class Emitter:
 
     async def reconcile(self, desired: Desired) -> bool:
         """Publish what differs; returns True when the instance just disappeared entirely."""
+        try:
+            return await self._reconcile(desired)
+        finally:
+            self._queue = []  # what an error left unpublished is published by the next reconcile
+
+    async def _reconcile(self, desired: Desired) -> bool:
         ns = desired.namespace
         await self._resolve_pending(desired)
         was_live = self.state.live_in_namespace(ns)
@@ -211,6 +250,7 @@ class Emitter:
             current = self.state.get("instance", inst_key)
             if current is not None and not current.deleted:
                 await self._deleted(RoutingKeys.INSTANCE_DELETED, current)
+        await self._flush()
         return was_live and not self.state.live_in_namespace(ns)
 
     # --- snapshots -------------------------------------------------------------------------------
@@ -243,3 +283,4 @@ class Emitter:
         )
         record = self._record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
         await self._emit(RoutingKeys.SNAPSHOT, record, record.key)
+        await self._flush()

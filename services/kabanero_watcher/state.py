@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.mongo import Document
@@ -96,6 +96,23 @@ class PublishedState:
     def next_revision(self, kind: RecordKind, key: str) -> int:
         record = self.get(kind, key)
         return 1 if record is None else record.revision + 1
+
+    async def commit_many(self, records: list[Record]) -> None:
+        """As ``commit``, for a batch: one ``bulk_write`` (the records of one namespace's diff)."""
+        if not records:
+            return
+        now = datetime.now(UTC)
+        ops = [
+            ReplaceOne(
+                {"_id": r.doc_id},
+                {"_id": r.doc_id, **r.model_dump(mode="json"), "updated_at": now},
+                upsert=True,
+            )
+            for r in records
+        ]
+        await self._coll.bulk_write(ops, ordered=False)
+        for record in records:
+            self._remember(record)
 
     async def commit(self, record: Record) -> None:
         """Persist (pending before the publish, done after the confirm), then advance the mirror."""
