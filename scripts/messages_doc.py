@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES
+from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES, owned_instances_queue
 from shared.events import (
     CONTENT_TYPE,
     TYPE_PREFIX,
@@ -143,6 +143,8 @@ def consumers(key: str) -> list[str]:
     queues = [q for q, patterns in QUEUES.items() if any(matches(key, p) for p in patterns)]
     if key == "control.resync":
         queues.append("one exclusive queue per kabanero-watcher replica")
+    if key.startswith("service.kabanero."):
+        queues.append(f"{owned_instances_queue('<cluster>')} (one per allowed cluster; its watcher's leader)")
     return queues
 
 

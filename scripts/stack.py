@@ -327,6 +327,10 @@ async def wait_http(url: str, what: str, *, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
+
+
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 45.0) -> float:
     started = time.monotonic()
     while not await check():
@@ -456,6 +460,7 @@ class Demo:
                 counts(0, 0),
             )
             await self.auto_events(otc, counts)
+            await self.create_instance(otc, counts)
 
     async def auto_events(
         self, otc: OtcPlatform, counts: Callable[[int, int | None], Callable[[list[dict[str, Any]]], bool]]
@@ -487,6 +492,37 @@ class Demo:
         await self.settle(
             "OTC: unbind it (its Events tool and all it brought go)", unbind(), with_events(0, 0, 0)
         )
+
+    async def create_instance(
+        self, otc: OtcPlatform, counts: Callable[[int, int | None], Callable[[list[dict[str, Any]]], bool]]
+    ) -> None:
+        """``parameters.create: true``: the watcher creates the Kabanero CR (owned, marked); its stack
+        hub reaches OTC as a GitHub tool; deprovisioning deletes the CR and the tool goes."""
+        sid = "demo-kabanero-create"
+        hub = "https://github.com/demo-org/demo-stacks/releases/download/0.9.0/kabanero-index.yaml"
+        spec = {"version": "0.9.2", "stacks": {"repositories": [{"name": "demo", "https": {"url": hub}}]}}
+        params = {"cluster": "default", "namespace": "team-demo", "create": True, "instance": spec}
+        cr = f"{self.stack.url('kube')}/apis/kabanero.io/v1alpha2/namespaces/team-demo/kabaneros/kabanero"
+
+        async def cr_status() -> int:
+            async with self.http.get(cr) as r:
+                return r.status
+
+        async def create_and_bind() -> None:
+            assert (await otc.provision("kabanero-broker", sid, parameters=params)).status == 200
+            assert (await otc.bind("kabanero-broker", sid, self.toolchain)).status == 204
+
+        async def deprovision() -> None:
+            assert (await otc.deprovision("kabanero-broker", sid)).status == 204
+
+        await self.settle(
+            "OTC: create=true service: CR created, its stack hub linked", create_and_bind(), counts(0, 1)
+        )
+        assert await cr_status() == 200, "the Kabanero CR the service created"
+        await self.settle(
+            "OTC: delete it (its CR is deleted, the GitHub tool goes)", deprovision(), counts(0, 0)
+        )
+        await wait_for(lambda: _is(cr_status(), 404), "the created CR deleted")
 
     async def dead_letters(self) -> dict[str, int]:
         vhost = urllib.parse.quote(self.stack.vhost, safe="")

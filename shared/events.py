@@ -135,6 +135,8 @@ class ServiceParameters(_Data):
     # Added (optional, schema_version stays 1): a Kabanero service's ``parameters.events``; None for
     # Events services and producers that predate it.
     events: Literal["auto", "manual"] | None = None
+    # Added (optional): a Kabanero service that creates its Kabanero CR (``parameters.create``).
+    create: bool = False
 
     @property
     def scope(self) -> str:
@@ -155,6 +157,9 @@ class ServiceEventData(_Data):
     toolchain_id: str | None = Field(default=None, description="the toolchain a bind/unbind concerns")
     revision: int = Field(ge=0, description="record revision; monotonic per instance")
     deleted: bool = False
+    # Added (optional, schema_version stays 1): with ``parameters.create``, the Kabanero spec the
+    # watcher of ``parameters.cluster`` creates or applies (validated against the CRD by broker-api).
+    instance_spec: dict[str, Any] | None = None
 
 
 # --- kabanero-watcher: kabanero.* ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from services.broker_api.outbox import EventSink, Outbox
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
+from shared.amqp.topology import Topology, with_owned_instances
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -64,7 +65,11 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
     stopped taking requests."""
     deps = deps or Deps()
     health = Health()
-    infra = Infra(settings, name=NAME, health=health)
+    # The watchers' owned-instance queues too, so events for a cluster whose watcher has never run
+    # wait for it (docs/design.md, "A Kabanero service that creates its instance").
+    infra = Infra(
+        settings, name=NAME, health=health, topology=Topology(queues=with_owned_instances(settings.clusters))
+    )
     store = InstanceStore(infra.db, source=f"/{NAME}")
     sink: EventSink = infra.publisher
     if deps.wrap_sink is not None:

@@ -245,7 +245,10 @@ class BrokerApi:
             instance_id=rec.instance_id,
             dashboard_url=rec.dashboard_url,
             parameters=ParametersOut(
-                **rec.parameters.model_dump(), label=rec.parameters.label, events_note=_events_note(rec)
+                **rec.parameters.model_dump(exclude={"create", "instance"}),
+                label=rec.parameters.label,
+                events_note=_events_note(rec),
+                **_creation_out(rec),
             ),
             organization_guid=rec.organization_guid,
         )
@@ -449,6 +452,22 @@ def make_app(api: BrokerApi, health: Health, settings: Settings) -> web.Applicat
     for root, kind in BROKERS.items():
         app.add_subapp(f"/{root}/api/v1", broker_app(api, kind))
     return app
+
+
+def _creation_out(rec: InstanceRecord) -> dict[str, Any]:
+    """``create``/``instance`` are echoed only for a service that creates its instance (so the
+    answers of the others keep their shape), with where the cluster side's outcome shows."""
+    if not rec.parameters.create:
+        return {}
+    return {
+        "create": True,
+        "instance": rec.parameters.instance,
+        "instance_status": (
+            f"the watcher of cluster '{rec.parameters.cluster}' creates or updates Kabanero "
+            f"{rec.parameters.namespace}/{rec.parameters.name or 'kabanero'} (or refuses to touch one it "
+            "did not create); outcome: `kabanero-watcher` GET /instances"
+        ),
+    }
 
 
 def _events_note(rec: InstanceRecord) -> str | None:

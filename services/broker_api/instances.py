@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.errors import BadRequest, NotFound
+from services.broker_api.instance_spec import spec_errors
 from services.broker_api.models import (
     Binding,
     BindRequest,
@@ -85,6 +86,7 @@ class Policy:
             name = given.name if "name" in present else base.name
             events = given.events if "events" in present else base.events
         events = (events or self._events) if kind == "kabanero" else None
+        create, instance = self._creation(given, base, kind=kind)
         cluster = cluster or self._default_cluster
         if cluster not in self._clusters:
             raise BadRequest(
@@ -92,9 +94,54 @@ class Policy:
                 + ", ".join(self._clusters)
                 + ")"
             )
-        return Parameters(
-            cluster=cluster, namespace=namespace or self._default_namespace, name=name, events=events
+        resolved = Parameters(
+            cluster=cluster,
+            namespace=namespace or self._default_namespace,
+            name=name,
+            events=events,
+            create=create,
+            instance=instance,
         )
+        if (
+            base is not None
+            and base.create
+            and (resolved.cluster, resolved.namespace, resolved.name)
+            != (
+                base.cluster,
+                base.namespace,
+                base.name,
+            )
+        ):
+            raise BadRequest(
+                "invalid request: 'parameters.cluster', 'parameters.namespace' and 'parameters.name' "
+                "cannot change while the service creates its instance (parameters.create)"
+            )
+        return resolved
+
+    @staticmethod
+    def _creation(
+        given: ParametersIn, base: Parameters | None, *, kind: ServiceKind
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """``create`` and ``instance`` (Kabanero services only): PATCH keeps what is not given; a
+        spec the CRD schema refuses is a 400 naming the first bad field."""
+        present = given.model_fields_set
+        if kind != "kabanero":
+            return False, None
+        create = bool(given.create) if "create" in present or base is None else base.create
+        instance = given.instance if "instance" in present or base is None else base.instance
+        if not create:
+            if "instance" in present and given.instance is not None:
+                raise BadRequest("invalid request: 'parameters.instance' needs 'parameters.create': true")
+            return False, None
+        if instance is None:
+            raise BadRequest(
+                "invalid request: 'parameters.instance' is required with 'parameters.create': true"
+            )
+        errors = spec_errors(instance)
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise BadRequest(f"invalid request: {errors[0]}{more}")
+        return True, instance
 
     def dashboard_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
         return self._pattern.format(

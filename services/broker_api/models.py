@@ -62,6 +62,16 @@ class ParametersIn(_Request):
         description="Kabanero broker only: 'auto' adds a Kabanero Events tool to each toolchain the "
         "service is bound to; 'manual' (default: setting AUTO_EVENTS_SERVICE) adds none",
     )
+    create: bool | None = Field(
+        default=None,
+        description="Kabanero broker only: true makes the watcher of the cluster create the Kabanero "
+        "CR (spec: parameters.instance), apply later PATCHes of it and delete it on deprovision",
+    )
+    instance: dict[str, Any] | None = Field(
+        default=None,
+        description="with create: the Kabanero spec (kabaneros.kabanero.io v1alpha2, checked against "
+        "the CRD's schema)",
+    )
 
 
 class ProvisionRequest(_Request):
@@ -121,6 +131,9 @@ class Parameters(BaseModel):
     name: str | None = None
     events: EventsMode | None = None
     """Kabanero services: whether binding adds a Kabanero Events tool; None for Events services."""
+    create: bool = False
+    """Kabanero services: the watcher creates (and owns) the Kabanero CR with spec ``instance``."""
+    instance: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -136,6 +149,13 @@ class ParametersOut(BaseModel):
     name: str | None = None
     label: str = Field(description="human text for the OTC tool card, '<cluster>/<namespace>[/<name>]'")
     events: EventsMode | None = Field(default=None, description="Kabanero services: auto or manual")
+    create: bool | None = Field(default=None, description="Kabanero services: true when it creates its CR")
+    instance: dict[str, Any] | None = Field(default=None, description="with create: the Kabanero spec")
+    instance_status: str | None = Field(
+        default=None,
+        description="with create: where the cluster side's outcome is shown (created, updated, "
+        "refused with the API server's message)",
+    )
     events_note: str | None = Field(
         default=None,
         description="set when events is 'manual' but Events tools added automatically remain: they "

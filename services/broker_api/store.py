@@ -105,12 +105,14 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
                 name=rec.parameters.name,
                 label=rec.parameters.label,
                 events=rec.parameters.events,
+                create=rec.parameters.create,
             ),
             dashboard_url=rec.dashboard_url,
             toolchains=list(pending.toolchains),
             toolchain_id=pending.toolchain_id,
             revision=revision,
             deleted=pending.event == "deprovisioned",
+            instance_spec=rec.parameters.instance if rec.parameters.create else None,
         )
         routing_key = RoutingKeys.service(rec.kind, pending.event)
         event_id = make_event_id(rec.kind, rec.instance_id, revision)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubernetes_asyncio import client
@@ -15,11 +16,18 @@ from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, 
 from services.kabanero_watcher.identity import ClusterIdentity
 from services.kabanero_watcher.kube import KubeClient
 from services.kabanero_watcher.lease import LeaseElector
+from services.kabanero_watcher.owned_instances import (
+    OwnedInstances,
+    OwnedInstanceStore,
+    owned_instances_route,
+)
 from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
+from shared.amqp.consumer import Consumer
+from shared.amqp.topology import Topology, owned_instances_queue, with_owned_instances
 from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service, step
@@ -72,15 +80,23 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     lease and the leadership terms (stopped first)."""
     deps = deps or Deps()
     health = Health()
-    infra = Infra(settings, name=NAME, health=health)
+    infra = Infra(
+        settings,
+        name=NAME,
+        health=health,
+        topology=Topology(queues=with_owned_instances([settings.cluster_name])),
+    )
     emit_metrics = EmitMetrics(health.registry)
     watch_metrics = WatchMetrics(health.registry)
     state = PublishedState(infra.db, settings.cluster_name)
+    owned_store = OwnedInstanceStore(infra.db)
+    web_app = health_app(health)
+    web_app.router.add_get("/instances", owned_instances_route(owned_store))
     runtime = WatcherRuntime(
         infra=infra,
         state=state,
         kube=KubeClient(settings, deps.api_client),
-        http=HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME),
+        http=HttpServer(web_app, settings.http_host, settings.http_port, name=NAME),
         shutdown_timeout=settings.shutdown_timeout_s,
     )
 
@@ -138,9 +154,30 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         session=lambda: runtime.session if runtime.leading else None,
     )
 
+    def owned_consumer() -> Consumer:
+        assert runtime.elector is not None
+        handler = OwnedInstances(
+            cluster=settings.cluster_name,
+            api_client=lambda: runtime.kube.api_client,
+            store=owned_store,
+            create_namespaces=settings.create_namespaces,
+            is_leader=runtime.elector.is_leader,
+        )
+        return Consumer(
+            infra.amqp,
+            infra.publisher,
+            owned_instances_queue(settings.cluster_name),
+            handler.handle,
+            metrics=infra.consumer_metrics,
+            topology=infra.topology,
+            prefetch=4,
+            key_of=OwnedInstances.key_of,
+            probes=infra.probes(),
+        )
+
     def lead() -> contextlib.AbstractAsyncContextManager[object]:
         publish = deps.publish or infra.publisher.publish
-        term = _lead(runtime, settings, publish, emit_metrics, watch_metrics)
+        term = _lead(runtime, settings, publish, emit_metrics, watch_metrics, owned_consumer)
         return runtime.supervisor.running("leadership", term)
 
     infra.attach(runtime)
@@ -159,8 +196,10 @@ async def _lead(
     publish: PublishFn,
     emit_metrics: EmitMetrics,
     watch_metrics: WatchMetrics,
+    owned_consumer: Callable[[], Consumer],
 ) -> None:
-    """Run one session per leadership term; stop it promptly when the lease is lost."""
+    """Run one session per leadership term; stop it promptly when the lease is lost. The
+    owned-instance commands are consumed during the term only, so one replica writes at a time."""
     elector = runtime.elector
     assert elector is not None
     while True:
@@ -172,15 +211,21 @@ async def _lead(
         started = time.monotonic()
         log.info("leading: watching cluster", extra={"cluster": settings.cluster_name})
         task = asyncio.create_task(session.run(), name=f"{NAME}:session")
+        commands = asyncio.create_task(owned_consumer().run(), name=f"{NAME}:owned-instances")
         try:
             # Poll often: leadership also ends by the clock, without any event.
-            while not task.done() and elector.is_leader():
-                await asyncio.wait([task], timeout=0.05)
+            while not task.done() and not commands.done() and elector.is_leader():
+                await asyncio.wait([task, commands], timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
         finally:
             task.cancel()
+            commands.cancel()
             with contextlib.suppress(asyncio.CancelledError, NotLeader, BaseExceptionGroup):
                 await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await commands
             runtime.session = None
+        if not commands.cancelled() and (exc := commands.exception()) is not None:
+            raise exc
         if not task.cancelled() and (exc := task.exception()) is not None and not _only_not_leader(exc):
             raise exc
         log.info("stopped watching (lease lost)", extra={"term_s": round(time.monotonic() - started, 1)})

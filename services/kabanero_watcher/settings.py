@@ -21,6 +21,8 @@ class Settings(CommonSettings):
 
     http_port: int = Field(default=8081, ge=0, le=65535)
     cluster_name: str = "default"
+    # Kabanero services with parameters.create: may the watcher create a missing namespace first?
+    create_namespaces: bool = False
     # Comma-separated; empty = all namespaces (one cluster-wide watch per resource type).
     watch_namespaces: Annotated[tuple[str, ...], NoDecode] = ()
     # Where the API server is: KUBE_API_URL (plain http, e.g. the emulator) wins, then in-cluster

@@ -36,6 +36,18 @@ QUEUES: dict[str, tuple[str, ...]] = {
 }
 
 
+def owned_instances_queue(cluster: str) -> str:
+    """The queue of the watcher of ``cluster`` for Kabanero services that create their instance
+    (``service.kabanero.*``). Declared by broker-api for every allowed cluster as well as by that
+    watcher, so no event is unroutable-to-it before the watcher's first start."""
+    return f"kabanero-watcher.{cluster}.instances"
+
+
+def with_owned_instances(clusters: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
+    """:data:`QUEUES` plus :func:`owned_instances_queue` of each cluster."""
+    return {**QUEUES, **{owned_instances_queue(c): ("service.kabanero.*",) for c in clusters}}
+
+
 @dataclass(frozen=True)
 class Topology:
     """Tunables of the declared topology; the names above are contracts."""

@@ -49,6 +49,9 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         # events broker), its 2 trigger tools, 4 GitHub tools; unbinding removes the same 7.
         "OTC: events=auto Kabanero service bound (+Events tool, 2 trig.)": 1 + 2 + 4,
         "OTC: unbind it (its Events tool and all it brought go)": 1 + 2 + 4,
+        # create=true: the watcher creates the CR; its one stack hub becomes a GitHub tool, and goes.
+        "OTC: create=true service: CR created, its stack hub linked": 1,
+        "OTC: delete it (its CR is deleted, the GitHub tool goes)": 1,
     }
     assert "dead letters: {'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, " in proc.stdout
     # After each step, the toolchain's tools by kind and name; the run ends with kabanero-otc status.

@@ -1,0 +1,61 @@
+"""``parameters.instance``: the Kabanero spec a service creates, checked against the real CRD schema.
+
+The schema is the ``openAPIV3Schema`` of ``kabaneros.kabanero.io`` v1alpha2 from the Kabanero
+operator's release manifest (``crds/kabanero.io_kabaneros_crd.yaml``, source named in its first
+line; the same file as ``emulators/kube/crds/``, a test keeps them equal). The API server applies
+the same schema when the watcher creates the CR, so a spec we accept is one it accepts, and a spec
+it would refuse is refused here at once with a 400 naming the field, before anything is stored.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # no stubs; one validator call below
+import yaml
+
+CRD = Path(__file__).parent / "crds" / "kabanero.io_kabaneros_crd.yaml"
+VERSION = "v1alpha2"
+
+
+@cache
+def spec_schema() -> dict[str, Any]:
+    """The ``spec`` part of the CRD's schema for :data:`VERSION`."""
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+@cache
+def _validator() -> Any:
+    return jsonschema.Draft4Validator(spec_schema())
+
+
+def _where(path: list[str | int]) -> str:
+    out = "parameters.instance"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def spec_errors(spec: Any) -> list[str]:
+    """Every violation of the CRD schema, as ``<field>: <problem>`` (no value echoed), field order."""
+    if not isinstance(spec, dict):
+        return ["parameters.instance: must be an object (a Kabanero spec)"]
+    errors = sorted(_validator().iter_errors(spec), key=lambda e: [str(p) for p in e.absolute_path])
+    out = []
+    for err in errors:
+        problem = {
+            "type": f"must be of type {err.validator_value}",
+            "required": "a required field is missing",
+            "enum": "must be one of the allowed values",
+        }.get(str(err.validator), f"violates the CRD's '{err.validator}' rule")
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else "?"
+            out.append(f"{_where([*err.absolute_path, missing])}: required")
+        else:
+            out.append(f"{_where(list(err.absolute_path))}: {problem}")
+    return out

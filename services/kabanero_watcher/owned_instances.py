@@ -1,0 +1,269 @@
+"""Kabanero CRs created by a Kabanero service (``parameters.create: true``): create, update, delete.
+
+The watcher is the only component that talks to its cluster's API, so it executes what broker-api
+committed. Its queue ``kabanero-watcher.<cluster>.instances`` (declared by broker-api for every
+allowed cluster too, so nothing published before the watcher's first start is lost) receives the
+``service.kabanero.*`` events; only the leader consumes it (see ``app._lead``), so one replica at a
+time writes, and a message in flight when the lease moves is redelivered to the next leader.
+
+Each event is handled level-triggered, from the event alone:
+- ``parameters.create`` and not deleted: the CR ``<name or "kabanero">`` in the namespace must exist
+  with exactly ``instance_spec`` as its spec and our mark: label ``kabanero-otc.io/service-instance``
+  (the sid, or its hash when the sid is no label value) and annotation of the same name (the sid).
+  Absent: created (and the namespace first, if ``CREATE_NAMESPACES``). Ours with another spec:
+  replaced (optimistic, on its resourceVersion). Ours and equal: nothing.
+- deleted (deprovision): the CR is deleted only if it carries our annotation for this sid, with a
+  uid precondition.
+- a CR that exists without our mark is never adopted, changed or deleted: the outcome is
+  ``refused``, saying so.
+
+Idempotence: every step reads the CR first and writes only the difference, so a redelivery after a
+crash (between the write and the ack, or a SIGKILL) or a lease handover repeats nothing. Stale
+events (an older revision than the last one handled for the sid) are skipped, so a late
+``provisioned`` never re-creates a deleted instance. The outcome of the last event per sid is kept
+in ``watch_owned_instances`` (watcher-owned) and served at ``GET /instances`` on the health port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.amqp.consumer import RetryableError
+from shared.events import CloudEvent, ServiceEventData
+from shared.mongo import Document
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "kabanero.io", "v1alpha2", "kabaneros"
+MARK = "kabanero-otc.io/service-instance"
+DEFAULT_NAME = "kabanero"
+COLLECTION = "watch_owned_instances"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+Outcome = Literal["created", "updated", "unchanged", "deleted", "absent", "refused", "failed"]
+
+
+def label_value(sid: str) -> str:
+    """The sid itself when it is a valid label value, else ``sha256-<40 hex>`` of it."""
+    return sid if _LABEL_VALUE.match(sid) else f"sha256-{hashlib.sha256(sid.encode()).hexdigest()[:40]}"
+
+
+class OwnedInstance(BaseModel):
+    """What happened to the CR a Kabanero service asked for (one document per sid)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instance_id: str
+    cluster: str
+    namespace: str
+    name: str
+    revision: int
+    outcome: Outcome
+    message: str
+    at: datetime
+
+
+class OwnedInstanceStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.collection = db[COLLECTION]
+
+    async def get(self, sid: str) -> OwnedInstance | None:
+        doc = await self.collection.find_one({"_id": sid})
+        return OwnedInstance.model_validate(doc) if doc else None
+
+    async def put(self, result: OwnedInstance) -> None:
+        await self.collection.replace_one(
+            {"_id": result.instance_id}, {"_id": result.instance_id, **result.model_dump()}, upsert=True
+        )
+
+    async def all(self) -> list[OwnedInstance]:
+        return [OwnedInstance.model_validate(d) async for d in self.collection.find({})]
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (Status.message), never the whole body."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or exc.status)[:500]
+
+
+class OwnedInstances:
+    """The handler of ``kabanero-watcher.<cluster>.instances``."""
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        api_client: Callable[[], client.ApiClient],
+        store: OwnedInstanceStore,
+        create_namespaces: bool,
+        is_leader: Callable[[], bool],
+    ) -> None:
+        self._cluster = cluster
+        self._api_client = api_client
+        self._store = store
+        self._create_namespaces = create_namespaces
+        self._is_leader = is_leader
+
+    @staticmethod
+    def key_of(event: CloudEvent) -> str:
+        return str(event.subject or event.data.get("instance_id") or "")
+
+    async def handle(self, event: CloudEvent) -> None:
+        data = ServiceEventData.model_validate(event.data)
+        p = data.parameters
+        if data.kind != "kabanero" or p.cluster != self._cluster:
+            return
+        before = await self._store.get(data.instance_id)
+        if not p.create and before is None:
+            return  # a service that never asked for an instance
+        if before is not None and before.revision >= data.revision:
+            log.info("stale instance command skipped", extra={"instance_id": data.instance_id})
+            return
+        if not self._is_leader():
+            raise RetryableError("not leading: the next leader handles it")
+        name = before.name if before is not None else (p.name or DEFAULT_NAME)
+        namespace = before.namespace if before is not None else p.namespace
+        try:
+            if data.deleted:
+                outcome, message = await self._delete(data.instance_id, namespace, name)
+            elif p.create:
+                outcome, message = await self._ensure(data, namespace, name)
+            else:
+                outcome, message = "unchanged", "parameters.create is false: the CR is left as it is"
+        except ApiException as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 409, 429):
+                outcome, message = "failed", f"the API server refused it ({exc.status}): {_api_message(exc)}"
+            else:
+                raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
+        result = OwnedInstance(
+            instance_id=data.instance_id,
+            cluster=self._cluster,
+            namespace=namespace,
+            name=name,
+            revision=data.revision,
+            outcome=outcome,
+            message=message,
+            at=datetime.now(UTC),
+        )
+        await self._store.put(result)
+        log.info(
+            "instance command done",
+            extra={
+                "instance_id": data.instance_id,
+                "outcome": outcome,
+                "namespace": namespace,
+                "cr_name": name,
+            },
+        )
+
+    def _custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self._api_client())
+
+    async def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._custom().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    @staticmethod
+    def _ours(obj: dict[str, Any], sid: str) -> bool:
+        return (obj.get("metadata", {}).get("annotations") or {}).get(MARK) == sid
+
+    async def _ensure(self, data: ServiceEventData, namespace: str, name: str) -> tuple[Outcome, str]:
+        sid, spec = data.instance_id, data.instance_spec or {}
+        current = await self._read(namespace, name)
+        if current is None:
+            if self._create_namespaces:
+                await self._ensure_namespace(namespace)
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Kabanero",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {MARK: label_value(sid)},
+                    "annotations": {MARK: sid},
+                },
+                "spec": spec,
+            }
+            try:
+                await self._custom().create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            except ApiException as exc:
+                if exc.status == 409:  # made meanwhile (by us in a previous attempt, or someone else)
+                    raise RetryableError("created meanwhile: look again") from None
+                raise
+            return "created", f"Kabanero {namespace}/{name} created for service {sid}"
+        if not self._ours(current, sid):
+            return "refused", (
+                f"Kabanero {namespace}/{name} exists and was not created by this service: left unchanged "
+                "(kabanero-otc never adopts, changes or deletes an instance it did not create; one that "
+                "GitOps manages should not be created from OTC)"
+            )
+        if current.get("spec") == spec:
+            return "unchanged", f"Kabanero {namespace}/{name} has the requested spec"
+        updated = {**current, "spec": spec}
+        await self._custom().replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, updated
+        )
+        return "updated", f"Kabanero {namespace}/{name} spec replaced"
+
+    async def _ensure_namespace(self, namespace: str) -> None:
+        core = client.CoreV1Api(self._api_client())
+        try:
+            await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def _delete(self, sid: str, namespace: str, name: str) -> tuple[Outcome, str]:
+        current = await self._read(namespace, name)
+        if current is None:
+            return "absent", f"Kabanero {namespace}/{name} does not exist: nothing to delete"
+        if not self._ours(current, sid):
+            return "refused", f"Kabanero {namespace}/{name} was not created by this service: not deleted"
+        uid = current.get("metadata", {}).get("uid")
+        try:
+            await self._custom().delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return "absent", f"Kabanero {namespace}/{name} was already gone"
+            raise
+        return "deleted", f"Kabanero {namespace}/{name} deleted with its service"
+
+
+def owned_instances_route(store: OwnedInstanceStore) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /instances``: the outcome of the last command per Kabanero service that creates its CR."""
+
+    async def handler(_: web.Request) -> web.Response:
+        items = sorted(await store.all(), key=lambda i: i.instance_id)
+        return web.json_response({"instances": [i.model_dump(mode="json") for i in items]})
+
+    return handler

@@ -1,0 +1,173 @@
+"""``parameters.create: true`` end to end: a Kabanero service creates, patches and deletes its own
+Kabanero CR through the watcher of that cluster (real processes, Kubernetes and OTC emulators).
+
+A CR that someone else made is refused and left unchanged (never adopted, changed or deleted);
+the commands survive a SIGKILL of the watcher; the created instance's repositories reach OTC as
+GitHub tools like any instance's; a spec the CRD schema refuses is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from emulators.otc.platform import OtcPlatform
+from scripts.stack import BROKER_ID, Stack
+from tests.conftest import _mgmt
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+MARK = "kabanero-otc.io/service-instance"
+CR = "/apis/kabanero.io/v1alpha2/namespaces/{ns}/kabaneros/{name}"
+
+
+def spec(*repos: str) -> dict[str, Any]:
+    return {
+        "version": "0.9.2",
+        "stacks": {
+            "repositories": [
+                {
+                    "name": f"hub-{i}",
+                    "https": {
+                        "url": f"https://github.com/acme/{r}/releases/download/0.9.0/kabanero-index.yaml"
+                    },
+                }
+                for i, r in enumerate(repos)
+            ]
+        },
+    }
+
+
+class World:
+    def __init__(self, stack: Stack, http: aiohttp.ClientSession) -> None:
+        self.stack = stack
+        self.http = http
+        self.toolchain = ""
+
+    async def get(self, url: str) -> tuple[int, Any]:
+        async with self.http.get(url) as r:
+            return r.status, (await r.json() if r.content_type == "application/json" else None)
+
+    async def cr(self, ns: str, name: str = "kabanero") -> dict[str, Any] | None:
+        status, body = await self.get(self.stack.url("kube") + CR.format(ns=ns, name=name))
+        return body if status == 200 else None
+
+    async def outcome(self, sid: str) -> dict[str, Any] | None:
+        status, body = await self.get(f"{self.stack.url('watcher')}/instances")
+        if status != 200:
+            return None
+        return next((i for i in body["instances"] if i["instance_id"] == sid), None)
+
+    async def github_repos(self) -> set[str]:
+        _, state = await self.get(f"{self.stack.url('otc')}/_emulator/state")
+        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
+        return {t["parameters"]["repo_url"] for t in tc["tools"] if t["tool_type_id"] == "githubconsolidated"}
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    vhost = f"kotc-test-create-{uuid.uuid4().hex[:8]}"
+    stack = Stack(vhost, extra_env={"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}})
+    try:
+        await stack.start()
+        async with aiohttp.ClientSession() as http:
+            w = World(stack, http)
+            async with http.post(f"{stack.url('otc')}/_emulator/toolchains", json={"name": "create"}) as r:
+                w.toolchain = (await r.json())["id"]
+            yield w
+    finally:
+        stack.stop()
+        _mgmt("DELETE", f"vhosts/{vhost}")
+
+
+async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watcher_kill(
+    world: World,
+) -> None:
+    w, stack = world, world.stack
+    seeded = await w.cr("kabanero")
+    assert seeded is not None and MARK not in (seeded["metadata"].get("annotations") or {})
+    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+        # A spec the CRD refuses: 400 naming the field, nothing stored.
+        bad = {"namespace": "team-new", "create": True, "instance": {"stacks": {"repositories": "x"}}}
+        reply = await otc.provision("kabanero-broker", "kab-new", parameters=bad)
+        assert reply.status == 400 and "parameters.instance.stacks.repositories" in reply.body["description"]
+        assert (await otc.update("kabanero-broker", "kab-new", parameters={})).status == 404
+
+        # Created: the answer comes at once; the watcher creates the CR with our mark.
+        params = {"namespace": "team-new", "create": True, "instance": spec("hub-a")}
+        reply = await otc.provision("kabanero-broker", "kab-new", parameters=params)
+        assert reply.status == 200 and reply.body["parameters"]["create"] is True, reply
+        await wait_until(lambda: _outcome_is(w, "kab-new", "created"), timeout=45, what="CR created")
+        created = await w.cr("team-new")
+        assert created is not None and created["spec"] == spec("hub-a")
+        assert created["metadata"]["annotations"][MARK] == "kab-new"
+        assert created["metadata"]["labels"][MARK] == "kab-new"
+        # Its repositories flow to OTC like any instance's.
+        assert (await otc.bind("kabanero-broker", "kab-new", w.toolchain)).status == 204
+        await wait_until(lambda: _repos(w, {"https://github.com/acme/hub-a"}), timeout=45, what="GitHub tool")
+
+        # A pre-existing CR (the seeded one, made by someone else) is refused and left unchanged.
+        reply = await otc.provision(
+            "kabanero-broker",
+            "kab-foreign",
+            parameters={"namespace": "kabanero", "create": True, "instance": spec("x")},
+        )
+        assert reply.status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-foreign", "refused"), timeout=45, what="refused")
+        outcome = await w.outcome("kab-foreign")
+        assert outcome is not None and "not created by this service" in outcome["message"]
+        after = await w.cr("kabanero")
+        assert (
+            after is not None
+            and after["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
+        )
+
+        # The watcher is SIGKILLed; a PATCH of the spec and a delete are committed while it is down.
+        assert stack.kill("kabanero-watcher") == -signal.SIGKILL
+        reply = await otc.update(
+            "kabanero-broker", "kab-new", parameters={"instance": spec("hub-a", "hub-b")}
+        )
+        assert reply.status == 200, reply
+        assert (await otc.deprovision("kabanero-broker", "kab-foreign")).status == 204
+        await stack.restart("kabanero-watcher", sig=None)
+        await wait_until(lambda: _outcome_is(w, "kab-new", "updated"), timeout=60, what="spec patched")
+        patched = await w.cr("team-new")
+        assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
+        assert patched["metadata"]["uid"] == created["metadata"]["uid"]  # the same CR, replaced in place
+        await wait_until(
+            lambda: _repos(w, {"https://github.com/acme/hub-a", "https://github.com/acme/hub-b"}),
+            timeout=45,
+            what="second GitHub tool",
+        )
+        # Deleting the foreign service's record deleted nothing in the cluster.
+        await wait_until(lambda: _says(w, "kab-foreign", "not deleted"), timeout=30, what="delete refused")
+        still = await w.cr("kabanero")
+        assert (
+            still is not None
+            and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
+        )
+
+        # Deprovision deletes the CR it created (and its GitHub tools go).
+        assert (await otc.deprovision("kabanero-broker", "kab-new")).status == 204
+        await wait_until(lambda: _outcome_is(w, "kab-new", "deleted"), timeout=45, what="CR deleted")
+        assert await w.cr("team-new") is None
+        await wait_until(lambda: _repos(w, set()), timeout=45, what="GitHub tools removed")
+
+
+async def _outcome_is(w: World, sid: str, outcome: str) -> bool:
+    got = await w.outcome(sid)
+    return got is not None and got["outcome"] == outcome
+
+
+async def _says(w: World, sid: str, text: str) -> bool:
+    got = await w.outcome(sid)
+    return got is not None and got["outcome"] == "refused" and text in got["message"]
+
+
+async def _repos(w: World, want: set[str]) -> bool:
+    return await w.github_repos() == want
