@@ -13,6 +13,7 @@ from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM
 from kotc_cli.output import Report, age
 from services.broker_api.store import COLLECTION as SERVICE_INSTANCES
+from services.kabanero_watcher.owned_instances import COLLECTION as OWNED_INSTANCES
 from services.otc_writer.ledger import LEDGER
 from shared.amqp.topology import QUEUES, Topology
 from shared.mongo import Document
@@ -83,17 +84,26 @@ async def queue_table(config: Config, mgmt: Management) -> list[dict[str, Any]]:
 
 
 async def kabanero_services(db: AsyncDatabase[Document]) -> list[dict[str, Any]]:
+    """Active services; for one that creates its Kabanero CR, the watcher's last outcome too."""
+    owned = {d["_id"]: d async for d in db[OWNED_INSTANCES].find({})}
     cursor = db[SERVICE_INSTANCES].find({"state": "active"}, {"outbox": 0, "service_credentials": 0})
-    return [
-        {
-            "kind": d.get("kind"),
-            "instance_id": d.get("instance_id"),
-            "cluster": (d.get("parameters") or {}).get("cluster"),
-            "namespace": (d.get("parameters") or {}).get("namespace"),
-            "toolchains": [b.get("id") for b in d.get("toolchains") or []],
-        }
-        async for d in cursor
-    ]
+    rows = []
+    async for d in cursor:
+        params = d.get("parameters") or {}
+        done = owned.get(d.get("instance_id")) if d.get("kind") == "kabanero" else None
+        rows.append(
+            {
+                "kind": d.get("kind"),
+                "instance_id": d.get("instance_id"),
+                "cluster": params.get("cluster"),
+                "namespace": params.get("namespace"),
+                "toolchains": [b.get("id") for b in d.get("toolchains") or []],
+                "creates_instance": bool(params.get("create")),
+                "instance_outcome": done.get("outcome") if done else None,
+                "instance_message": done.get("message") if done else None,
+            }
+        )
+    return rows
 
 
 def in_flight(doc: Document) -> dict[str, Any]:
@@ -164,6 +174,11 @@ async def run(config: Config) -> Report:
         if not q["declared"]:
             problems.append(f"queue {q['queue']} is not declared")
     problems += [
+        f"Kabanero service {i['instance_id']}: its Kabanero CR was {i['instance_outcome']}: {i['instance_message']}"
+        for i in instances
+        if i["instance_outcome"] in ("refused", "failed")
+    ]
+    problems += [
         f"OTC refused tool {t['name']!r} in {t['toolchain_id']}: {t['detail']}"
         for t in tools
         if t["state"] == "refused"
@@ -205,9 +220,16 @@ async def run(config: Config) -> Report:
     )
     report.add(
         "KABANERO SERVICES",
-        ("kind", "service", "cluster", "namespace", "toolchains"),
+        ("kind", "service", "cluster", "namespace", "toolchains", "creates CR"),
         [
-            (i["kind"], i["instance_id"], i["cluster"], i["namespace"], ",".join(i["toolchains"]) or "-")
+            (
+                i["kind"],
+                i["instance_id"],
+                i["cluster"],
+                i["namespace"],
+                ",".join(i["toolchains"]) or "-",
+                (i["instance_outcome"] or "pending") if i["creates_instance"] else "-",
+            )
             for i in sorted(instances, key=lambda i: (i["kind"] or "", i["instance_id"] or ""))
         ],
     )

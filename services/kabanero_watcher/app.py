@@ -219,10 +219,9 @@ async def _lead(
         finally:
             task.cancel()
             commands.cancel()
-            with contextlib.suppress(asyncio.CancelledError, NotLeader, BaseExceptionGroup):
-                await task
-            with contextlib.suppress(asyncio.CancelledError):
-                await commands
+            # asyncio.wait, not `await task` under suppress(CancelledError): a cancellation of this
+            # term itself (shutdown) while the consumer drains must propagate, not be swallowed.
+            await asyncio.wait([task, commands])
             runtime.session = None
         if not commands.cancelled() and (exc := commands.exception()) is not None:
             raise exc

@@ -151,6 +151,8 @@ class OwnedInstances:
                 outcome, message = "failed", f"the API server refused it ({exc.status}): {_api_message(exc)}"
             else:
                 raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
+        if outcome == "unchanged" and before is not None and before.outcome in ("created", "updated"):
+            outcome, message = before.outcome, before.message  # a bind or a repeat: the effect stands
         result = OwnedInstance(
             instance_id=data.instance_id,
             cluster=self._cluster,

@@ -8,21 +8,29 @@ GitHub tools like any instance's; a spec the CRD schema refuses is a 400 naming 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from emulators.otc.platform import OtcPlatform
-from scripts.stack import BROKER_ID, Stack
+from kotc_cli.config import KEYS, SERVICE_ENV
+from scripts.stack import BROKER_ID, Stack, write_run_file
 from tests.conftest import _mgmt
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 MARK = "kabanero-otc.io/service-instance"
+CLI = Path(sys.executable).parent / "kabanero-otc"
 CR = "/apis/kabanero.io/v1alpha2/namespaces/{ns}/kabaneros/{name}"
 
 
@@ -69,10 +77,25 @@ class World:
         return {t["parameters"]["repo_url"] for t in tc["tools"] if t["tool_type_id"] == "githubconsolidated"}
 
 
+def status(stack: Stack) -> dict[str, Any]:
+    """``kabanero-otc status --json`` as an operator runs it, from the stack's run file."""
+    env = {k: v for k, v in os.environ.items() if k not in KEYS and k not in SERVICE_ENV.values()}
+    env["KOTC_RUN_FILE"] = str(write_run_file(stack))
+    proc = subprocess.run(
+        [str(CLI), "--json", "status"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.stdout.strip(), proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
 @pytest.fixture
-async def world() -> AsyncIterator[World]:
+async def world(tmp_path: Path) -> AsyncIterator[World]:
     vhost = f"kotc-test-create-{uuid.uuid4().hex[:8]}"
-    stack = Stack(vhost, extra_env={"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}})
+    stack = Stack(
+        vhost,
+        extra_env={"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}},
+        logs=tmp_path / ".run",
+    )
     try:
         await stack.start()
         async with aiohttp.ClientSession() as http:
@@ -126,6 +149,13 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
             after is not None
             and after["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
         )
+
+        # Both outcomes show in `kabanero-otc status` (the refusal as a problem, with its reason).
+        report = await asyncio.to_thread(status, stack)
+        rows = {i["instance_id"]: i for i in report["kabanero_services"]}
+        assert (rows["kab-new"]["creates_instance"], rows["kab-new"]["instance_outcome"]) == (True, "created")
+        assert rows["kab-foreign"]["instance_outcome"] == "refused"
+        assert any("kab-foreign" in p and "not created by this service" in p for p in report["problems"])
 
         # The watcher is SIGKILLed; a PATCH of the spec and a delete are committed while it is down.
         assert stack.kill("kabanero-watcher") == -signal.SIGKILL
