@@ -9,6 +9,7 @@ it would refuse is refused here at once with a 400 naming the field, before anyt
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def spec_errors(spec: Any) -> list[str]:
     """Every violation of the CRD schema, as ``<field>: <problem>`` (no value echoed), field order."""
     if not isinstance(spec, dict):
         return ["parameters.instance: must be an object (a Kabanero spec)"]
+    try:
+        json.dumps(spec, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # JSON can carry a lone surrogate; no API server stores it
+        return ["parameters.instance: must be valid Unicode text (a lone surrogate is not)"]
     errors = sorted(_validator().iter_errors(spec), key=lambda e: [str(p) for p in e.absolute_path])
     out = []
     for err in errors:

@@ -122,26 +122,22 @@ class Policy:
     def _creation(
         given: ParametersIn, base: Parameters | None, *, kind: ServiceKind
     ) -> tuple[bool, dict[str, Any] | None]:
-        """``create`` and ``instance`` (Kabanero services only): PATCH keeps what is not given; a
-        spec the CRD schema refuses is a 400 naming the first bad field."""
+        """``create`` and ``instance``: PATCH keeps what is not given. A spec the CRD schema refuses
+        is a 400 naming the first bad field (on either broker: the published schema is the same);
+        the Events broker then ignores both. ``instance`` without ``create`` is kept, inert."""
         present = given.model_fields_set
+        if given.instance is not None:
+            errors = spec_errors(given.instance)
+            if errors:
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise BadRequest(f"invalid request: {errors[0]}{more}")
         if kind != "kabanero":
             return False, None
         create = bool(given.create) if "create" in present or base is None else base.create
         instance = given.instance if "instance" in present or base is None else base.instance
-        if not create:
-            if "instance" in present and given.instance is not None:
-                raise BadRequest("invalid request: 'parameters.instance' needs 'parameters.create': true")
-            return False, None
-        if instance is None:
-            raise BadRequest(
-                "invalid request: 'parameters.instance' is required with 'parameters.create': true"
-            )
-        errors = spec_errors(instance)
-        if errors:
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise BadRequest(f"invalid request: {errors[0]}{more}")
-        return True, instance
+        if create and instance is None:
+            instance = {}  # an empty spec: the Kabanero operator's defaults
+        return create, instance
 
     def dashboard_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
         return self._pattern.format(

@@ -11,8 +11,18 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+)
 
+from services.broker_api.instance_spec import spec_schema
 from shared.events import ServiceKind
 
 ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
@@ -21,6 +31,12 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SCHEMA_VERSION = 1
 EventsMode = Literal["auto", "manual"]
+# The published schema of parameters.instance is the CRD's own (so fuzzers and clients see the rules
+# broker-api applies); the check itself is instance_spec.spec_errors (a 400 naming the field).
+InstanceSpec = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [spec_schema(), {"type": "null"}], "default": None}),
+]
 # context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3
 BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
 _SECRET = {"type": "string", "format": "password", "writeOnly": True}
@@ -62,15 +78,15 @@ class ParametersIn(_Request):
         description="Kabanero broker only: 'auto' adds a Kabanero Events tool to each toolchain the "
         "service is bound to; 'manual' (default: setting AUTO_EVENTS_SERVICE) adds none",
     )
-    create: bool | None = Field(
+    create: StrictBool | None = Field(
         default=None,
         description="Kabanero broker only: true makes the watcher of the cluster create the Kabanero "
         "CR (spec: parameters.instance), apply later PATCHes of it and delete it on deprovision",
     )
-    instance: dict[str, Any] | None = Field(
+    instance: InstanceSpec = Field(
         default=None,
-        description="with create: the Kabanero spec (kabaneros.kabanero.io v1alpha2, checked against "
-        "the CRD's schema)",
+        description="the Kabanero spec (kabaneros.kabanero.io v1alpha2, checked against the CRD's "
+        "schema); the watcher creates it when create is true ({} when absent: Kabanero's defaults)",
     )
 
 
@@ -134,6 +150,17 @@ class Parameters(BaseModel):
     create: bool = False
     """Kabanero services: the watcher creates (and owns) the Kabanero CR with spec ``instance``."""
     instance: dict[str, Any] | None = None
+    """Stored as canonical JSON text: a spec's keys may be anything JSON allows (``$x``, ``a.b``,
+    NUL), which MongoDB refuses as field names."""
+
+    @field_validator("instance", mode="before")
+    @classmethod
+    def _instance_from_text(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_serializer("instance")
+    def _instance_as_text(self, v: dict[str, Any] | None) -> str | None:
+        return None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":"))
 
     @property
     def label(self) -> str:
