@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -114,30 +115,25 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
             deleted=pending.event == "deprovisioned",
             instance_spec=rec.parameters.instance if rec.parameters.create else None,
         )
-        routing_key = RoutingKeys.service(rec.kind, pending.event)
-        event_id = make_event_id(rec.kind, rec.instance_id, revision)
-        event = CloudEvent.for_data(
-            routing_key, data, source=source, subject=rec.instance_id, id=event_id
-        ).model_copy(update={"time": now})
-        entries.append(
-            OutboxEntry(
-                id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
-            )
-        )
+        entries.append(_entry(rec, RoutingKeys.service(rec.kind, pending.event), data, revision, source, now))
     for j, op in enumerate(change.tools):
         revision = base_revision + len(change.events) + j + 1
         command = events_tool_command(rec, op.toolchain_id, revision)
         routing_key = RoutingKeys.TOOL_APPLY if op.op == "apply" else RoutingKeys.TOOL_REMOVE
-        event_id = make_event_id(rec.kind, rec.instance_id, revision)
-        event = CloudEvent.for_data(
-            routing_key, command, source=source, subject=rec.instance_id, id=event_id
-        ).model_copy(update={"time": now})
-        entries.append(
-            OutboxEntry(
-                id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
-            )
-        )
+        entries.append(_entry(rec, routing_key, command, revision, source, now))
     return entries
+
+
+def _entry(
+    rec: InstanceRecord, routing_key: str, data: BaseModel, revision: int, source: str, now: datetime
+) -> OutboxEntry:
+    """One outbox entry: the CloudEvent of ``data`` with the record's deterministic event id."""
+    event_id = make_event_id(rec.kind, rec.instance_id, revision)
+    event = CloudEvent.for_data(routing_key, data, source=source, subject=rec.instance_id, id=event_id)
+    event = event.model_copy(update={"time": now})
+    return OutboxEntry(
+        id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
+    )
 
 
 class InstanceStore:
