@@ -153,6 +153,11 @@ class OwnedInstances:
                 raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
         if outcome == "unchanged" and before is not None and before.outcome in ("created", "updated"):
             outcome, message = before.outcome, before.message  # a bind or a repeat: the effect stands
+        elif outcome == "unchanged" and before is None:
+            # Our mark on a CR we have no record of: this command created it and the process died
+            # before recording (SIGKILL, lost lease); the redelivery finds it done.
+            outcome = "created"
+            message = f"Kabanero {namespace}/{name} created for service {data.instance_id}"
         result = OwnedInstance(
             instance_id=data.instance_id,
             cluster=self._cluster,
