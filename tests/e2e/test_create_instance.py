@@ -24,7 +24,7 @@ import pytest
 
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.stack import BROKER_ID, Stack, write_run_file
+from scripts.stack import BROKER_ID, Stack, free_port, wait_http, write_run_file
 from tests.conftest import _mgmt
 from tests.helpers import wait_until
 
@@ -65,8 +65,8 @@ class World:
         status, body = await self.get(self.stack.url("kube") + CR.format(ns=ns, name=name))
         return body if status == 200 else None
 
-    async def outcome(self, sid: str) -> dict[str, Any] | None:
-        status, body = await self.get(f"{self.stack.url('watcher')}/instances")
+    async def outcome(self, sid: str, watcher: str | None = None) -> dict[str, Any] | None:
+        status, body = await self.get(f"{watcher or self.stack.url('watcher')}/instances")
         if status != 200:
             return None
         return next((i for i in body["instances"] if i["instance_id"] == sid), None)
@@ -189,8 +189,8 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
         await wait_until(lambda: _repos(w, set()), timeout=45, what="GitHub tools removed")
 
 
-async def _outcome_is(w: World, sid: str, outcome: str) -> bool:
-    got = await w.outcome(sid)
+async def _outcome_is(w: World, sid: str, outcome: str, watcher: str | None = None) -> bool:
+    got = await w.outcome(sid, watcher)
     return got is not None and got["outcome"] == outcome
 
 
@@ -201,3 +201,39 @@ async def _says(w: World, sid: str, text: str) -> bool:
 
 async def _repos(w: World, want: set[str]) -> bool:
     return await w.github_repos() == want
+
+
+async def test_commands_continue_after_a_lease_handover(world: World) -> None:
+    """Two watcher replicas: the leader is stopped (it releases its Lease), the standby takes over
+    and carries out the PATCH and the delete committed meanwhile; the CR is the same one."""
+    w, stack = world, world.stack
+    args, env = stack.specs["kabanero-watcher"]
+    port = free_port()
+    stack.spawn("kabanero-watcher-2", args, {**env, "HTTP_PORT": str(port), "HOLDER_IDENTITY": "watcher-2"})
+    second = f"http://127.0.0.1:{port}"
+    await wait_http(f"{second}/healthz", "second watcher", timeout=60)
+    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+        params = {"namespace": "team-ho", "create": True, "instance": spec("hub-a")}
+        assert (await otc.provision("kabanero-broker", "kab-ho", parameters=params)).status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-ho", "created", second), timeout=45, what="CR created")
+        created = await w.cr("team-ho")
+        assert created is not None
+        lease_url = (
+            stack.url("kube") + "/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher"
+        )
+        assert (await w.get(lease_url))[1]["spec"]["holderIdentity"] != "watcher-2"  # the first one leads
+        # The leader stops (it releases the Lease); the PATCH lands during the handover.
+        assert stack.kill("kabanero-watcher", signal.SIGTERM) == 0
+        reply = await otc.update("kabanero-broker", "kab-ho", parameters={"instance": spec("hub-a", "hub-b")})
+        assert reply.status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-ho", "updated", second), timeout=60, what="patched")
+        patched = await w.cr("team-ho")
+        assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
+        assert patched["metadata"]["uid"] == created["metadata"]["uid"]
+        lease = await w.get(
+            stack.url("kube") + "/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher"
+        )
+        assert lease[1]["spec"]["holderIdentity"] == "watcher-2"
+        assert (await otc.deprovision("kabanero-broker", "kab-ho")).status == 204
+        await wait_until(lambda: _outcome_is(w, "kab-ho", "deleted", second), timeout=45, what="deleted")
+        assert await w.cr("team-ho") is None
