@@ -202,6 +202,8 @@ class Row:
     fault_s: float
     ok: bool
     problems: list[str]
+    notes: list[str] = field(default_factory=list)
+    """What happened that is no invariant: a service that exited by itself and was restarted."""
 
 
 class Chaos:
@@ -755,8 +757,8 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
     stop.set()
     await load
     label = f"{name} #{index}" + (f" ({seconds:g} s)" if name == "otc down" else "")
-    for service in SERVICES:  # a fault may have left a service restarting: wait until it serves
-        await wait_ready(c, service)
+    # A fault may have left a service restarting: wait until it serves (restarting one that exited).
+    restarted = [service for service in SERVICES if await wait_ready(c, service)]
     converged = await c.converge(label, converge_timeout)
     converge_s = time.monotonic() - ended if converged is not None else None
     with contextlib.suppress(RuntimeError):
@@ -769,6 +771,7 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
     changes = c.changes - changes_before
     needed = c.needed_writes - needed_before
     problems = []
+    notes = [f"{s} exited on its own and was started again" for s in restarted]
     if converge_s is None:
         problems.append(f"not converged within {converge_timeout:g}s")
     if comparison.missing:
@@ -798,17 +801,25 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
         fault_s=round(fault_s, 1),
         ok=not problems,
         problems=problems,
+        notes=notes,
     )
 
 
-async def wait_ready(c: Chaos, service: str, timeout: float = 90) -> None:
+async def wait_ready(c: Chaos, service: str, timeout: float = 90) -> bool:
+    """Wait until ``service`` serves; one that exited on its own (e.g. its start-up gave up) is
+    started again, as Kubernetes would. True when it had to be restarted."""
+    restarted = False
     url = f"{c.stack.url(SERVICES[service])}/healthz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if c.stack.proc(service).poll() is not None:
+            with contextlib.suppress(RuntimeError):  # not ready within its minute: keep waiting here
+                await c.stack.restart(service, sig=None)
+            restarted = True
         with contextlib.suppress(aiohttp.ClientError, OSError):
             async with c.http.get(url) as r:
                 if r.status == 200:
-                    return
+                    return restarted
         await asyncio.sleep(0.3)
     raise RuntimeError(f"{service} not serving after {timeout:g}s")
 
