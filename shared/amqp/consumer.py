@@ -139,15 +139,24 @@ class Consumer:
             self.consuming = False
             try:
                 await asyncio.shield(queue.cancel(tag))
-                if self._inflight:
+                # Messages held for a dependency that is down do no work: waiting for them would only
+                # spend the shutdown deadline. They go back unacked and the broker redelivers them.
+                if self._inflight and self.outage is None:
                     await asyncio.wait(set(self._inflight), timeout=self._drain_timeout)
             except Exception:
                 log.warning("consumer drain incomplete", extra={"queue": self.queue_name}, exc_info=True)
-            for task in self._inflight:
-                task.cancel()
-            if self._prober is not None:
-                self._prober.cancel()
-            await channel.close()
+            finally:
+                # Also when the drain itself is cancelled (the runtime's deadline): nothing of this
+                # consumer may outlive it.
+                await self._cancel_leftovers()
+                await channel.close()
+
+    async def _cancel_leftovers(self) -> None:
+        tasks = [*self._inflight, *([self._prober] if self._prober is not None else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready while consuming from a queue that exists (a deleted queue delivers nothing, forever).

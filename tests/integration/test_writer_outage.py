@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, Deps
 from services.otc_writer.desired import trigger_tool_name
@@ -71,7 +72,7 @@ async def test_otc_down_longer_than_all_attempts_dead_letters_nothing(env: Write
 
 
 async def test_iam_rejecting_the_key_makes_the_writer_unready_and_dead_letters_nothing(
-    env: WriterEnv,
+    env: WriterEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     tc = env.otc.seed_toolchain(name="badkey")
     async with env.writer(otc_api_key="a-key-iam-does-not-know") as w:
@@ -85,3 +86,11 @@ async def test_iam_rejecting_the_key_makes_the_writer_unready_and_dead_letters_n
         await asyncio.sleep(3)
         assert await drain_queue(env.amqp_url, f"{COMMANDS_QUEUE}.dead", timeout=0.2) == []
     assert env.otc.tools(tc) == []
+    # Stopping while messages are held closes every part within the deadline (held messages do no
+    # work, so the consumer does not wait for them; they go back unacked).
+    late = [
+        r.getMessage()
+        for r in caplog.records
+        if "did not close within the shutdown deadline" in r.getMessage()
+    ]
+    assert late == []
