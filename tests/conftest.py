@@ -8,6 +8,7 @@ the contract queue names never collide between tests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,14 @@ def mongo_server_url() -> Iterator[str]:
     line = proc.stdout.readline().strip()
     if not line.startswith("MONGODB_URL="):
         proc.kill()
+        proc.stdout.close()
         raise RuntimeError(f"emulators.mongo did not start: {line!r}")
     try:
         yield line.removeprefix("MONGODB_URL=")
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
 
 
 @pytest.fixture
@@ -113,3 +116,21 @@ def private_rabbit() -> Iterator[RabbitNode]:
         yield node
     finally:
         node.cleanup()
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running (kopf's tests do the same): a task nobody
+    awaits is a resource nobody closes. Set up first, so it checks after every other fixture's
+    teardown; a task gets a moment to finish what it was cancelled for."""
+    before = asyncio.all_tasks()
+    yield
+    me = asyncio.current_task()
+    left = {t for t in asyncio.all_tasks() - before if t is not me and not t.done()}
+    if left:
+        _, left = await asyncio.wait(left, timeout=1.0)
+    if left:
+        for task in left:
+            task.cancel()
+        names = sorted(f"{t.get_name()} ({t.get_coro()!r:.120})" for t in left)
+        pytest.fail(f"{request.node.nodeid} leaked {len(left)} asyncio task(s): {names}", pytrace=False)

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from emulators.json_merge_patch import merge_patch
 from emulators.otc.brokered import BrokeredTools
 from emulators.otc.errors import TRANSACTION_HEADER, ApiError, error_response, transaction_id
 from emulators.otc.faults import FaultInjector
@@ -33,7 +34,6 @@ from emulators.otc.validation import (
     check_name,
     check_resource_group_id,
     check_tool_type,
-    merge_patch,
     normalize_parameters,
 )
 

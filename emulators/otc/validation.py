@@ -178,16 +178,3 @@ def check_immutable(tool_type_id: str, before: Mapping[str, Any], after: Mapping
     for key in IMMUTABLE_PARAMETERS.get(tool_type_id, ()):
         if before.get(key) != after.get(key):
             raise bad(f"Parameter '{key}' cannot be changed after the tool is created", code="immutable")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` removes a key."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result: dict[str, Any] = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result

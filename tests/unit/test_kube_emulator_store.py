@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from emulators.json_merge_patch import merge_patch
 from emulators.kube.errors import ApiError
-from emulators.kube.patching import apply_patch, json_patch, merge_patch
+from emulators.kube.patching import apply_patch, json_patch
 from emulators.kube.seeding import documents
 from emulators.kube.selectors import Selector
 from emulators.kube.store import Store

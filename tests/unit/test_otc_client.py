@@ -29,21 +29,44 @@ KEY = "unit-key"
 GH = {"type": "link", "repo_url": "https://github.com/o/r"}
 
 
+class FakeTime:
+    """The client's injected clock and sleep: a wait advances this clock and the emulator's at
+    once, without real waiting (the emulator still judges whether a retry came too early)."""
+
+    def __init__(self, otc: OtcEmulator) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+        self._otc = otc
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._otc.advance_clock(seconds)
+
+
 @dataclass
 class Ctx:
     otc: OtcEmulator
     client: OtcClient
     iam: IamTokenManager
     session: aiohttp.ClientSession
+    time: FakeTime
 
     def token_calls(self) -> int:
         return sum(1 for c in self.otc.calls() if c.path == "/identity/token")
 
 
 def make_client(
-    otc: OtcEmulator, session: aiohttp.ClientSession, **config: float
+    otc: OtcEmulator, session: aiohttp.ClientSession, time: FakeTime, **config: float
 ) -> tuple[OtcClient, IamTokenManager]:
-    iam = IamTokenManager(session, otc.url, KEY)
+    iam = IamTokenManager(session, otc.url, KEY, clock=time.clock)
     cfg = OtcClientConfig(
         api_url=otc.api_url,
         rate_limit=config.pop("rate_limit", 1000.0),
@@ -52,7 +75,7 @@ def make_client(
         page_limit=int(config.pop("page_limit", 100)),
         **config,  # type: ignore[arg-type]
     )
-    return OtcClient(cfg, session, iam, rng=random.Random(3)), iam
+    return OtcClient(cfg, session, iam, rng=random.Random(3), clock=time.clock, sleep=time.sleep), iam
 
 
 @pytest.fixture
@@ -61,13 +84,14 @@ async def ctx() -> AsyncIterator[Ctx]:
         OtcEmulator.running(port=0, api_keys=(KEY,), token_ttl=100) as otc,
         aiohttp.ClientSession() as s,
     ):
-        client, iam = make_client(otc, s)
-        yield Ctx(otc, client, iam, s)
+        time = FakeTime(otc)
+        client, iam = make_client(otc, s, time)
+        yield Ctx(otc, client, iam, s, time)
 
 
 async def test_crud_with_merge_patch_and_paging(ctx: Ctx) -> None:
     tc = ctx.otc.seed_toolchain()
-    small, _ = make_client(ctx.otc, ctx.session, page_limit=2)
+    small, _ = make_client(ctx.otc, ctx.session, ctx.time, page_limit=2)
     created = [
         await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name=f"t{i}", parameters=GH)
         for i in range(5)
@@ -89,9 +113,7 @@ async def test_token_single_flight_and_refresh_before_expiry(ctx: Ctx) -> None:
     tc = ctx.otc.seed_toolchain()
     await asyncio.gather(*(ctx.client.list_tools(tc) for _ in range(20)))
     assert ctx.token_calls() == 1
-    # The IAM clock moves by 85 % of the lifetime; our monotonic one does not, so fake it.
-    assert ctx.iam._token is not None
-    ctx.iam._token = type(ctx.iam._token)(ctx.iam._token.value, refresh_at=0.0, expires_at=1e18)
+    ctx.time.advance(86)  # past the refresh point (85 % of the 100 s lifetime), not yet expired
     await asyncio.gather(*(ctx.client.list_tools(tc) for _ in range(10)))
     assert ctx.token_calls() == 2
 
@@ -144,7 +166,9 @@ async def test_5xx_retried_then_gives_up_retryable(ctx: Ctx) -> None:
 
 async def test_breaker_opens_and_refuses_without_calling(ctx: Ctx) -> None:
     tc = ctx.otc.seed_toolchain()
-    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=3, max_attempts=3, breaker_reset_s=60)
+    client, _ = make_client(
+        ctx.otc, ctx.session, ctx.time, breaker_threshold=3, max_attempts=3, breaker_reset_s=60
+    )
     ctx.otc.set_faults(error_rate=1.0)
     with pytest.raises(OtcRetryableError):
         await client.list_tools(tc)
@@ -157,10 +181,9 @@ async def test_breaker_opens_and_refuses_without_calling(ctx: Ctx) -> None:
 async def test_429_retry_after_respected(ctx: Ctx) -> None:
     tc = ctx.otc.seed_toolchain()
     ctx.otc.set_faults(rate_limit=RateLimitFault(count=2, retry_after=1))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = ctx.time.now
     assert await ctx.client.list_tools(tc) == []
-    assert loop.time() - started >= 2.0  # two advertised waits of 1 s
+    assert ctx.time.now - started >= 2.0  # two advertised waits of 1 s, on the injected clock
     assert not [c for c in ctx.otc.calls() if c.early]
 
 
@@ -187,7 +210,7 @@ async def test_retry_after_holds_back_callers_already_waiting_for_the_rate_limit
     tc = ctx.otc.seed_toolchain()
     # Burst 1.5: the first call takes a token, the second waits ~0.33 s in the bucket, well before
     # the 1 s the 429 (answered to the first call) advertises.
-    client, iam = make_client(ctx.otc, ctx.session, rate_limit=1.5)
+    client, iam = make_client(ctx.otc, ctx.session, ctx.time, rate_limit=1.5)
     await iam.token()
     ctx.otc.set_faults(rate_limit=RateLimitFault(count=1, retry_after=1))
     assert list(await asyncio.gather(client.list_tools(tc), client.list_tools(tc))) == [[], []]
@@ -199,7 +222,9 @@ async def test_retry_after_holds_back_callers_already_waiting_for_the_rate_limit
 async def test_answers_below_500_do_not_open_the_breaker(ctx: Ctx) -> None:
     """409s and 404s are OTC answering normally: they must not count as failures of OTC."""
     tc = ctx.otc.seed_toolchain()
-    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=2, max_attempts=3, breaker_reset_s=60)
+    client, _ = make_client(
+        ctx.otc, ctx.session, ctx.time, breaker_threshold=2, max_attempts=3, breaker_reset_s=60
+    )
     ctx.otc.set_faults(FaultConfig(rules=[ErrorRule(path=".*/tools", method="POST", status=409, times=2)]))
     await client.create_tool(tc, tool_type_id="githubconsolidated", name="after-409s", parameters=GH)
     for _ in range(3):

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from emulators.json_merge_patch import merge_patch
 from emulators.otc.clock import Clock
 from emulators.otc.errors import ApiError
 from emulators.otc.iam import TokenIssuer, decode_jwt, encode_jwt
 from emulators.otc.paging import decode_cursor, encode_cursor, paginate, parse_limit
 from emulators.otc.settings import OtcEmulatorSettings
-from emulators.otc.validation import check_name, merge_patch, normalize_parameters
+from emulators.otc.validation import check_name, normalize_parameters
 
 
 def test_jwt_round_trip_and_tampering() -> None:
