@@ -143,7 +143,9 @@ async def test_bad_api_key_is_iam_unavailable_without_leaking_it(ctx: Ctx) -> No
 
 async def test_probe_tells_whether_otc_answers_and_closes_the_circuit(ctx: Ctx) -> None:
     tc = ctx.otc.seed_toolchain()
-    client, _ = make_client(ctx.otc, ctx.session, breaker_threshold=3, max_attempts=3, breaker_reset_s=600)
+    client, _ = make_client(
+        ctx.otc, ctx.session, ctx.time, breaker_threshold=3, max_attempts=3, breaker_reset_s=600
+    )
     ctx.otc.set_faults(error_rate=1.0)
     with pytest.raises(OtcUnavailableError):  # the circuit opened on the way: OTC is down
         await client.list_tools(tc)
