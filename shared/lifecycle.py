@@ -7,7 +7,9 @@ an async context manager factory (like aiohttp's ``cleanup_ctx``), entered on on
 reverse order: consumers stop before the connection they use, the connection before MongoDB.
 
 Shutdown has one overall deadline (``shutdown_timeout``): every part's exit runs with what is left
-of it; a part that overruns is abandoned with a warning and the next one still gets its turn.
+of it, less a small reserve for each part still to close after it (so a consumer that overruns
+cannot leave the MongoDB client no time at all); a part that overruns is abandoned with a warning
+and the next one still gets its turn.
 
 Background tasks are parts too (:meth:`Runtime.add_task`): named, guarded (kopf's
 ``aiotasks.guard`` is the model: a crash is logged with its traceback, cancellation is quiet), and a
@@ -104,6 +106,8 @@ class Runtime:
         self._parts: list[tuple[str, Part]] = []
         self._stack: AsyncExitStack | None = None
         self._deadline: float | None = None
+        self._reserve = 0.0
+        self._entered = 0
 
     def add(self, name: str, part: Part) -> None:
         """Add a part; ``name`` is what the logs call it when it fails to close in time."""
@@ -118,9 +122,11 @@ class Runtime:
     async def start(self) -> None:
         stack = AsyncExitStack()
         self._deadline = None
+        self._entered = 0
         try:
-            for name, part in self._parts:
-                await stack.enter_async_context(_Bounded(self, name, part()))
+            for index, (name, part) in enumerate(self._parts):
+                await stack.enter_async_context(_Bounded(self, index, name, part()))
+                self._entered = index + 1
         except BaseException:
             await self._close(stack)
             raise
@@ -134,13 +140,17 @@ class Runtime:
     async def _close(self, stack: AsyncExitStack) -> None:
         self.supervisor.stopping = True
         self._deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+        # A quarter of the deadline is shared out as reserves (at most 1 s a part).
+        self._reserve = min(1.0, 0.25 * self.shutdown_timeout / max(1, self._entered + 1))
         await stack.aclose()
 
-    def remaining(self) -> float | None:
-        """Seconds left of the shutdown deadline (None while not shutting down)."""
+    def remaining(self, index: int = 0) -> float | None:
+        """Seconds the part started ``index``-th has to close: what is left of the deadline less a
+        reserve for each of the ``index`` parts that close after it (None while not stopping)."""
         if self._deadline is None:
             return None
-        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+        until = self._deadline - index * self._reserve
+        return max(0.0, until - asyncio.get_running_loop().time())
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -154,8 +164,11 @@ class _Bounded:
     """A part whose exit runs within what is left of the runtime's shutdown deadline and never
     raises: a part that cannot close (cleanly, or in time) must not keep the others open."""
 
-    def __init__(self, runtime: Runtime, name: str, inner: AbstractAsyncContextManager[object]) -> None:
+    def __init__(
+        self, runtime: Runtime, index: int, name: str, inner: AbstractAsyncContextManager[object]
+    ) -> None:
         self._runtime = runtime
+        self._index = index
         self._name = name
         self._inner = inner
 
@@ -165,7 +178,7 @@ class _Bounded:
     async def __aexit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        remaining = self._runtime.remaining()
+        remaining = self._runtime.remaining(self._index)
         try:
             async with asyncio.timeout(remaining):
                 await self._inner.__aexit__(typ, exc, tb)

@@ -132,5 +132,13 @@ async def no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]
     if left:
         for task in left:
             task.cancel()
-        names = sorted(f"{t.get_name()} ({t.get_coro()!r:.120})" for t in left)
+        names = sorted(f"{t.get_name()} ({t.get_coro()!r:.120}, waiting at {_where(t)})" for t in left)
         pytest.fail(f"{request.node.nodeid} leaked {len(left)} asyncio task(s): {names}", pytrace=False)
+
+
+def _where(task: asyncio.Task[object]) -> str:
+    frames = task.get_stack()
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} in {frame.f_code.co_name}"

@@ -134,7 +134,12 @@ class BrokerApi:
             return web.json_response({"description": "storage unavailable, retry later"}, status=status)
         except BrokerError as exc:
             status = exc.status
-            return web.json_response({"description": exc.description}, status=exc.status, headers=exc.headers)
+            answer = web.json_response(
+                {"description": exc.description}, status=exc.status, headers=exc.headers
+            )
+            if isinstance(exc, RequestTimeout):
+                await _answer_and_close(request, answer)
+            return answer
         except web.HTTPException as exc:
             if exc.status < 400:
                 status = exc.status
@@ -479,6 +484,17 @@ def _events_note(rec: InstanceRecord) -> str | None:
         "place (each is removed when this service is unbound from its toolchain or deleted); "
         "no new ones are added"
     )
+
+
+async def _answer_and_close(request: web.Request, answer: web.StreamResponse) -> None:
+    """Send ``answer``, then close the connection (RFC 9110 §15.5.9, after a 408): left open,
+    aiohttp would linger up to 10 s reading the rest of a body that is not coming, even after the
+    client went away."""
+    answer.force_close()
+    await answer.prepare(request)
+    await answer.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()  # the transport flushes the answer before it closes
 
 
 def utc_now() -> datetime:

@@ -186,6 +186,7 @@ async def test_a_slow_body_gets_a_408(broker: tuple[BrokerRuntime, Client]) -> N
             answer = await reader.read(65536)
     finally:
         writer.close()
+        await writer.wait_closed()
     status, payload = _status_and_body(answer)
     assert status == 408 and "body" in json.loads(payload)["description"]
 
@@ -211,6 +212,8 @@ class _HangingProxy:
         self.target = target
         self.hung = asyncio.Event()
         self.server: asyncio.Server | None = None
+        self._serving: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> _HangingProxy:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -219,6 +222,12 @@ class _HangingProxy:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        for task in self._serving:
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
+        await self.server.wait_closed()
 
     @property
     def port(self) -> int:
@@ -226,7 +235,11 @@ class _HangingProxy:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
         up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers += [writer, up_writer]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):

@@ -73,6 +73,24 @@ async def test_one_deadline_for_the_whole_shutdown() -> None:
     assert took < 0.3 + 2.0, f"stop() took {took:.1f}s with a 0.3s deadline"
 
 
+async def test_parts_after_an_overrunning_one_still_get_time_to_close() -> None:
+    """A consumer that never drains uses up its share, not the MongoDB client's."""
+    calls: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def client() -> AsyncIterator[None]:
+        yield
+        await asyncio.sleep(0.02)  # closing sockets takes a moment
+        calls.append("client closed")
+
+    rt = Runtime("t", shutdown_timeout=1.0)
+    rt.add("client", client)
+    rt.add("consumer", _part(calls, "consumer", hang_on_close=True))
+    await rt.start()
+    await rt.stop()
+    assert calls == ["start consumer", "stop consumer", "client closed"]
+
+
 async def test_a_part_that_fails_to_close_does_not_keep_the_others_open() -> None:
     calls: list[str] = []
 
