@@ -137,8 +137,12 @@ class Consumer:
             await asyncio.Event().wait()
         finally:
             self.consuming = False
+            # With RabbitMQ gone there is nothing to cancel or close (the broker dropped both), and
+            # a robust channel would wait for a reconnect that shutdown is not going to wait for.
+            connected = self._connection.ready
             try:
-                await asyncio.shield(queue.cancel(tag))
+                if connected:
+                    await asyncio.shield(queue.cancel(tag))
                 # Messages held for a dependency that is down do no work: waiting for them would only
                 # spend the shutdown deadline. They go back unacked and the broker redelivers them.
                 if self._inflight and self.outage is None:
@@ -149,7 +153,8 @@ class Consumer:
                 # Also when the drain itself is cancelled (the runtime's deadline): nothing of this
                 # consumer may outlive it.
                 await self._cancel_leftovers()
-                await channel.close()
+                if connected:
+                    await channel.close()
 
     async def _cancel_leftovers(self) -> None:
         tasks = [*self._inflight, *([self._prober] if self._prober is not None else [])]

@@ -79,7 +79,13 @@ class OutageStack(Stack):
 
     def __init__(self, vhost: str, logs: Path, proxy: Cuttable) -> None:
         env = {name: {"SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)} for name in SERVICES}
-        env["kabanero-watcher"] |= {"PUBLISH_RETRY_S": "0.5", "SNAPSHOT_INTERVAL_S": "300"}
+        # CONNECT_TIMEOUT_S is also MongoDB's server selection timeout: a write during the outage
+        # fails after 5 s (not 30 s), so the namespace shows as pending while MongoDB is still gone.
+        env["kabanero-watcher"] |= {
+            "PUBLISH_RETRY_S": "0.5",
+            "SNAPSHOT_INTERVAL_S": "300",
+            "CONNECT_TIMEOUT_S": "5",
+        }
         super().__init__(vhost, extra_env=env, logs=logs)
         self.proxy = proxy
 
