@@ -72,6 +72,9 @@ def test_run_is_single_instance_and_leaves_no_orphans_when_killed(tmp_path: Path
     finally:
         if first.poll() is None:
             first.kill()
+            first.wait(10)
+        if first.stdout is not None:
+            first.stdout.close()
         for pid in pids.values():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
