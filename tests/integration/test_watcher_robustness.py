@@ -55,6 +55,9 @@ async def test_two_replicas_exactly_one_publishes_and_hands_over(
             lease = kube.store.get("leases", "default", "kabanero-watcher")
             assert lease["spec"]["holderIdentity"] == "a"
 
+            # The tap sees the event before a records it done (after the confirm): stopping a in
+            # between would leave it pending, and b re-publish it (same id, deduplicated downstream).
+            await wait_until(lambda: a.session is not None and a.session.idle.is_set(), what="a idle")
             await a.stop()  # releases the lease: b takes over at once
             await wait_until(lambda: b is not None and b.leading, timeout=3, what="b leads")
             await ready(b)
