@@ -293,6 +293,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 print(f"{name} did not stop in time; killing")
                 proc.kill()
+                proc.wait()
 
 
 async def mgmt(method: str, path: str, body: Any = None) -> Any:

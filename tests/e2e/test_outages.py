@@ -211,6 +211,7 @@ async def _sigterm_without_rabbitmq(stack: OutageStack) -> None:
             code: int | None = await asyncio.to_thread(proc.wait, SHUTDOWN_S + 30)
         except Exception:
             proc.kill()
+            proc.wait()
             code = None
         return name, time.monotonic() - started, code
 
