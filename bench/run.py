@@ -17,9 +17,12 @@ import platform
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from scripts.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +119,8 @@ def gather(parts: dict[str, list[str]], partial: Path, *, resume: bool = False) 
 
 def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, list[str]]) -> dict[str, Any]:
     """The keys of issue 12 from the parts' own figures (``raw`` is kept in full beside them)."""
-    b, w, s = raw["baseline"], raw["writer"], raw["stack"]
+    b, w = raw["baseline"], raw["writer"]
+    s: dict[str, Any] = defaultdict(lambda: None, raw["stack"])
     ceiling = min(b["amqp_hop_per_s"], b["store_upsert_per_s"])
     at_1k, at_10k = raw["writer_1k"]["ms_per_change"], raw["writer_10k"]["ms_per_change"]
     results: dict[str, Any] = {
@@ -150,15 +154,17 @@ def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, l
             "changes_per_s": s["sustained_changes_per_s"],
             "latency_ms": s["latency_ms"],
             "latency_at_changes_per_s": s["latency_rate_per_s"],
-            "invariants_hold": s["invariants"]["hold"],
+            "invariants_hold": (s["invariants"] or {}).get("hold"),
         },
         "otc": {
             "writes_per_change": s["writes_per_change"],
             "writes_unchanged_resync": s["resync_writes"],
         },
         "resync": {"seconds_10k": s["resync_seconds"], "triggers": s["triggers"]},
+        "stack_error": s["error"],
         "rss_mb": {
-            name: {"idle": s["rss_idle"][name], "at_10k": s["rss_loaded"][name]} for name in s["rss_idle"]
+            name: {"idle": (s["rss_idle"] or {}).get(name), "at_10k": (s["rss_loaded"] or {}).get(name)}
+            for name in SERVICES
         },
         "meta": {
             "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -203,7 +209,7 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             target = TARGETS.get(dotted)
             mark = ""
-            if target is not None:
+            if target is not None and value is not None:
                 op, bound = target
                 ok = value >= bound if op == ">=" else value <= bound
                 mark = f"{op} {bound:g} {'met' if ok else '**missed**'}"
