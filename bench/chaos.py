@@ -47,7 +47,7 @@ from pymongo import AsyncMongoClient
 from emulators.otc.platform import BrokerName, OtcPlatform
 from scripts.stack import API_KEY, BROKER_ID, LOGS, QUEUES, SERVICES, Stack
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE
-from tests.e2e.test_stack_faults import expected_repos, expected_triggers
+from tests.e2e.test_stack_faults import connection, expected_repos, expected_triggers, mediation
 from tests.rabbit_node import RabbitNode
 
 ROOT = Path(__file__).resolve().parent
@@ -268,28 +268,14 @@ class Chaos:
 
     # the world
 
-    def _mediation(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "selector": {"urlPattern": f"{name}-r{self.revs[name]}"},
-            "sendTo": ["dest"],
-            "body": [{"=": "sendEvent(dest, body, header)"}],
-        }
-
-    def _connection(self, name: str) -> dict[str, Any]:
-        return {
-            "from": {"mediator": {"name": MEDIATOR, "mediation": name, "destination": "dest"}},
-            "to": [
-                {"https": [{"url": f"https://el-{name}.{NS}.svc:8080/r{self.revs[name]}", "insecure": True}]}
-            ],
-        }
-
     async def write_mediations(self) -> None:
         await self.kube(
-            "PATCH", "mediator", {"spec": {"mediations": [self._mediation(n) for n in self.revs]}}
+            "PATCH", "mediator", {"spec": {"mediations": [mediation(n, r) for n, r in self.revs.items()]}}
         )
         await self.kube(
-            "PATCH", "connections", {"spec": {"connections": [self._connection(n) for n in self.revs]}}
+            "PATCH",
+            "connections",
+            {"spec": {"connections": [connection(n, r) for n, r in self.revs.items()]}},
         )
 
     async def tap(self) -> None:

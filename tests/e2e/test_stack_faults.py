@@ -34,6 +34,27 @@ pytestmark = pytest.mark.e2e
 
 NS = "kabanero"
 MEDIATOR = "webhook"
+
+
+def mediation(name: str, rev: int) -> dict[str, Any]:
+    """Mediation ``name`` at revision ``rev`` (the revision is in its selector): also bench/chaos.py's."""
+    return {
+        "name": name,
+        "selector": {"urlPattern": f"{name}-r{rev}"},
+        "sendTo": ["dest"],
+        "body": [{"=": "sendEvent(dest, body, header)"}],
+    }
+
+
+def connection(name: str, rev: int) -> dict[str, Any]:
+    """The EventConnections entry of mediation ``name``; its URL carries the revision."""
+    url = f"https://el-{name}.{NS}.svc:8080/r{rev}"
+    return {
+        "from": {"mediator": {"name": MEDIATOR, "mediation": name, "destination": "dest"}},
+        "to": [{"https": [{"url": url, "insecure": True}]}],
+    }
+
+
 CRS = {
     "mediator": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventmediators/{MEDIATOR}",
     "connections": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventconnections/connections",
@@ -224,19 +245,10 @@ class World:
     # The cluster: mediations m* with one EventConnections entry each, whose URL carries the revision.
 
     def mediation(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "selector": {"urlPattern": f"{name}-r{self.revs[name]}"},
-            "sendTo": ["dest"],
-            "body": [{"=": "sendEvent(dest, body, header)"}],
-        }
+        return mediation(name, self.revs[name])
 
     def connection(self, name: str) -> dict[str, Any]:
-        url = f"https://el-{name}.{NS}.svc:8080/r{self.revs[name]}"
-        return {
-            "from": {"mediator": {"name": MEDIATOR, "mediation": name, "destination": "dest"}},
-            "to": [{"https": [{"url": url, "insecure": True}]}],
-        }
+        return connection(name, self.revs[name])
 
     async def set_mediations(
         self, objects: tuple[str, ...] = ("mediator", "connections"), **changes: int | None
