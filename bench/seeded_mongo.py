@@ -12,14 +12,14 @@ import argparse
 import asyncio
 import contextlib
 
-from mongoeco.engines.memory import MemoryEngine
 from mongoeco.wire import AsyncMongoEcoProxyServer
 
 from bench.writer_seed import seed_documents
+from emulators.mongo.server import IdLookupMemoryEngine
 
 
 async def serve(db: str, entries: int) -> None:
-    engine = MemoryEngine()
+    engine = IdLookupMemoryEngine()
     for collection, docs in seed_documents(entries).items():
         await engine.insert_documents(db, collection, docs)
     async with AsyncMongoEcoProxyServer(engine=engine, host="127.0.0.1", port=0) as server:
