@@ -111,11 +111,8 @@ class ToolApplier:
                 extra={"ledger_id": lease.id, "tool_name": want.name, "error": str(exc)},
             )
             raise
-        except OtcError as exc:
-            await self._ledger.fail(lease, str(exc))
-            raise
-        except BaseException:
-            await self._ledger.release(lease)
+        except BaseException as exc:
+            await self._end_failed(lease, exc)
             raise
         if outcome is not Outcome.REFUSED:  # logged with its reason by ``_skip``
             log.info(
@@ -225,6 +222,13 @@ class ToolApplier:
         await self._ledger.commit(lease, {**commit, "tool_id": tool.id})
         return Outcome.CREATED
 
+    async def _end_failed(self, lease: Lease, exc: BaseException) -> None:
+        """An attempt that raised: an OTC error is recorded (intents kept), anything else releases."""
+        if isinstance(exc, OtcError):
+            await self._ledger.fail(lease, str(exc))
+        else:
+            await self._ledger.release(lease)
+
     async def _before_write(self, lease: Lease, op_prefix: str, op: str, name: str) -> None:
         if op_prefix:
             await self._ledger.mark_pending(lease, op_prefix + op, name)
@@ -243,11 +247,8 @@ class ToolApplier:
         fields: dict[str, Any] = {"revision": want.revision, "scope": want.scope}
         try:
             outcome = await self._converge(lease, want, fields, current, want.parameters, op_prefix)
-        except OtcError as exc:
-            await self._ledger.fail(lease, str(exc))
-            raise
-        except BaseException:
-            await self._ledger.release(lease)
+        except BaseException as exc:
+            await self._end_failed(lease, exc)
             raise
         log.info("tool %s by the audit", outcome, extra={"ledger_id": lease.id, "tool_name": want.name})
         return outcome
@@ -307,11 +308,8 @@ class ToolApplier:
         try:
             async with self._ledger.kept(lease):
                 outcome = await self._remove(lease, toolchain_id, revision, name)
-        except OtcError as exc:
-            await self._ledger.fail(lease, str(exc))
-            raise
-        except BaseException:
-            await self._ledger.release(lease)
+        except BaseException as exc:
+            await self._end_failed(lease, exc)
             raise
         log.info("tool %s", outcome, extra={"ledger_id": lease.id, "revision": revision})
         return outcome

@@ -31,7 +31,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.otc_writer.applier import Outcome, ToolApplier
-from services.otc_writer.desired import DesiredTool
 from services.otc_writer.ledger import LeaseBusy, LeaseLost, Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcClient, OtcError, OtcNotFoundError, OtcRetryableError, Tool
 
@@ -63,6 +62,10 @@ class _Plan:
     """The tool that should be the entry's: by id, else the first with its name; None = gone."""
     restore: bool
     duplicates: list[str]
+
+    @property
+    def drift(self) -> bool:
+        return self.restore or bool(self.duplicates)
 
 
 class AuditMetrics:
@@ -145,17 +148,22 @@ class Auditor:
         for doc in entries:
             report.tools_checked += 1
             plan = _plan(doc, tools, known_ids, shared_name=names[doc.tool_name] > 1)
-            if not plan.restore and not plan.duplicates:
-                continue
-            if doc.leased_at(now):
-                report.busy += 1
-                continue
-            try:
-                await self._repair(toolchain_id, plan, report)
-            except (OtcError, LeaseLost) as exc:
-                self._failed(report, f"{doc.id}: {exc}")
-                if isinstance(exc, OtcRetryableError):
-                    return  # OTC is unwell: leave the rest of this toolchain for the next pass
+            if not await self._settle(toolchain_id, plan, report, now):
+                return  # OTC is unwell: leave the rest of this toolchain for the next pass
+
+    async def _settle(self, toolchain_id: str, plan: _Plan, report: AuditReport, now: datetime) -> bool:
+        """Repair one entry's drift, if any and not leased; False when OTC is unwell."""
+        if not plan.drift:
+            return True
+        if plan.doc.leased_at(now):
+            report.busy += 1
+            return True
+        try:
+            await self._repair(toolchain_id, plan, report)
+        except (OtcError, LeaseLost) as exc:
+            self._failed(report, f"{plan.doc.id}: {exc}")
+            return not isinstance(exc, OtcRetryableError)
+        return True
 
     async def _list(self, toolchain_id: str, report: AuditReport) -> list[Tool] | None:
         try:
@@ -190,17 +198,7 @@ class Auditor:
             if not plan.restore:
                 await self._ledger.release(lease)
                 return
-            want = DesiredTool(
-                purpose=doc.purpose,
-                key=doc.key,
-                toolchain_id=toolchain_id,
-                tool_type_id=doc.tool_type_id or "",
-                name=doc.tool_name or "",
-                parameters=doc.parameters or {},
-                revision=doc.revision,
-                scope=doc.scope,
-            )
-            outcome = await self._applier.restore(lease, want, plan.ours, op_prefix=AUDIT_OP)
+            outcome = await self._applier.restore(lease, doc.applied_tool(), plan.ours, op_prefix=AUDIT_OP)
         kind = _KIND.get(outcome)
         if kind is not None:
             self._count(report, kind)
@@ -222,14 +220,21 @@ def _auditable(d: LedgerEntry) -> bool:
 
 
 def _plan(doc: LedgerEntry, tools: list[Tool], known_ids: set[str], *, shared_name: bool) -> _Plan:
-    tool_id = doc.tool_id
-    name = doc.tool_name
-    by_id = next((t for t in tools if t.id == tool_id), None)
-    named = [t for t in tools if name and t.name == name and t.id not in known_ids]
-    ours = by_id or (named[0] if named else None)
+    ours, named = find_ours(tools, doc.tool_id, doc.tool_name, known_ids)
     duplicates = [] if shared_name else [t.id for t in named if ours is None or t.id != ours.id]
-    restore = ours is None or ours.id != tool_id or _drifted(ours, doc) or _by_audit(doc)
+    restore = ours is None or ours.id != doc.tool_id or _drifted(ours, doc) or _by_audit(doc)
     return _Plan(doc, ours, restore, duplicates)
+
+
+def find_ours(
+    tools: list[Tool], tool_id: str | None, name: str | None, known_ids: set[str]
+) -> tuple[Tool | None, list[Tool]]:
+    """The tool that is an entry's (by its id, else the first bearing its name that no entry owns)
+    and every tool bearing its name that no entry owns (the audit deletes the others; ``plan``
+    shows it would)."""
+    by_id = next((t for t in tools if tool_id and t.id == tool_id), None)
+    named = [t for t in tools if name and t.name == name and t.id not in known_ids]
+    return by_id or (named[0] if named else None), named
 
 
 def _by_audit(doc: LedgerEntry) -> bool:

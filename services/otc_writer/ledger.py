@@ -42,6 +42,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.otc_writer.desired import DesiredTool
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,19 @@ class LedgerEntry(BaseModel):
         if self.lease_owner is None or until is None:
             return False
         return (until if until.tzinfo is not None else until.replace(tzinfo=UTC)) > now
+
+    def applied_tool(self) -> DesiredTool:
+        """The tool as last applied (what the audit restores, what ``kabanero-otc plan`` expects)."""
+        return DesiredTool(
+            purpose=self.purpose,
+            key=self.key,
+            toolchain_id=self.toolchain_id,
+            tool_type_id=self.tool_type_id or "",
+            name=self.tool_name or "",
+            parameters=self.parameters or {},
+            revision=self.revision,
+            scope=self.scope,
+        )
 
     @classmethod
     def fresh(cls, purpose: str, key: str, toolchain_id: str, scope: str | None) -> LedgerEntry:
@@ -219,47 +233,53 @@ class Ledger:
         upsert: bool,
     ) -> Lease | None:
         doc_id = ledger_id(purpose, key, toolchain_id)
+        fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
         delay = 0.01
         while True:
-            now = datetime.now(UTC)
-            until = now + self._ttl
-            update: dict[str, Any] = {"$set": {"lease_owner": owner, "lease_until": until}}
-            if intent is not None:
-                update["$set"]["intent"] = intent.model_copy(update={"since": now}).model_dump()
-            if upsert:
-                update["$setOnInsert"] = {
-                    "purpose": purpose,
-                    "key": key,
-                    "toolchain_id": toolchain_id,
-                    "scope": scope,
-                    "present": False,
-                    "revision": -1,
-                    "schema_version": SCHEMA_VERSION,
-                }
-            try:
-                before = await self.coll.find_one_and_update(
-                    {"_id": doc_id, "$or": [{"lease_owner": None}, {"lease_until": {"$lt": now}}]},
-                    update,
-                    upsert=upsert,
-                    return_document=ReturnDocument.BEFORE,
-                )
-            except DuplicateKeyError:
-                before, busy = None, True  # exists and leased by someone else
-            else:
-                if before is None and upsert:  # inserted: a new entry
-                    entry = LedgerEntry.fresh(purpose, key, toolchain_id, scope)
-                    return Lease(doc_id, owner, entry, until=until, margin=self._margin)
-                busy = before is None
-            if before is not None:
-                entry = LedgerEntry.model_validate(before)
-                return Lease(doc_id, owner, entry, until=until, margin=self._margin)
-            if busy and not upsert and await self.coll.find_one({"_id": doc_id}, {"_id": 1}) is None:
+            lease = await self._try_take(doc_id, owner, intent, fresh)
+            if lease is not None:
+                return lease
+            if fresh is None and await self.coll.find_one({"_id": doc_id}, {"_id": 1}) is None:
                 return None
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    async def _try_take(
+        self, doc_id: str, owner: str, intent: Intent | None, fresh: LedgerEntry | None
+    ) -> Lease | None:
+        """One conditional update: the lease if free or expired (inserting ``fresh`` when there is
+        no entry and ``fresh`` is given), else None."""
+        now = datetime.now(UTC)
+        until = now + self._ttl
+        update: dict[str, Any] = {"$set": {"lease_owner": owner, "lease_until": until}}
+        if intent is not None:
+            update["$set"]["intent"] = intent.model_copy(update={"since": now}).model_dump()
+        if fresh is not None:
+            update["$setOnInsert"] = {
+                "purpose": fresh.purpose,
+                "key": fresh.key,
+                "toolchain_id": fresh.toolchain_id,
+                "scope": fresh.scope,
+                "present": fresh.present,
+                "revision": fresh.revision,
+                "schema_version": SCHEMA_VERSION,
+            }
+        try:
+            before = await self.coll.find_one_and_update(
+                {"_id": doc_id, "$or": [{"lease_owner": None}, {"lease_until": {"$lt": now}}]},
+                update,
+                upsert=fresh is not None,
+                return_document=ReturnDocument.BEFORE,
+            )
+        except DuplicateKeyError:
+            return None  # exists and leased by someone else
+        entry = LedgerEntry.model_validate(before) if before is not None else fresh  # fresh: inserted
+        if entry is None:
+            return None  # leased by someone else, or (no upsert) no entry
+        return Lease(doc_id, owner, entry, until=until, margin=self._margin)
 
     @asynccontextmanager
     async def kept(self, lease: Lease) -> AsyncIterator[Lease]:

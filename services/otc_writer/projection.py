@@ -173,23 +173,34 @@ class Projection:
         if state == "stale":
             return None
         stored = {t.key.id: t for t in await self.triggers_in_scope(scope)}
-        listed = {t.key.id for t in snap.triggers} if snap.exists else set()
-        for trigger in snap.triggers if snap.exists else []:
-            known = stored.get(trigger.key.id)
-            newer = known is None or known.revision < trigger.revision
-            if newer and await self.put_trigger(trigger) == "stored":  # each by its own revision
-                stored[trigger.key.id] = trigger
+        listed = snap.triggers if snap.exists else []
+        await self._store_newer(listed, stored)
         if state == "same" and snap.trigger_revisions is None:
             # A redelivery: tombstones were written by the first delivery, and repeating them now
             # could delete a trigger created after this snapshot was taken. Reconcile only.
             return list(stored.values())
+        await self._tombstone_unlisted({t.key.id for t in listed}, stored, snap.trigger_revisions)
+        return list(stored.values())
+
+    async def _store_newer(self, listed: list[TriggerData], stored: dict[str, TriggerData]) -> None:
+        """Write each listed trigger newer than the stored one (by its own revision); ``stored``
+        is updated in place."""
+        for trigger in listed:
+            known = stored.get(trigger.key.id)
+            newer = known is None or known.revision < trigger.revision
+            if newer and await self.put_trigger(trigger) == "stored":
+                stored[trigger.key.id] = trigger
+
+    async def _tombstone_unlisted(
+        self, listed: set[str], stored: dict[str, TriggerData], known: dict[str, int] | None
+    ) -> None:
+        """Tombstone the live stored triggers the snapshot does not list; ``stored`` is updated in place."""
         for key_id, trigger in list(stored.items()):
             if key_id in listed or trigger.deleted:
                 continue
-            tomb = await self._tombstone(trigger, snap.trigger_revisions)
+            tomb = await self._tombstone(trigger, known)
             if tomb is not None:
                 stored[key_id] = tomb
-        return list(stored.values())
 
     async def _tombstone(self, trigger: TriggerData, known: dict[str, int] | None) -> TriggerData | None:
         """Absent from a newer snapshot: gone, at least at the stored revision (so a replayed older

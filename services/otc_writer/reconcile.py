@@ -179,7 +179,20 @@ class Reconciler:
         if triggers is None:
             triggers = await self._projection.triggers_in_scope(scope)
         entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(TRIGGER_PURPOSE, scope)}
-        known = {t.key.id: t for t in triggers}
+        jobs = self._applies(triggers, toolchains, entries, cause) + self._removals(
+            triggers, toolchains, entries
+        )
+        await self._run(jobs)
+
+    def _applies(
+        self,
+        triggers: list[TriggerData],
+        toolchains: set[str],
+        entries: dict[tuple[str, str], LedgerEntry],
+        cause: str | None,
+    ) -> list[Awaitable[Outcome]]:
+        """Apply jobs for the live triggers whose tool differs from its ledger entry; the unchanged
+        ones are counted here (they cost nothing)."""
         jobs: list[Awaitable[Outcome]] = []
         unchanged = 0
         for trigger in sorted((t for t in triggers if not t.deleted), key=lambda t: t.key.id):
@@ -190,15 +203,27 @@ class Reconciler:
                     unchanged += 1
                     continue
                 jobs.append(self._count(TRIGGER_PURPOSE, self._applier.apply(want, cause=cause)))
+        if unchanged:
+            self._metrics.tools.labels(TRIGGER_PURPOSE, str(Outcome.UNCHANGED)).inc(unchanged)
+        return jobs
+
+    def _removals(
+        self,
+        triggers: list[TriggerData],
+        toolchains: set[str],
+        entries: dict[tuple[str, str], LedgerEntry],
+    ) -> list[Awaitable[Outcome]]:
+        """Remove jobs for entries whose known trigger is deleted or whose toolchain is unbound
+        (an entry of a trigger this reconcile did not read is left alone)."""
+        known = {t.key.id: t for t in triggers}
+        jobs: list[Awaitable[Outcome]] = []
         for (key_id, tc), entry in sorted(entries.items()):
             owner = known.get(key_id)
             if owner is None or (not owner.deleted and tc in toolchains):
                 continue
             if entry.present or entry.interrupted:
                 jobs.append(self._remove(entry, owner))
-        if unchanged:
-            self._metrics.tools.labels(TRIGGER_PURPOSE, str(Outcome.UNCHANGED)).inc(unchanged)
-        await self._run(jobs)
+        return jobs
 
     async def reconcile_trigger(
         self, trigger: TriggerData, cause: str | None = None, toolchains: set[str] | None = None
@@ -255,23 +280,34 @@ class Reconciler:
             return
         results = await asyncio.gather(*jobs, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        for err in errors:
-            if isinstance(err, asyncio.CancelledError):
-                raise err
-        # A dependency that is down outranks everything: the consumer holds the message and runs
-        # it again once the dependency answers (tools already applied cost nothing then).
-        down = next((e for e in errors if unavailable_dependency(e) is not None), None)
-        if isinstance(down, Exception):
-            raise down
-        permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
-        if permanent and len(permanent) == len(errors):
-            raise PermanentError("; ".join(str(e) for e in permanent))
         if errors:
-            # Transient failures of other tools must be retried, not dead-lettered along with a
-            # permanent one; after the bounded attempts the message dead-letters with all reasons.
-            first = errors[0]
-            if len(errors) == 1 and isinstance(first, Exception):
-                raise first
-            raise RetryableError(
-                f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors)
-            )
+            raise _message_error(errors)
+
+
+def _message_error(errors: list[BaseException]) -> BaseException:
+    """The one error a message ends with when some of its tool operations failed."""
+    return _overriding(errors) or _combined(errors)
+
+
+def _overriding(errors: list[BaseException]) -> BaseException | None:
+    """A cancellation, else a dependency that is down: either outranks every tool's own error."""
+    cancelled = next((e for e in errors if isinstance(e, asyncio.CancelledError)), None)
+    if cancelled is not None:
+        return cancelled
+    # The consumer holds the message and runs it again once the dependency answers (tools
+    # already applied cost nothing then).
+    down = next((e for e in errors if unavailable_dependency(e) is not None), None)
+    return down if isinstance(down, Exception) else None
+
+
+def _combined(errors: list[BaseException]) -> BaseException:
+    """Permanent only when every failure is: transient failures of other tools must be retried,
+    not dead-lettered along with a permanent one (after the bounded attempts the message
+    dead-letters with all reasons)."""
+    permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
+    if len(permanent) == len(errors):
+        return PermanentError("; ".join(str(e) for e in permanent))
+    first = errors[0]
+    if len(errors) == 1 and isinstance(first, Exception):
+        return first
+    return RetryableError(f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors))

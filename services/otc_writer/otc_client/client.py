@@ -206,13 +206,14 @@ class OtcClient:
         ``write``: a tool write, whose permanent answer is a refusal of its content (``OtcRefusedError``).
         """
         deadline = deadline if deadline is not None else self._clock() + self.config.deadline_s
+        request = _Request(method, path, payload, params, content_type, idempotent, write)
         refreshed = False
         attempt = 0
         last: OtcError | None = None
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, path, payload, params, content_type, idempotent, write)
+                return await self._attempt(request)
             except _Unauthorized as exc:
                 if refreshed:
                     raise OtcPermanentError(
@@ -272,40 +273,30 @@ class OtcClient:
         self.probes += 1
         try:
             token = await self._iam.token()
-            async with self._session.get(
-                self._base + "/toolchains",
+            answer = await self._exchange(
+                "GET",
+                "/toolchains",
                 params={"limit": "1"},
+                data=None,
                 headers={"Authorization": f"Bearer {token}", "Accept": JSON},
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            ) as resp:
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-                await resp.read()
+            )
         except (OtcError, aiohttp.ClientError, TimeoutError):
             return False
+        status = answer.status
         if status == 429:
-            self.gate.push(parse_retry_after(retry_after, default=self.config.default_retry_after_s))
+            self._hold_off(answer.retry_after)
             return False
         if status >= 500:
             return False
         self.breaker.success()
         return True
 
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        payload: dict[str, Any] | None,
-        params: dict[str, str] | None,
-        content_type: str,
-        idempotent: bool,
-        write: bool,
-    ) -> dict[str, Any]:
+    async def _attempt(self, request: _Request) -> dict[str, Any]:
         if not self.breaker.allow():
             raise OtcCircuitOpenError(
                 f"circuit open after repeated failures; retry in {self.breaker.retry_in():.1f}s",
-                method=method,
-                path=path,
+                method=request.method,
+                path=request.path,
             )
         verdict = False
         try:
@@ -316,9 +307,7 @@ class OtcClient:
                 token = await self._iam.token()
                 # A 429 answered while we waited for a token binds us too (Retry-After is global).
                 await self.gate.wait(self._sleep)
-                result = await self._send(
-                    method, path, payload, params, content_type, idempotent, token, write
-                )
+                result = await self._send(request, token)
             self.breaker.success()
             verdict = True
             return result
@@ -334,73 +323,121 @@ class OtcClient:
             if not verdict:
                 self.breaker.release_probe()
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        payload: dict[str, Any] | None,
-        params: dict[str, str] | None,
-        content_type: str,
-        idempotent: bool,
-        token: str,
-        write: bool,
-    ) -> dict[str, Any]:
+    async def _send(self, request: _Request, token: str) -> dict[str, Any]:
+        method, path = request.method, request.path
         headers = {"Authorization": f"Bearer {token}", "Accept": JSON}
         data: bytes | None = None
-        if payload is not None:
-            data = json.dumps(payload).encode()
-            headers["Content-Type"] = content_type
+        if request.payload is not None:
+            data = json.dumps(request.payload).encode()
+            headers["Content-Type"] = request.content_type
         self.calls += 1
         try:
-            async with self._session.request(
-                method,
-                self._base + path,
-                params=params,
-                data=data,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            ) as resp:
-                status = resp.status
-                trace = resp.headers.get(TRANSACTION_HEADER)
-                retry_after = resp.headers.get("Retry-After")
-                raw = await resp.read()
+            answer = await self._exchange(method, path, params=request.params, data=data, headers=headers)
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: safe to retry any method.
             raise OtcRetryableError(
                 f"cannot connect: {type(exc).__name__}", method=method, path=path
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            cls = OtcRetryableError if idempotent else OtcAmbiguousError
+            cls = OtcRetryableError if request.idempotent else OtcAmbiguousError
             raise cls(
                 f"no answer ({type(exc).__name__}); the request may have been applied",
                 method=method,
                 path=path,
             ) from None
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-        if 200 <= status < 300:
+        body = _json_or_none(answer.raw)
+        if 200 <= answer.status < 300:
             return body if isinstance(body, dict) else {}
+        if answer.status == 401:
+            raise _Unauthorized(token, answer.trace)
+        raise self._failure(request, answer, body)
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None,
+        data: bytes | None,
+        headers: dict[str, str],
+    ) -> _Answer:
+        """One HTTP request within the total timeout, read to the end."""
+        async with self._session.request(
+            method,
+            self._base + path,
+            params=params,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+        ) as resp:
+            return _Answer(
+                status=resp.status,
+                trace=resp.headers.get(TRANSACTION_HEADER),
+                retry_after=resp.headers.get("Retry-After"),
+                raw=await resp.read(),
+            )
+
+    def _failure(self, request: _Request, answer: _Answer, body: Any) -> OtcError:
+        """The error of a non-2xx answer other than 401 (a 429 also holds every call off)."""
+        status, method, path = answer.status, request.method, request.path
         message, code = ibm_message(body)
         message = message or f"HTTP {status}"
-        if status == 401:
-            raise _Unauthorized(token, trace)
         if status == 429:
             self.rate_limited += 1
-            wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
-            self.gate.push(wait)
+            wait = self._hold_off(answer.retry_after)
             log.warning("OTC rate limit: not calling for %.1fs", wait, extra={"path": path})
         err = classify(
-            status, message, code=code, transaction_id=trace, method=method, path=path, write=write
+            status,
+            message,
+            code=code,
+            transaction_id=answer.trace,
+            method=method,
+            path=path,
+            write=request.write,
         )
-        if not idempotent and status >= 500:
-            raise OtcAmbiguousError(
-                err.message, status=status, code=code, transaction_id=trace, method=method, path=path
+        if not request.idempotent and status >= 500:
+            return OtcAmbiguousError(
+                err.message, status=status, code=code, transaction_id=answer.trace, method=method, path=path
             )
-        raise err
+        return err
+
+    def _hold_off(self, retry_after: str | None) -> float:
+        """Push the Retry-After gate that every call waits for; returns the wait."""
+        wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
+        self.gate.push(wait)
+        return wait
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One logical call, as its attempts send it."""
+
+    method: str
+    path: str
+    payload: dict[str, Any] | None
+    params: dict[str, str] | None
+    content_type: str
+    idempotent: bool
+    write: bool
+    """A tool write: its permanent answer is a refusal of its content (``OtcRefusedError``)."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    trace: str | None
+    """OTC's transaction id (``TRANSACTION_HEADER``)."""
+    retry_after: str | None
+    raw: bytes
+
+
+def _json_or_none(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 class _Unauthorized(Exception):
