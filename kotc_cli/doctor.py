@@ -28,7 +28,7 @@ from services.broker_api.store import COLLECTION as SERVICE_INSTANCES
 from services.github_linker.store import SERVICES as LINKER_SERVICES
 from services.github_linker.store import TOOLS as LINKER_TOOLS
 from services.kabanero_watcher.identity import COLLECTION as CLUSTERS
-from services.kabanero_watcher.identity import IDENTITY_NAMESPACE
+from services.kabanero_watcher.identity import IDENTITY_NAMESPACE, recorded_identity
 from services.kabanero_watcher.kube import make_api_client
 from services.kabanero_watcher.lease import GROUP, PLURAL, VERSION
 from services.kabanero_watcher.settings import Settings as WatcherSettings
@@ -166,8 +166,8 @@ class Doctor:
                 else f"{sum(map(len, EXPECTED_INDEXES.values()))} indexes present",
                 "start each service once (each creates its indexes at start) against this database",
             )
-            doc = await db[CLUSTERS].find_one({"_id": self.config.require("CLUSTER_NAME")})
-            self.recorded_uid = doc.get("uid") if doc else None
+            recorded = await recorded_identity(db, self.config.require("CLUSTER_NAME"))
+            self.recorded_uid = recorded.uid if recorded else None
 
     # --- Kubernetes -------------------------------------------------------------------------
 

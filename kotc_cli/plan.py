@@ -11,6 +11,7 @@ Exit code 1 when something would change (like ``kubectl diff``), 0 when OTC matc
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,9 @@ from kotc_cli.errors import OK, PROBLEM, CliError, Unreachable
 from kotc_cli.otc import otc_client, trigger_style, writer_settings
 from kotc_cli.output import Report
 from kotc_cli.status import in_flight
+from services.otc_writer.audit import find_ours
 from services.otc_writer.desired import TRIGGER_PURPOSE, DesiredTool, desired_trigger_tool
-from services.otc_writer.ledger import LEDGER, ledger_id
+from services.otc_writer.ledger import LEDGER, LedgerEntry, ledger_id
 from services.otc_writer.otc_client import (
     OtcError,
     OtcNotFoundError,
@@ -62,17 +64,14 @@ async def desired_tools(db: AsyncDatabase[Document], config: Config) -> dict[str
                 want = desired_trigger_tool(trigger, tc, style)
                 wanted[ledger_id(want.purpose, want.key, tc)] = want
     async for doc in db[LEDGER].find({"purpose": {"$ne": TRIGGER_PURPOSE}, "present": True}):
-        wanted[doc["_id"]] = DesiredTool(
-            purpose=doc["purpose"],
-            key=doc["key"],
-            toolchain_id=doc["toolchain_id"],
-            tool_type_id=doc.get("tool_type_id") or "",
-            name=doc.get("tool_name") or "",
-            parameters=doc.get("parameters") or {},
-            revision=int(doc.get("revision", 0)),
-            scope=doc.get("scope"),
-        )
+        entry = LedgerEntry.model_validate(doc)
+        wanted[entry.id] = entry.applied_tool()
     return wanted
+
+
+async def _entries(db: AsyncDatabase[Document]) -> AsyncIterator[LedgerEntry]:
+    async for doc in db[LEDGER].find({}):
+        yield LedgerEntry.model_validate(doc)
 
 
 def differences(tool: Tool, want: DesiredTool) -> list[str]:
@@ -81,53 +80,55 @@ def differences(tool: Tool, want: DesiredTool) -> list[str]:
 
 
 def compare(
-    wanted: dict[str, DesiredTool], ledger: dict[str, Document], tools: dict[str, list[Tool]]
+    wanted: dict[str, DesiredTool], ledger: dict[str, LedgerEntry], tools: dict[str, list[Tool]]
 ) -> list[Step]:
+    known_ids = {e.tool_id for e in ledger.values() if e.tool_id}
     steps: list[Step] = []
-    known_ids = {d.get("tool_id") for d in ledger.values() if d.get("tool_id")}
     for lid, want in sorted(wanted.items()):
-        doc = ledger.get(lid) or {}
-        in_otc = tools.get(want.toolchain_id, [])
-        by_id = next((t for t in in_otc if doc.get("tool_id") and t.id == doc.get("tool_id")), None)
-        named = [t for t in in_otc if t.name == want.name and t.id not in known_ids]
-        ours = by_id or (named[0] if named else None)
-        base = {"toolchain_id": want.toolchain_id, "purpose": want.purpose, "name": want.name}
-        if doc.get("refused_hash") is not None and doc.get("refused_hash") == want.hash:
-            steps.append(
-                Step("refused", tool_id=doc.get("tool_id"), detail=f"OTC: {doc.get('last_error')}", **base)
-            )
+        steps += _wanted_steps(want, ledger.get(lid), tools.get(want.toolchain_id, []), known_ids)
+    for lid, entry in sorted(ledger.items()):
+        if lid in wanted or not (entry.present or in_flight(entry)):
             continue
-        if ours is None:
-            steps.append(Step("create", tool_id=None, detail="not in OTC", **base))
-        elif diff := differences(ours, want):
-            steps.append(Step("update", tool_id=ours.id, detail="differs: " + ", ".join(diff), **base))
-        else:
-            steps.append(Step("unchanged", tool_id=ours.id, **base))
-        for dup in named:
-            if ours is not None and dup.id != ours.id:
-                steps.append(
-                    Step("delete-duplicate", tool_id=dup.id, detail="second tool with our name", **base)
-                )
-    for lid, doc in sorted(ledger.items()):
-        if lid in wanted or not (doc.get("present") or in_flight(doc)):
-            continue
-        tc = doc["toolchain_id"]
-        tool = next((t for t in tools.get(tc, []) if t.id == doc.get("tool_id")), None)
+        tool = next((t for t in tools.get(entry.toolchain_id, []) if t.id == entry.tool_id), None)
         if tool is not None:
-            steps.append(Step("delete", tc, doc["purpose"], tool.name, tool.id, "no longer desired"))
+            steps.append(
+                Step("delete", entry.toolchain_id, entry.purpose, tool.name, tool.id, "no longer desired")
+            )
     return steps
+
+
+def _wanted_steps(
+    want: DesiredTool, entry: LedgerEntry | None, in_otc: list[Tool], known_ids: set[str]
+) -> list[Step]:
+    """What the writer (and its audit) would do for one desired tool, matched as they match it."""
+    base = {"toolchain_id": want.toolchain_id, "purpose": want.purpose, "name": want.name}
+    if entry is not None and entry.refused_hash is not None and entry.refused_hash == want.hash:
+        return [Step("refused", tool_id=entry.tool_id, detail=f"OTC: {entry.last_error}", **base)]
+    ours, named = find_ours(in_otc, entry.tool_id if entry else None, want.name, known_ids)
+    if ours is None:
+        return [Step("create", tool_id=None, detail="not in OTC", **base)]
+    if diff := differences(ours, want):
+        step = Step("update", tool_id=ours.id, detail="differs: " + ", ".join(diff), **base)
+    else:
+        step = Step("unchanged", tool_id=ours.id, **base)
+    duplicates = [
+        Step("delete-duplicate", tool_id=dup.id, detail="second tool with our name", **base)
+        for dup in named
+        if dup.id != ours.id
+    ]
+    return [step, *duplicates]
 
 
 async def run(config: Config, toolchain: str | None) -> Report:
     async with mongo(config) as db:
         wanted = await desired_tools(db, config)
-        ledger = {d["_id"]: d async for d in db[LEDGER].find({})}
+        ledger = {e.id: e async for e in _entries(db)}
     if toolchain is not None:
         wanted = {k: v for k, v in wanted.items() if v.toolchain_id == toolchain}
-        ledger = {k: v for k, v in ledger.items() if v.get("toolchain_id") == toolchain}
+        ledger = {k: v for k, v in ledger.items() if v.toolchain_id == toolchain}
     toolchains = sorted(
         {w.toolchain_id for w in wanted.values()}
-        | {d["toolchain_id"] for d in ledger.values() if d.get("present") or in_flight(d)}
+        | {e.toolchain_id for e in ledger.values() if e.present or in_flight(e)}
         | ({toolchain} if toolchain else set())
     )
     tools: dict[str, list[Tool]] = {}

@@ -25,7 +25,7 @@ from kotc_cli.errors import OK, PROBLEM
 from kotc_cli.output import Report
 from kotc_cli.status import queue_names
 from services.kabanero_watcher.state import COLLECTION as WATCH_STATE
-from services.otc_writer.projection import INSTANCES
+from services.otc_writer.projection import Projection
 from shared.amqp.topology import EXCHANGE, QUEUES
 from shared.events import CloudEvent, ResyncReply, ResyncRequest, RoutingKeys
 from shared.mongo import Document
@@ -42,8 +42,8 @@ async def _caught_up(
     """What otc-writer (and github-linker) still have to do; empty once caught up."""
     behind = []
     for scope, revision in sorted(wanted.items()):
-        doc = await db[INSTANCES].find_one({"_id": scope}, {"revision": 1})
-        have = int(doc.get("revision", -1)) if doc else -1
+        applied = await Projection(db).applied_snapshot(scope)
+        have = applied.revision if applied else -1
         if have < revision:
             behind.append(f"otc-writer has snapshot {have} of {scope}, wants {revision}")
     names = [n for n in queue_names() if not n.endswith(".dead")]

@@ -12,9 +12,10 @@ from kotc_cli.clients import Management, amqp, declared, get_json, mongo
 from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM
 from kotc_cli.output import Report, age
+from services.broker_api.models import InstanceRecord
 from services.broker_api.store import COLLECTION as SERVICE_INSTANCES
-from services.kabanero_watcher.owned_instances import COLLECTION as OWNED_INSTANCES
-from services.otc_writer.ledger import LEDGER
+from services.kabanero_watcher.owned_instances import OwnedInstanceStore
+from services.otc_writer.ledger import LEDGER, Intent, LedgerEntry
 from shared.amqp.topology import QUEUES, Topology
 from shared.mongo import Document
 
@@ -85,70 +86,73 @@ async def queue_table(config: Config, mgmt: Management) -> list[dict[str, Any]]:
 
 async def kabanero_services(db: AsyncDatabase[Document]) -> list[dict[str, Any]]:
     """Active services; for one that creates its Kabanero CR, the watcher's last outcome too."""
-    owned = {d["_id"]: d async for d in db[OWNED_INSTANCES].find({})}
+    owned = {o.instance_id: o for o in await OwnedInstanceStore(db).all()}
     cursor = db[SERVICE_INSTANCES].find({"state": "active"}, {"outbox": 0, "service_credentials": 0})
     rows = []
-    async for d in cursor:
-        params = d.get("parameters") or {}
-        done = owned.get(d.get("instance_id")) if d.get("kind") == "kabanero" else None
+    async for doc in cursor:
+        rec = InstanceRecord.model_validate(doc)
+        done = owned.get(rec.instance_id) if rec.kind == "kabanero" else None
         rows.append(
             {
-                "kind": d.get("kind"),
-                "instance_id": d.get("instance_id"),
-                "cluster": params.get("cluster"),
-                "namespace": params.get("namespace"),
-                "toolchains": [b.get("id") for b in d.get("toolchains") or []],
-                "creates_instance": bool(params.get("create")),
-                "instance_outcome": done.get("outcome") if done else None,
-                "instance_message": done.get("message") if done else None,
+                "kind": rec.kind,
+                "instance_id": rec.instance_id,
+                "cluster": rec.parameters.cluster,
+                "namespace": rec.parameters.namespace,
+                "toolchains": rec.toolchain_ids,
+                "creates_instance": rec.parameters.create,
+                "instance_outcome": done.outcome if done else None,
+                "instance_message": done.message if done else None,
             }
         )
     return rows
 
 
-def in_flight(doc: Document) -> dict[str, Any]:
+def in_flight(entry: LedgerEntry) -> Intent | None:
     """The OTC write that may have started for this entry (``intent``; ``pending`` in older ledgers)."""
-    return dict(doc.get("intent") or doc.get("pending") or {})
+    return entry.intent or entry.pending
 
 
-def sync_state(doc: Document) -> tuple[str, str | None]:
+def sync_state(entry: LedgerEntry) -> tuple[str, str | None]:
     """applied / pending / refused / failing (retried) / removing, with OTC's message when relevant."""
-    if doc.get("refused_hash") is not None:
-        return "refused", doc.get("last_error")
-    if in_flight(doc):
-        op = in_flight(doc).get("op")
-        return "pending", f"{op} in progress or interrupted" + (
-            f"; last error: {doc['last_error']}" if doc.get("last_error") else ""
+    if entry.refused_hash is not None:
+        return "refused", entry.last_error
+    if (started := in_flight(entry)) is not None:
+        return "pending", f"{started.op} in progress or interrupted" + (
+            f"; last error: {entry.last_error}" if entry.last_error else ""
         )
-    if doc.get("last_error"):
-        return "failing", doc.get("last_error")
+    if entry.last_error:
+        return "failing", entry.last_error
     return "applied", None
 
 
+OWNED_TOOLS_QUERY: Document = {
+    "$or": [
+        {"present": True},
+        {"intent": {"$ne": None}},
+        {"pending": {"$ne": None}},
+        {"refused_hash": {"$ne": None}},
+    ]
+}
+
+
 async def owned_tools(db: AsyncDatabase[Document]) -> list[dict[str, Any]]:
-    query = {
-        "$or": [
-            {"present": True},
-            {"intent": {"$ne": None}},
-            {"pending": {"$ne": None}},
-            {"refused_hash": {"$ne": None}},
-        ]
-    }
     rows = []
-    async for doc in db[LEDGER].find(query, {"parameters": 0}):
-        state, detail = sync_state(doc)
+    async for doc in db[LEDGER].find(OWNED_TOOLS_QUERY, {"parameters": 0}):
+        entry = LedgerEntry.model_validate(doc)
+        state, detail = sync_state(entry)
+        started = in_flight(entry)
         rows.append(
             {
-                "toolchain_id": doc.get("toolchain_id"),
-                "purpose": doc.get("purpose"),
-                "name": doc.get("tool_name") or in_flight(doc).get("name") or doc.get("key"),
-                "tool_id": doc.get("tool_id"),
+                "toolchain_id": entry.toolchain_id,
+                "purpose": entry.purpose,
+                "name": entry.tool_name or (started.name if started else "") or entry.key,
+                "tool_id": entry.tool_id,
                 "state": state,
                 "detail": detail,
-                "updated": doc.get("updated_at"),
+                "updated": entry.updated_at,
             }
         )
-    return sorted(rows, key=lambda r: (r["toolchain_id"] or "", r["purpose"] or "", r["name"] or ""))
+    return sorted(rows, key=lambda r: (r["toolchain_id"], r["purpose"], r["name"]))
 
 
 async def run(config: Config) -> Report:

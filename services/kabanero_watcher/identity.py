@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -25,6 +26,22 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "watch_clusters"
 IDENTITY_NAMESPACE = "kube-system"
+
+
+class RecordedIdentity(BaseModel):
+    """One ``watch_clusters`` document: the cluster a ``CLUSTER_NAME`` was first led on."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    cluster_name: str = Field(alias="_id")
+    uid: str | None = None
+    recorded_by: str | None = None
+    recorded_at: datetime | None = None
+
+
+async def recorded_identity(db: AsyncDatabase[Document], cluster_name: str) -> RecordedIdentity | None:
+    doc = await db[COLLECTION].find_one({"_id": cluster_name})
+    return RecordedIdentity.model_validate(doc) if doc else None
 
 
 class IdentityConflict(Exception):
@@ -41,6 +58,7 @@ class ClusterIdentity:
         holder: str,
         timeout_s: float = 10.0,
     ) -> None:
+        self._db = db
         self._coll = db[COLLECTION]
         self._core = client.CoreV1Api(api_client)
         self.cluster_name = cluster_name
@@ -88,12 +106,12 @@ class ClusterIdentity:
             )
             log.info("cluster identity recorded", extra={"cluster": self.cluster_name, "uid": uid})
         except DuplicateKeyError:
-            doc = await self._coll.find_one({"_id": self.cluster_name})
-            recorded = doc.get("uid") if doc else None
-            if recorded != uid:
+            recorded = await recorded_identity(self._db, self.cluster_name)
+            if recorded is None or recorded.uid != uid:
+                theirs, by = (recorded.uid, recorded.recorded_by) if recorded else (None, None)
                 raise IdentityConflict(
                     f"CLUSTER_NAME {self.cluster_name!r} belongs to another cluster (kube-system uid "
-                    f"{recorded}, recorded by {doc.get('recorded_by') if doc else '?'}), but this watcher's "
+                    f"{theirs}, recorded by {by or '?'}), but this watcher's "
                     f"Kubernetes API is cluster {uid}: two clusters share one CLUSTER_NAME. Refusing to "
                     f"lead. Give each cluster its own CLUSTER_NAME, or, if the cluster was rebuilt, delete "
                     f"the {COLLECTION} document {self.cluster_name!r}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -43,6 +44,16 @@ BINDINGS = "otc_writer_bindings"
 SCHEMA_VERSION = 1
 
 State = Literal["stored", "same", "stale"]
+
+
+class AppliedSnapshot(BaseModel):
+    """One ``otc_writer_instances`` document: the last snapshot revision applied to an instance."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    scope: str = Field(alias="_id")
+    revision: int
+    exists: bool = True
 
 
 class Projection:
@@ -94,6 +105,11 @@ class Projection:
                 return "stored"
         doc = await coll.find_one({"_id": doc_id}, {"revision": 1})
         return "same" if doc is not None and doc.get("revision") == revision else "stale"
+
+    async def applied_snapshot(self, scope: str) -> AppliedSnapshot | None:
+        """What the writer last applied of an instance's snapshots (``kabanero-otc resync`` waits on it)."""
+        doc = await self.instances.find_one({"_id": scope})
+        return AppliedSnapshot.model_validate(doc) if doc else None
 
     async def put_trigger(self, trigger: TriggerData) -> State:
         """Store the trigger if its revision is newer (one update by ``_id``; one more read otherwise)."""
