@@ -216,6 +216,12 @@ class ClusterCache:
                     extra={"namespace": namespace},
                 )
             return
+        connections = self._connections(out, namespace)
+        for mediator in mediators:
+            self._mediator(out, namespace, mediator, connections)
+
+    def _connections(self, out: Desired, namespace: str) -> list[tuple[str, dict[str, Any]]]:
+        """The namespace's EventConnections (name, item); a malformed one freezes every mediation."""
         connections: list[tuple[str, dict[str, Any]]] = []
         for conn_obj in self._in(CONNECTIONS, namespace):
             try:
@@ -231,19 +237,24 @@ class ClusterCache:
                 out.all_mediations_frozen = True
                 continue
             connections.extend((conn_obj["metadata"]["name"], item) for item in items)
+        return connections
 
-        for mediator in mediators:
-            name = mediator["metadata"]["name"]
-            try:
-                triggers = derive_mediation_triggers(self.cluster, mediator, connections)
-            except _SHAPE_ERRORS as exc:
-                self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
-                out.frozen_owners.add(("mediation", name))
+    def _mediator(
+        self,
+        out: Desired,
+        namespace: str,
+        mediator: dict[str, Any],
+        connections: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        name = mediator["metadata"]["name"]
+        try:
+            triggers = derive_mediation_triggers(self.cluster, mediator, connections)
+        except _SHAPE_ERRORS as exc:
+            self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
+            out.frozen_owners.add(("mediation", name))
+            return
+        for trigger in triggers:
+            if trigger.key.id in out.triggers:
+                log.warning("duplicate mediation name; keeping the first", extra={"trigger": trigger.key.id})
                 continue
-            for trigger in triggers:
-                if trigger.key.id in out.triggers:
-                    log.warning(
-                        "duplicate mediation name; keeping the first", extra={"trigger": trigger.key.id}
-                    )
-                    continue
-                out.triggers[trigger.key.id] = trigger
+            out.triggers[trigger.key.id] = trigger

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.events import (
+    InstanceData,
     InstanceRef,
     Repository,
     RepositoryKind,
+    TriggerData,
     TriggerKey,
     content_hash,
     normalize_repository_url,
@@ -264,24 +266,12 @@ def events_enabled(kabanero: Obj, *, operator_0_9: bool) -> bool:
 # --- derived state of one namespace ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DesiredInstance:
-    ref: InstanceRef
-    uid: str | None
-    version: str | None
-    repositories: list[Repository]
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class DesiredTrigger:
-    key: TriggerKey
-    content: dict[str, Any]
-    content_hash: str
-    version: str | None
-    url: str | None
-    repositories: list[Repository]
-    destinations: list[str]
+# What is derived is the message itself: the emitter only stamps the revision (and, for a trigger,
+# the instance name), with ``model_copy``, instead of copying the derived record field by field.
+DesiredInstance = InstanceData
+"""A derived instance: ``revision`` 0 until the emitter stamps it."""
+DesiredTrigger = TriggerData
+"""A derived trigger: ``revision`` 0 and ``instance.name`` None until the emitter stamps them."""
 
 
 @dataclass
@@ -332,11 +322,12 @@ def derive_instance(
         "repositories": [r.model_dump(mode="json") for r in repositories],
     }
     return DesiredInstance(
-        ref=InstanceRef(cluster=cluster, namespace=namespace, name=name),
+        instance=InstanceRef(cluster=cluster, namespace=namespace, name=name),
         uid=uid,
         version=version,
         repositories=repositories,
         content_hash=content_hash(hashed),
+        revision=0,
     )
 
 
@@ -377,12 +368,14 @@ def derive_legacy_trigger(
                 key=TriggerKey(
                     cluster=cluster, namespace=namespace, generation="legacy", owner=name, name=trigger_id
                 ),
+                instance=InstanceRef(cluster=cluster, namespace=namespace),
                 content=dict(entry),
                 content_hash=content_hash(entry),
                 version=_str(entry.get("sha256"), f"spec.triggers[{i}].sha256"),
                 url=url,
                 repositories=[repo] if repo and repo.kind != "unknown" else [],
                 destinations=[],
+                revision=0,
             )
     return None
 
@@ -476,12 +469,14 @@ def derive_mediation_triggers(
                 key=TriggerKey(
                     cluster=cluster, namespace=namespace, generation="mediation", owner=name, name=mediation
                 ),
+                instance=InstanceRef(cluster=cluster, namespace=namespace),
                 content=content,
                 content_hash=digest,
                 version=digest,
                 url=None,
                 repositories=[],
                 destinations=_destinations(conns),
+                revision=0,
             )
         )
     return out

@@ -23,7 +23,6 @@ from services.kabanero_watcher.derive import Desired, DesiredInstance, DesiredTr
 from services.kabanero_watcher.state import PublishedState, Record, RecordKind
 from shared.events import (
     CloudEvent,
-    InstanceData,
     InstanceRef,
     RoutingKeys,
     SnapshotData,
@@ -88,30 +87,30 @@ class Emitter:
             return
         if not self._is_leader():
             raise NotLeader("lease lost before publishing")
-        events = [
-            CloudEvent(
-                id=event_id(record.kind, record.key, record.revision),
-                source=self.source,
-                type=f"io.kabanero.otc.{routing_key}",
-                subject=subject,
-                data=record.data,
-            )
-            for routing_key, record, subject in batch
-        ]
+        events = [self._event(routing_key, record, subject) for routing_key, record, subject in batch]
         done = [r.model_copy(update={"routing_key": rk, "pending": False}) for rk, r, _ in batch]
-        await self.state.commit_many(
-            [
-                d.model_copy(update={"pending": True})
-                for d, (_, r, _) in zip(done, batch, strict=True)
-                if not r.pending
-            ]
-        )
+        await self.state.commit_many(_pending(batch, done))
         results = await asyncio.gather(*(self._publish_fn(e) for e in events), return_exceptions=True)
-        confirmed = [d for d, res in zip(done, results, strict=True) if not isinstance(res, BaseException)]
-        await self.state.commit_many(confirmed)
-        for (routing_key, record, subject), event, res in zip(batch, events, results, strict=True):
-            if isinstance(res, BaseException):
-                continue
+        confirmed = [i for i, res in enumerate(results) if not isinstance(res, BaseException)]
+        await self.state.commit_many([done[i] for i in confirmed])
+        self._count(batch, events, confirmed)
+        if len(confirmed) < len(results):
+            raise next(r for r in results if isinstance(r, BaseException))
+
+    def _event(self, routing_key: str, record: Record, subject: str) -> CloudEvent:
+        return CloudEvent(
+            id=event_id(record.kind, record.key, record.revision),
+            source=self.source,
+            type=f"io.kabanero.otc.{routing_key}",
+            subject=subject,
+            data=record.data,
+        )
+
+    def _count(
+        self, batch: list[tuple[str, Record, str]], events: list[CloudEvent], confirmed: list[int]
+    ) -> None:
+        for i in confirmed:
+            (routing_key, record, subject), event = batch[i], events[i]
             self.published += 1
             if self._metrics is not None:
                 self._metrics.published.labels(routing_key).inc()
@@ -120,9 +119,6 @@ class Emitter:
                 routing_key,
                 extra={"event_id": event.id, "subject": subject, "revision": record.revision},
             )
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
 
     def _record(
         self, kind: RecordKind, key: str, namespace: str, content_hash: str, revision: int, data: BaseModel
@@ -143,17 +139,10 @@ class Emitter:
         return instance_scope(self.cluster, namespace)
 
     async def _instance_changed(self, inst: DesiredInstance) -> None:
-        key = self._instance_key(inst.ref.namespace)
+        key = self._instance_key(inst.instance.namespace)
         revision = self.state.next_revision("instance", key)
-        data = InstanceData(
-            instance=inst.ref,
-            uid=inst.uid,
-            version=inst.version,
-            repositories=inst.repositories,
-            content_hash=inst.content_hash,
-            revision=revision,
-        )
-        record = self._record("instance", key, inst.ref.namespace, inst.content_hash, revision, data)
+        data = inst.model_copy(update={"revision": revision})
+        record = self._record("instance", key, inst.instance.namespace, inst.content_hash, revision, data)
         await self._emit(RoutingKeys.INSTANCE_CHANGED, record, key)
 
     async def _deleted(self, routing_key: str, previous: Record) -> None:
@@ -167,17 +156,7 @@ class Emitter:
     async def _trigger(self, routing_key: str, trig: DesiredTrigger, instance: InstanceRef) -> None:
         key = trig.key.id
         revision = self.state.next_revision("trigger", key)
-        data = TriggerData(
-            key=trig.key,
-            instance=instance,
-            content=trig.content,
-            content_hash=trig.content_hash,
-            version=trig.version,
-            url=trig.url,
-            repositories=trig.repositories,
-            destinations=trig.destinations,
-            revision=revision,
-        )
+        data = trig.model_copy(update={"instance": instance, "revision": revision})
         record = self._record("trigger", key, trig.key.namespace, trig.content_hash, revision, data)
         await self._emit(routing_key, record, key)
 
@@ -187,20 +166,12 @@ class Emitter:
         """Re-publish, unchanged, each pending event the cluster still agrees with; the others are
         superseded by the diff below (their record's content differs from the cluster's)."""
         for prev in self.state.pending_in_namespace(desired.namespace):
-            if prev.kind == "trigger":
-                want = desired.triggers.get(prev.key)
-                still = (
-                    (want is None)
-                    if prev.deleted
-                    else (want is not None and want.content_hash == prev.content_hash)
-                )
-            else:
-                inst = desired.instance
-                still = (
-                    (inst is None)
-                    if prev.deleted
-                    else (inst is not None and inst.content_hash == prev.content_hash)
-                )
+            want = desired.triggers.get(prev.key) if prev.kind == "trigger" else desired.instance
+            still = (
+                (want is None)
+                if prev.deleted
+                else (want is not None and want.content_hash == prev.content_hash)
+            )
             if still and prev.routing_key:
                 await self._emit(prev.routing_key, prev, prev.key)
 
@@ -215,17 +186,26 @@ class Emitter:
         ns = desired.namespace
         await self._resolve_pending(desired)
         was_live = self.state.live_in_namespace(ns)
-        inst_key = self._instance_key(ns)
-        inst_prev = self.state.get("instance", inst_key)
-        if desired.instance is not None and (
-            inst_prev is None or inst_prev.deleted or inst_prev.content_hash != desired.instance.content_hash
-        ):
-            await self._instance_changed(desired.instance)
+        inst_prev = self.state.get("instance", self._instance_key(ns))
+        await self._diff_instance(desired, inst_prev)
+        await self._diff_triggers(desired)
+        await self._diff_deleted_triggers(desired)
+        if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
+            await self._instance_gone(ns)
+        await self._flush()
+        return was_live and not self.state.live_in_namespace(ns)
 
+    async def _diff_instance(self, desired: Desired, prev: Record | None) -> None:
+        inst = desired.instance
+        if inst is not None and (prev is None or prev.deleted or prev.content_hash != inst.content_hash):
+            await self._instance_changed(inst)
+
+    async def _diff_triggers(self, desired: Desired) -> None:
+        """Created and updated triggers, in key order."""
         instance_ref = InstanceRef(
             cluster=self.cluster,
-            namespace=ns,
-            name=desired.instance.ref.name if desired.instance else None,
+            namespace=desired.namespace,
+            name=desired.instance.instance.name if desired.instance else None,
         )
         for key_id, trig in sorted(desired.triggers.items()):
             prev = self.state.get("trigger", key_id)
@@ -234,24 +214,16 @@ class Emitter:
             elif prev.content_hash != trig.content_hash:
                 await self._trigger(RoutingKeys.TRIGGER_UPDATED, trig, instance_ref)
 
-        for prev in self.state.in_namespace(ns, "trigger"):
-            if prev.deleted or prev.key in desired.triggers:
-                continue
-            generation, owner = prev.data["key"]["generation"], prev.data["key"]["owner"]
-            if (
-                (generation, owner) in desired.frozen_owners
-                or (generation == "mediation" and desired.all_mediations_frozen)
-                or (generation == "legacy" and desired.all_legacy_frozen)
-            ):
-                continue
-            await self._deleted(RoutingKeys.TRIGGER_DELETED, prev)
+    async def _diff_deleted_triggers(self, desired: Desired) -> None:
+        """Published triggers the cluster no longer derives, unless their source is frozen."""
+        for prev in self.state.in_namespace(desired.namespace, "trigger"):
+            if not prev.deleted and prev.key not in desired.triggers and not _frozen(prev, desired):
+                await self._deleted(RoutingKeys.TRIGGER_DELETED, prev)
 
-        if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
-            current = self.state.get("instance", inst_key)
-            if current is not None and not current.deleted:
-                await self._deleted(RoutingKeys.INSTANCE_DELETED, current)
-        await self._flush()
-        return was_live and not self.state.live_in_namespace(ns)
+    async def _instance_gone(self, namespace: str) -> None:
+        current = self.state.get("instance", self._instance_key(namespace))
+        if current is not None and not current.deleted:
+            await self._deleted(RoutingKeys.INSTANCE_DELETED, current)
 
     # --- snapshots -------------------------------------------------------------------------------
 
@@ -284,3 +256,22 @@ class Emitter:
         record = self._record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
         await self._emit(RoutingKeys.SNAPSHOT, record, record.key)
         await self._flush()
+
+
+def _pending(batch: list[tuple[str, Record, str]], done: list[Record]) -> list[Record]:
+    """The pending records to write before publishing; a re-published one is pending already."""
+    return [
+        d.model_copy(update={"pending": True})
+        for d, (_, r, _) in zip(done, batch, strict=True)
+        if not r.pending
+    ]
+
+
+def _frozen(prev: Record, desired: Desired) -> bool:
+    """Whether a published trigger's source object is malformed right now (kept as published)."""
+    generation, owner = prev.data["key"]["generation"], prev.data["key"]["owner"]
+    return (
+        (generation, owner) in desired.frozen_owners
+        or (generation == "mediation" and desired.all_mediations_frozen)
+        or (generation == "legacy" and desired.all_legacy_frozen)
+    )

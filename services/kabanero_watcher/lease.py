@@ -126,48 +126,63 @@ class LeaseElector:
         started = self._clock()
         lease = await self._read()
         if lease is None:
-            try:
-                await self.api.create_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self._body(rv=None, transitions=0, acquired=None),
-                    _request_timeout=self.timeout,
-                )
-            except ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise
-            return self._won(started)
+            return await self._create(started)
         spec = lease.get("spec") or {}
-        meta = lease.get("metadata") or {}
         holder = spec.get("holderIdentity") or ""
         self.holder = holder or None
-        observed = (holder, spec.get("renewTime"), meta.get("resourceVersion"))
-        if observed != self._observed:
-            self._observed, self._observed_at = observed, started
-        duration = spec.get("leaseDurationSeconds") or self.duration
-        expired = started - self._observed_at > float(duration)
+        expired = self._expired(lease, started)  # observed on every round, as client-go does
         if holder and holder != self.identity and not expired:
             return False
-        transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
-        acquired = spec.get("acquireTime") if holder == self.identity else None
+        return await self._take(lease, started)
+
+    async def _create(self, started: float) -> bool:
+        """No Lease yet: create it; a 409 means another replica created it first."""
         try:
-            await self.api.replace_namespaced_custom_object(
+            await self.api.create_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 self.namespace,
                 PLURAL,
-                self.name,
-                self._body(rv=meta.get("resourceVersion"), transitions=transitions, acquired=acquired),
+                self._body(rv=None, transitions=0, acquired=None),
                 _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return self._won(started)
+
+    def _expired(self, lease: dict[str, Any], started: float) -> bool:
+        """Expiry as client-go judges it: the record unchanged for longer than its duration, by our
+        own clock (since we first observed it like this)."""
+        spec = lease.get("spec") or {}
+        meta = lease.get("metadata") or {}
+        observed = (spec.get("holderIdentity") or "", spec.get("renewTime"), meta.get("resourceVersion"))
+        if observed != self._observed:
+            self._observed, self._observed_at = observed, started
+        duration = spec.get("leaseDurationSeconds") or self.duration
+        return started - self._observed_at > float(duration)
+
+    async def _take(self, lease: dict[str, Any], started: float) -> bool:
+        """Renew our lease, or take over a free or expired one, fenced on its resourceVersion."""
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        ours = holder == self.identity
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if ours else 1)
+        body = self._body(
+            rv=(lease.get("metadata") or {}).get("resourceVersion"),
+            transitions=transitions,
+            acquired=spec.get("acquireTime") if ours else None,
+        )
+        try:
+            await self.api.replace_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, body, _request_timeout=self.timeout
             )
         except ApiException as exc:
             if exc.status == 409:  # somebody else renewed or took it first
                 return False
             raise
-        if holder != self.identity:
+        if not ours:
             log.info(
                 "lease acquired", extra={"lease": self.name, "holder": self.identity, "previous": holder}
             )

@@ -96,9 +96,7 @@ class Session:
 
     async def _answer_resyncs(self) -> None:
         requests, self._resyncs = self._resyncs, []
-        live = {ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)}
-        wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
-        namespaces = sorted(live if not wanted else live & wanted)
+        namespaces = self._resync_targets(requests)
         try:
             await self._bounded([functools.partial(self.emitter.snapshot, ns) for ns in namespaces])
         except BaseException:
@@ -109,6 +107,12 @@ class Session:
                 future.set_result(
                     {n: self._snapshot_revision(n) for n in namespaces if ns is None or n == ns}
                 )
+
+    def _resync_targets(self, requests: list[tuple[str | None, asyncio.Future[dict[str, int]]]]) -> list[str]:
+        """The live namespaces in scope that the requests name (all of them if one asks for all)."""
+        live = {ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)}
+        wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
+        return sorted(live if not wanted else live & wanted)
 
     def _snapshot_revision(self, namespace: str) -> int:
         record = self.state.get("snapshot", f"{self.settings.cluster_name}/{namespace}")
@@ -159,33 +163,39 @@ class Session:
         self._snapshot_due = True
         while True:
             self._wake.clear()
-            try:
-                await self.reconcile_dirty()
-                if self._snapshot_due:
-                    await self._snapshots()
-                    self._snapshot_due = False
-                if self._resyncs:
-                    await self._answer_resyncs()
-                if not self.synced:
-                    self.synced = True
-                    log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
-            except (PublishError, PyMongoError) as exc:
-                # The watcher's error policy: RabbitMQ or MongoDB unavailable leaves the namespaces
-                # pending (still dirty) and retries them; it never ends the session. /readyz says so.
-                self.storage_error = f"{type(exc).__name__}" if isinstance(exc, PyMongoError) else None
-                log.warning(
-                    "reconcile failed; %d namespaces left pending, retrying: %s",
-                    len(self._dirty),
-                    _describe(exc),
-                    extra={"error": type(exc).__name__},
-                )
+            if not await self._pass():
                 await asyncio.sleep(self.settings.publish_retry_s)
                 continue
-            self.storage_error = None
             if not self._dirty and not self._snapshot_due and not self._resyncs:
                 self.idle.set()
             await self._wake.wait()
             self.idle.clear()
+
+    async def _pass(self) -> bool:
+        """One pass: dirty namespaces, then due snapshots, then resync requests. False after an
+        error: RabbitMQ or MongoDB unavailable leaves the namespaces pending (still dirty) to be
+        retried; it never ends the session (the watcher's error policy). /readyz says so."""
+        try:
+            await self.reconcile_dirty()
+            if self._snapshot_due:
+                await self._snapshots()
+                self._snapshot_due = False
+            if self._resyncs:
+                await self._answer_resyncs()
+        except (PublishError, PyMongoError) as exc:
+            self.storage_error = f"{type(exc).__name__}" if isinstance(exc, PyMongoError) else None
+            log.warning(
+                "reconcile failed; %d namespaces left pending, retrying: %s",
+                len(self._dirty),
+                _describe(exc),
+                extra={"error": type(exc).__name__},
+            )
+            return False
+        self.storage_error = None
+        if not self.synced:
+            self.synced = True
+            log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
+        return True
 
     async def reconcile_dirty(self) -> int:
         """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published.
