@@ -28,6 +28,9 @@ class CommonSettings(BaseSettings):
     # Bounded first connection: a service that cannot reach its dependencies at start fails loudly.
     connect_timeout_s: float = Field(default=30.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
+    # A message waits unacked at most this long (an outage being held), then it is put back in its
+    # queue: below RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
+    consumer_hold_limit_s: float = Field(default=900.0, gt=0)
     # One deadline for the whole shutdown, below the pods' terminationGracePeriodSeconds (30 s, k8s/).
     shutdown_timeout_s: float = Field(default=25.0, gt=0)
 

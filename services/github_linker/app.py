@@ -64,6 +64,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
         prefetch=settings.prefetch,
         key_of=key_of,
         probes=infra.probes(),
+        hold_limit_s=settings.consumer_hold_limit_s,
     )
     health.add_liveness(
         "consumer", lambda: (consumer.consuming, "" if consumer.consuming else "not consuming")

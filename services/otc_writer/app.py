@@ -20,7 +20,13 @@ from services.otc_writer.desired import TriggerToolStyle
 from services.otc_writer.ledger import Ledger
 from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig, OtcError
 from services.otc_writer.projection import Projection
-from services.otc_writer.reconcile import Metrics, Reconciler, key_of_command, key_of_event
+from services.otc_writer.reconcile import (
+    Metrics,
+    Reconciler,
+    key_of_command,
+    key_of_event,
+    revision_of_event,
+)
 from services.otc_writer.settings import Settings
 from shared.amqp import Consumer, Topology
 from shared.amqp.consumer import Handler
@@ -156,9 +162,9 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.add("otc-http-session", lambda: session)
     infra.attach(runtime)
     runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
-    for queue, handler, key_of in (
-        (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event),
-        (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command),
+    for queue, handler, key_of, revision_of in (
+        (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event, revision_of_event),
+        (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command, None),
     ):
         consumer = Consumer(
             infra.amqp,
@@ -171,6 +177,9 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             max_attempts=deps.max_attempts,
             key_of=key_of,
             probes=probes,
+            revision_of=revision_of,
+            concurrency=settings.handler_concurrency,
+            hold_limit_s=settings.consumer_hold_limit_s,
         )
         runtime.consumers.append(consumer)
         health.add_readiness(f"queue:{queue}", consumer.readiness)

@@ -75,6 +75,26 @@ def key_of_event(event: CloudEvent) -> str:
     return event_scope(event) or event.subject or event.id
 
 
+_WHOLE_STATE: dict[str, tuple[str, type[TriggerData] | type[SnapshotData]]] = {
+    RoutingKeys.TRIGGER_CREATED: ("trigger", TriggerData),
+    RoutingKeys.TRIGGER_UPDATED: ("trigger", TriggerData),
+    RoutingKeys.TRIGGER_DELETED: ("trigger", TriggerData),
+    RoutingKeys.SNAPSHOT: ("snapshot", SnapshotData),
+}
+
+
+def revision_of_event(event: CloudEvent) -> tuple[str, int] | None:
+    """The consumer's coalescing hook: trigger events (lane: the trigger key) and snapshots (lane:
+    the instance) carry the whole state of their key with a monotonic revision, so a newer one waiting
+    in the lane makes an older one obsolete (the projection would skip it as stale anyway). Service
+    events and commands are never coalesced. Raises on invalid data (then nothing is coalesced)."""
+    kind = _WHOLE_STATE.get(event.routing_key)
+    if kind is None:
+        return None
+    sequence, model = kind
+    return sequence, model.model_validate(event.data).revision
+
+
 _TOOL_FIELDS = {"purpose", "key", "toolchain_id", "tool_type_id", "name", "parameters", "revision"}
 
 

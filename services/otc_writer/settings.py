@@ -34,7 +34,12 @@ class Settings(CommonSettings):
         description="dashboard link of a trigger tool; fields: cluster, namespace, generation, owner, name",
     )
 
-    prefetch: int = Field(default=16, ge=1)
+    prefetch: int = Field(
+        default=256,
+        ge=1,
+        description="unacked messages per queue: room to coalesce a backlog (trigger events, snapshots)",
+    )
+    handler_concurrency: int = Field(default=16, ge=1, description="messages handled at once per queue")
     lease_ttl_s: float = Field(
         default=90.0, gt=0, description="per-tool lease; renewed every third of it while held"
     )

@@ -16,21 +16,35 @@
 - a ``key_of`` that raises: dead-letter (it depends on the message only);
 - the retry publish fails: requeue after the intended delay (never a hot loop).
 
-Handlers run concurrently up to ``prefetch``; messages with the same ``key_of`` value run one after
-the other in delivery order, so one slow key never blocks the others and one key stays ordered (a
-held message keeps its key's lock, so a later message of the key never overtakes it).
+Handlers run concurrently up to ``concurrency`` (default: ``prefetch``); messages with the same
+``key_of`` value (a *lane*) run one after the other in delivery order, so one slow key never blocks
+the others and one key stays ordered (a held message stays at the head of its lane, so a later
+message of the key never overtakes it).
 
-A message is held at most as long as the broker's ``consumer_timeout`` (30 min by default): past it
-the broker closes the channel and returns the held messages to the head of their queue, which counts
-as one delivery towards the queue's ``x-delivery-limit``.
+Coalescing: ``revision_of`` (optional) names a message's sequence and revision when the message
+carries the whole state of its key (a trigger event, a snapshot). A waiting message (not running)
+whose lane holds a later delivered one of the same sequence with a revision at least as new is acked
+without running (outcome ``superseded``); the newer one is still unacked, so nothing is lost. Acking
+frees a prefetch slot, so a consumer that holds for an outage keeps receiving and keeps at most
+about one message per key and sequence, and after the outage only the latest state is applied.
+
+Hold limit: a message waits unacked at most ``hold_limit_s`` (below the broker's ``consumer_timeout``,
+30 min by default, past which RabbitMQ would close the channel). Then every waiting message is put
+back at the tail of its queue, in delivery order, as a copy (headers and ``x-death`` kept, so no
+attempt is spent and no delivery is counted towards ``x-delivery-limit``) and the original is acked;
+the copies come back at once and wait again. An outage of any length thus closes no channel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -43,7 +57,6 @@ from shared.amqp.publisher import Publisher, PublishError
 from shared.amqp.topology import DEAD_EXCHANGE, Topology
 from shared.dependencies import Probe, never_succeeds, unavailable_dependency
 from shared.events import CloudEvent
-from shared.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,17 @@ REASON_HEADER = "x-kotc-dead-reason"
 ERROR_HEADER = "x-kotc-error"
 
 Handler = Callable[[CloudEvent], Awaitable[None]]
+RevisionOf = Callable[[CloudEvent], tuple[str, int] | None]
+"""(sequence, revision) of a message that carries the whole state of its key, else None."""
+
+
+class Skip(enum.Enum):
+    """How a message left its lane without a handler result."""
+
+    SUPERSEDED = "superseded"
+    """A newer message of its key and sequence is waiting: acked without running."""
+    REQUEUED = "requeued"
+    """It waited for the hold limit: a copy was put back in the queue."""
 
 
 class RetryableError(Exception):
@@ -85,6 +109,26 @@ class ConsumerMetrics:
         )
 
 
+@dataclass(eq=False)
+class _Entry:
+    """One delivered, unacked message in its lane."""
+
+    message: AbstractIncomingMessage
+    arrival: int
+    delivered_at: float
+    revision: tuple[str, int] | None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    running: bool = False
+    superseded: bool = False
+    requeuing: bool = False
+    requeued: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Still going to run (not superseded, not being put back in the queue)."""
+        return not (self.superseded or self.requeuing or self.requeued)
+
+
 class Consumer:
     def __init__(
         self,
@@ -102,6 +146,9 @@ class Consumer:
         probes: Mapping[str, Probe] | None = None,
         probe_interval_s: float = 0.5,
         probe_max_interval_s: float = 3.0,
+        revision_of: RevisionOf | None = None,
+        concurrency: int | None = None,
+        hold_limit_s: float = 900.0,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
@@ -114,7 +161,13 @@ class Consumer:
         self._key_of = key_of
         self._drain_timeout = drain_timeout
         self._inflight: set[asyncio.Task[None]] = set()
-        self._locks = KeyedLocks()
+        self._revision_of = revision_of if key_of is not None else None
+        self._concurrency = concurrency or prefetch
+        self._running = 0
+        self._lanes: dict[object, deque[_Entry]] = {}
+        self._arrivals = itertools.count()
+        self._hold_limit = hold_limit_s
+        self._watchdog: asyncio.Task[None] | None = None
         self._probes = dict(probes or {})
         self._probe_interval = probe_interval_s
         self._probe_max_interval = probe_max_interval_s
@@ -132,6 +185,7 @@ class Consumer:
         queue: AbstractQueue = await channel.get_queue(self.queue_name, ensure=True)
         tag = await queue.consume(self._on_message)
         self.consuming = True
+        self._watchdog = asyncio.create_task(self.watch_holds(), name=f"hold-limit:{self.queue_name}")
         log.info("consuming", extra={"queue": self.queue_name, "prefetch": self._prefetch})
         try:
             await asyncio.Event().wait()
@@ -157,7 +211,7 @@ class Consumer:
                     await channel.close()
 
     async def _cancel_leftovers(self) -> None:
-        tasks = [*self._inflight, *([self._prober] if self._prober is not None else [])]
+        tasks = [*self._inflight, *(t for t in (self._prober, self._watchdog) if t is not None)]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -211,9 +265,27 @@ class Consumer:
         except Exception as exc:  # deterministic on the message: retrying cannot help
             await self._dead_letter(message, "no serialization key", exc, attempt, event)
             return
-        lock = self._locks[key] if key is not None else contextlib.nullcontext()
-        async with lock:
-            error = await self._handle_held(event)
+        entry = _Entry(
+            message, next(self._arrivals), asyncio.get_running_loop().time(), self._revision(event)
+        )
+        lane_key: object = key if key is not None else entry  # no key: a lane of its own
+        lane = self._lanes.setdefault(lane_key, deque())
+        self._coalesce(lane, entry)
+        lane.append(entry)
+        try:
+            error = await self._handle_held(lane, entry, event)
+        finally:
+            self._leave(lane_key, lane, entry)
+        if error is Skip.REQUEUED:
+            return  # a copy waits in the queue; the original was acked (or returned)
+        if error is Skip.SUPERSEDED:
+            await message.ack()
+            self._metrics.outcomes.labels(self.queue_name, Skip.SUPERSEDED.value).inc()
+            log.debug(
+                "superseded by a newer message of its key",
+                extra={"queue": self.queue_name, "event_id": event.id, "revision": entry.revision},
+            )
+            return
         if error is None:
             await message.ack()
             self._metrics.outcomes.labels(self.queue_name, "ack").inc()
@@ -226,16 +298,129 @@ class Consumer:
         else:
             await self._retry(message, error, attempt, event)
 
-    async def _handle_held(self, event: CloudEvent) -> Exception | None:
-        """Run the handler; while a dependency is down, wait for it and run again (no attempt spent)."""
+    def _revision(self, event: CloudEvent) -> tuple[str, int] | None:
+        if self._revision_of is None:
+            return None
+        try:
+            return self._revision_of(event)
+        except Exception:  # not a valid whole state: never coalesced, the handler decides
+            return None
+
+    @staticmethod
+    def _coalesce(lane: deque[_Entry], entry: _Entry) -> None:
+        """Supersede what ``entry`` makes obsolete in its lane, or ``entry`` itself if it is."""
+        if entry.revision is None:
+            return
+        sequence, revision = entry.revision
+        for other in lane:
+            if not other.live or other.revision is None or other.revision[0] != sequence:
+                continue
+            if other.revision[1] >= revision:
+                entry.superseded = True  # delivered late (a retry): an as-new one is here already
+            elif not other.running:
+                other.superseded = True
+                other.wake.set()
+
+    def _leave(self, lane_key: object, lane: deque[_Entry], entry: _Entry) -> None:
+        lane.remove(entry)
+        if not lane:
+            del self._lanes[lane_key]
+        else:
+            lane[0].wake.set()
+
+    def _wake_heads(self) -> None:
+        for lane in self._lanes.values():
+            lane[0].wake.set()
+
+    def _may_run(self, lane: deque[_Entry], entry: _Entry) -> bool:
+        return (
+            lane[0] is entry
+            and not entry.requeuing
+            and self._available.is_set()
+            and self._running < self._concurrency
+        )
+
+    async def _handle_held(
+        self, lane: deque[_Entry], entry: _Entry, event: CloudEvent
+    ) -> Exception | Skip | None:
+        """Run the handler in the lane's turn; while a dependency is down, wait for it and run again
+        (no attempt spent). Returns the error (None: success) or how it was skipped."""
         while True:
-            await self._available.wait()
-            error = await self._handle_once(event)
+            while not self._may_run(lane, entry):
+                if entry.superseded:
+                    return Skip.SUPERSEDED
+                if entry.requeued:
+                    return Skip.REQUEUED
+                entry.wake.clear()
+                await entry.wake.wait()
+            if entry.superseded:
+                return Skip.SUPERSEDED
+            entry.running = True
+            self._running += 1
+            try:
+                error = await self._handle_once(event)
+            finally:
+                entry.running = False
+                self._running -= 1
+                self._wake_heads()
             dependency = unavailable_dependency(error) if error is not None else None
             if dependency is None:
                 return error
             assert error is not None
             self._pause(dependency, error, event)
+
+    async def watch_holds(self) -> None:
+        """Put waiting messages back in the queue before the broker's consumer timeout would."""
+        loop = asyncio.get_running_loop()
+        interval = max(0.1, min(5.0, self._hold_limit / 4))
+        while True:
+            await asyncio.sleep(interval)
+            waiting = self._waiting()
+            if waiting and loop.time() - waiting[0].delivered_at >= self._hold_limit:
+                await self._requeue(waiting)
+
+    def _waiting(self) -> list[_Entry]:
+        entries = (e for lane in self._lanes.values() for e in lane if e.live and not e.running)
+        return sorted(entries, key=lambda e: e.arrival)
+
+    async def _requeue(self, entries: list[_Entry]) -> None:
+        """Copies to the queue's tail in delivery order, then ack the originals (a copy keeps the
+        headers, ``x-death`` included: no attempt spent, no delivery counted by the broker)."""
+        for entry in entries:
+            entry.requeuing = True
+        returned = 0
+        try:
+            for entry in entries:
+                try:
+                    await self._publisher.publish_message(
+                        persistent_copy(entry.message, {}), self.queue_name, exchange=""
+                    )
+                except PublishError:
+                    # Publishing is down: return it instead (the broker counts one delivery).
+                    returned += 1
+                    with contextlib.suppress(Exception):
+                        await entry.message.nack(requeue=True)
+                else:
+                    with contextlib.suppress(Exception):  # channel gone: the broker redelivers it too
+                        await entry.message.ack()
+                entry.requeued = True
+                entry.wake.set()
+                self._metrics.outcomes.labels(self.queue_name, Skip.REQUEUED.value).inc()
+        finally:
+            for entry in entries:
+                if not entry.requeued:  # interrupted (shutdown): they stay as they were
+                    entry.requeuing = False
+                    entry.wake.set()
+        log.warning(
+            "messages waited for the hold limit: put back in the queue",
+            extra={
+                "queue": self.queue_name,
+                "count": len(entries),
+                "returned": returned,
+                "hold_limit_s": self._hold_limit,
+                "dependency": self.outage,
+            },
+        )
 
     async def _handle_once(self, event: CloudEvent) -> Exception | None:
         started = asyncio.get_running_loop().time()
@@ -299,6 +484,7 @@ class Consumer:
             self.outage = None
             self._metrics.paused.labels(self.queue_name, dependency).set(0)
             self._available.set()
+            self._wake_heads()
         log.info(
             "%s answers again: resuming",
             dependency,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import aiohttp
@@ -94,3 +95,56 @@ async def test_iam_rejecting_the_key_makes_the_writer_unready_and_dead_letters_n
         if "did not close within the shutdown deadline" in r.getMessage()
     ]
     assert late == []
+
+
+async def test_a_backlog_of_many_changes_to_few_triggers_costs_one_write_per_tool_after_the_outage(
+    env: WriterEnv,
+) -> None:
+    """Coalescing: trigger events carry the whole trigger, so of the changes held during an outage
+    only the latest per trigger is applied (old code: one OTC write per change and toolchain)."""
+    tcs = [env.otc.seed_toolchain(name=f"coalesce-{i}") for i in range(2)]
+    names = [f"c{i}" for i in range(3)]
+    async with env.writer(Deps(topology=FAST, max_attempts=3), otc_breaker_reset_s=600) as w:
+        await env.publish(
+            snapshot_event([trigger(n) for n in names], revision=1),
+            *[
+                service_event("bound", revision=i + 1, toolchains=tcs[: i + 1], toolchain_id=tc)
+                for i, tc in enumerate(tcs)
+            ],
+        )
+        await wait_until(lambda: all(len(env.otc.tools(tc)) == 3 for tc in tcs), timeout=20, what="baseline")
+        env.otc.set_faults(error_rate=1.0)
+        revisions = range(2, 32)
+        for r in revisions:
+            for n in names:
+                await env.publish(trigger_event(trigger(n, revision=r, body=f"v{r}"), "updated"))
+        last = revisions[-1]  # a snapshot in its own lane (the instance's), with the same latest state
+        await env.publish(
+            snapshot_event([trigger(n, revision=last, body=f"v{last}") for n in names], revision=2)
+        )
+        await wait_until(lambda: w.consumers[0].outage == "otc", timeout=30, what="events held")
+        superseded = w.infra.consumer_metrics.outcomes.labels(EVENTS_QUEUE, "superseded")
+        # While held, the consumer keeps receiving and acks what is superseded: about one per trigger
+        # stays (the prefetch window would otherwise be full and the rest still queued).
+        await wait_until(
+            lambda: superseded._value.get() >= len(names) * (len(revisions) - 2),
+            timeout=30,
+            what="the backlog coalesced while held",
+        )
+        before = len(writes(env.otc.calls()))
+        env.otc.clear_faults()
+        final = hashlib.sha256(f"v{revisions[-1]}".encode()).hexdigest()
+
+        def converged() -> bool:
+            tools = [t for tc in tcs for t in env.otc.tools(tc)]
+            return len(tools) == 6 and all(final in str(t.parameters) for t in tools)
+
+        await wait_until(converged, timeout=20, what="OTC at the latest revision")
+        await asyncio.sleep(1.0)  # anything still to come would be a superfluous write
+        after = writes(env.otc.calls())[before:]
+    assert len(after) == len(names) * len(tcs), [(c.method, c.path) for c in after]
+    assert {c.method for c in after} == {"PATCH"}
+    for tc in tcs:
+        assert env.tool_names(tc) == sorted(trigger_tool_name(trigger(n).key) for n in names)
+    for queue in (EVENTS_QUEUE, COMMANDS_QUEUE):
+        assert await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2) == []
