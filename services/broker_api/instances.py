@@ -26,6 +26,7 @@ from services.broker_api.instance_spec import spec_errors
 from services.broker_api.models import (
     Binding,
     BindRequest,
+    EventsMode,
     InstanceRecord,
     Parameters,
     ParametersIn,
@@ -77,46 +78,32 @@ class Policy:
     ) -> Parameters:
         """PUT: ``base`` None, missing keys take defaults. PATCH: keys present override ``base``.
         ``events`` is a Kabanero service's only (ignored, like any unknown key, by the Events broker)."""
-        present = given.model_fields_set
-        if base is None:
-            cluster, namespace, name, events = given.cluster, given.namespace, given.name, given.events
-        else:
-            cluster = given.cluster if "cluster" in present else base.cluster
-            namespace = given.namespace if "namespace" in present else base.namespace
-            name = given.name if "name" in present else base.name
-            events = given.events if "events" in present else base.events
+        cluster, namespace, name, events = _merged(given, base)
         events = (events or self._events) if kind == "kabanero" else None
         create, instance = self._creation(given, base, kind=kind)
-        cluster = cluster or self._default_cluster
-        if cluster not in self._clusters:
-            raise BadRequest(
-                "invalid request: 'parameters.cluster' is not a configured cluster (allowed: "
-                + ", ".join(self._clusters)
-                + ")"
-            )
         resolved = Parameters(
-            cluster=cluster,
+            cluster=self._allowed(cluster or self._default_cluster),
             namespace=namespace or self._default_namespace,
             name=name,
             events=events,
             create=create,
             instance=instance,
         )
-        if (
-            base is not None
-            and base.create
-            and (resolved.cluster, resolved.namespace, resolved.name)
-            != (
-                base.cluster,
-                base.namespace,
-                base.name,
-            )
-        ):
+        if base is not None and base.create and _place(resolved) != _place(base):
             raise BadRequest(
                 "invalid request: 'parameters.cluster', 'parameters.namespace' and 'parameters.name' "
                 "cannot change while the service creates its instance (parameters.create)"
             )
         return resolved
+
+    def _allowed(self, cluster: str) -> str:
+        if cluster not in self._clusters:
+            raise BadRequest(
+                "invalid request: 'parameters.cluster' is not a configured cluster (allowed: "
+                + ", ".join(self._clusters)
+                + ")"
+            )
+        return cluster
 
     @staticmethod
     def _creation(
@@ -147,6 +134,26 @@ class Policy:
             instance_id=sid,
             service_id=kind,
         )
+
+
+def _merged(
+    given: ParametersIn, base: Parameters | None
+) -> tuple[str | None, str | None, str | None, EventsMode | None]:
+    """(cluster, namespace, name, events): PUT (no ``base``) as given, PATCH each given key over ``base``."""
+    if base is None:
+        return given.cluster, given.namespace, given.name, given.events
+    present = given.model_fields_set
+    return (
+        given.cluster if "cluster" in present else base.cluster,
+        given.namespace if "namespace" in present else base.namespace,
+        given.name if "name" in present else base.name,
+        given.events if "events" in present else base.events,
+    )
+
+
+def _place(params: Parameters) -> tuple[str, str, str | None]:
+    """Where the instance a service stands for lives (fixed while the service creates it)."""
+    return params.cluster, params.namespace, params.name
 
 
 def record_key(kind: ServiceKind, sid: str) -> str:
