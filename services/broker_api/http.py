@@ -54,7 +54,7 @@ from services.broker_api.models import (
     VersionResponse,
 )
 from services.broker_api.openapi import openapi_spec
-from services.broker_api.outbox import Outbox
+from services.broker_api.outbox import Lease, Outbox
 from services.broker_api.settings import Settings
 from services.broker_api.store import Commit, InstanceStore
 from shared.events import ServiceKind
@@ -231,11 +231,11 @@ class BrokerApi:
         if service_id is not None and service_id != kind:
             raise BadRequest(f"invalid request: 'service_id' does not match this broker (expected {kind!r})")
 
-    async def _publish(self, kind: ServiceKind, sid: str, commit: Commit) -> None:
+    async def _publish(self, kind: ServiceKind, sid: str, commit: Commit, lease: Lease | None) -> None:
         if not commit.events:
             return
         try:
-            await self._outbox.publish_committed(record_key(kind, sid))
+            await self._outbox.after_commit(record_key(kind, sid), lease, commit.pending)
         except Exception as exc:  # committed: the drainer publishes later
             log.warning(
                 "publish deferred to the outbox drainer",
@@ -289,9 +289,18 @@ class BrokerApi:
             call = Call(
                 kind=kind, sid=sid, tid=tid, req=req, policy=self._policy, cipher=self._cipher, now=now
             )
-            commit = await self._store.mutate(kind, sid, lambda rec: route.change(call, rec), now=self._now)
-            self._log(route.message, kind, sid, commit, **({"toolchain_id": tid} if tid else {}))
-            await self._publish(kind, sid, commit)
+            key = record_key(kind, sid)
+            async with self._outbox.holding(key) as lease:
+                commit = await self._store.mutate(
+                    kind,
+                    sid,
+                    lambda rec: route.change(call, rec),
+                    now=self._now,
+                    lease=lease,
+                    likely_new=route.likely_new,
+                )
+                self._log(route.message, kind, sid, commit, **({"toolchain_id": tid} if tid else {}))
+                await self._publish(kind, sid, commit, lease)
             if route.answers_instance:
                 assert commit.record is not None
                 return self._instance(commit.record)
@@ -385,6 +394,8 @@ class Mutation:
     checks_service_id: bool = False
     answers_instance: bool = False
     """200 with the instance (PUT and PATCH answer §3's shape); otherwise 204."""
+    likely_new: bool = False
+    """Try the insert of a new record first, unread (PUT of an instance: usually a new sid)."""
 
 
 INSTANCE = "/service_instances/{sid}"
@@ -400,6 +411,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         body=ProvisionRequest,
         checks_service_id=True,
         answers_instance=True,
+        likely_new=True,
     ),
     Mutation(
         "PATCH",

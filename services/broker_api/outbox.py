@@ -1,28 +1,36 @@
 """Publishing the events committed in ``service_instances.outbox`` (at least once, in order per sid).
 
-After a commit the request handler calls :meth:`Outbox.flush` for its sid; a background task
-(:meth:`Outbox.run`) retries every document that still has pending entries (index
-``outbox_pending``). Entries are published in revision order and pulled only after the broker
-confirmed them, so RabbitMQ being down delays events but never loses or reorders them. A crash
-between confirm and pull re-publishes the same event id: consumers skip stale revisions.
+A request handler takes the lease with its commit (:meth:`Outbox.holding` gives it; the store
+writes it in the same conditional update), publishes the outbox that update returned, then pulls
+the confirmed entries and releases the lease in one more update (:meth:`Outbox.publish_leased`):
+two round trips after the read, none of them a read-back. A background task (:meth:`Outbox.run`)
+retries every document that still has pending entries (index ``outbox_pending``). Entries are
+published in revision order and pulled only after the broker confirmed them, so RabbitMQ being
+down delays events but never loses or reorders them. A crash between confirm and pull
+re-publishes the same event id: consumers skip stale revisions.
 
 Replicas: a short lease on the document (``outbox_lease``, expires after ``lease_s``) lets one
 publisher at a time work on a sid, so two replicas do not publish the same events twice or out of
-order. A flush that finds the lease taken leaves its events to the holder (which re-reads the
-outbox until it is empty) or, in the small window after the holder's last read, to the drainer.
+order. A commit that finds the lease taken commits without it and leaves its events to the holder
+(whose release returns what is left, and which then flushes it) or, in the small window after the
+holder's release, to the drainer. Within one process, one commit-and-publish per sid at a time
+(the lease owner is the process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
@@ -37,6 +45,28 @@ log = logging.getLogger(__name__)
 
 class EventSink(Protocol):
     async def publish(self, event: CloudEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The publisher lease a commit takes in the same update (``outbox_lease``)."""
+
+    owner: str
+    taken: datetime
+    until: datetime
+
+    def document(self) -> dict[str, Any]:
+        return {"owner": self.owner, "until": self.until}
+
+    def free(self) -> dict[str, Any]:
+        """The filter clause: nobody else holds an unexpired lease on the document."""
+        return {
+            "$or": [
+                {"outbox_lease": {"$exists": False}},
+                {"outbox_lease.until": {"$lt": self.taken}},
+                {"outbox_lease.owner": self.owner},
+            ]
+        }
 
 
 class Outbox:
@@ -71,65 +101,109 @@ class Outbox:
             registry=registry,
         )
 
-    async def _claim(self, key: str) -> bool:
+    def _new_lease(self) -> Lease:
         now = datetime.now(UTC)
+        return Lease(self._owner, now, now + self._lease)
+
+    async def _claim(self, key: str) -> bool:
+        lease = self._new_lease()
         result = await self._collection.update_one(
-            {
-                "_id": key,
-                "$or": [
-                    {"outbox_lease": {"$exists": False}},
-                    {"outbox_lease.until": {"$lt": now}},
-                    {"outbox_lease.owner": self._owner},
-                ],
-            },
-            {"$set": {"outbox_lease": {"owner": self._owner, "until": now + self._lease}}},
+            {"_id": key, **lease.free()}, {"$set": {"outbox_lease": lease.document()}}
         )
         return result.matched_count == 1
+
+    @contextlib.asynccontextmanager
+    async def holding(self, key: str) -> AsyncIterator[Lease | None]:
+        """One commit-and-publish of ``key`` at a time in this process; yields the lease for the
+        commit to take (None when RabbitMQ is known to be down: the drainer publishes later, and a
+        lease would only delay it)."""
+        async with self._locks[key]:
+            if not self._online():
+                self.failures.inc()
+                yield None
+            else:
+                yield self._new_lease()
+
+    async def after_commit(
+        self, key: str, lease: Lease | None, pending: Sequence[OutboxEntry] | None
+    ) -> bool:
+        """Inside :meth:`holding`, right after a commit with events: publish them now. ``pending``
+        is the outbox the commit returned when it took ``lease``; None when it could not (another
+        replica holds the lease: try to claim it, else the holder or the drainer publishes)."""
+        if lease is None:
+            return False
+        if pending is None:
+            return await self._flush_locked(key)
+        return await self._publish_leased(key, lease, pending)
+
+    async def _publish_leased(self, key: str, lease: Lease, pending: Sequence[OutboxEntry]) -> bool:
+        """Publish ``pending`` in revision order, then pull the confirmed entries and release the
+        lease in one update. Entries another replica committed meanwhile come back with the
+        release and are flushed now. False if one failed (the drainer retries)."""
+        taken = time.monotonic() - (datetime.now(UTC) - lease.taken).total_seconds()
+        done: list[str] = []
+        ok = True
+        try:
+            for entry in sorted(pending, key=lambda e: e.revision):
+                # Renew the lease before it can run out under us (slow confirms).
+                if time.monotonic() - taken > self._lease.total_seconds() / 2:
+                    if not await self._claim(key):
+                        ok = False
+                        break
+                    taken = time.monotonic()
+                if not await self._publish(entry):
+                    ok = False
+                    break
+                done.append(entry.id)
+        finally:
+            left = await self._collection.find_one_and_update(
+                {"_id": key, "outbox_lease.owner": self._owner},
+                {"$pull": {"outbox": {"id": {"$in": done}}}, "$unset": {"outbox_lease": ""}},
+                projection={"outbox.id": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+            if left is None and done:  # the lease ran out under us: still pull what was confirmed
+                await self._collection.update_one({"_id": key}, {"$pull": {"outbox": {"id": {"$in": done}}}})
+        if ok and left and left.get("outbox"):
+            return await self._flush_locked(key)
+        return ok
 
     async def _release(self, key: str) -> None:
         await self._collection.update_one(
             {"_id": key, "outbox_lease.owner": self._owner}, {"$unset": {"outbox_lease": ""}}
         )
 
-    async def publish_committed(self, key: str) -> bool:
-        """Right after a commit: publish now, unless RabbitMQ is known to be down (a publish on a
-        closed channel fails anyway; skipping it spares the lease round trips). The drainer
-        publishes later either way."""
-        if not self._online():
-            self.failures.inc()
-            return False
-        return await self.flush(key)
-
     async def flush(self, key: str) -> bool:
         """Publish every pending event of one document in revision order; False if one failed
         (or another replica holds the lease: it, or the drainer, publishes them)."""
         async with self._locks[key]:
-            if not await self._claim(key):
-                return False
-            claimed = time.monotonic()
-            try:
-                while True:
-                    doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
-                    entries = sorted(
-                        (OutboxEntry.model_validate(e) for e in (doc or {}).get("outbox") or []),
-                        key=lambda e: e.revision,
-                    )
-                    if not entries:
-                        return True
-                    for entry in entries:
-                        # Renew the lease before it can run out under us (slow confirms, many
-                        # entries): an expired lease lets another replica publish concurrently.
-                        if time.monotonic() - claimed > self._lease.total_seconds() / 2:
-                            if not await self._claim(key):
-                                return False
-                            claimed = time.monotonic()
-                        if not await self._publish(entry):
+            return await self._flush_locked(key)
+
+    async def _flush_locked(self, key: str) -> bool:
+        if not await self._claim(key):
+            return False
+        claimed = time.monotonic()
+        try:
+            while True:
+                doc = await self._collection.find_one({"_id": key}, {"outbox": 1})
+                entries = sorted(
+                    (OutboxEntry.model_validate(e) for e in (doc or {}).get("outbox") or []),
+                    key=lambda e: e.revision,
+                )
+                if not entries:
+                    return True
+                for entry in entries:
+                    # Renew the lease before it can run out under us (slow confirms, many
+                    # entries): an expired lease lets another replica publish concurrently.
+                    if time.monotonic() - claimed > self._lease.total_seconds() / 2:
+                        if not await self._claim(key):
                             return False
-                        await self._collection.update_one(
-                            {"_id": key}, {"$pull": {"outbox": {"id": entry.id}}}
-                        )
-            finally:
-                await self._release(key)
+                        claimed = time.monotonic()
+                    if not await self._publish(entry):
+                        return False
+                    await self._collection.update_one({"_id": key}, {"$pull": {"outbox": {"id": entry.id}}})
+        finally:
+            await self._release(key)
 
     async def _publish(self, entry: OutboxEntry) -> bool:
         try:

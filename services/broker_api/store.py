@@ -1,13 +1,16 @@
 """``service_instances`` (owned by broker-api): atomic per-document commits with an event outbox.
 
 Concurrency: every change is an optimistic compare-and-set on ``revision``: read, compute the new
-record (pure, :mod:`instances`), then ``update_one({_id, revision: read})`` (or ``insert_one`` for a
-new sid, unique ``_id``). A lost race matches nothing and is recomputed from a fresh read, so
-concurrent requests on one sid (also across replicas) serialize without a lock and never
-overwrite each other. An in-process lock per sid only cuts down useless retries.
+record (pure, :mod:`instances`), then a conditional update ``{_id, revision: read}`` (or
+``insert_one`` for a new sid, unique ``_id``). A lost race matches nothing and is recomputed from a
+fresh read, so concurrent requests on one sid (also across replicas) serialize without a lock and
+never overwrite each other. An in-process lock per sid only cuts down useless retries. A PUT of an
+instance tries the insert first, unread (``likely_new``): a new sid costs no read, an existing one
+a failed insert more.
 
-No lost events: the same single-document update that commits the change appends its events to
-``outbox``; :class:`services.broker_api.outbox.Outbox` publishes and pulls them.
+No lost events: the same single-document write that commits the change appends its events to
+``outbox`` and takes the publisher lease (:class:`services.broker_api.outbox.Lease`), and returns
+the outbox it left; :class:`services.broker_api.outbox.Outbox` publishes it and pulls the entries.
 
 MongoDB errors propagate as they are: the HTTP error middleware maps them to 503, in one place.
 """
@@ -24,14 +27,15 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.broker_api.errors import Unavailable
+from services.broker_api.errors import BrokerError, Unavailable
 from services.broker_api.instances import Change, record_key
 from services.broker_api.models import BROKERS, InstanceRecord, OutboxEntry
+from services.broker_api.outbox import Lease
 from shared.events import (
     CloudEvent,
     RoutingKeys,
@@ -60,6 +64,8 @@ def make_event_id(kind: ServiceKind, sid: str, revision: int) -> str:
 class Commit:
     record: InstanceRecord | None
     events: tuple[OutboxEntry, ...]
+    pending: tuple[OutboxEntry, ...] | None = None
+    """The document's whole outbox right after the commit, when the commit took the lease."""
 
 
 EVENTS_TOOL_PURPOSE = "kabanero-events-auto"
@@ -161,46 +167,96 @@ class InstanceStore:
         compute: Callable[[InstanceRecord | None], Change | None],
         *,
         now: Callable[[], datetime],
+        lease: Lease | None = None,
+        likely_new: bool = False,
     ) -> Commit:
         """Commit ``compute(current)`` with its outbox events atomically; retry on a lost race.
 
-        ``compute`` may raise a :class:`BrokerError` (e.g. 404): nothing is written then.
+        ``compute`` may raise a :class:`BrokerError` (e.g. 404): nothing is written then. With
+        ``lease``, a commit with events takes it unless another replica holds it. With
+        ``likely_new``, the first attempt inserts ``compute(None)`` without reading.
         """
         key = record_key(kind, sid)
         lock = self._locks[key]
         async with lock:
+            if likely_new:
+                commit = await self._try_new(key, compute, now(), lease)
+                if commit is not None:
+                    return commit
             for _ in range(MAX_ATTEMPTS):
-                commit = await self._attempt(key, compute, now())
+                commit = await self._attempt(key, compute, now(), lease)
                 if commit is not None:
                     return commit
                 await asyncio.sleep(random.uniform(0, 0.01))
         raise Unavailable("too much concurrent activity on this service instance, retry later")
 
+    async def _try_new(
+        self,
+        key: str,
+        compute: Callable[[InstanceRecord | None], Change | None],
+        now: datetime,
+        lease: Lease | None,
+    ) -> Commit | None:
+        """The insert of a new sid, unread; None when the sid exists (or ``compute`` cannot say
+        what a new one is): the read path decides."""
+        try:
+            change = compute(None)
+        except BrokerError:
+            return None
+        if change is None:
+            return None
+        return await self._commit(key, None, change, now, lease)
+
     async def _attempt(
-        self, key: str, compute: Callable[[InstanceRecord | None], Change | None], now: datetime
+        self,
+        key: str,
+        compute: Callable[[InstanceRecord | None], Change | None],
+        now: datetime,
+        lease: Lease | None,
     ) -> Commit | None:
         doc = await self.collection.find_one({"_id": key})
         current = InstanceRecord.model_validate(doc) if doc else None
         change = compute(current)
         if change is None:
             return Commit(current, ())
+        return await self._commit(key, current, change, now, lease)
+
+    async def _commit(
+        self, key: str, current: InstanceRecord | None, change: Change, now: datetime, lease: Lease | None
+    ) -> Commit | None:
+        """One conditional write of the record with its events (and the lease); None on a lost race."""
         base = current.revision if current else 0
         entries = _event_entries(change, base, self._source, now)
         record = change.record.model_copy(update={"revision": base + max(1, len(entries))})
         fields = record.document()
         fields.pop("outbox", None)
         pushed = [e.model_dump(mode="python") for e in entries]
+        leased = lease is not None and bool(pushed)
         if current is None:
+            doc = {**fields, "outbox": pushed}
+            if leased and lease is not None:
+                doc["outbox_lease"] = lease.document()
             try:
-                await self.collection.insert_one({**fields, "outbox": pushed})
+                await self.collection.insert_one(doc)
             except DuplicateKeyError:
                 return None
-        else:
-            fields.pop("_id")
-            update: dict[str, Any] = {"$set": fields}
-            if pushed:
-                update["$push"] = {"outbox": {"$each": pushed}}
-            result = await self.collection.update_one({"_id": key, "revision": base}, update)
-            if result.matched_count == 0:
-                return None
+            return Commit(record, tuple(entries), tuple(entries) if leased else None)
+        fields.pop("_id")
+        update: dict[str, Any] = {"$set": fields}
+        if pushed:
+            update["$push"] = {"outbox": {"$each": pushed}}
+        if leased and lease is not None:
+            after = await self.collection.find_one_and_update(
+                {"_id": key, "revision": base, **lease.free()},
+                {**update, "$set": {**fields, "outbox_lease": lease.document()}},
+                projection={"outbox": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+            if after is not None:
+                pending = tuple(OutboxEntry.model_validate(e) for e in after.get("outbox") or [])
+                return Commit(record, tuple(entries), pending)
+            # Another replica holds the lease, or the race is lost: the plain write tells which.
+        result = await self.collection.update_one({"_id": key, "revision": base}, update)
+        if result.matched_count == 0:
+            return None
         return Commit(record, tuple(entries))

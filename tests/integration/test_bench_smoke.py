@@ -25,3 +25,19 @@ def test_bench_parts_run_on_tiny_sizes_and_count_mongo_commands(tmp_path: Path) 
     assert writer["changes"] > 0 and writer["otc_calls_per_change_per_toolchain"] == 1.0
     assert writer["mongo_ops_per_change"] == 3.0  # the minimum docs/design.md argues
     assert writer["otc_calls_per_unchanged_snapshot"] == 0
+
+
+def test_broker_requests_cost_the_minimum_mongo_commands(tmp_path: Path) -> None:
+    """Provision 2 (insert with the lease, pull and release), bind 3 (a read more): docs/design.md."""
+    out = tmp_path / "raw.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "broker", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    broker = json.loads(out.read_text())["broker"]
+    assert broker["errors"] == 0
+    assert broker["mongo_ops_per_provision"] == 2.0, broker["provision_ops_by_command"]
+    assert broker["mongo_ops_per_bind"] == 3.0, broker["bind_ops_by_command"]
