@@ -49,7 +49,10 @@ FULL: dict[str, list[str]] = {
     ],
     "broker": ["bench.broker_load", "--requests", "2000", "--concurrency", "32"],
     "watcher": ["bench.watcher_relist", "--namespaces", "100", "--mediations", "10"],
-    "stack": ["bench.stack_scale", "--namespaces", "100", "--mediations", "100", "--seconds", "60"],
+    "stack": [
+        "bench.stack_scale",
+        *("--namespaces", "100", "--mediations", "100", "--seconds", "60", "--latency-seconds", "30"),
+    ],
 }
 QUICK: dict[str, list[str]] = {
     "baseline": ["bench.baseline", "--messages", "200", "--docs", "100"],
