@@ -49,6 +49,7 @@ FULL: dict[str, list[str]] = {
     ],
     "broker": ["bench.broker_load", "--requests", "2000", "--concurrency", "32"],
     "watcher": ["bench.watcher_relist", "--namespaces", "100", "--mediations", "10"],
+    "linker": ["bench.linker_ops"],
     "stack": [
         "bench.stack_scale",
         *("--namespaces", "100", "--mediations", "100", "--seconds", "60", "--latency-seconds", "30"),
@@ -69,6 +70,7 @@ QUICK: dict[str, list[str]] = {
     ],
     "broker": ["bench.broker_load", "--requests", "40", "--concurrency", "4"],
     "watcher": ["bench.watcher_relist", "--namespaces", "3", "--mediations", "2"],
+    "linker": ["bench.linker_ops"],
     "stack": [
         "bench.stack_scale",
         *("--namespaces", "2", "--mediations", "3", "--seconds", "2", "--workers", "2"),
@@ -153,6 +155,7 @@ def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, l
             "ratio_to_amqp": round(raw["watcher"]["initial_sync_events_per_s"] / b["amqp_hop_per_s"], 3),
             "mongo_ops_per_event": raw["watcher"]["mongo_ops_per_event"],
         },
+        "linker": {k: v for k, v in raw.get("linker", {}).items() if k.startswith("mongo_ops_")},
         "e2e": {
             "changes_per_s": s["sustained_changes_per_s"],
             "latency_ms": s["latency_ms"],
