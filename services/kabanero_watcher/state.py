@@ -1,28 +1,41 @@
 """What the watcher has published, persisted in its own collection ``watch_published``.
 
-One document per (cluster, kind, key): the content hash, revision and data of the last event for
+One record per (cluster, kind, key): the content hash, revision and data of the last event for
 that key. The record is written *before* its event is published, marked ``pending``, and marked
 done after the broker's confirm. A revision number is therefore never reused for other content,
 even when the process dies between publish and record: after a restart a pending record is
 either re-published as it is (same id; the cluster still looks like that) or superseded by the
 next revision (the cluster moved on: an update, or the delete of a key the new process never
 saw). Deleted keys stay as tombstones so revisions remain monotonic when a key comes back.
+
+The records of one namespace live in one document (``_id`` ``<cluster>|<namespace>``), each record
+as its JSON text: a namespace's diff is published as one batch, so its pending records are one
+write and its done records one more, whatever the number of events (two round trips per batch,
+the minimum that "pending before publish, done after confirm" allows). A snapshot's record keeps
+only its revision: its content is never read back. Documents of the first layout (one per record,
+``schema_version`` 1) are read on load and replaced by their namespace's document on its first write.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, ReplaceOne
+from pymongo import ASCENDING, DeleteMany, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.mongo import Document
 
+log = logging.getLogger(__name__)
+
 COLLECTION = "watch_published"
+LAYOUT_VERSION = 2
 
 RecordKind = Literal["instance", "trigger", "snapshot"]
+Ident = tuple[str, str]  # (kind, key)
 
 
 class Record(BaseModel):
@@ -42,6 +55,7 @@ class Record(BaseModel):
 
     @property
     def doc_id(self) -> str:
+        """The ``_id`` of the record's own document in the first layout."""
         return f"{self.cluster}|{self.kind}|{self.key}"
 
 
@@ -51,21 +65,35 @@ class PublishedState:
     def __init__(self, db: AsyncDatabase[Document], cluster: str) -> None:
         self._coll = db[COLLECTION]
         self.cluster = cluster
-        self._records: dict[tuple[str, str], Record] = {}
-        self._by_ns: dict[str, set[tuple[str, str]]] = {}
+        self._records: dict[Ident, Record] = {}
+        self._by_ns: dict[str, set[Ident]] = {}
+        self._legacy: dict[str, list[str]] = {}  # namespace -> _ids of first-layout documents
 
     async def ensure_indexes(self) -> None:
-        # The identity (cluster, kind, key) is the ``_id`` (``Record.doc_id``), unique by nature: a
-        # second unique index on the same fields would only add a cost to every write.
+        # Lookups are by ``_id`` (cluster and namespace); this index serves operators' queries only.
         await self._coll.create_index([("cluster", ASCENDING), ("namespace", ASCENDING)], name="namespace")
 
     async def load(self) -> None:
         self._records.clear()
         self._by_ns.clear()
+        self._legacy.clear()
+        current: dict[str, list[str]] = {}
         async for doc in self._coll.find({"cluster": self.cluster}):
-            doc.pop("_id", None)
+            if doc.get("layout") == LAYOUT_VERSION:
+                current[doc["namespace"]] = doc.get("records") or []
+                continue
+            doc_id = doc.pop("_id", None)
             doc.pop("updated_at", None)
-            self._remember(Record.model_validate(doc))
+            record = Record.model_validate(doc)
+            self._legacy.setdefault(record.namespace, []).append(str(doc_id))
+            if record.namespace not in current:
+                self._remember(record)
+        for namespace, texts in current.items():
+            # A namespace document is written after (and holds) everything its old documents held.
+            for ident in self._by_ns.pop(namespace, set()):
+                self._records.pop(ident, None)
+            for text in texts:
+                self._remember(Record.model_validate_json(text))
 
     def _remember(self, record: Record) -> None:
         ident = (record.kind, record.key)
@@ -97,25 +125,44 @@ class PublishedState:
         record = self.get(kind, key)
         return 1 if record is None else record.revision + 1
 
-    async def commit_many(self, records: list[Record]) -> None:
-        """As ``commit``, for a batch: one ``bulk_write`` (the records of one namespace's diff)."""
-        if not records:
+    async def commit_many(self, records: Iterable[Record]) -> None:
+        """Persist (pending before the publish, done after the confirm), then advance the mirror:
+        one replace per namespace touched, in one ``bulk_write`` (a batch is one namespace's)."""
+        by_ns: dict[str, dict[Ident, Record]] = {}
+        for record in records:
+            stored = record.model_copy(update={"data": {}}) if record.kind == "snapshot" else record
+            by_ns.setdefault(stored.namespace, {})[(stored.kind, stored.key)] = stored
+        if not by_ns:
             return
         now = datetime.now(UTC)
-        ops = [
-            ReplaceOne(
-                {"_id": r.doc_id},
-                {"_id": r.doc_id, **r.model_dump(mode="json"), "updated_at": now},
-                upsert=True,
-            )
-            for r in records
-        ]
-        await self._coll.bulk_write(ops, ordered=False)
-        for record in records:
-            self._remember(record)
+        ops: list[ReplaceOne[Document] | DeleteMany] = []
+        for namespace, changed in by_ns.items():
+            ops.append(self._replace(namespace, changed, now))
+            if legacy := self._legacy.get(namespace):
+                ops.append(DeleteMany({"_id": {"$in": legacy}}))
+        await self._coll.bulk_write(ops, ordered=True)
+        for namespace, changed in by_ns.items():
+            self._legacy.pop(namespace, None)
+            for stored in changed.values():
+                self._remember(stored)
+
+    def _replace(self, namespace: str, changed: dict[Ident, Record], now: datetime) -> ReplaceOne[Document]:
+        """The namespace's document: its records as the mirror has them, with ``changed`` applied."""
+        idents = sorted(self._by_ns.get(namespace, set()) | changed.keys())
+        records = [changed.get(i) or self._records[i] for i in idents]
+        doc_id = f"{self.cluster}|{namespace}"
+        doc: Document = {
+            "_id": doc_id,
+            "layout": LAYOUT_VERSION,
+            "cluster": self.cluster,
+            "namespace": namespace,
+            # True while any record of the namespace waits for its confirm (for operators and tests).
+            "pending": any(r.pending for r in records),
+            "records": [r.model_dump_json() for r in records],
+            "updated_at": now,
+        }
+        return ReplaceOne({"_id": doc_id}, doc, upsert=True)
 
     async def commit(self, record: Record) -> None:
-        """Persist (pending before the publish, done after the confirm), then advance the mirror."""
-        doc = record.model_dump(mode="json") | {"updated_at": datetime.now(UTC)}
-        await self._coll.replace_one({"_id": record.doc_id}, {"_id": record.doc_id, **doc}, upsert=True)
-        self._remember(record)
+        """As :meth:`commit_many`, for one record."""
+        await self.commit_many([record])

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import Deps, WatcherRuntime, build
 from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.state import Record
 from shared.amqp import PublishError
 from shared.events import CloudEvent, InstanceData, SnapshotData, TriggerData, event_id
 from tests.helpers import EventTap, wait_until
@@ -467,7 +468,10 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
         failing.clear()
         await ready(runtime)
         assert len(published) == 4 * len(namespaces)  # now with a snapshot each
-        assert await coll.count_documents({"namespace": "ns-2", "pending": False}) == 4
+        # One document per namespace: instance, two triggers and the snapshot, none pending.
+        doc = await coll.find_one({"namespace": "ns-2", "pending": False})
+        assert doc is not None and len(doc["records"]) == 4
+        assert not any(Record.model_validate_json(text).pending for text in doc["records"])
         assert await coll.count_documents({"pending": True}) == 0
     finally:
         await runtime.stop()

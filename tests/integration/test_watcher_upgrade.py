@@ -9,6 +9,7 @@ upgraded watcher publishes each corrected record once, then nothing for the unch
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -76,10 +77,25 @@ def _old_trigger(key: TriggerKey, med: dict[str, Any], conns: list[dict[str, Any
     )
 
 
-async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str, Any]) -> None:
+class _PerRecordLayout:
+    """Writes records as the first storage layout did: one document per record, ``_id`` its identity."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]]) -> None:
+        self._coll = client.get_default_database()["watch_published"]
+
+    async def commit(self, record: Record) -> None:
+        doc = {"_id": record.doc_id, **record.model_dump(mode="json"), "updated_at": datetime.now(UTC)}
+        await self._coll.replace_one({"_id": record.doc_id}, doc, upsert=True)
+
+
+async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str, Any], layout: str) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     try:
-        state = PublishedState(client.get_default_database(), "test")
+        state: PublishedState | _PerRecordLayout = (
+            PublishedState(client.get_default_database(), "test")
+            if layout == "per-namespace"
+            else _PerRecordLayout(client)
+        )
         old_repos = [Repository(url=PIPELINES, kind="pipeline", ref="1.0.0")]  # no stack hub
         hashed = {
             "name": "kabanero",
@@ -123,11 +139,14 @@ async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str,
         await client.close()
 
 
+@pytest.mark.parametrize("layout", ["per-namespace", "per-record"])
 async def test_upgrade_publishes_each_correction_once_then_nothing(
-    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str, layout: str
 ) -> None:
+    """``per-record``: the state was written in the first storage layout, which the watcher reads
+    and replaces, namespace by namespace, with its one document per namespace."""
     conns = _cluster(kube)
-    await _seed_old_state(mongodb_url, kube, conns)
+    await _seed_old_state(mongodb_url, kube, conns, layout)
     settings = watcher_settings(kube, amqp_url, mongodb_url)
     async with EventTap(amqp_url, ("kabanero.#",)) as tap:
         runtime = await started(settings)
@@ -164,3 +183,10 @@ async def test_upgrade_publishes_each_correction_once_then_nothing(
         finally:
             await runtime.stop()
         assert sorted(changes(tap)) == corrected
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        docs = await client.get_default_database()["watch_published"].find().to_list()
+    finally:
+        await client.close()
+    # Both namespaces were written since: one document each, nothing left of the first layout.
+    assert sorted(d["_id"] for d in docs) == ["test|elsewhere", "test|kabanero"]
