@@ -4,3 +4,8 @@ List-then-watch of Kabanero CRs, EventMediators and EventConnections; derives ea
 repositories and triggers; publishes only real (spec) changes, persisting what it published so a
 restart or a 410 re-list emits exactly what was missed. One active replica via a Lease.
 """
+
+from services.kabanero_watcher import kube_lazy
+
+# Before any module of the watcher imports kubernetes_asyncio: its generated indexes load lazily.
+kube_lazy.install()
