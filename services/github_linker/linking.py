@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.github_linker import naming
 from services.github_linker.settings import Settings
-from services.github_linker.store import InstanceState, ServiceState, Store
+from services.github_linker.store import InstanceState, Sent, ServiceState, Store
 from shared.amqp import Publisher, PublishError, RetryableError
 from shared.events import (
     CloudEvent,
@@ -208,15 +208,20 @@ class Linker:
         for toolchain_id in sorted(toolchains):
             desired = await self._desired(toolchain_id, service=service, instance=instance)
             sent = await self._store.tools_in(toolchain_id)
-            for key, tool in desired.items():
-                entry = sent.get(key)
-                if entry is None or not entry.present or entry.content_hash != tool.content_hash:
-                    await self._send(RoutingKeys.TOOL_APPLY, tool, present=True)
-            for key, entry in sent.items():
-                if entry.present and key not in desired:
-                    await self._send(
-                        RoutingKeys.TOOL_REMOVE, self._tool(toolchain_id, entry.url), present=False
-                    )
+            confirmed: list[Sent] = []
+            try:
+                for key, tool in desired.items():
+                    entry = sent.get(key)
+                    if entry is None or not entry.present or entry.content_hash != tool.content_hash:
+                        confirmed.append(await self._send(RoutingKeys.TOOL_APPLY, tool, present=True))
+                for key, entry in sent.items():
+                    if entry.present and key not in desired:
+                        tool = self._tool(toolchain_id, entry.url)
+                        confirmed.append(await self._send(RoutingKeys.TOOL_REMOVE, tool, present=False))
+            finally:
+                # One round trip for the toolchain's confirmed commands, also when a later one failed
+                # (its retry then resends only what is not recorded).
+                await self._store.mark_sent(confirmed)
 
     async def _desired(
         self, toolchain_id: str, *, service: ServiceState | None, instance: InstanceState | None
@@ -263,7 +268,8 @@ class Linker:
             content_hash=tool_content_hash(naming.TOOL_TYPE_ID, name, params),
         )
 
-    async def _send(self, routing_key: str, tool: DesiredTool, *, present: bool) -> None:
+    async def _send(self, routing_key: str, tool: DesiredTool, *, present: bool) -> Sent:
+        """Reserve the key's next revision, publish the command (confirmed); the caller records it."""
         revision = await self._store.next_revision(
             tool.key, toolchain_id=tool.command.toolchain_id, url=tool.url
         )
@@ -273,9 +279,6 @@ class Linker:
             await self._publisher.publish(event)
         except PublishError as exc:
             raise RetryableError(f"command not confirmed: {exc}") from exc
-        await self._store.mark_sent(
-            tool.key, revision=revision, present=present, content_hash=tool.content_hash if present else None
-        )
         self._metrics.commands.labels(routing_key).inc()
         log.info(
             "sent %s",
@@ -287,3 +290,4 @@ class Linker:
                 "revision": revision,
             },
         )
+        return Sent(tool.key, revision, present, tool.content_hash if present else None)

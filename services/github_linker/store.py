@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.mongo import Document
@@ -47,6 +50,16 @@ class ToolEntry(_Doc):
     revision: int = 0
     present: bool = False
     content_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A command RabbitMQ confirmed, to record in the tools ledger."""
+
+    key: str
+    revision: int
+    present: bool
+    content_hash: str | None
 
 
 def _load[M: _Doc](model: type[M], doc: Document | None, id_field: str) -> M | None:
@@ -113,9 +126,18 @@ class Store:
         assert doc is not None
         return int(doc["revision"])
 
-    async def mark_sent(self, key: str, *, revision: int, present: bool, content_hash: str | None) -> None:
-        """Record a confirmed command, unless a newer revision of the key was reserved meanwhile."""
-        await self._tools.update_one(
-            {"_id": key, "revision": revision},
-            {"$set": {"present": present, "content_hash": content_hash}},
+    async def mark_sent(self, sent: Sequence[Sent]) -> None:
+        """Record confirmed commands in one round trip, each unless a newer revision of its key was
+        reserved meanwhile."""
+        if not sent:
+            return
+        await self._tools.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": s.key, "revision": s.revision},
+                    {"$set": {"present": s.present, "content_hash": s.content_hash}},
+                )
+                for s in sent
+            ],
+            ordered=False,
         )
