@@ -102,6 +102,31 @@ def _api_message(exc: ApiException) -> str:
     return str(message or exc.reason or exc.status)[:500]
 
 
+def _due(data: ServiceEventData, before: OwnedInstance | None) -> bool:
+    """A command for a service that asked for an instance, newer than the last one done."""
+    if not data.parameters.create and before is None:
+        return False  # a service that never asked for an instance
+    if before is not None and before.revision >= data.revision:
+        log.info("stale instance command skipped", extra={"instance_id": data.instance_id})
+        return False
+    return True
+
+
+def _standing(
+    done: tuple[Outcome, str], before: OwnedInstance | None, cr: str, sid: str
+) -> tuple[Outcome, str]:
+    """What to record: an ``unchanged`` CR keeps the effect recorded before (a bind or a repeat)."""
+    if done[0] != "unchanged":
+        return done
+    if before is not None and before.outcome in ("created", "updated"):
+        return before.outcome, before.message
+    if before is None:
+        # Our mark on a CR we have no record of: this command created it and the process died
+        # before recording (SIGKILL, lost lease); the redelivery finds it done.
+        return "created", f"{cr} created for service {sid}"
+    return done
+
+
 class OwnedInstances:
     """The handler of ``kabanero-watcher.<cluster>.instances``."""
 
@@ -130,34 +155,14 @@ class OwnedInstances:
         if data.kind != "kabanero" or p.cluster != self._cluster:
             return
         before = await self._store.get(data.instance_id)
-        if not p.create and before is None:
-            return  # a service that never asked for an instance
-        if before is not None and before.revision >= data.revision:
-            log.info("stale instance command skipped", extra={"instance_id": data.instance_id})
+        if not _due(data, before):
             return
         if not self._is_leader():
             raise RetryableError("not leading: the next leader handles it")
         name = before.name if before is not None else (p.name or DEFAULT_NAME)
         namespace = before.namespace if before is not None else p.namespace
-        try:
-            if data.deleted:
-                outcome, message = await self._delete(data.instance_id, namespace, name)
-            elif p.create:
-                outcome, message = await self._ensure(data, namespace, name)
-            else:
-                outcome, message = "unchanged", "parameters.create is false: the CR is left as it is"
-        except ApiException as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 409, 429):
-                outcome, message = "failed", f"the API server refused it ({exc.status}): {_api_message(exc)}"
-            else:
-                raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
-        if outcome == "unchanged" and before is not None and before.outcome in ("created", "updated"):
-            outcome, message = before.outcome, before.message  # a bind or a repeat: the effect stands
-        elif outcome == "unchanged" and before is None:
-            # Our mark on a CR we have no record of: this command created it and the process died
-            # before recording (SIGKILL, lost lease); the redelivery finds it done.
-            outcome = "created"
-            message = f"Kabanero {namespace}/{name} created for service {data.instance_id}"
+        done = await self._act(data, namespace, name)
+        outcome, message = _standing(done, before, f"Kabanero {namespace}/{name}", data.instance_id)
         result = OwnedInstance(
             instance_id=data.instance_id,
             cluster=self._cluster,
@@ -178,6 +183,20 @@ class OwnedInstances:
                 "cr_name": name,
             },
         )
+
+    async def _act(self, data: ServiceEventData, namespace: str, name: str) -> tuple[Outcome, str]:
+        """Delete, create or update the CR; a refusal by the API server is an outcome, any other
+        API error is retried."""
+        try:
+            if data.deleted:
+                return await self._delete(data.instance_id, namespace, name)
+            if data.parameters.create:
+                return await self._ensure(data, namespace, name)
+            return "unchanged", "parameters.create is false: the CR is left as it is"
+        except ApiException as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 409, 429):
+                return "failed", f"the API server refused it ({exc.status}): {_api_message(exc)}"
+            raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
 
     def _custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self._api_client())
