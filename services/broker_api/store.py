@@ -226,26 +226,44 @@ class InstanceStore:
     ) -> Commit | None:
         """One conditional write of the record with its events (and the lease); None on a lost race."""
         base = current.revision if current else 0
-        entries = _event_entries(change, base, self._source, now)
+        entries = tuple(_event_entries(change, base, self._source, now))
         record = change.record.model_copy(update={"revision": base + max(1, len(entries))})
         fields = record.document()
         fields.pop("outbox", None)
-        pushed = [e.model_dump(mode="python") for e in entries]
-        leased = lease is not None and bool(pushed)
+        lease = lease if entries else None  # only a commit with events takes the lease
         if current is None:
-            doc = {**fields, "outbox": pushed}
-            if leased and lease is not None:
-                doc["outbox_lease"] = lease.document()
-            try:
-                await self.collection.insert_one(doc)
-            except DuplicateKeyError:
-                return None
-            return Commit(record, tuple(entries), tuple(entries) if leased else None)
+            return await self._insert(record, fields, entries, lease)
         fields.pop("_id")
+        return await self._update(key, base, record, fields, entries, lease)
+
+    async def _insert(
+        self, record: InstanceRecord, fields: Document, entries: tuple[OutboxEntry, ...], lease: Lease | None
+    ) -> Commit | None:
+        """A new sid: one insert, with the lease if given; None when the sid was created meanwhile."""
+        doc = {**fields, "outbox": [e.model_dump(mode="python") for e in entries]}
+        if lease is not None:
+            doc["outbox_lease"] = lease.document()
+        try:
+            await self.collection.insert_one(doc)
+        except DuplicateKeyError:
+            return None
+        return Commit(record, entries, entries if lease is not None else None)
+
+    async def _update(
+        self,
+        key: str,
+        base: int,
+        record: InstanceRecord,
+        fields: Document,
+        entries: tuple[OutboxEntry, ...],
+        lease: Lease | None,
+    ) -> Commit | None:
+        """A compare-and-set on ``revision`` that also takes the lease if given and free (then the
+        whole outbox comes back); None on a lost race."""
         update: dict[str, Any] = {"$set": fields}
-        if pushed:
-            update["$push"] = {"outbox": {"$each": pushed}}
-        if leased and lease is not None:
+        if entries:
+            update["$push"] = {"outbox": {"$each": [e.model_dump(mode="python") for e in entries]}}
+        if lease is not None:
             after = await self.collection.find_one_and_update(
                 {"_id": key, "revision": base, **lease.free()},
                 {**update, "$set": {**fields, "outbox_lease": lease.document()}},
@@ -254,9 +272,9 @@ class InstanceStore:
             )
             if after is not None:
                 pending = tuple(OutboxEntry.model_validate(e) for e in after.get("outbox") or [])
-                return Commit(record, tuple(entries), pending)
+                return Commit(record, entries, pending)
             # Another replica holds the lease, or the race is lost: the plain write tells which.
         result = await self.collection.update_one({"_id": key, "revision": base}, update)
         if result.matched_count == 0:
             return None
-        return Commit(record, tuple(entries))
+        return Commit(record, entries)
