@@ -75,7 +75,7 @@ def _seed(kube: KubeEmulator, namespaces: int, mediations: int) -> None:
 
 
 async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int) -> dict[str, Any]:
-    async with KubeEmulator.running(bookmark_interval=5.0) as kube:
+    async with KubeEmulator.running(auto_namespaces=True, bookmark_interval=5.0) as kube:
         _seed(kube, namespaces, mediations)
         settings = Settings(
             amqp_url=amqp_url,  # type: ignore[arg-type]

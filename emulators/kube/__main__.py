@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE.yaml",
         help="multi-document YAML files applied at start",
     )
+    parser.add_argument(
+        "--auto-namespaces",
+        action="store_true",
+        help="create a missing namespace implicitly (a deviation; by default 404 NotFound, as a real server)",
+    )
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig pointing at the emulator here")
     parser.add_argument("--namespace", default="default", help="namespace of the written kubeconfig context")
     parser.add_argument("--log-level", default="INFO")
@@ -50,6 +55,7 @@ async def serve(args: argparse.Namespace) -> None:
         history_window=args.history_window,
         bookmark_interval=args.bookmark_interval,
         max_watch_seconds=args.max_watch_seconds,
+        auto_namespaces=args.auto_namespaces,
         seed=args.seed,
     )
     stop = asyncio.Event()

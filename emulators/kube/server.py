@@ -33,7 +33,7 @@ class KubeEmulator:
         history_window: int = 1000,
         bookmark_interval: float = 1.0,
         max_watch_seconds: float = 1800.0,
-        auto_namespaces: bool = True,
+        auto_namespaces: bool = False,
         seed: Iterable[str | Path] = (),
     ) -> None:
         self.host = host
@@ -90,7 +90,7 @@ class KubeEmulator:
         history_window: int = 1000,
         bookmark_interval: float = 1.0,
         max_watch_seconds: float = 1800.0,
-        auto_namespaces: bool = True,
+        auto_namespaces: bool = False,
         seed: Iterable[str | Path] = (),
     ) -> AsyncIterator[Self]:
         """Start an emulator for the duration of the block (port 0: a free port, see `url`)."""

@@ -24,8 +24,9 @@ Semantics (as the real API server, unless noted):
   the API server would refuse (as one stored before its CRD had a schema), for robustness tests;
 - a type served in several versions (`ResourceType.also_served`, conversion None) keeps one object;
   it is stored with the storage version's `apiVersion` and the HTTP layer answers in the version asked;
-- deviation: a namespaced object created in a namespace that does not exist creates that Namespace
-  (unless `auto_namespaces=False`, then 404 like the real server); deleting a namespace does not cascade.
+- a namespaced object created in a namespace that does not exist is a 404 NotFound Status naming the
+  namespace, as on a real API server. Deviation, opt-in only (`auto_namespaces=True`, CLI
+  `--auto-namespaces`): the Namespace is created implicitly. Deleting a namespace does not cascade.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class Store:
         registry: Registry | None = None,
         *,
         history_window: int = 1000,
-        auto_namespaces: bool = True,
+        auto_namespaces: bool = False,
         schemas: Schemas | None = None,
     ) -> None:
         if history_window < 1:

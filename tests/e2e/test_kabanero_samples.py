@@ -48,7 +48,7 @@ async def test_published_samples_yield_exactly_the_expected_repositories_and_tri
 ) -> None:
     cases = of_cluster(cluster)
     async with (
-        KubeEmulator.running(bookmark_interval=0.5) as kube,
+        KubeEmulator.running(auto_namespaces=True, bookmark_interval=0.5) as kube,
         EventTap(amqp_url, ("kabanero.#",)) as tap,
     ):
         if cluster == "legacy":  # Kabanero 0.6-0.8: no events CRDs

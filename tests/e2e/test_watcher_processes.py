@@ -53,7 +53,10 @@ def _holder(kube: KubeEmulator) -> str | None:
 
 
 async def test_killed_leader_is_replaced_within_the_lease_period(amqp_url: str, mongodb_url: str) -> None:
-    async with KubeEmulator.running(bookmark_interval=0.5) as kube, EventTap(amqp_url, CHANGES) as tap:
+    async with (
+        KubeEmulator.running(auto_namespaces=True, bookmark_interval=0.5) as kube,
+        EventTap(amqp_url, CHANGES) as tap,
+    ):
         kube.store.create(kabanero())
         procs = {name: await _spawn(kube, amqp_url, mongodb_url, name) for name in ("p1", "p2")}
         try:

@@ -38,7 +38,9 @@ def kabanero(name: str = "kabanero", *, version: str = "0.9.0", **meta: Any) -> 
 
 @pytest.fixture
 async def kube() -> AsyncIterator[KubeEmulator]:
-    async with KubeEmulator.running(history_window=20, bookmark_interval=0.2) as emulator:
+    async with KubeEmulator.running(
+        auto_namespaces=True, history_window=20, bookmark_interval=0.2
+    ) as emulator:
         yield emulator
 
 
@@ -431,6 +433,7 @@ async def test_latency_state_and_reset(kube: KubeEmulator, http: aiohttp.ClientS
 async def test_cli_serves_seeded_objects(tmp_path: Path) -> None:
     seed = tmp_path / "seed.yaml"
     seed.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: kabanero}\n---\n"
         "apiVersion: kabanero.io/v1alpha2\nkind: Kabanero\nmetadata: {name: kabanero, namespace: kabanero}\n"
         "spec: {version: 0.9.0}\n---\n"
         "apiVersion: events.kabanero.io/v1alpha1\nkind: EventMediator\n"
@@ -642,3 +645,28 @@ async def test_kubectl_applies_v1alpha1_and_reports_schema_errors(kube: KubeEmul
     )
     code, out = await kubectl("apply", "-f", str(manifest))
     assert code != 0 and "spec.mediations[0].name: Required value" in out, out
+
+
+async def test_a_missing_namespace_is_404_not_found_unless_implicit_namespaces_are_asked_for() -> None:
+    """As a real API server: no implicit namespaces (``--auto-namespaces`` is the opt-in deviation)."""
+    body = {**kabanero(), "metadata": {"name": "kabanero", "namespace": "nope"}}
+    async with KubeEmulator.running() as kube, client.ApiClient(client_configuration(kube.url)) as api:
+        custom = client.CustomObjectsApi(api)
+        with pytest.raises(ApiException) as missing:
+            await custom.create_namespaced_custom_object(GROUP, VERSION, "nope", PLURAL, body)
+        status = json.loads(missing.value.body or "{}")
+        assert (missing.value.status, status["kind"], status["reason"]) == (404, "Status", "NotFound")
+        assert status["message"] == 'namespaces "nope" not found'
+        assert status["details"]["kind"] == "namespaces" and status["details"]["name"] == "nope"
+        core = client.CoreV1Api(api)
+        await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="nope")))
+        created = await custom.create_namespaced_custom_object(GROUP, VERSION, "nope", PLURAL, body)
+        assert created["metadata"]["namespace"] == "nope"
+    async with (
+        KubeEmulator.running(auto_namespaces=True) as kube,
+        client.ApiClient(client_configuration(kube.url)) as api,
+    ):
+        await client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, "nope", PLURAL, body
+        )
+        assert kube.store.get("namespaces", None, "nope")["metadata"]["name"] == "nope"

@@ -123,7 +123,9 @@ def connections(ns: str = "kabanero", url: str = "https://listener/a") -> dict[s
 
 @pytest.fixture
 async def kube() -> AsyncIterator[KubeEmulator]:
-    async with KubeEmulator.running(history_window=5, bookmark_interval=0.3) as emulator:
+    async with KubeEmulator.running(
+        auto_namespaces=True, history_window=5, bookmark_interval=0.3
+    ) as emulator:
         yield emulator
 
 

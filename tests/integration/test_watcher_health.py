@@ -28,7 +28,7 @@ def _closed_port() -> int:
 async def test_watcher_without_its_api_server_is_not_ready_and_says_why(
     amqp_url: str, mongodb_url: str
 ) -> None:
-    async with KubeEmulator.running() as kube:
+    async with KubeEmulator.running(auto_namespaces=True) as kube:
         settings = watcher_settings(kube, amqp_url, mongodb_url)
     dead = settings.model_copy(update={"kube_api_url": f"http://127.0.0.1:{_closed_port()}"})
     runtime = await started(dead)
@@ -54,7 +54,7 @@ async def test_watcher_whose_api_server_hangs_is_not_ready_within_a_lease_durati
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)  # the kernel accepts, nobody answers
-        async with KubeEmulator.running() as kube:
+        async with KubeEmulator.running(auto_namespaces=True) as kube:
             settings = watcher_settings(kube, amqp_url, mongodb_url, kube_request_timeout_s=5.0)
         hung = settings.model_copy(update={"kube_api_url": f"http://127.0.0.1:{silent.getsockname()[1]}"})
         runtime = await started(hung)
@@ -75,7 +75,10 @@ async def test_watcher_whose_api_server_hangs_is_not_ready_within_a_lease_durati
 async def test_two_clusters_under_one_cluster_name_the_second_refuses_to_lead(
     amqp_url: str, mongodb_url: str
 ) -> None:
-    async with KubeEmulator.running() as kube_a, KubeEmulator.running() as kube_b:
+    async with (
+        KubeEmulator.running(auto_namespaces=True) as kube_a,
+        KubeEmulator.running(auto_namespaces=True) as kube_b,
+    ):
         kube_a.store.create(kabanero())
         kube_b.store.create(kabanero())
         uid_a = kube_a.store.get("namespaces", None, "kube-system")["metadata"]["uid"]

@@ -27,7 +27,9 @@ from tests.integration.test_watcher_events import (
 
 @pytest.fixture
 async def kube() -> AsyncIterator[KubeEmulator]:
-    async with KubeEmulator.running(history_window=5, bookmark_interval=0.3) as emulator:
+    async with KubeEmulator.running(
+        auto_namespaces=True, history_window=5, bookmark_interval=0.3
+    ) as emulator:
         yield emulator
 
 

@@ -37,7 +37,7 @@ STRAY = "test/elsewhere/mediation/webhook/appsody"
 
 @pytest.fixture
 async def kube() -> AsyncIterator[KubeEmulator]:
-    async with KubeEmulator.running(bookmark_interval=0.3) as emulator:
+    async with KubeEmulator.running(auto_namespaces=True, bookmark_interval=0.3) as emulator:
         yield emulator
 
 

@@ -27,7 +27,7 @@ def mediator(name: str = "webhook", **labels: str) -> dict[str, Any]:
 
 @pytest.fixture
 def store() -> Store:
-    return Store(history_window=5)
+    return Store(history_window=5, auto_namespaces=True)
 
 
 def drain(store: Store, resource_version: str | None, **kwargs: Any) -> list[tuple[str, str]]:
@@ -138,7 +138,7 @@ def test_names_and_namespaces(store: Store) -> None:
     generated = store.create({**mediator(), "metadata": {"generateName": "gen-", "namespace": "new-ns"}})
     assert generated["metadata"]["name"].startswith("gen-")
     assert store.get("namespaces", None, "new-ns")["status"] == {"phase": "Active"}
-    strict = Store(auto_namespaces=False)
+    strict = Store()  # the default: like a real API server
     with pytest.raises(ApiError) as missing:
         strict.create(mediator())
     assert missing.value.code == 404
