@@ -123,7 +123,12 @@ class World:
                 raise RuntimeError(f"kube {method} {path}: {r.status} {await r.text()}")
 
     async def seed_cluster(self) -> None:
-        for ns in self.namespaces:
+        for ns in self.namespaces:  # a real API server refuses objects in a missing namespace
+            await self.kube(
+                "POST",
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            )
             await self.kube("POST", f"/apis/kabanero.io/v1alpha2/namespaces/{ns}/kabaneros", kabanero(ns))
             await self.kube(
                 "POST", f"{EVENTS_GROUP}/namespaces/{ns}/eventmediators", mediator(ns, self.patterns[ns])
