@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kotc_cli.errors import CliError
+from shared.amqp.topology import with_owned_instances
 
 RUN_FILE = Path(".run") / "stack.json"
 SERVICE_NAMES = ("broker-api", "kabanero-watcher", "otc-writer", "github-linker")
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, str] = {
 }
 KEYS = (
     *DEFAULTS,
+    "ALLOWED_CLUSTERS",
     "KUBE_API_URL",
     "OTC_API_KEY",
     "BROKER_ID",
@@ -85,6 +87,18 @@ class Config:
             urllib.parse.unquote(parts.username or "guest"),
             urllib.parse.unquote(parts.password or "guest"),
         )
+
+    @property
+    def clusters(self) -> list[str]:
+        """``CLUSTER_NAME`` and broker-api's ``ALLOWED_CLUSTERS`` (if set): whose watcher queues exist."""
+        names = [self.require("CLUSTER_NAME"), *(self.get("ALLOWED_CLUSTERS") or "").split(",")]
+        return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The consuming queues of docs/architecture.md §4, with each cluster's
+        ``kabanero-watcher.<cluster>.instances``."""
+        return tuple(with_owned_instances(self.clusters))
 
     @property
     def mgmt_url(self) -> str:

@@ -21,7 +21,6 @@ from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError
 from kotc_cli.output import Report, age
 from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, persistent_copy
-from shared.amqp.topology import QUEUES
 
 REPLAYED_HEADER = "x-kotc-replayed"
 """How many times the message was replayed from its dead-letter queue (kept across replays)."""
@@ -42,12 +41,14 @@ _DROPPED = (
 )
 
 
-def dead_queues(queue: str | None) -> list[str]:
+def dead_queues(config: Config, queue: str | None) -> list[str]:
+    """The dead-letter queues of every consuming queue (the watchers' per-cluster command queues too)."""
+    queues = config.queues
     if queue is None:
-        return [f"{q}.dead" for q in QUEUES]
+        return [f"{q}.dead" for q in queues]
     base = queue.removesuffix(".dead")
-    if base not in QUEUES:
-        raise CliError(f"--queue {queue}: not a consuming queue (one of {', '.join(QUEUES)})")
+    if base not in queues:
+        raise CliError(f"--queue {queue}: not a consuming queue (one of {', '.join(queues)})")
     return [f"{base}.dead"]
 
 
@@ -127,7 +128,7 @@ def _table(report: Report, title: str, rows: list[dict[str, Any]]) -> None:
 async def list_(config: Config, queue: str | None) -> Report:
     rows: list[dict[str, Any]] = []
     async with amqp(config) as conn:
-        for name in dead_queues(queue):
+        for name in dead_queues(config, queue):
             channel = await conn.channel()
             try:
                 rows += [describe(name, m) for m in await _take_all(channel, name)]
@@ -149,7 +150,7 @@ async def replay(config: Config, queue: str | None, ids: list[str], everything: 
     replayed: list[dict[str, Any]] = []
     wanted = set(ids)
     async with amqp(config) as conn:
-        for name in dead_queues(queue):
+        for name in dead_queues(config, queue):
             target = name.removesuffix(".dead")
             channel = await conn.channel(publisher_confirms=True)
             try:
@@ -176,7 +177,7 @@ async def replay(config: Config, queue: str | None, ids: list[str], everything: 
 
 
 async def purge(config: Config, queue: str | None, confirmed: bool) -> Report:
-    names = dead_queues(queue)
+    names = dead_queues(config, queue)
     async with amqp(config) as conn:
         channel = await conn.channel()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -55,19 +56,20 @@ async def service_health(session: aiohttp.ClientSession, config: Config) -> list
     return list(await asyncio.gather(*jobs))
 
 
-def queue_names() -> list[str]:
+def queue_names(queues: Iterable[str] = QUEUES) -> list[str]:
+    """Each consuming queue with its delay and dead-letter queues."""
     delays = sorted(set(Topology().retry_delays_s))
-    return [n for q in QUEUES for n in (q, *(f"{q}.retry.{d}s" for d in delays), f"{q}.dead")]
+    return [n for q in queues for n in (q, *(f"{q}.retry.{d}s" for d in delays), f"{q}.dead")]
 
 
 async def queue_table(config: Config, mgmt: Management) -> list[dict[str, Any]]:
     """Ready, consumers, retrying and dead from the queues themselves; unacked from the management
     API (sampled: up to its statistics interval old)."""
     async with amqp(config) as conn:
-        exact = await declared(conn, queue_names())
+        exact = await declared(conn, queue_names(config.queues))
     sampled = await mgmt.queues()
     rows = []
-    for name in QUEUES:
+    for name in config.queues:
         ready, consumers = exact[name] or (0, 0)
         retrying = sum((exact[n] or (0, 0))[0] for n in exact if n.startswith(f"{name}.retry."))
         rows.append(

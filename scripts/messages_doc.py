@@ -22,6 +22,7 @@ from shared.events import (
     CONTENT_TYPE,
     TYPE_PREFIX,
     CloudEvent,
+    CommandOutcomeData,
     InstanceData,
     InstanceRef,
     Repository,
@@ -111,6 +112,23 @@ def _model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
             trigger_revisions={KEY.id: 3},
         )
         return SnapshotData, example, "kabanero-watcher", "the whole published state of one instance"
+    if key == "kabanero.command.outcome":
+        example = CommandOutcomeData(
+            instance_id="5a2e9c7d-kabanero",
+            cluster="default",
+            namespace="team-a",
+            name="kabanero",
+            revision=1,
+            outcome="created",
+            message="Kabanero team-a/kabanero created for service 5a2e9c7d-kabanero",
+            at=WHEN,
+        )
+        return (
+            CommandOutcomeData,
+            example,
+            "kabanero-watcher (the leader of `cluster`)",
+            "what the watcher did with the CR of a service that creates its instance, for its dashboard",
+        )
     if key.startswith("otc.tool."):
         example = ToolCommand(
             purpose="github",
@@ -136,7 +154,8 @@ def routing_keys() -> list[str]:
     keys = [f"service.{k}.{e}" for k in ("kabanero", "kabanero-events") for e in SERVICE_EVENTS]
     keys += ["kabanero.instance.changed", "kabanero.instance.deleted"]
     keys += [f"kabanero.trigger.{e}" for e in ("created", "updated", "deleted")]
-    return [*keys, "kabanero.snapshot", "otc.tool.apply", "otc.tool.remove", "control.resync"]
+    keys += ["kabanero.snapshot", "kabanero.command.outcome"]
+    return [*keys, "otc.tool.apply", "otc.tool.remove", "control.resync"]
 
 
 def consumers(key: str) -> list[str]:
@@ -178,6 +197,7 @@ def render() -> str:
         "1. Open http://127.0.0.1:15672 (guest/guest after `make run`) and pick the vhost (`kabanero-otc`,",
         "   top right).",
         "2. *Queues and Streams* → a queue (`otc-writer.events`, `otc-writer.commands`, `github-linker.events`,",
+        "   `broker-api.outcomes`, `kabanero-watcher.<cluster>.instances`,",
         "   their `.retry.<N>s` delay queues and `.dead` dead-letter queues) → *Get messages*, Ack mode",
         '   "Nack message requeue true": the payload is the CloudEvent as JSON, readable as-is.',
         "3. Properties show `message_id` and `type`; headers of a retried or dead message say why:",
@@ -214,6 +234,7 @@ def render() -> str:
         InstanceData,
         TriggerData,
         SnapshotData,
+        CommandOutcomeData,
         ToolCommand,
         ResyncRequest,
         ResyncReply,

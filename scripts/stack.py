@@ -31,8 +31,7 @@ import aio_pika
 import aiohttp
 
 from emulators.otc.platform import OtcPlatform
-from shared.amqp.topology import QUEUES as TOPOLOGY_QUEUES
-from shared.amqp.topology import Topology
+from shared.amqp.topology import Topology, with_owned_instances
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".run"
@@ -49,7 +48,10 @@ BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str],
     ("kabanero-events-broker", "demo-events"),
     ("kabanero-broker", "demo-kabanero"),
 )
-QUEUES = tuple(TOPOLOGY_QUEUES)  # the consuming queues of docs/architecture.md §4
+CLUSTER = "default"  # the stack's one cluster (CLUSTER_NAME of its watcher, broker-api's ALLOWED_CLUSTERS)
+# The consuming queues of docs/architecture.md §4, with the watcher's command queue of that cluster
+# (kabanero-watcher.default.instances): the drain wait and the dead-letter summary cover it too.
+QUEUES = tuple(with_owned_instances([CLUSTER]))
 SERVICES = {  # process name -> its key in Stack.ports
     "broker-api": "broker",
     "kabanero-watcher": "watcher",
@@ -203,6 +205,7 @@ class Stack:
                 "BROKER_SECRET": self.broker_secret,
                 "CREDENTIALS_KEY": self.credentials_key,
                 "OUTBOX_DRAIN_INTERVAL_S": "1",
+                "BROKER_PUBLIC_URL": self.url("broker"),  # the dashboards of create=true services
             },
         )
         self.spawn(
@@ -211,8 +214,11 @@ class Stack:
             {
                 **self.common_env(self.ports["watcher"]),
                 "KUBE_API_URL": self.url("kube"),
-                "CLUSTER_NAME": "default",
+                "CLUSTER_NAME": CLUSTER,
                 "SNAPSHOT_INTERVAL_S": "30",
+                # The Kubernetes emulator refuses objects in a missing namespace (as a real API
+                # server does): the demo's create=true service gets its namespace made for it.
+                "CREATE_NAMESPACES": "true",
             },
         )
         self.spawn(
@@ -272,7 +278,7 @@ class Stack:
             "BROKER_ID": BROKER_ID,
             "BROKER_SECRET": self.broker_secret,
             "CREDENTIALS_KEY": self.credentials_key,
-            "CLUSTER_NAME": "default",
+            "CLUSTER_NAME": CLUSTER,
             "services": {name: [self.url(port)] for name, port in SERVICES.items()},
             "logs": str(self.logs),
             "pids": {name: proc.pid for name, proc in self.procs},
@@ -330,6 +336,10 @@ async def wait_http(url: str, what: str, *, timeout: float = 30.0) -> None:
 
 async def _is(status: Awaitable[int], expected: int) -> bool:
     return await status == expected
+
+
+async def _is_created(outcome: Awaitable[str | None]) -> bool:
+    return (await outcome or "").startswith("created")
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 45.0) -> float:
@@ -509,9 +519,18 @@ class Demo:
             async with self.http.get(cr) as r:
                 return r.status
 
+        dashboard: list[str] = []
+
         async def create_and_bind() -> None:
-            assert (await otc.provision("kabanero-broker", sid, parameters=params)).status == 200
+            reply = await otc.provision("kabanero-broker", sid, parameters=params)
+            assert reply.status == 200, reply
+            dashboard.append(reply.body["dashboard_url"])
             assert (await otc.bind("kabanero-broker", sid, self.toolchain)).status == 204
+
+        async def dashboard_outcome() -> str | None:
+            async with self.http.get(dashboard[0], headers={"Accept": "application/json"}) as r:
+                shown = (await r.json())["outcome"] if r.status == 200 else None
+            return f"{shown['outcome']}: {shown['message']}" if shown else None
 
         async def deprovision() -> None:
             assert (await otc.deprovision("kabanero-broker", sid)).status == 204
@@ -520,6 +539,9 @@ class Demo:
             "OTC: create=true service: CR created, its stack hub linked", create_and_bind(), counts(0, 1)
         )
         assert await cr_status() == 200, "the Kabanero CR the service created"
+        await wait_for(lambda: _is_created(dashboard_outcome()), "the outcome on the service's dashboard")
+        if self.echo is not None:
+            self.echo(f"    service dashboard {dashboard[0]}\n      {await dashboard_outcome()}")
         await self.settle(
             "OTC: delete it (its CR is deleted, the GitHub tool goes)", deprovision(), counts(0, 0)
         )

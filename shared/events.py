@@ -76,6 +76,7 @@ class RoutingKeys:
     TRIGGER_UPDATED = "kabanero.trigger.updated"
     TRIGGER_DELETED = "kabanero.trigger.deleted"
     SNAPSHOT = "kabanero.snapshot"
+    COMMAND_OUTCOME = "kabanero.command.outcome"
     TOOL_APPLY = "otc.tool.apply"
     TOOL_REMOVE = "otc.tool.remove"
     CONTROL_RESYNC = "control.resync"
@@ -281,6 +282,28 @@ class SnapshotData(_Data):
         description="TriggerKey.id -> revision of the last kabanero.trigger.* event published for "
         "every trigger key of this instance when the snapshot was taken, deleted keys included",
     )
+
+
+CommandOutcome = Literal["created", "updated", "unchanged", "deleted", "absent", "refused", "failed"]
+
+
+class CommandOutcomeData(_Data):
+    """``kabanero.command.outcome``: what the watcher of ``cluster`` did with the Kabanero CR of a
+    Kabanero service that creates its instance (``parameters.create``), for the service's dashboard.
+
+    ``revision`` is the service record's revision the command carried: a consumer keeps the highest
+    and skips the rest, so replays and a republish after a crash change nothing. No secrets: the
+    message is ours or the API server's ``Status.message``."""
+
+    schema_version: Literal[1] = 1
+    instance_id: str = Field(description="the OTC service instance id (sid)")
+    cluster: str
+    namespace: str
+    name: str = Field(description="the Kabanero CR's name")
+    revision: int = Field(ge=0, description="revision of the service event this outcome answers")
+    outcome: CommandOutcome
+    message: str = Field(description="what happened, with the API server's message when it refused")
+    at: datetime = Field(description="when the watcher finished the command")
 
 
 # --- github-linker -> otc-writer: otc.tool.* --------------------------------------------------

@@ -10,11 +10,17 @@ from datetime import datetime
 from aiohttp import web
 
 from services.broker_api.crypto import CredentialsCipher
+from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
+from services.broker_api.dashboard import dashboard_route
 from services.broker_api.http import BrokerApi, make_app, utc_now
+from services.broker_api.models import InstanceRecord
 from services.broker_api.outbox import EventSink, Outbox
+from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
+from services.broker_api.outcomes import OutcomeConsumer, OutcomeStore
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
+from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
 from shared.health import Health, HttpServer
 from shared.infra import Infra
@@ -90,6 +96,26 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
+    # The services' dashboards: the watchers' outcomes, consumed into broker-api's own collection.
+    outcomes = OutcomeStore(infra.db)
+    outcome_consumer = Consumer(
+        infra.amqp,
+        infra.publisher,
+        OUTCOMES_QUEUE,
+        OutcomeConsumer(outcomes).handle,
+        metrics=infra.consumer_metrics,
+        topology=infra.topology,
+        key_of=OutcomeConsumer.key_of,
+        probes=infra.probes(),
+    )
+
+    def landing(rec: InstanceRecord) -> str:
+        return api.policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
+
+    app.router.add_get(
+        DASHBOARD_ROUTE,
+        dashboard_route(api.policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing),
+    )
     limits = ServerLimits(
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
@@ -128,6 +154,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
 
     health.add_liveness("outbox-drainer", drainer_alive)
     infra.attach(runtime)
+    runtime.add_task("outcomes-consumer", outcome_consumer.run)
     runtime.add("http", lambda: http)
     return runtime
 

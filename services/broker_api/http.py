@@ -106,6 +106,10 @@ class BrokerApi:
             "kotc_broker_api_messages_total", "accepted OTC lifecycle messages", ["source"], registry=reg
         )
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
     # --- plumbing -----------------------------------------------------------------------------
 
     def is_broker(self, header: str | None) -> bool:
@@ -482,7 +486,7 @@ def _creation_out(rec: InstanceRecord) -> dict[str, Any]:
         "instance_status": (
             f"the watcher of cluster '{rec.parameters.cluster}' creates or updates Kabanero "
             f"{rec.parameters.namespace}/{rec.parameters.name or 'kabanero'} (or refuses to touch one it "
-            "did not create); outcome: `kabanero-watcher` GET /instances"
+            "did not create); outcome: this service's dashboard_url and `kabanero-otc status`"
         ),
     }
 

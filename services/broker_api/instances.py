@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from services.broker_api.crypto import CredentialsCipher
+from services.broker_api.dashboard import DashboardLinks
 from services.broker_api.errors import BadRequest, NotFound
 from services.broker_api.instance_spec import spec_errors
 from services.broker_api.models import (
@@ -72,6 +73,7 @@ class Policy:
         self._default_namespace = settings.default_namespace
         self._pattern = settings.kabanero_dashboard_url_pattern
         self._events = settings.auto_events_service
+        self.links = DashboardLinks(settings.credentials_key, settings.broker_public_url)
 
     def resolve(
         self, given: ParametersIn, base: Parameters | None = None, *, kind: ServiceKind = "kabanero"
@@ -127,6 +129,17 @@ class Policy:
         return create, instance
 
     def dashboard_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
+        """A Kabanero service that creates its instance: its own dashboard page (the outcome of
+        the cluster side, services.broker_api.dashboard) when ``BROKER_PUBLIC_URL`` is set; else,
+        and for every other service, the Kabanero landing page."""
+        if kind == "kabanero" and params.create:
+            own = self.links.url(sid)
+            if own is not None:
+                return own
+        return self.landing_url(kind, sid, params)
+
+    def landing_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
+        """``KABANERO_DASHBOARD_URL_PATTERN`` filled in for this instance."""
         return self._pattern.format(
             cluster=params.cluster,
             namespace=params.namespace,

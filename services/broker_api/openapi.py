@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from services.broker_api.dashboard import DashboardView
 from services.broker_api.models import (
     BROKERS,
     ID_PATTERN,
@@ -125,6 +126,17 @@ ROOT_OPS = (
         errors=(),
     ),
     Op("get", "/metrics", "Prometheus metrics", 200, auth=False, errors=()),
+    Op(
+        "get",
+        "/dashboard/{sid}/{token}",
+        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome; HTML, or JSON "
+        "with Accept: application/json. No credentials: the URL's token is the capability",
+        200,
+        response=DashboardView,
+        auth=False,
+        errors=(404,),
+        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    ),
 )
 
 
@@ -134,7 +146,11 @@ def _ref(name: str) -> dict[str, str]:
 
 def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
     params = []
-    for name, what in (("sid", "service instance id (OTC)"), ("tid", "toolchain id")):
+    for name, what in (
+        ("sid", "service instance id (OTC)"),
+        ("tid", "toolchain id"),
+        ("token", "the dashboard URL's token"),
+    ):
         if "{" + name + "}" in op.path:
             params.append(
                 {
@@ -211,7 +227,10 @@ def _allowed_clusters(defs: dict[str, Any], clusters: tuple[str, ...]) -> None:
 @cache
 def _spec(version: str, clusters: tuple[str, ...]) -> dict[str, Any]:
     requests = [(m, "validation") for m in (ProvisionRequest, UpdateRequest, BindRequest, MessageRequest)]
-    responses = [(m, "serialization") for m in (InstanceResponse, ErrorBody, StatusResponse, VersionResponse)]
+    responses = [
+        (m, "serialization")
+        for m in (InstanceResponse, ErrorBody, StatusResponse, VersionResponse, DashboardView)
+    ]
     refs, defs = models_json_schema(
         [*requests, *responses],  # type: ignore[list-item]
         ref_template="#/components/schemas/{model}",

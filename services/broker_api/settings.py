@@ -10,6 +10,9 @@
 | ``DEFAULT_NAMESPACE`` | ``kabanero`` | ``parameters.namespace`` when omitted |
 | ``KABANERO_DASHBOARD_URL_PATTERN`` | see below | ``dashboard_url`` template; placeholders ``{cluster}``,
   ``{namespace}``, ``{name}`` (Kabanero CR name, ``kabanero`` when unset), ``{instance_id}``, ``{service_id}`` |
+| ``BROKER_PUBLIC_URL`` | unset | the base URL browsers reach broker-api at (e.g. ``https://kotc.example.com``):
+  a Kabanero service with ``parameters.create`` then gets ``<it>/dashboard/<sid>/<token>`` as its
+  ``dashboard_url`` (the cluster side's outcome); unset, it gets the landing page pattern like the others |
 | ``AUTO_EVENTS_SERVICE`` | ``manual`` | ``parameters.events`` of a Kabanero service that omits it:
   ``auto`` (binding adds a Kabanero Events tool to the toolchain) or ``manual`` |
 | ``OUTBOX_DRAIN_INTERVAL_S`` | 5 | how often unpublished events are retried |
@@ -21,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -47,6 +51,7 @@ class Settings(CommonSettings):
     allowed_clusters: str = "default"
     default_namespace: str = "kabanero"
     kabanero_dashboard_url_pattern: str = DEFAULT_DASHBOARD_PATTERN
+    broker_public_url: str | None = None
     auto_events_service: Literal["auto", "manual"] = "manual"
     outbox_drain_interval_s: float = Field(default=5.0, gt=0)
     build_version: str = "0.1.0"
@@ -99,6 +104,18 @@ class Settings(CommonSettings):
                 f"unknown or malformed placeholder {exc}; allowed: {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}"
             ) from None
         return v
+
+    @field_validator("broker_public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http(s) base URL without query or fragment")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials")
+        return v.rstrip("/")
 
     @property
     def clusters(self) -> tuple[str, ...]:

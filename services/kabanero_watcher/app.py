@@ -162,6 +162,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             store=owned_store,
             create_namespaces=settings.create_namespaces,
             is_leader=runtime.elector.is_leader,
+            publish=infra.publisher.publish,
+            source=f"/{NAME}/{settings.cluster_name}",
         )
         return Consumer(
             infra.amqp,

@@ -32,7 +32,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio import client
@@ -41,7 +41,14 @@ from pydantic import BaseModel, ConfigDict
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.amqp.consumer import RetryableError
-from shared.events import CloudEvent, ServiceEventData
+from shared.events import (
+    CloudEvent,
+    CommandOutcome,
+    CommandOutcomeData,
+    RoutingKeys,
+    ServiceEventData,
+    event_id,
+)
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,8 @@ DEFAULT_NAME = "kabanero"
 COLLECTION = "watch_owned_instances"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
-Outcome = Literal["created", "updated", "unchanged", "deleted", "absent", "refused", "failed"]
+Outcome = CommandOutcome
+PublishFn = Callable[[CloudEvent], Awaitable[None]]
 
 
 def label_value(sid: str) -> str:
@@ -138,12 +146,16 @@ class OwnedInstances:
         store: OwnedInstanceStore,
         create_namespaces: bool,
         is_leader: Callable[[], bool],
+        publish: PublishFn,
+        source: str = "/kabanero-watcher",
     ) -> None:
         self._cluster = cluster
         self._api_client = api_client
         self._store = store
         self._create_namespaces = create_namespaces
         self._is_leader = is_leader
+        self._publish = publish
+        self._source = source
 
     @staticmethod
     def key_of(event: CloudEvent) -> str:
@@ -156,6 +168,10 @@ class OwnedInstances:
             return
         before = await self._store.get(data.instance_id)
         if not _due(data, before):
+            if before is not None and before.revision >= data.revision:
+                # A redelivery of a command whose outcome was recorded but maybe not published (the
+                # process died or RabbitMQ failed in between): publish the recorded outcome again.
+                await self._announce(before)
             return
         if not self._is_leader():
             raise RetryableError("not leading: the next leader handles it")
@@ -183,6 +199,20 @@ class OwnedInstances:
                 "cr_name": name,
             },
         )
+        await self._announce(result)
+
+    async def _announce(self, result: OwnedInstance) -> None:
+        """``kabanero.command.outcome`` for broker-api (the service's dashboard), after the record:
+        a failed publish fails the command, whose redelivery publishes the recorded outcome."""
+        data = CommandOutcomeData(**result.model_dump())
+        event = CloudEvent.for_data(
+            RoutingKeys.COMMAND_OUTCOME,
+            data,
+            source=self._source,
+            subject=result.instance_id,
+            id=event_id("outcome", result.instance_id, result.revision),
+        )
+        await self._publish(event)
 
     async def _act(self, data: ServiceEventData, namespace: str, name: str) -> tuple[Outcome, str]:
         """Delete, create or update the CR; a refusal by the API server is an outcome, any other

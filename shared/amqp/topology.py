@@ -33,6 +33,8 @@ QUEUES: dict[str, tuple[str, ...]] = {
     "otc-writer.events": ("service.kabanero-events.*", "kabanero.trigger.*", "kabanero.snapshot"),
     "otc-writer.commands": ("otc.tool.*",),
     "github-linker.events": ("service.kabanero.*", "kabanero.instance.*", "kabanero.snapshot"),
+    # The watchers' outcomes of instance commands, for the services' dashboards (broker-api).
+    "broker-api.outcomes": ("kabanero.command.outcome",),
 }
 
 

@@ -286,6 +286,37 @@ def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
     assert env.json("dead-letters", "list") == (0, {"vhost": env.stack.vhost, "dead_letters": []})
 
 
+def test_dead_letters_of_the_watchers_command_queue(env: Env) -> None:
+    """``kabanero-watcher.<cluster>.instances`` (Kabanero services that create their CR) is a
+    consuming queue like the others: its dead letters are listed, counted by status and purged."""
+    queue = "kabanero-watcher.default.instances"
+
+    async def garbage() -> None:
+        conn = await aio_pika.connect(env.stack.amqp_url)
+        try:
+            ch = await conn.channel()
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"not a CloudEvent", message_id="junk-watcher"), queue
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(garbage())
+
+    async def junk_dead() -> bool:
+        listed = env.json("dead-letters", "list", "--queue", queue)[1].get("dead_letters", [])
+        return any(d["id"] == "junk-watcher" and d["queue"] == f"{queue}.dead" for d in listed)
+
+    asyncio.run(_wait(junk_dead, "junk dead-lettered by the watcher"))
+    assert any(d["id"] == "junk-watcher" for d in env.json("dead-letters", "list")[1]["dead_letters"])
+    code, status = env.json("status")
+    (row,) = [q for q in status["queues"] if q["queue"] == queue]
+    assert code == 1 and row["dead"] == 1 and row["consumers"] == 1
+    code, purged = env.json("dead-letters", "purge", "--queue", queue, "--yes")
+    assert code == 0 and purged["purged"] == {f"{queue}.dead": 1}
+    assert env.json("dead-letters", "list") == (0, {"vhost": env.stack.vhost, "dead_letters": []})
+
+
 def test_a_tool_otc_refuses_shows_as_refused_with_otcs_message(env: Env) -> None:
     key = TriggerKey(
         cluster="default", namespace="kabanero", generation="mediation", owner="webhook", name="cli-refused"

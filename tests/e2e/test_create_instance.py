@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pymongo import AsyncMongoClient
 
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
@@ -70,6 +71,14 @@ class World:
         if status != 200:
             return None
         return next((i for i in body["instances"] if i["instance_id"] == sid), None)
+
+    async def dashboard(self, url: str, *, html: bool = False) -> Any:
+        """The service's dashboard page as a browser (HTML) or a script (JSON) gets it: no credentials."""
+        accept = "text/html" if html else "application/json"
+        async with self.http.get(url, headers={"Accept": accept}) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            return await (r.text() if html else r.json())
 
     async def github_repos(self) -> set[str]:
         _, state = await self.get(f"{self.stack.url('otc')}/_emulator/state")
@@ -125,7 +134,16 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
         params = {"namespace": "team-new", "create": True, "instance": spec("hub-a")}
         reply = await otc.provision("kabanero-broker", "kab-new", parameters=params)
         assert reply.status == 200 and reply.body["parameters"]["create"] is True, reply
+        dashboard = reply.body["dashboard_url"]
+        assert dashboard.startswith(f"{stack.url('broker')}/dashboard/kab-new/"), dashboard
         await wait_until(lambda: _outcome_is(w, "kab-new", "created"), timeout=45, what="CR created")
+        # The service's dashboard (no credentials: a browser opens it) shows the outcome.
+        await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
+        page = await w.dashboard(dashboard, html=True)
+        assert "created" in page and "team-new" in page and "Kabanero landing page" in page
+        assert stack.broker_secret not in page and "kab-new" in page
+        async with w.http.get(dashboard.rsplit("/", 1)[0] + "/AAAAAAAAAAAAAAAAAAAAAA") as r:
+            assert r.status == 404  # a wrong token: no such dashboard
         created = await w.cr("team-new")
         assert created is not None and created["spec"] == spec("hub-a")
         assert created["metadata"]["annotations"][MARK] == "kab-new"
@@ -144,6 +162,12 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
         await wait_until(lambda: _outcome_is(w, "kab-foreign", "refused"), timeout=45, what="refused")
         outcome = await w.outcome("kab-foreign")
         assert outcome is not None and "not created by this service" in outcome["message"]
+        foreign_dashboard = reply.body["dashboard_url"]
+        await wait_until(
+            lambda: _dashboard_says(w, foreign_dashboard, "refused"), timeout=30, what="refusal shown"
+        )
+        shown = await w.dashboard(foreign_dashboard)
+        assert "not created by this service" in shown["outcome"]["message"]
         after = await w.cr("kabanero")
         assert (
             after is not None
@@ -166,6 +190,7 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
         assert (await otc.deprovision("kabanero-broker", "kab-foreign")).status == 204
         await stack.restart("kabanero-watcher", sig=None)
         await wait_until(lambda: _outcome_is(w, "kab-new", "updated"), timeout=60, what="spec patched")
+        await wait_until(lambda: _dashboard_says(w, dashboard, "updated"), timeout=30, what="dashboard")
         patched = await w.cr("team-new")
         assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
         assert patched["metadata"]["uid"] == created["metadata"]["uid"]  # the same CR, replaced in place
@@ -186,12 +211,19 @@ async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watc
         assert (await otc.deprovision("kabanero-broker", "kab-new")).status == 204
         await wait_until(lambda: _outcome_is(w, "kab-new", "deleted"), timeout=45, what="CR deleted")
         assert await w.cr("team-new") is None
+        await wait_until(lambda: _dashboard_says(w, dashboard, "deleted"), timeout=30, what="dashboard")
+        assert (await w.dashboard(dashboard))["state"] == "deleted"
         await wait_until(lambda: _repos(w, set()), timeout=45, what="GitHub tools removed")
 
 
 async def _outcome_is(w: World, sid: str, outcome: str, watcher: str | None = None) -> bool:
     got = await w.outcome(sid, watcher)
     return got is not None and got["outcome"] == outcome
+
+
+async def _dashboard_says(w: World, url: str, outcome: str) -> bool:
+    shown = (await w.dashboard(url))["outcome"]
+    return shown is not None and shown["outcome"] == outcome
 
 
 async def _says(w: World, sid: str, text: str) -> bool:
@@ -237,3 +269,101 @@ async def test_commands_continue_after_a_lease_handover(world: World) -> None:
         assert (await otc.deprovision("kabanero-broker", "kab-ho")).status == 204
         await wait_until(lambda: _outcome_is(w, "kab-ho", "deleted", second), timeout=45, what="deleted")
         assert await w.cr("team-ho") is None
+
+
+async def test_namespace_creation_setting_both_values(world: World) -> None:
+    """``CREATE_NAMESPACES`` through the real watcher and a Kubernetes emulator that, like a real API
+    server, refuses an object in a missing namespace: allowed, the namespace and the CR are created;
+    not allowed, the create is refused with the API server's own message, shown in the outcome and
+    on the service's dashboard, and nothing is created."""
+    w, stack = world, world.stack
+    namespaces = stack.url("kube") + "/api/v1/namespaces/{ns}"
+    assert (await w.get(namespaces.format(ns="team-yes")))[0] == 404
+    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+        # Allowed (the stack's setting): the namespace first, then the CR.
+        params = {"namespace": "team-yes", "create": True, "instance": spec("hub-a")}
+        assert (await otc.provision("kabanero-broker", "kab-yes", parameters=params)).status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-yes", "created"), timeout=45, what="CR created")
+        assert (await w.get(namespaces.format(ns="team-yes")))[0] == 200
+        assert await w.cr("team-yes") is not None
+
+        # Not allowed: the watcher restarts with CREATE_NAMESPACES=false.
+        args, env = stack.specs["kabanero-watcher"]
+        stack.specs["kabanero-watcher"] = (args, {**env, "CREATE_NAMESPACES": "false"})
+        await stack.restart("kabanero-watcher")
+        params = {"namespace": "team-no", "create": True, "instance": spec("hub-a")}
+        reply = await otc.provision("kabanero-broker", "kab-no", parameters=params)
+        assert reply.status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-no", "failed"), timeout=45, what="create refused")
+        outcome = await w.outcome("kab-no")
+        assert outcome is not None and 'namespaces "team-no" not found' in outcome["message"], outcome
+        assert "(404)" in outcome["message"]
+        await wait_until(
+            lambda: _dashboard_says(w, reply.body["dashboard_url"], "failed"), timeout=30, what="dashboard"
+        )
+        shown = await w.dashboard(reply.body["dashboard_url"])
+        assert 'namespaces "team-no" not found' in shown["outcome"]["message"]
+        assert (await w.get(namespaces.format(ns="team-no")))[0] == 404
+        assert await w.cr("team-no") is None
+        # The instance created before is untouched.
+        assert (await w.outcome("kab-yes") or {}).get("outcome") == "created"
+
+
+async def test_sigkill_between_the_cr_write_and_its_record(world: World) -> None:
+    """The watcher dies (SIGKILL, injected by tests/e2e/crashing_watcher.py) right after the API server
+    created the CR and before the outcome was recorded or acked. The restarted watcher gets the command
+    again, finds the CR with our mark and reports it created: one CR, never written again, nothing
+    else changed, and later commands work as usual."""
+    w, stack = world, world.stack
+    seeded = await w.cr("kabanero")
+    assert seeded is not None
+    normal_args, env = stack.specs["kabanero-watcher"]
+    stack.specs["kabanero-watcher"] = (["tests.e2e.crashing_watcher"], env)
+    await stack.restart("kabanero-watcher")
+    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+        params = {"namespace": "team-crash", "create": True, "instance": spec("hub-a")}
+        reply = await otc.provision("kabanero-broker", "kab-crash", parameters=params)
+        assert reply.status == 200
+        dashboard = reply.body["dashboard_url"]
+        proc = stack.proc("kabanero-watcher")
+        assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL
+        made = await w.cr("team-crash")
+        assert made is not None and made["metadata"]["annotations"][MARK] == "kab-crash"
+        assert await _owned_record(stack, "kab-crash") is None  # killed before the record
+        assert (await w.dashboard(dashboard))["outcome"] is None
+
+        stack.specs["kabanero-watcher"] = (normal_args, env)
+        await stack.restart("kabanero-watcher", sig=None)
+        await wait_until(lambda: _outcome_is(w, "kab-crash", "created"), timeout=60, what="reported created")
+        outcome = await w.outcome("kab-crash")
+        assert outcome is not None and outcome["message"] == (
+            "Kabanero team-crash/kabanero created for service kab-crash"
+        )
+        await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
+        # The CR the killed process made, once and unchanged; the other CR untouched.
+        _, listed = await w.get(
+            stack.url("kube") + "/apis/kabanero.io/v1alpha2/namespaces/team-crash/kabaneros"
+        )
+        assert [i["metadata"]["uid"] for i in listed["items"]] == [made["metadata"]["uid"]]
+        assert listed["items"][0]["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+        still = await w.cr("kabanero")
+        assert (
+            still is not None
+            and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
+        )
+        # The command was not repeated: the next one (a PATCH) applies to the same CR.
+        reply = await otc.update("kabanero-broker", "kab-crash", parameters={"instance": spec("hub-b")})
+        assert reply.status == 200
+        await wait_until(lambda: _outcome_is(w, "kab-crash", "updated"), timeout=45, what="patched")
+        patched = await w.cr("team-crash")
+        assert patched is not None and patched["metadata"]["uid"] == made["metadata"]["uid"]
+        assert patched["spec"] == spec("hub-b")
+
+
+async def _owned_record(stack: Stack, sid: str) -> dict[str, Any] | None:
+    """The watcher's outcome record, read from its collection (the watcher is down)."""
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.common_env(0)["MONGODB_URL"])
+    try:
+        return await mongo.get_default_database()["watch_owned_instances"].find_one({"_id": sid})
+    finally:
+        await mongo.close()

@@ -1,0 +1,170 @@
+"""The service's dashboard page (``dashboard_url`` of a Kabanero service that creates its instance).
+
+OTC opens a service's ``dashboard_url`` in the user's browser, which holds no broker credentials, so
+the page is served without authentication and its URL is the capability:
+``<BROKER_PUBLIC_URL>/dashboard/<sid>/<token>``, where ``token`` is an HMAC-SHA256 of the sid under a
+key derived from ``CREDENTIALS_KEY`` (128 bits, URL-safe). It cannot be guessed from the sid, needs no
+storage, and is the same on every replica; a wrong token is a plain 404, like an unknown sid, so the
+page says nothing about which sids exist. Rotating ``CREDENTIALS_KEY`` changes the URLs (the next
+PUT or PATCH returns the new one).
+
+What it shows is what the OTC tool card may show: the instance (cluster/namespace/name), whether the
+service is active, the watcher's last outcome (created, updated, deleted, refused... with its message,
+the API server's when it refused, and when), and a link to the Kabanero landing page. Never
+credentials, toolchain ids or the spec. HTML by default, JSON when the client asks for it (``Accept:
+application/json``). ``Referrer-Policy: no-referrer`` keeps the token out of the landing page's logs,
+``Cache-Control: no-store`` out of shared caches.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, SecretStr
+
+from services.broker_api.errors import NotFound
+from services.broker_api.models import ID_RE, InstanceRecord
+from services.broker_api.outcomes import OutcomeStore
+from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/dashboard/{sid}/{token}"
+KIND = "kabanero"  # only Kabanero services create their instance
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+}
+
+
+class DashboardLinks:
+    """The unguessable dashboard URL of a sid."""
+
+    def __init__(self, credentials_key: SecretStr, public_url: str | None) -> None:
+        # A key of its own (not the Fernet key itself), derived once.
+        self._key = hmac.new(
+            credentials_key.get_secret_value().encode(), b"kabanero-otc dashboard v1", hashlib.sha256
+        ).digest()
+        self._base = public_url.rstrip("/") if public_url else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._base is not None
+
+    def token(self, sid: str) -> str:
+        mac = hmac.new(self._key, f"{KIND}:{sid}".encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def valid(self, sid: str, token: str) -> bool:
+        return hmac.compare_digest(self.token(sid).encode(), token.encode())
+
+    def url(self, sid: str) -> str | None:
+        return f"{self._base}/dashboard/{sid}/{self.token(sid)}" if self._base else None
+
+
+class InstanceName(BaseModel):
+    cluster: str
+    namespace: str
+    name: str
+
+
+class ShownOutcome(BaseModel):
+    outcome: CommandOutcome
+    message: str = Field(description="what the watcher did, with the API server's message if refused")
+    at: datetime
+    revision: int
+
+
+class DashboardView(BaseModel):
+    """``GET /dashboard/{sid}/{token}`` (JSON): what the page shows; no credentials."""
+
+    instance_id: str
+    service: ServiceKind
+    state: Literal["active", "deleted"]
+    instance: InstanceName
+    creates_instance: bool
+    outcome: ShownOutcome | None = Field(description="the watcher's last outcome; null: none yet")
+    kabanero_landing_url: str
+
+
+def view(rec: InstanceRecord, outcome: CommandOutcomeData | None, landing: str) -> DashboardView:
+    """The page's content (the JSON answer; the HTML shows the same)."""
+    p = rec.parameters
+    return DashboardView(
+        instance_id=rec.instance_id,
+        service=rec.kind,
+        state=rec.state,
+        instance=InstanceName(cluster=p.cluster, namespace=p.namespace, name=p.name or "kabanero"),
+        creates_instance=p.create,
+        outcome=(
+            ShownOutcome(
+                outcome=outcome.outcome, message=outcome.message, at=outcome.at, revision=outcome.revision
+            )
+            if outcome is not None
+            else None
+        ),
+        kabanero_landing_url=landing,
+    )
+
+
+def render(v: DashboardView) -> str:
+    e = html.escape
+    label = f"{v.instance.cluster}/{v.instance.namespace}/{v.instance.name}"
+    out = v.outcome
+    if not v.creates_instance:
+        result = "<p>This service stands for an existing Kabanero instance; it does not create one.</p>"
+    elif out is None:
+        result = "<p class=pending>Waiting for the watcher of the cluster: no outcome yet.</p>"
+    else:
+        at = out.at.isoformat()
+        result = (
+            f"<p class='outcome {e(out.outcome)}'><b>{e(out.outcome)}</b> "
+            f"<time datetime='{e(at)}'>{e(at)}</time></p><p>{e(out.message)}</p>"
+        )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>Kabanero service {e(label)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:50em}.refused,.failed{color:#a00}"
+        ".created,.updated,.deleted{color:#070}.pending{color:#666}</style></head><body>"
+        f"<h1>Kabanero {e(label)}</h1>"
+        f"<p>Service {e(v.instance_id)} ({e(v.state)})</p>"
+        f"{result}"
+        f"<p><a href='{e(v.kabanero_landing_url)}' rel=noreferrer>Kabanero landing page</a></p>"
+        "</body></html>"
+    )
+
+
+def wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def dashboard_route(
+    links: DashboardLinks,
+    record: Callable[[str], Awaitable[InstanceRecord | None]],
+    outcomes: OutcomeStore,
+    landing: Callable[[InstanceRecord], str],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /dashboard/{sid}/{token}``: 404 for a malformed or unknown sid and a wrong token alike."""
+
+    async def handler(request: web.Request) -> web.Response:
+        sid, token = request.match_info["sid"], request.match_info["token"]
+        rec = await record(sid) if ID_RE.fullmatch(sid) and links.valid(sid, token) else None
+        if rec is None:
+            raise NotFound("no such dashboard")
+        v = view(rec, await outcomes.get(sid), landing(rec))
+        if wants_json(request):
+            return web.json_response(v.model_dump(mode="json"), headers=HEADERS)
+        return web.Response(text=render(v), content_type="text/html", headers=HEADERS)
+
+    return handler
