@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -322,8 +322,10 @@ async def test_sigkill_between_the_cr_write_and_its_record(world: World) -> None
     await stack.restart("kabanero-watcher")
     async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
         params = {"namespace": "team-crash", "create": True, "instance": spec("hub-a")}
-        reply = await otc.provision("kabanero-broker", "kab-crash", parameters=params)
-        assert reply.status == 200
+        reply = await _as_otc_retries(
+            lambda: otc.provision("kabanero-broker", "kab-crash", parameters=params)
+        )
+        assert reply.status == 200, reply
         dashboard = reply.body["dashboard_url"]
         proc = stack.proc("kabanero-watcher")
         assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL
@@ -352,8 +354,10 @@ async def test_sigkill_between_the_cr_write_and_its_record(world: World) -> None
             and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
         )
         # The command was not repeated: the next one (a PATCH) applies to the same CR.
-        reply = await otc.update("kabanero-broker", "kab-crash", parameters={"instance": spec("hub-b")})
-        assert reply.status == 200
+        reply = await _as_otc_retries(
+            lambda: otc.update("kabanero-broker", "kab-crash", parameters={"instance": spec("hub-b")})
+        )
+        assert reply.status == 200, reply
         await wait_until(lambda: _outcome_is(w, "kab-crash", "updated"), timeout=45, what="patched")
         patched = await w.cr("team-crash")
         assert patched is not None and patched["metadata"]["uid"] == made["metadata"]["uid"]
@@ -367,3 +371,14 @@ async def _owned_record(stack: Stack, sid: str) -> dict[str, Any] | None:
         return await mongo.get_default_database()["watch_owned_instances"].find_one({"_id": sid})
     finally:
         await mongo.close()
+
+
+async def _as_otc_retries(call: Callable[[], Awaitable[Any]]) -> Any:
+    """A broker call retried on 503 as OTC retries it (the shared machine's MongoDB emulator can be
+    slower than broker-api's storage bound; a 503 commits nothing)."""
+    for _ in range(10):
+        reply = await call()
+        if reply.status != 503:
+            return reply
+        await asyncio.sleep(1)
+    return reply
