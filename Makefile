@@ -55,7 +55,8 @@ unit: venv
 bench: venv rabbitmq
 	$(PY) -m bench.run
 
-# The stack under one fault at a time (its own private RabbitMQ node): bench/chaos.json.
+# The stack under one fault at a time (its own private RabbitMQ node): .run/chaos-short.json
+# (CHAOS_PROFILE=full writes the committed bench/chaos.json).
 # CHAOS_PROFILE=full runs every fault three times, OTC down for 5 minutes included (~1 h).
 chaos: venv
 	$(PY) -m bench.chaos --profile $(or $(CHAOS_PROFILE),short)

@@ -19,6 +19,11 @@ this harness published, and convergence within ``--converge-timeout``.
 
     python -m bench.chaos --profile short   # CI (tests/e2e/test_chaos.py), a few minutes
     python -m bench.chaos --profile full    # every fault three times, incl. OTC down for 5 minutes
+    python -m bench.chaos --profile full --faults 'otc down (300 s)'   # only that round
+
+Only the full profile writes the committed ``bench/chaos.json`` by default; the others write
+``.run/chaos-<profile>.json`` (``--out`` chooses). ``--faults`` matches parts of a round's name, which
+includes its length for the OTC outages (``otc down (30 s)``, ``otc down (300 s)``).
 """
 
 from __future__ import annotations
@@ -791,6 +796,16 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
     )
 
 
+def _selector(name: str, seconds: float) -> str:
+    """What ``--faults`` matches: the fault's name, with the length of an OTC outage."""
+    return f"{name} ({seconds:g} s)" if name == "otc down" else name
+
+
+def default_out(profile: str) -> Path:
+    """The committed figures are the full profile's; a short or smoke run never overwrites them."""
+    return RESULTS if profile == "full" else LOGS / f"chaos-{profile}.json"
+
+
 async def wait_ready(c: Chaos, service: str, timeout: float = 90) -> bool:
     """Wait until ``service`` serves; one that exited on its own (e.g. its start-up gave up) is
     started again, as Kubernetes would. True when it had to be restarted."""
@@ -836,7 +851,7 @@ async def chaos(
                     await c.dead_letters()  # start counting from empty
                     await misuse(c)
                     for name, seconds, times in PROFILES[profile]:
-                        if only and not any(o in name for o in only):
+                        if only and not any(o in _selector(name, seconds) for o in only):
                             continue
                         for i in range(1, times + 1):
                             try:
@@ -887,6 +902,7 @@ async def _write(
         "secret_scrape": leaks,
         "rows": [asdict(r) for r in rows],
     }
+    await asyncio.to_thread(out.parent.mkdir, parents=True, exist_ok=True)
     await asyncio.to_thread(out.write_text, json.dumps(report, indent=2) + "\n")
     return ok
 
@@ -925,7 +941,9 @@ def _line(r: Row) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report file (default: bench/chaos.json for full, else .run/)"
+    )
     parser.add_argument("--converge-timeout", type=float, default=120.0)
     parser.add_argument("--logs", type=Path, default=LOGS / "chaos")
     parser.add_argument(
@@ -937,7 +955,7 @@ def main() -> None:
             _interruptible(
                 chaos(
                     args.profile,
-                    args.out,
+                    args.out or default_out(args.profile),
                     args.converge_timeout,
                     args.logs,
                     tuple(f.strip() for f in args.faults.split(",") if f.strip()),
