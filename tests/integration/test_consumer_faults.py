@@ -112,6 +112,43 @@ async def test_a_dependency_down_holds_messages_in_order_without_spending_attemp
     assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
 
 
+async def test_messages_held_past_the_hold_limit_go_back_to_the_queue_and_are_kept(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    """The hold limit, made small, against real RabbitMQ: held messages are put back (copies at the
+    tail, originals acked) over and over, keep their order and attempts, and run once OTC answers."""
+    conn, publisher = amqp
+    down = True
+    done: list[tuple[str, int]] = []
+
+    async def handler(event: CloudEvent) -> None:
+        if down:
+            raise DependencyUnavailable("OTC down", dependency="otc")
+        done.append((_key(event), int(event.data["revision"])))
+
+    async def probe() -> bool:
+        return not down
+
+    consumer = _consumer(
+        conn, publisher, handler, probes={"otc": probe}, probe_interval_s=0.2, hold_limit_s=1.0
+    )
+    requeued = consumer._metrics.outcomes.labels(QUEUE, "requeued")
+    async with consuming(consumer):
+        for revision in (1, 2, 3):
+            await publisher.publish(_event("a", revision))
+        await publisher.publish(_event("b"))
+        # Each message put back at least twice: every copy came back and waited again.
+        await wait_until(lambda: requeued._value.get() >= 8, timeout=20, what="held messages put back")
+        assert consumer.consuming and consumer.outage == "otc" and done == []
+        assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+        down = False
+        await wait_until(lambda: len(done) == 4, timeout=10, what="all four handled")
+    assert [r for k, r in done if k == "a"] == [1, 2, 3]
+    assert sorted(done) == [("a", 1), ("a", 2), ("a", 3), ("b", 1)]  # each once: nothing lost or doubled
+    assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+    assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
+
+
 async def test_an_attempt_count_the_message_claims_is_not_trusted(
     amqp: tuple[AmqpConnection, Publisher], amqp_url: str
 ) -> None:
