@@ -11,7 +11,8 @@
 - any other exception (:class:`RetryableError` included): republish to a delay queue, then ack; after
   ``max_attempts`` dead-letter with the last error. Attempts are counted from the broker's own
   ``x-death`` record of our delay queues, never from what the message says about itself;
-- cancellation (shutdown, lost channel): neither ack nor reject; the broker redelivers. A
+- cancellation (shutdown, lost channel): neither ack nor reject; the broker redelivers. Shutdown
+  waits for running handlers only; waiting messages start no more. A
   ``CancelledError`` the handler raises while its task is not being cancelled is a failure (retry);
 - a ``key_of`` that raises: dead-letter (it depends on the message only);
 - the retry publish fails: requeue after the intended delay (never a hot loop).
@@ -118,6 +119,7 @@ class _Entry:
     delivered_at: float
     revision: tuple[str, int] | None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
     running: bool = False
     superseded: bool = False
     requeuing: bool = False
@@ -168,6 +170,7 @@ class Consumer:
         self._arrivals = itertools.count()
         self._hold_limit = hold_limit_s
         self._watchdog: asyncio.Task[None] | None = None
+        self._stopping = False
         self._probes = dict(probes or {})
         self._probe_interval = probe_interval_s
         self._probe_max_interval = probe_max_interval_s
@@ -191,16 +194,21 @@ class Consumer:
             await asyncio.Event().wait()
         finally:
             self.consuming = False
+            self._stopping = True  # nothing starts any more; what waits goes back unacked
             # With RabbitMQ gone there is nothing to cancel or close (the broker dropped both), and
             # a robust channel would wait for a reconnect that shutdown is not going to wait for.
             connected = self._connection.ready
             try:
                 if connected:
                     await asyncio.shield(queue.cancel(tag))
-                # Messages held for a dependency that is down do no work: waiting for them would only
-                # spend the shutdown deadline. They go back unacked and the broker redelivers them.
-                if self._inflight and self.outage is None:
-                    await asyncio.wait(set(self._inflight), timeout=self._drain_timeout)
+                # Only messages whose handler runs (or that are being settled) are waited for: the
+                # ones waiting in a lane or held for a dependency that is down do no work, and
+                # waiting for them would only spend the shutdown deadline. They go back unacked and
+                # the broker redelivers them.
+                waiting = {e.task for lane in self._lanes.values() for e in lane if not e.running}
+                busy = self._inflight - waiting
+                if busy:
+                    await asyncio.wait(busy, timeout=self._drain_timeout)
             except Exception:
                 log.warning("consumer drain incomplete", extra={"queue": self.queue_name}, exc_info=True)
             finally:
@@ -268,6 +276,7 @@ class Consumer:
         entry = _Entry(
             message, next(self._arrivals), asyncio.get_running_loop().time(), self._revision(event)
         )
+        entry.task = asyncio.current_task()
         lane_key: object = key if key is not None else entry  # no key: a lane of its own
         lane = self._lanes.setdefault(lane_key, deque())
         self._coalesce(lane, entry)
@@ -335,6 +344,7 @@ class Consumer:
     def _may_run(self, lane: deque[_Entry], entry: _Entry) -> bool:
         return (
             lane[0] is entry
+            and not self._stopping
             and not entry.requeuing
             and self._available.is_set()
             and self._running < self._concurrency

@@ -149,6 +149,34 @@ async def test_messages_held_past_the_hold_limit_go_back_to_the_queue_and_are_ke
     assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
 
 
+async def test_shutdown_waits_for_running_handlers_only_and_returns_the_waiting_messages(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    """With a large prefetch many messages wait in their lanes: stopping finishes the running one and
+    hands the rest back to the broker unacked, instead of working through the lane until the deadline."""
+    conn, publisher = amqp
+    done: list[int] = []
+    started = asyncio.Event()
+
+    async def handler(event: CloudEvent) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        done.append(int(event.data["revision"]))
+
+    consumer = _consumer(conn, publisher, handler, prefetch=64)
+    async with consuming(consumer):
+        for revision in range(1, 31):
+            await publisher.publish(_event("a", revision))
+        await asyncio.wait_for(started.wait(), 10)
+        await wait_until(
+            lambda: consumer.last_delivery is not None and len(consumer._inflight) >= 20, timeout=10
+        )
+    assert 1 <= len(done) <= 3
+    back = await drain_queue(amqp_url, QUEUE, timeout=2)
+    assert len(back) + len(done) == 30  # nothing lost, nothing handled twice
+    assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []
+
+
 async def test_an_attempt_count_the_message_claims_is_not_trusted(
     amqp: tuple[AmqpConnection, Publisher], amqp_url: str
 ) -> None:
