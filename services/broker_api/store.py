@@ -60,6 +60,10 @@ def make_event_id(kind: ServiceKind, sid: str, revision: int) -> str:
     return event_id(kind, sid, revision)
 
 
+Compute = Callable[[InstanceRecord | None], Change | None]
+"""What a request does to the current record (None: nothing to write)."""
+
+
 @dataclass(frozen=True)
 class Commit:
     record: InstanceRecord | None
@@ -164,7 +168,7 @@ class InstanceStore:
         self,
         kind: ServiceKind,
         sid: str,
-        compute: Callable[[InstanceRecord | None], Change | None],
+        compute: Compute,
         *,
         now: Callable[[], datetime],
         lease: Lease | None = None,
@@ -190,13 +194,7 @@ class InstanceStore:
                 await asyncio.sleep(random.uniform(0, 0.01))
         raise Unavailable("too much concurrent activity on this service instance, retry later")
 
-    async def _try_new(
-        self,
-        key: str,
-        compute: Callable[[InstanceRecord | None], Change | None],
-        now: datetime,
-        lease: Lease | None,
-    ) -> Commit | None:
+    async def _try_new(self, key: str, compute: Compute, now: datetime, lease: Lease | None) -> Commit | None:
         """The insert of a new sid, unread; None when the sid exists (or ``compute`` cannot say
         what a new one is): the read path decides."""
         try:
@@ -207,13 +205,7 @@ class InstanceStore:
             return None
         return await self._commit(key, None, change, now, lease)
 
-    async def _attempt(
-        self,
-        key: str,
-        compute: Callable[[InstanceRecord | None], Change | None],
-        now: datetime,
-        lease: Lease | None,
-    ) -> Commit | None:
+    async def _attempt(self, key: str, compute: Compute, now: datetime, lease: Lease | None) -> Commit | None:
         doc = await self.collection.find_one({"_id": key})
         current = InstanceRecord.model_validate(doc) if doc else None
         change = compute(current)
