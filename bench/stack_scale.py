@@ -395,6 +395,8 @@ async def run(
                 "hold": len(names) == total and len(set(names)) == total and latest == total and not dead,
             }
             stack.check_alive()
+    except Exception as exc:  # the phases measured so far still reach results.json (stack_error)
+        out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         await asyncio.to_thread(stack.stop)
         await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
