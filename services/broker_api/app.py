@@ -22,6 +22,7 @@ from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
+from shared.events import service_instance_key
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -105,7 +106,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         OutcomeConsumer(outcomes).handle,
         metrics=infra.consumer_metrics,
         topology=infra.topology,
-        key_of=OutcomeConsumer.key_of,
+        key_of=service_instance_key,
         probes=infra.probes(),
     )
 

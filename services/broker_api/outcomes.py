@@ -55,10 +55,6 @@ class OutcomeConsumer:
     def __init__(self, store: OutcomeStore) -> None:
         self._store = store
 
-    @staticmethod
-    def key_of(event: CloudEvent) -> str:
-        return str(event.subject or event.data.get("instance_id") or "")
-
     async def handle(self, event: CloudEvent) -> None:
         outcome = CommandOutcomeData.model_validate(event.data)
         stored = await self._store.put(outcome)

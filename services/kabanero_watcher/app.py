@@ -28,6 +28,7 @@ from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, owned_instances_queue, with_owned_instances
+from shared.events import service_instance_key
 from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service, step
@@ -173,7 +174,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             metrics=infra.consumer_metrics,
             topology=infra.topology,
             prefetch=4,
-            key_of=OwnedInstances.key_of,
+            key_of=service_instance_key,
             probes=infra.probes(),
         )
 

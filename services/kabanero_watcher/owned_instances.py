@@ -157,10 +157,6 @@ class OwnedInstances:
         self._publish = publish
         self._source = source
 
-    @staticmethod
-    def key_of(event: CloudEvent) -> str:
-        return str(event.subject or event.data.get("instance_id") or "")
-
     async def handle(self, event: CloudEvent) -> None:
         data = ServiceEventData.model_validate(event.data)
         p = data.parameters
