@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make compose-check` (part of `make test`): docker-compose.yml run for real, in containers (podman).
 #
-#   tools       podman, runc, catatonit, netavark, debootstrap from Debian's packages when missing
+#   tools       podman, runc, catatonit, netavark (with iptables, its firewall driver), debootstrap from
+#               Debian's packages when missing
 #   base        Debian trixie base + RabbitMQ stand-in images, cached by recipe hash (base-images.sh)
 #   wheelhouse  requirements.lock's wheels, hash-checked, cached by the lock's hash
 #   images      the Dockerfile's runtime and dev targets, built offline on that base
@@ -89,7 +90,7 @@ trap cleanup EXIT
 # --- tools -------------------------------------------------------------------------------------
 phase tools
 need=()
-for pair in podman:podman runc:runc catatonit:catatonit netavark:netavark aardvark-dns:aardvark-dns debootstrap:debootstrap; do
+for pair in podman:podman runc:runc catatonit:catatonit netavark:netavark aardvark-dns:aardvark-dns iptables:iptables debootstrap:debootstrap; do
   pkg=${pair%%:*}
   dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
@@ -106,7 +107,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -x "$ROOT/.venv/bin/podman-compose" ] || die "podman-compose missing from .venv (make venv)"
 # This machine's hard limits are below podman's default ulimits, which runc then cannot set; netavark
-# gives the containers DNS by service name; catatonit is the `init: true` process.
+# gives the containers DNS by service name (it sets up their network with iptables, which a minimal
+# Debian lacks: without it every `RUN` fails with "netavark: No such file or directory"); catatonit is
+# the `init: true` process.
 mkdir -p "$CACHE"
 nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ] && nofile=65536
 nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
