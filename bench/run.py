@@ -118,11 +118,14 @@ def collect(
 
 
 def gather(parts: dict[str, list[str]], partial: Path, *, resume: bool = False) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]  # before the parts run: the machine they ran on
     raw, seconds = collect(parts, partial, resume=resume)
-    return summarise(raw, seconds, parts)
+    return summarise(raw, seconds, parts, load_before=load_before)
 
 
-def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, list[str]]) -> dict[str, Any]:
+def summarise(
+    raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, list[str]], *, load_before: float
+) -> dict[str, Any]:
     """The keys of issue 12 from the parts' own figures (``raw`` is kept in full beside them)."""
     b, w = raw["baseline"], raw["writer"]
     s: dict[str, Any] = defaultdict(lambda: None, raw["stack"])
@@ -175,7 +178,7 @@ def summarise(raw: dict[str, Any], seconds: dict[str, float], parts: dict[str, l
         "meta": {
             "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "load_average_before": os.getloadavg()[0],
+            "load_average_before": load_before,
             "mongodb": "MONGODB_URL" if os.environ.get("MONGODB_URL") else "emulators.mongo (mongoeco)",
             "seconds_per_part": {k: round(v, 1) for k, v in seconds.items()},
             "commands": {k: "python -m " + " ".join(v) for k, v in parts.items()},
