@@ -251,16 +251,36 @@ class Stack:
         finally:
             await conn.close()
 
+    async def held(self) -> dict[str, float]:
+        """Messages each running service has been delivered and not settled yet
+        (``kotc_consumer_held``): a queue can be empty while a consumer still works on its prefetch."""
+        out: dict[str, float] = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for name, port in SERVICES.items():
+                if port not in self.ports or not any(n == name and p.poll() is None for n, p in self.procs):
+                    continue
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with http.get(f"{self.url(port)}/metrics") as r:
+                        text = await r.text()
+                    out[name] = sum(
+                        float(line.rsplit(" ", 1)[1])
+                        for line in text.splitlines()
+                        if line.startswith("kotc_consumer_held{")
+                    )
+        return out
+
     async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> None:
-        """Wait until no message waits in a consuming or delay queue on ``stable_polls`` polls in a
-        row (the consumers have caught up, retries included)."""
+        """Wait until no message waits in a consuming or delay queue, and no service holds one
+        unsettled, on ``stable_polls`` polls in a row (the consumers have caught up, retries included)."""
         deadline = time.monotonic() + timeout
         calm = 0
         while calm < stable_polls:
             depths = await self.queue_depths()
-            calm = calm + 1 if not any(n for q, n in depths.items() if not q.endswith(".dead")) else 0
+            busy = any(n for q, n in depths.items() if not q.endswith(".dead"))
+            held = {} if busy else await self.held()
+            calm = 0 if busy or any(held.values()) else calm + 1
             if time.monotonic() > deadline:
-                raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}")
+                raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}, held: {held}")
             await asyncio.sleep(0.2)
 
     def describe(self) -> dict[str, Any]:

@@ -84,6 +84,8 @@ class ClusterCache:
         self.legacy_trigger_fields: LegacyTriggerFields = legacy_trigger_fields
         self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.name: {} for r in RESOURCES}
         self.absent: set[str] = set()
+        self._derived: dict[str, dict[str, dict[str, DesiredTrigger]]] = {}
+        """namespace -> mediator name -> mediation name -> trigger derived last time."""
 
     def namespaces(self) -> set[str]:
         return {ns for objs in self._objects.values() for ns, _ in objs}
@@ -200,6 +202,7 @@ class ClusterCache:
         """0.9+: the events operator is deployed by a Kabanero CR with events enabled into its own
         namespace and watches only that one (config/orchestrations/events/0.2, WATCH_NAMESPACE):
         mediators anywhere else are inert."""
+        before = self._derived.pop(namespace, {})  # rebuilt below for the mediators that derive
         mediators = self._in(MEDIATORS, namespace)
         if not mediators:
             return
@@ -217,8 +220,11 @@ class ClusterCache:
                 )
             return
         connections = self._connections(out, namespace)
+        derived: dict[str, dict[str, DesiredTrigger]] = {}
         for mediator in mediators:
-            self._mediator(out, namespace, mediator, connections)
+            name = mediator["metadata"]["name"]
+            derived[name] = self._mediator(out, namespace, mediator, connections, before.get(name))
+        self._derived[namespace] = derived
 
     def _connections(self, out: Desired, namespace: str) -> list[tuple[str, dict[str, Any]]]:
         """The namespace's EventConnections (name, item); a malformed one freezes every mediation."""
@@ -245,16 +251,19 @@ class ClusterCache:
         namespace: str,
         mediator: dict[str, Any],
         connections: list[tuple[str, dict[str, Any]]],
-    ) -> None:
+        previous: dict[str, DesiredTrigger] | None,
+    ) -> dict[str, DesiredTrigger]:
+        """Add the mediator's triggers to ``out``; returns them by mediation name (for the next pass)."""
         name = mediator["metadata"]["name"]
         try:
-            triggers = derive_mediation_triggers(self.cluster, mediator, connections)
+            triggers = derive_mediation_triggers(self.cluster, mediator, connections, previous)
         except _SHAPE_ERRORS as exc:
             self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
             out.frozen_owners.add(("mediation", name))
-            return
+            return {}
         for trigger in triggers:
             if trigger.key.id in out.triggers:
                 log.warning("duplicate mediation name; keeping the first", extra={"trigger": trigger.key.id})
                 continue
             out.triggers[trigger.key.id] = trigger
+        return {t.key.name: t for t in triggers}

@@ -435,7 +435,10 @@ def _destinations(connections: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def derive_mediation_triggers(
-    cluster: str, mediator: Obj, connections: list[tuple[str, dict[str, Any]]]
+    cluster: str,
+    mediator: Obj,
+    connections: list[tuple[str, dict[str, Any]]],
+    previous: Mapping[str, DesiredTrigger] | None = None,
 ) -> list[DesiredTrigger]:
     """0.9+: one trigger per mediation; content = mediation + mediator-level fields + its connections.
 
@@ -443,6 +446,8 @@ def derive_mediation_triggers(
     applies to a mediation when ``from.mediator`` names this mediator, this mediation and one of the
     mediation's ``sendTo`` destinations, all three exactly (events-operator
     ``pkg/connections/connections.go`` ``eventEndpointMatch``; unset fields compare as "").
+    ``previous``: this mediator's triggers derived last time, by mediation name; one whose content is equal
+    is reused as it is (an edit of one mediation hashes only that one, not all of the mediator's).
     """
     namespace, name = object_id(mediator)
     mediations = check_mediator(mediator)
@@ -451,18 +456,12 @@ def derive_mediation_triggers(
     out: list[DesiredTrigger] = []
     for item in mediations:
         mediation = item["name"]
-        send_to = set(item.get("sendTo") or ())
-        matched = [
-            (source, conn)
-            for source, conn in connections
-            if conn["from"]["mediator"]["name"] == name
-            and (conn["from"]["mediator"].get("mediation") or "") == mediation
-            and (conn["from"]["mediator"].get("destination") or "") in send_to
-        ]
-        # Order-independent: connections are a set across EventConnections objects.
-        matched.sort(key=lambda pair: (pair[0], content_hash(pair[1])))
-        conns = [conn for _, conn in matched]
+        conns = _connections_of(name, item, connections)
         content = {"mediation": item, "mediator": mediator_level, "connections": conns}
+        before = previous.get(mediation) if previous else None
+        if before is not None and before.content == content and before.key.cluster == cluster:
+            out.append(before)
+            continue
         digest = content_hash(content)
         out.append(
             DesiredTrigger(
@@ -480,3 +479,21 @@ def derive_mediation_triggers(
             )
         )
     return out
+
+
+def _connections_of(
+    mediator: str, item: dict[str, Any], connections: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The connection items that apply to one mediation (see :func:`derive_mediation_triggers`)."""
+    mediation = item["name"]
+    send_to = set(item.get("sendTo") or ())
+    matched = [
+        (source, conn)
+        for source, conn in connections
+        if conn["from"]["mediator"]["name"] == mediator
+        and (conn["from"]["mediator"].get("mediation") or "") == mediation
+        and (conn["from"]["mediator"].get("destination") or "") in send_to
+    ]
+    # Order-independent: connections are a set across EventConnections objects.
+    matched.sort(key=lambda pair: (pair[0], content_hash(pair[1])))
+    return [conn for _, conn in matched]

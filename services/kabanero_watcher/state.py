@@ -66,6 +66,8 @@ class PublishedState:
         self._coll = db[COLLECTION]
         self.cluster = cluster
         self._records: dict[Ident, Record] = {}
+        self._texts: dict[Ident, str] = {}
+        """Each record's JSON as stored: a namespace's write re-serialises only what changed."""
         self._by_ns: dict[str, set[Ident]] = {}
         self._legacy: dict[str, list[str]] = {}  # namespace -> _ids of first-layout documents
 
@@ -75,6 +77,7 @@ class PublishedState:
 
     async def load(self) -> None:
         self._records.clear()
+        self._texts.clear()
         self._by_ns.clear()
         self._legacy.clear()
         current: dict[str, list[str]] = {}
@@ -92,12 +95,14 @@ class PublishedState:
             # A namespace document is written after (and holds) everything its old documents held.
             for ident in self._by_ns.pop(namespace, set()):
                 self._records.pop(ident, None)
+                self._texts.pop(ident, None)
             for text in texts:
-                self._remember(Record.model_validate_json(text))
+                self._remember(Record.model_validate_json(text), text)
 
-    def _remember(self, record: Record) -> None:
+    def _remember(self, record: Record, text: str | None = None) -> None:
         ident = (record.kind, record.key)
         self._records[ident] = record
+        self._texts[ident] = text if text is not None else record.model_dump_json()
         self._by_ns.setdefault(record.namespace, set()).add(ident)
 
     def get(self, kind: RecordKind, key: str) -> Record | None:
@@ -136,18 +141,22 @@ class PublishedState:
             return
         now = datetime.now(UTC)
         ops: list[ReplaceOne[Document] | DeleteMany] = []
+        texts = {i: r.model_dump_json() for changed in by_ns.values() for i, r in changed.items()}
         for namespace, changed in by_ns.items():
-            ops.append(self._replace(namespace, changed, now))
+            ops.append(self._replace(namespace, changed, texts, now))
             if legacy := self._legacy.get(namespace):
                 ops.append(DeleteMany({"_id": {"$in": legacy}}))
         await self._coll.bulk_write(ops, ordered=True)
         for namespace, changed in by_ns.items():
             self._legacy.pop(namespace, None)
-            for stored in changed.values():
-                self._remember(stored)
+            for ident, stored in changed.items():
+                self._remember(stored, texts[ident])
 
-    def _replace(self, namespace: str, changed: dict[Ident, Record], now: datetime) -> ReplaceOne[Document]:
-        """The namespace's document: its records as the mirror has them, with ``changed`` applied."""
+    def _replace(
+        self, namespace: str, changed: dict[Ident, Record], texts: dict[Ident, str], now: datetime
+    ) -> ReplaceOne[Document]:
+        """The namespace's document: its records as the mirror has them, with ``changed`` applied
+        (``texts``: the JSON of the changed ones)."""
         idents = sorted(self._by_ns.get(namespace, set()) | changed.keys())
         records = [changed.get(i) or self._records[i] for i in idents]
         doc_id = f"{self.cluster}|{namespace}"
@@ -158,7 +167,7 @@ class PublishedState:
             "namespace": namespace,
             # True while any record of the namespace waits for its confirm (for operators and tests).
             "pending": any(r.pending for r in records),
-            "records": [r.model_dump_json() for r in records],
+            "records": [texts.get(i) or self._texts[i] for i in idents],
             "updated_at": now,
         }
         return ReplaceOne({"_id": doc_id}, doc, upsert=True)

@@ -102,6 +102,12 @@ class ConsumerMetrics:
             ["queue", "dependency"],
             registry=registry,
         )
+        self.held = Gauge(
+            "kotc_consumer_held",
+            "Messages delivered to the consumer and not settled yet (handled, waiting, or held in an outage)",
+            ["queue"],
+            registry=registry,
+        )
         self.outages = Counter(
             "kotc_consumer_outages_total",
             "Times the consumer paused for an unavailable dependency",
@@ -163,6 +169,7 @@ class Consumer:
         self._key_of = key_of
         self._drain_timeout = drain_timeout
         self._inflight: set[asyncio.Task[None]] = set()
+        metrics.held.labels(queue).set_function(lambda: len(self._inflight))
         self._revision_of = revision_of if key_of is not None else None
         self._concurrency = concurrency or prefetch
         self._running = 0

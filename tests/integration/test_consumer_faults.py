@@ -112,6 +112,34 @@ async def test_a_dependency_down_holds_messages_in_order_without_spending_attemp
     assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
 
 
+async def test_the_held_gauge_counts_delivered_messages_until_they_are_settled(
+    amqp: tuple[AmqpConnection, Publisher],
+) -> None:
+    """``kotc_consumer_held``: the queue shows 0 ready while the consumer still works on its prefetch;
+    this is what says it has not finished (the stack's ``quiet`` waits on it)."""
+    conn, publisher = amqp
+    release = asyncio.Event()
+
+    async def handler(event: CloudEvent) -> None:
+        await release.wait()
+
+    registry = CollectorRegistry()
+    consumer = Consumer(
+        conn, publisher, QUEUE, handler, metrics=ConsumerMetrics(registry), topology=FAST, key_of=_key
+    )
+
+    def held() -> float | None:
+        return registry.get_sample_value("kotc_consumer_held", {"queue": QUEUE})
+
+    async with consuming(consumer):
+        assert held() == 0
+        for name in ("a", "b", "c"):
+            await publisher.publish(_event(name))
+        await wait_until(lambda: held() == 3, what="three messages held")
+        release.set()
+        await wait_until(lambda: held() == 0, what="all settled")
+
+
 async def test_messages_held_past_the_hold_limit_go_back_to_the_queue_and_are_kept(
     amqp: tuple[AmqpConnection, Publisher], amqp_url: str
 ) -> None:

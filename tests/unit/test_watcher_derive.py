@@ -233,3 +233,39 @@ def test_mediators_are_triggers_only_where_a_kabanero_enables_events() -> None:
     assert cache.desired("ns").triggers == {}
     cache.replace(KABANEROS, None, [_cr({"version": "0.9.2"})])
     assert list(cache.desired("ns").triggers) == ["c/ns/mediation/webhook/m1"]
+
+
+def test_an_edit_of_one_mediation_re_derives_that_one_and_reuses_the_others() -> None:
+    cache = ClusterCache("c", legacy_triggers="never")
+    cache.replace(KABANEROS, None, [_cr({"version": "0.9.2"})])
+    mediations = [{"name": f"m{i}", "selector": {"urlPattern": f"p{i}"}, "sendTo": ["d"]} for i in range(3)]
+    cache.replace(MEDIATORS, None, [_mediator(copy.deepcopy(mediations))])
+    cache.replace(CONNECTIONS, None, [])
+    first = cache.desired("ns").triggers
+    edited = copy.deepcopy(mediations)
+    edited[1]["selector"]["urlPattern"] = "changed"
+    cache.apply(MEDIATORS, "MODIFIED", _mediator(edited))
+    second = cache.desired("ns").triggers
+    ids = [f"c/ns/mediation/webhook/m{i}" for i in range(3)]
+    assert second[ids[0]] is first[ids[0]] and second[ids[2]] is first[ids[2]]
+    assert second[ids[1]].content_hash != first[ids[1]].content_hash
+    assert second[ids[1]].content_hash == content_hash(
+        {"mediation": edited[1], "mediator": {}, "connections": []}
+    )
+    # A connection to m0 changes its content (destinations), so m0 is derived again.
+    conn = {
+        "from": {"mediator": {"name": "webhook", "mediation": "m0", "destination": "d"}},
+        "to": [{"https": [{"url": "https://x"}]}],
+    }
+    cache.replace(
+        CONNECTIONS, None, [{"metadata": {"name": "c1", "namespace": "ns"}, "spec": {"connections": [conn]}}]
+    )
+    third = cache.desired("ns").triggers
+    assert third[ids[0]] is not second[ids[0]] and third[ids[0]].content["connections"] == [conn]
+    assert third[ids[2]] is first[ids[2]]
+    # Back to the first content: the same hash as at first, whatever was reused in between.
+    cache.replace(CONNECTIONS, None, [])
+    cache.apply(MEDIATORS, "MODIFIED", _mediator(copy.deepcopy(mediations)))
+    assert {k: t.content_hash for k, t in cache.desired("ns").triggers.items()} == {
+        k: t.content_hash for k, t in first.items()
+    }
