@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from shared import heap
 from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
 from shared.amqp.consumer import ConsumerMetrics
 from shared.dependencies import MONGODB, RABBITMQ, Probe
@@ -109,3 +111,12 @@ class Infra:
         runtime.add("rabbitmq", self.rabbitmq)
         # Metrics only (not vital): the depth of every queue of the topology, for the alert rules.
         runtime.add_task("queue-depths", self.queue_depths.run, vital=False)
+        if self.settings.gc_freeze_interval_s:
+            runtime.add_task(
+                "heap-settle",
+                functools.partial(
+                    heap.settle_periodically,
+                    self.settings.gc_freeze_interval_s,
+                    self.settings.gc_full_interval_s,
+                ),
+            )

@@ -31,6 +31,9 @@ class CommonSettings(BaseSettings):
     # A message waits unacked at most this long (an outage being held), then it is put back in its
     # queue: below RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
     consumer_hold_limit_s: float = Field(default=900.0, gt=0)
+    # The cyclic GC skips what has lived this long (shared/heap.py); 0 turns it off.
+    gc_freeze_interval_s: float = Field(default=10.0, ge=0)
+    gc_full_interval_s: float = Field(default=3600.0, ge=0)
     # One deadline for the whole shutdown, below the pods' terminationGracePeriodSeconds (30 s, k8s/).
     shutdown_timeout_s: float = Field(default=25.0, gt=0)
 

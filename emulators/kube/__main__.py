@@ -8,6 +8,8 @@ import logging
 import signal
 from pathlib import Path
 
+from emulators.heap import settling
+
 from .server import KubeEmulator
 
 logger = logging.getLogger("emulators.kube")
@@ -69,7 +71,8 @@ async def serve(args: argparse.Namespace) -> None:
         counts = {k: v for k, v in emulator.store.counts().items() if v}
         logger.info("kube emulator listening on %s (objects: %s)", emulator.url, counts)
         print(f"kube emulator listening on {emulator.url}", flush=True)
-        await stop.wait()
+        async with settling():
+            await stop.wait()
     finally:
         await emulator.stop()
 

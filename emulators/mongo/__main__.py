@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 
+from emulators.heap import settling
 from emulators.mongo.server import running
 
 
@@ -15,7 +16,7 @@ async def _serve(host: str, port: int, path: str | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(host, port, path) as url:
+    async with running(host, port, path) as url, settling():
         print(f"MONGODB_URL={url}", flush=True)
         await stop.wait()
 

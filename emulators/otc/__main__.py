@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from emulators.heap import settling
 from emulators.otc.app import build_app
 from emulators.otc.settings import OtcEmulatorSettings
 
@@ -69,7 +70,8 @@ async def serve(settings: OtcEmulatorSettings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        async with settling():
+            await stop.wait()
     finally:
         await runner.cleanup()
 
