@@ -12,8 +12,9 @@ machine's RabbitMQ in a fresh vhost). Phases, each measured on its own:
    (ideal 0);
 4. sustained: ``--workers`` closed loops, each changing one mediation's content and waiting until
    OTC's tool carries it, for ``--seconds``: changes/s, cluster-to-OTC;
-5. latency: changes issued at half that rate for ``--latency-seconds``, each timed from the PATCH's answer
-   until the tool in OTC carries the new content hash (one GET of that tool every ``--poll-ms``);
+5. latency (once the stack has settled again): changes issued at half that rate for
+   ``--latency-seconds``, each timed from the PATCH's answer until the tool in OTC carries the new
+   content hash (one GET of that tool every ``--poll-ms``);
 6. invariants: every trigger tool present exactly once with its last content, no dead letter,
    OTC tool writes per change.
 

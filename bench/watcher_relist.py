@@ -7,7 +7,8 @@ and MongoDB (MONGODB_URL, else ``emulators.mongo``), then:
 
 1. initial sync: LIST of the three types + publishing every instance and trigger (confirmed);
 2. unchanged re-list: LIST of the three types again + diff against the published state, timed
-   until the reconciler is idle, counting the change events it emits (must be 0).
+   until the reconciler is idle, counting the change events it emits (must be 0) and, on a tap
+   bound only from then on, the change events that reach the exchange (must be 0 too).
 
 Prints the figures as JSON (``make bench`` gathers them into bench/results.json).
 """
