@@ -19,6 +19,9 @@ machine's RabbitMQ in a fresh vhost). Phases, each measured on its own:
    OTC tool writes per change.
 
     .venv/bin/python -m bench.stack_scale [--namespaces 100] [--mediations 100] [--seconds 60]
+
+Services log at WARNING (their INFO lines would cost CPU the figures measure);
+``BENCH_WATCHER_LOG_LEVEL=INFO`` keeps the watcher's, to match ``latency_slowest`` against them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import statistics
@@ -264,7 +268,10 @@ async def run(
         logs=LOGS / "bench-stack-scale",
         extra_env={
             "otc-writer": {"OTC_RATE_LIMIT": "100000", "OTC_MAX_CONCURRENCY": "32", "LOG_LEVEL": "WARNING"},
-            "kabanero-watcher": {"SNAPSHOT_INTERVAL_S": "3600", "LOG_LEVEL": "WARNING"},
+            "kabanero-watcher": {
+                "SNAPSHOT_INTERVAL_S": "3600",
+                "LOG_LEVEL": os.environ.get("BENCH_WATCHER_LOG_LEVEL", "WARNING"),
+            },
             "broker-api": {"LOG_LEVEL": "WARNING"},
             "github-linker": {"LOG_LEVEL": "WARNING"},
         },
@@ -360,8 +367,13 @@ async def run(
             latencies: list[float] = []
             issued = 0
 
+            slowest: list[tuple[float, float, str]] = []
+
             async def one(ns: str, index: int) -> None:
-                latencies.append(await world.change_and_wait(ns, index, poll_s))
+                at = time.time()
+                took = await world.change_and_wait(ns, index, poll_s)
+                latencies.append(took)
+                slowest.append((took, at, f"{ns}/m{index}"))
 
             tasks = []
             t0 = time.monotonic()
@@ -371,6 +383,10 @@ async def run(
                 issued += 1
                 await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
             await asyncio.gather(*tasks)
+            out["latency_slowest"] = [  # to match against the services' logs
+                {"ms": round(took * 1000, 1), "at": f"{at:.3f}", "trigger": what}
+                for took, at, what in sorted(slowest, reverse=True)[:5]
+            ]
             out["latency_rate_per_s"] = round(rate, 2)
             out["latency_changes"] = len(latencies)
             out["latency_ms"] = {
