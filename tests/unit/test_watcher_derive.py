@@ -238,7 +238,9 @@ def test_mediators_are_triggers_only_where_a_kabanero_enables_events() -> None:
 def test_an_edit_of_one_mediation_re_derives_that_one_and_reuses_the_others() -> None:
     cache = ClusterCache("c", legacy_triggers="never")
     cache.replace(KABANEROS, None, [_cr({"version": "0.9.2"})])
-    mediations = [{"name": f"m{i}", "selector": {"urlPattern": f"p{i}"}, "sendTo": ["d"]} for i in range(3)]
+    mediations: list[dict[str, Any]] = [
+        {"name": f"m{i}", "selector": {"urlPattern": f"p{i}"}, "sendTo": ["d"]} for i in range(3)
+    ]
     cache.replace(MEDIATORS, None, [_mediator(copy.deepcopy(mediations))])
     cache.replace(CONNECTIONS, None, [])
     first = cache.desired("ns").triggers
