@@ -3,7 +3,7 @@
 A full (generation 2) collection walks every tracked object. What a service keeps for its whole
 life (imported modules, pydantic schemas, the watcher's cluster cache, the writer's projections)
 makes those walks long: measured in ``make bench`` at 10,000 triggers, 100-400 ms per full
-collection in each service, several per minute under load, and the cause of the end-to-end p99.
+collection in each service, several per minute under load, and most of the end-to-end p99.
 
 ``gc.freeze()`` moves every object alive now to a permanent generation the collector skips; objects
 freed by reference counting (almost everything here) are still freed at once. Only garbage *in
