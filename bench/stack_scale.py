@@ -364,16 +364,12 @@ async def run(
             # left in flight (their last changes' outcomes, the linker's follow-ups) is not its figure.
             await stack.quiet(timeout=TIMEOUT_S)
             rate = max(0.5, out["sustained_changes_per_s"] / 2)
-            latencies: list[float] = []
+            timed: list[tuple[float, float, str]] = []  # (seconds, wall-clock start, trigger)
             issued = 0
-
-            slowest: list[tuple[float, float, str]] = []
 
             async def one(ns: str, index: int) -> None:
                 at = time.time()
-                took = await world.change_and_wait(ns, index, poll_s)
-                latencies.append(took)
-                slowest.append((took, at, f"{ns}/m{index}"))
+                timed.append((await world.change_and_wait(ns, index, poll_s), at, f"{ns}/m{index}"))
 
             tasks = []
             t0 = time.monotonic()
@@ -383,9 +379,10 @@ async def run(
                 issued += 1
                 await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
             await asyncio.gather(*tasks)
+            latencies = [took for took, _, _ in timed]
             out["latency_slowest"] = [  # to match against the services' logs
                 {"ms": round(took * 1000, 1), "at": f"{at:.3f}", "trigger": what}
-                for took, at, what in sorted(slowest, reverse=True)[:5]
+                for took, at, what in sorted(timed, reverse=True)[:5]
             ]
             out["latency_rate_per_s"] = round(rate, 2)
             out["latency_changes"] = len(latencies)

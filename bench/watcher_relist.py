@@ -119,7 +119,13 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
                 diff_ms = session.last_reconcile_ms or 0.0
                 published_by_relist = session.emitter.published - before_changes
                 # The re-list requested a snapshot per instance; everything else must be nothing.
-                await asyncio.sleep(1.0)  # let the tap drain what the broker still delivers
+                # Each namespace's changes are published before its snapshot: once the tap holds
+                # every snapshot, it holds whatever else the re-list published.
+                await wait_until(
+                    lambda: sum(e.routing_key == "kabanero.snapshot" for e in tap.events) >= namespaces,
+                    timeout=30,
+                    what="the re-list's snapshots on the tap",
+                )
                 changes = [e for e in tap.events if e.routing_key != "kabanero.snapshot"]
         finally:
             await runtime.stop()

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import aio_pika
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from emulators.otc.platform import OtcPlatform
 from shared.amqp.topology import Topology, with_owned_instances
@@ -251,22 +252,32 @@ class Stack:
         finally:
             await conn.close()
 
-    async def held(self) -> dict[str, float]:
+    async def metric(
+        self, http: aiohttp.ClientSession, port: str, sample: str, **labels: str
+    ) -> float | None:
+        """The sum of one sample's values on a service's /metrics (those with ``labels``); None when
+        the service does not answer."""
+        try:
+            async with http.get(f"{self.url(port)}/metrics") as r:
+                text = await r.text()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    async def held(self, http: aiohttp.ClientSession) -> dict[str, float]:
         """Messages each running service has been delivered and not settled yet
         (``kotc_consumer_held``): a queue can be empty while a consumer still works on its prefetch."""
         out: dict[str, float] = {}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            for name, port in SERVICES.items():
-                if port not in self.ports or not any(n == name and p.poll() is None for n, p in self.procs):
-                    continue
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                    async with http.get(f"{self.url(port)}/metrics") as r:
-                        text = await r.text()
-                    out[name] = sum(
-                        float(line.rsplit(" ", 1)[1])
-                        for line in text.splitlines()
-                        if line.startswith("kotc_consumer_held{")
-                    )
+        for name, port in SERVICES.items():
+            if port in self.ports and any(n == name and p.poll() is None for n, p in self.procs):
+                value = await self.metric(http, port, "kotc_consumer_held")
+                if value is not None:
+                    out[name] = value
         return out
 
     async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> None:
@@ -274,14 +285,15 @@ class Stack:
         unsettled, on ``stable_polls`` polls in a row (the consumers have caught up, retries included)."""
         deadline = time.monotonic() + timeout
         calm = 0
-        while calm < stable_polls:
-            depths = await self.queue_depths()
-            busy = any(n for q, n in depths.items() if not q.endswith(".dead"))
-            held = {} if busy else await self.held()
-            calm = 0 if busy or any(held.values()) else calm + 1
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}, held: {held}")
-            await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while calm < stable_polls:
+                depths = await self.queue_depths()
+                busy = any(n for q, n in depths.items() if not q.endswith(".dead"))
+                held = {} if busy else await self.held(http)
+                calm = 0 if busy or any(held.values()) else calm + 1
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}, held: {held}")
+                await asyncio.sleep(0.2)
 
     def describe(self) -> dict[str, Any]:
         """Everything ``kabanero-otc`` needs to reach this stack (the run file; secrets of a dev stack)."""

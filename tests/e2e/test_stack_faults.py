@@ -234,13 +234,7 @@ class World:
 
     async def processed(self, service: str, queue: str) -> int:
         """Messages the service consumed from ``queue`` since it started (its /metrics)."""
-        async with self.http.get(f"{self.stack.url(service)}/metrics") as r:
-            text = await r.text()
-        return sum(
-            int(float(line.rsplit(" ", 1)[1]))
-            for line in text.splitlines()
-            if line.startswith("kotc_messages_total{") and f'queue="{queue}"' in line
-        )
+        return int(await self.stack.metric(self.http, service, "kotc_messages_total", queue=queue) or 0)
 
     # The cluster: mediations m* with one EventConnections entry each, whose URL carries the revision.
 

@@ -34,11 +34,3 @@ def test_settle_freezes_the_survivors_and_collect_frozen_frees_their_cycles() ->
     assert heap.collect_frozen() > 0
     assert gone() is None
     assert gc.get_freeze_count() > 0  # frozen again after the collection
-
-
-def test_objects_freed_by_reference_counting_do_not_wait_for_a_collection() -> None:
-    node = Node()
-    gone = weakref.ref(node)
-    heap.settle()
-    del node
-    assert gone() is None
