@@ -31,6 +31,10 @@ from shared.events import (
     ServiceEventData,
     ServiceParameters,
     SnapshotData,
+    TektonCardData,
+    TektonCardKey,
+    TektonInstallationData,
+    TektonSnapshotData,
     ToolCommand,
     TriggerData,
     TriggerKey,
@@ -64,17 +68,72 @@ SERVICE = ServiceEventData(
     toolchain_id="9b7e5a10-toolchain",
     revision=2,
 )
+CARD = TektonCardData(
+    key=TektonCardKey(cluster="default", namespace="kabanero", kind="Pipeline", name="java-build-deploy-pl"),
+    api_version="tekton.dev/v1beta1",
+    pipelines_version="v0.11.3",
+    triggers_version="v0.4.0",
+    dashboard_url="https://tekton-dashboard.apps.example/#/namespaces/kabanero/pipelineruns"
+    "?labelSelector=tekton.dev%2Fpipeline%3Djava-build-deploy-pl",
+    tasks=["build-push", "deploy"],
+    stack="java-microprofile",
+    content_hash="9c1e77a0",
+    revision=2,
+)
+
+
+def _tekton_model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
+    example: BaseModel
+    if key.startswith("tekton.card."):
+        example = CARD.model_copy(update={"deleted": key.endswith("deleted")})
+        return (
+            TektonCardData,
+            example,
+            "kabanero-watcher",
+            "one Tekton Pipeline or EventListener card appeared, changed or went",
+        )
+    if key == "tekton.snapshot":
+        example = TektonSnapshotData(
+            cluster="default", namespace="kabanero", cards=[CARD], revision=5, card_revisions={CARD.key.id: 2}
+        )
+        return TektonSnapshotData, example, "kabanero-watcher", "every Tekton card of one namespace"
+    example = TektonInstallationData(
+        cluster="default",
+        found=True,
+        reason="OpenShift Pipelines Config 'cluster' (installed)",
+        pipelines_version="v0.11.3",
+        triggers_version="v0.4.0",
+        controller_namespace="openshift-pipelines",
+        detected_by="config.operator.tekton.dev/cluster",
+        dashboard_url="https://tekton-dashboard.apps.example",
+        pipelines_api="tekton.dev/v1beta1",
+        eventlisteners_api="triggers.tekton.dev/v1alpha1",
+        cards={"kabanero": 5},
+        content_hash="2b7d10f3",
+        revision=3,
+    )
+    return (
+        TektonInstallationData,
+        example,
+        "kabanero-watcher",
+        "the cluster's Tekton installation (or why none)",
+    )
 
 
 def _model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
     """(data model, example, producer, what it means) of a routing key."""
     example: BaseModel
+    if key.startswith("tekton."):
+        return _tekton_model(key)
     if key.startswith("service."):
-        kind = "kabanero" if key.startswith("service.kabanero.") else "kabanero-events"
+        kind = key.split(".")[1]
         what = key.rsplit(".", 1)[1]
-        example = SERVICE.model_copy(
-            update={"kind": kind, "service_id": kind, "deleted": what == "deprovisioned"}
-        )
+        update: dict[str, Any] = {"kind": kind, "service_id": kind, "deleted": what == "deprovisioned"}
+        if kind == "tekton":
+            update["parameters"] = ServiceParameters(
+                cluster="default", namespaces=["kabanero"], label="default"
+            )
+        example = SERVICE.model_copy(update=update)
         return (
             ServiceEventData,
             example,
@@ -151,10 +210,12 @@ def _model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
 
 
 def routing_keys() -> list[str]:
-    keys = [f"service.{k}.{e}" for k in ("kabanero", "kabanero-events") for e in SERVICE_EVENTS]
+    keys = [f"service.{k}.{e}" for k in ("kabanero", "kabanero-events", "tekton") for e in SERVICE_EVENTS]
     keys += ["kabanero.instance.changed", "kabanero.instance.deleted"]
     keys += [f"kabanero.trigger.{e}" for e in ("created", "updated", "deleted")]
     keys += ["kabanero.snapshot", "kabanero.command.outcome"]
+    keys += ["tekton.installation.changed", *(f"tekton.card.{e}" for e in ("created", "updated", "deleted"))]
+    keys += ["tekton.snapshot"]
     return [*keys, "otc.tool.apply", "otc.tool.remove", "control.resync"]
 
 
@@ -197,7 +258,7 @@ def render() -> str:
         "1. Open http://127.0.0.1:15672 (guest/guest after `make run`) and pick the vhost (`kabanero-otc`,",
         "   top right).",
         "2. *Queues and Streams* → a queue (`otc-writer.events`, `otc-writer.commands`, `github-linker.events`,",
-        "   `broker-api.outcomes`, `kabanero-watcher.<cluster>.instances`,",
+        "   `broker-api.outcomes`, `broker-api.tekton`, `kabanero-watcher.<cluster>.instances`,",
         "   their `.retry.<N>s` delay queues and `.dead` dead-letter queues) → *Get messages*, Ack mode",
         '   "Nack message requeue true": the payload is the CloudEvent as JSON, readable as-is.',
         "3. Properties show `message_id` and `type`; headers of a retried or dead message say why:",
@@ -235,6 +296,9 @@ def render() -> str:
         TriggerData,
         SnapshotData,
         CommandOutcomeData,
+        TektonInstallationData,
+        TektonCardData,
+        TektonSnapshotData,
         ToolCommand,
         ResyncRequest,
         ResyncReply,

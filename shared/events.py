@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 TYPE_PREFIX = "io.kabanero.otc."
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_EVENT_ID_BYTES = 255  # the CloudEvent id is also the AMQP message_id, a shortstr
+TEKTON_SCOPE_PREFIX = "tekton:"
 
 
 def event_id(kind: str, key: str, revision: int) -> str:
@@ -48,6 +49,18 @@ def instance_scope(cluster: str, namespace: str) -> str:
     return f"{cluster}/{namespace}"
 
 
+def tekton_scope(cluster: str, namespace: str) -> str:
+    """The scope of the Tekton cards of one namespace: ``tekton:cluster/namespace``. The prefix keeps
+    it apart from the Kabanero instance of the same namespace in keys and stores."""
+    return f"{TEKTON_SCOPE_PREFIX}{cluster}/{namespace}"
+
+
+def tekton_cluster_scope(cluster: str) -> str:
+    """The scope of a Tekton service: every card scope of the cluster (``tekton:cluster``), filtered
+    by the service's ``namespaces``."""
+    return f"{TEKTON_SCOPE_PREFIX}{cluster}"
+
+
 def normalize_repository_url(url: str) -> str:
     """One spelling per repository (``Repository.url``): lower-case scheme and host, no query or
     fragment (nor a token in one), no ``.git``, no trailing ``/``. Text that is no URL (no
@@ -59,7 +72,7 @@ def normalize_repository_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 
 
-ServiceKind = Literal["kabanero", "kabanero-events"]
+ServiceKind = Literal["kabanero", "kabanero-events", "tekton"]
 ServiceEvent = Literal["provisioned", "updated", "bound", "unbound", "deprovisioned"]
 
 
@@ -76,6 +89,12 @@ class RoutingKeys:
     TRIGGER_UPDATED = "kabanero.trigger.updated"
     TRIGGER_DELETED = "kabanero.trigger.deleted"
     SNAPSHOT = "kabanero.snapshot"
+    # The Tekton family (docs/architecture.md, "The Tekton broker").
+    TEKTON_INSTALLATION = "tekton.installation.changed"
+    CARD_CREATED = "tekton.card.created"
+    CARD_UPDATED = "tekton.card.updated"
+    CARD_DELETED = "tekton.card.deleted"
+    TEKTON_SNAPSHOT = "tekton.snapshot"
     COMMAND_OUTCOME = "kabanero.command.outcome"
     TOOL_APPLY = "otc.tool.apply"
     TOOL_REMOVE = "otc.tool.remove"
@@ -127,10 +146,11 @@ class _Data(BaseModel):
 
 
 class ServiceParameters(_Data):
-    """Which Kabanero instance a service stands for (cluster + namespace [+ name])."""
+    """Which Kabanero instance a service stands for (cluster + namespace [+ name]); for a Tekton
+    service, which installation (cluster) and which of its namespaces (``namespaces``, None: all)."""
 
     cluster: str
-    namespace: str
+    namespace: str = ""
     name: str | None = None
     label: str = ""
     # Added (optional, schema_version stays 1): a Kabanero service's ``parameters.events``; None for
@@ -138,10 +158,16 @@ class ServiceParameters(_Data):
     events: Literal["auto", "manual"] | None = None
     # Added (optional): a Kabanero service that creates its Kabanero CR (``parameters.create``).
     create: bool = False
+    # Tekton services only: the namespaces whose cards are mirrored (None: every namespace).
+    namespaces: list[str] | None = None
 
     @property
     def scope(self) -> str:
         return instance_scope(self.cluster, self.namespace)
+
+    def mirrors(self, namespace: str) -> bool:
+        """Whether a Tekton service with these parameters mirrors the cards of ``namespace``."""
+        return self.namespaces is None or namespace in self.namespaces
 
 
 class ServiceEventData(_Data):
@@ -161,6 +187,13 @@ class ServiceEventData(_Data):
     # Added (optional, schema_version stays 1): with ``parameters.create``, the Kabanero spec the
     # watcher of ``parameters.cluster`` creates or applies (validated against the CRD by broker-api).
     instance_spec: dict[str, Any] | None = None
+
+    @property
+    def scope(self) -> str:
+        """What the service stands for: a Kabanero instance, or (Tekton) a cluster's installation."""
+        if self.kind == "tekton":
+            return tekton_cluster_scope(self.parameters.cluster)
+        return self.parameters.scope
 
 
 # --- kabanero-watcher: kabanero.* ---------------------------------------------------------------
@@ -306,6 +339,100 @@ class CommandOutcomeData(_Data):
     at: datetime = Field(description="when the watcher finished the command")
 
 
+# --- kabanero-watcher, Tekton family: tekton.* ------------------------------------------------
+
+TektonKind = Literal["Pipeline", "EventListener"]
+
+
+class TektonInstallationData(_Data):
+    """``tekton.installation.changed``: the Tekton installation the watcher of ``cluster`` found
+    (or why it found none), and what it mirrors. broker-api shows it on a Tekton service's page.
+
+    Detection follows Tekton's own tools (docs/design.md, "Tekton semantics"): the OpenShift
+    Pipelines ``Config`` ``cluster``, tektoncd/operator's ``TektonConfig``/``TektonPipeline``, the
+    ``pipelines-info`` ConfigMap, then the controller Deployment's labels."""
+
+    schema_version: Literal[1] = 1
+    cluster: str
+    found: bool = Field(description="False: no Tekton Pipelines installation in the cluster")
+    reason: str = Field(description="how it was detected, or why none was found")
+    pipelines_version: str | None = None
+    triggers_version: str | None = None
+    controller_namespace: str | None = None
+    detected_by: str | None = Field(default=None, description="the probe that found it")
+    dashboard_url: str | None = Field(default=None, description="Tekton Dashboard base URL (Route/Ingress)")
+    pipelines_api: str | None = Field(default=None, description="group/version Pipelines are read in")
+    eventlisteners_api: str | None = Field(
+        default=None, description="group/version EventListeners are read in"
+    )
+    cards: dict[str, int] = Field(default_factory=dict, description="namespace -> live cards")
+    last_change: str | None = Field(
+        default=None, description="the last card change, e.g. 'created ns/Pipeline/x'"
+    )
+    last_change_at: datetime | None = None
+    content_hash: str
+    revision: int = Field(ge=0)
+
+
+class TektonCardKey(_Data):
+    """Stable identity of one Tekton card: the object's cluster, namespace, kind and name."""
+
+    cluster: str
+    namespace: str
+    kind: TektonKind
+    name: str
+
+    @property
+    def id(self) -> str:
+        return f"{TEKTON_SCOPE_PREFIX}{self.cluster}/{self.namespace}/{self.kind}/{self.name}"
+
+
+class TektonCardData(_Data):
+    """``tekton.card.created|updated|deleted`` and the items of a ``tekton.snapshot``: what the
+    read-only card of one Pipeline or EventListener shows. Only these fields are content: a
+    status-only change or a new ``resourceVersion`` changes none of them."""
+
+    schema_version: Literal[1] = 1
+    key: TektonCardKey
+    api_version: str = Field(description="the group/version the object was read in")
+    pipelines_version: str | None = None
+    triggers_version: str | None = None
+    dashboard_url: str | None = Field(default=None, description="Tekton Dashboard deep link, if any")
+    external_url: str | None = Field(
+        default=None, description="EventListener: Route/Ingress URL of el-<name>"
+    )
+    tasks: list[str] = Field(default_factory=list, description="Pipeline: its task names, in order")
+    stack: str | None = Field(default=None, description="Pipeline: the Kabanero Stack that owns it")
+    triggers: list[str] = Field(default_factory=list, description="EventListener: 'name (interceptors)'")
+    content_hash: str
+    revision: int = Field(ge=0)
+    deleted: bool = False
+
+    @property
+    def scope(self) -> str:
+        return tekton_scope(self.key.cluster, self.key.namespace)
+
+
+class TektonSnapshotData(_Data):
+    """``tekton.snapshot``: every card of one namespace of a cluster, for level-triggered reconcile
+    (the Tekton counterpart of :class:`SnapshotData`)."""
+
+    schema_version: Literal[1] = 1
+    cluster: str
+    namespace: str
+    cards: list[TektonCardData] = Field(default_factory=list)
+    revision: int = Field(ge=0, description="snapshot sequence per namespace")
+    card_revisions: dict[str, int] = Field(
+        default_factory=dict,
+        description="TektonCardKey.id -> revision of the last tekton.card.* event published for every "
+        "card key of the namespace when the snapshot was taken, deleted keys included",
+    )
+
+    @property
+    def scope(self) -> str:
+        return tekton_scope(self.cluster, self.namespace)
+
+
 # --- github-linker -> otc-writer: otc.tool.* --------------------------------------------------
 
 
@@ -330,6 +457,8 @@ def event_scope(event: CloudEvent) -> str | None:
     """The instance a service, instance, trigger or snapshot event concerns (``parameters`` of a
     service event, ``instance`` of the others), read from the raw data before validation: the
     consumers' per-instance serialisation key. None when the data names no instance."""
+    if event.routing_key.startswith(("service.tekton.", "tekton.")):
+        return _tekton_scope(event)
     ref = (
         event.data.get("parameters")
         if event.routing_key.startswith("service.")
@@ -342,6 +471,21 @@ def event_scope(event: CloudEvent) -> str | None:
     ):
         return instance_scope(ref["cluster"], ref["namespace"])
     return None
+
+
+def _tekton_scope(event: CloudEvent) -> str | None:
+    """Tekton events: a service's cluster scope, a card's or snapshot's namespace scope."""
+    data = event.data
+    if event.routing_key.startswith("service."):
+        params = data.get("parameters")
+        cluster = params.get("cluster") if isinstance(params, dict) else None
+        return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
+    key = data.get("key")
+    ref: dict[str, Any] = key if isinstance(key, dict) else data
+    cluster, namespace = ref.get("cluster"), ref.get("namespace")
+    if isinstance(cluster, str) and isinstance(namespace, str):
+        return tekton_scope(cluster, namespace)
+    return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
 
 
 # --- kabanero-otc CLI -> kabanero-watcher: control.resync ---------------------------------------

@@ -30,11 +30,20 @@ EXCHANGE = "kabanero-otc.events"
 DEAD_EXCHANGE = "kabanero-otc.dead"
 
 QUEUES: dict[str, tuple[str, ...]] = {
-    "otc-writer.events": ("service.kabanero-events.*", "kabanero.trigger.*", "kabanero.snapshot"),
+    "otc-writer.events": (
+        "service.kabanero-events.*",
+        "kabanero.trigger.*",
+        "kabanero.snapshot",
+        "service.tekton.*",
+        "tekton.card.*",
+        "tekton.snapshot",
+    ),
     "otc-writer.commands": ("otc.tool.*",),
     "github-linker.events": ("service.kabanero.*", "kabanero.instance.*", "kabanero.snapshot"),
     # The watchers' outcomes of instance commands, for the services' dashboards (broker-api).
     "broker-api.outcomes": ("kabanero.command.outcome",),
+    # What the watchers found of each cluster's Tekton installation (the Tekton services' pages).
+    "broker-api.tekton": ("tekton.installation.changed",),
 }
 
 
