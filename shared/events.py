@@ -509,6 +509,10 @@ class ResyncReply(_Data):
     cluster: str
     holder: str = Field(description="lease holder identity of the answering watcher")
     snapshots: dict[str, int] = Field(default_factory=dict, description="namespace -> snapshot revision")
+    # Added (optional): the Tekton family's snapshots (tekton.snapshot), namespace -> revision.
+    tekton_snapshots: dict[str, int] = Field(
+        default_factory=dict, description="namespace -> tekton.snapshot revision"
+    )
 
 
 def service_instance_key(event: CloudEvent) -> str:

@@ -13,6 +13,7 @@ from kubernetes_asyncio import client
 from prometheus_client import Gauge
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
+from services.kabanero_watcher.families import make_families
 from services.kabanero_watcher.identity import ClusterIdentity
 from services.kabanero_watcher.kube import KubeClient
 from services.kabanero_watcher.lease import LeaseElector
@@ -112,7 +113,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         session = runtime.session
         if not runtime.leading or session is None:
             return True, "standby"
-        return session.synced, "synced" if session.synced else "initial sync pending"
+        pending = session.pending_families()
+        return not pending, f"initial sync pending: {', '.join(pending)}" if pending else "synced"
 
     def storage() -> tuple[bool, str]:
         session = runtime.session
@@ -209,7 +211,13 @@ async def _lead(
         while not elector.is_leader():
             await _wait_event(elector.changed, settings.lease_renew_s)
         emitter = Emitter(runtime.state, publish, is_leader=elector.is_leader, metrics=emit_metrics)
-        session = Session(settings=settings, api=runtime.kube.custom, emitter=emitter, metrics=watch_metrics)
+        session = Session(
+            settings=settings,
+            api=runtime.kube.custom,
+            emitter=emitter,
+            families=make_families(settings, emitter),
+            metrics=watch_metrics,
+        )
         runtime.session = session
         started = time.monotonic()
         log.info("leading: watching cluster", extra={"cluster": settings.cluster_name})

@@ -8,8 +8,6 @@ synchronously, so one reconcile pass sees one consistent cluster state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.kabanero_watcher.derive import (
@@ -24,26 +22,10 @@ from services.kabanero_watcher.derive import (
     derive_legacy_trigger,
     derive_mediation_triggers,
     events_enabled,
-    object_id,
 )
+from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResourceSpec:
-    """One watched resource type (kabanero.md §2, §3, §5, §7). ``group`` "" is the core API;
-    ``field_selector`` narrows the list/watch (only the ``gitops-map`` ConfigMaps)."""
-
-    group: str
-    version: str
-    plural: str
-    optional: bool
-    field_selector: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 KABANEROS = ResourceSpec("kabanero.io", "v1alpha2", "kabaneros", optional=False)
@@ -57,21 +39,12 @@ GITOPS_MAPS = ResourceSpec(
 )
 RESOURCES = (KABANEROS, STACKS, MEDIATORS, CONNECTIONS, GITOPS_MAPS)
 
-Key = tuple[str, str]  # (namespace, name)
-
-
-def _key(obj: Obj) -> Key | None:
-    try:
-        return object_id(obj)
-    except Malformed as exc:
-        log.warning("skipping object without namespace/name: %s", exc)
-        return None
-
-
 _SHAPE_ERRORS = (Malformed, TypeError, KeyError, AttributeError, ValueError)
 
 
-class ClusterCache:
+class ClusterCache(ObjectCache):
+    """The Kabanero family's objects, and what they mean per namespace (kabanero.md §2-§7)."""
+
     def __init__(
         self,
         cluster: str,
@@ -82,51 +55,12 @@ class ClusterCache:
         self.cluster = cluster
         self.legacy_triggers = legacy_triggers
         self.legacy_trigger_fields: LegacyTriggerFields = legacy_trigger_fields
-        self._objects: dict[str, dict[Key, dict[str, Any]]] = {r.name: {} for r in RESOURCES}
-        self.absent: set[str] = set()
+        super().__init__(RESOURCES)
         self._derived: dict[str, dict[str, dict[str, DesiredTrigger]]] = {}
         """namespace -> mediator name -> mediation name -> trigger derived last time."""
 
-    def namespaces(self) -> set[str]:
-        return {ns for objs in self._objects.values() for ns, _ in objs}
-
-    def count(self, resource: ResourceSpec) -> int:
-        return len(self._objects[resource.name])
-
-    def replace(self, resource: ResourceSpec, scope: str | None, items: Iterable[dict[str, Any]]) -> set[str]:
-        """Install a fresh list (of one namespace, or all when ``scope`` is None); returns touched namespaces."""
-        objs = self._objects[resource.name]
-        old = {k: v for k, v in objs.items() if scope is None or k[0] == scope}
-        new: dict[Key, dict[str, Any]] = {}
-        for item in items:
-            key = _key(item)
-            if key is not None:
-                new[key] = item
-        for k in old:
-            del objs[k]
-        objs.update(new)
-        self.absent.discard(resource.name)
-        return {k[0] for k in old.keys() | new.keys()}
-
-    def set_absent(self, resource: ResourceSpec, scope: str | None) -> set[str]:
-        touched = self.replace(resource, scope, ())
-        self.absent.add(resource.name)
-        return touched
-
-    def apply(self, resource: ResourceSpec, event_type: str, obj: dict[str, Any]) -> str | None:
-        """Apply one watch event; returns the namespace it concerns."""
-        key = _key(obj)
-        if key is None:
-            return None
-        if event_type == "DELETED":
-            self._objects[resource.name].pop(key, None)
-        else:
-            self._objects[resource.name][key] = obj
-        return key[0]
-
     def _in(self, resource: ResourceSpec, namespace: str) -> list[dict[str, Any]]:
-        objs = self._objects[resource.name]
-        return [objs[k] for k in sorted(k for k in objs if k[0] == namespace)]
+        return self.in_namespace(resource, namespace)
 
     def _legacy_enabled(self) -> bool:
         if self.legacy_triggers == "auto":

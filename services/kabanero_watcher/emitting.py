@@ -1,4 +1,4 @@
-"""Diff the derived state of a namespace against what was published, and publish the difference.
+"""The watcher's publishing engine, shared by every family: records first, then events, then done.
 
 Every event is recorded as pending first, then published (confirmed), then marked done, one at a
 time within a namespace (see :mod:`state`): a crash anywhere in between leaves a pending record
@@ -6,30 +6,28 @@ that the next reconcile re-publishes unchanged or supersedes with the next revis
 is lost and no revision is ever reused for other content. The session reconciles several
 namespaces at once: their keys are disjoint, so per key there is still one event in flight, in
 revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a re-published pending event
-carries the same id and revision, which consumers skip as a duplicate. The id is also the AMQP ``message_id``, at most 255 bytes: a longer one (long
-mediator and mediation names) becomes ``<kind>:sha256-<hash of key>:<revision>``, as deterministic.
+carries the same id and revision, which consumers skip as a duplicate. The id is also the AMQP
+``message_id``, at most 255 bytes: a longer one (long names) becomes
+``<kind>:sha256-<hash of key>:<revision>``, as deterministic.
+
+What differs per family (which records, which routing keys, what a snapshot holds) lives in the
+family (:mod:`kabanero_family`, :mod:`tekton_family`); :meth:`Emitter.diff_items` is the one
+created/updated/deleted diff both use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
-from services.kabanero_watcher.derive import Desired, DesiredInstance, DesiredTrigger
 from services.kabanero_watcher.state import PublishedState, Record, RecordKind
-from shared.events import (
-    CloudEvent,
-    InstanceRef,
-    RoutingKeys,
-    SnapshotData,
-    TriggerData,
-    event_id,
-    instance_scope,
-)
+from shared.events import CloudEvent, event_id
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class EmitMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published = Counter(
             "kotc_watcher_events_published_total",
-            "kabanero.* events published (confirmed)",
+            "kabanero.* and tekton.* events published (confirmed)",
             ["routing_key"],
             registry=registry,
         )
@@ -68,17 +66,17 @@ class Emitter:
         self.published = 0
         self._queue: list[tuple[str, Record, str]] = []
 
-    async def _emit(self, routing_key: str, record: Record, subject: str) -> None:
-        """Queue one event; ``_flush`` publishes the queue (the events of one namespace's diff).
+    def emit(self, routing_key: str, record: Record, subject: str) -> None:
+        """Queue one event; ``flush`` publishes the queue (the events of one namespace's diff).
 
         Reconciles of several namespaces and snapshots run at once on one emitter: the diff queues
-        its events without suspending (nothing between the first ``_emit`` and ``_flush`` awaits
-        I/O), and ``_flush`` takes the whole queue before its first await, so a batch is always the
+        its events without suspending (nothing between the first ``emit`` and ``flush`` awaits
+        I/O), and ``flush`` takes the whole queue before its first await, so a batch is always the
         events of one namespace.
         """
         self._queue.append((routing_key, record, subject))
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         """Pending records in one bulk write, every event published with the confirms in flight,
         then the done records in one more bulk write. A failed publish leaves its record pending
         (re-published unchanged by the next reconcile); the confirmed ones are recorded done."""
@@ -120,7 +118,7 @@ class Emitter:
                 extra={"event_id": event.id, "subject": subject, "revision": record.revision},
             )
 
-    def _record(
+    def record(
         self, kind: RecordKind, key: str, namespace: str, content_hash: str, revision: int, data: BaseModel
     ) -> Record:
         return Record(
@@ -133,129 +131,73 @@ class Emitter:
             data=data.model_dump(mode="json"),
         )
 
-    # --- instance ------------------------------------------------------------------------------
+    def discard(self) -> None:
+        """Forget what is queued: an error left it unpublished, the next reconcile publishes it."""
+        self._queue = []
 
-    def _instance_key(self, namespace: str) -> str:
-        return instance_scope(self.cluster, namespace)
-
-    async def _instance_changed(self, inst: DesiredInstance) -> None:
-        key = self._instance_key(inst.instance.namespace)
-        revision = self.state.next_revision("instance", key)
-        data = inst.model_copy(update={"revision": revision})
-        record = self._record("instance", key, inst.instance.namespace, inst.content_hash, revision, data)
-        await self._emit(RoutingKeys.INSTANCE_CHANGED, record, key)
-
-    async def _deleted(self, routing_key: str, previous: Record) -> None:
+    def deleted(self, routing_key: str, previous: Record) -> None:
+        """The tombstone of a published key: the next revision, ``deleted``, its last data."""
         revision = previous.revision + 1
         data = previous.data | {"revision": revision, "deleted": True}
         record = previous.model_copy(update={"revision": revision, "deleted": True, "data": data})
-        await self._emit(routing_key, record, previous.key)
+        self.emit(routing_key, record, previous.key)
 
-    # --- triggers ------------------------------------------------------------------------------
-
-    async def _trigger(self, routing_key: str, trig: DesiredTrigger, instance: InstanceRef) -> None:
-        key = trig.key.id
-        revision = self.state.next_revision("trigger", key)
-        data = trig.model_copy(update={"instance": instance, "revision": revision})
-        record = self._record("trigger", key, trig.key.namespace, trig.content_hash, revision, data)
-        await self._emit(routing_key, record, key)
-
-    # --- one namespace ---------------------------------------------------------------------------
-
-    async def _resolve_pending(self, desired: Desired) -> None:
-        """Re-publish, unchanged, each pending event the cluster still agrees with; the others are
-        superseded by the diff below (their record's content differs from the cluster's)."""
-        for prev in self.state.pending_in_namespace(desired.namespace):
-            want = desired.triggers.get(prev.key) if prev.kind == "trigger" else desired.instance
+    def resolve_pending(
+        self, namespace: str, kinds: frozenset[str], current: Callable[[Record], Hashed | None]
+    ) -> None:
+        """Re-publish, unchanged, each pending event the cluster still agrees with (``current``:
+        what the cluster derives now for the record's key); the others are superseded by the diff."""
+        for prev in self.state.pending_in_namespace(namespace, kinds):
+            want = current(prev)
             still = (
                 (want is None)
                 if prev.deleted
                 else (want is not None and want.content_hash == prev.content_hash)
             )
             if still and prev.routing_key:
-                await self._emit(prev.routing_key, prev, prev.key)
+                self.emit(prev.routing_key, prev, prev.key)
 
-    async def reconcile(self, desired: Desired) -> bool:
-        """Publish what differs; returns True when the instance just disappeared entirely."""
-        try:
-            return await self._reconcile(desired)
-        finally:
-            self._queue = []  # what an error left unpublished is published by the next reconcile
-
-    async def _reconcile(self, desired: Desired) -> bool:
-        ns = desired.namespace
-        await self._resolve_pending(desired)
-        was_live = self.state.live_in_namespace(ns)
-        inst_prev = self.state.get("instance", self._instance_key(ns))
-        await self._diff_instance(desired, inst_prev)
-        await self._diff_triggers(desired)
-        await self._diff_deleted_triggers(desired)
-        if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
-            await self._instance_gone(ns)
-        await self._flush()
-        return was_live and not self.state.live_in_namespace(ns)
-
-    async def _diff_instance(self, desired: Desired, prev: Record | None) -> None:
-        inst = desired.instance
-        if inst is not None and (prev is None or prev.deleted or prev.content_hash != inst.content_hash):
-            await self._instance_changed(inst)
-
-    async def _diff_triggers(self, desired: Desired) -> None:
-        """Created and updated triggers, in key order."""
-        instance_ref = InstanceRef(
-            cluster=self.cluster,
-            namespace=desired.namespace,
-            name=desired.instance.instance.name if desired.instance else None,
-        )
-        for key_id, trig in sorted(desired.triggers.items()):
-            prev = self.state.get("trigger", key_id)
+    def diff_items(
+        self,
+        kind: RecordKind,
+        namespace: str,
+        desired: Mapping[str, Hashed],
+        keys: ItemKeys,
+        stamp: Callable[[Hashed, int], BaseModel],
+        frozen: Callable[[Record], bool],
+    ) -> None:
+        """Created and updated items in key order (``stamp`` makes the event data of a revision),
+        then the published items the cluster no longer derives, unless their source is ``frozen``."""
+        for key_id, item in sorted(desired.items()):
+            prev = self.state.get(kind, key_id)
             if prev is None or prev.deleted:
-                await self._trigger(RoutingKeys.TRIGGER_CREATED, trig, instance_ref)
-            elif prev.content_hash != trig.content_hash:
-                await self._trigger(RoutingKeys.TRIGGER_UPDATED, trig, instance_ref)
+                routing_key = keys.created
+            elif prev.content_hash != item.content_hash:
+                routing_key = keys.updated
+            else:
+                continue
+            revision = self.state.next_revision(kind, key_id)
+            record = self.record(kind, key_id, namespace, item.content_hash, revision, stamp(item, revision))
+            self.emit(routing_key, record, key_id)
+        for prev in self.state.in_namespace(namespace, kind):
+            if not prev.deleted and prev.key not in desired and not frozen(prev):
+                self.deleted(keys.deleted, prev)
 
-    async def _diff_deleted_triggers(self, desired: Desired) -> None:
-        """Published triggers the cluster no longer derives, unless their source is frozen."""
-        for prev in self.state.in_namespace(desired.namespace, "trigger"):
-            if not prev.deleted and prev.key not in desired.triggers and not _frozen(prev, desired):
-                await self._deleted(RoutingKeys.TRIGGER_DELETED, prev)
 
-    async def _instance_gone(self, namespace: str) -> None:
-        current = self.state.get("instance", self._instance_key(namespace))
-        if current is not None and not current.deleted:
-            await self._deleted(RoutingKeys.INSTANCE_DELETED, current)
+class Hashed(Protocol):
+    """A derived item: its content hash decides "changed"."""
 
-    # --- snapshots -------------------------------------------------------------------------------
+    @property
+    def content_hash(self) -> str: ...
 
-    def snapshot_namespaces(self) -> list[str]:
-        return sorted(ns for ns in self.state.namespaces() if self.state.live_in_namespace(ns))
 
-    async def snapshot(self, namespace: str) -> None:
-        """The published state of one instance, for consumers that reconcile level-triggered.
+@dataclass(frozen=True)
+class ItemKeys:
+    """The routing keys of one item kind's created, updated and deleted events."""
 
-        It carries the revisions of the instance and trigger events it reflects, so a consumer can
-        tell that a snapshot processed late is older than events it has already applied.
-        """
-        inst = self.state.get("instance", self._instance_key(namespace))
-        live_inst = inst if inst is not None and not inst.deleted else None
-        records = self.state.in_namespace(namespace, "trigger")
-        triggers = [TriggerData.model_validate(r.data) for r in records if not r.deleted]
-        revision = self.state.next_revision("snapshot", self._instance_key(namespace))
-        data = SnapshotData(
-            instance=InstanceRef.model_validate(live_inst.data["instance"])
-            if live_inst
-            else InstanceRef(cluster=self.cluster, namespace=namespace),
-            exists=live_inst is not None,
-            version=live_inst.data.get("version") if live_inst else None,
-            repositories=live_inst.data.get("repositories", []) if live_inst else [],
-            triggers=triggers,
-            revision=revision,
-            instance_revision=inst.revision if inst is not None else 0,
-            trigger_revisions={r.key: r.revision for r in records},
-        )
-        record = self._record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
-        await self._emit(RoutingKeys.SNAPSHOT, record, record.key)
-        await self._flush()
+    created: str
+    updated: str
+    deleted: str
 
 
 def _pending(batch: list[tuple[str, Record, str]], done: list[Record]) -> list[Record]:
@@ -265,13 +207,3 @@ def _pending(batch: list[tuple[str, Record, str]], done: list[Record]) -> list[R
         for d, (_, r, _) in zip(done, batch, strict=True)
         if not r.pending
     ]
-
-
-def _frozen(prev: Record, desired: Desired) -> bool:
-    """Whether a published trigger's source object is malformed right now (kept as published)."""
-    generation, owner = prev.data["key"]["generation"], prev.data["key"]["owner"]
-    return (
-        (generation, owner) in desired.frozen_owners
-        or (generation == "mediation" and desired.all_mediations_frozen)
-        or (generation == "legacy" and desired.all_legacy_frozen)
-    )

@@ -92,7 +92,12 @@ class ResyncListener:
             return
         if not message.reply_to:
             return
-        reply = ResyncReply(cluster=self._cluster, holder=self._holder, snapshots=snapshots)
+        reply = ResyncReply(
+            cluster=self._cluster,
+            holder=self._holder,
+            snapshots=snapshots.get("kabanero", {}),
+            tekton_snapshots=snapshots.get("tekton", {}),
+        )
         body = CloudEvent.for_data("control.resync.reply", reply, source=f"/kabanero-watcher/{self._cluster}")
         try:
             await self._publisher.publish_message(

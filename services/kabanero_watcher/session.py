@@ -1,8 +1,10 @@
-"""One leadership term: fresh cache, watch loops, the reconciler and the snapshot timer.
+"""One leadership term: fresh caches, watch loops, one reconcile loop per family, snapshot timer.
 
 Each term starts from nothing in memory: the persisted published state is loaded, every watched
-type is listed, and only once all lists are in (optional CRDs may be absent) is the first diff
-made, so a type that has not been listed yet can never look like "everything was deleted".
+type is listed, and only once all lists of a family are in (optional CRDs may be absent) is that
+family's first diff made, so a type that has not been listed yet can never look like "everything
+was deleted". Families do not wait for each other: a cluster whose Kabanero CRD is missing still
+mirrors its Tekton installation.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from kubernetes_asyncio import client
 from pymongo.errors import PyMongoError
 
-from services.kabanero_watcher.cache import RESOURCES, ClusterCache
 from services.kabanero_watcher.emitting import Emitter
+from services.kabanero_watcher.family import Family
+from services.kabanero_watcher.resources import ResourceSpec
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import ResourceWatcher, WatchMetrics
 from shared.amqp import PublishError
 
 log = logging.getLogger(__name__)
+
+Resync = tuple[str | None, asyncio.Future[dict[str, int]]]
 
 
 class Session:
@@ -33,96 +38,78 @@ class Session:
         settings: Settings,
         api: client.CustomObjectsApi,
         emitter: Emitter,
+        families: Sequence[Family],
         metrics: WatchMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.emitter = emitter
         self.state: PublishedState = emitter.state
-        self.cache = ClusterCache(
-            settings.cluster_name,
-            legacy_triggers=settings.legacy_triggers,
-            legacy_trigger_fields=settings.legacy_trigger_fields,
-        )
-        scopes: list[str | None] = list(settings.watch_namespaces) or [None]
+        self.loops = [FamilyLoop(self, family) for family in families]
         self.watchers = [
             ResourceWatcher(
                 api=api,
                 resource=resource,
                 namespace=scope,
-                cache=self.cache,
+                cache=loop.family.cache,
                 settings=settings,
-                on_change=self._mark,
+                on_change=loop.mark,
                 on_relist=self.request_snapshot,
                 metrics=metrics,
             )
-            for resource in RESOURCES
-            for scope in scopes
+            for loop in self.loops
+            for resource in loop.family.cache.resources
+            for scope in self._scopes(resource)
         ]
-        self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
-        self._snapshot_due = False
-        self.synced = False
+        for loop in self.loops:
+            loop.watchers = [w for w in self.watchers if w.cache is loop.family.cache]
         # The last MongoDB error that left namespaces pending (None once a reconcile succeeded).
         self.storage_error: str | None = None
-        # Set while the reconciler waits with nothing to do (benchmarks and tests use it).
+        # Set while every reconcile loop waits with nothing to do (benchmarks and tests use it).
         self.idle = asyncio.Event()
-        self.last_reconcile_ms: float | None = None
-        # On-demand resyncs (``control.resync``): namespace filter (None = all) -> waiting caller.
-        self._resyncs: list[tuple[str | None, asyncio.Future[dict[str, int]]]] = []
 
-    # --- signals from watchers -----------------------------------------------------------------
+    def _scopes(self, resource: ResourceSpec) -> list[str | None]:
+        if resource.cluster_scoped:
+            return [None]
+        if resource.namespaces is not None:
+            return list(resource.namespaces)
+        return list(self.settings.watch_namespaces) or [None]
 
-    def _in_scope(self, namespace: str) -> bool:
+    def in_scope(self, namespace: str) -> bool:
         return not self.settings.watch_namespaces or namespace in self.settings.watch_namespaces
 
-    def _mark(self, namespaces: set[str]) -> None:
-        self._dirty |= {ns for ns in namespaces if self._in_scope(ns)}
-        self.idle.clear()
-        self._wake.set()
+    @property
+    def synced(self) -> bool:
+        return all(loop.synced for loop in self.loops)
+
+    @property
+    def last_reconcile_ms(self) -> float | None:
+        times = [loop.last_reconcile_ms for loop in self.loops if loop.last_reconcile_ms is not None]
+        return max(times) if times else None
+
+    def pending_families(self) -> list[str]:
+        return [loop.family.name for loop in self.loops if not loop.synced]
+
+    def _update_idle(self) -> None:
+        if all(loop.idle for loop in self.loops):
+            self.idle.set()
+        else:
+            self.idle.clear()
 
     def request_snapshot(self) -> None:
-        self._snapshot_due = True
-        self.idle.clear()
-        self._wake.set()
+        for loop in self.loops:
+            loop.request_snapshot()
 
-    async def resync(self, namespace: str | None = None) -> dict[str, int]:
-        """Fresh snapshots now (of one namespace, or all), taken by the reconcile loop after the
-        initial sync; returns namespace -> published snapshot revision."""
-        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-        self._resyncs.append((namespace, future))
-        self.idle.clear()
-        self._wake.set()
-        return await future
-
-    async def _answer_resyncs(self) -> None:
-        requests, self._resyncs = self._resyncs, []
-        namespaces = self._resync_targets(requests)
-        try:
-            await self._bounded([functools.partial(self.emitter.snapshot, ns) for ns in namespaces])
-        except BaseException:
-            self._resyncs = requests + self._resyncs  # answered after the retry
-            raise
-        for ns, future in requests:
-            if not future.done():
-                future.set_result(
-                    {n: self._snapshot_revision(n) for n in namespaces if ns is None or n == ns}
-                )
-
-    def _resync_targets(self, requests: list[tuple[str | None, asyncio.Future[dict[str, int]]]]) -> list[str]:
-        """The live namespaces in scope that the requests name (all of them if one asks for all)."""
-        live = {ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)}
-        wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
-        return sorted(live if not wanted else live & wanted)
-
-    def _snapshot_revision(self, namespace: str) -> int:
-        record = self.state.get("snapshot", f"{self.settings.cluster_name}/{namespace}")
-        return record.revision if record is not None else 0
+    async def resync(self, namespace: str | None = None) -> dict[str, dict[str, int]]:
+        """Fresh snapshots now (of one namespace, or all) from every family, taken by the reconcile
+        loops after their initial sync; returns family -> namespace -> snapshot revision."""
+        answers = await asyncio.gather(*(loop.resync(namespace) for loop in self.loops))
+        return {loop.family.name: answer for loop, answer in zip(self.loops, answers, strict=True)}
 
     # --- health ----------------------------------------------------------------------------------
 
     def oldest_activity_age(self) -> float:
         now = time.monotonic()
-        return max(now - w.last_alive for w in self.watchers)
+        return max((now - w.last_alive for w in self.watchers), default=0.0)
 
     # --- loops -----------------------------------------------------------------------------------
 
@@ -132,11 +119,12 @@ class Session:
             async with asyncio.TaskGroup() as tg:
                 for watcher in self.watchers:
                     tg.create_task(watcher.run(), name=f"watch:{watcher.name}")
-                tg.create_task(self._reconcile_loop(), name="reconcile")
+                for loop in self.loops:
+                    tg.create_task(loop.run(), name=f"reconcile:{loop.family.name}")
                 tg.create_task(self._snapshot_timer(), name="snapshot-timer")
         finally:
-            for _, future in self._resyncs:
-                future.cancel()  # the term ended: the caller's next leader answers a new request
+            for loop in self.loops:
+                loop.cancel_resyncs()  # the term ended: the caller's next leader answers a new request
 
     async def _load_state(self) -> None:
         """The published state, read again until MongoDB answers (a term that starts during an
@@ -156,76 +144,7 @@ class Session:
             await asyncio.sleep(self.settings.snapshot_interval_s)
             self.request_snapshot()
 
-    async def _reconcile_loop(self) -> None:
-        await asyncio.gather(*(w.synced.wait() for w in self.watchers))
-        # First diff: everything the cluster has, plus everything we once published (deletes).
-        self._dirty |= {ns for ns in self.cache.namespaces() | self.state.namespaces() if self._in_scope(ns)}
-        self._snapshot_due = True
-        while True:
-            self._wake.clear()
-            if not await self._pass():
-                await asyncio.sleep(self.settings.publish_retry_s)
-                continue
-            if not self._dirty and not self._snapshot_due and not self._resyncs:
-                self.idle.set()
-            await self._wake.wait()
-            self.idle.clear()
-
-    async def _pass(self) -> bool:
-        """One pass: dirty namespaces, then due snapshots, then resync requests. False after an
-        error: RabbitMQ or MongoDB unavailable leaves the namespaces pending (still dirty) to be
-        retried; it never ends the session (the watcher's error policy). /readyz says so."""
-        try:
-            await self.reconcile_dirty()
-            if self._snapshot_due:
-                await self._snapshots()
-                self._snapshot_due = False
-            if self._resyncs:
-                await self._answer_resyncs()
-        except (PublishError, PyMongoError) as exc:
-            self.storage_error = f"{type(exc).__name__}" if isinstance(exc, PyMongoError) else None
-            log.warning(
-                "reconcile failed; %d namespaces left pending, retrying: %s",
-                len(self._dirty),
-                _describe(exc),
-                extra={"error": type(exc).__name__},
-            )
-            return False
-        self.storage_error = None
-        if not self.synced:
-            self.synced = True
-            log.info("initial sync done", extra={"namespaces": len(self.state.namespaces())})
-        return True
-
-    async def reconcile_dirty(self) -> int:
-        """Diff every dirty namespace; on failure the namespace stays dirty. Returns events published.
-
-        Namespaces own disjoint keys, so up to ``publish_concurrency`` of them are reconciled at once;
-        a namespace is never in two batches at a time (marks made meanwhile wait for the next batch).
-        """
-        before = self.emitter.published
-        started = time.monotonic()
-        while self._dirty:
-            batch = sorted(self._dirty)
-            self._dirty.clear()
-            await self._bounded([functools.partial(self._reconcile_one, ns) for ns in batch])
-        self.last_reconcile_ms = (time.monotonic() - started) * 1000
-        return self.emitter.published - before
-
-    async def _reconcile_one(self, namespace: str) -> None:
-        try:
-            gone = await self.emitter.reconcile(self.cache.desired(namespace))
-            if gone:
-                await self.emitter.snapshot(namespace)
-        except BaseException:
-            self._dirty.add(namespace)
-            raise
-
-    async def _snapshots(self) -> None:
-        namespaces = [ns for ns in self.emitter.snapshot_namespaces() if self._in_scope(ns)]
-        await self._bounded([functools.partial(self.emitter.snapshot, ns) for ns in namespaces])
-
-    async def _bounded(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    async def bounded(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
         """Run every job, ``publish_concurrency`` at a time; one failing does not cancel the others
         (a cancelled publish could be confirmed yet unrecorded). Raises the first error after all ran,
         preferring anything over a retryable PublishError."""
@@ -239,6 +158,138 @@ class Session:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if not isinstance(e, PublishError)), errors[0])
+
+
+class FamilyLoop:
+    """The reconcile loop of one family: dirty namespaces, then due snapshots, then resyncs."""
+
+    def __init__(self, session: Session, family: Family) -> None:
+        self.session = session
+        self.family = family
+        self.watchers: list[ResourceWatcher] = []
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._snapshot_due = False
+        self.synced = False
+        self.idle = False
+        self.last_reconcile_ms: float | None = None
+        # On-demand resyncs (``control.resync``): namespace filter (None = all) -> waiting caller.
+        self._resyncs: list[Resync] = []
+
+    def _busy(self) -> None:
+        self.idle = False
+        self.session.idle.clear()
+        self._wake.set()
+
+    def mark(self, namespaces: set[str]) -> None:
+        marked = {ns for ns in namespaces if self.session.in_scope(ns)}
+        if marked:
+            self._dirty |= marked
+            self._busy()
+
+    def request_snapshot(self) -> None:
+        self._snapshot_due = True
+        self._busy()
+
+    async def resync(self, namespace: str | None) -> dict[str, int]:
+        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._resyncs.append((namespace, future))
+        self._busy()
+        return await future
+
+    def cancel_resyncs(self) -> None:
+        for _, future in self._resyncs:
+            future.cancel()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(w.synced.wait() for w in self.watchers))
+        # First diff: everything the cluster has, plus everything we once published (deletes).
+        self.mark(self.family.cache.namespaces() | self.family.published_namespaces())
+        self._snapshot_due = True
+        settings = self.session.settings
+        while True:
+            self._wake.clear()
+            if not await self._pass():
+                await asyncio.sleep(settings.publish_retry_s)
+                continue
+            if not self._dirty and not self._snapshot_due and not self._resyncs:
+                self.idle = True
+                self.session._update_idle()
+            await self._wake.wait()
+
+    async def _pass(self) -> bool:
+        """One pass. False after an error: RabbitMQ or MongoDB unavailable leaves the namespaces
+        pending (still dirty) to be retried; it never ends the session (the watcher's error
+        policy). /readyz says so."""
+        try:
+            self.mark(self.family.prepare())
+            await self.reconcile_dirty()
+            await self.family.after_pass()
+            if self._snapshot_due:
+                await self._snapshots()
+                self._snapshot_due = False
+            if self._resyncs:
+                await self._answer_resyncs()
+        except (PublishError, PyMongoError) as exc:
+            self.session.storage_error = f"{type(exc).__name__}" if isinstance(exc, PyMongoError) else None
+            log.warning(
+                "reconcile failed; %d namespaces left pending, retrying: %s",
+                len(self._dirty),
+                _describe(exc),
+                extra={"error": type(exc).__name__, "family": self.family.name},
+            )
+            return False
+        self.session.storage_error = None
+        if not self.synced:
+            self.synced = True
+            log.info(
+                "initial sync done",
+                extra={"family": self.family.name, "namespaces": len(self.family.published_namespaces())},
+            )
+        return True
+
+    async def reconcile_dirty(self) -> None:
+        """Diff every dirty namespace; on failure the namespace stays dirty.
+
+        Namespaces own disjoint keys, so up to ``publish_concurrency`` of them are reconciled at once;
+        a namespace is never in two batches at a time (marks made meanwhile wait for the next batch).
+        """
+        started = time.monotonic()
+        while self._dirty:
+            batch = sorted(self._dirty)
+            self._dirty.clear()
+            await self.session.bounded([functools.partial(self._reconcile_one, ns) for ns in batch])
+        self.last_reconcile_ms = (time.monotonic() - started) * 1000
+
+    async def _reconcile_one(self, namespace: str) -> None:
+        try:
+            if await self.family.reconcile(namespace):
+                await self.family.snapshot(namespace)
+        except BaseException:
+            self._dirty.add(namespace)
+            raise
+
+    def _live(self) -> list[str]:
+        return [ns for ns in self.family.snapshot_namespaces() if self.session.in_scope(ns)]
+
+    async def _snapshots(self) -> None:
+        await self.session.bounded([functools.partial(self.family.snapshot, ns) for ns in self._live()])
+
+    async def _answer_resyncs(self) -> None:
+        requests, self._resyncs = self._resyncs, []
+        live = set(self._live())
+        wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
+        namespaces = sorted(live if not wanted else live & wanted)
+        try:
+            await self.session.bounded([functools.partial(self.family.snapshot, ns) for ns in namespaces])
+        except BaseException:
+            self._resyncs = requests + self._resyncs  # answered after the retry
+            raise
+        for ns, future in requests:
+            if not future.done():
+                future.set_result(
+                    {n: self.family.snapshot_revision(n) for n in namespaces if ns is None or n == ns}
+                )
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,6 +25,17 @@ class Settings(CommonSettings):
     create_namespaces: bool = False
     # Comma-separated; empty = all namespaces (one cluster-wide watch per resource type).
     watch_namespaces: Annotated[tuple[str, ...], NoDecode] = ()
+    # The families this watcher mirrors: a Tekton-only install watches no Kabanero kind (and needs
+    # no RBAC for them).
+    watch_families: Annotated[tuple[Literal["kabanero", "tekton"], ...], NoDecode] = ("kabanero", "tekton")
+    # Where a Tekton installation's controllers, pipelines-info ConfigMap and dashboard may live
+    # (tkn's and the Tekton Dashboard's search list): watched whatever WATCH_NAMESPACES says.
+    tekton_install_namespaces: Annotated[tuple[str, ...], NoDecode] = (
+        "tekton-pipelines",
+        "openshift-pipelines",
+    )
+    # The Tekton Dashboard's base URL when no Route/Ingress shows it (e.g. behind a proxy); None: found.
+    tekton_dashboard_url: str | None = None
     # Where the API server is: KUBE_API_URL (plain http, e.g. the emulator) wins, then in-cluster
     # config (KUBERNETES_SERVICE_HOST set), then the KUBECONFIG file (default ~/.kube/config).
     kube_api_url: str | None = None
@@ -60,9 +71,16 @@ class Settings(CommonSettings):
     lease_renew_s: float = Field(default=5.0, gt=0)
     holder_identity: str = Field(default_factory=_default_identity)
 
-    @field_validator("watch_namespaces", mode="before")
+    @field_validator("watch_namespaces", "watch_families", "tekton_install_namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("watch_families")
+    @classmethod
+    def _some_family(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one family (kabanero, tekton)")
+        return tuple(dict.fromkeys(value))

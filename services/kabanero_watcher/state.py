@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 COLLECTION = "watch_published"
 LAYOUT_VERSION = 2
 
-RecordKind = Literal["instance", "trigger", "snapshot"]
+RecordKind = Literal["instance", "trigger", "snapshot", "installation", "card", "tekton-snapshot"]
 Ident = tuple[str, str]  # (kind, key)
+# A snapshot's record keeps only its revision; it is never pending work.
+SNAPSHOT_KINDS: frozenset[str] = frozenset({"snapshot", "tekton-snapshot"})
 
 
 class Record(BaseModel):
@@ -108,23 +110,27 @@ class PublishedState:
     def get(self, kind: RecordKind, key: str) -> Record | None:
         return self._records.get((kind, key))
 
-    def namespaces(self) -> set[str]:
-        return set(self._by_ns)
+    def namespaces(self, kinds: frozenset[str] | None = None) -> set[str]:
+        """Namespaces with records (of ``kinds`` only, when given)."""
+        if kinds is None:
+            return set(self._by_ns)
+        return {ns for ns, idents in self._by_ns.items() if any(i[0] in kinds for i in idents)}
 
     def in_namespace(self, namespace: str, kind: RecordKind) -> list[Record]:
         idents = sorted(i for i in self._by_ns.get(namespace, ()) if i[0] == kind)
         return [self._records[i] for i in idents]
 
-    def pending_in_namespace(self, namespace: str) -> list[Record]:
-        """Instance and trigger records whose event may not have been confirmed."""
+    def pending_in_namespace(self, namespace: str, kinds: frozenset[str]) -> list[Record]:
+        """Records of ``kinds`` whose event may not have been confirmed."""
         return [
             self._records[i]
             for i in sorted(self._by_ns.get(namespace, ()))
-            if i[0] != "snapshot" and self._records[i].pending
+            if i[0] in kinds and i[0] not in SNAPSHOT_KINDS and self._records[i].pending
         ]
 
-    def live_in_namespace(self, namespace: str) -> bool:
-        return any(not self._records[i].deleted for i in self._by_ns.get(namespace, ()) if i[0] != "snapshot")
+    def live_in_namespace(self, namespace: str, kinds: frozenset[str]) -> bool:
+        """Whether any record of ``kinds`` in the namespace stands for something that exists."""
+        return any(not self._records[i].deleted for i in self._by_ns.get(namespace, ()) if i[0] in kinds)
 
     def next_revision(self, kind: RecordKind, key: str) -> int:
         record = self.get(kind, key)
@@ -135,7 +141,7 @@ class PublishedState:
         one replace per namespace touched, in one ``bulk_write`` (a batch is one namespace's)."""
         by_ns: dict[str, dict[Ident, Record]] = {}
         for record in records:
-            stored = record.model_copy(update={"data": {}}) if record.kind == "snapshot" else record
+            stored = record.model_copy(update={"data": {}}) if record.kind in SNAPSHOT_KINDS else record
             by_ns.setdefault(stored.namespace, {})[(stored.kind, stored.key)] = stored
         if not by_ns:
             return

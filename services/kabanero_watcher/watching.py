@@ -29,7 +29,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
-from services.kabanero_watcher.cache import ClusterCache, ResourceSpec
+from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ResourceWatcher:
         api: client.CustomObjectsApi,
         resource: ResourceSpec,
         namespace: str | None,
-        cache: ClusterCache,
+        cache: ObjectCache,
         settings: Settings,
         on_change: Callable[[set[str]], None],
         on_relist: Callable[[], None],
@@ -103,6 +103,8 @@ class ResourceWatcher:
         self.name = resource.name + (f"@{namespace}" if namespace else "")
         self._backoff = _Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
         self._reason = "initial"  # why the next connection lists again ("resume": it does not)
+        # The (group, version) the cluster serves this kind in (resolved by discovery on each list).
+        self.served: tuple[str, str] = (resource.group, resource.version)
 
     def _alive(self) -> None:
         self.last_alive = time.monotonic()
@@ -113,21 +115,44 @@ class ResourceWatcher:
 
     def _list_fn(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         """The list function, its positional arguments and its selector keywords. Core types
-        (ConfigMaps) go through CoreV1Api; custom resources through CustomObjectsApi."""
+        (ConfigMaps) go through CoreV1Api; every type under ``/apis`` (custom resources, and
+        ``apps``/``networking.k8s.io`` kinds read as raw JSON) through CustomObjectsApi."""
         r = self.resource
+        group, version = self.served
         kwargs: dict[str, Any] = {"field_selector": r.field_selector} if r.field_selector else {}
-        if not r.group:
+        if r.label_selector:
+            kwargs["label_selector"] = r.label_selector
+        if not group:
             assert self._api_client is not None, "core types need a CustomObjectsApi with its ApiClient"
             core = client.CoreV1Api(self._api_client)
             if self.namespace is None:
                 return core.list_config_map_for_all_namespaces, (), kwargs
             return core.list_namespaced_config_map, (self.namespace,), kwargs
         if self.namespace is None:
-            return self.api.list_cluster_custom_object, (r.group, r.version, r.plural), kwargs
-        return self.api.list_namespaced_custom_object, (r.group, r.version, self.namespace, r.plural), kwargs
+            return self.api.list_cluster_custom_object, (group, version, r.plural), kwargs
+        return self.api.list_namespaced_custom_object, (group, version, self.namespace, r.plural), kwargs
+
+    async def _resolve(self) -> None:
+        """Which of the kind's (group, version) candidates the cluster serves: within the first
+        served group, its preferred version if it is a candidate, else the first candidate served.
+        None served is a 404, as for a missing CRD (Tekton not installed yet)."""
+        if not self.resource.alternatives or self._api_client is None:
+            return
+        typed = await client.ApisApi(self._api_client).get_api_versions(
+            _request_timeout=self.settings.kube_request_timeout_s
+        )
+        body = self._api_client.sanitize_for_serialization(typed)
+        groups = {g.get("name"): g for g in body.get("groups") or [] if isinstance(g, dict)}
+        chosen = choose_version(self.resource.candidates, groups)
+        if chosen is None:
+            raise ApiException(status=404, reason=f"no version of {self.resource.name} is served")
+        if chosen != self.served:
+            log.info("%s served as %s/%s", self.resource.name, *chosen, extra={"resource": self.name})
+        self.served = chosen
 
     async def relist(self, reason: str) -> None:
         """LIST, replace the cache's view, remember the collection RV."""
+        await self._resolve()
         fn, args, kwargs = self._list_fn()
         started = time.monotonic()
         body = await fn(*args, **kwargs, _request_timeout=self.settings.kube_request_timeout_s)
@@ -135,6 +160,7 @@ class ResourceWatcher:
             body = self._api_client.sanitize_for_serialization(body)  # a typed core list: to JSON
         items = body.get("items") or []
         touched = self.cache.replace(self.resource, self.namespace, items)
+        self.cache.served[self.resource.name] = "/".join(p for p in self.served if p)
         self.rv = body.get("metadata", {}).get("resourceVersion")
         self.lists += 1
         self._present = True
@@ -196,11 +222,11 @@ class ResourceWatcher:
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("unknown watch event type", extra={"resource": self.name, "type": kind})
             return
-        namespace = self.cache.apply(self.resource, kind, obj)
+        touched = self.cache.apply(self.resource, kind, obj)
         if isinstance(rv, str):
             self.rv = rv
-        if namespace is not None:
-            self._on_change({namespace})
+        if touched:
+            self._on_change(touched)
 
     async def run(self) -> None:
         """List, then watch from the last resourceVersion, forever: each kind of failure has its
@@ -240,6 +266,15 @@ class ResourceWatcher:
             log.warning("history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv})
             self._reason = "410"
         elif exc.status == 404 and self.resource.optional:
+            await self._on_not_found()
+        elif exc.status == 403 and self.resource.optional:
+            # Least privilege: a deployment may grant no access to a kind it does not use. Absent,
+            # as a missing CRD is; the log names the rule that would enable it.
+            log.warning(
+                "forbidden (403): grant get/list/watch on %s to read it; treating it as absent",
+                self.resource.name,
+                extra={"resource": self.name, "reason": exc.reason},
+            )
             await self._on_not_found()
         else:
             log.warning("watch failed: %s", exc.status, extra={"resource": self.name, "reason": exc.reason})
@@ -292,3 +327,23 @@ class ResourceWatcher:
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(left, 5.0))
             self._alive()
+
+
+def choose_version(
+    candidates: tuple[tuple[str, str], ...], groups: dict[Any, dict[str, Any]]
+) -> tuple[str, str] | None:
+    """The served (group, version) among ``candidates`` (see :meth:`ResourceWatcher._resolve`);
+    ``groups`` is discovery's ``/apis`` APIGroupList by group name."""
+    for group in dict.fromkeys(g for g, _ in candidates):
+        info = groups.get(group)
+        wanted = [v for g, v in candidates if g == group and v in _served_versions(info)]
+        if info is None or not wanted:
+            continue
+        preferred = (info.get("preferredVersion") or {}).get("version")
+        return group, preferred if preferred in wanted else wanted[0]
+    return None
+
+
+def _served_versions(info: dict[str, Any] | None) -> set[str]:
+    versions = (info or {}).get("versions") or []
+    return {str(v.get("version")) for v in versions if isinstance(v, dict)}

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from services.kabanero_watcher.cache import RESOURCES, ClusterCache, ResourceSpec
+from services.kabanero_watcher.cache import RESOURCES, ClusterCache
 from services.kabanero_watcher.derive import Malformed, check_mediator
+from services.kabanero_watcher.resources import ResourceSpec
 from tests.kabanero_fixtures import Case, cases, repositories_view
 
 _BY_KIND = {
