@@ -85,6 +85,7 @@ async def _run(mongodb_url: str, amqp_url: str, namespaces: int, mediations: int
             http_port=0,
             kube_api_url=kube.url,
             cluster_name="bench",
+            watch_families=("kabanero",),
             lease_namespace="default",
             lease_duration_s=15,
             lease_renew_s=2,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,13 +76,14 @@ class Emitter:
         """
         self._queue.append((routing_key, record, subject))
 
-    async def flush(self) -> None:
+    async def flush(self) -> list[tuple[str, str]]:
         """Pending records in one bulk write, every event published with the confirms in flight,
         then the done records in one more bulk write. A failed publish leaves its record pending
-        (re-published unchanged by the next reconcile); the confirmed ones are recorded done."""
+        (re-published unchanged by the next reconcile); the confirmed ones are recorded done.
+        Returns the (routing key, subject) of each event published."""
         batch, self._queue = self._queue, []
         if not batch:
-            return
+            return []
         if not self._is_leader():
             raise NotLeader("lease lost before publishing")
         events = [self._event(routing_key, record, subject) for routing_key, record, subject in batch]
@@ -92,8 +93,8 @@ class Emitter:
         confirmed = [i for i, res in enumerate(results) if not isinstance(res, BaseException)]
         await self.state.commit_many([done[i] for i in confirmed])
         self._count(batch, events, confirmed)
-        if len(confirmed) < len(results):
-            raise next(r for r in results if isinstance(r, BaseException))
+        _raise_first(results)
+        return [(batch[i][0], batch[i][2]) for i in confirmed]
 
     def _event(self, routing_key: str, record: Record, subject: str) -> CloudEvent:
         return CloudEvent(
@@ -198,6 +199,13 @@ class ItemKeys:
     created: str
     updated: str
     deleted: str
+
+
+def _raise_first(results: Sequence[object]) -> None:
+    """Raise the first failure of a batch's publishes (after the confirmed ones were recorded)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _pending(batch: list[tuple[str, Record, str]], done: list[Record]) -> list[Record]:

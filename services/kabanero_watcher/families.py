@@ -7,6 +7,7 @@ from services.kabanero_watcher.emitting import Emitter
 from services.kabanero_watcher.family import Family
 from services.kabanero_watcher.kabanero_family import KabaneroFamily
 from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.tekton_family import TektonCache, TektonFamily
 
 
 def make_families(settings: Settings, emitter: Emitter) -> list[Family]:
@@ -19,4 +20,6 @@ def make_families(settings: Settings, emitter: Emitter) -> list[Family]:
                 legacy_trigger_fields=settings.legacy_trigger_fields,
             )
             families.append(KabaneroFamily(cache, emitter))
+        elif name == "tekton":
+            families.append(TektonFamily(TektonCache(settings.cluster_name, settings), emitter))
     return families

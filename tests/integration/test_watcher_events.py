@@ -44,6 +44,7 @@ def watcher_settings(kube: KubeEmulator, amqp_url: str, mongodb_url: str, **over
         "lease_renew_s": 0.3,
         "shutdown_timeout_s": 3,
         "holder_identity": "watcher-a",
+        "watch_families": ("kabanero",),  # the Kabanero family's behaviours (Tekton: test_watcher_tekton)
     }
     values.update(overrides)
     return Settings(**values)
