@@ -264,7 +264,7 @@ def route_url(route: Obj) -> str | None:
     host = _text(spec.get("host"))
     if host is None:
         return None
-    scheme = "https" if spec.get("tls") else "http"
+    scheme = "https" if isinstance(spec.get("tls"), dict) else "http"
     return f"{scheme}://{host}{_text(spec.get('path')) or ''}".rstrip("/")
 
 
