@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -13,16 +14,21 @@ from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
 from services.broker_api.dashboard import dashboard_route
 from services.broker_api.http import BrokerApi, make_app, utc_now
+from services.broker_api.latest import LatestStore
 from services.broker_api.models import InstanceRecord
 from services.broker_api.outbox import EventSink, Outbox
 from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
-from services.broker_api.outcomes import OutcomeConsumer, OutcomeStore
+from services.broker_api.outcomes import OutcomeStore
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
+from services.broker_api.tekton_installations import QUEUE as TEKTON_QUEUE
+from services.broker_api.tekton_installations import InstallationStore, cluster_of
+from services.broker_api.tekton_page import ROUTE as TEKTON_ROUTE
+from services.broker_api.tekton_page import tekton_route
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
-from shared.events import service_instance_key
+from shared.events import CloudEvent, service_instance_key
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -73,10 +79,11 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
     deps = deps or Deps()
     health = Health()
     # The watchers' owned-instance queues too, so events for a cluster whose watcher has never run
-    # wait for it (docs/design.md, "A Kabanero service that creates its instance").
-    infra = Infra(
-        settings, name=NAME, health=health, topology=Topology(queues=with_owned_instances(settings.clusters))
-    )
+    # wait for it (docs/design.md, "A Kabanero service that creates its instance"); only Kabanero
+    # services create instances, so a deployment without the Kabanero broker declares none.
+    kabanero = settings.serves("kabanero-broker")
+    owned = with_owned_instances(settings.clusters if kabanero else ())
+    infra = Infra(settings, name=NAME, health=health, topology=Topology(queues=owned))
     store = InstanceStore(infra.db, source=f"/{NAME}")
     sink: EventSink = infra.publisher
     if deps.wrap_sink is not None:
@@ -97,26 +104,41 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
-    # The services' dashboards: the watchers' outcomes, consumed into broker-api's own collection.
-    outcomes = OutcomeStore(infra.db)
-    outcome_consumer = Consumer(
-        infra.amqp,
-        infra.publisher,
-        OUTCOMES_QUEUE,
-        OutcomeConsumer(outcomes).handle,
-        metrics=infra.consumer_metrics,
-        topology=infra.topology,
-        key_of=service_instance_key,
-        probes=infra.probes(),
-    )
+    # The services' pages, fed by what the watchers report, consumed into broker-api's own
+    # collections: a Kabanero service's outcomes, a Tekton service's installation.
+    consumers: dict[str, Consumer] = {}
 
-    def landing(rec: InstanceRecord) -> str:
-        return api.policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
+    def consumer(
+        task: str, queue: str, store_: LatestStore[Any], key_of: Callable[[CloudEvent], str]
+    ) -> None:
+        consumers[task] = Consumer(
+            infra.amqp,
+            infra.publisher,
+            queue,
+            store_.handle,
+            metrics=infra.consumer_metrics,
+            topology=infra.topology,
+            key_of=key_of,
+            probes=infra.probes(),
+        )
 
-    app.router.add_get(
-        DASHBOARD_ROUTE,
-        dashboard_route(api.policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing),
-    )
+    if kabanero:
+        outcomes = OutcomeStore(infra.db)
+        consumer("outcomes-consumer", OUTCOMES_QUEUE, outcomes, service_instance_key)
+
+        def landing(rec: InstanceRecord) -> str:
+            return api.policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
+
+        app.router.add_get(
+            DASHBOARD_ROUTE,
+            dashboard_route(api.policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing),
+        )
+    if settings.serves("tekton-broker"):
+        installations = InstallationStore(infra.db)
+        consumer("tekton-consumer", TEKTON_QUEUE, installations, cluster_of)
+        app.router.add_get(
+            TEKTON_ROUTE, tekton_route(api.policy.links, lambda sid: store.get("tekton", sid), installations)
+        )
     limits = ServerLimits(
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
@@ -155,7 +177,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
 
     health.add_liveness("outbox-drainer", drainer_alive)
     infra.attach(runtime)
-    runtime.add_task("outcomes-consumer", outcome_consumer.run)
+    for task, c in consumers.items():
+        runtime.add_task(task, c.run)
     runtime.add("http", lambda: http)
     return runtime
 
