@@ -3,7 +3,7 @@
 Every broker runs the same code (the routes of ``http.MUTATIONS``, the pure functions of
 ``instances``, the store and its outbox); a kind's rules only say which parameters apply to its
 services, which are refused, how their label reads and where their ``dashboard_url`` points
-(docs/architecture.md §3 and §10, docs/design.md "The Tekton broker").
+(docs/architecture.md §3, docs/design.md "The Tekton broker").
 """
 
 from __future__ import annotations

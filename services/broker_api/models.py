@@ -37,7 +37,7 @@ InstanceSpec = Annotated[
     dict[str, Any] | None,
     WithJsonSchema({"anyOf": [spec_schema(), {"type": "null"}], "default": None}),
 ]
-# context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3/§10;
+# context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3;
 # each kind's parameter rules are services.broker_api.kinds.RULES
 BROKERS: dict[str, ServiceKind] = {
     "kabanero-broker": "kabanero",
