@@ -6,29 +6,17 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 
 from services.broker_api.crypto import CredentialsCipher
-from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
-from services.broker_api.dashboard import dashboard_route
 from services.broker_api.http import BrokerApi, make_app, utc_now
-from services.broker_api.latest import LatestStore
-from services.broker_api.models import InstanceRecord
 from services.broker_api.outbox import EventSink, Outbox
-from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
-from services.broker_api.outcomes import OutcomeStore
+from services.broker_api.pages import add_pages
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
-from services.broker_api.tekton_installations import QUEUE as TEKTON_QUEUE
-from services.broker_api.tekton_installations import InstallationStore, cluster_of
-from services.broker_api.tekton_page import ROUTE as TEKTON_ROUTE
-from services.broker_api.tekton_page import tekton_route
-from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
-from shared.events import CloudEvent, service_instance_key
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -104,41 +92,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
-    # The services' pages, fed by what the watchers report, consumed into broker-api's own
-    # collections: a Kabanero service's outcomes, a Tekton service's installation.
-    consumers: dict[str, Consumer] = {}
-
-    def consumer(
-        task: str, queue: str, store_: LatestStore[Any], key_of: Callable[[CloudEvent], str]
-    ) -> None:
-        consumers[task] = Consumer(
-            infra.amqp,
-            infra.publisher,
-            queue,
-            store_.handle,
-            metrics=infra.consumer_metrics,
-            topology=infra.topology,
-            key_of=key_of,
-            probes=infra.probes(),
-        )
-
-    if kabanero:
-        outcomes = OutcomeStore(infra.db)
-        consumer("outcomes-consumer", OUTCOMES_QUEUE, outcomes, service_instance_key)
-
-        def landing(rec: InstanceRecord) -> str:
-            return api.policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
-
-        app.router.add_get(
-            DASHBOARD_ROUTE,
-            dashboard_route(api.policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing),
-        )
-    if settings.serves("tekton-broker"):
-        installations = InstallationStore(infra.db)
-        consumer("tekton-consumer", TEKTON_QUEUE, installations, cluster_of)
-        app.router.add_get(
-            TEKTON_ROUTE, tekton_route(api.policy.links, lambda sid: store.get("tekton", sid), installations)
-        )
+    # The services' pages, fed by what the watchers report (services.broker_api.pages).
+    consumers = add_pages(app, settings, infra=infra, policy=api.policy, store=store)
     limits = ServerLimits(
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
