@@ -105,6 +105,13 @@ class ParametersIn(_Request):
         "list is refused (it would mirror nothing)",
     )
 
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _some_namespaces(cls, v: object) -> object:
+        if v == []:  # before pydantic's own "at least 1 item": say what to send instead
+            raise ValueError("must name at least one namespace (omit it, or null, for every namespace)")
+        return v
+
 
 class ProvisionRequest(_Request):
     """Body of ``PUT /service_instances/{sid}`` (create or update)."""

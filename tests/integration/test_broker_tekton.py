@@ -133,7 +133,11 @@ def _put(params: Any) -> dict[str, Any]:
 BAD: list[tuple[str, Any, str]] = [
     ("PUT", _put({"cluster": "elsewhere"}), "'parameters.cluster' is not a configured cluster"),
     ("PUT", _put({"cluster": ""}), "'parameters.cluster'"),
-    ("PUT", _put({"namespaces": []}), "'parameters.namespaces'"),
+    (
+        "PUT",
+        _put({"namespaces": []}),
+        "'parameters.namespaces' Value error, must name at least one namespace",
+    ),
     ("PUT", _put({"namespaces": "team-a"}), "'parameters.namespaces'"),
     ("PUT", _put({"namespaces": ["Bad_NS"]}), "'parameters.namespaces.0'"),
     ("PUT", _put({"namespaces": ["ok", "x" * 64]}), "'parameters.namespaces.1'"),
