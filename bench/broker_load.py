@@ -1,6 +1,6 @@
 """Bounded load on broker-api: provision + bind pairs against an in-process service on loopback.
 
-``python -m bench.broker_load [--requests 2000] [--concurrency 32]``: starts ``emulators.mongo``
+``python -m bench.broker_load [--requests 2000] [--concurrency 32] [--broker tekton-broker]``: starts ``emulators.mongo``
 (unless MONGODB_URL is set) and uses the machine's RabbitMQ (AMQP_URL) in a throw-away vhost,
 then measures requests/s and p50/p99 latency of PUT service_instances and PUT toolchains.
 Prints the figures as JSON (``make bench`` gathers them into bench/results.json).
@@ -37,7 +37,16 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
 
 
-async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int) -> dict[str, Any]:
+# What a provision sends, per broker (the Tekton one with a namespace filter: its longest path).
+PROVISION: dict[str, dict[str, Any]] = {
+    "kabanero-broker": {"service_id": "kabanero", "parameters": {}},
+    "tekton-broker": {"service_id": "tekton", "parameters": {"namespaces": ["team-b", "team-a"]}},
+}
+
+
+async def _run(
+    mongodb_url: str, amqp_url: str, requests: int, concurrency: int, broker: str = "kabanero-broker"
+) -> dict[str, Any]:
     settings = Settings(
         broker_id="bench",
         broker_secret="bench-secret",  # type: ignore[arg-type]
@@ -58,7 +67,8 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         build(settings) as rt,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
     ):
-        base = f"{rt.url}/kabanero-broker/api/v1/service_instances"
+        base = f"{rt.url}/{broker}/api/v1/service_instances"
+        provision = PROVISION[broker]
 
         async def timed(kind: str, url: str, body: dict[str, Any]) -> None:
             nonlocal errors
@@ -73,7 +83,7 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
             while not queue.empty():
                 i = queue.get_nowait()
                 sid = f"bench-{i}"
-                await timed("provision", f"{base}/{sid}", {"service_id": "kabanero", "parameters": {}})
+                await timed("provision", f"{base}/{sid}", provision)
                 await timed("bind", f"{base}/{sid}/toolchains/tc-{i}", {"toolchain_credentials": "c"})
 
         started = time.perf_counter()
@@ -83,7 +93,7 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         counted = 20
         ops = COUNTER.snapshot()
         for i in range(counted):
-            await timed("counted", f"{base}/count-{i}", {"service_id": "kabanero", "parameters": {}})
+            await timed("counted", f"{base}/count-{i}", provision)
         provision_ops = since(ops)
         ops = COUNTER.snapshot()
         for i in range(counted):
@@ -91,6 +101,7 @@ async def _run(mongodb_url: str, amqp_url: str, requests: int, concurrency: int)
         bind_ops = since(ops)
     every = latencies["provision"] + latencies["bind"]
     return {
+        "broker": broker,
         "requests": len(every),
         "concurrency": concurrency,
         "errors": errors,
@@ -111,9 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--broker", choices=sorted(PROVISION), default="kabanero-broker")
     args = parser.parse_args()
     with bench_infra("bench_broker") as infra:
-        result = asyncio.run(_run(infra.mongodb_url, infra.amqp_url, args.requests, args.concurrency))
+        result = asyncio.run(
+            _run(infra.mongodb_url, infra.amqp_url, args.requests, args.concurrency, args.broker)
+        )
     print(json.dumps(result))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -313,9 +314,11 @@ class Doctor:
     async def broker(self) -> None:
         c = self.config
         base = c.services["broker-api"][0]
-        url = f"{base}/kabanero-broker/api/v1/service_instances/kotc-doctor-probe"
         async with aiohttp.ClientSession() as session:
             try:
+                url = (
+                    f"{base}/{await _served_broker(session, base)}/api/v1/service_instances/kotc-doctor-probe"
+                )
                 async with session.patch(url, json={}, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     anonymous = resp.status
                 auth = aiohttp.BasicAuth(c.get("BROKER_ID") or "", c.get("BROKER_SECRET") or "")
@@ -355,6 +358,27 @@ class Doctor:
         await self.kubernetes()
         await self.otc()
         await self.broker()
+
+
+BROKER_NAME = re.compile(r"[a-z][a-z-]{0,62}")
+
+
+async def _served_broker(session: aiohttp.ClientSession, base: str) -> str:
+    """The first broker the deployment serves (its ``/status`` says which: a Tekton-only install
+    has no ``kabanero-broker``); ``kabanero-broker`` when ``/status`` does not say."""
+    async with session.get(f"{base}/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        try:
+            brokers = (await resp.json(content_type=None)).get("brokers")
+        except (ValueError, AttributeError):
+            brokers = None
+    if (
+        isinstance(brokers, list)
+        and brokers
+        and isinstance(brokers[0], str)
+        and BROKER_NAME.fullmatch(brokers[0])
+    ):
+        return brokers[0]
+    return "kabanero-broker"
 
 
 async def run(config: Config) -> Report:

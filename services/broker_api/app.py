@@ -10,19 +10,13 @@ from datetime import datetime
 from aiohttp import web
 
 from services.broker_api.crypto import CredentialsCipher
-from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
-from services.broker_api.dashboard import dashboard_route
 from services.broker_api.http import BrokerApi, make_app, utc_now
-from services.broker_api.models import InstanceRecord
 from services.broker_api.outbox import EventSink, Outbox
-from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
-from services.broker_api.outcomes import OutcomeConsumer, OutcomeStore
+from services.broker_api.pages import add_pages
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
-from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
-from shared.events import service_instance_key
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -73,10 +67,11 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
     deps = deps or Deps()
     health = Health()
     # The watchers' owned-instance queues too, so events for a cluster whose watcher has never run
-    # wait for it (docs/design.md, "A Kabanero service that creates its instance").
-    infra = Infra(
-        settings, name=NAME, health=health, topology=Topology(queues=with_owned_instances(settings.clusters))
-    )
+    # wait for it (docs/design.md, "A Kabanero service that creates its instance"); only Kabanero
+    # services create instances, so a deployment without the Kabanero broker declares none.
+    kabanero = settings.serves("kabanero-broker")
+    owned = with_owned_instances(settings.clusters if kabanero else ())
+    infra = Infra(settings, name=NAME, health=health, topology=Topology(queues=owned))
     store = InstanceStore(infra.db, source=f"/{NAME}")
     sink: EventSink = infra.publisher
     if deps.wrap_sink is not None:
@@ -97,26 +92,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         clock=deps.clock or utc_now,
     )
     app = make_app(api, health, settings)
-    # The services' dashboards: the watchers' outcomes, consumed into broker-api's own collection.
-    outcomes = OutcomeStore(infra.db)
-    outcome_consumer = Consumer(
-        infra.amqp,
-        infra.publisher,
-        OUTCOMES_QUEUE,
-        OutcomeConsumer(outcomes).handle,
-        metrics=infra.consumer_metrics,
-        topology=infra.topology,
-        key_of=service_instance_key,
-        probes=infra.probes(),
-    )
-
-    def landing(rec: InstanceRecord) -> str:
-        return api.policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
-
-    app.router.add_get(
-        DASHBOARD_ROUTE,
-        dashboard_route(api.policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing),
-    )
+    # The services' pages, fed by what the watchers report (services.broker_api.pages).
+    consumers = add_pages(app, settings, infra=infra, policy=api.policy, store=store)
     limits = ServerLimits(
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
@@ -155,7 +132,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
 
     health.add_liveness("outbox-drainer", drainer_alive)
     infra.attach(runtime)
-    runtime.add_task("outcomes-consumer", outcome_consumer.run)
+    for task, c in consumers.items():
+        runtime.add_task(task, c.run)
     runtime.add("http", lambda: http)
     return runtime
 

@@ -38,7 +38,9 @@ from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind
 log = logging.getLogger(__name__)
 
 ROUTE = "/dashboard/{sid}/{token}"
-KIND = "kabanero"  # only Kabanero services create their instance
+KIND: ServiceKind = "kabanero"  # only Kabanero services create their instance
+PAGES: dict[ServiceKind, str] = {"kabanero": "/dashboard", "tekton": "/dashboard/tekton"}
+"""Where each kind's pages are (a Tekton service's: services.broker_api.tekton_page)."""
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -61,15 +63,18 @@ class DashboardLinks:
     def enabled(self) -> bool:
         return self._base is not None
 
-    def token(self, sid: str) -> str:
-        mac = hmac.new(self._key, f"{KIND}:{sid}".encode(), hashlib.sha256).digest()[:16]
+    def token(self, sid: str, kind: ServiceKind = KIND) -> str:
+        """Per kind and sid: one kind's token opens nothing of another (sids are per kind)."""
+        mac = hmac.new(self._key, f"{kind}:{sid}".encode(), hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
-    def valid(self, sid: str, token: str) -> bool:
-        return hmac.compare_digest(self.token(sid).encode(), token.encode())
+    def valid(self, sid: str, token: str, kind: ServiceKind = KIND) -> bool:
+        return hmac.compare_digest(self.token(sid, kind).encode(), token.encode())
 
-    def url(self, sid: str) -> str | None:
-        return f"{self._base}/dashboard/{sid}/{self.token(sid)}" if self._base else None
+    def url(self, sid: str, kind: ServiceKind = KIND) -> str | None:
+        if self._base is None or kind not in PAGES:
+            return None
+        return f"{self._base}{PAGES[kind]}/{sid}/{self.token(sid, kind)}"
 
 
 class InstanceName(BaseModel):
@@ -149,22 +154,42 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+Present = Callable[[InstanceRecord], Awaitable[tuple[BaseModel, str]]]
+"""A page's content for a record: the JSON view and the HTML showing the same."""
+
+
+def page_route(
+    links: DashboardLinks,
+    kind: ServiceKind,
+    record: Callable[[str], Awaitable[InstanceRecord | None]],
+    present: Present,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET <page>/{sid}/{token}`` of one kind: 404 for a malformed or unknown sid and a wrong
+    token alike; JSON or HTML as the client asks."""
+
+    async def handler(request: web.Request) -> web.Response:
+        sid, token = request.match_info["sid"], request.match_info["token"]
+        rec = await record(sid) if ID_RE.fullmatch(sid) and links.valid(sid, token, kind) else None
+        if rec is None:
+            raise NotFound("no such dashboard")
+        v, page = await present(rec)
+        if wants_json(request):
+            return web.json_response(v.model_dump(mode="json"), headers=HEADERS)
+        return web.Response(text=page, content_type="text/html", headers=HEADERS)
+
+    return handler
+
+
 def dashboard_route(
     links: DashboardLinks,
     record: Callable[[str], Awaitable[InstanceRecord | None]],
     outcomes: OutcomeStore,
     landing: Callable[[InstanceRecord], str],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``GET /dashboard/{sid}/{token}``: 404 for a malformed or unknown sid and a wrong token alike."""
+    """``GET /dashboard/{sid}/{token}``: a Kabanero service's page."""
 
-    async def handler(request: web.Request) -> web.Response:
-        sid, token = request.match_info["sid"], request.match_info["token"]
-        rec = await record(sid) if ID_RE.fullmatch(sid) and links.valid(sid, token) else None
-        if rec is None:
-            raise NotFound("no such dashboard")
-        v = view(rec, await outcomes.get(sid), landing(rec))
-        if wants_json(request):
-            return web.json_response(v.model_dump(mode="json"), headers=HEADERS)
-        return web.Response(text=render(v), content_type="text/html", headers=HEADERS)
+    async def present(rec: InstanceRecord) -> tuple[BaseModel, str]:
+        v = view(rec, await outcomes.get(rec.instance_id), landing(rec))
+        return v, render(v)
 
-    return handler
+    return page_route(links, KIND, record, present)

@@ -1,4 +1,4 @@
-"""The HTTP face: routes of both brokers, Basic auth, body limits and the one error mapping.
+"""The HTTP face: routes of the brokers served (setting ``BROKERS``), Basic auth, body limits and the one error mapping.
 
 Success means "committed in MongoDB": the event publish is attempted right after the commit, and
 if RabbitMQ cannot confirm it the event stays in the outbox (published later by the drainer) while
@@ -39,6 +39,7 @@ from services.broker_api.errors import (
     from_validation,
 )
 from services.broker_api.instances import Change, Policy, record_key
+from services.broker_api.kinds import RULES
 from services.broker_api.models import (
     BROKERS,
     ID_PATTERN,
@@ -250,12 +251,17 @@ class BrokerApi:
         return self._clock()
 
     def _instance(self, rec: InstanceRecord) -> web.Response:
+        rules = RULES[rec.kind]
         body = InstanceResponse(
             instance_id=rec.instance_id,
             dashboard_url=rec.dashboard_url,
             parameters=ParametersOut(
-                **rec.parameters.model_dump(exclude={"create", "instance"}),
-                label=rec.parameters.label,
+                **rec.parameters.model_dump(
+                    exclude={"create", "instance"}
+                    if rules.one_instance
+                    else {"create", "instance", "namespace"}
+                ),
+                label=rules.label(rec.parameters),
                 events_note=_events_note(rec),
                 **_creation_out(rec),
             ),
@@ -362,7 +368,10 @@ class BrokerApi:
     async def status(self, request: web.Request) -> web.Response:
         """Always 200 (OTC monitoring must not flap); ``warn`` when a dependency is down."""
         ok, checks = await self._health.readiness()
-        return web.json_response(StatusResponse(status="ok" if ok else "warn", checks=checks).model_dump())
+        answer = StatusResponse(
+            status="ok" if ok else "warn", checks=checks, brokers=list(self._settings.served)
+        )
+        return web.json_response(answer.model_dump())
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -370,7 +379,8 @@ class BrokerApi:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_spec(self._settings.build_version, self._settings.clusters))
+        s = self._settings
+        return web.json_response(openapi_spec(s.build_version, s.clusters, s.served))
 
 
 @dataclass(frozen=True)
@@ -470,8 +480,8 @@ def make_app(api: BrokerApi, health: Health, settings: Settings) -> web.Applicat
     app.router.add_get("/version", api.version)
     app.router.add_get("/openapi.json", api.openapi)
     health.add_routes(app)
-    for root, kind in BROKERS.items():
-        app.add_subapp(f"/{root}/api/v1", broker_app(api, kind))
+    for root in settings.served:  # a broker not served has no route: 404, like any unknown path
+        app.add_subapp(f"/{root}/api/v1", broker_app(api, BROKERS[root]))
     return app
 
 

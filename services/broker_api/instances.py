@@ -24,10 +24,10 @@ from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.dashboard import DashboardLinks
 from services.broker_api.errors import BadRequest, NotFound
 from services.broker_api.instance_spec import spec_errors
+from services.broker_api.kinds import RULES, KindRules
 from services.broker_api.models import (
     Binding,
     BindRequest,
-    EventsMode,
     InstanceRecord,
     Parameters,
     ParametersIn,
@@ -65,13 +65,14 @@ class Change:
 
 
 class Policy:
-    """Defaults, allowed clusters and the dashboard URL, from settings."""
+    """Defaults, allowed clusters and the dashboard URL, from settings; per kind, its rules
+    (:data:`services.broker_api.kinds.RULES`)."""
 
     def __init__(self, settings: Settings) -> None:
         self._clusters = settings.clusters
         self._default_cluster = settings.default_cluster
         self._default_namespace = settings.default_namespace
-        self._pattern = settings.kabanero_dashboard_url_pattern
+        self._landing = {kind: getattr(settings, r.landing_setting) for kind, r in RULES.items()}
         self._events = settings.auto_events_service
         self.links = DashboardLinks(settings.credentials_key, settings.broker_public_url)
 
@@ -79,17 +80,20 @@ class Policy:
         self, given: ParametersIn, base: Parameters | None = None, *, kind: ServiceKind = "kabanero"
     ) -> Parameters:
         """PUT: ``base`` None, missing keys take defaults. PATCH: keys present override ``base``.
-        ``events`` is a Kabanero service's only (ignored, like any unknown key, by the Events broker)."""
-        cluster, namespace, name, events = _merged(given, base)
-        events = (events or self._events) if kind == "kabanero" else None
-        create, instance = self._creation(given, base, kind=kind)
+        A key the kind's rules refuse is a 400 naming it; one that does not apply is ignored."""
+        rules = RULES[kind]
+        rules.refuse(given)
+        merged = _merged(given, base)
+        create, instance = self._creation(given, base, rules)
+        namespaces = merged["namespaces"]
         resolved = Parameters(
-            cluster=self._allowed(cluster or self._default_cluster),
-            namespace=namespace or self._default_namespace,
-            name=name,
-            events=events,
+            cluster=self._allowed(merged["cluster"] or self._default_cluster),
+            namespace=(merged["namespace"] or self._default_namespace) if rules.one_instance else "",
+            name=merged["name"] if rules.one_instance else None,
+            events=(merged["events"] or self._events) if rules.events else None,
             create=create,
             instance=instance,
+            namespaces=sorted(set(namespaces)) if namespaces and not rules.one_instance else None,
         )
         if base is not None and base.create and _place(resolved) != _place(base):
             raise BadRequest(
@@ -109,18 +113,18 @@ class Policy:
 
     @staticmethod
     def _creation(
-        given: ParametersIn, base: Parameters | None, *, kind: ServiceKind
+        given: ParametersIn, base: Parameters | None, rules: KindRules
     ) -> tuple[bool, dict[str, Any] | None]:
         """``create`` and ``instance``: PATCH keeps what is not given. A spec the CRD schema refuses
-        is a 400 naming the first bad field (on either broker: the published schema is the same);
-        the Events broker then ignores both. ``instance`` without ``create`` is kept, inert."""
+        is a 400 naming the first bad field (on either Kabanero broker: the published schema is the
+        same); the Events broker then ignores both. ``instance`` without ``create`` is kept, inert."""
         present = given.model_fields_set
         if given.instance is not None:
             errors = spec_errors(given.instance)
             if errors:
                 more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
                 raise BadRequest(f"invalid request: {errors[0]}{more}")
-        if kind != "kabanero":
+        if not rules.creates:
             return False, None
         create = bool(given.create) if "create" in present or base is None else base.create
         instance = given.instance if "instance" in present or base is None else base.instance
@@ -129,39 +133,37 @@ class Policy:
         return create, instance
 
     def dashboard_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
-        """A Kabanero service that creates its instance: its own dashboard page (the outcome of
-        the cluster side, services.broker_api.dashboard) when ``BROKER_PUBLIC_URL`` is set; else,
-        and for every other service, the Kabanero landing page."""
-        if kind == "kabanero" and params.create:
-            own = self.links.url(sid)
+        """broker-api's own page for the service (a Kabanero service that creates its instance: the
+        cluster side's outcome; a Tekton service: the installation, services.broker_api.dashboard
+        and tekton_page) when the kind's rules say so and ``BROKER_PUBLIC_URL`` is set; else the
+        kind's landing pattern."""
+        if RULES[kind].has_page(params):
+            own = self.links.url(sid, kind)
             if own is not None:
                 return own
         return self.landing_url(kind, sid, params)
 
     def landing_url(self, kind: ServiceKind, sid: str, params: Parameters) -> str:
-        """``KABANERO_DASHBOARD_URL_PATTERN`` filled in for this instance."""
-        return self._pattern.format(
-            cluster=params.cluster,
-            namespace=params.namespace,
-            name=params.name or "kabanero",
-            instance_id=sid,
-            service_id=kind,
+        """The kind's pattern (``KABANERO_DASHBOARD_URL_PATTERN``, ``TEKTON_DASHBOARD_URL_PATTERN``)
+        filled in for this instance."""
+        return str(
+            self._landing[kind].format(
+                cluster=params.cluster,
+                namespace=params.namespace,
+                name=params.name or "kabanero",
+                instance_id=sid,
+                service_id=kind,
+            )
         )
 
 
-def _merged(
-    given: ParametersIn, base: Parameters | None
-) -> tuple[str | None, str | None, str | None, EventsMode | None]:
-    """(cluster, namespace, name, events): PUT (no ``base``) as given, PATCH each given key over ``base``."""
-    if base is None:
-        return given.cluster, given.namespace, given.name, given.events
+MERGED = ("cluster", "namespace", "name", "events", "namespaces")
+
+
+def _merged(given: ParametersIn, base: Parameters | None) -> dict[str, Any]:
+    """The :data:`MERGED` keys: PUT (no ``base``) as given, PATCH each given key over ``base``."""
     present = given.model_fields_set
-    return (
-        given.cluster if "cluster" in present else base.cluster,
-        given.namespace if "namespace" in present else base.namespace,
-        given.name if "name" in present else base.name,
-        given.events if "events" in present else base.events,
-    )
+    return {k: getattr(given, k) if base is None or k in present else getattr(base, k) for k in MERGED}
 
 
 def _place(params: Parameters) -> tuple[str, str, str | None]:

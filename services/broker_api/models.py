@@ -37,8 +37,16 @@ InstanceSpec = Annotated[
     dict[str, Any] | None,
     WithJsonSchema({"anyOf": [spec_schema(), {"type": "null"}], "default": None}),
 ]
-# context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3
-BROKERS: dict[str, ServiceKind] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
+# context root of each broker -> its OTC service_id (= the event kind), docs/architecture.md §1/§3;
+# each kind's parameter rules are services.broker_api.kinds.RULES
+BROKERS: dict[str, ServiceKind] = {
+    "kabanero-broker": "kabanero",
+    "kabanero-events-broker": "kabanero-events",
+    "tekton-broker": "tekton",
+}
+MAX_NAMESPACES = 100
+"""Bound of a Tekton service's ``parameters.namespaces`` (before deduplication)."""
+Namespace = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 _SECRET = {"type": "string", "format": "password", "writeOnly": True}
 # What ``_credential`` accepts, so the published schema is exact (an empty string is refused).
 Credential = Annotated[
@@ -88,6 +96,21 @@ class ParametersIn(_Request):
         description="the Kabanero spec (kabaneros.kabanero.io v1alpha2, checked against the CRD's "
         "schema); the watcher creates it when create is true ({} when absent: Kabanero's defaults)",
     )
+    namespaces: list[Namespace] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAMESPACES,
+        description="Tekton broker only: the namespaces whose Pipelines and EventListeners are "
+        "mirrored (DNS labels, deduplicated and sorted); absent or null: every namespace. An empty "
+        "list is refused (it would mirror nothing)",
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _some_namespaces(cls, v: object) -> object:
+        if v == []:  # before pydantic's own "at least 1 item": say what to send instead
+            raise ValueError("must name at least one namespace (omit it, or null, for every namespace)")
+        return v
 
 
 class ProvisionRequest(_Request):
@@ -144,9 +167,12 @@ class Parameters(BaseModel):
 
     cluster: str
     namespace: str
+    """Kabanero services: the instance's namespace; "" for a Tekton service (see ``namespaces``)."""
     name: str | None = None
     events: EventsMode | None = None
     """Kabanero services: whether binding adds a Kabanero Events tool; None for Events services."""
+    namespaces: list[str] | None = None
+    """Tekton services: the namespaces mirrored, deduplicated and sorted; None: every namespace."""
     create: bool = False
     """Kabanero services: the watcher creates (and owns) the Kabanero CR with spec ``instance``."""
     instance: dict[str, Any] | None = None
@@ -164,7 +190,8 @@ class Parameters(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short text for the OTC tool card: ``<cluster>/<namespace>[/<name>]``."""
+        """Short text for the OTC tool card of a Kabanero service: ``<cluster>/<namespace>[/<name>]``
+        (a Tekton service's is ``kinds.tekton_label``)."""
         return "/".join(p for p in (self.cluster, self.namespace, self.name) if p)
 
 
@@ -172,9 +199,15 @@ class ParametersOut(BaseModel):
     """Parameters as returned to OTC, with the tool card label."""
 
     cluster: str
-    namespace: str
+    namespace: str | None = Field(default=None, description="Kabanero services: the instance's namespace")
     name: str | None = None
-    label: str = Field(description="human text for the OTC tool card, '<cluster>/<namespace>[/<name>]'")
+    namespaces: list[str] | None = Field(
+        default=None, description="Tekton services: the namespaces mirrored (absent: every namespace)"
+    )
+    label: str = Field(
+        description="human text for the OTC tool card: '<cluster>/<namespace>[/<name>]', or for a "
+        "Tekton service 'Tekton on <cluster>[ (<namespaces>)]'"
+    )
     events: EventsMode | None = Field(default=None, description="Kabanero services: auto or manual")
     create: bool | None = Field(default=None, description="Kabanero services: true when it creates its CR")
     instance: dict[str, Any] | None = Field(default=None, description="with create: the Kabanero spec")
@@ -208,6 +241,7 @@ class ErrorBody(BaseModel):
 class StatusResponse(BaseModel):
     status: Literal["ok", "warn"]
     checks: dict[str, str] = Field(default_factory=dict)
+    brokers: list[str] = Field(default_factory=list, description="the brokers this deployment serves")
 
 
 class VersionResponse(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from services.broker_api.dashboard import DashboardView
+from services.broker_api.kinds import RULES
 from services.broker_api.models import (
     BROKERS,
     ID_PATTERN,
@@ -23,6 +25,8 @@ from services.broker_api.models import (
     UpdateRequest,
     VersionResponse,
 )
+from services.broker_api.tekton_page import TektonDashboardView
+from shared.events import ServiceKind
 
 BROKER_ROOTS = tuple(BROKERS)
 # Request bodies whose ``service_id`` must be the broker's own id: one schema per broker.
@@ -104,6 +108,32 @@ BROKER_OPS = (
         },
     ),
 )
+# The services' own pages, each served with the broker whose services have one.
+PAGE_OPS: dict[str, Op] = {
+    "kabanero-broker": Op(
+        "get",
+        "/dashboard/{sid}/{token}",
+        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome; HTML, or JSON "
+        "with Accept: application/json. No credentials: the URL's token is the capability",
+        200,
+        response=DashboardView,
+        auth=False,
+        errors=(404,),
+        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    ),
+    "tekton-broker": Op(
+        "get",
+        "/dashboard/tekton/{sid}/{token}",
+        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster "
+        "found; HTML, or JSON with Accept: application/json. No credentials: the URL's token is the "
+        "capability",
+        200,
+        response=TektonDashboardView,
+        auth=False,
+        errors=(404,),
+        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    ),
+}
 ROOT_OPS = (
     Op(
         "get",
@@ -126,17 +156,6 @@ ROOT_OPS = (
         errors=(),
     ),
     Op("get", "/metrics", "Prometheus metrics", 200, auth=False, errors=()),
-    Op(
-        "get",
-        "/dashboard/{sid}/{token}",
-        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome; HTML, or JSON "
-        "with Accept: application/json. No credentials: the URL's token is the capability",
-        200,
-        response=DashboardView,
-        auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
-    ),
 )
 
 
@@ -193,22 +212,50 @@ def _per_broker_name(model: type[BaseModel], kind: str) -> str:
     return f"{model.__name__}_{kind}"
 
 
-def _per_broker_schemas(defs: dict[str, Any]) -> None:
+def _per_broker_schemas(defs: dict[str, Any], kinds: tuple[ServiceKind, ...]) -> None:
     """Add, for each PER_BROKER schema, one per broker narrowing ``service_id`` to that broker's
-    id (anything else is a 400), keeping the field's optionality."""
+    id (anything else is a 400), keeping the field's optionality. A broker that refuses some
+    parameters (kinds.RULES) gets a whole schema of its own whose ``parameters`` allow only null
+    for those (no allOf: a generator need not intersect two parameter schemas)."""
     for model in PER_BROKER:
         prop = defs[model.__name__]["properties"]["service_id"]
         nullable = any(alt.get("type") == "null" for alt in prop.get("anyOf", ()))
-        for kind in BROKERS.values():
+        for kind in kinds:
             const = {"type": "string", "const": kind}
             value: dict[str, Any] = {"anyOf": [const, {"type": "null"}]} if nullable else const
-            defs[_per_broker_name(model, kind)] = {
-                "title": _per_broker_name(model, kind),
-                "allOf": [
-                    _ref(model.__name__),
-                    {"properties": {"service_id": {**value, "description": f"this broker's id, {kind!r}"}}},
-                ],
+            service_id = {**value, "description": f"this broker's id, {kind!r}"}
+            name = _per_broker_name(model, kind)
+            if RULES[kind].refused:
+                defs[name] = _own_parameters(defs, model, kind, service_id)
+                continue
+            defs[name] = {
+                "title": name,
+                "allOf": [_ref(model.__name__), {"properties": {"service_id": service_id}}],
             }
+
+
+def _own_parameters(
+    defs: dict[str, Any], model: type[BaseModel], kind: ServiceKind, service_id: dict[str, Any]
+) -> dict[str, Any]:
+    """``model``'s schema with ``service_id`` narrowed and ``parameters`` the kind's own."""
+    params = f"ParametersIn_{kind}"
+    if params not in defs:
+        own = copy.deepcopy(defs["ParametersIn"])
+        own["title"] = params
+        own["description"] = f"The parameters of a {kind} service; the keys other brokers take are refused"
+        for key, why in RULES[kind].refused:
+            own["properties"][key] = {"type": "null", "default": None, "description": f"refused (400): {why}"}
+        defs[params] = own
+    schema: dict[str, Any] = copy.deepcopy(defs[model.__name__])
+    schema["title"] = _per_broker_name(model, kind)
+    prop = schema["properties"]["parameters"]
+    nullable = any(alt.get("type") == "null" for alt in prop.get("anyOf", ()))
+    ref = _ref(params)
+    schema["properties"]["parameters"] = (
+        {"anyOf": [ref, {"type": "null"}], "default": None} if nullable else ref
+    )
+    schema["properties"]["service_id"] = service_id
+    return schema
 
 
 def _allowed_clusters(defs: dict[str, Any], clusters: tuple[str, ...]) -> None:
@@ -225,32 +272,35 @@ def _allowed_clusters(defs: dict[str, Any], clusters: tuple[str, ...]) -> None:
 
 
 @cache
-def _spec(version: str, clusters: tuple[str, ...]) -> dict[str, Any]:
+def _spec(version: str, clusters: tuple[str, ...], brokers: tuple[str, ...]) -> dict[str, Any]:
     requests = [(m, "validation") for m in (ProvisionRequest, UpdateRequest, BindRequest, MessageRequest)]
+    pages = [PAGE_OPS[b] for b in brokers if b in PAGE_OPS]
+    shown = [op.response for op in pages if op.response is not None]
     responses = [
-        (m, "serialization")
-        for m in (InstanceResponse, ErrorBody, StatusResponse, VersionResponse, DashboardView)
+        (m, "serialization") for m in (InstanceResponse, ErrorBody, StatusResponse, VersionResponse, *shown)
     ]
     refs, defs = models_json_schema(
         [*requests, *responses],  # type: ignore[list-item]
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = defs.get("$defs", {})
-    _per_broker_schemas(schemas)
     _allowed_clusters(schemas, clusters)
+    _per_broker_schemas(schemas, tuple(BROKERS[b] for b in brokers))
     paths: dict[str, dict[str, Any]] = {}
-    for root in BROKER_ROOTS:
+    for root in brokers:
         for op in BROKER_OPS:
             paths.setdefault(f"/{root}/api/v1{op.path}", {})[op.method] = _operation(op, root, refs)
-    for op in ROOT_OPS:
+    for op in (*ROOT_OPS, *pages):
         paths.setdefault(op.path, {})[op.method] = _operation(op, None, refs)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "kabanero-otc broker-api",
             "version": version,
-            "description": "OTC brokers for Kabanero (kabanero-broker) and Kabanero Events "
-            '(kabanero-events-broker). Every error is JSON {"description"}. Success means the change '
+            "description": "OTC brokers for Kabanero (kabanero-broker), Kabanero Events "
+            "(kabanero-events-broker) and Tekton (tekton-broker); this deployment serves "
+            + ", ".join(brokers)
+            + '. Every error is JSON {"description"}. Success means the change '
             "is committed; its service.* event is published right away or, if RabbitMQ is unavailable, "
             "later by the outbox drainer.",
         },
@@ -264,6 +314,9 @@ def _spec(version: str, clusters: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def openapi_spec(version: str, clusters: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The document for this deployment: ``clusters`` (settings) narrows ``parameters.cluster``."""
-    return _spec(version, tuple(clusters))
+def openapi_spec(
+    version: str, clusters: tuple[str, ...] = (), brokers: tuple[str, ...] = BROKER_ROOTS
+) -> dict[str, Any]:
+    """The document for this deployment: ``clusters`` (settings) narrows ``parameters.cluster``,
+    ``brokers`` (settings) are the brokers it serves (the others' routes are not in it)."""
+    return _spec(version, tuple(clusters), tuple(brokers))

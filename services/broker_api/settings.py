@@ -13,6 +13,10 @@
 | ``BROKER_PUBLIC_URL`` | unset | the base URL browsers reach broker-api at (e.g. ``https://kotc.example.com``):
   a Kabanero service with ``parameters.create`` then gets ``<it>/dashboard/<sid>/<token>`` as its
   ``dashboard_url`` (the cluster side's outcome); unset, it gets the landing page pattern like the others |
+| ``TEKTON_DASHBOARD_URL_PATTERN`` | see below | a Tekton service's ``dashboard_url`` when ``BROKER_PUBLIC_URL``
+  is unset; placeholders ``{cluster}``, ``{instance_id}``, ``{service_id}`` |
+| ``BROKERS`` | all three | comma-separated brokers this deployment serves (``kabanero-broker``,
+  ``kabanero-events-broker``, ``tekton-broker``); the routes of the others answer 404 |
 | ``AUTO_EVENTS_SERVICE`` | ``manual`` | ``parameters.events`` of a Kabanero service that omits it:
   ``auto`` (binding adds a Kabanero Events tool to the toolchain) or ``manual`` |
 | ``OUTBOX_DRAIN_INTERVAL_S`` | 5 | how often unpublished events are retried |
@@ -29,10 +33,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.broker_api.models import BROKERS
 from shared.settings import CommonSettings
 from shared.settings import load_settings as shared_load_settings
 
 DEFAULT_DASHBOARD_PATTERN = "https://kabanero-landing-{namespace}.apps.{cluster}.example.com/"
+# The Tekton Dashboard's Route as Kabanero 0.6-0.9 installed it: ``tekton-dashboard`` in
+# ``tekton-pipelines`` (OpenShift's default host ``<route>-<namespace>.<apps domain>``).
+DEFAULT_TEKTON_DASHBOARD_PATTERN = "https://tekton-dashboard-tekton-pipelines.apps.{cluster}.example.com/"
 _PLACEHOLDERS = {
     "cluster": "c",
     "namespace": "n",
@@ -40,6 +48,17 @@ _PLACEHOLDERS = {
     "instance_id": "i",
     "service_id": "s",
 }
+_TEKTON_PLACEHOLDERS = {"cluster": "c", "instance_id": "i", "service_id": "s"}
+
+
+def _check_pattern(v: str, placeholders: dict[str, str]) -> str:
+    try:
+        v.format(**placeholders)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"unknown or malformed placeholder {exc}; allowed: {', '.join('{' + p + '}' for p in placeholders)}"
+        ) from None
+    return v
 
 
 class Settings(CommonSettings):
@@ -51,7 +70,9 @@ class Settings(CommonSettings):
     allowed_clusters: str = "default"
     default_namespace: str = "kabanero"
     kabanero_dashboard_url_pattern: str = DEFAULT_DASHBOARD_PATTERN
+    tekton_dashboard_url_pattern: str = DEFAULT_TEKTON_DASHBOARD_PATTERN
     broker_public_url: str | None = None
+    brokers: str = ",".join(BROKERS)
     auto_events_service: Literal["auto", "manual"] = "manual"
     outbox_drain_interval_s: float = Field(default=5.0, gt=0)
     build_version: str = "0.1.0"
@@ -97,12 +118,22 @@ class Settings(CommonSettings):
     @field_validator("kabanero_dashboard_url_pattern")
     @classmethod
     def _pattern(cls, v: str) -> str:
-        try:
-            v.format(**_PLACEHOLDERS)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"unknown or malformed placeholder {exc}; allowed: {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}"
-            ) from None
+        return _check_pattern(v, _PLACEHOLDERS)
+
+    @field_validator("tekton_dashboard_url_pattern")
+    @classmethod
+    def _tekton_pattern(cls, v: str) -> str:
+        return _check_pattern(v, _TEKTON_PLACEHOLDERS)
+
+    @field_validator("brokers")
+    @classmethod
+    def _brokers(cls, v: str) -> str:
+        names = [b.strip() for b in v.split(",") if b.strip()]
+        if not names:
+            raise ValueError(f"must name at least one broker of: {', '.join(BROKERS)}")
+        unknown = [b for b in names if b not in BROKERS]
+        if unknown:
+            raise ValueError(f"unknown broker {unknown[0]!r}; known: {', '.join(BROKERS)}")
         return v
 
     @field_validator("broker_public_url")
@@ -124,6 +155,15 @@ class Settings(CommonSettings):
     @property
     def default_cluster(self) -> str:
         return self.clusters[0]
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        """The brokers (context roots) this deployment serves, in :data:`BROKERS` order."""
+        names = {b.strip() for b in self.brokers.split(",")}
+        return tuple(b for b in BROKERS if b in names)
+
+    def serves(self, broker: str) -> bool:
+        return broker in self.served
 
 
 def load_settings() -> Settings:

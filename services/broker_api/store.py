@@ -34,6 +34,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.broker_api.errors import BrokerError, Unavailable
 from services.broker_api.instances import Change, record_key
+from services.broker_api.kinds import RULES
 from services.broker_api.models import BROKERS, InstanceRecord, OutboxEntry
 from services.broker_api.outbox import Lease
 from shared.events import (
@@ -114,9 +115,10 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
                 cluster=rec.parameters.cluster,
                 namespace=rec.parameters.namespace,
                 name=rec.parameters.name,
-                label=rec.parameters.label,
+                label=RULES[rec.kind].label(rec.parameters),
                 events=rec.parameters.events,
                 create=rec.parameters.create,
+                namespaces=rec.parameters.namespaces,
             ),
             dashboard_url=rec.dashboard_url,
             toolchains=list(pending.toolchains),

@@ -42,12 +42,18 @@ parameters = st.fixed_dictionaries(
         "cluster": st.sampled_from(["default", "prod", "nope", "", 1]),
         "namespace": st.sampled_from(["kabanero", "team-a", "Bad", "", "a" * 64, None]),
         "name": st.sampled_from(["k1", "a.b", "-x", None, 3]),
+        # the Tekton broker's (validated and ignored by the Kabanero brokers)
+        "namespaces": st.sampled_from([["team-a"], ["b", "a", "b"], [], ["Bad"], "team-a", None, [1]])
+        | st.lists(st.sampled_from(["a", "b", "c-1"]), max_size=110),
+        # refused by the Tekton broker unless null
+        "create": st.sampled_from([True, False, None, "yes"]),
+        "events": st.sampled_from(["auto", "manual", None, "x"]),
     },
 )
 plausible = st.fixed_dictionaries(
     {},
     optional={
-        "service_id": st.sampled_from(["kabanero", "kabanero-events", "other", 3, None]),
+        "service_id": st.sampled_from(["kabanero", "kabanero-events", "tekton", "other", 3, None]),
         "parameters": parameters | json_values,
         "organization_guid": st.sampled_from(["org", None, 5]),
         "service_credentials": st.sampled_from(["sc", "", None, {"k": "v"}, 1]),
@@ -65,7 +71,7 @@ bodies = (
     | plausible.map(lambda v: json.dumps(v).encode())
 )
 paths = st.tuples(
-    st.sampled_from(["kabanero-broker", "kabanero-events-broker", "nope-broker"]),
+    st.sampled_from(["kabanero-broker", "kabanero-events-broker", "tekton-broker", "nope-broker"]),
     st.sampled_from(
         [
             "/service_instances/{sid}",
@@ -130,6 +136,7 @@ def test_random_requests_never_5xx_and_4xx_change_nothing(background: Background
         return [d for d in coll.find({}, {"outbox": 0, "outbox_lease": 0}, sort=[("_id", 1)])]
 
     seen: set[int] = set()
+    tekton: set[int] = set()
     sent = 0
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -145,6 +152,8 @@ def test_random_requests_never_5xx_and_4xx_change_nothing(background: Background
         raw = resp.read()
         conn.close()
         seen.add(resp.status)
+        if path.startswith("/tekton-broker/"):
+            tekton.add(resp.status)
         nonlocal sent
         sent += 1
         assert resp.status < 500, (method, path, raw)
@@ -159,4 +168,5 @@ def test_random_requests_never_5xx_and_4xx_change_nothing(background: Background
         mongo.close()
     # the run reached deep enough to both succeed and fail
     assert {200, 204} & seen and {400, 401} <= seen
+    assert {200, 204} & tekton and {400, 401} <= tekton, tekton  # the Tekton broker was reached too
     assert sent >= EXAMPLES
