@@ -112,35 +112,40 @@ def _invalid(name: str, causes: list[tuple[str, str]]) -> ApiError:
     )
 
 
+def _one_storage_version(versions: Any) -> bool:
+    if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+        return False
+    return sum(1 for v in versions if v.get("storage")) == 1
+
+
+def _spec_causes(spec: Obj) -> list[tuple[str, str]]:
+    given = spec.get("names")
+    names: Obj = given if isinstance(given, dict) else {}
+    causes: list[tuple[str, str]] = []
+    group = spec.get("group")
+    if not isinstance(group, str) or "." not in group:
+        causes.append(("spec.group", "Invalid value: should be a domain with at least one dot"))
+    for field in ("plural", "kind"):
+        if not isinstance(names.get(field), str) or not names[field]:
+            causes.append((f"spec.names.{field}", "Required value"))
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append(("spec.scope", 'Unsupported value: supported values: "Cluster", "Namespaced"'))
+    if not _one_storage_version(spec.get("versions")):
+        causes.append(
+            ("spec.versions", "Invalid value: must have exactly one version marked as storage version")
+        )
+    return causes
+
+
 def check(crd: Obj) -> None:
     """The API server's 422 for a CRD it cannot serve (the checks the emulator relies on)."""
     name = str((crd.get("metadata") or {}).get("name", ""))
     spec = crd.get("spec")
     if not isinstance(spec, dict):
         raise _invalid(name, [("spec", "Required value")])
-    names = spec.get("names")
-    names = names if isinstance(names, dict) else {}
-    group, plural, kind = spec.get("group"), names.get("plural"), names.get("kind")
-    causes: list[tuple[str, str]] = []
-    if not isinstance(group, str) or "." not in group:
-        causes.append(("spec.group", "Invalid value: should be a domain with at least one dot"))
-    if not isinstance(plural, str) or not plural:
-        causes.append(("spec.names.plural", "Required value"))
-    if not isinstance(kind, str) or not kind:
-        causes.append(("spec.names.kind", "Required value"))
-    if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append(("spec.scope", 'Unsupported value: supported values: "Cluster", "Namespaced"'))
-    versions = spec.get("versions")
-    if (
-        not isinstance(versions, list)
-        or not versions
-        or not all(isinstance(v, dict) for v in versions)
-        or sum(1 for v in versions if v.get("storage")) != 1
-    ):
-        causes.append(
-            ("spec.versions", "Invalid value: must have exactly one version marked as storage version")
-        )
-    if not causes and name != f"{plural}.{group}":
+    causes = _spec_causes(spec)
+    expected = f"{spec['names']['plural']}.{spec['group']}" if not causes else name
+    if name != expected:
         causes.append(("metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
     if causes:
         raise _invalid(name, causes)

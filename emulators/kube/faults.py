@@ -97,6 +97,13 @@ class Faults:
             raise bad_request(str(exc)) from exc
         return self.store.uninstall_crds(names)
 
+    def _crds_action(self, name: str, bundle: Any) -> dict[str, Any]:
+        if not isinstance(bundle, str):
+            raise bad_request('body must be {"bundle": str}')
+        if name == "install":
+            return {"installed": self.install(bundle), "crds": self.store.installed_crds()}
+        return {"deleted": self.uninstall(bundle), "crds": self.store.installed_crds()}
+
     def set_latency(self, ms: float) -> None:
         if ms < 0:
             raise bad_request("latency must be >= 0")
@@ -167,14 +174,7 @@ class Faults:
                 self.set_group(group, present=present)
                 return {"absentGroups": sorted(self.absent_groups)}
             case "install" | "uninstall":
-                bundle = p.get("bundle")
-                if not isinstance(bundle, str):
-                    raise bad_request('body must be {"bundle": str}')
-                done = self.install(bundle) if name == "install" else self.uninstall(bundle)
-                return {
-                    "installed" if name == "install" else "deleted": done,
-                    "crds": self.store.installed_crds(),
-                }
+                return self._crds_action(name, p.get("bundle"))
             case "latency":
                 ms = p.get("ms", 0)
                 if not isinstance(ms, int | float):

@@ -517,15 +517,20 @@ class Store:
             meta.pop(transient, None)
         if rt.tracks_generation:
             meta["generation"] = 1
-        if rt is NAMESPACES:  # as the namespace strategy's PrepareForCreate
+        self._prepare_for_create(rt, new)
+        if validate:
+            self.schemas.check(rt, written_in, new)
+        return self._commit(rt, "ADDED", new, None)
+
+    def _prepare_for_create(self, rt: ResourceType, new: Obj) -> None:
+        """What the API server's create strategies add: a Namespace's "kubernetes" finalizer and Active
+        phase; a CRD's checks, defaulted names and status."""
+        if rt is NAMESPACES:
             if not isinstance(new.get("spec"), dict) or not new["spec"].get("finalizers"):
                 new["spec"] = {**(new.get("spec") or {}), "finalizers": ["kubernetes"]}
             new["status"] = {"phase": "Active"}
         if rt == CUSTOM_RESOURCE_DEFINITIONS:
             self._check_crd(new)
-        if validate:
-            self.schemas.check(rt, written_in, new)
-        return self._commit(rt, "ADDED", new, None)
 
     def _write(
         self,
