@@ -40,6 +40,9 @@ RUN_FILE = "stack.json"  # in the run directory: what ``kabanero-otc`` reads (ko
 LOCK_FILE = "stack.lock"
 PR_SET_PDEATHSIG = 1
 SEED = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
+# The cluster also has Kabanero 0.9's Tekton (its CRDs, then the installation: tekton-sample.yaml's header).
+TEKTON_CRDS = ("tekton-v0.11.3", "openshift-pipelines-operator")
+TEKTON_SEED = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 MGMT = "http://127.0.0.1:15672/api"
 API_KEY = "demo-otc-api-key"
@@ -179,7 +182,19 @@ class Stack:
             "mongo",
             ["emulators.mongo", "--port", str(self.ports["mongo"]), "--file", str(self.mongo_file)],
         )
-        self.spawn("kube", ["emulators.kube", "--port", str(self.ports["kube"]), "--seed", str(SEED)])
+        self.spawn(
+            "kube",
+            [
+                "emulators.kube",
+                "--port",
+                str(self.ports["kube"]),
+                "--crds",
+                *TEKTON_CRDS,
+                "--seed",
+                str(SEED),
+                str(TEKTON_SEED),
+            ],
+        )
         self.spawn(
             "otc",
             [
