@@ -726,7 +726,9 @@ async def _run(vhost: str, run_dir: Path) -> int:
         f"  broker-api        {stack.url('broker')}  (Basic {BROKER_ID}:{'*' * 8}, secret in the process env)"
     )
     print(f"  OTC emulator      {stack.url('otc')}/_emulator/state  (platform driver at /_emulator/platform)")
-    print(f"  Kubernetes        kubectl --server {stack.url('kube')} get kabaneros,eventmediators -A")
+    print(
+        f"  Kubernetes        kubectl --server {stack.url('kube')} get kabaneros,eventmediators,pipelines,eventlisteners -A"
+    )
     print(
         f"  health            {', '.join(stack.url(n) + '/healthz' for n in ('watcher', 'writer', 'linker'))}"
     )
