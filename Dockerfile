@@ -66,7 +66,7 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["python", "-m"]
-CMD ["emulators.kube", "--host", "0.0.0.0", "--port", "8001", "--seed", "/app/samples/kabanero-sample.yaml"]
+CMD ["emulators.kube", "--host", "0.0.0.0", "--port", "8001", "--crds", "tekton-v0.11.3", "openshift-pipelines-operator", "--seed", "/app/samples/kabanero-sample.yaml", "/app/samples/tekton-sample.yaml"]
 
 # --- production image (last stage = default target) ---
 FROM base AS runtime

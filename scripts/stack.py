@@ -40,6 +40,9 @@ RUN_FILE = "stack.json"  # in the run directory: what ``kabanero-otc`` reads (ko
 LOCK_FILE = "stack.lock"
 PR_SET_PDEATHSIG = 1
 SEED = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
+# The cluster also has Kabanero 0.9's Tekton (its CRDs, then the installation: tekton-sample.yaml's header).
+TEKTON_CRDS = ("tekton-v0.11.3", "openshift-pipelines-operator")
+TEKTON_SEED = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 MGMT = "http://127.0.0.1:15672/api"
 API_KEY = "demo-otc-api-key"
@@ -179,7 +182,19 @@ class Stack:
             "mongo",
             ["emulators.mongo", "--port", str(self.ports["mongo"]), "--file", str(self.mongo_file)],
         )
-        self.spawn("kube", ["emulators.kube", "--port", str(self.ports["kube"]), "--seed", str(SEED)])
+        self.spawn(
+            "kube",
+            [
+                "emulators.kube",
+                "--port",
+                str(self.ports["kube"]),
+                "--crds",
+                *TEKTON_CRDS,
+                "--seed",
+                str(SEED),
+                str(TEKTON_SEED),
+            ],
+        )
         self.spawn(
             "otc",
             [
@@ -711,7 +726,9 @@ async def _run(vhost: str, run_dir: Path) -> int:
         f"  broker-api        {stack.url('broker')}  (Basic {BROKER_ID}:{'*' * 8}, secret in the process env)"
     )
     print(f"  OTC emulator      {stack.url('otc')}/_emulator/state  (platform driver at /_emulator/platform)")
-    print(f"  Kubernetes        kubectl --server {stack.url('kube')} get kabaneros,eventmediators -A")
+    print(
+        f"  Kubernetes        kubectl --server {stack.url('kube')} get kabaneros,eventmediators,pipelines,eventlisteners -A"
+    )
     print(
         f"  health            {', '.join(stack.url(n) + '/healthz' for n in ('watcher', 'writer', 'linker'))}"
     )

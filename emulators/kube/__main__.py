@@ -44,6 +44,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="create a missing namespace implicitly (a deviation; by default 404 NotFound, as a real server)",
     )
+    parser.add_argument(
+        "--crds",
+        nargs="*",
+        default=[],
+        metavar="BUNDLE",
+        help="CRD bundles installed at start: tekton-v0.10.1 (Pipelines v0.10.1, Triggers v0.2.1), "
+        "tekton-v0.11.3 (Pipelines v0.11.3, Triggers v0.4.0), tekton-current, openshift-pipelines-operator, "
+        "tekton-operator, or a YAML file of CRDs",
+    )
+    parser.add_argument(
+        "--tekton",
+        choices=("v0.10.1", "v0.11.3", "current"),
+        help="shorthand for --crds tekton-<release>",
+    )
+    parser.add_argument(
+        "--no-kabanero",
+        dest="kabanero",
+        action="store_false",
+        help="do not serve the Kabanero CRDs (kabaneros, stacks, eventmediators, eventconnections)",
+    )
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig pointing at the emulator here")
     parser.add_argument("--namespace", default="default", help="namespace of the written kubeconfig context")
     parser.add_argument("--log-level", default="INFO")
@@ -59,6 +79,8 @@ async def serve(args: argparse.Namespace) -> None:
         max_watch_seconds=args.max_watch_seconds,
         auto_namespaces=args.auto_namespaces,
         seed=args.seed,
+        crds=[*args.crds, *([f"tekton-{args.tekton}"] if args.tekton else [])],
+        kabanero=args.kabanero,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

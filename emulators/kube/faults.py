@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from . import crd
 from .errors import bad_request
 from .resources import EVENTS_GROUP
 from .store import Store, Subscription
@@ -79,6 +80,30 @@ class Faults:
             if sub.rt.group == group:
                 sub.drop("close")
 
+    def install(self, bundle: str) -> list[str]:
+        """Create (or replace) the CRDs of a bundle (`crd.BUNDLES`, or a YAML file path): its resources are
+        served from now on, as after `kubectl apply -f` of a release. Returns the CRD names."""
+        try:
+            definitions = crd.bundle(bundle)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from exc
+        return self.store.install_crds(definitions)
+
+    def uninstall(self, bundle: str) -> list[str]:
+        """Delete the CRDs of a bundle that are installed (their objects go first, then their paths 404)."""
+        try:
+            names = [str(d["metadata"]["name"]) for d in crd.bundle(bundle)]
+        except ValueError as exc:
+            raise bad_request(str(exc)) from exc
+        return self.store.uninstall_crds(names)
+
+    def _crds_action(self, name: str, bundle: Any) -> dict[str, Any]:
+        if not isinstance(bundle, str):
+            raise bad_request('body must be {"bundle": str}')
+        if name == "install":
+            return {"installed": self.install(bundle), "crds": self.store.installed_crds()}
+        return {"deleted": self.uninstall(bundle), "crds": self.store.installed_crds()}
+
     def set_latency(self, ms: float) -> None:
         if ms < 0:
             raise bad_request("latency must be >= 0")
@@ -109,6 +134,7 @@ class Faults:
                     for rt in self.store.registry.resources
                 },
             },
+            "crds": self.store.installed_crds(),
             "faults": {
                 "latencyMs": self.latency_ms,
                 "absentGroups": sorted(self.absent_groups),
@@ -147,6 +173,8 @@ class Faults:
                     raise bad_request('body must be {"present": bool, "group"?: str}')
                 self.set_group(group, present=present)
                 return {"absentGroups": sorted(self.absent_groups)}
+            case "install" | "uninstall":
+                return self._crds_action(name, p.get("bundle"))
             case "latency":
                 ms = p.get("ms", 0)
                 if not isinstance(ms, int | float):

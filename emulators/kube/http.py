@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors
+from . import errors, protobuf
 from .discovery import SERVER_VERSION, Discovery
 from .errors import ApiError
 from .faults import Faults
@@ -62,6 +62,8 @@ async def _read_json(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         return {}
+    if request.content_type == protobuf.MEDIA_TYPE:
+        return protobuf.decode(raw)
     try:
         return json.loads(raw)
     except ValueError as exc:
@@ -181,12 +183,16 @@ class _Target:
     def api_version(self) -> str:
         return f"{self.rt.group}/{self.version}" if self.rt.group else self.version
 
+    def _same_group(self, obj: Any) -> bool:
+        return isinstance(obj, dict) and str(obj.get("apiVersion", "")).rpartition("/")[0] == self.rt.group
+
     def view(self, obj: Obj) -> Obj:
-        """An object (or a list and its items) as read in the requested version (conversion None)."""
-        if obj.get("apiVersion") == self.rt.api_version:
+        """An object (or a list and its items) as read in the requested version (conversion None). An
+        object stored in an older storage version of its CRD is converted the same way."""
+        if self._same_group(obj) and obj.get("kind") in (self.rt.kind, self.rt.list_kind):
             obj["apiVersion"] = self.api_version
         for item in obj.get("items") or ():
-            if isinstance(item, dict) and item.get("apiVersion") == self.rt.api_version:
+            if self._same_group(item):
                 item["apiVersion"] = self.api_version
         return obj
 
@@ -402,6 +408,8 @@ async def _pump(
             kind, obj = sub.pending.popleft()
             await resp.write(_event_line(kind, target.view(copy.copy(obj))))
             continue
+        if sub.drop_mode == "drain":
+            break
         if now >= deadline:
             break
         if now >= next_bookmark:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -146,16 +147,89 @@ LEASES = ResourceType(
     singular="lease",
     kind="Lease",
 )
+# What finds a Tekton installation and its EventListeners' external addresses (docs/design.md, "Tekton
+# in the kube emulator"): the controller Deployment's labels, the `el-<name>` Service, and the Route or
+# Ingress in front of it.
+SERVICES = ResourceType(
+    group="",
+    version="v1",
+    plural="services",
+    singular="service",
+    kind="Service",
+    short_names=("svc",),
+    status_subresource=True,
+    categories=("all",),
+)
+DEPLOYMENTS = ResourceType(
+    group="apps",
+    version="v1",
+    plural="deployments",
+    singular="deployment",
+    kind="Deployment",
+    short_names=("deploy",),
+    status_subresource=True,
+    tracks_generation=True,
+    categories=("all",),
+)
+INGRESSES = ResourceType(
+    group="networking.k8s.io",
+    version="v1",
+    plural="ingresses",
+    singular="ingress",
+    kind="Ingress",
+    short_names=("ing",),
+    status_subresource=True,
+    tracks_generation=True,
+)
+ROUTES = ResourceType(
+    group="route.openshift.io",
+    version="v1",
+    plural="routes",
+    singular="route",
+    kind="Route",
+    status_subresource=True,
+    categories=("all",),
+)
+CUSTOM_RESOURCE_DEFINITIONS = ResourceType(
+    group="apiextensions.k8s.io",
+    version="v1",
+    plural="customresourcedefinitions",
+    singular="customresourcedefinition",
+    kind="CustomResourceDefinition",
+    namespaced=False,
+    short_names=("crd", "crds"),
+    status_subresource=True,
+    tracks_generation=True,
+    categories=("api-extensions",),
+)
 
-DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
-    KABANEROS,
-    STACKS,
-    EVENT_MEDIATORS,
-    EVENT_CONNECTIONS,
+KABANERO_RESOURCES: tuple[ResourceType, ...] = (KABANEROS, STACKS, EVENT_MEDIATORS, EVENT_CONNECTIONS)
+"""The Kabanero 0.9.2 CRDs, served from the start unless an emulator is made without them."""
+BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     CONFIGMAPS,
     NAMESPACES,
     LEASES,
+    SERVICES,
+    DEPLOYMENTS,
+    INGRESSES,
+    ROUTES,
+    CUSTOM_RESOURCE_DEFINITIONS,
 )
+DEFAULT_RESOURCES: tuple[ResourceType, ...] = (*KABANERO_RESOURCES, *BUILTIN_RESOURCES)
+
+_VERSION_RE = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
+
+
+def kube_version_key(version: str) -> tuple[int, int, int, str]:
+    """Sort key of Kubernetes' version priority (GA > beta > alpha, higher numbers first, then other names
+    alphabetically): the API server lists a CRD group's versions in this order and prefers the first
+    (apiextensions-apiserver's discovery controller, `sortGroupDiscoveryByKubeAwareVersion`)."""
+    match = _VERSION_RE.match(version)
+    if match is None:
+        return (3, 0, 0, version)
+    major, stage, minor = match.groups()
+    rank = {None: 0, "beta": 1, "alpha": 2}[stage]
+    return (rank, -int(major), -int(minor or 0), version)
 
 
 class Registry:
@@ -163,6 +237,18 @@ class Registry:
 
     def __init__(self, resources: Iterable[ResourceType] = DEFAULT_RESOURCES) -> None:
         self.resources: tuple[ResourceType, ...] = tuple(resources)
+
+    def add(self, rt: ResourceType) -> None:
+        """Serve `rt` (a CRD was established)."""
+        self.resources = (*self.resources, rt)
+
+    def remove(self, rt: ResourceType) -> None:
+        """Stop serving `rt` (its CRD was deleted or changed)."""
+        self.resources = tuple(r for r in self.resources if r != rt)
+
+    def serving(self, group: str, plural: str) -> ResourceType | None:
+        """The type served as `plural` in `group`, in any version."""
+        return next((rt for rt in self.resources if (rt.group, rt.plural) == (group, plural)), None)
 
     def by_path(self, group: str, version: str, plural: str) -> ResourceType | None:
         for rt in self.resources:
@@ -197,16 +283,9 @@ class Registry:
         return seen
 
     def versions(self, group: str) -> list[str]:
-        """Served versions of a group, storage versions first (the first is the preferred one)."""
-        seen: list[str] = []
-        for rt in self.resources:
-            if rt.group == group and rt.version not in seen:
-                seen.append(rt.version)
-        for rt in self.resources:
-            for version in rt.also_served:
-                if rt.group == group and version not in seen:
-                    seen.append(version)
-        return seen
+        """Served versions of a group in Kubernetes' priority order (the first is the preferred one)."""
+        served = {version for rt in self.resources if rt.group == group for version in rt.served}
+        return sorted(served, key=kube_version_key)
 
     def group_versions(self) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []

@@ -146,6 +146,12 @@ class Schemas:
     def known(self) -> list[tuple[str, str, str]]:
         return sorted(self._schemas)
 
+    def replace(self, group: str, plural: str, schemas: dict[tuple[str, str, str], Schema]) -> None:
+        """Use `schemas` for the resource `plural` in `group` (a CRD was written); {} forgets them."""
+        for key in [k for k in self._schemas if k[:2] == (group, plural)]:
+            del self._schemas[key]
+        self._schemas.update(schemas)
+
     def check(self, rt: ResourceType, version: str, obj: dict[str, Any]) -> None:
         """Raise the API server's 422 Invalid when ``obj`` violates the schema of ``rt`` at ``version``."""
         schema = self._schemas.get((rt.group, rt.plural, version))

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from . import crd
 from .store import Obj, Store
 
 
@@ -28,10 +29,12 @@ def documents(text: str) -> list[Obj]:
 
 
 def seed(store: Store, paths: Iterable[str | Path]) -> int:
-    """Apply every object of every file (create, or replace if present). Returns the object count."""
+    """Apply every object of every file in order (create, or replace if present): a CRD serves its resource
+    for the documents after it (an `apiextensions.k8s.io/v1beta1` one is converted, as the API server
+    did). Returns the object count."""
     count = 0
     for path in paths:
         for obj in documents(Path(path).read_text()):
-            store.apply(obj)
+            store.apply(crd.to_v1(obj) if crd.is_crd(obj) else obj)
             count += 1
     return count

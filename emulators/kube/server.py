@@ -11,8 +11,10 @@ from typing import Any, Self
 import yaml
 from aiohttp import web
 
+from . import crd
 from .faults import Faults
 from .http import WatchSettings, build_app, close_streams
+from .resources import BUILTIN_RESOURCES, DEFAULT_RESOURCES, Registry
 from .seeding import seed as seed_files
 from .store import Store
 
@@ -23,6 +25,11 @@ class KubeEmulator:
     `store` is the object store (direct, synchronous helpers: `create`, `apply`, `update`, `patch`,
     `patch_status`, `delete`, `remove_finalizers`, `get`, `list_objects`); `faults` injects faults (also
     reachable as `inject(name, **params)` and over HTTP under `/_emulator/`).
+
+    `crds`: bundles (`crd.BUNDLES`: "tekton-v0.10.1", "tekton-v0.11.3", "tekton-current",
+    "openshift-pipelines-operator", "tekton-operator") or YAML files of CRDs installed at start (and again
+    after a reset); `install(bundle)` / `uninstall(bundle)` later. `kabanero=False`: a cluster without the
+    Kabanero CRDs (kabaneros, stacks, eventmediators, eventconnections are not served).
     """
 
     def __init__(
@@ -35,10 +42,17 @@ class KubeEmulator:
         max_watch_seconds: float = 1800.0,
         auto_namespaces: bool = False,
         seed: Iterable[str | Path] = (),
+        crds: Iterable[str] = (),
+        kabanero: bool = True,
     ) -> None:
         self.host = host
         self.port = port
-        self.store = Store(history_window=history_window, auto_namespaces=auto_namespaces)
+        self.store = Store(
+            Registry(DEFAULT_RESOURCES if kabanero else BUILTIN_RESOURCES),
+            history_window=history_window,
+            auto_namespaces=auto_namespaces,
+            crds=[definition for name in crds for definition in crd.bundle(name)],
+        )
         self.faults = Faults(self.store)
         self.settings = WatchSettings(
             bookmark_interval=bookmark_interval, max_watch_seconds=max_watch_seconds
@@ -92,6 +106,8 @@ class KubeEmulator:
         max_watch_seconds: float = 1800.0,
         auto_namespaces: bool = False,
         seed: Iterable[str | Path] = (),
+        crds: Iterable[str] = (),
+        kabanero: bool = True,
     ) -> AsyncIterator[Self]:
         """Start an emulator for the duration of the block (port 0: a free port, see `url`)."""
         emulator = cls(
@@ -102,6 +118,8 @@ class KubeEmulator:
             max_watch_seconds=max_watch_seconds,
             auto_namespaces=auto_namespaces,
             seed=seed,
+            crds=crds,
+            kabanero=kabanero,
         )
         await emulator.start()
         try:
@@ -112,6 +130,14 @@ class KubeEmulator:
     def inject(self, fault: str, **params: Any) -> dict[str, Any]:
         """Same as `POST /_emulator/<fault>` with `params` as JSON body (see the package docstring)."""
         return self.faults.inject(fault, params)
+
+    def install(self, bundle: str) -> list[str]:
+        """Same as `POST /_emulator/install {"bundle": ...}`: create the bundle's CRDs. Returns their names."""
+        return self.faults.install(bundle)
+
+    def uninstall(self, bundle: str) -> list[str]:
+        """Same as `POST /_emulator/uninstall {"bundle": ...}`: delete the bundle's CRDs and their objects."""
+        return self.faults.uninstall(bundle)
 
     def state(self) -> dict[str, Any]:
         """Same as `GET /_emulator/state`."""

@@ -24,6 +24,9 @@ Semantics (as the real API server, unless noted):
   the API server would refuse (as one stored before its CRD had a schema), for robustness tests;
 - a type served in several versions (`ResourceType.also_served`, conversion None) keeps one object;
   it is stored with the storage version's `apiVersion` and the HTTP layer answers in the version asked;
+- a CustomResourceDefinition makes its resource served when written (`crd.py`) and unserved when
+  deleted, after its objects are deleted (DELETED events, then its open watches end); a change of its
+  versions or names ends the open watches of the resource and keeps the objects;
 - a namespaced object created in a namespace that does not exist is a 404 NotFound Status naming the
   namespace, as on a real API server. Deviation, opt-in only (`auto_namespaces=True`, CLI
   `--auto-namespaces`): the Namespace is created implicitly. Deleting a namespace does not cascade.
@@ -41,14 +44,15 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from . import errors
+from . import crd, errors
 from .errors import ApiError
 from .patching import apply_patch
-from .resources import NAMESPACES, Registry, ResourceType
+from .resources import CUSTOM_RESOURCE_DEFINITIONS, NAMESPACES, Registry, ResourceType
 from .schemas import Schemas
 from .selectors import Selector
 
@@ -85,7 +89,8 @@ class Subscription:
     pending: deque[tuple[str, Obj]] = field(default_factory=deque)
     signal: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever something happens that the stream should look at (event, drop, stall, release)."""
-    drop_mode: Literal["abort", "close"] | None = None
+    drop_mode: Literal["abort", "close", "drain"] | None = None
+    """"abort"/"close": end the stream now; "drain": end it once the pending events are sent."""
     stall_until: float | None = None
     """`time.monotonic()` deadline of an injected stall (math.inf: until released)."""
 
@@ -117,7 +122,7 @@ class Subscription:
             return ("DELETED", change.obj)
         return None
 
-    def drop(self, mode: Literal["abort", "close"]) -> None:
+    def drop(self, mode: Literal["abort", "close", "drain"]) -> None:
         self.drop_mode = mode
         self.signal.set()
 
@@ -177,11 +182,16 @@ class Store:
         history_window: int = 1000,
         auto_namespaces: bool = False,
         schemas: Schemas | None = None,
+        crds: Iterable[Obj] = (),
     ) -> None:
+        """`crds`: CustomResourceDefinitions (v1) installed at start and again at every `reset()`."""
         if history_window < 1:
             raise ValueError("history_window must be >= 1")
         self.registry = registry or Registry()
         self.schemas = Schemas.bundled() if schemas is None else schemas
+        self._boot_crds = [copy.deepcopy(crd.to_v1(doc)) for doc in crds if crd.is_crd(doc)]
+        self._custom: dict[str, ResourceType] = {}
+        """The served resource of each established CRD, by CRD name."""
         self.history_window = history_window
         self.auto_namespaces = auto_namespaces
         self.subscriptions: set[Subscription] = set()
@@ -200,12 +210,19 @@ class Store:
 
     def reset(self) -> None:
         """Forget all objects and history (resourceVersions keep increasing) and recreate the default
-        namespaces. Open watches are not touched here (see `Faults.reset`)."""
+        namespaces and the CRDs given at construction. Open watches are not touched here (see
+        `Faults.reset`)."""
+        for rt in self._custom.values():
+            self.registry.remove(rt)
+            self.schemas.replace(rt.group, rt.plural, {})
+        self._custom = {}
         self._objects = {rt: {} for rt in self.registry.resources}
         self._history = {rt: deque(maxlen=self.history_window) for rt in self.registry.resources}
         self._floor = {rt: self._rv for rt in self.registry.resources}
         for name in INITIAL_NAMESPACES:
             self._create_namespace(name)
+        for definition in self._boot_crds:
+            self.create(copy.deepcopy(definition))
 
     def compact(self) -> int:
         """Drop every retained change: a watch from any resourceVersion older than the current one gets
@@ -226,6 +243,8 @@ class Store:
         return {rt.qualified: len(self._history[rt]) for rt in self.registry.resources}
 
     def _commit(self, rt: ResourceType, kind: ChangeType, obj: Obj, old: Obj | None) -> Obj:
+        if rt == CUSTOM_RESOURCE_DEFINITIONS and kind == "DELETED":
+            self._uninstall(obj["metadata"]["name"])
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
@@ -242,7 +261,73 @@ class Store:
         for sub in list(self.subscriptions):
             if sub.rt == rt:
                 sub.offer(change)
+        if rt == CUSTOM_RESOURCE_DEFINITIONS and kind != "DELETED":
+            self._install(obj)
         return copy.deepcopy(obj)
+
+    # ------------------------------------------------------------------ CustomResourceDefinitions
+
+    def _check_crd(self, definition: Obj) -> None:
+        """422 for a CRD the API server refuses; 409 for one naming a resource served without a CRD."""
+        crd.check(definition)
+        spec = definition["spec"]
+        served = self.registry.serving(spec["group"], spec["names"]["plural"])
+        if served is not None and self._custom.get(definition["metadata"]["name"]) != served:
+            raise errors.already_exists(CUSTOM_RESOURCE_DEFINITIONS, definition["metadata"]["name"])
+        crd.accepted(definition)
+
+    def _install(self, definition: Obj) -> None:
+        """Serve the resource of a written CRD (or follow a change of its versions or names)."""
+        name = definition["metadata"]["name"]
+        new = crd.resource_type(definition)
+        old = self._custom.get(name)
+        self.schemas.replace(new.group, new.plural, crd.schemas(definition))
+        if old == new:
+            return
+        if old is None:
+            self._objects[new], self._history[new] = {}, deque(maxlen=self.history_window)
+            self._floor[new] = self._rv
+        else:
+            self._end_watches(old, "close")
+            self.registry.remove(old)
+            self._objects[new], self._history[new] = self._objects.pop(old), self._history.pop(old)
+            self._floor[new] = self._floor.pop(old)
+        self.registry.add(new)
+        self._custom[name] = new
+
+    def _uninstall(self, name: str) -> None:
+        """Delete the objects of a deleted CRD (each a DELETED event), then stop serving its resource."""
+        rt = self._custom.pop(name, None)
+        if rt is None:
+            return
+        for _, obj in sorted(self._objects[rt].items()):
+            self._commit(rt, "DELETED", copy.deepcopy(obj), obj)
+        self._end_watches(rt, "drain")
+        self.registry.remove(rt)
+        del self._objects[rt], self._history[rt], self._floor[rt]
+        self.schemas.replace(rt.group, rt.plural, {})
+
+    def _end_watches(self, rt: ResourceType, mode: Literal["close", "drain"]) -> None:
+        for sub in list(self.subscriptions):
+            if sub.rt == rt:
+                sub.drop(mode)
+
+    def installed_crds(self) -> list[str]:
+        """Names of the CRDs whose resources are served now."""
+        return sorted(self._custom)
+
+    def install_crds(self, definitions: Iterable[Obj]) -> list[str]:
+        """Create or replace each CRD (v1, or v1beta1 converted as the API server does). Returns their names."""
+        return [self.apply(crd.to_v1(copy.deepcopy(d)))["metadata"]["name"] for d in definitions]
+
+    def uninstall_crds(self, names: Iterable[str]) -> list[str]:
+        """Delete the named CRDs that exist (and so their objects). Returns the names deleted."""
+        deleted = []
+        for name in names:
+            if ("", name) in self._objects[CUSTOM_RESOURCE_DEFINITIONS]:
+                self.delete(CUSTOM_RESOURCE_DEFINITIONS, None, name)
+                deleted.append(name)
+        return deleted
 
     def _resolve(self, resource: str | ResourceType | None, obj: Obj | None = None) -> ResourceType:
         if resource is not None:
@@ -432,12 +517,20 @@ class Store:
             meta.pop(transient, None)
         if rt.tracks_generation:
             meta["generation"] = 1
-        if rt is NAMESPACES:
-            new.setdefault("spec", {"finalizers": ["kubernetes"]})
-            new.setdefault("status", {"phase": "Active"})
+        self._prepare_for_create(rt, new)
         if validate:
             self.schemas.check(rt, written_in, new)
         return self._commit(rt, "ADDED", new, None)
+
+    def _prepare_for_create(self, rt: ResourceType, new: Obj) -> None:
+        """What the API server's create strategies add: a Namespace's "kubernetes" finalizer and Active
+        phase; a CRD's checks, defaulted names and status."""
+        if rt is NAMESPACES:
+            if not isinstance(new.get("spec"), dict) or not new["spec"].get("finalizers"):
+                new["spec"] = {**(new.get("spec") or {}), "finalizers": ["kubernetes"]}
+            new["status"] = {"phase": "Active"}
+        if rt == CUSTOM_RESOURCE_DEFINITIONS:
+            self._check_crd(new)
 
     def _write(
         self,
@@ -494,6 +587,8 @@ class Store:
             raise errors.no_such_resource()
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        if rt == CUSTOM_RESOURCE_DEFINITIONS and subresource is None:
+            self._check_crd(new)
         if new == old:
             return copy.deepcopy(old)
         if validate:

@@ -291,7 +291,11 @@ def test_compose_demo_profile_runs_emulators_with_flags_their_cli_accepts(
     kube_args = kube_main.parse_args(kube_cmd[1:])
     assert kube_args.host == "0.0.0.0"
     # The Dockerfile's dev stage copies deploy/samples to /app/samples.
-    assert [Path(p).name for p in kube_args.seed] == [SAMPLE.name]
+    assert [Path(p).name for p in kube_args.seed] == [SAMPLE.name, "tekton-sample.yaml"]
+    assert all((SAMPLE.parent / Path(p).name).is_file() for p in kube_args.seed)
+    # The demo cluster has Kabanero 0.9's Tekton: bundles the emulator knows, installed before the seeds.
+    assert kube_args.crds == ["tekton-v0.11.3", "openshift-pipelines-operator"]
+    assert set(kube_args.crds) <= set(importlib.import_module("emulators.kube.crd").BUNDLES)
     assert "COPY deploy/samples /app/samples" in (ROOT / "Dockerfile").read_text()
     monkeypatch.setenv("OTC_API_KEY", "k")
     monkeypatch.setenv("BROKER_SECRET", "s")
