@@ -444,9 +444,13 @@ def build_app(store: Store, faults: Faults, settings: WatchSettings | None = Non
     app.router.add_get("/version", _version)
     for probe in ("/healthz", "/livez", "/readyz"):
         app.router.add_get(probe, _health)
+    # The discovery roots answer with and without the trailing slash, as the API server does
+    # (client libraries' generated ApisApi asks for ``/apis/``).
     app.router.add_get("/api", _api)
+    app.router.add_get("/api/", _api)
     app.router.add_get("/api/{version}", _resource_list)
     app.router.add_get("/apis", _apis)
+    app.router.add_get("/apis/", _apis)
     app.router.add_get("/apis/{group}", _api_group)
     app.router.add_get("/apis/{group}/{version}", _resource_list)
     app.router.add_get("/openapi/v2", _openapi_v2)

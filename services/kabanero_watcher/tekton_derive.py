@@ -364,8 +364,9 @@ _INTERCEPTOR_KINDS = ("webhook", "github", "gitlab", "bitbucket", "cel")
 
 
 def _interceptors(trigger: dict[str, Any]) -> list[str]:
-    """Interceptor kinds of one EventListener trigger: Triggers 0.2 had one ``interceptor``
-    (a webhook), 0.4+ a list of objects keyed by kind, v1beta1 ``ref.name`` (ClusterInterceptors)."""
+    """Interceptor kinds of one EventListener trigger: ``v1alpha1`` (Triggers 0.2-0.x) a list of
+    objects keyed by kind (webhook, github, gitlab, cel, bitbucket), ``v1beta1`` ``ref.name``
+    (ClusterInterceptors); Triggers 0.1's single ``interceptor`` (a webhook) is read too."""
     kinds: list[str] = []
     if isinstance(trigger.get("interceptor"), dict):
         kinds.append("webhook")

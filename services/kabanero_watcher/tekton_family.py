@@ -58,8 +58,9 @@ EVENTLISTENERS = ResourceSpec(
 )
 ROUTES = ResourceSpec("route.openshift.io", "v1", "routes", optional=True)
 INGRESSES = ResourceSpec("networking.k8s.io", "v1", "ingresses", optional=True)
+# OpenShift Pipelines named its CRD `config.operator.tekton.dev`: the plural is `config`.
 OPENSHIFT_CONFIGS = ResourceSpec(
-    "operator.tekton.dev", "v1alpha1", "configs", optional=True, cluster_scoped=True
+    "operator.tekton.dev", "v1alpha1", "config", optional=True, cluster_scoped=True
 )
 TEKTON_CONFIGS = ResourceSpec(
     "operator.tekton.dev", "v1alpha1", "tektonconfigs", optional=True, cluster_scoped=True

@@ -207,10 +207,10 @@ def test_status_and_metadata_noise_do_not_change_a_card() -> None:
 
 
 def test_eventlistener_triggers_of_every_release() -> None:
-    triggers_0_2 = obj(
+    triggers_0_1 = obj(
         "EventListener", "el", "ns", spec={"triggers": [{"name": "t", "interceptor": {"header": []}}]}
     )
-    assert eventlistener_triggers(triggers_0_2) == ["t (interceptors: webhook)"]
+    assert eventlistener_triggers(triggers_0_1) == ["t (interceptors: webhook)"]
     triggers_0_4 = obj(
         "EventListener",
         "listener-8b1f",
