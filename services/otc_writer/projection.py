@@ -40,12 +40,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.otc_writer.family import FAMILIES, Family, Item, family_of_scope
+from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, family_of_scope
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
 from shared.events import ServiceEventData, SnapshotData, TriggerData
 from shared.mongo import Document
 
 TRIGGERS = TRIGGER_FAMILY.items
+CARDS = TEKTON.items
 SERVICES = "otc_writer_services"
 INSTANCES = "otc_writer_instances"
 BINDINGS = "otc_writer_bindings"

@@ -26,6 +26,10 @@ from shared.events import (
     ServiceEventData,
     ServiceParameters,
     SnapshotData,
+    TektonCardData,
+    TektonCardKey,
+    TektonKind,
+    TektonSnapshotData,
     ToolCommand,
     TriggerData,
     TriggerKey,
@@ -119,6 +123,77 @@ def snapshot_event(
         trigger_revisions=trigger_revisions,
     )
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
+
+
+def tekton_service_event(
+    what: ServiceEvent,
+    *,
+    revision: int,
+    toolchains: list[str],
+    toolchain_id: str | None = None,
+    instance_id: str = "tekton-1",
+    namespaces: list[str] | None = None,
+) -> CloudEvent:
+    """A ``service.tekton.*`` event: a Tekton service of ``CLUSTER`` mirroring ``namespaces`` (None: all)."""
+    data = ServiceEventData(
+        kind="tekton",
+        instance_id=instance_id,
+        service_id="tekton",
+        parameters=ServiceParameters(cluster=CLUSTER, namespaces=namespaces),
+        toolchains=toolchains,
+        toolchain_id=toolchain_id,
+        revision=revision,
+        deleted=what == "deprovisioned",
+    )
+    return CloudEvent.for_data(RoutingKeys.service("tekton", what), data, source="test", subject=instance_id)
+
+
+def card(
+    name: str,
+    *,
+    kind: TektonKind = "Pipeline",
+    revision: int = 1,
+    tasks: tuple[str, ...] = ("build",),
+    namespace: str = NAMESPACE,
+    deleted: bool = False,
+    content_hash: str | None = None,
+) -> TektonCardData:
+    """A Tekton card; ``content_hash`` differs from what the card shows only to model status noise."""
+    return TektonCardData(
+        key=TektonCardKey(cluster=CLUSTER, namespace=namespace, kind=kind, name=name),
+        api_version="tekton.dev/v1beta1",
+        pipelines_version="v0.11.3",
+        tasks=list(tasks),
+        content_hash=content_hash or hashlib.sha256(",".join(tasks).encode()).hexdigest(),
+        revision=revision,
+        deleted=deleted,
+    )
+
+
+def card_event(data: TektonCardData, what: str = "created") -> CloudEvent:
+    rk = {
+        "created": RoutingKeys.CARD_CREATED,
+        "updated": RoutingKeys.CARD_UPDATED,
+        "deleted": RoutingKeys.CARD_DELETED,
+    }[what]
+    return CloudEvent.for_data(rk, data, source="test", subject=data.key.id)
+
+
+def tekton_snapshot_event(
+    cards: list[TektonCardData],
+    *,
+    revision: int,
+    namespace: str = NAMESPACE,
+    card_revisions: dict[str, int] | None = None,
+) -> CloudEvent:
+    data = TektonSnapshotData(
+        cluster=CLUSTER,
+        namespace=namespace,
+        cards=cards,
+        revision=revision,
+        card_revisions=card_revisions or {},
+    )
+    return CloudEvent.for_data(RoutingKeys.TEKTON_SNAPSHOT, data, source="test")
 
 
 def command(
