@@ -1,6 +1,6 @@
 """Desired Tekton cards: what one Pipeline or EventListener card must look like in one toolchain.
 
-A card is a read-only ``customtool`` (docs/design.md, *Tekton cards*; ARCHITECTURE §10). Its
+A card is a read-only ``customtool`` (docs/design.md, *Tekton cards*: the Tekton broker). Its
 parameters derive only from what the card shows, so a change of the card's source that shows nothing
 new (status, ``resourceVersion``, the watcher's ``content_hash``) costs no OTC write.
 
