@@ -14,8 +14,9 @@ One machinery for every family of items (``family.py``: Kabanero triggers, Tekto
   older version, a scope seen for the first time) is derived on first read.
 - ``otc_writer_scopes`` (families whose services stand for many scopes: Tekton): per service scope
   (``tekton:cluster``), the item scopes seen so far, so a bind finds them by ``_id``. A scope is
-  listed before its bindings are first derived, so a bind either sees the scope or happened before
-  the derive that then sees the bind's service.
+  listed right before its bindings document is first derived (a bindings document therefore means
+  a listed scope), and a service event writes the service before it reads the list: either the bind
+  sees the scope, or the scope's first derive sees the bind's service.
 - Each item document carries a copy of its scope's bindings (``bindings``, with their ``rev``): the
   revision compare-and-set of an item change returns them, so a change costs one projection round
   trip. A bind or unbind updates the copies (one ``update_many`` per scope); a new item (or one
@@ -140,8 +141,8 @@ class Projection:
         """As ``put_item``, and the toolchains bound to its scope (from the item's copy).
 
         A newer revision: one ``find_one_and_update`` that returns the copy. An item without a copy
-        (new): its scope listed (``listed`` families), one read of the bindings and one conditional
-        update to keep the copy.
+        (new): one read of the bindings (derived, its scope listed first, when the scope is new) and
+        one conditional update to keep the copy.
         """
         coll = self.items(family)
         scope = family.item_scope(item)
@@ -171,7 +172,6 @@ class Projection:
         copy = (doc or {}).get("bindings")
         if isinstance(copy, dict) and "rev" in copy:
             return state, set(copy.get("toolchains", []))
-        await self.list_scope(family, scope)
         rev, toolchains = await self._bindings(family, scope)
         await coll.update_one(
             {"_id": item.key.id, **_older_copy(rev)},
@@ -239,7 +239,6 @@ class Projection:
         )
         if state == "stale":
             return None
-        await self.list_scope(family, scope)
         stored: dict[str, T] = {t.key.id: t for t in await self.items_in_scope(family, scope)}
         await self._store_newer(family, listed, stored)
         known = family.snapshot_known(snap)
@@ -347,8 +346,9 @@ class Projection:
 
     async def _bindings(self, family: Family[Any, Any], scope: str) -> tuple[int, set[str]]:
         doc = await self.bindings.find_one({"_id": scope})
-        if doc is None:
-            return await self._derive_bindings(family, scope)  # new scope, or an older version's data
+        if doc is None:  # a new scope (or an older version's data): listed first, then derived
+            await self.list_scope(family, scope)
+            return await self._derive_bindings(family, scope)
         return int(doc.get("rev", 0)), set(doc.get("toolchains", []))
 
     async def _bound_by(self, family: Family[Any, Any], scope: str) -> list[str]:

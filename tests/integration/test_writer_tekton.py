@@ -3,10 +3,17 @@ RabbitMQ, read-only customtool cards out to emulators.otc over HTTP, exactly onc
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from pymongo import AsyncMongoClient
+
 from services.otc_writer.desired import trigger_tool_name
 from services.otc_writer.family import TEKTON
+from services.otc_writer.projection import Projection
 from services.otc_writer.tekton_cards import TEKTON_PURPOSE, card_tool_name
-from shared.events import TektonCardData
+from shared.events import ServiceEventData, TektonCardData
+from shared.mongo import Document
 from tests.integration.writer_support import (
     WriterEnv,
     card,
@@ -277,3 +284,47 @@ async def test_kabanero_events_and_tekton_in_one_namespace_do_not_disturb_each_o
         await env.wait_handled(w, 8)
         assert env.tool_names(tc) == [trigger_tool_name(t.key)]
         assert [x.method for x in writes(env.otc.calls(mark))] == ["DELETE"]
+
+
+@asynccontextmanager
+async def projection(mongodb_url: str) -> AsyncIterator[Projection]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_url)
+    try:
+        proj = Projection(client.get_default_database())
+        await proj.ensure_indexes()
+        yield proj
+    finally:
+        await client.close()
+
+
+def _bound(toolchains: list[str], revision: int = 1, namespaces: list[str] | None = None) -> ServiceEventData:
+    return ServiceEventData.model_validate(
+        tekton_service_event("bound", revision=revision, toolchains=toolchains, namespaces=namespaces).data
+    )
+
+
+async def test_a_bind_and_the_first_card_of_a_namespace_never_miss_each_other(mongodb_url: str) -> None:
+    """The two orders of a bind racing the first card of a new namespace, step by step on the
+    projection: either the bind lists the card's scope, or the card's first bindings read sees the
+    bind (two replicas, or two lanes of one consumer, run them at once)."""
+    first, second = card("a", namespace="ns-1"), card("b", namespace="ns-2")
+    async with projection(mongodb_url) as proj:
+        # The bind first: it knows no scope of the cluster yet; the card's first read sees the bind.
+        fresh, scopes = await proj.put_service(TEKTON, _bound(["tc-1"]), deleted=False)
+        assert fresh and scopes == []
+        assert await proj.put_item_bound(TEKTON, first) == ("stored", {"tc-1"})
+        # The card first: the bind lists its scope, derives its bindings and updates the card's copy.
+        assert await proj.put_item_bound(TEKTON, second) == ("stored", {"tc-1"})
+        fresh, scopes = await proj.put_service(TEKTON, _bound(["tc-1", "tc-2"], 2), deleted=False)
+        assert fresh and scopes == [first.scope, second.scope]
+        copy = second.model_copy(update={"revision": 2})
+        assert await proj.put_item_bound(TEKTON, copy) == ("stored", {"tc-1", "tc-2"})
+        # Found by _id: the cluster's document lists both scopes.
+        assert await proj.scopes_of(TEKTON, "tekton:default") == [first.scope, second.scope]
+        # A narrower filter unbinds the other namespace (and a stale service event changes nothing).
+        fresh, _ = await proj.put_service(TEKTON, _bound(["tc-1"], 3, ["ns-1"]), deleted=False)
+        assert fresh
+        assert await proj.bound_toolchains(first.scope) == {"tc-1"}
+        assert await proj.bound_toolchains(second.scope) == set()
+        fresh, _ = await proj.put_service(TEKTON, _bound(["tc-9"], 2), deleted=False)
+        assert not fresh and await proj.bound_toolchains(second.scope) == set()
