@@ -8,16 +8,20 @@ from contextlib import asynccontextmanager
 
 from pymongo import AsyncMongoClient
 
+from emulators.otc.faults import ErrorRule, FaultConfig
+from services.otc_writer.app import EVENTS_QUEUE
 from services.otc_writer.desired import trigger_tool_name
 from services.otc_writer.family import TEKTON
 from services.otc_writer.projection import Projection
 from services.otc_writer.tekton_cards import TEKTON_PURPOSE, card_tool_name
+from shared.amqp.consumer import ERROR_HEADER
 from shared.events import ServiceEventData, TektonCardData
 from shared.mongo import Document
 from tests.integration.writer_support import (
     WriterEnv,
     card,
     card_event,
+    dead_letters,
     service_event,
     snapshot_event,
     tekton_service_event,
@@ -328,3 +332,48 @@ async def test_a_bind_and_the_first_card_of_a_namespace_never_miss_each_other(mo
         assert await proj.bound_toolchains(second.scope) == set()
         fresh, _ = await proj.put_service(TEKTON, _bound(["tc-9"], 2), deleted=False)
         assert not fresh and await proj.bound_toolchains(second.scope) == set()
+
+
+async def test_a_refused_card_is_recorded_and_not_resent_until_it_changes(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="refusing-tekton")
+    refused = card("refused")
+    name = card_tool_name(refused.key)
+    env.otc.set_faults(
+        FaultConfig(
+            rules=[
+                ErrorRule(
+                    path=r"/toolchain/v2/toolchains/.*/tools",
+                    method="POST",
+                    name=name,
+                    status=400,
+                    message="Parameter 'type' is not allowed",
+                )
+            ]
+        )
+    )
+    async with env.writer() as w:
+        await env.publish(tekton_service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        await env.publish(card_event(refused))
+        (dead,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
+        assert "Parameter 'type' is not allowed" in str((dead.headers or {})[ERROR_HEADER])
+        entry = await w.ledger.get(TEKTON_PURPOSE, refused.key.id, tc)
+        assert entry is not None and entry["refused_hash"] and "not allowed" in entry["last_error"]
+
+        # The same content again (a status-only revision, a snapshot): acked, no OTC call.
+        mark = env.otc.call_count
+        noise = card("refused", revision=2, content_hash="status-only")
+        await env.publish(card_event(noise, "updated"))
+        await env.wait_handled(w, 2)
+        await env.publish(tekton_snapshot_event([noise], revision=1, card_revisions={refused.key.id: 2}))
+        await env.wait_handled(w, 3)
+        assert env.otc.calls(mark) == []
+        assert await dead_letters(env, EVENTS_QUEUE, wait=False) == []
+
+        # What the card shows changes: tried again, once.
+        env.otc.clear_faults()
+        mark = env.otc.call_count
+        await env.publish(card_event(card("refused", revision=3, tasks=("build", "scan")), "updated"))
+        await env.wait_handled(w, 4)
+        assert [c.method for c in writes(env.otc.calls(mark))] == ["POST"]
+        assert env.tool_names(tc) == [name]

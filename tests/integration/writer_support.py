@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from emulators.otc.models import CallRecord
 from emulators.otc.testing import OtcEmulator
@@ -34,7 +35,7 @@ from shared.events import (
     TriggerData,
     TriggerKey,
 )
-from tests.helpers import wait_until
+from tests.helpers import drain_queue, wait_until
 
 FAST = Topology(retry_delays_s=(1,))
 API_KEY = "writer-test-key"
@@ -216,6 +217,21 @@ def command(
     )
     rk = RoutingKeys.TOOL_APPLY if what == "apply" else RoutingKeys.TOOL_REMOVE
     return CloudEvent.for_data(rk, data, source="test", subject=key)
+
+
+async def dead_letters(env: WriterEnv, queue: str, *, wait: bool) -> list[AbstractIncomingMessage]:
+    """What ``queue``'s dead-letter queue holds (waiting for at least one when ``wait``)."""
+    dead: list[AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        dead.extend(await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2))
+        return bool(dead)
+
+    if wait:
+        await wait_until(arrived, timeout=10, what=f"a dead letter on {queue}")
+    else:
+        await arrived()
+    return dead
 
 
 @dataclass
