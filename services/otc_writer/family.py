@@ -73,7 +73,10 @@ class ToolStyles:
 @dataclass(frozen=True)
 class Family[T: Item, N: Snapshot]:
     name: str
-    """Label of the family's items in logs and ``kotc_otc_writer_stale_events_total{kind}``."""
+    """Label of the family's items in logs and ``kotc_otc_writer_stale_events_total{kind}``, and
+    the coalescing sequence of its item events."""
+    snapshot_label: str
+    """The same for its snapshots."""
     purpose: str
     """Ledger purpose of its tools."""
     service_kind: ServiceKind
@@ -81,10 +84,9 @@ class Family[T: Item, N: Snapshot]:
     """Collection of its items (``_id`` = the item key)."""
     parse_key: Callable[[Any], Keyed]
     """Validate an item's raw ``key`` (the consumer's lane, before the item is validated)."""
-    item_model: Any
-    """The item's pydantic model (``model_validate`` -> T)."""
-    snapshot_model: Any
-    """The snapshot's pydantic model (``model_validate`` -> N)."""
+    parse_item: Callable[[Any], T]
+    """Validate an item (event data, a stored item's ``data``); raises ``ValueError``."""
+    parse_snapshot: Callable[[Any], N]
     item_routing: tuple[str, str, str]
     """created, updated, deleted."""
     snapshot_routing: str
@@ -104,10 +106,6 @@ class Family[T: Item, N: Snapshot]:
     """Services stand for many item scopes: the projection lists them per service scope."""
     desired: Callable[[T, str, ToolStyles], DesiredTool]
     """The tool an item must be in one toolchain."""
-
-    @property
-    def snapshot_label(self) -> str:
-        return "snapshot" if self.name == "trigger" else f"{self.name}-snapshot"
 
 
 def _trigger_tool(trigger: TriggerData, toolchain_id: str, styles: ToolStyles) -> DesiredTool:
@@ -136,12 +134,13 @@ def _mirrors(service: Document, scope: str) -> bool:
 
 TRIGGERS: Family[TriggerData, SnapshotData] = Family(
     name="trigger",
+    snapshot_label="snapshot",
     purpose=TRIGGER_PURPOSE,
     service_kind="kabanero-events",
     items="otc_writer_triggers",
     parse_key=TriggerKey.model_validate,
-    item_model=TriggerData,
-    snapshot_model=SnapshotData,
+    parse_item=TriggerData.model_validate,
+    parse_snapshot=SnapshotData.model_validate,
     item_routing=(RoutingKeys.TRIGGER_CREATED, RoutingKeys.TRIGGER_UPDATED, RoutingKeys.TRIGGER_DELETED),
     snapshot_routing=RoutingKeys.SNAPSHOT,
     item_scope=lambda t: t.instance.scope,
@@ -157,12 +156,13 @@ TRIGGERS: Family[TriggerData, SnapshotData] = Family(
 
 TEKTON: Family[TektonCardData, TektonSnapshotData] = Family(
     name="card",
+    snapshot_label="card-snapshot",
     purpose=TEKTON_PURPOSE,
     service_kind="tekton",
     items="otc_writer_tekton_cards",
     parse_key=TektonCardKey.model_validate,
-    item_model=TektonCardData,
-    snapshot_model=TektonSnapshotData,
+    parse_item=TektonCardData.model_validate,
+    parse_snapshot=TektonSnapshotData.model_validate,
     item_routing=(RoutingKeys.CARD_CREATED, RoutingKeys.CARD_UPDATED, RoutingKeys.CARD_DELETED),
     snapshot_routing=RoutingKeys.TEKTON_SNAPSHOT,
     item_scope=lambda c: c.scope,

@@ -41,9 +41,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, family_of_scope
+from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot, family_of_scope
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
-from shared.events import ServiceEventData, SnapshotData, TriggerData
+from shared.events import ServiceEventData, TriggerData
 from shared.mongo import Document
 
 TRIGGERS = TRIGGER_FAMILY.items
@@ -181,14 +181,12 @@ class Projection:
 
     async def get_item[T: Item](self, family: Family[T, Any], key_id: str) -> T | None:
         doc = await self.items(family).find_one({"_id": key_id})
-        model: Any = family.item_model
-        return model.model_validate(doc["data"]) if doc else None
+        return family.parse_item(doc["data"]) if doc else None
 
     async def items_in_scope[T: Item](self, family: Family[T, Any], scope: str) -> list[T]:
         """Every item of one scope, deleted ones included (one query per scope reconcile)."""
         cursor = self.items(family).find({"scope": scope})
-        model: Any = family.item_model
-        return [model.model_validate(d["data"]) async for d in cursor]
+        return [family.parse_item(d["data"]) async for d in cursor]
 
     async def live_items[T: Item](self, family: Family[T, Any], scope: str) -> list[T]:
         """The scope's items that exist (operator queries, e.g. ``kabanero-otc plan``)."""
@@ -196,29 +194,17 @@ class Projection:
 
     # --- the trigger family's names (kabanero-otc and the tests read them) ---
 
-    async def put_trigger(self, trigger: TriggerData) -> State:
-        return await self.put_item(TRIGGER_FAMILY, trigger)
-
-    async def put_trigger_bound(
-        self, trigger: TriggerData, *, bindings: bool = True
-    ) -> tuple[State, set[str]]:
-        return await self.put_item_bound(TRIGGER_FAMILY, trigger, bindings=bindings)
-
     async def get_trigger(self, key_id: str) -> TriggerData | None:
         return await self.get_item(TRIGGER_FAMILY, key_id)
-
-    async def triggers_in_scope(self, scope: str) -> list[TriggerData]:
-        return await self.items_in_scope(TRIGGER_FAMILY, scope)
 
     async def live_triggers(self, scope: str) -> list[TriggerData]:
         return await self.live_items(TRIGGER_FAMILY, scope)
 
-    async def put_snapshot(self, snap: SnapshotData) -> list[TriggerData] | None:
-        return await self.put_family_snapshot(TRIGGER_FAMILY, snap)
-
     # --- snapshots ---
 
-    async def put_family_snapshot[T: Item](self, family: Family[T, Any], snap: Any) -> list[T] | None:
+    async def put_family_snapshot[T: Item, N: Snapshot](
+        self, family: Family[T, N], snap: N
+    ) -> list[T] | None:
         """Apply a snapshot: its items (each by its own revision) and tombstones for the missing.
 
         The scope's items are read once and compared in memory: only an item whose revision is newer

@@ -26,13 +26,13 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.otc_writer.applier import Outcome, ToolApplier, is_unchanged
 from services.otc_writer.desired import DesiredTool
-from services.otc_writer.family import FAMILIES, TRIGGERS, Family, Item, ToolStyles, family_of_scope
+from services.otc_writer.family import FAMILIES, Family, Item, Snapshot, ToolStyles
 from services.otc_writer.ledger import Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
 from shared.amqp import PermanentError, RetryableError
 from shared.dependencies import unavailable_dependency
-from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ToolCommand, TriggerData, event_scope
+from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ToolCommand, event_scope
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,10 @@ def revision_of_event(event: CloudEvent) -> tuple[str, int] | None:
     rk = event.routing_key
     family = _ITEMS.get(rk)
     if family is not None:
-        return family.name, int(family.item_model.model_validate(event.data).revision)
+        return family.name, family.parse_item(event.data).revision
     family = _SNAPSHOTS.get(rk)
     if family is not None:
-        return family.snapshot_label, int(family.snapshot_model.model_validate(event.data).revision)
+        return family.snapshot_label, family.parse_snapshot(event.data).revision
     return None
 
 
@@ -119,14 +119,14 @@ class Reconciler:
         rk = event.routing_key
         family = _ITEMS.get(rk)
         if family is not None:
-            item = family.item_model.model_validate(event.data)
+            item = family.parse_item(event.data)
             if rk == family.item_routing[2] and not item.deleted:
                 item = item.model_copy(update={"deleted": True})
             await self._on_item(family, item, event.id)
             return
         family = _SNAPSHOTS.get(rk)
         if family is not None:
-            await self._on_snapshot(family, family.snapshot_model.model_validate(event.data), event.id)
+            await self._on_snapshot(family, family.parse_snapshot(event.data), event.id)
             return
         prefix, _, kind = rk.rpartition(".")[0].partition(".")
         family = _SERVICES.get(kind) if prefix == "service" else None
@@ -164,7 +164,7 @@ class Reconciler:
             )
             return
         for scope in scopes:
-            await self._reconcile_scope(family, scope, cause)
+            await self.reconcile_scope(family, scope, cause)
 
     async def _on_item[T: Item](self, family: Family[T, Any], item: T, cause: str) -> None:
         state, toolchains = await self._projection.put_item_bound(family, item)
@@ -178,25 +178,18 @@ class Reconciler:
             return
         await self.reconcile_item(family, item, cause, toolchains)
 
-    async def _on_snapshot[T: Item](self, family: Family[T, Any], snap: Any, cause: str) -> None:
+    async def _on_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], snap: N, cause: str) -> None:
         items = await self._projection.put_family_snapshot(family, snap)
         scope = family.snapshot_scope(snap)
         if items is None:
             self._metrics.skipped.labels(family.snapshot_label).inc()
             log.info("stale snapshot skipped", extra={"scope": scope})
             return
-        await self._reconcile_scope(family, scope, cause, items)
+        await self.reconcile_scope(family, scope, cause, items)
 
     # --- convergence ---
 
-    async def reconcile_scope(
-        self, scope: str, cause: str | None = None, triggers: list[TriggerData] | None = None
-    ) -> None:
-        """Every tool of one scope (its family told by the scope): see ``_reconcile_scope``."""
-        family = family_of_scope(scope)
-        await self._reconcile_scope(family, scope, cause, triggers if family is TRIGGERS else None)
-
-    async def _reconcile_scope[T: Item](
+    async def reconcile_scope[T: Item](
         self, family: Family[T, Any], scope: str, cause: str | None = None, items: list[T] | None = None
     ) -> None:
         """Every tool of one scope: create missing, patch changed, delete stale.
@@ -257,11 +250,6 @@ class Reconciler:
             if entry.present or entry.interrupted:
                 jobs.append(self._remove(family, entry, owner))
         return jobs
-
-    async def reconcile_trigger(
-        self, trigger: TriggerData, cause: str | None = None, toolchains: set[str] | None = None
-    ) -> None:
-        await self.reconcile_item(TRIGGERS, trigger, cause, toolchains)
 
     async def reconcile_item[T: Item](
         self, family: Family[T, Any], item: T, cause: str | None = None, toolchains: set[str] | None = None
