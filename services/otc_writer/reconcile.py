@@ -132,6 +132,8 @@ class Reconciler:
         family = _SERVICES.get(kind) if prefix == "service" else None
         if family is not None:
             data = ServiceEventData.model_validate(event.data)
+            if data.kind != family.service_kind:  # its scope would be read the wrong way
+                raise PermanentError(f"kind: {data.kind!r} in a {rk} event")
             await self._on_service(family, data, rk.rsplit(".", 1)[1], event.id)
             return
         log.info("ignoring event", extra={"type": event.type, "event_id": event.id})

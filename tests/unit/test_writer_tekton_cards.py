@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from services.otc_writer.desired import NAME_MAX, NAME_RE
 from services.otc_writer.family import TEKTON, TRIGGERS, ToolStyles, family_of_scope, tekton_namespace
-from services.otc_writer.reconcile import key_of_event, revision_of_event
+from services.otc_writer.reconcile import Reconciler, key_of_event, revision_of_event
 from services.otc_writer.tekton_cards import (
     DESCRIPTION_MAX,
     TEKTON_PURPOSE,
@@ -18,6 +18,7 @@ from services.otc_writer.tekton_cards import (
     card_tool_name,
     desired_card_tool,
 )
+from shared.amqp import PermanentError
 from shared.events import (
     CloudEvent,
     InstanceRef,
@@ -204,3 +205,18 @@ def test_family_desired_uses_its_own_style() -> None:
     want = TEKTON.desired(_card(), "tc", styles)
     assert (want.tool_type_id, want.parameters["lifecyclePhase"]) == ("othertool", "RUN")
     assert want.purpose == TEKTON.purpose == "tekton"
+
+
+async def test_a_service_event_of_another_kind_is_refused_naming_the_field() -> None:
+    """``service.tekton.*`` carrying a Kabanero Events service: rejected before anything is stored."""
+    reconciler = Reconciler(cast(Any, None), cast(Any, None), cast(Any, None), ToolStyles(), cast(Any, None))
+    wrong = ServiceEventData(
+        kind="kabanero-events",
+        instance_id="svc",
+        service_id="kabanero-events",
+        parameters=ServiceParameters(cluster="prod", namespace="kabanero"),
+        revision=1,
+    )
+    event = CloudEvent.for_data(RoutingKeys.service("tekton", "bound"), wrong, source="test")
+    with pytest.raises(PermanentError, match=r"kind: 'kabanero-events' in a service\.tekton\.bound event"):
+        await reconciler.handle_event(event)
