@@ -36,6 +36,7 @@ from services.kabanero_watcher.settings import Settings as WatcherSettings
 from services.kabanero_watcher.state import COLLECTION as WATCH_STATE
 from services.otc_writer.ledger import LEDGER
 from services.otc_writer.otc_client import IamTokenManager, OtcError, OtcPermanentError
+from services.otc_writer.projection import CARDS as WRITER_CARDS
 from services.otc_writer.projection import SERVICES as WRITER_SERVICES
 from services.otc_writer.projection import TRIGGERS as WRITER_TRIGGERS
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES, Topology
@@ -47,6 +48,7 @@ EXPECTED_INDEXES: dict[str, list[tuple[tuple[str, int], ...]]] = {
     WATCH_STATE: [(("cluster", 1), ("namespace", 1))],
     LEDGER: [(("purpose", 1), ("key", 1), ("toolchain_id", 1)), (("purpose", 1), ("scope", 1))],
     WRITER_TRIGGERS: [(("scope", 1),)],
+    WRITER_CARDS: [(("scope", 1),)],
     WRITER_SERVICES: [(("scope", 1),)],
     LINKER_SERVICES: [(("toolchains", 1),), (("instance", 1),)],
     LINKER_TOOLS: [(("toolchain_id", 1),)],

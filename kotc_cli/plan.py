@@ -34,6 +34,7 @@ from services.otc_writer.otc_client import (
     Tool,
 )
 from services.otc_writer.projection import Projection
+from shared.events import TEKTON_SCOPE_PREFIX
 from shared.mongo import Document
 
 
@@ -56,7 +57,9 @@ async def desired_tools(db: AsyncDatabase[Document], config: Config) -> dict[str
     style = trigger_style(writer_settings(config))
     projection = Projection(db)
     wanted: dict[str, DesiredTool] = {}
-    scopes = {str(s) for s in await projection.services.distinct("scope", {"deleted": False})}
+    services = await projection.services.distinct("scope", {"deleted": False})
+    # Trigger scopes only: Tekton services stand for a cluster; their cards count as applied below.
+    scopes = {str(s) for s in services if not str(s).startswith(TEKTON_SCOPE_PREFIX)}
     for scope in sorted(scopes):
         toolchains = await projection.bound_toolchains(scope)
         for trigger in await projection.live_triggers(scope):

@@ -17,6 +17,7 @@ from services.otc_writer import metrics as client_metrics
 from services.otc_writer.applier import ToolApplier, WriteHook
 from services.otc_writer.audit import AuditMetrics, Auditor, AuditReport
 from services.otc_writer.desired import TriggerToolStyle
+from services.otc_writer.family import ToolStyles
 from services.otc_writer.ledger import Ledger
 from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig, OtcError
 from services.otc_writer.projection import Projection
@@ -28,6 +29,7 @@ from services.otc_writer.reconcile import (
     revision_of_event,
 )
 from services.otc_writer.settings import Settings
+from services.otc_writer.tekton_cards import TektonCardStyle
 from shared.amqp import Consumer, Topology
 from shared.amqp.consumer import Handler
 from shared.events import CloudEvent
@@ -118,6 +120,21 @@ def otc_config(settings: Settings) -> OtcClientConfig:
     )
 
 
+def tool_styles(settings: Settings) -> ToolStyles:
+    return ToolStyles(
+        trigger=TriggerToolStyle(
+            tool_type_id=settings.trigger_tool_type,
+            lifecycle_phase=settings.trigger_lifecycle_phase,
+            dashboard_url=settings.trigger_dashboard_url,
+        ),
+        tekton=TektonCardStyle(
+            tool_type_id=settings.tekton_tool_type,
+            lifecycle_phase=settings.tekton_lifecycle_phase,
+            service_page_url=settings.tekton_service_page_url,
+        ),
+    )
+
+
 def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     """Runs inside the event loop (the OTC HTTP session is created here, closed as the first part)."""
     deps = deps or Deps()
@@ -136,18 +153,14 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
     projection = Projection(infra.db)
     applier = ToolApplier(ledger, client, owner=owner, after_write=deps.after_otc_write)
-    style = TriggerToolStyle(
-        tool_type_id=settings.trigger_tool_type,
-        lifecycle_phase=settings.trigger_lifecycle_phase,
-        dashboard_url=settings.trigger_dashboard_url,
-    )
+    styles = tool_styles(settings)
     runtime = OtcWriter(
         infra=infra,
         ledger=ledger,
         projection=projection,
         client=client,
         applier=applier,
-        reconciler=Reconciler(projection, ledger, applier, style, Metrics(health.registry)),
+        reconciler=Reconciler(projection, ledger, applier, styles, Metrics(health.registry)),
         auditor=Auditor(ledger, client, applier, AuditMetrics(health.registry), owner=owner),
         http=HttpServer(health_app(health), settings.http_host, settings.http_port, name=NAME),
         iam=iam,

@@ -1,20 +1,28 @@
 """otc-writer's own view of the world, learned only from events (docs/architecture.md §6).
 
-- ``otc_writer_triggers``: one document per trigger key (deleted ones kept as tombstones so an older
-  ``created`` arriving late is recognised as stale).
-- ``otc_writer_services``: Kabanero Events services -> instance and bound toolchains.
-- ``otc_writer_instances``: the last snapshot revision applied per instance.
-- ``otc_writer_bindings``: per instance, the toolchains bound to it (the union over its services).
-  Derived from ``otc_writer_services``; written with a compare-and-set on ``rev`` so two replicas
-  handling two services of one instance never lose one. A missing document (data of an older
-  version) is derived on first read.
-- Each trigger document carries a copy of its instance's bindings (``bindings``, with their
-  ``rev``): the revision compare-and-set of a trigger change returns them, so a change costs one
-  projection round trip. A bind or unbind updates the copies (one ``update_many`` per service
-  event); a new trigger (or one stored by an older version) reads the bindings once and keeps a
-  copy unless a newer one arrived meanwhile. Either the trigger handler sees the new bindings, or
-  its write came first and the bind's own instance reconcile, which reads the triggers after
-  updating the copies, sees the trigger.
+One machinery for every family of items (``family.py``: Kabanero triggers, Tekton cards):
+
+- items (``otc_writer_triggers``, ``otc_writer_tekton_cards``): one document per item key (deleted
+  ones kept as tombstones so an older ``created`` arriving late is recognised as stale).
+- ``otc_writer_services``: Kabanero Events and Tekton services -> their scope (an instance, a
+  cluster), ``namespaces`` (Tekton) and bound toolchains.
+- ``otc_writer_instances``: the last snapshot revision applied per item scope (an instance, a Tekton
+  namespace ``tekton:cluster/namespace``).
+- ``otc_writer_bindings``: per item scope, the toolchains bound to it (the union over the services
+  that bind it). Derived from ``otc_writer_services``; written with a compare-and-set on ``rev`` so
+  two replicas handling two services of one scope never lose one. A missing document (data of an
+  older version, a scope seen for the first time) is derived on first read.
+- ``otc_writer_scopes`` (families whose services stand for many scopes: Tekton): per service scope
+  (``tekton:cluster``), the item scopes seen so far, so a bind finds them by ``_id``. A scope is
+  listed right before its bindings document is first derived (a bindings document therefore means
+  a listed scope), and a service event writes the service before it reads the list: either the bind
+  sees the scope, or the scope's first derive sees the bind's service.
+- Each item document carries a copy of its scope's bindings (``bindings``, with their ``rev``): the
+  revision compare-and-set of an item change returns them, so a change costs one projection round
+  trip. A bind or unbind updates the copies (one ``update_many`` per scope); a new item (or one
+  stored by an older version) reads the bindings once and keeps a copy unless a newer one arrived
+  meanwhile. Either the item handler sees the new bindings, or its write came first and the bind's
+  own scope reconcile, which reads the items after updating the copies, sees the item.
 
 Every write is a compare-and-set on ``revision`` (an upsert whose filter requires a lower revision; a
 duplicate-key error means the stored one is as new or newer), so stale events change nothing even
@@ -33,21 +41,24 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.otc_writer.desired import instance_scope
-from shared.events import ServiceEventData, SnapshotData, TriggerData
+from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot, family_of_scope
+from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
+from shared.events import ServiceEventData, TriggerData
 from shared.mongo import Document
 
-TRIGGERS = "otc_writer_triggers"
+TRIGGERS = TRIGGER_FAMILY.items
+CARDS = TEKTON.items
 SERVICES = "otc_writer_services"
 INSTANCES = "otc_writer_instances"
 BINDINGS = "otc_writer_bindings"
+SCOPES = "otc_writer_scopes"
 SCHEMA_VERSION = 1
 
 State = Literal["stored", "same", "stale"]
 
 
 class AppliedSnapshot(BaseModel):
-    """One ``otc_writer_instances`` document: the last snapshot revision applied to an instance."""
+    """One ``otc_writer_instances`` document: the last snapshot revision applied to a scope."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -58,13 +69,19 @@ class AppliedSnapshot(BaseModel):
 
 class Projection:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.triggers: AsyncCollection[Document] = db[TRIGGERS]
+        self._items: dict[str, AsyncCollection[Document]] = {f.name: db[f.items] for f in FAMILIES}
+        self.triggers = self._items[TRIGGER_FAMILY.name]
         self.services: AsyncCollection[Document] = db[SERVICES]
         self.instances: AsyncCollection[Document] = db[INSTANCES]
         self.bindings: AsyncCollection[Document] = db[BINDINGS]
+        self.scopes: AsyncCollection[Document] = db[SCOPES]
+
+    def items(self, family: Family[Any, Any]) -> AsyncCollection[Document]:
+        return self._items[family.name]
 
     async def ensure_indexes(self) -> None:
-        await self.triggers.create_index([("scope", ASCENDING)], name="scope")
+        for coll in self._items.values():
+            await coll.create_index([("scope", ASCENDING)], name="scope")
         await self.services.create_index([("scope", ASCENDING)], name="scope")
 
     @staticmethod
@@ -107,36 +124,40 @@ class Projection:
         return "same" if doc is not None and doc.get("revision") == revision else "stale"
 
     async def applied_snapshot(self, scope: str) -> AppliedSnapshot | None:
-        """What the writer last applied of an instance's snapshots (``kabanero-otc resync`` waits on it)."""
+        """What the writer last applied of a scope's snapshots (``kabanero-otc resync`` waits on it)."""
         doc = await self.instances.find_one({"_id": scope})
         return AppliedSnapshot.model_validate(doc) if doc else None
 
-    async def put_trigger(self, trigger: TriggerData) -> State:
-        """Store the trigger if its revision is newer (one update by ``_id``; one more read otherwise)."""
-        state, _ = await self.put_trigger_bound(trigger, bindings=False)
+    # --- items (any family) ---
+
+    async def put_item[T: Item](self, family: Family[T, Any], item: T) -> State:
+        """Store the item if its revision is newer (one update by ``_id``; one more read otherwise)."""
+        state, _ = await self.put_item_bound(family, item, bindings=False)
         return state
 
-    async def put_trigger_bound(
-        self, trigger: TriggerData, *, bindings: bool = True
+    async def put_item_bound[T: Item](
+        self, family: Family[T, Any], item: T, *, bindings: bool = True
     ) -> tuple[State, set[str]]:
-        """As ``put_trigger``, and the toolchains bound to its instance (from the trigger's copy).
+        """As ``put_item``, and the toolchains bound to its scope (from the item's copy).
 
-        A newer revision: one ``find_one_and_update`` that returns the copy. A trigger without a
-        copy (new): one read of the bindings and one conditional update to keep the copy.
+        A newer revision: one ``find_one_and_update`` that returns the copy. An item without a copy
+        (new): one read of the bindings (derived, its scope listed first, when the scope is new) and
+        one conditional update to keep the copy.
         """
-        scope = instance_scope(trigger.instance)
+        coll = self.items(family)
+        scope = family.item_scope(item)
         fields = {
             "scope": scope,
-            "deleted": trigger.deleted,
-            "data": trigger.model_dump(mode="json"),
-            "revision": trigger.revision,
+            "deleted": item.deleted,
+            "data": item.model_dump(mode="json"),
+            "revision": item.revision,
             "schema_version": SCHEMA_VERSION,
             "updated_at": datetime.now(UTC),
         }
         doc: Document | None
         try:
-            doc = await self.triggers.find_one_and_update(
-                {"_id": trigger.key.id, "revision": {"$lt": trigger.revision}},
+            doc = await coll.find_one_and_update(
+                {"_id": item.key.id, "revision": {"$lt": item.revision}},
                 {"$set": fields},
                 projection={"bindings": 1},
                 upsert=True,
@@ -144,136 +165,190 @@ class Projection:
             )
             state: State = "stored"
         except DuplicateKeyError:  # the stored revision is as new or newer
-            doc = await self.triggers.find_one({"_id": trigger.key.id}, {"revision": 1, "bindings": 1})
-            state = "same" if doc is not None and doc.get("revision") == trigger.revision else "stale"
+            doc = await coll.find_one({"_id": item.key.id}, {"revision": 1, "bindings": 1})
+            state = "same" if doc is not None and doc.get("revision") == item.revision else "stale"
         if not bindings or state == "stale":
             return state, set()
         copy = (doc or {}).get("bindings")
         if isinstance(copy, dict) and "rev" in copy:
             return state, set(copy.get("toolchains", []))
-        rev, toolchains = await self._bindings(scope)
-        await self.triggers.update_one(
-            {"_id": trigger.key.id, **_older_copy(rev)},
+        rev, toolchains = await self._bindings(family, scope)
+        await coll.update_one(
+            {"_id": item.key.id, **_older_copy(rev)},
             {"$set": {"bindings": {"toolchains": sorted(toolchains), "rev": rev}}},
         )
         return state, toolchains
 
-    async def get_trigger(self, key_id: str) -> TriggerData | None:
-        doc = await self.triggers.find_one({"_id": key_id})
-        return TriggerData.model_validate(doc["data"]) if doc else None
+    async def get_item[T: Item](self, family: Family[T, Any], key_id: str) -> T | None:
+        doc = await self.items(family).find_one({"_id": key_id})
+        return family.parse_item(doc["data"]) if doc else None
 
-    async def triggers_in_scope(self, scope: str) -> list[TriggerData]:
-        """Every trigger of one instance, deleted ones included (one query per instance reconcile)."""
-        cursor = self.triggers.find({"scope": scope})
-        return [TriggerData.model_validate(d["data"]) async for d in cursor]
+    async def items_in_scope[T: Item](self, family: Family[T, Any], scope: str) -> list[T]:
+        """Every item of one scope, deleted ones included (one query per scope reconcile)."""
+        cursor = self.items(family).find({"scope": scope})
+        return [family.parse_item(d["data"]) async for d in cursor]
+
+    async def live_items[T: Item](self, family: Family[T, Any], scope: str) -> list[T]:
+        """The scope's items that exist (operator queries, e.g. ``kabanero-otc plan``)."""
+        return [t for t in await self.items_in_scope(family, scope) if not t.deleted]
+
+    # --- the trigger family's names (kabanero-otc and the tests read them) ---
+
+    async def get_trigger(self, key_id: str) -> TriggerData | None:
+        return await self.get_item(TRIGGER_FAMILY, key_id)
 
     async def live_triggers(self, scope: str) -> list[TriggerData]:
-        """The instance's triggers that exist (operator queries, e.g. ``kabanero-otc plan``)."""
-        return [t for t in await self.triggers_in_scope(scope) if not t.deleted]
+        return await self.live_items(TRIGGER_FAMILY, scope)
 
-    async def put_snapshot(self, snap: SnapshotData) -> list[TriggerData] | None:
-        """Apply a snapshot: its triggers (each by its own revision) and tombstones for the missing.
+    # --- snapshots ---
 
-        The instance's triggers are read once and compared in memory: only a trigger whose revision
-        is newer than the stored one is written. Returns every trigger of the instance as stored now
-        (for the reconcile), or None when the snapshot is stale.
+    async def put_family_snapshot[T: Item, N: Snapshot](
+        self, family: Family[T, N], snap: N
+    ) -> list[T] | None:
+        """Apply a snapshot: its items (each by its own revision) and tombstones for the missing.
 
-        A snapshot may be handled after trigger events published after it was taken (it came back
-        from a retry queue). With ``trigger_revisions`` a trigger it does not list is tombstoned only
-        if the watcher had already published that trigger's stored revision when it took the
-        snapshot: a trigger created (or re-created) later is left alone. Without them (an older
-        watcher) every unlisted trigger is tombstoned, and then only on the first delivery.
+        The scope's items are read once and compared in memory: only an item whose revision is newer
+        than the stored one is written. Returns every item of the scope as stored now (for the
+        reconcile), or None when the snapshot is stale.
+
+        A snapshot may be handled after item events published after it was taken (it came back
+        from a retry queue). With the producer's known revisions (``trigger_revisions``,
+        ``card_revisions``) an item it does not list is tombstoned only if the producer had already
+        published that item's stored revision when it took the snapshot: an item created (or
+        re-created) later is left alone. Without them (an older watcher) every unlisted trigger is
+        tombstoned, and then only on the first delivery.
         """
-        scope = instance_scope(snap.instance)
-        state = await self._cas_state(self.instances, scope, snap.revision, {"exists": snap.exists})
+        scope = family.snapshot_scope(snap)
+        listed = family.snapshot_items(snap)
+        state = await self._cas_state(
+            self.instances, scope, snap.revision, {"exists": family.snapshot_exists(snap)}
+        )
         if state == "stale":
             return None
-        stored = {t.key.id: t for t in await self.triggers_in_scope(scope)}
-        listed = snap.triggers if snap.exists else []
-        await self._store_newer(listed, stored)
-        if state == "same" and snap.trigger_revisions is None:
+        stored: dict[str, T] = {t.key.id: t for t in await self.items_in_scope(family, scope)}
+        await self._store_newer(family, listed, stored)
+        known = family.snapshot_known(snap)
+        if state == "same" and known is None:
             # A redelivery: tombstones were written by the first delivery, and repeating them now
-            # could delete a trigger created after this snapshot was taken. Reconcile only.
+            # could delete an item created after this snapshot was taken. Reconcile only.
             return list(stored.values())
-        await self._tombstone_unlisted({t.key.id for t in listed}, stored, snap.trigger_revisions)
+        await self._tombstone_unlisted(family, {t.key.id for t in listed}, stored, known)
         return list(stored.values())
 
-    async def _store_newer(self, listed: list[TriggerData], stored: dict[str, TriggerData]) -> None:
-        """Write each listed trigger newer than the stored one (by its own revision); ``stored``
-        is updated in place."""
-        for trigger in listed:
-            known = stored.get(trigger.key.id)
-            newer = known is None or known.revision < trigger.revision
-            if newer and await self.put_trigger(trigger) == "stored":
-                stored[trigger.key.id] = trigger
-
-    async def _tombstone_unlisted(
-        self, listed: set[str], stored: dict[str, TriggerData], known: dict[str, int] | None
+    async def _store_newer[T: Item](
+        self, family: Family[T, Any], listed: list[T], stored: dict[str, T]
     ) -> None:
-        """Tombstone the live stored triggers the snapshot does not list; ``stored`` is updated in place."""
-        for key_id, trigger in list(stored.items()):
-            if key_id in listed or trigger.deleted:
+        """Write each listed item newer than the stored one (by its own revision); ``stored`` is
+        updated in place."""
+        for item in listed:
+            known = stored.get(item.key.id)
+            newer = known is None or known.revision < item.revision
+            if newer and await self.put_item(family, item) == "stored":
+                stored[item.key.id] = item
+
+    async def _tombstone_unlisted[T: Item](
+        self,
+        family: Family[T, Any],
+        listed: set[str],
+        stored: dict[str, T],
+        known: dict[str, int] | None,
+    ) -> None:
+        """Tombstone the live stored items the snapshot does not list; ``stored`` is updated in place."""
+        for key_id, item in list(stored.items()):
+            if key_id in listed or item.deleted:
                 continue
-            tomb = await self._tombstone(trigger, known)
+            tomb = await self._tombstone(family, item, known)
             if tomb is not None:
                 stored[key_id] = tomb
 
-    async def _tombstone(self, trigger: TriggerData, known: dict[str, int] | None) -> TriggerData | None:
+    async def _tombstone[T: Item](
+        self, family: Family[T, Any], item: T, known: dict[str, int] | None
+    ) -> T | None:
         """Absent from a newer snapshot: gone, at least at the stored revision (so a replayed older
         ``created`` stays stale). None when the snapshot is not the one to judge, or it changed."""
-        revision = trigger.revision
+        revision = item.revision
         if known is not None:
-            seen = known.get(trigger.key.id)
+            seen = known.get(item.key.id)
             if seen is None or seen < revision:
                 return None  # published after the snapshot was taken: not the snapshot's to judge
-            revision = seen  # the watcher's delete: older events of the key become stale
-        tomb = trigger.model_copy(update={"deleted": True, "revision": revision})
-        result = await self.triggers.update_one(
-            {"_id": trigger.key.id, "revision": trigger.revision},
+            revision = seen  # the producer's delete: older events of the key become stale
+        tomb = item.model_copy(update={"deleted": True, "revision": revision})
+        result = await self.items(family).update_one(
+            {"_id": item.key.id, "revision": item.revision},
             {"$set": {"deleted": True, "revision": revision, "data": tomb.model_dump(mode="json")}},
         )
         return tomb if result.matched_count == 1 else None
 
-    async def put_service(self, event: ServiceEventData, *, deleted: bool) -> tuple[bool, str | None]:
-        """Store the service; returns (fresh, previous scope when the instance it stands for changed)."""
+    # --- services and bindings ---
+
+    async def put_service(
+        self, family: Family[Any, Any], event: ServiceEventData, *, deleted: bool
+    ) -> tuple[bool, list[str]]:
+        """Store the service; returns (fresh, the item scopes whose bindings it may have changed:
+        those of its scope, and of its previous scope when what it stands for changed)."""
         before = await self.services.find_one({"_id": event.instance_id})
-        scope = event.parameters.scope
+        scope = event.scope
         fresh = await self._cas(
             self.services,
             event.instance_id,
             event.revision,
             {
+                "kind": event.kind,
                 "scope": scope,
+                "namespaces": event.parameters.namespaces,
                 "toolchains": [] if deleted else sorted(set(event.toolchains)),
                 "deleted": deleted,
             },
         )
         previous = before.get("scope") if before else None
-        moved = previous if previous and previous != scope else None
+        service_scopes = [previous] if previous and previous != scope else []
+        service_scopes.append(scope)
+        affected: list[str] = []
+        for service_scope in service_scopes:
+            affected += [s for s in await self.scopes_of(family, service_scope) if s not in affected]
         if fresh:
-            for affected in (moved, scope):
-                if affected is not None:
-                    await self._derive_bindings(affected)
-        return fresh, moved
+            for item_scope in affected:
+                await self._derive_bindings(family, item_scope)
+        return fresh, affected
+
+    async def scopes_of(self, family: Family[Any, Any], service_scope: str) -> list[str]:
+        """The item scopes a service scope covers: itself, or (``listed``) those seen so far."""
+        if not family.listed:
+            return [service_scope]
+        doc = await self.scopes.find_one({"_id": service_scope})
+        return sorted(str(s) for s in (doc or {}).get("scopes", []))
+
+    async def list_scope(self, family: Family[Any, Any], scope: str) -> None:
+        """Record an item scope under its service scope (``listed`` families), before its bindings
+        are read: a bind that lists the scopes after this sees it."""
+        if family.listed:
+            await self.scopes.update_one(
+                {"_id": family.service_scope(scope)}, {"$addToSet": {"scopes": scope}}, upsert=True
+            )
 
     async def bound_toolchains(self, scope: str) -> set[str]:
-        """The toolchains bound to an instance: one read by ``_id``."""
-        return (await self._bindings(scope))[1]
+        """The toolchains bound to an item scope: one read by ``_id``."""
+        return (await self._bindings(family_of_scope(scope), scope))[1]
 
-    async def _bindings(self, scope: str) -> tuple[int, set[str]]:
+    async def _bindings(self, family: Family[Any, Any], scope: str) -> tuple[int, set[str]]:
         doc = await self.bindings.find_one({"_id": scope})
-        if doc is None:
-            return await self._derive_bindings(scope)  # written by an older version: derive it once
+        if doc is None:  # a new scope (or an older version's data): listed first, then derived
+            await self.list_scope(family, scope)
+            return await self._derive_bindings(family, scope)
         return int(doc.get("rev", 0)), set(doc.get("toolchains", []))
 
-    async def _derive_bindings(self, scope: str) -> tuple[int, set[str]]:
-        """Recompute the instance's bindings from its services, store them (compare-and-set) and
-        update the triggers' copies (always: a redelivery finishes what a crash interrupted)."""
+    async def _bound_by(self, family: Family[Any, Any], scope: str) -> list[str]:
+        """The toolchains of the live services that bind an item scope."""
+        cursor = self.services.find({"scope": family.service_scope(scope), "deleted": False})
+        return sorted({tc async for d in cursor if family.admits(d, scope) for tc in d.get("toolchains", [])})
+
+    async def _derive_bindings(self, family: Family[Any, Any], scope: str) -> tuple[int, set[str]]:
+        """Recompute the scope's bindings from its services, store them (compare-and-set) and
+        update the items' copies (always: a redelivery finishes what a crash interrupted)."""
         while True:
             doc = await self.bindings.find_one({"_id": scope})
             rev = int(doc.get("rev", 0)) if doc else 0
-            cursor = self.services.find({"scope": scope, "deleted": False})
-            toolchains = sorted({tc async for d in cursor for tc in d.get("toolchains", [])})
+            toolchains = await self._bound_by(family, scope)
             if doc is None or doc.get("toolchains") != toolchains:
                 update = {"toolchains": toolchains, "rev": rev + 1, "updated_at": datetime.now(UTC)}
                 try:
@@ -286,7 +361,7 @@ class Projection:
                 except DuplicateKeyError:
                     continue
                 rev += 1
-            await self.triggers.update_many(
+            await self.items(family).update_many(
                 {"scope": scope, **_older_copy(rev)},
                 {"$set": {"bindings": {"toolchains": toolchains, "rev": rev}}},
             )
@@ -294,5 +369,5 @@ class Projection:
 
 
 def _older_copy(rev: int) -> dict[str, Any]:
-    """Filter: the trigger has no copy of its instance's bindings, or one older than ``rev``."""
+    """Filter: the item has no copy of its scope's bindings, or one older than ``rev``."""
     return {"$or": [{"bindings": {"$exists": False}}, {"bindings.rev": {"$lt": rev}}]}

@@ -1,8 +1,8 @@
 """Message handlers: update the projection, then converge OTC towards it (level-triggered).
 
-Every event, whatever its kind, ends in the same step: compute the desired trigger tools of the
-affected instance (or trigger) from the projection, compare with the ledger, and apply or remove
-the difference. Replays, reordering and snapshots therefore all converge to one state, and an
+One machinery for every family of items (``family.py``: Kabanero triggers, Tekton cards). Every
+event, whatever its kind, ends in the same step: compute the desired tools of the affected scope
+(or item) from the projection, compare with the ledger, and apply or remove the difference. Replays, reordering and snapshots therefore all converge to one state, and an
 unchanged world costs no OTC call (the ledger's content hash matches).
 
 One message may touch many tools: all are attempted, then the message fails if any did; a permanent
@@ -20,32 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from services.otc_writer.applier import Outcome, ToolApplier, is_unchanged
-from services.otc_writer.desired import (
-    TRIGGER_PURPOSE,
-    DesiredTool,
-    TriggerToolStyle,
-    desired_trigger_tool,
-    instance_scope,
-)
+from services.otc_writer.desired import DesiredTool
+from services.otc_writer.family import FAMILIES, Family, Item, Snapshot, ToolStyles
 from services.otc_writer.ledger import Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
 from shared.amqp import PermanentError, RetryableError
 from shared.dependencies import unavailable_dependency
-from shared.events import (
-    CloudEvent,
-    RoutingKeys,
-    ServiceEventData,
-    SnapshotData,
-    ToolCommand,
-    TriggerData,
-    TriggerKey,
-    event_scope,
-)
+from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ToolCommand, event_scope
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +50,44 @@ class Metrics:
         )
 
 
+def _routes() -> tuple[dict[str, Family[Any, Any]], dict[str, Family[Any, Any]], dict[str, Family[Any, Any]]]:
+    """Routing key -> family, for item events, snapshots and (by service kind) service events."""
+    items = {rk: f for f in FAMILIES for rk in f.item_routing}
+    snapshots = {f.snapshot_routing: f for f in FAMILIES}
+    services: dict[str, Family[Any, Any]] = {f.service_kind: f for f in FAMILIES}
+    return items, snapshots, services
+
+
+_ITEMS, _SNAPSHOTS, _SERVICES = _routes()
+
+
 def key_of_event(event: CloudEvent) -> str:
-    """Order what must be ordered, no more: trigger events per trigger key, service and snapshot
-    events per instance. Revisions (projection) and leases (ledger) make the rest safe to run at once,
-    as they already must be between two replicas."""
-    if event.routing_key.startswith("kabanero.trigger."):
+    """Order what must be ordered, no more: item events (triggers, Tekton cards) per item key,
+    service and snapshot events per scope (a Kabanero instance, a Tekton namespace; a Tekton
+    service: its cluster). Revisions (projection) and leases (ledger) make the rest safe to run at
+    once, as they already must be between two replicas."""
+    family = _ITEMS.get(event.routing_key)
+    if family is not None:
         try:
-            return "trigger:" + TriggerKey.model_validate(event.data.get("key") or {}).id
+            return f"{family.name}:" + family.parse_key(event.data.get("key") or {}).id
         except ValueError:
             pass  # invalid: the handler rejects it with the reason
     return event_scope(event) or event.subject or event.id
 
 
-_WHOLE_STATE: dict[str, tuple[str, type[TriggerData] | type[SnapshotData]]] = {
-    RoutingKeys.TRIGGER_CREATED: ("trigger", TriggerData),
-    RoutingKeys.TRIGGER_UPDATED: ("trigger", TriggerData),
-    RoutingKeys.TRIGGER_DELETED: ("trigger", TriggerData),
-    RoutingKeys.SNAPSHOT: ("snapshot", SnapshotData),
-}
-
-
 def revision_of_event(event: CloudEvent) -> tuple[str, int] | None:
-    """The consumer's coalescing hook: trigger events (lane: the trigger key) and snapshots (lane:
-    the instance) carry the whole state of their key with a monotonic revision, so a newer one waiting
-    in the lane makes an older one obsolete (the projection would skip it as stale anyway). Service
+    """The consumer's coalescing hook: item events (lane: the item key) and snapshots (lane: the
+    scope) carry the whole state of their key with a monotonic revision, so a newer one waiting in
+    the lane makes an older one obsolete (the projection would skip it as stale anyway). Service
     events and commands are never coalesced. Raises on invalid data (then nothing is coalesced)."""
-    kind = _WHOLE_STATE.get(event.routing_key)
-    if kind is None:
-        return None
-    sequence, model = kind
-    return sequence, model.model_validate(event.data).revision
+    rk = event.routing_key
+    family = _ITEMS.get(rk)
+    if family is not None:
+        return family.name, family.parse_item(event.data).revision
+    family = _SNAPSHOTS.get(rk)
+    if family is not None:
+        return family.snapshot_label, family.parse_snapshot(event.data).revision
+    return None
 
 
 _TOOL_FIELDS = {"purpose", "key", "toolchain_id", "tool_type_id", "name", "parameters", "revision"}
@@ -109,31 +104,39 @@ class Reconciler:
         projection: Projection,
         ledger: Ledger,
         applier: ToolApplier,
-        style: TriggerToolStyle,
+        styles: ToolStyles,
         metrics: Metrics,
     ) -> None:
         self._projection = projection
         self._ledger = ledger
         self._applier = applier
-        self._style = style
+        self._styles = styles
         self._metrics = metrics
 
     # --- entry points (consumer handlers) ---
 
     async def handle_event(self, event: CloudEvent) -> None:
         rk = event.routing_key
-        if rk.startswith("service.kabanero-events."):
+        family = _ITEMS.get(rk)
+        if family is not None:
+            item = family.parse_item(event.data)
+            if rk == family.item_routing[2] and not item.deleted:
+                item = item.model_copy(update={"deleted": True})
+            await self._on_item(family, item, event.id)
+            return
+        family = _SNAPSHOTS.get(rk)
+        if family is not None:
+            await self._on_snapshot(family, family.parse_snapshot(event.data), event.id)
+            return
+        prefix, _, kind = rk.rpartition(".")[0].partition(".")
+        family = _SERVICES.get(kind) if prefix == "service" else None
+        if family is not None:
             data = ServiceEventData.model_validate(event.data)
-            await self._on_service(data, rk.rsplit(".", 1)[1], event.id)
-        elif rk in (RoutingKeys.TRIGGER_CREATED, RoutingKeys.TRIGGER_UPDATED, RoutingKeys.TRIGGER_DELETED):
-            trigger = TriggerData.model_validate(event.data)
-            if rk == RoutingKeys.TRIGGER_DELETED and not trigger.deleted:
-                trigger = trigger.model_copy(update={"deleted": True})
-            await self._on_trigger(trigger, event.id)
-        elif rk == RoutingKeys.SNAPSHOT:
-            await self._on_snapshot(SnapshotData.model_validate(event.data), event.id)
-        else:
-            log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+            if data.kind != family.service_kind:  # its scope would be read the wrong way
+                raise PermanentError(f"kind: {data.kind!r} in a {rk} event")
+            await self._on_service(family, data, rk.rsplit(".", 1)[1], event.id)
+            return
+        log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
 
     async def handle_command(self, event: CloudEvent) -> None:
         cmd = ToolCommand.model_validate(event.data)
@@ -150,9 +153,11 @@ class Reconciler:
 
     # --- projection updates ---
 
-    async def _on_service(self, data: ServiceEventData, what: str, cause: str) -> None:
+    async def _on_service(
+        self, family: Family[Any, Any], data: ServiceEventData, what: str, cause: str
+    ) -> None:
         deleted = data.deleted or what == "deprovisioned"
-        fresh, previous_scope = await self._projection.put_service(data, deleted=deleted)
+        fresh, scopes = await self._projection.put_service(family, data, deleted=deleted)
         if not fresh:
             self._metrics.skipped.labels("service").inc()
             log.info(
@@ -160,108 +165,111 @@ class Reconciler:
                 extra={"instance_id": data.instance_id, "revision": data.revision},
             )
             return
-        scope = data.parameters.scope
-        if previous_scope is not None:
-            await self.reconcile_scope(previous_scope, cause)
-        await self.reconcile_scope(scope, cause)
+        for scope in scopes:
+            await self.reconcile_scope(family, scope, cause)
 
-    async def _on_trigger(self, trigger: TriggerData, cause: str) -> None:
-        state, toolchains = await self._projection.put_trigger_bound(trigger)
+    async def _on_item[T: Item](self, family: Family[T, Any], item: T, cause: str) -> None:
+        state, toolchains = await self._projection.put_item_bound(family, item)
         if state == "stale":
-            self._metrics.skipped.labels("trigger").inc()
+            self._metrics.skipped.labels(family.name).inc()
             log.info(
-                "stale trigger event skipped", extra={"trigger": trigger.key.id, "revision": trigger.revision}
+                "stale %s event skipped",
+                family.name,
+                extra={"key": item.key.id, "revision": item.revision},
             )
             return
-        await self.reconcile_trigger(trigger, cause, toolchains)
+        await self.reconcile_item(family, item, cause, toolchains)
 
-    async def _on_snapshot(self, snap: SnapshotData, cause: str) -> None:
-        triggers = await self._projection.put_snapshot(snap)
-        if triggers is None:
-            self._metrics.skipped.labels("snapshot").inc()
-            log.info("stale snapshot skipped", extra={"instance": instance_scope(snap.instance)})
+    async def _on_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], snap: N, cause: str) -> None:
+        items = await self._projection.put_family_snapshot(family, snap)
+        scope = family.snapshot_scope(snap)
+        if items is None:
+            self._metrics.skipped.labels(family.snapshot_label).inc()
+            log.info("stale snapshot skipped", extra={"scope": scope})
             return
-        await self.reconcile_scope(instance_scope(snap.instance), cause, triggers)
+        await self.reconcile_scope(family, scope, cause, items)
 
     # --- convergence ---
 
-    async def reconcile_scope(
-        self, scope: str, cause: str | None = None, triggers: list[TriggerData] | None = None
+    async def reconcile_scope[T: Item](
+        self, family: Family[T, Any], scope: str, cause: str | None = None, items: list[T] | None = None
     ) -> None:
-        """Every trigger tool of one instance: create missing, patch changed, delete stale.
+        """Every tool of one scope: create missing, patch changed, delete stale.
 
-        The instance's bindings, triggers and ledger entries are read once (three reads, whatever
-        the size) and compared in memory: an applied, unchanged entry costs no further round trip.
-        Only entries of triggers this reconcile knows about are removed (a trigger created since
-        the triggers were read is its own event's to apply).
+        The scope's bindings, items and ledger entries are read once (three reads, whatever the
+        size) and compared in memory: an applied, unchanged entry costs no further round trip.
+        Only entries of items this reconcile knows about are removed (an item created since the
+        items were read is its own event's to apply).
         """
         toolchains = await self._projection.bound_toolchains(scope)
-        if triggers is None:
-            triggers = await self._projection.triggers_in_scope(scope)
-        entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(TRIGGER_PURPOSE, scope)}
-        jobs = self._applies(triggers, toolchains, entries, cause) + self._removals(
-            triggers, toolchains, entries
+        if items is None:
+            items = await self._projection.items_in_scope(family, scope)
+        entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(family.purpose, scope)}
+        jobs = self._applies(family, items, toolchains, entries, cause) + self._removals(
+            family, items, toolchains, entries
         )
         await self._run(jobs)
 
-    def _applies(
+    def _applies[T: Item](
         self,
-        triggers: list[TriggerData],
+        family: Family[T, Any],
+        items: list[T],
         toolchains: set[str],
         entries: dict[tuple[str, str], LedgerEntry],
         cause: str | None,
     ) -> list[Awaitable[Outcome]]:
-        """Apply jobs for the live triggers whose tool differs from its ledger entry; the unchanged
+        """Apply jobs for the live items whose tool differs from its ledger entry; the unchanged
         ones are counted here (they cost nothing)."""
         jobs: list[Awaitable[Outcome]] = []
         unchanged = 0
-        for trigger in sorted((t for t in triggers if not t.deleted), key=lambda t: t.key.id):
+        for item in sorted((t for t in items if not t.deleted), key=lambda t: t.key.id):
             for tc in sorted(toolchains):
-                want = desired_trigger_tool(trigger, tc, self._style)
-                entry = entries.get((trigger.key.id, tc))
+                want = family.desired(item, tc, self._styles)
+                entry = entries.get((item.key.id, tc))
                 if entry is not None and is_unchanged(entry, want):
                     unchanged += 1
                     continue
-                jobs.append(self._count(TRIGGER_PURPOSE, self._applier.apply(want, cause=cause)))
+                jobs.append(self._count(family.purpose, self._applier.apply(want, cause=cause)))
         if unchanged:
-            self._metrics.tools.labels(TRIGGER_PURPOSE, str(Outcome.UNCHANGED)).inc(unchanged)
+            self._metrics.tools.labels(family.purpose, str(Outcome.UNCHANGED)).inc(unchanged)
         return jobs
 
-    def _removals(
+    def _removals[T: Item](
         self,
-        triggers: list[TriggerData],
+        family: Family[T, Any],
+        items: list[T],
         toolchains: set[str],
         entries: dict[tuple[str, str], LedgerEntry],
     ) -> list[Awaitable[Outcome]]:
-        """Remove jobs for entries whose known trigger is deleted or whose toolchain is unbound
-        (an entry of a trigger this reconcile did not read is left alone)."""
-        known = {t.key.id: t for t in triggers}
+        """Remove jobs for entries whose known item is deleted or whose toolchain is unbound
+        (an entry of an item this reconcile did not read is left alone)."""
+        known = {t.key.id: t for t in items}
         jobs: list[Awaitable[Outcome]] = []
         for (key_id, tc), entry in sorted(entries.items()):
             owner = known.get(key_id)
             if owner is None or (not owner.deleted and tc in toolchains):
                 continue
             if entry.present or entry.interrupted:
-                jobs.append(self._remove(entry, owner))
+                jobs.append(self._remove(family, entry, owner))
         return jobs
 
-    async def reconcile_trigger(
-        self, trigger: TriggerData, cause: str | None = None, toolchains: set[str] | None = None
+    async def reconcile_item[T: Item](
+        self, family: Family[T, Any], item: T, cause: str | None = None, toolchains: set[str] | None = None
     ) -> None:
-        """One trigger in every toolchain bound to its instance (``toolchains``, else read)."""
+        """One item in every toolchain bound to its scope (``toolchains``, else read)."""
         if toolchains is None:
-            toolchains = await self._projection.bound_toolchains(instance_scope(trigger.instance))
+            toolchains = await self._projection.bound_toolchains(family.item_scope(item))
         jobs: list[Awaitable[Outcome]]
-        if trigger.deleted:
+        if item.deleted:
             jobs = [
                 self._count(
-                    TRIGGER_PURPOSE,
+                    family.purpose,
                     self._applier.remove(
-                        TRIGGER_PURPOSE,
-                        trigger.key.id,
+                        family.purpose,
+                        item.key.id,
                         tc,
-                        revision=trigger.revision,
-                        name=desired_trigger_tool(trigger, tc, self._style).name,
+                        revision=item.revision,
+                        name=family.desired(item, tc, self._styles).name,
                         create=False,
                     ),
                 )
@@ -270,24 +278,24 @@ class Reconciler:
         else:
             jobs = [
                 self._count(
-                    TRIGGER_PURPOSE,
-                    self._applier.apply(desired_trigger_tool(trigger, tc, self._style), cause=cause),
+                    family.purpose,
+                    self._applier.apply(family.desired(item, tc, self._styles), cause=cause),
                 )
                 for tc in sorted(toolchains)
             ]
         await self._run(jobs)
 
-    async def _remove(self, entry: LedgerEntry, trigger: TriggerData) -> Outcome:
-        revision = max(entry.revision, trigger.revision) if trigger.deleted else trigger.revision
+    async def _remove[T: Item](self, family: Family[T, Any], entry: LedgerEntry, item: T) -> Outcome:
+        revision = max(entry.revision, item.revision) if item.deleted else item.revision
         job = self._applier.remove(
-            TRIGGER_PURPOSE,
+            family.purpose,
             entry.key,
             entry.toolchain_id,
             revision=revision,
-            name=entry.tool_name or desired_trigger_tool(trigger, entry.toolchain_id, self._style).name,
+            name=entry.tool_name or family.desired(item, entry.toolchain_id, self._styles).name,
             create=False,
         )
-        return await self._count(TRIGGER_PURPOSE, job)
+        return await self._count(family.purpose, job)
 
     async def _count(self, purpose: str, job: Awaitable[Outcome]) -> Outcome:
         outcome = await job

@@ -34,6 +34,17 @@ class Settings(CommonSettings):
         description="dashboard link of a trigger tool; fields: cluster, namespace, generation, owner, name",
     )
 
+    tekton_tool_type: str = "customtool"
+    tekton_lifecycle_phase: Literal["THINK", "CODE", "DELIVER", "RUN", "MANAGE", "LEARN", "CULTURE"] = (
+        "DELIVER"
+    )
+    tekton_service_page_url: str = Field(
+        default="https://kabanero.local/tekton/clusters/{cluster}",
+        pattern=r"^https?://",
+        description="dashboard link of a Tekton card that has neither a Tekton Dashboard link nor an "
+        "external URL (the Tekton installation's page); field: cluster",
+    )
+
     prefetch: int = Field(
         default=256,
         ge=1,

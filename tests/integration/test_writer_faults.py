@@ -21,6 +21,7 @@ from tests.integration.writer_support import (
     FAST,
     WriterEnv,
     command,
+    dead_letters,
     service_event,
     snapshot_event,
     trigger,
@@ -311,25 +312,10 @@ async def test_permanent_error_does_not_swallow_a_transient_one_in_the_same_mess
             lambda: env.tool_names(tc) == [trigger_tool_name(flaky.key)], timeout=15, what="flaky tool"
         )
         # The retry still dead-letters the message with the reason, without asking OTC again.
-        (dead,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+        (dead,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
     assert "Request rejected" in str((dead.headers or {})[ERROR_HEADER])
     assert len([c for c in writes(env.otc.calls()) if c.method == "POST"]) == 1
     assert len([c for c in env.otc.calls() if c.method == "POST" and c.status == 400]) == 1
-
-
-async def _dead_letters(env: WriterEnv, queue: str, *, wait: bool) -> list[AbstractIncomingMessage]:
-    """What ``queue``'s dead-letter queue holds (waiting for at least one when ``wait``)."""
-    dead: list[AbstractIncomingMessage] = []
-
-    async def arrived() -> bool:
-        dead.extend(await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2))
-        return bool(dead)
-
-    if wait:
-        await wait_until(arrived, timeout=10, what=f"a dead letter on {queue}")
-    else:
-        await arrived()
-    return dead
 
 
 async def _refused_skips(port: int) -> float:
@@ -360,7 +346,7 @@ async def test_refused_trigger_tool_is_not_reattempted_until_its_content_changes
         await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
         await env.wait_handled(w, 1)
         await env.publish(snapshot_event([t], revision=1))
-        (first,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+        (first,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
         assert "no such phase" in str((first.headers or {})[ERROR_HEADER])
         entry = await w.ledger.get(TRIGGER_PURPOSE, t.key.id, tc)
         assert entry is not None and entry["refused_hash"] and entry["refused_at"]
@@ -371,7 +357,7 @@ async def test_refused_trigger_tool_is_not_reattempted_until_its_content_changes
         await env.publish(snapshot_event([t], revision=2), trigger_event(t, "updated"))
         await env.wait_handled(w, 3)
         assert env.otc.calls(mark) == []
-        assert await _dead_letters(env, EVENTS_QUEUE, wait=False) == []
+        assert await dead_letters(env, EVENTS_QUEUE, wait=False) == []
         assert await _refused_skips(w.http_port) == 2
 
         # The trigger changes (and OTC would now accept it): exactly one POST, the tool exists.
@@ -383,7 +369,7 @@ async def test_refused_trigger_tool_is_not_reattempted_until_its_content_changes
         assert env.tool_names(tc) == [name]
         entry = await w.ledger.get(TRIGGER_PURPOSE, t.key.id, tc)
         assert entry is not None and entry["refused_hash"] is None and entry["last_error"] is None
-    assert await _dead_letters(env, EVENTS_QUEUE, wait=False) == []
+    assert await dead_letters(env, EVENTS_QUEUE, wait=False) == []
 
 
 async def test_refused_command_resent_unchanged_is_acked_without_a_call(env: WriterEnv) -> None:
@@ -399,7 +385,7 @@ async def test_refused_command_resent_unchanged_is_acked_without_a_call(env: Wri
 
     async with env.writer() as w:
         await env.publish(command("apply", key="bad", toolchain_id=tc, revision=1))
-        assert len(await _dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
+        assert len(await dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
         mark = env.otc.call_count
         await env.publish(
             command("apply", key="bad", toolchain_id=tc, revision=1),
@@ -407,12 +393,12 @@ async def test_refused_command_resent_unchanged_is_acked_without_a_call(env: Wri
         )
         await env.wait_handled(w, 2, COMMANDS_QUEUE)
         assert env.otc.calls(mark) == []
-        assert await _dead_letters(env, COMMANDS_QUEUE, wait=False) == []
+        assert await dead_letters(env, COMMANDS_QUEUE, wait=False) == []
 
         # An explicit remove forgets the refusal: the same content is attempted (and refused) again.
         await env.publish(command("remove", key="bad", toolchain_id=tc, revision=3))
         await env.wait_handled(w, 3, COMMANDS_QUEUE)
         await env.publish(command("apply", key="bad", toolchain_id=tc, revision=4))
-        assert len(await _dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
+        assert len(await dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
     assert refused_posts() == 2
     assert env.otc.tools(tc) == []

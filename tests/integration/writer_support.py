@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from emulators.otc.models import CallRecord
 from emulators.otc.testing import OtcEmulator
@@ -26,11 +27,15 @@ from shared.events import (
     ServiceEventData,
     ServiceParameters,
     SnapshotData,
+    TektonCardData,
+    TektonCardKey,
+    TektonKind,
+    TektonSnapshotData,
     ToolCommand,
     TriggerData,
     TriggerKey,
 )
-from tests.helpers import wait_until
+from tests.helpers import drain_queue, wait_until
 
 FAST = Topology(retry_delays_s=(1,))
 API_KEY = "writer-test-key"
@@ -121,6 +126,77 @@ def snapshot_event(
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
 
 
+def tekton_service_event(
+    what: ServiceEvent,
+    *,
+    revision: int,
+    toolchains: list[str],
+    toolchain_id: str | None = None,
+    instance_id: str = "tekton-1",
+    namespaces: list[str] | None = None,
+) -> CloudEvent:
+    """A ``service.tekton.*`` event: a Tekton service of ``CLUSTER`` mirroring ``namespaces`` (None: all)."""
+    data = ServiceEventData(
+        kind="tekton",
+        instance_id=instance_id,
+        service_id="tekton",
+        parameters=ServiceParameters(cluster=CLUSTER, namespaces=namespaces),
+        toolchains=toolchains,
+        toolchain_id=toolchain_id,
+        revision=revision,
+        deleted=what == "deprovisioned",
+    )
+    return CloudEvent.for_data(RoutingKeys.service("tekton", what), data, source="test", subject=instance_id)
+
+
+def card(
+    name: str,
+    *,
+    kind: TektonKind = "Pipeline",
+    revision: int = 1,
+    tasks: tuple[str, ...] = ("build",),
+    namespace: str = NAMESPACE,
+    deleted: bool = False,
+    content_hash: str | None = None,
+) -> TektonCardData:
+    """A Tekton card; ``content_hash`` differs from what the card shows only to model status noise."""
+    return TektonCardData(
+        key=TektonCardKey(cluster=CLUSTER, namespace=namespace, kind=kind, name=name),
+        api_version="tekton.dev/v1beta1",
+        pipelines_version="v0.11.3",
+        tasks=list(tasks),
+        content_hash=content_hash or hashlib.sha256(",".join(tasks).encode()).hexdigest(),
+        revision=revision,
+        deleted=deleted,
+    )
+
+
+def card_event(data: TektonCardData, what: str = "created") -> CloudEvent:
+    rk = {
+        "created": RoutingKeys.CARD_CREATED,
+        "updated": RoutingKeys.CARD_UPDATED,
+        "deleted": RoutingKeys.CARD_DELETED,
+    }[what]
+    return CloudEvent.for_data(rk, data, source="test", subject=data.key.id)
+
+
+def tekton_snapshot_event(
+    cards: list[TektonCardData],
+    *,
+    revision: int,
+    namespace: str = NAMESPACE,
+    card_revisions: dict[str, int] | None = None,
+) -> CloudEvent:
+    data = TektonSnapshotData(
+        cluster=CLUSTER,
+        namespace=namespace,
+        cards=cards,
+        revision=revision,
+        card_revisions=card_revisions or {},
+    )
+    return CloudEvent.for_data(RoutingKeys.TEKTON_SNAPSHOT, data, source="test")
+
+
 def command(
     what: str,
     *,
@@ -141,6 +217,21 @@ def command(
     )
     rk = RoutingKeys.TOOL_APPLY if what == "apply" else RoutingKeys.TOOL_REMOVE
     return CloudEvent.for_data(rk, data, source="test", subject=key)
+
+
+async def dead_letters(env: WriterEnv, queue: str, *, wait: bool) -> list[AbstractIncomingMessage]:
+    """What ``queue``'s dead-letter queue holds (waiting for at least one when ``wait``)."""
+    dead: list[AbstractIncomingMessage] = []
+
+    async def arrived() -> bool:
+        dead.extend(await drain_queue(env.amqp_url, f"{queue}.dead", timeout=0.2))
+        return bool(dead)
+
+    if wait:
+        await wait_until(arrived, timeout=10, what=f"a dead letter on {queue}")
+    else:
+        await arrived()
+    return dead
 
 
 @dataclass
