@@ -17,12 +17,13 @@ from services.broker_api.models import InstanceRecord
 from services.broker_api.outbox import EventSink, Outbox
 from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
 from services.broker_api.outcomes import OutcomeConsumer, OutcomeStore
+from services.broker_api.outcomes import decode as decode_outcome
+from services.broker_api.outcomes import key_of as outcome_key
 from services.broker_api.serving import GuardedAppRunner, ServerLimits
 from services.broker_api.settings import Settings, load_settings
 from services.broker_api.store import InstanceStore
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, with_owned_instances
-from shared.events import service_instance_key
 from shared.health import Health, HttpServer
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service
@@ -106,7 +107,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         OutcomeConsumer(outcomes).handle,
         metrics=infra.consumer_metrics,
         topology=infra.topology,
-        key_of=service_instance_key,
+        key_of=outcome_key,
+        decode=decode_outcome,
         probes=infra.probes(),
     )
 

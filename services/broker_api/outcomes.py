@@ -20,7 +20,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.events import CloudEvent, CommandOutcomeData
+from shared.amqp import DataModel, Delivery
+from shared.events import CommandOutcomeData
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,23 @@ class OutcomeStore:
         return bool(result.modified_count or result.upserted_id is not None)
 
 
+decode = DataModel(CommandOutcomeData)
+"""The consumer's decoder: every message of the queue is a command outcome, validated once."""
+
+
+def key_of(message: Delivery[CommandOutcomeData]) -> str:
+    """Per-instance order: the service instance the outcome is about."""
+    return message.event.subject or message.data.instance_id
+
+
 class OutcomeConsumer:
     """The handler of ``broker-api.outcomes``."""
 
     def __init__(self, store: OutcomeStore) -> None:
         self._store = store
 
-    async def handle(self, event: CloudEvent) -> None:
-        outcome = CommandOutcomeData.model_validate(event.data)
+    async def handle(self, message: Delivery[CommandOutcomeData]) -> None:
+        outcome = message.data
         stored = await self._store.put(outcome)
         log.info(
             "instance outcome recorded" if stored else "instance outcome not newer: skipped",

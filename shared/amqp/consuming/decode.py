@@ -2,8 +2,8 @@
 
 A consumer is given a decoder (``decode``); what it returns is what ``key_of``, ``revision_of`` and
 the handler receive, so the data is validated exactly once per delivery. :class:`DataModels` is the
-usual decoder: routing-key patterns to pydantic models, giving a :class:`Delivery` that carries the
-event and its typed data. Without a decoder they receive the :class:`CloudEvent` itself.
+usual decoder: routing-key patterns to pydantic models (:class:`DataModel`: one model for every
+message of the queue), giving a :class:`Delivery` that carries the event and its typed data. Without a decoder they receive the :class:`CloudEvent` itself.
 
 Whatever cannot be read is an :class:`InvalidMessage` (a :class:`PermanentError`): dead-lettered at
 once with a reason naming the field, never retried, and it never takes a place in a lane.
@@ -75,11 +75,24 @@ class DataModels[D: pydantic.BaseModel]:
             raise InvalidMessage(f"invalid {model.__name__}: {summary(exc)}", exc) from exc
 
 
+class DataModel[D: pydantic.BaseModel]:
+    """A decoder for a queue whose every message carries one model (whatever its routing key)."""
+
+    def __init__(self, model: type[D]) -> None:
+        self._model = model
+
+    def __call__(self, event: CloudEvent) -> Delivery[D]:
+        try:
+            return Delivery(event, self._model.model_validate(event.data))
+        except pydantic.ValidationError as exc:
+            raise InvalidMessage(f"invalid {self._model.__name__}: {summary(exc)}", exc) from exc
+
+
 def summary(exc: pydantic.ValidationError, limit: int = 3) -> str:
     """The failing fields of ``data`` and why, short enough for a header (the full error goes in
     ``x-kotc-error``)."""
     errors = exc.errors()
-    parts = [f"data.{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors[:limit]]
+    parts = [f"{'.'.join(['data', *map(str, e['loc'])])}: {e['msg']}" for e in errors[:limit]]
     more = f" (+{len(errors) - limit} more)" if len(errors) > limit else ""
     return ("; ".join(parts) + more)[:500]
 
