@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.amqp import AmqpConnection, Consumer, DataModel, DataModels, Delivery
 from shared.amqp.consumer import REASON_HEADER, ConsumerMetrics
-from shared.amqp.consuming.decode import envelope
+from shared.amqp.consuming.decode import decode_with, envelope
 from shared.amqp.consuming.errors import InvalidMessage
 from shared.amqp.topology import DEAD_EXCHANGE
 from shared.events import (
@@ -71,6 +71,26 @@ def test_invalid_data_is_an_invalid_message_naming_the_field() -> None:
         "invalid ServiceEventData: data.kind: Field required; data.instance_id: Field required; "
         "data.service_id: Field required (+2 more)"
     )
+
+
+def test_whatever_a_decoder_of_ones_own_raises_is_an_invalid_message() -> None:
+    event = service()
+
+    def broken(e: CloudEvent) -> object:
+        return e.data["no such field"]
+
+    def strict(e: CloudEvent) -> object:
+        return ServiceEventData.model_validate({**e.data, "kind": "nope"})
+
+    with pytest.raises(InvalidMessage) as caught:
+        decode_with(broken, event)
+    assert caught.value.reason == "cannot decode" and isinstance(caught.value.error, KeyError)
+    with pytest.raises(InvalidMessage) as caught:
+        decode_with(strict, event)
+    assert caught.value.reason.startswith("invalid data: data.kind: Input should be")
+    with pytest.raises(InvalidMessage) as caught:
+        decode_with(MODELS, service(revision=-1))
+    assert caught.value.reason.startswith("invalid ServiceEventData: ")  # its own reason, kept
 
 
 def test_an_invalid_envelope_is_an_invalid_message() -> None:

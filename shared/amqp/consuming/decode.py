@@ -31,11 +31,16 @@ def envelope(body: bytes) -> CloudEvent:
 
 
 def decode_with[M](decode: Decoder[M], event: CloudEvent) -> M:
-    """``decode(event)``; a validation error (a decoder of one's own) is an :class:`InvalidMessage`."""
+    """``decode(event)``; whatever a decoder of one's own raises is an :class:`InvalidMessage` (it
+    depends on the message only, like a ``key_of`` that raises: retrying cannot help)."""
     try:
         return decode(event)
+    except InvalidMessage:
+        raise
     except pydantic.ValidationError as exc:
         raise InvalidMessage(f"invalid data: {summary(exc)}", exc) from exc
+    except Exception as exc:
+        raise InvalidMessage("cannot decode", exc) from exc
 
 
 @dataclass(frozen=True, slots=True)
