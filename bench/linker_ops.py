@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import bench_infra
 from bench.counting import COUNTER, since
-from services.github_linker.linking import Linker, Metrics
+from services.github_linker.linking import Linker, Metrics, decode
 from services.github_linker.settings import Settings
 from services.github_linker.store import Store
 from shared.events import (
@@ -60,7 +60,7 @@ async def _run(mongodb_url: str) -> dict[str, Any]:
             metrics=Metrics(CollectorRegistry()),
         )
         urls = [f"https://github.com/org/r{i}" for i in range(3)]
-        await linker.handle(_instance(urls, 1))
+        await linker.handle(decode(_instance(urls, 1)))
         bind = ServiceEventData(
             kind="kabanero",
             instance_id="s1",
@@ -90,7 +90,7 @@ async def _run(mongodb_url: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, event in steps.items():
             before = COUNTER.snapshot()
-            await linker.handle(event)
+            await linker.handle(decode(event))
             ops = since(before)
             out[f"mongo_ops_{name}"] = sum(ops.values())
             out[f"ops_by_command_{name}"] = ops

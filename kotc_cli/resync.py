@@ -26,6 +26,7 @@ from kotc_cli.output import Report
 from kotc_cli.status import queue_names
 from services.kabanero_watcher.state import COLLECTION as WATCH_STATE
 from services.otc_writer.projection import Projection
+from shared.amqp.messages import to_message
 from shared.amqp.topology import EXCHANGE, QUEUES
 from shared.events import CloudEvent, ResyncReply, ResyncRequest, RoutingKeys
 from shared.mongo import Document
@@ -82,14 +83,7 @@ async def run(config: Config, cluster: str | None, namespace: str | None, timeou
             exchange = await channel.get_exchange(EXCHANGE, ensure=False)
             try:
                 await exchange.publish(
-                    aio_pika.Message(
-                        body=request.model_dump_json().encode(),
-                        content_type="application/cloudevents+json",
-                        message_id=request.id,
-                        type=request.type,
-                        reply_to=inbox.name,
-                        correlation_id=correlation,
-                    ),
+                    to_message(request, reply_to=inbox.name, correlation_id=correlation),
                     RoutingKeys.CONTROL_RESYNC,
                     mandatory=True,
                     timeout=10,

@@ -513,10 +513,3 @@ class ResyncReply(_Data):
     tekton_snapshots: dict[str, int] = Field(
         default_factory=dict, description="namespace -> tekton.snapshot revision"
     )
-
-
-def service_instance_key(event: CloudEvent) -> str:
-    """The OTC service instance a message concerns (its subject, else ``data.instance_id``): the
-    per-key order of consumers whose messages are per service instance (the watcher's instance
-    commands, broker-api's command outcomes)."""
-    return str(event.subject or event.data.get("instance_id") or "")

@@ -19,7 +19,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.events import CloudEvent
+from shared.amqp import DataModel, Delivery
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class LatestStore[M: BaseModel]:
         self.collection: AsyncCollection[Document] = db[collection]
         self._model = model
         self._ident = ident
+        self.decode = DataModel(model)
+        """The consumer's decoder: every message of the queue is one ``model``, validated once."""
 
     async def get(self, key: str) -> M | None:
         doc = await self.collection.find_one({"_id": key})
@@ -56,13 +58,16 @@ class LatestStore[M: BaseModel]:
             return False  # a document with a revision >= this one exists: the upsert's insert collides
         return bool(result.modified_count or result.upserted_id is not None)
 
-    async def handle(self, event: CloudEvent) -> None:
-        """The handler of the queue that carries them (an invalid message is a dead letter)."""
-        item = self._model.model_validate(event.data)
-        stored = await self.put(item)
-        key, revision = self._ident(item)
+    def key_of(self, message: Delivery[M]) -> str:
+        """The consumer's per-key order: one message of a key at a time."""
+        return self._ident(message.data)[0]
+
+    async def handle(self, message: Delivery[M]) -> None:
+        """The handler of the queue that carries them (invalid data was dead-lettered by the decoder)."""
+        stored = await self.put(message.data)
+        key, revision = self._ident(message.data)
         log.info(
             "%s recorded" if stored else "%s not newer: skipped",
-            event.routing_key,
+            message.routing_key,
             extra={"key": key, "revision": revision},
         )

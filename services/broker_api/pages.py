@@ -5,7 +5,6 @@ outcomes (``broker-api.outcomes``), a Tekton service's the installation of its c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -20,21 +19,20 @@ from services.broker_api.outcomes import OutcomeStore
 from services.broker_api.settings import Settings
 from services.broker_api.store import InstanceStore
 from services.broker_api.tekton_installations import QUEUE as TEKTON_QUEUE
-from services.broker_api.tekton_installations import InstallationStore, cluster_of
+from services.broker_api.tekton_installations import InstallationStore
 from services.broker_api.tekton_page import ROUTE as TEKTON_ROUTE
 from services.broker_api.tekton_page import tekton_route
 from shared.amqp.consumer import Consumer
-from shared.events import CloudEvent, service_instance_key
 from shared.infra import Infra
 
 
 def add_pages(
     app: web.Application, settings: Settings, *, infra: Infra, policy: Policy, store: InstanceStore
-) -> dict[str, Consumer]:
+) -> dict[str, Consumer[Any]]:
     """Add the pages of the served brokers to ``app``; the consumers to run, by task name."""
-    consumers: dict[str, Consumer] = {}
+    consumers: dict[str, Consumer[Any]] = {}
 
-    def consume(task: str, queue: str, into: LatestStore[Any], key_of: Callable[[CloudEvent], str]) -> None:
+    def consume(task: str, queue: str, into: LatestStore[Any]) -> None:
         consumers[task] = Consumer(
             infra.amqp,
             infra.publisher,
@@ -42,13 +40,14 @@ def add_pages(
             into.handle,
             metrics=infra.consumer_metrics,
             topology=infra.topology,
-            key_of=key_of,
+            key_of=into.key_of,
+            decode=into.decode,
             probes=infra.probes(),
         )
 
     if settings.serves("kabanero-broker"):
         outcomes = OutcomeStore(infra.db)
-        consume("outcomes-consumer", OUTCOMES_QUEUE, outcomes, service_instance_key)
+        consume("outcomes-consumer", OUTCOMES_QUEUE, outcomes)
 
         def landing(rec: InstanceRecord) -> str:
             return policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
@@ -59,7 +58,7 @@ def add_pages(
         )
     if settings.serves("tekton-broker"):
         installations = InstallationStore(infra.db)
-        consume("tekton-consumer", TEKTON_QUEUE, installations, cluster_of)
+        consume("tekton-consumer", TEKTON_QUEUE, installations)
         app.router.add_get(
             TEKTON_ROUTE, tekton_route(policy.links, lambda sid: store.get("tekton", sid), installations)
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.broker_api.latest import LatestStore
-from shared.events import CloudEvent, TektonInstallationData
+from shared.events import TektonInstallationData
 from shared.mongo import Document
 
 COLLECTION = "service_tekton_installations"
@@ -23,8 +23,3 @@ class InstallationStore(LatestStore[TektonInstallationData]):
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         super().__init__(db, COLLECTION, TektonInstallationData, lambda d: (d.cluster, d.revision))
-
-
-def cluster_of(event: CloudEvent) -> str:
-    """The consumer's lane: one cluster's reports in order."""
-    return str(event.data.get("cluster") or "")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from services.github_linker.linking import Linker, Metrics, key_of
+from services.github_linker.linking import Linker, Message, Metrics, decode, key_of
 from services.github_linker.settings import Settings
 from services.github_linker.store import Store
 from shared.amqp import Consumer, Topology
@@ -34,7 +34,7 @@ class LinkerRuntime(Runtime):
     """The runtime plus what tests look at: the bound HTTP port and the consumer."""
 
     def __init__(
-        self, *, infra: Infra, consumer: Consumer, http: HttpServer, shutdown_timeout: float
+        self, *, infra: Infra, consumer: Consumer[Message], http: HttpServer, shutdown_timeout: float
     ) -> None:
         super().__init__(NAME, shutdown_timeout=shutdown_timeout)
         self.infra = infra
@@ -63,6 +63,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> LinkerRuntime:
         topology=infra.topology,
         prefetch=settings.prefetch,
         key_of=key_of,
+        decode=decode,
         probes=infra.probes(),
         hold_limit_s=settings.consumer_hold_limit_s,
     )

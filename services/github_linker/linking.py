@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.github_linker import naming
 from services.github_linker.settings import Settings
 from services.github_linker.store import InstanceState, Sent, ServiceState, Store
-from shared.amqp import Publisher, PublishError, RetryableError
+from shared.amqp import DataModels, Delivery, Publisher, PublishError, RetryableError
 from shared.events import (
     CloudEvent,
     InstanceData,
@@ -35,7 +35,6 @@ from shared.events import (
     ServiceEventData,
     SnapshotData,
     ToolCommand,
-    event_scope,
     normalize_repository_url,
 )
 from shared.keyed_locks import KeyedLocks
@@ -47,9 +46,28 @@ SOURCE = "github-linker"
 SERVICE_PREFIX = "service.kabanero."
 
 
-def key_of(event: CloudEvent) -> str:
+type LinkerData = ServiceEventData | InstanceData | SnapshotData
+type Message = Delivery[LinkerData | None]
+
+decode: DataModels[LinkerData] = DataModels(
+    {
+        f"{SERVICE_PREFIX}*": ServiceEventData,
+        RoutingKeys.INSTANCE_CHANGED: InstanceData,
+        RoutingKeys.INSTANCE_DELETED: InstanceData,
+        RoutingKeys.SNAPSHOT: SnapshotData,
+    }
+)
+"""The consumer's decoder: each message's data is validated once, here, for the key and the handler."""
+
+
+def key_of(message: Message) -> str:
     """Serialization key for the consumer: the Kabanero instance an event concerns."""
-    return event_scope(event) or event.subject or event.id
+    match message.data:
+        case ServiceEventData() as data:
+            return data.scope
+        case InstanceData(instance=ref) | SnapshotData(instance=ref):
+            return ref.scope
+    return message.event.subject or message.event.id
 
 
 @dataclass(frozen=True)
@@ -89,29 +107,27 @@ class Linker:
         self._toolchains = KeyedLocks()
         self._services = KeyedLocks()
 
-    async def handle(self, event: CloudEvent) -> None:
-        rk = event.routing_key
-        if rk.startswith(SERVICE_PREFIX):
-            data = ServiceEventData.model_validate(event.data)
-            async with self._services[data.instance_id]:
-                await self._on_service(data)
-        elif rk in (RoutingKeys.INSTANCE_CHANGED, RoutingKeys.INSTANCE_DELETED):
-            inst = InstanceData.model_validate(event.data)
-            repos = () if inst.deleted or rk == RoutingKeys.INSTANCE_DELETED else inst.repositories
-            await self._on_instance(inst.instance, repos, revision=inst.revision, snapshot=False)
-        elif rk == RoutingKeys.SNAPSHOT:
-            snap = SnapshotData.model_validate(event.data)
-            repos = snap.repositories if snap.exists else ()
-            await self._on_instance(
-                snap.instance,
-                repos,
-                revision=snap.revision,
-                snapshot=True,
-                instance_revision=snap.instance_revision,
-            )
-        else:
-            self._metrics.events.labels("ignored").inc()
-            log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+    async def handle(self, message: Message) -> None:
+        match message.data:
+            case ServiceEventData() as data:
+                async with self._services[data.instance_id]:
+                    await self._on_service(data)
+            case InstanceData() as inst:
+                deleted = inst.deleted or message.routing_key == RoutingKeys.INSTANCE_DELETED
+                repos = () if deleted else inst.repositories
+                await self._on_instance(inst.instance, repos, revision=inst.revision, snapshot=False)
+            case SnapshotData() as snap:
+                repos = snap.repositories if snap.exists else ()
+                await self._on_instance(
+                    snap.instance,
+                    repos,
+                    revision=snap.revision,
+                    snapshot=True,
+                    instance_revision=snap.instance_revision,
+                )
+            case None:
+                self._metrics.events.labels("ignored").inc()
+                log.info("ignoring event", extra={"type": message.event.type, "event_id": message.id})
 
     @contextlib.asynccontextmanager
     async def _holding(self, toolchains: Iterable[str]) -> AsyncIterator[None]:

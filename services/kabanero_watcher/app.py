@@ -18,10 +18,13 @@ from services.kabanero_watcher.identity import ClusterIdentity
 from services.kabanero_watcher.kube import KubeClient
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.owned_instances import (
+    Message,
     OwnedInstances,
     OwnedInstanceStore,
     owned_instances_route,
 )
+from services.kabanero_watcher.owned_instances import decode as decode_owned
+from services.kabanero_watcher.owned_instances import key_of as owned_key
 from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
@@ -29,7 +32,6 @@ from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import Topology, owned_instances_queue, with_owned_instances
-from shared.events import service_instance_key
 from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service, step
@@ -157,7 +159,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         session=lambda: runtime.session if runtime.leading else None,
     )
 
-    def owned_consumer() -> Consumer:
+    def owned_consumer() -> Consumer[Message]:
         assert runtime.elector is not None
         handler = OwnedInstances(
             cluster=settings.cluster_name,
@@ -176,7 +178,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             metrics=infra.consumer_metrics,
             topology=infra.topology,
             prefetch=4,
-            key_of=service_instance_key,
+            key_of=owned_key,
+            decode=decode_owned,
             probes=infra.probes(),
         )
 
@@ -201,7 +204,7 @@ async def _lead(
     publish: PublishFn,
     emit_metrics: EmitMetrics,
     watch_metrics: WatchMetrics,
-    owned_consumer: Callable[[], Consumer],
+    owned_consumer: Callable[[], Consumer[Message]],
 ) -> None:
     """Run one session per leadership term; stop it promptly when the lease is lost. The
     owned-instance commands are consumed during the term only, so one replica writes at a time."""

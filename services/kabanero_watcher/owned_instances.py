@@ -40,7 +40,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.amqp.consumer import RetryableError
+from shared.amqp import DataModel, Delivery, RetryableError
 from shared.events import (
     CloudEvent,
     CommandOutcome,
@@ -61,6 +61,17 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 Outcome = CommandOutcome
 PublishFn = Callable[[CloudEvent], Awaitable[None]]
+
+
+type Message = Delivery[ServiceEventData]
+
+decode = DataModel(ServiceEventData)
+"""The consumer's decoder: the queue binds ``service.kabanero.*`` only; each is validated once."""
+
+
+def key_of(message: Message) -> str:
+    """Per-instance order: the service instance the command is about."""
+    return message.event.subject or message.data.instance_id
 
 
 def label_value(sid: str) -> str:
@@ -157,8 +168,8 @@ class OwnedInstances:
         self._publish = publish
         self._source = source
 
-    async def handle(self, event: CloudEvent) -> None:
-        data = ServiceEventData.model_validate(event.data)
+    async def handle(self, delivery: Message) -> None:
+        data = delivery.data
         p = data.parameters
         if data.kind != "kabanero" or p.cluster != self._cluster:
             return

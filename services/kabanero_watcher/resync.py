@@ -16,12 +16,12 @@ import logging
 import uuid
 from collections.abc import Callable
 
-import aio_pika
 import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.kabanero_watcher.session import Session
 from shared.amqp import AmqpConnection, Publisher, PublishError
+from shared.amqp.messages import to_message
 from shared.amqp.topology import EXCHANGE
 from shared.events import CloudEvent, ResyncReply, ResyncRequest, RoutingKeys
 
@@ -101,12 +101,7 @@ class ResyncListener:
         body = CloudEvent.for_data("control.resync.reply", reply, source=f"/kabanero-watcher/{self._cluster}")
         try:
             await self._publisher.publish_message(
-                aio_pika.Message(
-                    body=body.model_dump_json().encode(),
-                    content_type="application/cloudevents+json",
-                    correlation_id=message.correlation_id,
-                    type=body.type,
-                ),
+                to_message(body, correlation_id=message.correlation_id),
                 message.reply_to,
                 exchange="",
             )

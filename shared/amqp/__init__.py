@@ -2,6 +2,7 @@
 
 from shared.amqp.connection import AmqpConnection
 from shared.amqp.consumer import Consumer, PermanentError, RetryableError
+from shared.amqp.consuming.decode import DataModel, DataModels, Delivery
 from shared.amqp.publisher import Publisher, PublishError, PublishUnavailable
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE, QUEUES, Topology, declare_topology
 
@@ -11,6 +12,9 @@ __all__ = [
     "QUEUES",
     "AmqpConnection",
     "Consumer",
+    "DataModel",
+    "DataModels",
+    "Delivery",
     "PermanentError",
     "PublishError",
     "PublishUnavailable",

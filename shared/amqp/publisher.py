@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from shared.amqp.connection import AmqpConnection
+from shared.amqp.messages import to_message
 from shared.amqp.topology import EXCHANGE
 from shared.dependencies import RABBITMQ, DependencyUnavailable
-from shared.events import CONTENT_TYPE, CloudEvent
+from shared.events import CloudEvent
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PublishError", "PublishUnavailable", "Publisher", "to_message"]
 
 
 class PublishError(Exception):
@@ -26,18 +28,6 @@ class PublishUnavailable(PublishError, DependencyUnavailable):
     """No confirm because the broker is unreachable or silent (not a refusal of this message)."""
 
     dependency = RABBITMQ
-
-
-def to_message(event: CloudEvent, headers: dict[str, Any] | None = None) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=event.model_dump_json(exclude_none=True).encode(),
-        content_type=CONTENT_TYPE,
-        message_id=event.id,
-        type=event.type,
-        timestamp=event.time,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers=headers or {},
-    )
 
 
 class Publisher:

@@ -20,12 +20,14 @@ from services.github_linker.settings import Settings
 from shared.amqp import (
     AmqpConnection,
     Consumer,
+    DataModel,
+    Delivery,
     Publisher,
     RetryableError,
     Topology,
     declare_topology,
 )
-from shared.amqp.consumer import ATTEMPT_HEADER, REASON_HEADER, ConsumerMetrics, Handler
+from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, ConsumerMetrics, Handler
 from shared.amqp.publisher import to_message
 from shared.dependencies import DependencyUnavailable
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceParameters
@@ -325,3 +327,52 @@ async def test_github_linker_is_not_ready_once_its_queue_is_deleted(amqp_url: st
                 return resp.status == 503 and "does not exist" in body["checks"]["queue"]
 
         await wait_until(unready, timeout=10, what="/readyz failing")
+
+
+async def test_invalid_data_is_decoded_once_and_dead_lettered_with_the_field_as_reason(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    """A consumer with a decoder (as github-linker, broker-api's outcomes and the watcher's instance
+    commands have): the handler and ``key_of`` get the typed data; data that does not validate never
+    reaches them and is dead-lettered at once, the failing field in the reason."""
+    conn, publisher = amqp
+    decoded: list[str] = []
+    handled: list[tuple[str, int]] = []
+
+    def decode(event: CloudEvent) -> Delivery[ServiceEventData]:
+        decoded.append(event.id)
+        return DataModel(ServiceEventData)(event)
+
+    async def handler(message: Delivery[ServiceEventData]) -> None:
+        handled.append((message.data.parameters.namespace, message.data.revision))
+
+    consumer = Consumer(
+        conn,
+        publisher,
+        QUEUE,
+        handler,
+        metrics=ConsumerMetrics(CollectorRegistry()),
+        topology=FAST,
+        key_of=lambda m: m.data.parameters.namespace,
+        decode=decode,
+    )
+    good = _event("a", 2)
+    bad = good.model_copy(update={"id": "bad-1", "data": {**good.data, "revision": -1}})
+    running = asyncio.create_task(consumer.run())
+    try:
+        await publisher.publish(bad)
+        await publisher.publish(good)
+        dead = await wait_until(lambda: drain_queue(amqp_url, f"{QUEUE}.dead"), timeout=10)
+        await wait_until(lambda: handled, timeout=10, what="the valid one handled")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert handled == [("a", 2)]
+    assert sorted(decoded) == sorted([bad.id, good.id])  # once each
+    (letter,) = dead
+    assert letter.message_id == "bad-1"
+    assert str(letter.headers[REASON_HEADER]).startswith(
+        "invalid ServiceEventData: data.revision: Input should be greater than or equal to 0"
+    )
+    assert "ValidationError" in str(letter.headers[ERROR_HEADER])
+    assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []

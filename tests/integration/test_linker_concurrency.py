@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.github_linker.linking import Linker, Metrics
+from services.github_linker.linking import Linker, Metrics, decode
 from services.github_linker.settings import Settings
 from services.github_linker.store import Store
 from shared.events import CloudEvent, RoutingKeys, ToolCommand
@@ -58,8 +58,8 @@ def _linker(store: Store, publisher: FakePublisher) -> Linker:
 async def test_diffs_of_different_toolchains_run_concurrently(store: Store) -> None:
     publisher = FakePublisher()
     linker = _linker(store, publisher)
-    await linker.handle(service("s1", "bound", ["tc-1"], 1, namespace="ns-1"))
-    await linker.handle(service("s2", "bound", ["tc-2"], 1, namespace="ns-2"))
+    await linker.handle(decode(service("s1", "bound", ["tc-1"], 1, namespace="ns-1")))
+    await linker.handle(decode(service("s2", "bound", ["tc-2"], 1, namespace="ns-2")))
     tc2_sent = asyncio.Event()
 
     def gate(command: ToolCommand) -> asyncio.Event | None:
@@ -71,8 +71,8 @@ async def test_diffs_of_different_toolchains_run_concurrently(store: Store) -> N
     publisher.gate = gate
     await asyncio.wait_for(
         asyncio.gather(
-            linker.handle(instance(["https://github.com/org/a"], 1, namespace="ns-1")),
-            linker.handle(instance(["https://github.com/org/b"], 1, namespace="ns-2")),
+            linker.handle(decode(instance(["https://github.com/org/a"], 1, namespace="ns-1"))),
+            linker.handle(decode(instance(["https://github.com/org/b"], 1, namespace="ns-2"))),
         ),
         timeout=10,
     )
@@ -85,13 +85,13 @@ async def test_one_toolchain_fed_by_two_instances_at_once_ends_exact(store: Stor
     publisher = FakePublisher()
     publisher.jitter = True
     linker = _linker(store, publisher)
-    await linker.handle(service("s1", "bound", ["tc"], 1, namespace="ns-1"))
-    await linker.handle(service("s2", "bound", ["tc"], 1, namespace="ns-2"))
+    await linker.handle(decode(service("s1", "bound", ["tc"], 1, namespace="ns-1")))
+    await linker.handle(decode(service("s2", "bound", ["tc"], 1, namespace="ns-2")))
     for rnd in range(1, 11):
         a, b = f"https://github.com/org/a{rnd}", f"https://github.com/org/b{rnd}"
         await asyncio.gather(
-            linker.handle(instance([a], rnd, namespace="ns-1")),
-            linker.handle(instance([b], rnd, namespace="ns-2")),
+            linker.handle(decode(instance([a], rnd, namespace="ns-1"))),
+            linker.handle(decode(instance([b], rnd, namespace="ns-2"))),
         )
         present = {e.url for e in (await store.tools_in("tc")).values() if e.present}
         assert present == {a, b}, f"round {rnd}"

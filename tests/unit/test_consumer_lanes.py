@@ -1,4 +1,5 @@
-"""The consumer's lanes with fakes (no broker): coalescing by revision, order, the hold limit.
+"""The consumer's lanes with fakes (no broker): coalescing by revision, order, the hold limit; and
+the lanes alone (shared/amqp/consuming/lanes.py).
 
 The same behaviour against real RabbitMQ and real processes: tests/integration/test_writer_outage.py.
 """
@@ -6,7 +7,6 @@ The same behaviour against real RabbitMQ and real processes: tests/integration/t
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import aio_pika
@@ -14,49 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from shared.amqp import AmqpConnection, Consumer, Publisher
 from shared.amqp.consumer import ConsumerMetrics
+from shared.amqp.consuming.lanes import Entry, Lanes, Skip
 from shared.dependencies import DependencyUnavailable
 from shared.events import CloudEvent
 from tests.helpers import wait_until
+from tests.unit.amqp_fakes import FakeMessage, FakePublisher
 
 QUEUE = "otc-writer.events"
-
-
-@dataclass
-class FakeMessage:
-    event: CloudEvent
-    headers: dict[str, Any] = field(default_factory=dict)
-    outcome: str | None = None
-
-    @property
-    def body(self) -> bytes:
-        return self.event.model_dump_json().encode()
-
-    message_id = property(lambda self: self.event.id)
-    type = property(lambda self: self.event.type)
-    routing_key = property(lambda self: self.event.routing_key)
-    content_type = "application/cloudevents+json"
-    timestamp = None
-
-    async def ack(self) -> None:
-        assert self.outcome is None, "settled twice"
-        self.outcome = "ack"
-
-    async def nack(self, requeue: bool = True) -> None:
-        assert self.outcome is None, "settled twice"
-        self.outcome = "requeue" if requeue else "nack"
-
-    async def reject(self, requeue: bool = False) -> None:
-        await self.nack(requeue)
-
-
-@dataclass
-class FakePublisher:
-    sent: list[tuple[str, str, aio_pika.Message]] = field(default_factory=list)
-
-    async def publish_message(
-        self, message: aio_pika.Message, routing_key: str, *, exchange: str = ""
-    ) -> None:
-        self.sent.append((exchange, routing_key, message))
 
 
 def event(key: str, revision: int, kind: str = "trigger") -> CloudEvent:
@@ -211,3 +175,39 @@ async def test_waiting_past_the_hold_limit_puts_copies_back_in_order_without_spe
         assert [m.outcome for m in again] == ["ack"] * 3
     finally:
         watchdog.cancel()
+
+
+# --- the lanes alone (shared/amqp/consuming/lanes.py) ---
+
+
+def _join(lanes: Lanes, key: str | None, revision: tuple[str, int] | None, at: float = 0.0) -> Entry:
+    return lanes.join(key, FakeMessage(event(key or "-", 0)).incoming, revision, at)
+
+
+async def test_a_lane_runs_its_head_only_and_a_message_without_key_has_a_lane_of_its_own() -> None:
+    lanes = Lanes()
+    a1, a2 = _join(lanes, "a", None), _join(lanes, "a", None)
+    lone1, lone2 = _join(lanes, None, None), _join(lanes, None, None)
+    assert lanes.at_head(a1) and not lanes.at_head(a2)
+    assert lanes.at_head(lone1) and lanes.at_head(lone2)
+    lanes.leave(a1)
+    assert lanes.at_head(a2) and a2.wake.is_set()  # the next one is told it is its turn
+    assert [e.arrival for e in lanes.waiting()] == [a2.arrival, lone1.arrival, lone2.arrival]
+    a2.running = True
+    assert lanes.waiting() == [lone1, lone2]  # a running message does not wait
+
+
+async def test_coalescing_keeps_the_newest_whole_state_per_sequence_and_never_a_running_one() -> None:
+    lanes = Lanes()
+    running = _join(lanes, "a", ("trigger", 1))
+    running.running = True
+    older = _join(lanes, "a", ("trigger", 2))
+    snapshot = _join(lanes, "a", ("snapshot", 1))  # another sequence: untouched
+    plain = _join(lanes, "a", None)  # no whole state: untouched
+    newest = _join(lanes, "a", ("trigger", 3))
+    assert older.skipped is Skip.SUPERSEDED and older.wake.is_set()
+    assert running.skipped is None and snapshot.skipped is None and plain.skipped is None
+    late = _join(lanes, "a", ("trigger", 3))  # as new as one waiting: the late one goes
+    assert late.skipped is Skip.SUPERSEDED and newest.skipped is None
+    other_key = _join(lanes, "b", ("trigger", 1))
+    assert other_key.skipped is None  # lanes never coalesce across keys

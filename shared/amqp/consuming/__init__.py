@@ -1,0 +1,1 @@
+"""The consumer's policies, one module each; :class:`shared.amqp.consumer.Consumer` composes them."""
