@@ -3,6 +3,11 @@
 Checks only read: a passive declare for the topology, index listings, GETs and a token request
 against IAM, an authenticated PATCH of a sid that does not exist against broker-api (a 4xx changes
 nothing). Exit code 2 when a dependency is unreachable, 1 when one is reachable but wrong, else 0.
+
+Each step of :class:`Doctor` probes one dependency (I/O) and hands what it saw to a pure judgement
+(``identity_check``, ``rbac_check``, ``iam_check``, ``broker_auth_check``) that makes the
+:class:`Check`; :func:`verdict` and :func:`render` make the report. The Kubernetes permissions a
+service needs are data (:data:`RBAC_CHECKS`): another family's RBAC is another entry.
 """
 
 from __future__ import annotations

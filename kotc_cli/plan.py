@@ -7,6 +7,9 @@ ledger. Actual state is OTC's tools of those toolchains (GETs through otc-writer
 comparison follows the writer and its audit: a tool is ours by the ledger's tool id, else by its
 deterministic name; it differs when its name or one of the parameter keys we set differs.
 Exit code 1 when something would change (like ``kubectl diff``), 0 when OTC matches.
+
+:func:`collect` reads (MongoDB, OTC), :func:`compare` and :func:`render` are pure. A family whose
+desired tools otc-writer computes from its projection is one more entry of :data:`COMPUTED`.
 """
 
 from __future__ import annotations

@@ -144,15 +144,15 @@ ENV_NAMES = {name.upper(): name for name in FIELDS}
 """Environment name -> field: ``--set NAME=VALUE`` and the run file use these names."""
 
 
-def build(values: dict[str, object], *, environment: bool) -> CliSettings:
+def build(values: dict[str, Any], *, environment: bool) -> CliSettings:
     """Settings from ``values`` (by field name; they win) over the environment, or over nothing.
 
     A bad value is a :class:`CliError` naming each variable, never echoing its value.
     """
     try:
         if environment:
-            return CliSettings(_secrets_dir=secrets_dir(), **values)  # type: ignore[arg-type]
-        return RunFileSettings(**values)  # type: ignore[arg-type]
+            return CliSettings(_secrets_dir=secrets_dir(), **values)
+        return RunFileSettings(**values)
     except ValidationError as exc:
         raise CliError(describe(exc)) from None
 
