@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +25,7 @@ from kubernetes_asyncio import client as kube
 from kubernetes_asyncio.client.exceptions import ApiException
 from pymongo.errors import PyMongoError
 
-from kotc_cli.clients import Sources
+from kotc_cli.clients import Sources, get_json
 from kotc_cli.errors import OK, PROBLEM, USAGE, CliError
 from kotc_cli.otc import writer_settings
 from kotc_cli.output import Report
@@ -156,6 +157,17 @@ def iam_check(exc: OtcError, iam_url: str) -> Check:
     if isinstance(exc, OtcPermanentError) or exc.status in (400, 401, 403):
         return Check("otc iam", "problem", str(exc), "check OTC_API_KEY (IAM refused it)")
     return Check("otc iam", "unreachable", f"{iam_url}: {exc}", "check OTC_IAM_URL and the network")
+
+
+BROKER_NAME = re.compile(r"[a-z][a-z-]{0,62}")
+
+
+def served_broker(status: object) -> str:
+    """The first broker the deployment serves, from broker-api's ``/status`` body (a Tekton-only
+    install has no ``kabanero-broker``); ``kabanero-broker`` when it does not say."""
+    brokers = status.get("brokers") if isinstance(status, dict) else None
+    first = brokers[0] if isinstance(brokers, list) and brokers else None
+    return first if isinstance(first, str) and BROKER_NAME.fullmatch(first) else "kabanero-broker"
 
 
 def broker_auth_check(base: str, anonymous: int, authed: int) -> Check:
@@ -383,8 +395,9 @@ class Doctor:
     async def broker(self) -> None:
         c = self.config
         base = c.services["broker-api"][0]
-        url = f"{base}/kabanero-broker/api/v1/service_instances/kotc-doctor-probe"
         session = await self.src.http()
+        _, status = await get_json(session, f"{base}/status")
+        url = f"{base}/{served_broker(status)}/api/v1/service_instances/kotc-doctor-probe"
         auth = aiohttp.BasicAuth(c.get("BROKER_ID") or "", c.get("BROKER_SECRET") or "")
         try:
             statuses = []

@@ -26,6 +26,13 @@ def test_broker_auth() -> None:
     assert refused.outcome == "problem" and "refused" in refused.detail
 
 
+def test_the_broker_probed_is_one_the_deployment_serves() -> None:
+    assert doctor.served_broker({"brokers": ["tekton-broker", "kabanero-broker"]}) == "tekton-broker"
+    unsaid: list[object] = [None, "down", {}, {"brokers": []}, {"brokers": ["../admin"]}, {"brokers": [7]}]
+    for status in unsaid:
+        assert doctor.served_broker(status) == "kabanero-broker"
+
+
 def test_iam_refusing_the_key_is_a_problem_anything_else_unreachable() -> None:
     assert doctor.iam_check(OtcPermanentError("bad key", status=400), "http://iam").outcome == "problem"
     assert doctor.iam_check(OtcError("denied", status=403), "http://iam").outcome == "problem"
