@@ -11,6 +11,7 @@ import pytest
 
 from kotc_cli import config as configuration
 from kotc_cli.errors import CliError
+from kotc_cli.main import main
 from kotc_cli.settings import SERVICE_NAMES, SERVICE_SETTINGS, CliSettings, default_of
 from services.otc_writer.settings import Settings as WriterSettings
 from shared.settings import CommonSettings
@@ -132,3 +133,22 @@ def test_a_named_run_file_must_exist_and_be_a_json_object(tmp_path: Path) -> Non
 def test_every_service_is_known() -> None:
     assert set(SERVICE_NAMES) == set(configuration.SERVICE_ENV)
     assert configuration.SERVICE_ENV["otc-writer"] == "KOTC_OTC_WRITER_URL"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["status", "--set", "NOPE=1"], "--set NOPE: unknown setting"),
+        (["status", "--set", "novalue"], "--set 'novalue': expected NAME=VALUE"),
+        (["plan", "--service", "web=http://x"], "--service web: one of broker-api"),
+        (["doctor", "--set", "KOTC_OTC_WRITER_URL=file:///etc"], "invalid settings: KOTC_OTC_WRITER_URL"),
+    ],
+)
+def test_a_bad_flag_exits_2_before_anything_is_contacted(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--no-run-file", *argv])
+    assert exited.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(f"kabanero-otc: {said}")
