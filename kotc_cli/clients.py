@@ -1,10 +1,14 @@
-"""Connections the subcommands open, each failing as :class:`Unreachable` naming the dependency."""
+"""Connections the subcommands open, each failing as :class:`Unreachable` naming the dependency.
+
+A command gets them through :class:`Sources`: each is opened on first use, so a command touches only
+what it reads, and all are closed when the command ends.
+"""
 
 from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aio_pika
@@ -16,6 +20,8 @@ from pymongo.errors import PyMongoError
 
 from kotc_cli.config import Config
 from kotc_cli.errors import Unreachable
+from kotc_cli.otc import otc_client
+from services.otc_writer.otc_client import OtcClient
 from shared.mongo import Document, database, make_client
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -113,3 +119,44 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+class Sources:
+    """The dependencies of one command run: configuration, then connections opened on first use."""
+
+    def __init__(self, config: Config, stack: AsyncExitStack) -> None:
+        self.config = config
+        self._stack = stack
+        self._amqp: AbstractRobustConnection | None = None
+        self._db: AsyncDatabase[Document] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._otc: OtcClient | None = None
+
+    async def amqp(self) -> AbstractRobustConnection:
+        if self._amqp is None:
+            self._amqp = await self._stack.enter_async_context(amqp(self.config))
+        return self._amqp
+
+    async def db(self) -> AsyncDatabase[Document]:
+        if self._db is None:
+            self._db = await self._stack.enter_async_context(mongo(self.config))
+        return self._db
+
+    async def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = await self._stack.enter_async_context(aiohttp.ClientSession())
+        return self._http
+
+    async def mgmt(self) -> Management:
+        return Management(self.config, await self.http())
+
+    async def otc(self) -> OtcClient:
+        if self._otc is None:
+            self._otc = await self._stack.enter_async_context(otc_client(self.config))
+        return self._otc
+
+
+@asynccontextmanager
+async def sources(config: Config) -> AsyncIterator[Sources]:
+    async with AsyncExitStack() as stack:
+        yield Sources(config, stack)

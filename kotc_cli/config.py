@@ -5,71 +5,62 @@ removes it when it stops; the CLI finds it from the working directory upwards, t
 it was installed from, or at ``KOTC_RUN_FILE``.
 While that stack runs, its file wins over the environment, so a shell that exports ``AMQP_URL`` for
 the test suite still talks to the running stack (``--no-run-file`` turns it off). Without a run file
-the CLI reads the same environment names as the services (``AMQP_URL``, ``MONGODB_URL``, ...).
+the CLI reads the same environment names as the services (``AMQP_URL``, ``MONGODB_URL``, ...), with
+the services' defaults (:mod:`kotc_cli.settings`).
+
+Reading (the run file, the environment) is :func:`load`; choosing what wins is :func:`layer`, pure.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from kotc_cli.errors import CliError
+from kotc_cli.settings import ENV_NAMES, SERVICE_FIELDS, SERVICE_NAMES, CliSettings, build
 from shared.amqp.topology import with_owned_instances
 
-RUN_FILE = Path(".run") / "stack.json"
-SERVICE_NAMES = ("broker-api", "kabanero-watcher", "otc-writer", "github-linker")
-SERVICE_ENV = {name: "KOTC_" + name.upper().replace("-", "_") + "_URL" for name in SERVICE_NAMES}
-"""Health URLs per service: ``KOTC_BROKER_API_URL``, ... (comma-separated for several replicas)."""
+__all__ = ["KEYS", "SERVICE_ENV", "SERVICE_NAMES", "Config", "RunFile", "layer", "load"]
 
-DEFAULTS: dict[str, str] = {
-    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
-    "MONGODB_URL": "mongodb://127.0.0.1:27017/kabanero_otc",
-    "RABBITMQ_MGMT_URL": "http://127.0.0.1:15672",
-    "OTC_API_URL": "https://api.us-south.devops.cloud.ibm.com/toolchain/v2",
-    "OTC_IAM_URL": "https://iam.cloud.ibm.com",
-    "CLUSTER_NAME": "default",
-    "LEASE_NAMESPACE": "kabanero",
-    "LEASE_NAME": "kabanero-watcher",
-}
-KEYS = (
-    *DEFAULTS,
-    "ALLOWED_CLUSTERS",
-    "KUBE_API_URL",
-    "OTC_API_KEY",
-    "BROKER_ID",
-    "BROKER_SECRET",
-    "CREDENTIALS_KEY",
-)
-SERVICE_DEFAULTS = {
-    "broker-api": "http://127.0.0.1:8080",
-    "kabanero-watcher": "http://127.0.0.1:8081",
-    "otc-writer": "http://127.0.0.1:8082",
-    "github-linker": "http://127.0.0.1:8083",
-}
+RUN_FILE = Path(".run") / "stack.json"
+SERVICE_ENV = {name: SERVICE_FIELDS[name].upper() for name in SERVICE_NAMES}
+"""Health URLs per service: ``KOTC_BROKER_API_URL``, ... (comma-separated for several replicas)."""
+KEYS = tuple(env for env in ENV_NAMES if env not in SERVICE_ENV.values())
+"""The other settings' environment names (what the run file holds besides ``services``)."""
+MASKED = ("OTC_API_KEY", "BROKER_SECRET", "CREDENTIALS_KEY")
 
 
 @dataclass(frozen=True)
 class Config:
-    values: dict[str, str]
-    services: dict[str, list[str]]
+    settings: CliSettings
     source: str
-    """Where the values came from (shown by ``doctor``)."""
+    """Where the values came from (shown by ``status`` and ``doctor``)."""
     notes: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> str | None:
-        return self.values.get(key) or None
+        """A setting by its environment name; None when unset."""
+        value = getattr(self.settings, key.lower())
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return str(value) if value else None
 
     def require(self, key: str) -> str:
         value = self.get(key)
         if value is None:
             raise CliError(f"{key} is not set (environment, --set {key}=..., or make run's run file)")
         return value
+
+    @property
+    def services(self) -> dict[str, list[str]]:
+        """Health URLs of every replica of every service."""
+        return self.settings.service_urls()
 
     @property
     def amqp_url(self) -> str:
@@ -107,7 +98,7 @@ class Config:
     def safe(self, key: str) -> str:
         """A value for display: credentials in URLs and secrets masked."""
         value = self.get(key) or ""
-        if key in ("OTC_API_KEY", "BROKER_SECRET", "CREDENTIALS_KEY"):
+        if key in MASKED:
             return "***" if value else ""
         parts = urllib.parse.urlsplit(value)
         if parts.password:
@@ -115,6 +106,53 @@ class Config:
             return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
         return value
 
+
+# --- choosing (pure) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A run file that is in use: its path and what it holds."""
+
+    path: Path
+    data: dict[str, Any]
+
+
+def overrides_of(pairs: Mapping[str, str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` by field name; an unknown name is a usage error naming it."""
+    unknown = sorted(k for k in pairs if k.upper() not in ENV_NAMES)
+    if unknown:
+        raise CliError(f"--set {', '.join(unknown)}: unknown setting (one of {', '.join(ENV_NAMES)})")
+    return {ENV_NAMES[k.upper()]: v for k, v in pairs.items()}
+
+
+def service_overrides(service_urls: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """``--service NAME=URL`` (repeatable) by field name; an unknown service is a usage error."""
+    for name in service_urls:
+        if name not in SERVICE_NAMES:
+            raise CliError(f"--service {name}: one of {', '.join(SERVICE_NAMES)}")
+    return {SERVICE_FIELDS[name]: list(urls) for name, urls in service_urls.items() if urls}
+
+
+def from_run_file(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a run file holds, by field name (empty values are unset)."""
+    values: dict[str, Any] = {ENV_NAMES[k]: str(data[k]) for k in KEYS if data.get(k)}
+    services = data.get("services")
+    if isinstance(services, dict):
+        values |= {SERVICE_FIELDS[n]: services[n] for n in SERVICE_NAMES if services.get(n)}
+    return values
+
+
+def layer(
+    run: RunFile | None, overrides: Mapping[str, str], service_urls: Mapping[str, list[str]]
+) -> tuple[dict[str, Any], str]:
+    """What the flags and the run file set (flags win), and where the rest comes from."""
+    base = from_run_file(run.data) if run else {}
+    values = base | overrides_of(overrides) | service_overrides(service_urls)
+    return values, (f"run file {run.path}" if run else "environment")
+
+
+# --- reading (I/O) ------------------------------------------------------------------------------
 
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 """The checkout the CLI runs from (``make venv`` installs it editable): its ``make run`` is found too."""
@@ -141,50 +179,35 @@ def _alive(pid: object) -> bool:
     return True
 
 
+def read_run_file(explicit: str | None, cwd: Path, notes: list[str]) -> RunFile | None:
+    """The run file in use: the one named (it must exist), else one found whose ``make run`` lives."""
+    path = Path(explicit) if explicit else find_run_file(cwd)
+    if path is None:
+        return None
+    if explicit and not path.is_file():
+        raise CliError(f"run file {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"run file {path} unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"run file {path} unreadable: not a JSON object")
+    if not explicit and not _alive(data.get("pid")):
+        notes.append(f"ignored {path}: the make run that wrote it (pid {data.get('pid')}) is gone")
+        return None
+    return RunFile(path, data)
+
+
 def load(
     *,
     overrides: Mapping[str, str] | None = None,
     service_urls: Mapping[str, list[str]] | None = None,
     run_file: str | None = None,
     use_run_file: bool = True,
-    environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Config:
-    env = os.environ if environ is None else environ
     notes: list[str] = []
-    run: dict[str, Any] = {}
-    path: Path | None = None
-    if use_run_file:
-        explicit = run_file or env.get("KOTC_RUN_FILE")
-        path = Path(explicit) if explicit else find_run_file(cwd or Path.cwd())
-        if explicit and path is not None and not path.is_file():
-            raise CliError(f"run file {path} not found")
-        if path is not None:
-            try:
-                run = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise CliError(f"run file {path} unreadable: {exc}") from None
-            if not explicit and not _alive(run.get("pid")):
-                notes.append(f"ignored {path}: the make run that wrote it (pid {run.get('pid')}) is gone")
-                run, path = {}, None
-    values = {k: v for k, v in DEFAULTS.items()}
-    source = "environment"
-    if run:
-        values |= {k: str(run[k]) for k in KEYS if run.get(k)}
-        source = f"run file {path}"
-    else:
-        values |= {k: env[k] for k in KEYS if env.get(k)}
-    values |= dict(overrides or {})
-    services: dict[str, list[str]] = {}
-    for name in SERVICE_NAMES:
-        from_run = run.get("services", {}).get(name) if run else None
-        from_env = [u.strip() for u in env.get(SERVICE_ENV[name], "").split(",") if u.strip()]
-        services[name] = (
-            list((service_urls or {}).get(name) or [])
-            or list(from_run or [])
-            or (from_env if not run else [])
-            or [SERVICE_DEFAULTS[name]]
-        )
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    return Config(values=values, services=services, source=source, notes=notes)
+    explicit = run_file or os.environ.get("KOTC_RUN_FILE")
+    run = read_run_file(explicit, cwd or Path.cwd(), notes) if use_run_file else None
+    values, source = layer(run, overrides or {}, service_urls or {})
+    return Config(build(values, environment=run is None), source, notes)

@@ -10,13 +10,14 @@ not confirmed leaves the dead letter where it was. Purge needs ``--yes``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from kotc_cli.clients import amqp
+from kotc_cli.clients import Sources
 from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError
 from kotc_cli.output import Report, age
@@ -65,31 +66,58 @@ def _count(value: object) -> int:
     return int(text) if text is not None and text.isdigit() else 0
 
 
-def describe(queue: str, message: AbstractIncomingMessage) -> dict[str, Any]:
-    headers = dict(message.headers or {})
-    try:
-        body = json.loads(message.body)
-    except ValueError:
-        body = {}
+def _death(headers: dict[str, Any]) -> dict[str, Any]:
+    """The broker's latest ``x-death`` entry, if any."""
     deaths = headers.get("x-death")
-    death: dict[str, Any] = (
-        deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
-    )
+    first = deaths[0] if isinstance(deaths, list) and deaths else None
+    return first if isinstance(first, dict) else {}
+
+
+def _attempts(headers: dict[str, Any], death: dict[str, Any]) -> int | None:
+    value = headers.get(ATTEMPT_HEADER) or death.get("count") or headers.get("x-delivery-count")
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+
+
+def letter(
+    queue: str,
+    *,
+    headers: dict[str, Any],
+    body: bytes,
+    message_id: str | None,
+    type_: str | None,
+    timestamp: datetime | None,
+) -> dict[str, Any]:
+    """One dead letter as listed: our headers first, else the broker's ``x-death``, else its body."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    event: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    death = _death(headers)
     reason = _text(headers.get(REASON_HEADER)) or (f"broker: {_text(death.get('reason'))}" if death else None)
-    attempts = headers.get(ATTEMPT_HEADER) or death.get("count") or headers.get("x-delivery-count")
-    when = message.timestamp if isinstance(message.timestamp, datetime) else None
     return {
         "queue": queue,
-        "id": message.message_id or (body.get("id") if isinstance(body, dict) else None),
-        "type": message.type or (body.get("type") if isinstance(body, dict) else None),
-        "subject": body.get("subject") if isinstance(body, dict) else None,
+        "id": message_id or event.get("id"),
+        "type": type_ or event.get("type"),
+        "subject": event.get("subject"),
         "reason": reason,
         "error": _text(headers.get(ERROR_HEADER)),
-        "attempts": int(attempts) if isinstance(attempts, int | str) and str(attempts).isdigit() else None,
+        "attempts": _attempts(headers, death),
         "replayed": _count(headers.get(REPLAYED_HEADER)),
-        "time": when.astimezone(UTC).isoformat() if when else None,
-        "age": age(when),
+        "time": timestamp.astimezone(UTC).isoformat() if timestamp else None,
+        "age": age(timestamp),
     }
+
+
+def describe(queue: str, message: AbstractIncomingMessage) -> dict[str, Any]:
+    return letter(
+        queue,
+        headers=dict(message.headers or {}),
+        body=message.body,
+        message_id=message.message_id,
+        type_=message.type,
+        timestamp=message.timestamp if isinstance(message.timestamp, datetime) else None,
+    )
 
 
 async def _take_all(channel: AbstractChannel, name: str) -> list[AbstractIncomingMessage]:
@@ -125,15 +153,17 @@ def _table(report: Report, title: str, rows: list[dict[str, Any]]) -> None:
     )
 
 
-async def list_(config: Config, queue: str | None) -> Report:
+async def list_(src: Sources, queue: str | None) -> Report:
+    config = src.config
+    names = dead_queues(config, queue)
+    conn = await src.amqp()
     rows: list[dict[str, Any]] = []
-    async with amqp(config) as conn:
-        for name in dead_queues(config, queue):
-            channel = await conn.channel()
-            try:
-                rows += [describe(name, m) for m in await _take_all(channel, name)]
-            finally:
-                await channel.close()  # every message goes back
+    for name in names:
+        channel = await conn.channel()
+        try:
+            rows += [describe(name, m) for m in await _take_all(channel, name)]
+        finally:
+            await channel.close()  # every message goes back
     report = Report(data={"vhost": config.vhost, "dead_letters": rows}, code=PROBLEM if rows else OK)
     _table(report, f"DEAD LETTERS (vhost {config.vhost})", rows)
     return report
@@ -144,27 +174,47 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     return persistent_copy(message, {REPLAYED_HEADER: replays}, drop=_DROPPED)
 
 
-async def replay(config: Config, queue: str | None, ids: list[str], everything: bool) -> Report:
+async def _replay_queue(
+    channel: AbstractChannel, name: str, chosen: Callable[[AbstractIncomingMessage], bool]
+) -> list[dict[str, Any]]:
+    """The chosen dead letters of one queue back to its consuming queue, each acked once confirmed."""
+    target = name.removesuffix(".dead")
+    replayed = []
+    for message in await _take_all(channel, name):
+        if not chosen(message):
+            continue
+        await channel.default_exchange.publish(
+            replay_copy(message), routing_key=target, mandatory=True, timeout=10
+        )
+        await message.ack()
+        replayed.append({**describe(name, message), "to": target})
+    return replayed
+
+
+async def replay(src: Sources, queue: str | None, ids: list[str], everything: bool) -> Report:
+    config = src.config
     if not ids and not everything:
         raise CliError("dead-letters replay: give --id ID (repeatable) or --all")
+    names = dead_queues(config, queue)
+    conn = await src.amqp()
     replayed: list[dict[str, Any]] = []
     wanted = set(ids)
-    async with amqp(config) as conn:
-        for name in dead_queues(config, queue):
-            target = name.removesuffix(".dead")
-            channel = await conn.channel(publisher_confirms=True)
-            try:
-                for message in await _take_all(channel, name):
-                    if not everything and message.message_id not in wanted:
-                        continue
-                    await channel.default_exchange.publish(
-                        replay_copy(message), routing_key=target, mandatory=True, timeout=10
-                    )
-                    await message.ack()
-                    wanted.discard(message.message_id or "")
-                    replayed.append({**describe(name, message), "to": target})
-            finally:
-                await channel.close()  # the ones not chosen go back
+
+    def chosen(message: AbstractIncomingMessage) -> bool:
+        """Every one with --all, else each id asked for once."""
+        if everything:
+            return True
+        if message.message_id not in wanted:
+            return False
+        wanted.discard(message.message_id)
+        return True
+
+    for name in names:
+        channel = await conn.channel(publisher_confirms=True)
+        try:
+            replayed += await _replay_queue(channel, name, chosen)
+        finally:
+            await channel.close()  # the ones not chosen go back
     missing = sorted(wanted)
     report = Report(
         data={"vhost": config.vhost, "replayed": replayed, "not_found": missing},
@@ -176,24 +226,24 @@ async def replay(config: Config, queue: str | None, ids: list[str], everything: 
     return report
 
 
-async def purge(config: Config, queue: str | None, confirmed: bool) -> Report:
+async def purge(src: Sources, queue: str | None, confirmed: bool) -> Report:
+    config = src.config
     names = dead_queues(config, queue)
-    async with amqp(config) as conn:
-        channel = await conn.channel()
-        try:
-            counts = {}
-            for name in names:
-                q = await channel.declare_queue(name, passive=True)
-                counts[name] = q.declaration_result.message_count or 0
-            if not confirmed:
-                raise CliError(
-                    f"dead-letters purge deletes {sum(counts.values())} message(s) from {', '.join(names)} "
-                    "for good; repeat with --yes"
-                )
-            for name in names:
-                await (await channel.declare_queue(name, passive=True)).purge()
-        finally:
-            await channel.close()
+    channel = await (await src.amqp()).channel()
+    try:
+        counts = {}
+        for name in names:
+            q = await channel.declare_queue(name, passive=True)
+            counts[name] = q.declaration_result.message_count or 0
+        if not confirmed:
+            raise CliError(
+                f"dead-letters purge deletes {sum(counts.values())} message(s) from {', '.join(names)} "
+                "for good; repeat with --yes"
+            )
+        for name in names:
+            await (await channel.declare_queue(name, passive=True)).purge()
+    finally:
+        await channel.close()
     report = Report(data={"vhost": config.vhost, "purged": counts})
     report.add("PURGED", ("queue", "messages"), sorted(counts.items()))
     return report

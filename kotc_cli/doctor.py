@@ -3,6 +3,11 @@
 Checks only read: a passive declare for the topology, index listings, GETs and a token request
 against IAM, an authenticated PATCH of a sid that does not exist against broker-api (a 4xx changes
 nothing). Exit code 2 when a dependency is unreachable, 1 when one is reachable but wrong, else 0.
+
+Each step of :class:`Doctor` probes one dependency (I/O) and hands what it saw to a pure judgement
+(``identity_check``, ``rbac_check``, ``iam_check``, ``broker_auth_check``) that makes the
+:class:`Check`; :func:`verdict` and :func:`render` make the report. The Kubernetes permissions a
+service needs are data (:data:`RBAC_CHECKS`): another family's RBAC is another entry.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import binascii
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import aio_pika
 import aiohttp
@@ -20,8 +25,7 @@ from kubernetes_asyncio import client as kube
 from kubernetes_asyncio.client.exceptions import ApiException
 from pymongo.errors import PyMongoError
 
-from kotc_cli.clients import amqp, mongo
-from kotc_cli.config import Config
+from kotc_cli.clients import Sources, get_json
 from kotc_cli.errors import OK, PROBLEM, USAGE, CliError
 from kotc_cli.otc import writer_settings
 from kotc_cli.output import Report
@@ -64,9 +68,136 @@ class Check:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class Access:
+    """One list request a service's RBAC must allow (``namespaced``: in the watcher's lease namespace)."""
+
+    what: str
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = False
+
+
+WATCHER_ACCESS = (
+    Access("list kabaneros.kabanero.io", "kabanero.io", "v1alpha2", "kabaneros"),
+    Access("list eventmediators.events.kabanero.io", "events.kabanero.io", "v1alpha1", "eventmediators"),
+    Access("list leases in {lease_namespace}", GROUP, VERSION, PLURAL, namespaced=True),
+)
+
+
+@dataclass(frozen=True)
+class RbacCheck:
+    name: str
+    access: tuple[Access, ...]
+    ok: str
+    fix: str
+
+
+RBAC_CHECKS = (
+    RbacCheck(
+        "watcher rbac",
+        WATCHER_ACCESS,
+        "get/list/watch on the CRDs and leases",
+        "apply k8s/ (ClusterRole kabanero-watcher: get/list/watch kabaneros, eventmediators, "
+        "eventconnections; get/create/update leases)",
+    ),
+)
+"""What a service's Kubernetes RBAC must allow, one check each (another family: another entry)."""
+
+
+def denial(what: str, status: int | None) -> str | None:
+    """How a refused list request shows; None when it is fine (an absent optional CRD answers 404)."""
+    if status in (401, 403):
+        return what
+    return None if status == 404 else f"{what} (HTTP {status})"
+
+
+async def denials(
+    custom: kube.CustomObjectsApi, access: tuple[Access, ...], settings: WatcherSettings
+) -> list[str]:
+    denied = []
+    for a in access:
+        what = a.what.format(lease_namespace=settings.lease_namespace)
+        try:
+            if a.namespaced:
+                await custom.list_namespaced_custom_object(
+                    a.group, a.version, settings.lease_namespace, a.plural, limit=1, _request_timeout=5
+                )
+            else:
+                await custom.list_cluster_custom_object(
+                    a.group, a.version, a.plural, limit=1, _request_timeout=5
+                )
+        except ApiException as exc:
+            if (why := denial(what, exc.status)) is not None:
+                denied.append(why)
+    return denied
+
+
+def rbac_check(rbac: RbacCheck, denied: list[str]) -> Check:
+    if denied:
+        return Check(rbac.name, "problem", f"denied: {', '.join(denied)}", rbac.fix)
+    return Check(rbac.name, "ok", rbac.ok)
+
+
+def identity_check(cluster: str, recorded: str | None, uid: str) -> Check:
+    """``CLUSTER_NAME`` against the kube-system uid the first watcher that led it recorded."""
+    if recorded is None:
+        return Check("cluster identity", "ok", f"{cluster} = kube-system uid {uid} (not recorded yet)")
+    if recorded == uid:
+        return Check("cluster identity", "ok", f"{cluster} = kube-system uid {uid}, as recorded")
+    return Check(
+        "cluster identity",
+        "problem",
+        f"CLUSTER_NAME {cluster} is recorded for cluster {recorded}, this API server is {uid}",
+        f"give each cluster its own CLUSTER_NAME (or delete {CLUSTERS}/{cluster} after a rebuild)",
+    )
+
+
+def iam_check(exc: OtcError, iam_url: str) -> Check:
+    """IAM refusing the key is a problem with it; anything else is IAM unreachable."""
+    if isinstance(exc, OtcPermanentError) or exc.status in (400, 401, 403):
+        return Check("otc iam", "problem", str(exc), "check OTC_API_KEY (IAM refused it)")
+    return Check("otc iam", "unreachable", f"{iam_url}: {exc}", "check OTC_IAM_URL and the network")
+
+
+BROKER_NAME = re.compile(r"[a-z][a-z-]{0,62}")
+
+
+def served_broker(status: object) -> str:
+    """The first broker the deployment serves, from broker-api's ``/status`` body (a Tekton-only
+    install has no ``kabanero-broker``); ``kabanero-broker`` when it does not say."""
+    brokers = status.get("brokers") if isinstance(status, dict) else None
+    first = brokers[0] if isinstance(brokers, list) and brokers else None
+    return first if isinstance(first, str) and BROKER_NAME.fullmatch(first) else "kabanero-broker"
+
+
+def broker_auth_check(base: str, anonymous: int, authed: int) -> Check:
+    """broker-api must refuse an anonymous PATCH (401) and accept the CLI's credentials (not 401)."""
+    if anonymous != 401:
+        return Check(
+            "broker-api auth",
+            "problem",
+            f"an unauthenticated PATCH got HTTP {anonymous}, not 401",
+            "broker-api must require BROKER_ID:BROKER_SECRET",
+        )
+    if authed == 401:
+        return Check(
+            "broker-api auth",
+            "problem",
+            "BROKER_ID/BROKER_SECRET given to the CLI are refused",
+            "use the same BROKER_ID/BROKER_SECRET as broker-api and OTC's broker registration",
+        )
+    return Check("broker-api auth", "ok", f"{base}: credentials accepted, anonymous refused")
+
+
 class Doctor:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    """Runs the checks in order; each adds its :class:`Check` lines (the later ones may use what an
+    earlier one read, e.g. the recorded cluster identity)."""
+
+    def __init__(self, src: Sources) -> None:
+        self.src = src
+        self.config = src.config
         self.checks: list[Check] = []
         self.recorded_uid: str | None = None
         """kube-system uid recorded for CLUSTER_NAME by the first watcher that led it."""
@@ -121,62 +252,63 @@ class Doctor:
             for q in QUEUES
             for n in (q, f"{q}.dead", *(f"{q}.retry.{d}s" for d in sorted(set(topo.retry_delays_s))))
         ]
-        async with amqp(self.config) as conn:
-            self.add("rabbitmq", "ok", f"connected to {self.config.safe('AMQP_URL')}")
-            absent = []
-            for kind, name in [
-                ("exchange", EXCHANGE),
-                ("exchange", DEAD_EXCHANGE),
-                *(("queue", n) for n in names),
-            ]:
-                channel = await conn.channel()
-                try:
-                    if kind == "exchange":
-                        await channel.declare_exchange(name, passive=True)
-                    else:
-                        await channel.declare_queue(name, passive=True)
-                except aio_pika.exceptions.ChannelClosed:
-                    absent.append(f"{kind} {name}")
-                finally:
-                    if not channel.is_closed:
-                        await channel.close()
-            self.add(
-                "rabbitmq topology",
-                "problem" if absent else "ok",
-                f"missing: {', '.join(absent)}"
-                if absent
-                else f"2 exchanges and {len(names)} queues declared",
-                "start any kabanero-otc service once: each declares the whole topology at start",
-            )
+        conn = await self.src.amqp()
+        self.add("rabbitmq", "ok", f"connected to {self.config.safe('AMQP_URL')}")
+        absent = []
+        for kind, name in [
+            ("exchange", EXCHANGE),
+            ("exchange", DEAD_EXCHANGE),
+            *(("queue", n) for n in names),
+        ]:
+            channel = await conn.channel()
+            try:
+                if kind == "exchange":
+                    await channel.declare_exchange(name, passive=True)
+                else:
+                    await channel.declare_queue(name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                absent.append(f"{kind} {name}")
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        self.add(
+            "rabbitmq topology",
+            "problem" if absent else "ok",
+            f"missing: {', '.join(absent)}" if absent else f"2 exchanges and {len(names)} queues declared",
+            "start any kabanero-otc service once: each declares the whole topology at start",
+        )
 
     # --- MongoDB ----------------------------------------------------------------------------
 
     async def mongodb(self) -> None:
-        async with mongo(self.config) as db:
-            self.add("mongodb", "ok", f"database {db.name} at {self.config.safe('MONGODB_URL')}")
-            lacking = []
-            for coll, wanted in EXPECTED_INDEXES.items():
-                have = {
-                    tuple((k, int(v)) for k, v in ix["key"].items())
-                    async for ix in await db[coll].list_indexes()
-                }
-                lacking += [f"{coll}({', '.join(k for k, _ in w)})" for w in wanted if w not in have]
-            self.add(
-                "mongodb indexes",
-                "problem" if lacking else "ok",
-                f"missing: {', '.join(lacking)}"
-                if lacking
-                else f"{sum(map(len, EXPECTED_INDEXES.values()))} indexes present",
-                "start each service once (each creates its indexes at start) against this database",
-            )
-            recorded = await recorded_identity(db, self.config.require("CLUSTER_NAME"))
-            self.recorded_uid = recorded.uid if recorded else None
+        db = await self.src.db()
+        self.add("mongodb", "ok", f"database {db.name} at {self.config.safe('MONGODB_URL')}")
+        lacking = []
+        for coll, wanted in EXPECTED_INDEXES.items():
+            have = {
+                tuple((k, int(v)) for k, v in ix["key"].items()) async for ix in await db[coll].list_indexes()
+            }
+            lacking += [f"{coll}({', '.join(k for k, _ in w)})" for w in wanted if w not in have]
+        self.add(
+            "mongodb indexes",
+            "problem" if lacking else "ok",
+            f"missing: {', '.join(lacking)}"
+            if lacking
+            else f"{sum(map(len, EXPECTED_INDEXES.values()))} indexes present",
+            "start each service once (each creates its indexes at start) against this database",
+        )
+        recorded = await recorded_identity(db, self.config.require("CLUSTER_NAME"))
+        self.recorded_uid = recorded.uid if recorded else None
 
     # --- Kubernetes -------------------------------------------------------------------------
 
     async def kubernetes(self) -> None:
         c = self.config
-        settings = WatcherSettings(kube_api_url=c.get("KUBE_API_URL"), cluster_name=c.require("CLUSTER_NAME"))
+        settings = WatcherSettings(
+            kube_api_url=c.get("KUBE_API_URL"),
+            cluster_name=c.require("CLUSTER_NAME"),
+            lease_namespace=c.require("LEASE_NAMESPACE"),
+        )
         try:
             api_client = await make_api_client(settings)
         except Exception as exc:
@@ -187,91 +319,50 @@ class Doctor:
                 "set KUBE_API_URL, or KUBECONFIG / in-cluster service account",
             )
             return
-        fix_api = "check KUBE_API_URL / the kubeconfig and that the API server is up"
         async with api_client:
-            try:
-                version = await api_client.call_api(
-                    "/version",
-                    "GET",
-                    response_types_map={200: "object"},
-                    auth_settings=["BearerToken"],
-                    _return_http_data_only=True,
-                    _request_timeout=5,
-                )
-            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self.add(
-                    "kubernetes api",
-                    "unreachable",
-                    f"{api_client.configuration.host}: {_short(exc)}",
-                    fix_api,
-                )
-                return
+            if await self.kube_version(api_client):
+                custom = kube.CustomObjectsApi(api_client)
+                for rbac in RBAC_CHECKS:
+                    self.checks.append(rbac_check(rbac, await denials(custom, rbac.access, settings)))
+                await self.cluster_identity(api_client)
+
+    async def kube_version(self, api_client: kube.ApiClient) -> bool:
+        """The API server answers ``/version`` (False, with the check added, when it does not)."""
+        try:
+            version = await api_client.call_api(
+                "/version",
+                "GET",
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=5,
+            )
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.add(
                 "kubernetes api",
-                "ok",
-                f"{api_client.configuration.host} (version {version.get('gitVersion') if isinstance(version, dict) else '?'})",
+                "unreachable",
+                f"{api_client.configuration.host}: {_short(exc)}",
+                "check KUBE_API_URL / the kubeconfig and that the API server is up",
             )
-            custom = kube.CustomObjectsApi(api_client)
-            denied = []
-            probes: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-                (
-                    "list kabaneros.kabanero.io",
-                    lambda: custom.list_cluster_custom_object(
-                        "kabanero.io", "v1alpha2", "kabaneros", limit=1, _request_timeout=5
-                    ),
-                ),
-                (
-                    "list eventmediators.events.kabanero.io",
-                    lambda: custom.list_cluster_custom_object(
-                        "events.kabanero.io", "v1alpha1", "eventmediators", limit=1, _request_timeout=5
-                    ),
-                ),
-                (
-                    f"list leases in {settings.lease_namespace}",
-                    lambda: custom.list_namespaced_custom_object(
-                        GROUP, VERSION, settings.lease_namespace, PLURAL, limit=1, _request_timeout=5
-                    ),
-                ),
-            ]
-            for what, probe in probes:
-                try:
-                    await probe()
-                except ApiException as exc:
-                    if exc.status in (401, 403):
-                        denied.append(what)
-                    elif exc.status != 404:  # an absent optional CRD is fine
-                        denied.append(f"{what} (HTTP {exc.status})")
+            return False
+        git = version.get("gitVersion") if isinstance(version, dict) else "?"
+        self.add("kubernetes api", "ok", f"{api_client.configuration.host} (version {git})")
+        return True
+
+    async def cluster_identity(self, api_client: kube.ApiClient) -> None:
+        try:
+            ns = await kube.CoreV1Api(api_client).read_namespace(IDENTITY_NAMESPACE, _request_timeout=5)
+        except ApiException as exc:
             self.add(
-                "watcher rbac",
-                "problem" if denied else "ok",
-                f"denied: {', '.join(denied)}" if denied else "get/list/watch on the CRDs and leases",
-                "apply k8s/ (ClusterRole kabanero-watcher: get/list/watch kabaneros, eventmediators, "
-                "eventconnections; get/create/update leases)",
+                "cluster identity",
+                "problem",
+                f"cannot read namespace {IDENTITY_NAMESPACE}: HTTP {exc.status}",
+                "allow the watcher get on namespaces/kube-system (cluster identity)",
             )
-            try:
-                ns = await kube.CoreV1Api(api_client).read_namespace(IDENTITY_NAMESPACE, _request_timeout=5)
-                uid = ns.metadata.uid
-            except ApiException as exc:
-                self.add(
-                    "cluster identity",
-                    "problem",
-                    f"cannot read namespace {IDENTITY_NAMESPACE}: HTTP {exc.status}",
-                    "allow the watcher get on namespaces/kube-system (cluster identity)",
-                )
-                return
-            recorded = self.recorded_uid
-            cluster = self.config.require("CLUSTER_NAME")
-            if recorded is None:
-                self.add("cluster identity", "ok", f"{cluster} = kube-system uid {uid} (not recorded yet)")
-            elif recorded == uid:
-                self.add("cluster identity", "ok", f"{cluster} = kube-system uid {uid}, as recorded")
-            else:
-                self.add(
-                    "cluster identity",
-                    "problem",
-                    f"CLUSTER_NAME {cluster} is recorded for cluster {recorded}, this API server is {uid}",
-                    f"give each cluster its own CLUSTER_NAME (or delete {CLUSTERS}/{cluster} after a rebuild)",
-                )
+            return
+        self.checks.append(
+            identity_check(self.config.require("CLUSTER_NAME"), self.recorded_uid, ns.metadata.uid)
+        )
 
     # --- OTC ---------------------------------------------------------------------------------
 
@@ -281,77 +372,51 @@ class Doctor:
             self.add("otc iam", "problem", "OTC_API_KEY not set", "set OTC_API_KEY (an IBM Cloud API key)")
             return
         settings = writer_settings(c)
-        async with aiohttp.ClientSession() as session:
-            iam = IamTokenManager(
-                session, settings.otc_iam_url, settings.otc_api_key.get_secret_value(), timeout_s=5
+        session = await self.src.http()
+        iam = IamTokenManager(
+            session, settings.otc_iam_url, settings.otc_api_key.get_secret_value(), timeout_s=5
+        )
+        try:
+            await iam.token()
+            self.add("otc iam", "ok", f"token for the API key from {settings.otc_iam_url}")
+        except OtcError as exc:
+            self.checks.append(iam_check(exc, settings.otc_iam_url))
+        try:
+            async with session.get(settings.otc_api_url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                self.add("otc toolchain api", "ok", f"{settings.otc_api_url} answers (HTTP {resp.status})")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.add(
+                "otc toolchain api",
+                "unreachable",
+                f"{settings.otc_api_url}: {_short(exc)}",
+                "check OTC_API_URL and the network",
             )
-            try:
-                await iam.token()
-                self.add("otc iam", "ok", f"token for the API key from {settings.otc_iam_url}")
-            except OtcError as exc:
-                if isinstance(exc, OtcPermanentError) or exc.status in (400, 401, 403):
-                    self.add("otc iam", "problem", str(exc), "check OTC_API_KEY (IAM refused it)")
-                else:
-                    self.add(
-                        "otc iam",
-                        "unreachable",
-                        f"{settings.otc_iam_url}: {exc}",
-                        "check OTC_IAM_URL and the network",
-                    )
-            try:
-                async with session.get(settings.otc_api_url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    self.add(
-                        "otc toolchain api", "ok", f"{settings.otc_api_url} answers (HTTP {resp.status})"
-                    )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.add(
-                    "otc toolchain api",
-                    "unreachable",
-                    f"{settings.otc_api_url}: {_short(exc)}",
-                    "check OTC_API_URL and the network",
-                )
 
     # --- broker-api --------------------------------------------------------------------------
 
     async def broker(self) -> None:
         c = self.config
         base = c.services["broker-api"][0]
-        async with aiohttp.ClientSession() as session:
-            try:
-                url = (
-                    f"{base}/{await _served_broker(session, base)}/api/v1/service_instances/kotc-doctor-probe"
-                )
-                async with session.patch(url, json={}, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    anonymous = resp.status
-                auth = aiohttp.BasicAuth(c.get("BROKER_ID") or "", c.get("BROKER_SECRET") or "")
+        session = await self.src.http()
+        _, status = await get_json(session, f"{base}/status")
+        url = f"{base}/{served_broker(status)}/api/v1/service_instances/kotc-doctor-probe"
+        auth = aiohttp.BasicAuth(c.get("BROKER_ID") or "", c.get("BROKER_SECRET") or "")
+        try:
+            statuses = []
+            for credentials in (None, auth):
                 async with session.patch(
-                    url, json={}, auth=auth, timeout=aiohttp.ClientTimeout(total=5)
+                    url, json={}, auth=credentials, timeout=aiohttp.ClientTimeout(total=5)
                 ) as resp:
-                    authed = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.add(
-                    "broker-api",
-                    "unreachable",
-                    f"{base}: {_short(exc)}",
-                    "start broker-api / check KOTC_BROKER_API_URL",
-                )
-                return
-        if anonymous != 401:
+                    statuses.append(resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             self.add(
-                "broker-api auth",
-                "problem",
-                f"an unauthenticated PATCH got HTTP {anonymous}, not 401",
-                "broker-api must require BROKER_ID:BROKER_SECRET",
+                "broker-api",
+                "unreachable",
+                f"{base}: {_short(exc)}",
+                "start broker-api / check KOTC_BROKER_API_URL",
             )
-        elif authed == 401:
-            self.add(
-                "broker-api auth",
-                "problem",
-                "BROKER_ID/BROKER_SECRET given to the CLI are refused",
-                "use the same BROKER_ID/BROKER_SECRET as broker-api and OTC's broker registration",
-            )
-        else:
-            self.add("broker-api auth", "ok", f"{base}: credentials accepted, anonymous refused")
+            return
+        self.checks.append(broker_auth_check(base, *statuses))
 
     async def run(self) -> None:
         self.settings()
@@ -362,43 +427,21 @@ class Doctor:
         await self.broker()
 
 
-BROKER_NAME = re.compile(r"[a-z][a-z-]{0,62}")
+def verdict(checks: list[Check]) -> int:
+    """2 when a dependency is unreachable, 1 when one is reachable but wrong, else 0."""
+    outcomes = {c.outcome for c in checks}
+    return USAGE if "unreachable" in outcomes else PROBLEM if "problem" in outcomes else OK
 
 
-async def _served_broker(session: aiohttp.ClientSession, base: str) -> str:
-    """The first broker the deployment serves (its ``/status`` says which: a Tekton-only install
-    has no ``kabanero-broker``); ``kabanero-broker`` when ``/status`` does not say."""
-    async with session.get(f"{base}/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-        try:
-            brokers = (await resp.json(content_type=None)).get("brokers")
-        except (ValueError, AttributeError):
-            brokers = None
-    if (
-        isinstance(brokers, list)
-        and brokers
-        and isinstance(brokers[0], str)
-        and BROKER_NAME.fullmatch(brokers[0])
-    ):
-        return brokers[0]
-    return "kabanero-broker"
-
-
-async def run(config: Config) -> Report:
-    doctor = Doctor(config)
-    try:
-        await doctor.run()
-    except PyMongoError as exc:
-        doctor.add("mongodb", "unreachable", _short(exc), "check MONGODB_URL")
-    outcomes = {c.outcome for c in doctor.checks}
-    code = USAGE if "unreachable" in outcomes else PROBLEM if "problem" in outcomes else OK
-    report = Report(data={"source": config.source, "checks": [c.__dict__ for c in doctor.checks]}, code=code)
+def render(checks: list[Check], *, source: str) -> Report:
+    report = Report(data={"source": source, "checks": [c.__dict__ for c in checks]}, code=verdict(checks))
     report.add(
-        f"DOCTOR (settings from {config.source})",
+        f"DOCTOR (settings from {source})",
         ("check", "result", "detail", "fix"),
-        [(c.name, c.outcome.upper() if c.outcome != "ok" else "ok", c.detail, c.fix) for c in doctor.checks],
+        [(c.name, c.outcome.upper() if c.outcome != "ok" else "ok", c.detail, c.fix) for c in checks],
     )
-    bad = [c.name for c in doctor.checks if c.outcome in ("problem", "unreachable")]
-    unreachable = [c.name for c in doctor.checks if c.outcome == "unreachable"]
+    bad = [c.name for c in checks if c.outcome in ("problem", "unreachable")]
+    unreachable = [c.name for c in checks if c.outcome == "unreachable"]
     report.line(
         "all checks passed"
         if not bad
@@ -406,6 +449,15 @@ async def run(config: Config) -> Report:
         + (f"; unreachable: {', '.join(unreachable)}" if unreachable else "")
     )
     return report
+
+
+async def run(src: Sources) -> Report:
+    doctor = Doctor(src)
+    try:
+        await doctor.run()
+    except PyMongoError as exc:
+        doctor.add("mongodb", "unreachable", _short(exc), "check MONGODB_URL")
+    return render(doctor.checks, source=src.config.source)
 
 
 def _short(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kotc_cli import config as configuration
 from kotc_cli import dead_letters, doctor, plan, resync, status
+from kotc_cli.clients import Sources, sources
 from kotc_cli.errors import USAGE, CliError
 from kotc_cli.output import Report
 
@@ -104,38 +105,47 @@ def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def command(args: argparse.Namespace, cfg: configuration.Config) -> Coroutine[Any, Any, Report]:
+def load_config(args: argparse.Namespace) -> configuration.Config:
+    services: dict[str, list[str]] = {}
+    for name, url in _pairs(args.service, "--service"):
+        services.setdefault(name, []).append(url)
+    return configuration.load(
+        overrides=dict(_pairs(args.set, "--set")),
+        service_urls=services,
+        run_file=args.run_file,
+        use_run_file=not args.no_run_file,
+    )
+
+
+def command(args: argparse.Namespace, src: Sources) -> Coroutine[Any, Any, Report]:
     table: dict[str, Callable[[], Coroutine[Any, Any, Report]]] = {
-        "status": lambda: status.run(cfg),
-        "resync": lambda: resync.run(cfg, args.cluster, args.namespace, args.timeout),
-        "plan": lambda: plan.run(cfg, args.toolchain),
-        "doctor": lambda: doctor.run(cfg),
+        "status": lambda: status.run(src),
+        "resync": lambda: resync.run(src, args.cluster, args.namespace, args.timeout),
+        "plan": lambda: plan.run(src, args.toolchain),
+        "doctor": lambda: doctor.run(src),
     }
     if args.command == "dead-letters":
         if args.action == "list":
-            return dead_letters.list_(cfg, args.queue)
+            return dead_letters.list_(src, args.queue)
         if args.action == "replay":
-            return dead_letters.replay(cfg, args.queue, args.id, args.all)
-        return dead_letters.purge(cfg, args.queue, args.yes)
+            return dead_letters.replay(src, args.queue, args.id, args.all)
+        return dead_letters.purge(src, args.queue, args.yes)
     return table[args.command]()
+
+
+async def execute(args: argparse.Namespace, config: configuration.Config) -> Report:
+    async with sources(config) as src:
+        return await command(args, src)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.CRITICAL)  # the libraries' own logs stay out of the tables
     args = parser().parse_args(argv)
     try:
-        services: dict[str, list[str]] = {}
-        for name, url in _pairs(args.service, "--service"):
-            if name not in configuration.SERVICE_NAMES:
-                raise CliError(f"--service {name}: one of {', '.join(configuration.SERVICE_NAMES)}")
-            services.setdefault(name, []).append(url)
-        cfg = configuration.load(
-            overrides=dict(_pairs(args.set, "--set")),
-            service_urls=services,
-            run_file=args.run_file,
-            use_run_file=not args.no_run_file,
-        )
-        report = asyncio.run(command(args, cfg))
+        config = load_config(args)
+        for note in config.notes:
+            print(f"note: {note}", file=sys.stderr)
+        report = asyncio.run(execute(args, config))
     except CliError as exc:
         print(f"kabanero-otc: {exc}", file=sys.stderr)
         sys.exit(USAGE)

@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+Row = dict[str, Any]
+"""One line of a section: the same dict is in ``--json`` and, through its columns, in the table."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header and how a row shows in it."""
+
+    header: str
+    cell: Callable[[Row], object]
+
+
+def column(header: str, key: str | None = None) -> Column:
+    """A column showing ``row[key]`` (``key`` defaults to the header)."""
+    name = key or header
+    return Column(header, lambda row: row[name])
 
 
 @dataclass
@@ -20,6 +37,13 @@ class Report:
     def add(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
         body = table(headers, rows) if rows else "  (none)"
         self.sections.append(f"{title}\n{body}" if title else body)
+
+    def rows(self, title: str, columns: Sequence[Column], rows: Sequence[Row]) -> None:
+        self.add(title, [c.header for c in columns], [[c.cell(r) for c in columns] for r in rows])
+
+    def problems(self, problems: Sequence[str], ok: str) -> None:
+        """The closing line: each problem, or ``ok``."""
+        self.line("problems:\n" + "\n".join(f"  - {p}" for p in problems) if problems else ok)
 
     def line(self, text: str) -> None:
         self.sections.append(text)

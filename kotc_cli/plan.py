@@ -7,21 +7,24 @@ ledger. Actual state is OTC's tools of those toolchains (GETs through otc-writer
 comparison follows the writer and its audit: a tool is ours by the ledger's tool id, else by its
 deterministic name; it differs when its name or one of the parameter keys we set differs.
 Exit code 1 when something would change (like ``kubectl diff``), 0 when OTC matches.
+
+:func:`collect` reads (MongoDB, OTC), :func:`compare` and :func:`render` are pure. A family whose
+desired tools otc-writer computes from its projection is one more entry of :data:`COMPUTED`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from kotc_cli.clients import mongo
+from kotc_cli.clients import Sources
 from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError, Unreachable
-from kotc_cli.otc import otc_client, trigger_style, writer_settings
-from kotc_cli.output import Report
+from kotc_cli.otc import trigger_style, writer_settings
+from kotc_cli.output import Report, column
 from kotc_cli.status import in_flight
 from services.otc_writer.audit import find_ours
 from services.otc_writer.desired import TRIGGER_PURPOSE, DesiredTool, desired_trigger_tool
@@ -36,6 +39,8 @@ from services.otc_writer.otc_client import (
 from services.otc_writer.projection import Projection
 from shared.events import TEKTON_SCOPE_PREFIX
 from shared.mongo import Document
+
+CHANGES = ("create", "update", "delete", "delete-duplicate")
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,19 @@ class Step:
         return dict(self.__dict__)
 
 
-async def desired_tools(db: AsyncDatabase[Document], config: Config) -> dict[str, DesiredTool]:
-    """Ledger id -> the tool otc-writer wants, from its projection and its ledger."""
+# --- desired state (I/O: otc-writer's projection and ledger) ------------------------------------
+
+Wanted = dict[str, DesiredTool]
+"""Ledger id -> the tool otc-writer wants."""
+
+
+async def trigger_tools(db: AsyncDatabase[Document], config: Config) -> Wanted:
+    """Every live trigger of every instance in every toolchain its Events services are bound to."""
     style = trigger_style(writer_settings(config))
     projection = Projection(db)
-    wanted: dict[str, DesiredTool] = {}
+    wanted: Wanted = {}
     services = await projection.services.distinct("scope", {"deleted": False})
-    # Trigger scopes only: Tekton services stand for a cluster; their cards count as applied below.
+    # Trigger scopes only: Tekton services stand for a cluster; their cards count as applied (ledger).
     scopes = {str(s) for s in services if not str(s).startswith(TEKTON_SCOPE_PREFIX)}
     for scope in sorted(scopes):
         toolchains = await projection.bound_toolchains(scope)
@@ -66,15 +77,83 @@ async def desired_tools(db: AsyncDatabase[Document], config: Config) -> dict[str
             for tc in sorted(toolchains):
                 want = desired_trigger_tool(trigger, tc, style)
                 wanted[ledger_id(want.purpose, want.key, tc)] = want
-    async for doc in db[LEDGER].find({"purpose": {"$ne": TRIGGER_PURPOSE}, "present": True}):
+    return wanted
+
+
+COMPUTED: dict[str, Callable[[AsyncDatabase[Document], Config], Awaitable[Wanted]]] = {
+    TRIGGER_PURPOSE: trigger_tools,
+}
+"""Tool purposes whose desired state otc-writer computes from its projection (with the function that
+computes it as the writer does); every other purpose's desired tool is the one last applied, as
+recorded in the ledger (GitHub tools: github-linker decides them)."""
+
+
+async def desired_tools(db: AsyncDatabase[Document], config: Config) -> Wanted:
+    wanted: Wanted = {}
+    for compute in COMPUTED.values():
+        wanted |= await compute(db, config)
+    async for doc in db[LEDGER].find({"purpose": {"$nin": list(COMPUTED)}, "present": True}):
         entry = LedgerEntry.model_validate(doc)
         wanted[entry.id] = entry.applied_tool()
     return wanted
 
 
-async def _entries(db: AsyncDatabase[Document]) -> AsyncIterator[LedgerEntry]:
+# --- actual state (I/O: OTC) --------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """What ``plan`` compares: otc-writer's desired tools and ledger, and OTC's tools."""
+
+    wanted: Wanted
+    ledger: dict[str, LedgerEntry]
+    toolchains: list[str] = field(default_factory=list)
+    tools: dict[str, list[Tool]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    """Toolchains OTC does not know."""
+
+
+def narrow(found: Found, toolchain: str | None) -> Found:
+    """Only ``toolchain`` (when given); the toolchains to read from OTC: every one a tool is wanted
+    or recorded in."""
+    wanted, ledger = found.wanted, found.ledger
+    if toolchain is not None:
+        wanted = {k: v for k, v in wanted.items() if v.toolchain_id == toolchain}
+        ledger = {k: v for k, v in ledger.items() if v.toolchain_id == toolchain}
+    toolchains = sorted(
+        {w.toolchain_id for w in wanted.values()}
+        | {e.toolchain_id for e in ledger.values() if e.present or in_flight(e)}
+        | ({toolchain} if toolchain else set())
+    )
+    return Found(wanted, ledger, toolchains)
+
+
+async def read_otc(src: Sources, found: Found) -> None:
+    client = await src.otc()
+    for tc in found.toolchains:
+        try:
+            found.tools[tc] = await client.list_tools(tc)
+        except OtcNotFoundError:
+            found.missing.append(tc)
+        except OtcPermanentError as exc:
+            raise CliError(f"OTC refused to list the tools of {tc}: {exc}") from None
+        except (OtcRetryableError, OtcError) as exc:
+            raise Unreachable("OTC Toolchain API", src.config.require("OTC_API_URL"), str(exc)) from None
+
+
+async def collect(src: Sources, toolchain: str | None) -> Found:
+    db = await src.db()
+    wanted = await desired_tools(db, src.config)
+    ledger: dict[str, LedgerEntry] = {}
     async for doc in db[LEDGER].find({}):
-        yield LedgerEntry.model_validate(doc)
+        entry = LedgerEntry.model_validate(doc)
+        ledger[entry.id] = entry
+    found = narrow(Found(wanted, ledger), toolchain)
+    await read_otc(src, found)
+    return found
+
+
+# --- the comparison (pure) ----------------------------------------------------------------------
 
 
 def differences(tool: Tool, want: DesiredTool) -> list[str]:
@@ -122,54 +201,48 @@ def _wanted_steps(
     return [step, *duplicates]
 
 
-async def run(config: Config, toolchain: str | None) -> Report:
-    async with mongo(config) as db:
-        wanted = await desired_tools(db, config)
-        ledger = {e.id: e async for e in _entries(db)}
-    if toolchain is not None:
-        wanted = {k: v for k, v in wanted.items() if v.toolchain_id == toolchain}
-        ledger = {k: v for k, v in ledger.items() if v.toolchain_id == toolchain}
-    toolchains = sorted(
-        {w.toolchain_id for w in wanted.values()}
-        | {e.toolchain_id for e in ledger.values() if e.present or in_flight(e)}
-        | ({toolchain} if toolchain else set())
-    )
-    tools: dict[str, list[Tool]] = {}
-    missing: list[str] = []
-    async with otc_client(config) as client:
-        for tc in toolchains:
-            try:
-                tools[tc] = await client.list_tools(tc)
-            except OtcNotFoundError:
-                missing.append(tc)
-            except OtcPermanentError as exc:
-                raise CliError(f"OTC refused to list the tools of {tc}: {exc}") from None
-            except (OtcRetryableError, OtcError) as exc:
-                raise Unreachable("OTC Toolchain API", config.require("OTC_API_URL"), str(exc)) from None
-    steps = compare(wanted, ledger, tools)
-    changes = [s for s in steps if s.action not in ("unchanged", "refused")]
+def changes(steps: list[Step]) -> list[Step]:
+    """The steps otc-writer would take (a refused tool is not retried until its content changes)."""
+    return [s for s in steps if s.action in CHANGES]
+
+
+COLUMNS = (
+    column("action"),
+    column("toolchain", "toolchain_id"),
+    column("kind", "purpose"),
+    column("name"),
+    column("tool id", "tool_id"),
+    column("detail"),
+)
+
+
+def render(found: Found, steps: list[Step]) -> Report:
+    todo = changes(steps)
     report = Report(
         data={
-            "toolchains": toolchains,
-            "missing_toolchains": missing,
+            "toolchains": found.toolchains,
+            "missing_toolchains": found.missing,
             "steps": [s.row() for s in steps],
-            "changes": len(changes),
+            "changes": len(todo),
         },
-        code=PROBLEM if changes else OK,
+        code=PROBLEM if todo else OK,
     )
-    report.add(
+    report.rows(
         "PLAN (desired state of otc-writer against OTC's tools; nothing written)",
-        ("action", "toolchain", "kind", "name", "tool id", "detail"),
-        [(s.action, s.toolchain_id, s.purpose, s.name, s.tool_id, s.detail) for s in steps],
+        COLUMNS,
+        [s.row() for s in steps],
     )
-    if missing:
-        report.line("toolchains not found in OTC: " + ", ".join(missing))
-    counts = {
-        a: sum(s.action == a for s in steps) for a in ("create", "update", "delete", "delete-duplicate")
-    }
+    if found.missing:
+        report.line("toolchains not found in OTC: " + ", ".join(found.missing))
+    counts = {a: sum(s.action == a for s in todo) for a in CHANGES}
     report.line(
         "no changes: OTC matches the desired state"
-        if not changes
+        if not todo
         else "would change: " + ", ".join(f"{n} {a}" for a, n in counts.items() if n)
     )
     return report
+
+
+async def run(src: Sources, toolchain: str | None) -> Report:
+    found = await collect(src, toolchain)
+    return render(found, compare(found.wanted, found.ledger, found.tools))

@@ -10,6 +10,9 @@ from shared.settings import CommonSettings
 class Settings(CommonSettings):
     """``GITHUB_GIT_ID``, ``GITHUB_HOSTS``, ``GHE_HOSTS``, ``GITHUB_REPO_KINDS`` plus the common ones."""
 
+    # Each service its own default port, so all four run side by side on one host (the images set 8080).
+    http_port: int = Field(default=8083, ge=0, le=65535)
+
     # OTC's git_id for public GitHub.
     github_git_id: str = "github"
     # Hosts served by public GitHub (JSON list in the environment).

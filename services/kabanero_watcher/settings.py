@@ -19,6 +19,7 @@ def _default_identity() -> str:
 class Settings(CommonSettings):
     """Environment of the watcher; durations in seconds."""
 
+    # Each service its own default port, so all four run side by side on one host (the images set 8080).
     http_port: int = Field(default=8081, ge=0, le=65535)
     cluster_name: str = "default"
     # Kabanero services with parameters.create: may the watcher create a missing namespace first?

@@ -10,7 +10,8 @@ from shared.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    http_port: int = Field(default=8081, ge=0, le=65535)
+    # Each service its own default port, so all four run side by side on one host (the images set 8080).
+    http_port: int = Field(default=8082, ge=0, le=65535)
 
     otc_api_url: str = "https://api.us-south.devops.cloud.ibm.com/toolchain/v2"
     otc_iam_url: str = "https://iam.cloud.ibm.com"

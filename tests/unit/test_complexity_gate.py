@@ -31,4 +31,4 @@ def test_a_closure_counts_and_12_passes(tmp_path: Path) -> None:
 
 
 def test_the_product_passes() -> None:
-    assert main(["services", "shared"]) == 0
+    assert main(["services", "shared", "kotc_cli"]) == 0

@@ -1,0 +1,82 @@
+"""``kabanero-otc doctor`` without I/O: each judgement from what a dependency answered, the exit code,
+and the table. End to end (all green, wrong credentials, the Kubernetes API down):
+tests/e2e/test_cli.py."""
+
+from __future__ import annotations
+
+import json
+
+from kotc_cli import doctor
+from kotc_cli.errors import OK, PROBLEM, USAGE
+from services.otc_writer.otc_client import OtcError, OtcPermanentError
+
+
+def test_cluster_identity() -> None:
+    assert doctor.identity_check("c", None, "u1").outcome == "ok"
+    assert doctor.identity_check("c", "u1", "u1").detail == "c = kube-system uid u1, as recorded"
+    other = doctor.identity_check("c", "u0", "u1")
+    assert other.outcome == "problem" and "recorded for cluster u0" in other.detail and other.fix
+
+
+def test_broker_auth() -> None:
+    assert doctor.broker_auth_check("http://b", 401, 404).outcome == "ok"
+    open_door = doctor.broker_auth_check("http://b", 404, 404)
+    assert open_door.outcome == "problem" and "HTTP 404, not 401" in open_door.detail
+    refused = doctor.broker_auth_check("http://b", 401, 401)
+    assert refused.outcome == "problem" and "refused" in refused.detail
+
+
+def test_the_broker_probed_is_one_the_deployment_serves() -> None:
+    assert doctor.served_broker({"brokers": ["tekton-broker", "kabanero-broker"]}) == "tekton-broker"
+    unsaid: list[object] = [None, "down", {}, {"brokers": []}, {"brokers": ["../admin"]}, {"brokers": [7]}]
+    for status in unsaid:
+        assert doctor.served_broker(status) == "kabanero-broker"
+
+
+def test_iam_refusing_the_key_is_a_problem_anything_else_unreachable() -> None:
+    assert doctor.iam_check(OtcPermanentError("bad key", status=400), "http://iam").outcome == "problem"
+    assert doctor.iam_check(OtcError("denied", status=403), "http://iam").outcome == "problem"
+    down = doctor.iam_check(OtcError("502", status=502), "http://iam")
+    assert down.outcome == "unreachable" and down.detail.startswith("http://iam: ")
+
+
+def test_rbac_denials_and_an_absent_optional_crd() -> None:
+    assert doctor.denial("list x", 403) == "list x"
+    assert doctor.denial("list x", 401) == "list x"
+    assert doctor.denial("list x", 404) is None
+    assert doctor.denial("list x", 500) == "list x (HTTP 500)"
+    (watcher,) = doctor.RBAC_CHECKS
+    assert doctor.rbac_check(watcher, []).outcome == "ok"
+    denied = doctor.rbac_check(watcher, ["list x"])
+    assert (denied.outcome, denied.detail, denied.fix) == ("problem", "denied: list x", watcher.fix)
+
+
+def test_verdict_unreachable_beats_problem_beats_ok() -> None:
+    ok = doctor.Check("a", "ok", "")
+    problem = doctor.Check("b", "problem", "", "fix b")
+    down = doctor.Check("c", "unreachable", "", "fix c")
+    skipped = doctor.Check("d", "skipped", "")
+    assert doctor.verdict([ok, skipped]) == OK
+    assert doctor.verdict([ok, problem]) == PROBLEM
+    assert doctor.verdict([problem, down]) == USAGE
+
+
+def test_render() -> None:
+    checks = [
+        doctor.Check("a", "ok", "fine"),
+        doctor.Check("kubernetes api", "unreachable", "down", "fix it"),
+    ]
+    report = doctor.render(checks, source="environment")
+    assert report.code == USAGE
+    data = json.loads(report.render(as_json=True))
+    assert data["source"] == "environment"
+    assert data["checks"][1] == {
+        "name": "kubernetes api",
+        "outcome": "unreachable",
+        "detail": "down",
+        "fix": "fix it",
+    }
+    text = report.render(as_json=False)
+    assert "DOCTOR (settings from environment)" in text
+    assert text.endswith("1 check(s) failed; unreachable: kubernetes api")
+    assert doctor.render([checks[0]], source="x").render(as_json=False).endswith("all checks passed")
