@@ -1,7 +1,8 @@
 """Logging set-up: JSON lines in production, readable text on a terminal.
 
 Log records carry context through ``extra={...}``; the JSON formatter emits every extra field.
-Keys that look like secrets are masked as a second line of defence (callers never log secrets).
+Keys that look like secrets are masked, and every URL in a line loses its userinfo, query and
+fragment (``shared.urls``), as a second line of defence (callers never log secrets).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from shared.urls import scrub_urls
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _SECRET_HINTS = ("secret", "password", "credential", "token", "apikey", "api_key", "authorization")
@@ -37,7 +40,7 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = _mask(key, value)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        return scrub_urls(json.dumps(payload, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -50,7 +53,7 @@ class TextFormatter(logging.Formatter):
             for k, v in record.__dict__.items()
             if k not in _STANDARD and not k.startswith("_")
         )
-        return f"{base} {extras}" if extras else base
+        return scrub_urls(f"{base} {extras}" if extras else base)
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:

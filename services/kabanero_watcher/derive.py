@@ -24,6 +24,7 @@ from shared.events import (
     content_hash,
     normalize_repository_url,
 )
+from shared.urls import scrub_urls, scrub_values, without_credentials
 
 Obj = Mapping[str, Any]
 LegacyTriggerFields = Literal["url", "any"]
@@ -40,6 +41,11 @@ _EVENTS_0_1_RELEASES = re.compile(r"^v?0\.[678](\.|$)")
 
 class Malformed(ValueError):
     """A custom object whose shape does not match its CRD schema."""
+
+
+def _quoted(value: Any) -> str:
+    """A value for a Malformed message (logged): its repr, URL credentials removed, then cut."""
+    return f"{scrub_urls(repr(value)):.40}"
 
 
 # --- shape checks ---------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ def _str(value: Any, where: str, *, optional: bool = True) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or (not optional and not value):
-        raise Malformed(f"{where}: expected a string, got {value!r:.40}")
+        raise Malformed(f"{where}: expected a string, got {_quoted(value)}")
     return value
 
 
@@ -120,7 +126,8 @@ def archive_repository(ref: Obj, *, kind: RepositoryKind, source: str) -> Reposi
     else its ``https.url`` (kabanero-operator ``utils/pipelines.go``, ``stack/resolver.go``)."""
     if usable := _usable_git_release(ref, source):
         host, org, project, release, _ = usable
-        return Repository.of(f"https://{host}/{org}/{project}", kind, ref=release, source=source)
+        repo_url = without_credentials(f"https://{host}/{org}/{project}")
+        return Repository.of(repo_url, kind, ref=release, source=source)
     url = _https_url(ref, source)
     return repository_of_url(url, kind=kind, source=source) if url else None
 
@@ -252,7 +259,7 @@ def events_enabled(kabanero: Obj, *, operator_0_9: bool) -> bool:
     enable = events.get("enable")
     if enable is not None:
         if not isinstance(enable, bool):
-            raise Malformed(f"spec.events.enable: expected a boolean, got {enable!r:.40}")
+            raise Malformed(f"spec.events.enable: expected a boolean, got {_quoted(enable)}")
         return enable
     if not operator_0_9:
         return False
@@ -364,15 +371,16 @@ def derive_legacy_trigger(
                 if flat
                 else archive_repository(entry, kind="trigger", source=source)
             )
+            content = scrub_values(dict(entry))  # no URL credentials in what we publish
             return DesiredTrigger(
                 key=TriggerKey(
                     cluster=cluster, namespace=namespace, generation="legacy", owner=name, name=trigger_id
                 ),
                 instance=InstanceRef(cluster=cluster, namespace=namespace),
-                content=dict(entry),
-                content_hash=content_hash(entry),
+                content=content,
+                content_hash=content_hash(content),
                 version=_str(entry.get("sha256"), f"spec.triggers[{i}].sha256"),
-                url=url,
+                url=without_credentials(url),
                 repositories=[repo] if repo and repo.kind != "unknown" else [],
                 destinations=[],
                 revision=0,
@@ -457,7 +465,8 @@ def derive_mediation_triggers(
     for item in mediations:
         mediation = item["name"]
         conns = _connections_of(name, item, connections)
-        content = {"mediation": item, "mediator": mediator_level, "connections": conns}
+        # No URL credentials in what we publish: a destination is its URL without userinfo or query.
+        content = scrub_values({"mediation": item, "mediator": mediator_level, "connections": conns})
         before = previous.get(mediation) if previous else None
         if before is not None and before.content == content and before.key.cluster == cluster:
             out.append(before)
@@ -474,7 +483,7 @@ def derive_mediation_triggers(
                 version=digest,
                 url=None,
                 repositories=[],
-                destinations=_destinations(conns),
+                destinations=_destinations(content["connections"]),
                 revision=0,
             )
         )

@@ -1,0 +1,63 @@
+"""What of a URL may leave the cluster: never its userinfo, query or fragment.
+
+A cluster's objects can carry credentials in URLs (``https://user:ghp_...@github.com/...``,
+``https://listener/hook?access_token=...``): the Kabanero operators need them to download archives
+and to post events, but we only mirror, so none of it may reach OTC, a message or a log. The
+cleaning is textual and leaves every character outside those parts as it is, so a URL (or a text)
+with nothing to strip is returned unchanged, and content hashes of clean objects stay the same.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# A URL inside any text: scheme://, userinfo (up to the last "@" before the path: a password with
+# an unencoded "?" or "#" is still userinfo, never kept as a host), host, path, query/fragment tail.
+# Everything stops at whitespace and quotes, so a URL quoted inside an expression keeps its quote.
+_URL_IN_TEXT = re.compile(
+    r"""([A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/\s"'<>]*@)?([^/?#\s"'<>]*)([^?#\s"'<>]*)(?:[?#][^\s"'<>]*)?"""
+)
+
+
+def _clean_match(m: re.Match[str]) -> str:
+    scheme, host, path = m.groups()
+    return scheme + host + path
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with the userinfo, query and fragment of every ``scheme://`` URL in it removed.
+
+    ``https://u:tok@host/p?access_token=x#f`` -> ``https://host/p``; text without such parts is
+    returned as it is (the same object)."""
+    if "://" not in text:
+        return text
+    cleaned = _URL_IN_TEXT.sub(_clean_match, text)
+    return text if cleaned == text else cleaned
+
+
+def without_credentials(url: str) -> str:
+    """One URL (or URL-like text) without userinfo, query or fragment; a schemeless
+    ``user@host:path`` (scp-like git) loses its ``user@`` as well. Otherwise unchanged."""
+    if "://" in url:
+        return scrub_urls(url)
+    head, sep, rest = url.partition("/")
+    if "@" in head:
+        return head.rpartition("@")[2] + sep + rest
+    return url
+
+
+def scrub_values(value: Any) -> Any:
+    """``value`` (JSON-like) with :func:`scrub_urls` applied to every string in it (not to keys).
+
+    Containers holding nothing to scrub are returned as they are, so equal input keeps equal
+    (and identical) output and its content hash."""
+    if isinstance(value, str):
+        return scrub_urls(value)
+    if isinstance(value, dict):
+        items = {k: scrub_values(v) for k, v in value.items()}
+        return value if all(items[k] is value[k] for k in value) else items
+    if isinstance(value, list):
+        seq = [scrub_values(v) for v in value]
+        return value if all(a is b for a, b in zip(seq, value, strict=True)) else seq
+    return value
