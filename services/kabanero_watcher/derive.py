@@ -10,6 +10,7 @@ ordering noise never reach it. Objects that do not have the documented shape rai
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -75,6 +76,20 @@ def _str(value: Any, where: str, *, optional: bool = True) -> str | None:
     if not isinstance(value, str) or (not optional and not value):
         raise Malformed(f"{where}: expected a string, got {_quoted(value)}")
     return value
+
+
+def _identity(value: Any, where: str) -> str:
+    """A name that becomes part of a trigger's key: a non-empty string without control characters.
+
+    Kubernetes checks object names but not names inside a spec, so a mediation name can hold a NUL
+    or a newline. Such a name cannot be an identity in keys, stores, logs and tool names (a NUL
+    left otc-writer retrying its tool forever): the object is Malformed, and the reason names the
+    field and the character, never the name itself."""
+    text = _str(value, where, optional=False)
+    assert text is not None
+    if bad := next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None):
+        raise Malformed(f"{where}: contains the control character U+{ord(bad):04X}")
+    return text
 
 
 def object_id(obj: Obj) -> tuple[str, str]:
@@ -365,6 +380,7 @@ def derive_legacy_trigger(
             if not url:
                 continue
             trigger_id = _str(entry.get("id"), f"spec.triggers[{i}].id") or str(i)
+            _identity(trigger_id, f"spec.triggers[{i}].id")
             source = f"kabaneros/{name}.spec.triggers[{trigger_id}]"
             repo = (
                 repository_of_url(url, kind="trigger", source=source)
@@ -397,7 +413,7 @@ def check_mediator(mediator: Obj) -> list[dict[str, Any]]:
     spec = _dict(mediator.get("spec"), "spec", optional=False)
     mediations = _list_of_dicts(spec.get("mediations"), "spec.mediations")
     for i, item in enumerate(mediations):
-        _str(item.get("name"), f"spec.mediations[{i}].name", optional=False)
+        _identity(item.get("name"), f"spec.mediations[{i}].name")
         if item.get("sendTo") is not None and not (
             isinstance(item["sendTo"], list) and all(isinstance(s, str) for s in item["sendTo"])
         ):
