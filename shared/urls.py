@@ -50,14 +50,22 @@ def without_credentials(url: str) -> str:
 def scrub_values(value: Any) -> Any:
     """``value`` (JSON-like) with :func:`scrub_urls` applied to every string in it (not to keys).
 
-    Containers holding nothing to scrub are returned as they are, so equal input keeps equal
-    (and identical) output and its content hash."""
+    A container holding nothing to scrub is returned as it is (no copy), so equal input keeps
+    equal output and its content hash."""
     if isinstance(value, str):
         return scrub_urls(value)
     if isinstance(value, dict):
-        items = {k: scrub_values(v) for k, v in value.items()}
-        return value if all(items[k] is value[k] for k in value) else items
+        changed: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if (clean := scrub_values(item)) is not item:
+                changed = changed if changed is not None else dict(value)
+                changed[key] = clean
+        return value if changed is None else changed
     if isinstance(value, list):
-        seq = [scrub_values(v) for v in value]
-        return value if all(a is b for a, b in zip(seq, value, strict=True)) else seq
+        copied: list[Any] | None = None
+        for i, item in enumerate(value):
+            if (clean := scrub_values(item)) is not item:
+                copied = copied if copied is not None else list(value)
+                copied[i] = clean
+        return value if copied is None else copied
     return value

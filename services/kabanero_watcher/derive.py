@@ -481,9 +481,11 @@ def derive_mediation_triggers(
     for item in mediations:
         mediation = item["name"]
         conns = _connections_of(name, item, connections)
-        # No URL credentials in what we publish: a destination is its URL without userinfo or query.
-        content = scrub_values({"mediation": item, "mediator": mediator_level, "connections": conns})
+        raw: dict[str, Any] = {"mediation": item, "mediator": mediator_level, "connections": conns}
         before = previous.get(mediation) if previous else None
+        # No URL credentials in what we publish: a destination is its URL without userinfo or query.
+        # ``before.content`` was scrubbed here: equal to it, ``raw`` is clean (the memo costs no scrub).
+        content = raw if before is not None and before.content == raw else scrub_values(raw)
         if before is not None and before.content == content and before.key.cluster == cluster:
             out.append(before)
             continue

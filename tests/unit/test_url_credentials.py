@@ -142,6 +142,9 @@ def test_destinations_are_their_url_without_userinfo_or_query() -> None:
     _assert_clean(trigger.destinations)
     tool = desired_trigger_tool(trigger.model_copy(update={"revision": 1}), "tc", TriggerToolStyle())
     _assert_clean(tool.parameters)
+    # Derived again with the last pass's triggers (the memo): the same clean trigger, reused.
+    (again,) = derive_mediation_triggers("c", _mediator(), conns, {"m1": trigger})
+    assert again is trigger
 
 
 def test_clean_mediations_keep_their_content_hash() -> None:
