@@ -58,6 +58,7 @@ from shared.amqp.publisher import Publisher, PublishError
 from shared.amqp.topology import DEAD_EXCHANGE, Topology
 from shared.dependencies import Probe, never_succeeds, unavailable_dependency
 from shared.events import CloudEvent
+from shared.urls import scrub_urls
 
 log = logging.getLogger(__name__)
 
@@ -628,4 +629,5 @@ def _attempts_of(message: AbstractIncomingMessage, queue: str) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """The error a retry or dead letter carries in its headers (a message: no URL credentials)."""
+    return scrub_urls(f"{type(exc).__name__}: {exc}")

@@ -25,7 +25,7 @@ from shared.amqp import (
     Topology,
     declare_topology,
 )
-from shared.amqp.consumer import ATTEMPT_HEADER, REASON_HEADER, ConsumerMetrics, Handler
+from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER, ConsumerMetrics, Handler
 from shared.amqp.publisher import to_message
 from shared.dependencies import DependencyUnavailable
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ServiceParameters
@@ -325,3 +325,20 @@ async def test_github_linker_is_not_ready_once_its_queue_is_deleted(amqp_url: st
                 return resp.status == 503 and "does not exist" in body["checks"]["queue"]
 
         await wait_until(unready, timeout=10, what="/readyz failing")
+
+
+async def test_retry_and_dead_letter_headers_carry_no_url_credentials(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    """A header is a message: an error quoting a URL keeps its host and path, never its secrets."""
+    conn, publisher = amqp
+
+    async def handler(event: CloudEvent) -> None:
+        raise RetryableError("GET https://user:ghp_TOKEN@github.com/o/r?access_token=s3cr3t failed")
+
+    async with consuming(_consumer(conn, publisher, handler, max_attempts=2)):
+        await publisher.publish(_event("leaky"))
+        dead = await wait_until(lambda: drain_queue(amqp_url, f"{QUEUE}.dead"), timeout=15)
+    error = str(dead[0].headers[ERROR_HEADER])
+    assert "https://github.com/o/r failed" in error
+    assert "ghp_TOKEN" not in error and "s3cr3t" not in error
