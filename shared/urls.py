@@ -12,16 +12,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# A URL inside any text: scheme://, userinfo (up to the last "@" before the path: a password with
-# an unencoded "?" or "#" is still userinfo, never kept as a host), host, path, query/fragment tail.
-# Everything stops at whitespace and quotes, so a URL quoted inside an expression keeps its quote.
+# A URL: scheme://, userinfo (up to the last "@" before the path: a password with an unencoded "?"
+# or "#" is still userinfo, never kept as a host), host, path, then the query/fragment tail.
+# Inside text, a URL also stops at quotes and angle brackets, so one quoted inside an expression
+# keeps its quote; a text that is one URL (no whitespace) is taken whole, quotes and all.
 _URL_IN_TEXT = re.compile(
-    r"""([A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/\s"'<>]*@)?([^/?#\s"'<>]*)([^?#\s"'<>]*)(?:[?#][^\s"'<>]*)?"""
+    r"""([A-Za-z][A-Za-z0-9+.\-]*://)([^/\s"'<>]*@)?([^/?#\s"'<>]*)([^?#\s"'<>]*)(?:[?#][^\s"'<>]*)?"""
 )
+_WHOLE_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/\s]*@)?([^/?#\s]*)([^?#\s]*)(?:[?#]\S*)?")
 
 
 def _clean_match(m: re.Match[str]) -> str:
-    scheme, host, path = m.groups()
+    scheme, _userinfo, host, path = m.groups()
     return scheme + host + path
 
 
@@ -32,7 +34,8 @@ def scrub_urls(text: str) -> str:
     returned as it is (the same object)."""
     if "://" not in text:
         return text
-    cleaned = _URL_IN_TEXT.sub(_clean_match, text)
+    whole = _WHOLE_URL.fullmatch(text)
+    cleaned = _clean_match(whole) if whole else _URL_IN_TEXT.sub(_clean_match, text)
     return text if cleaned == text else cleaned
 
 

@@ -42,6 +42,7 @@ def _assert_clean(value: Any) -> None:
         ("https://u:pa?ss#x@host:8443/p", "https://host:8443/p"),  # unencoded ? and # in a password
         ("git@github.com:org/repo.git", "github.com:org/repo.git"),
         ("https://github.com/org/repo@v1", "https://github.com/org/repo@v1"),  # @ in the path stays
+        ("https://listener/it's?access_token=s3cr3t", "https://listener/it's"),  # one URL: taken whole
     ],
 )
 def test_without_credentials(url: str, clean: str) -> None:
