@@ -26,6 +26,7 @@ from shared.otc_tools import (
     tool_content_hash,
     tool_name_fits,
 )
+from shared.urls import scrub_urls
 
 NAME_MAX = TOOL_NAME_MAX
 NAME_RE = TOOL_NAME_RE
@@ -74,7 +75,10 @@ class TriggerToolStyle:
 
 
 def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle) -> dict[str, Any]:
-    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content."""
+    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content.
+
+    URLs are cleaned again (no userinfo, query or fragment): the watcher strips them at the source,
+    this keeps a trigger stored or published by an older watcher from carrying them into OTC."""
     key = trigger.key
     dashboard = style.dashboard_url.format(
         cluster=quote(key.cluster, safe=""),
@@ -92,9 +96,9 @@ def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle)
         "trigger": key.name,
         "version": trigger.version,
         "content_hash": trigger.content_hash,
-        "url": trigger.url,
-        "destinations": sorted(trigger.destinations),
-        "repositories": sorted(r.url for r in trigger.repositories),
+        "url": scrub_urls(trigger.url) if trigger.url else trigger.url,
+        "destinations": sorted({scrub_urls(d) for d in trigger.destinations}),
+        "repositories": sorted({scrub_urls(r.url) for r in trigger.repositories}),
     }
     return {
         "type": "Kabanero Event Trigger",

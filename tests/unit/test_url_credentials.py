@@ -18,7 +18,14 @@ from services.kabanero_watcher.derive import (
     derive_mediation_triggers,
 )
 from services.otc_writer.desired import TriggerToolStyle, desired_trigger_tool
-from shared.events import content_hash, normalize_repository_url
+from shared.events import (
+    InstanceRef,
+    Repository,
+    TriggerData,
+    TriggerKey,
+    content_hash,
+    normalize_repository_url,
+)
 from shared.logs import JsonFormatter, TextFormatter
 from shared.urls import scrub_urls, scrub_values, without_credentials
 
@@ -177,3 +184,22 @@ def test_logs_never_carry_url_credentials(formatter: logging.Formatter) -> None:
     for secret in ("ghp_TOKEN", "s3cr3t", "hunter2"):
         assert secret not in line
     assert "https://github.com/o/r" in line and "https://listener/hook" in line
+
+
+def test_otc_writer_cleans_what_an_older_watcher_published() -> None:
+    """A trigger stored or in flight from before the watcher stripped URLs reaches OTC clean."""
+    old = TriggerData(
+        key=TriggerKey(cluster="c", namespace="ns", generation="legacy", owner="kabanero", name="t"),
+        instance=InstanceRef(cluster="c", namespace="ns"),
+        content_hash="h",
+        url="https://user:ghp_TOKEN@h.io/o/r/releases/download/1/t.tgz?x=s3cr3t",
+        destinations=["https://user:hunter2@listener/a?access_token=s3cr3t", "https://listener/a"],
+        repositories=[Repository.of("https://user:ghp_TOKEN@h.io/o/r", "trigger")],
+        revision=1,
+    )
+    props = json.loads(
+        desired_trigger_tool(old, "tc", TriggerToolStyle()).parameters["additional-properties"]
+    )
+    _assert_clean(props)
+    assert props["url"] == "https://h.io/o/r/releases/download/1/t.tgz"
+    assert props["destinations"] == ["https://listener/a"] and props["repositories"] == ["https://h.io/o/r"]
