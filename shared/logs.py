@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.urls import scrub_urls
+from shared.urls import scrub_urls, scrub_values
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _SECRET_HINTS = ("secret", "password", "credential", "token", "apikey", "api_key", "authorization")
@@ -22,7 +22,12 @@ _SECRET_HINTS = ("secret", "password", "credential", "token", "apikey", "api_key
 def _mask(key: str, value: Any) -> Any:
     if any(h in key.lower() for h in _SECRET_HINTS):
         return "***"
-    return value
+    return scrub_values(list(value) if isinstance(value, tuple) else value)
+
+
+def _as_text(value: Any) -> str:
+    """What ``json.dumps`` writes for a value it cannot encode: its text, URLs cleaned."""
+    return scrub_urls(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,14 +38,15 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub_urls(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = _mask(key, value)
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return scrub_urls(json.dumps(payload, default=str))
+            payload["exc"] = scrub_urls(self.formatException(record.exc_info))
+        # Values are cleaned before encoding: cleaning the line could eat a JSON escape.
+        return json.dumps(payload, default=_as_text)
 
 
 class TextFormatter(logging.Formatter):

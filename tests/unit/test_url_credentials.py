@@ -180,10 +180,16 @@ def test_logs_never_carry_url_credentials(formatter: logging.Formatter) -> None:
     )
     record.url = "https://listener/hook?access_token=s3cr3t"
     record.amqp = "amqp://guest:hunter2@rabbit/vh"
+    record.nested = {"to": ["https://user:hunter2@listener/b?t=s3cr3t"], "n": 3}
+    record.quoted = 'send("https://user:hunter2@relay/p?t=s3cr3t")'
     line = formatter.format(record)
     for secret in ("ghp_TOKEN", "s3cr3t", "hunter2"):
         assert secret not in line
     assert "https://github.com/o/r" in line and "https://listener/hook" in line
+    if isinstance(formatter, JsonFormatter):  # still one valid JSON object, values cleaned
+        out = json.loads(line)
+        assert out["quoted"] == 'send("https://relay/p")'
+        assert out["nested"] == {"to": ["https://listener/b"], "n": 3}
 
 
 def test_otc_writer_cleans_what_an_older_watcher_published() -> None:
