@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.urls import without_credentials
+
 TYPE_PREFIX = "io.kabanero.otc."
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_EVENT_ID_BYTES = 255  # the CloudEvent id is also the AMQP message_id, a shortstr
@@ -62,12 +64,14 @@ def tekton_cluster_scope(cluster: str) -> str:
 
 
 def normalize_repository_url(url: str) -> str:
-    """One spelling per repository (``Repository.url``): lower-case scheme and host, no query or
-    fragment (nor a token in one), no ``.git``, no trailing ``/``. Text that is no URL (no
-    scheme) only loses the ``.git`` and trailing ``/``."""
-    parts = urlsplit(url.strip())
+    """One spelling per repository (``Repository.url``): lower-case scheme and host, no userinfo,
+    query or fragment (nor a credential in one: docs/design.md, "What never leaves the cluster"),
+    no ``.git``, no trailing ``/``. Text that is no URL (no scheme) only loses a ``user@`` prefix,
+    the ``.git`` and trailing ``/``."""
+    url = without_credentials(url.strip())
+    parts = urlsplit(url)
     if not parts.scheme:
-        return url.strip().rstrip("/").removesuffix(".git")
+        return url.rstrip("/").removesuffix(".git")
     path = parts.path.rstrip("/").removesuffix(".git").rstrip("/")
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 

@@ -19,6 +19,11 @@ Why each field exists:
   Before each OTC write the holder checks that at least a quarter of the TTL is left (renewals keep
   two thirds or more), so a holder whose renewals failed aborts before writing, with that margin
   against clock skew between replicas; commits are fenced on the owner.
+- ``_id`` never holds a NUL: a new entry whose key has one is refused (:class:`UnstorableKey`, the
+  message dead-letters with that reason). MongoDB stores such a string, but the SQLite store of the
+  MongoDB emulator the stack runs on matches it by ``_id`` alone and by no other filter, so every
+  fenced update missed and the tool was retried forever (``LeaseLost``, then ``LeaseBusy``). No
+  producer of ours emits one (kabanero-watcher refuses such a mediation name at the source).
 - ``refused_hash`` / ``refused_at`` / ``refused_by`` (with ``last_error``): OTC refused this content
   for good (a 4xx on the write). The same content is not sent again until it changes, the tool is
   removed, or another attempt on the entry succeeds or fails otherwise; ``refused_by`` (the CloudEvent
@@ -43,6 +48,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.desired import DesiredTool
+from shared.amqp import PermanentError
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -140,6 +146,10 @@ _NOT_REFUSED: dict[str, Any] = {
 _UNLEASED: dict[str, Any] = {"lease_owner": None, "lease_until": None}
 
 
+class UnstorableKey(PermanentError):
+    """A key no ledger entry can be made for (a NUL in it): retrying cannot help."""
+
+
 class LeaseBusy(Exception):
     """Another replica holds the lease of this key longer than we are willing to wait."""
 
@@ -233,6 +243,8 @@ class Ledger:
         upsert: bool,
     ) -> Lease | None:
         doc_id = ledger_id(purpose, key, toolchain_id)
+        if upsert and "\x00" in doc_id:
+            raise UnstorableKey(f"ledger key {doc_id!r} contains a NUL character; no entry is made for it")
         fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
         delay = 0.01

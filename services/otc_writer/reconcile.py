@@ -31,7 +31,7 @@ from services.otc_writer.ledger import Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
 from shared.amqp import PermanentError, RetryableError
-from shared.dependencies import unavailable_dependency
+from shared.dependencies import never_succeeds, unavailable_dependency
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ToolCommand, event_scope
 
 log = logging.getLogger(__name__)
@@ -328,14 +328,23 @@ def _overriding(errors: list[BaseException]) -> BaseException | None:
     return down if isinstance(down, Exception) else None
 
 
+def _permanent(error: BaseException) -> str | None:
+    """Why retrying ``error`` cannot help (OTC refused, the message's own data, a value MongoDB
+    cannot store), else None."""
+    if isinstance(error, OtcPermanentError | PermanentError):
+        return str(error)
+    why = never_succeeds(error)
+    return f"can never succeed: {why}: {error}" if why is not None else None
+
+
 def _combined(errors: list[BaseException]) -> BaseException:
     """Permanent only when every failure is: transient failures of other tools must be retried,
     not dead-lettered along with a permanent one (after the bounded attempts the message
     dead-letters with all reasons)."""
-    permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
-    if len(permanent) == len(errors):
-        return PermanentError("; ".join(str(e) for e in permanent))
     first = errors[0]
-    if len(errors) == 1 and isinstance(first, Exception):
-        return first
+    if len(errors) == 1 and isinstance(first, Exception) and not isinstance(first, OtcPermanentError):
+        return first  # the consumer classifies it itself
+    reasons = [why for e in errors if (why := _permanent(e)) is not None]
+    if len(reasons) == len(errors):
+        return PermanentError("; ".join(reasons))
     return RetryableError(f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors))

@@ -165,6 +165,21 @@ def test_malformed_mediators_raise_malformed(mediations: Any) -> None:
         derive_mediation_triggers("c", _mediator(mediations), [])
 
 
+@pytest.mark.parametrize("char", ["\x00", "\n", "\x1b", "\x85", "\ud800"])
+def test_names_that_cannot_be_an_identity_are_malformed_and_not_echoed(char: str) -> None:
+    """A name in a spec is free text (Kubernetes checks only object names): a control character
+    in a mediation name or legacy trigger id refuses the object, the reason naming the field."""
+    with pytest.raises(Malformed) as mediation:
+        derive_mediation_triggers("c", _mediator([{"name": "ok"}, {"name": f"bad{char}name"}]), [])
+    assert (
+        str(mediation.value) == f"spec.mediations[1].name: contains the control character U+{ord(char):04X}"
+    )
+    entry = {"id": f"t{char}", "url": "https://h/a.tgz"}
+    with pytest.raises(Malformed, match=r"spec\.triggers\[0\]\.id: contains the control character"):
+        derive_legacy_trigger("c", [_cr({"events": {"enable": True}, "triggers": [entry]})])
+    assert derive_mediation_triggers("c", _mediator([{"name": "tab\u00a0and émoji 😀"}]), [])
+
+
 def test_content_hash_ignores_key_order() -> None:
     assert content_hash({"a": 1, "b": [1, {"x": 2, "y": 3}]}) == content_hash(
         {"b": [1, {"y": 3, "x": 2}], "a": 1}
