@@ -54,15 +54,19 @@ def instance_scope(instance: InstanceRef) -> str:
     return instance.scope
 
 
-def trigger_tool_name(key: TriggerKey) -> str:
-    suffix = hashlib.sha256(key.id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    base = (
-        sanitize_tool_name(f"kabanero-trigger {key.namespace} {key.owner} {key.name}").strip()
-        or "kabanero-trigger"
-    )
-    name = fit_tool_name(base, suffix)
+def hashed_tool_name(text: str, key_id: str, fallback: str) -> str:
+    """``<text> <hash8>``, safe to display and within OTC's limits; the suffix (sha256 of the item's
+    full key) keeps names unique per toolchain when sanitizing or shortening merges two items."""
+    suffix = hashlib.sha256(key_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    name = fit_tool_name(sanitize_tool_name(text).strip() or fallback, suffix)
     assert NAME_RE.match(name) and tool_name_fits(name)
     return name
+
+
+def trigger_tool_name(key: TriggerKey) -> str:
+    return hashed_tool_name(
+        f"kabanero-trigger {key.namespace} {key.owner} {key.name}", key.id, "kabanero-trigger"
+    )
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from emulators.mongo.server import running
 from services.otc_writer.app import EVENTS_QUEUE
 from services.otc_writer.desired import TRIGGER_PURPOSE, trigger_tool_name
 from shared.amqp.consumer import ATTEMPT_HEADER, ERROR_HEADER, REASON_HEADER
-from tests.integration.test_writer_faults import _dead_letters
 from tests.integration.writer_support import (
     WriterEnv,
+    dead_letters,
     service_event,
     snapshot_event,
     trigger,
@@ -41,11 +41,11 @@ async def test_a_key_with_a_nul_dead_letters_at_once_with_its_reason(env: Writer
         await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
         await env.wait_handled(w, 1)
         await env.publish(snapshot_event([good, bad], revision=1))
-        (snap,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+        (snap,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
         assert env.tool_names(tc) == [trigger_tool_name(good.key)]  # the other tool is applied
 
         await env.publish(trigger_event(bad, "updated"))
-        (event,) = await _dead_letters(env, EVENTS_QUEUE, wait=True)
+        (event,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
         assert await w.ledger.get(TRIGGER_PURPOSE, bad.key.id, tc) is None
     for dead in (snap, event):
         headers = dead.headers or {}
