@@ -87,7 +87,17 @@ class Session:
         return max(times) if times else None
 
     def pending_families(self) -> list[str]:
-        return [loop.family.name for loop in self.loops if not loop.synced]
+        """The families whose initial sync is pending, each with what its unlisted kinds answered
+        (``kabanero (kabaneros.kabanero.io: 404 Not Found)``: the CRD is missing)."""
+        out = []
+        for loop in self.loops:
+            if loop.synced:
+                continue
+            errors = [
+                f"{w.name}: {w.last_error}" for w in loop.watchers if not w.synced.is_set() and w.last_error
+            ]
+            out.append(f"{loop.family.name} ({'; '.join(errors)})" if errors else loop.family.name)
+        return out
 
     def _update_idle(self) -> None:
         if all(loop.idle for loop in self.loops):

@@ -105,6 +105,8 @@ class ResourceWatcher:
         self._reason = "initial"  # why the next connection lists again ("resume": it does not)
         # The (group, version) the cluster serves this kind in (resolved by discovery on each list).
         self.served: tuple[str, str] = (resource.group, resource.version)
+        # Why the last connection failed (None once a list or stream worked): /readyz says it.
+        self.last_error: str | None = None
 
     def _alive(self) -> None:
         self.last_alive = time.monotonic()
@@ -163,6 +165,7 @@ class ResourceWatcher:
         self.cache.served[self.resource.name] = "/".join(p for p in self.served if p)
         self.rv = body.get("metadata", {}).get("resourceVersion")
         self.lists += 1
+        self.last_error = None
         self._present = True
         self.absence_suspected = False
         self._count("relists", self.resource.name, reason)
@@ -262,6 +265,7 @@ class ResourceWatcher:
             await self._backoff.sleep(at_most=0.2)
 
     async def _on_api_error(self, exc: ApiException) -> None:
+        self.last_error = f"{exc.status} {exc.reason}"
         if exc.status == 410:
             log.warning("history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv})
             self._reason = "410"
@@ -317,6 +321,7 @@ class ResourceWatcher:
             extra={"resource": self.name, "error": str(exc)[:200]},
         )
         self._count("reconnects", self.resource.name, "error")
+        self.last_error = type(exc).__name__
         if self.rv is None:
             self._reason = "error"
         await self._backoff.sleep()
