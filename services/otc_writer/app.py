@@ -115,6 +115,10 @@ def otc_config(settings: Settings) -> OtcClientConfig:
         backoff_cap_s=settings.otc_backoff_cap_s,
         breaker_threshold=settings.otc_breaker_threshold,
         breaker_reset_s=settings.otc_breaker_reset_s,
+        max_body_bytes=settings.otc_max_body_bytes,
+        list_max_pages=settings.otc_list_max_pages,
+        list_max_items=settings.otc_list_max_items,
+        retry_after_max_s=settings.otc_retry_after_max_s,
     )
 
 
@@ -153,7 +157,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         iam=iam,
         shutdown_timeout=settings.shutdown_timeout_s,
     )
-    health.add_readiness("otc", lambda: (client.breaker.state != "open", client.breaker.state))
+    health.add_readiness("otc", client.readiness)
     health.add_readiness("iam", lambda: (iam.rejected is None, iam.rejected or ""))
     probes = {**infra.probes(), "otc": client.probe, "iam": client.probe}
     health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
