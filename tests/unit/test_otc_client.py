@@ -364,7 +364,7 @@ async def test_the_emulator_tells_each_lie_on_the_wire(ctx: Ctx) -> None:
     url = f"{ctx.otc.api_url}/toolchains/{tc}/tools"
     seen: dict[str, tuple[int, bytes, str | None]] = {}
     for lie in ("truncate", "wrong_shape", "self_next", "huge"):
-        ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie=lie, size_bytes=100_000, times=1)))  # type: ignore[arg-type]
+        ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie=lie, size_bytes=100_000, times=1)))
         async with ctx.session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
             seen[lie] = (resp.status, await resp.read(), resp.headers.get("Content-Length"))
     assert seen["truncate"][0] == 200
