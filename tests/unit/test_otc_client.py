@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from emulators.otc.faults import ErrorRule, FaultConfig, LieRule, RateLimitFault
 from emulators.otc.testing import OtcEmulator
@@ -380,3 +382,27 @@ async def test_the_emulator_tells_each_lie_on_the_wire(ctx: Ctx) -> None:
     ctx.otc.set_faults(rate_limit=RateLimitFault(count=1, retry_after_header="inf"))
     async with ctx.session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
         assert (resp.status, resp.headers["Retry-After"]) == (429, "inf")
+
+
+@pytest.mark.parametrize("lie", ["huge", "truncate"])
+async def test_iam_that_lies_is_unavailable_never_a_token(lie: str) -> None:
+    """A token answer over the cap is not read; a cut-off one is no token (both: IAM unavailable)."""
+    token = b'{"access_token": "' + b"t" * 100 + b'", "expires_in": 3600}'
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if lie == "truncate":
+            return web.Response(body=token[:40], content_type="application/json")
+        resp = web.StreamResponse()  # chunked: no Content-Length to judge by
+        await resp.prepare(request)
+        for _ in range(64):
+            await resp.write(b" " * 65536)
+        await resp.write(token)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/identity/token", answer)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        iam = IamTokenManager(session, str(server.make_url("")), KEY, max_body_bytes=64 * 1024)
+        with pytest.raises(IamUnavailableError) as err:
+            await iam.token()
+    assert ("over 65536 bytes" if lie == "huge" else "no usable token") in str(err.value)

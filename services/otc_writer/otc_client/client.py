@@ -53,6 +53,7 @@ from services.otc_writer.otc_client.resilience import (
     TokenBucket,
     full_jitter,
     parse_retry_after,
+    read_bounded,
 )
 
 log = logging.getLogger(__name__)
@@ -444,7 +445,7 @@ class OtcClient:
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
         ) as resp:
-            raw, whole = await _bounded_read(resp, self.config.max_body_bytes)
+            raw, whole = await read_bounded(resp, self.config.max_body_bytes)
             return _Answer(
                 status=resp.status,
                 trace=resp.headers.get(TRANSACTION_HEADER),
@@ -528,22 +529,6 @@ class _Answer:
     raw: bytes
     whole: bool = True
     """False: the body was longer than the cap and ``raw`` is its beginning only."""
-
-
-async def _bounded_read(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
-    """At most ``cap`` bytes of the (decoded) body, and whether that is all of it.
-
-    A ``Content-Length`` over the cap is not read at all; a body without one is read in chunks
-    and abandoned as soon as it passes the cap (leaving the context closes the connection).
-    """
-    if resp.content_length is not None and resp.content_length > cap:
-        return b"", False
-    buf = bytearray()
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        if len(buf) > cap:
-            return bytes(buf[:cap]), False
-    return bytes(buf), True
 
 
 def _parsed[T](request: _Request, answer: _Answer, parse: Callable[[bytes], T]) -> T:
