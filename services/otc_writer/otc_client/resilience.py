@@ -137,7 +137,9 @@ async def read_bounded(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, b
     """At most ``cap`` bytes of the (decoded) body, and whether that is all of it.
 
     A ``Content-Length`` over the cap is not read at all; a body without one is read in chunks
-    and abandoned as soon as it passes the cap (leaving the context closes the connection).
+    and abandoned as soon as it passes the cap (leaving the context closes the connection). Of a
+    2xx over the cap nothing is kept (it is an error whatever it says); of an error status, the
+    beginning, for its message.
     """
     if resp.content_length is not None and resp.content_length > cap:
         return b"", False
@@ -145,5 +147,8 @@ async def read_bounded(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, b
     async for chunk in resp.content.iter_any():
         buf += chunk
         if len(buf) > cap:
-            return bytes(buf[:cap]), False
+            if 200 <= resp.status < 300:
+                return b"", False
+            del buf[cap:]
+            return bytes(buf), False
     return bytes(buf), True
