@@ -8,8 +8,9 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 NAME = "otc-writer"
 EVENTS_QUEUE = "otc-writer.events"
 COMMANDS_QUEUE = "otc-writer.commands"
+DRAIN_SHARE = 0.4
+"""Share of ``SHUTDOWN_TIMEOUT_S`` the consumers wait for running handlers at SIGTERM; what still
+runs then is cancelled, its message left unacked (the broker redelivers it: nothing is lost)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ def otc_config(settings: Settings) -> OtcClientConfig:
         backoff_cap_s=settings.otc_backoff_cap_s,
         breaker_threshold=settings.otc_breaker_threshold,
         breaker_reset_s=settings.otc_breaker_reset_s,
+        max_body_bytes=settings.otc_max_body_bytes,
+        list_max_pages=settings.otc_list_max_pages,
+        list_max_items=settings.otc_list_max_items,
+        retry_after_max_s=settings.otc_retry_after_max_s,
     )
 
 
@@ -166,7 +174,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         iam=iam,
         shutdown_timeout=settings.shutdown_timeout_s,
     )
-    health.add_readiness("otc", lambda: (client.breaker.state != "open", client.breaker.state))
+    health.add_readiness("otc", client.readiness)
     health.add_readiness("iam", lambda: (iam.rejected is None, iam.rejected or ""))
     probes = {**infra.probes(), "otc": client.probe, "iam": client.probe}
     health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
@@ -175,6 +183,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.add("otc-http-session", lambda: session)
     infra.attach(runtime)
     runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
+    consume: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
     for queue, handler, key_of, revision_of in (
         (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event, revision_of_event),
         (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command, None),
@@ -193,10 +202,13 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             revision_of=revision_of,
             concurrency=settings.handler_concurrency,
             hold_limit_s=settings.consumer_hold_limit_s,
+            drain_timeout=DRAIN_SHARE * settings.shutdown_timeout_s,
         )
         runtime.consumers.append(consumer)
         health.add_readiness(f"queue:{queue}", consumer.readiness)
-        runtime.add_task(f"consume:{queue}", consumer.run)
+        consume[f"consume:{queue}"] = consumer.run
+    # Stopped together: the two drains overlap (one after the other they took 2 x 10 s).
+    runtime.add_tasks(consume)
     if settings.otc_audit_interval_s > 0:
         runtime.add_task("otc-audit", functools.partial(runtime.auditor.run, settings.otc_audit_interval_s))
     runtime.add("iam-check", lambda: _first_token(iam))

@@ -19,11 +19,18 @@ from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import WatcherRuntime
 from shared.events import TektonCardData, TektonInstallationData, TektonSnapshotData
 from tests.helpers import EventTap, wait_until
-from tests.integration.test_watcher_events import ready, started, watcher_settings
+from tests.integration.test_watcher_events import started, watcher_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "tekton"
+
+
+async def ready(runtime: WatcherRuntime) -> None:
+    """Leading, synced and /readyz green (a Tekton watcher runs a dozen watches: allow a loaded machine)."""
+    await wait_until(
+        lambda: runtime.session is not None and runtime.session.synced, timeout=30, what="synced"
+    )
 
 
 def cards(tap: EventTap, change: str) -> list[TektonCardData]:
