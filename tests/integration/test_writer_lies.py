@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 
 from emulators.otc.faults import FaultConfig, LieRule, RateLimitFault
+from kotc_cli.clients import sources
 from kotc_cli.config import Config
+from kotc_cli.settings import RunFileSettings
 from kotc_cli.status import service_health
 from services.otc_writer.app import COMMANDS_QUEUE, Deps, OtcWriter
 from tests.helpers import wait_until
@@ -133,9 +135,10 @@ async def test_retry_after_is_clamped_and_readyz_and_status_say_until_when(
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{url}/readyz") as resp:
                 status, body = resp.status, await resp.json()
-            (health,) = await service_health(
-                http, Config(values={}, services={"otc-writer": [url]}, source="test")
-            )
+            config = Config(settings=RunFileSettings(kotc_otc_writer_url=(url,)), source="test")
+            async with sources(config) as src:
+                rows = await service_health(src)
+            (health,) = [r for r in rows if r["url"] == url]
         assert status == 503
         assert body["checks"]["otc"].startswith("failing: holding for OTC's rate limit until ")
         assert not health["ready"] and health["failing"]["otc"] == body["checks"]["otc"]
