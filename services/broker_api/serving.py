@@ -187,21 +187,21 @@ class _GuardedServer(web.Server):
     def _evict(
         self, pool: dict[_GuardedHandler, str] | dict[_GuardedHandler, None], *, fresh: bool = True
     ) -> bool:
-        """Close one connection of ``pool`` that waits for a request head, to make room: the oldest
-        that has waited ``EVICT_AFTER_S`` (a slow head or an idle keep-alive connection); failing that,
-        the oldest of a client holding several connections, so that a flood of fresh ones never
-        displaces a lone one (a probe's) whose head is on its way (not within one client's own cap:
-        ``fresh=False``, a burst is answered 429 rather than cut). False when none qualifies."""
-        victim = spare = None
-        for handler in pool:
-            if not handler.waiting():
-                continue
-            if handler.waited_s() >= EVICT_AFTER_S:
-                victim = handler
-                break
-            if fresh and spare is None and self._open[self._client(handler)] > 1:
-                spare = handler
-        victim = victim or spare
+        """Close the oldest connection of ``pool`` that waits for a request head, to make room: one
+        that has waited ``EVICT_AFTER_S`` (a slow head, an idle keep-alive connection), or a fresh one
+        of a client holding several connections, never a lone fresh one: a flood of new connections
+        never displaces a probe whose head is on its way. Within one client's own cap
+        (``fresh=False``) only the long-waiting give way: a burst is answered 429, never cut. False
+        when none qualifies. The pool is in connection order: under a flood the first one qualifies."""
+        victim = next(
+            (
+                handler
+                for handler in pool
+                if handler.waiting()
+                and (handler.waited_s() >= EVICT_AFTER_S or (fresh and self._open[self._client(handler)] > 1))
+            ),
+            None,
+        )
         if victim is None:
             return False
         self._forget(victim)
