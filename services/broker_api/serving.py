@@ -44,7 +44,7 @@ ALWAYS_SERVED = frozenset({"/healthz", "/readyz", "/status", "/version", "/metri
 """What a connection over a cap is still served (GET/HEAD): the probes, OTC's monitoring, Prometheus."""
 RETRY_AFTER_S = 1
 """A busy connection is released within milliseconds typically (a request's work), at worst after
-the body timeout; OTC's SDK honours ``Retry-After`` and retries 429 and 503 (docs/design.md)."""
+the body timeout; IBM's SDK core retries 429 and 503 after ``Retry-After`` (docs/design.md)."""
 EVICT_AFTER_S = 1.0
 """A connection waiting this long for a request head is displaced first at a full cap: far longer
 than a prompt client's head takes to arrive, far shorter than the header timeout."""
@@ -97,8 +97,9 @@ class _GuardedHandler(RequestHandler):
     """The cap this connection is over (``"per-client"``, ``"total"``), or None: admitted under it."""
 
     def waiting(self) -> bool:
-        """Waiting for a request head: nothing of a request is in progress (aiohttp's own idle test,
-        ``RequestHandler._process_keepalive``), so closing the connection loses no request."""
+        """Waiting for a request head: nothing of a request is in progress, so closing the connection
+        loses no request. aiohttp's own idle test (``RequestHandler._process_keepalive``), on its
+        internals, as ``waited_s``: the admission tests fail if a new aiohttp moves them."""
         return self._waiter is not None and not self._waiter.done()
 
     def waited_s(self) -> float:

@@ -126,7 +126,7 @@ async def capped(mongodb_url: str, amqp_url: str) -> AsyncIterator[tuple[BrokerR
         max_connections=40,
         max_connections_per_client=12,
         header_timeout_s=2.0,
-        body_timeout_s=2.5,
+        body_timeout_s=5.0,  # the window in which the slow bodies keep their connections busy
     )
     async with running(settings) as rt, aiohttp.ClientSession() as session:
         yield rt, Client(session, rt.url)
