@@ -206,25 +206,39 @@ async def test_a_burst_of_200_provisions_from_one_address_is_answered_in_full(
     mongodb_url: str, amqp_url: str
 ) -> None:
     """Issue 19: 200 concurrent provisions from one address (OTC behind a NAT) got 64 answers and 136
-    TCP resets. With the default limits every one is answered, and answered 200."""
+    TCP resets. With the default limits every one is admitted and reaches its route: 200, or on a
+    machine too loaded for the 5 s MongoDB bound the route's own retryable 503 (never a reset, never
+    the connection caps' answer)."""
     async with running(make_settings(mongodb_url, amqp_url)) as rt:
         connector = aiohttp.TCPConnector(limit=0, force_close=True, local_addr=("127.0.6.1", 0))
         async with aiohttp.ClientSession(connector=connector) as session:
 
-            async def provision(i: int) -> int | str:
+            async def provision(i: int) -> str:
                 try:
                     async with session.put(
                         f"{rt.url}{KB}/service_instances/n-{i}",
                         json=PROVISION,
                         headers={"Authorization": AUTH},
                     ) as resp:
-                        await resp.read()
-                        return resp.status
+                        body = await resp.json()
+                        return "200" if resp.status == 200 else f"{resp.status} {body['description']}"
                 except (OSError, aiohttp.ClientError) as exc:
                     return type(exc).__name__
 
             answers = await asyncio.gather(*(provision(i) for i in range(200)))
-    assert answers == [200] * 200, {a: answers.count(a) for a in set(answers)}
+        routed = sum(
+            _sample(
+                rt,
+                "kotc_broker_api_requests_total",
+                method="PUT",
+                route=f"{KB}/service_instances/{{sid}}",
+                status=s,
+            )
+            for s in ("200", "503")
+        )
+    tally = {a: answers.count(a) for a in set(answers)}
+    assert set(answers) <= {"200", "503 storage unavailable, retry later"}, tally
+    assert answers.count("200") > 0 and routed == 200, tally
 
 
 @pytest.mark.parametrize("route", ["messaging", "provision"])
