@@ -29,6 +29,7 @@ from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.errors import (
     BadRequest,
     BrokerError,
+    ClientClosedRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -137,6 +138,10 @@ class BrokerApi:
             log.warning("storage unavailable", extra={"route": route_name, "error": type(exc).__name__})
             status = Unavailable.status
             return web.json_response({"description": "storage unavailable, retry later"}, status=status)
+        except ClientClosedRequest as exc:  # the client's doing: one line, no traceback, no 5xx
+            log.info(exc.description, extra={"route": route_name, "client": request.remote})
+            status = exc.status
+            return web.Response(status=status)  # nobody reads it
         except BrokerError as exc:
             status = exc.status
             answer = web.json_response(
@@ -210,6 +215,10 @@ class BrokerApi:
             raw = await asyncio.wait_for(request.read(), timeout_s)
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
+        except ConnectionError:  # the peer closed mid-body (aiohttp's "Connection lost")
+            raise ClientClosedRequest(
+                "client closed the connection before its request body was complete"
+            ) from None
         if not raw.strip():
             if optional:
                 return model.model_validate({})
