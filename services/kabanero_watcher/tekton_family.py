@@ -13,7 +13,7 @@ every card; a status-only change re-derives an unchanged card, which costs nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -193,7 +193,7 @@ class TektonCache(ObjectCache):
                 )
         return out
 
-    def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Any) -> None:
+    def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Callable[[Obj], TektonCardData]) -> None:
         try:
             card: TektonCardData = derive(obj)
         except (Malformed, TypeError, AttributeError, ValueError) as exc:
@@ -244,7 +244,10 @@ class TektonFamily:
             self.emitter.discard()
 
     async def _reconcile(self, namespace: str) -> bool:
-        desired = self.cache.desired(namespace, self.inst or self.cache.installation())
+        if self.inst is None:
+            self.prepare()  # a reconcile before the first pass's prepare (not the session's order)
+        assert self.inst is not None
+        desired = self.cache.desired(namespace, self.inst)
         self.emitter.resolve_pending(namespace, CARD_KINDS, lambda prev: desired.cards.get(prev.key))
         was_live = self.state.live_in_namespace(namespace, CARD_KINDS)
 
