@@ -120,6 +120,14 @@ class InstallKinds:
         return (self.config_maps, self.deployments, self.routes, self.ingresses)
 
 
+INSTALL_CRS = (OPENSHIFT_CONFIGS, TEKTON_CONFIGS, TEKTON_PIPELINE_CRS)
+
+
+def tekton_kinds(install: InstallKinds) -> tuple[ResourceSpec, ...]:
+    """Every kind the family lists and watches (``kabanero-otc doctor`` checks the RBAC of each)."""
+    return (PIPELINES, EVENTLISTENERS, ROUTES, INGRESSES, *INSTALL_CRS, *install.all())
+
+
 @dataclass
 class TektonDesired:
     namespace: str
@@ -134,9 +142,8 @@ class TektonCache(ObjectCache):
         self.install = InstallKinds.of(settings.tekton_install_namespaces)
         self._searched = settings.tekton_install_namespaces
         self._dashboard_url = settings.tekton_dashboard_url
-        cluster_wide = (OPENSHIFT_CONFIGS, TEKTON_CONFIGS, TEKTON_PIPELINE_CRS)
-        super().__init__((PIPELINES, EVENTLISTENERS, ROUTES, INGRESSES, *cluster_wide, *self.install.all()))
-        self._install_names = {r.name for r in (*cluster_wide, *self.install.all())}
+        super().__init__(tekton_kinds(self.install))
+        self._install_names = {r.name for r in (*INSTALL_CRS, *self.install.all())}
         self.installation_dirty = True
 
     def replace(self, resource: ResourceSpec, scope: str | None, items: Iterable[dict[str, Any]]) -> set[str]:

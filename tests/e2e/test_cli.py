@@ -38,6 +38,7 @@ from tests.conftest import _mgmt
 pytestmark = pytest.mark.e2e
 CLI = Path(sys.executable).parent / "kabanero-otc"
 OTC_PREFIX = "/toolchain/v2"
+TEKTON_SID = "cli-tekton"
 
 
 class Env:
@@ -140,10 +141,15 @@ def test_status_shows_services_bindings_and_owned_tools(env: Env) -> None:
             for broker, sid in BROKERS:
                 assert (await otc.provision(broker, sid, parameters=params)).status == 200
                 assert (await otc.bind(broker, sid, env.toolchain)).status == 204
+            # A Tekton service mirroring the seeded namespace (2 Pipelines, 1 EventListener).
+            tekton = {"cluster": "default", "namespaces": ["kabanero"]}
+            assert (await otc.provision("tekton-broker", TEKTON_SID, parameters=tekton)).status == 200
+            assert (await otc.bind("tekton-broker", TEKTON_SID, env.toolchain)).status == 204
 
         async def converged() -> bool:
             kinds = [t["tool_type_id"] for t in await env.tools()]
-            return kinds.count("customtool") == 2 and kinds.count("githubconsolidated") >= 1
+            # 2 trigger tools and 3 Tekton cards (both customtool), the GitHub tool(s).
+            return kinds.count("customtool") == 5 and kinds.count("githubconsolidated") >= 1
 
         await _wait(converged, "tools in OTC")
         await env.stack.quiet()
@@ -168,10 +174,31 @@ def test_status_shows_services_bindings_and_owned_tools(env: Env) -> None:
     owned = {
         t["name"] for t in status["tools"] if t["state"] == "applied" and t["toolchain_id"] == env.toolchain
     }
-    assert owned == in_otc and len(owned) >= 3
+    assert owned == in_otc and len(owned) >= 6
     assert all(q["consumers"] == 1 and q["dead"] == 0 for q in status["queues"])
+    # Tekton: the service (its filter, its bindings as broker-api and otc-writer hold them, the
+    # cards otc-writer mirrors for it), the cluster's installation and the card tools' sync state.
+    (service,) = status["tekton_services"]
+    assert service == {
+        "instance_id": TEKTON_SID,
+        "cluster": "default",
+        "namespaces": ["kabanero"],
+        "toolchains": [env.toolchain],
+        "writer_toolchains": [env.toolchain],
+        "cards": {"kabanero": 3},
+    }
+    (installation,) = status["tekton_installations"]
+    assert installation["cluster"] == "default" and installation["found"], installation
+    assert installation["pipelines_version"] == "v0.11.3"
+    assert installation["controller_namespace"] == "openshift-pipelines"
+    assert installation["cards"] == {"kabanero": 3} and installation["services"] == [TEKTON_SID]
+    assert installation["tools"] == {"applied": 3}
+    cards = [t for t in status["tools"] if t["purpose"] == "tekton"]
+    assert len(cards) == 3 and {t["state"] for t in cards} == {"applied"}
     human = env.cli("status")
     assert human.returncode == 0 and "TOOLS OWNED BY KABANERO-OTC" in human.stdout
+    assert "TEKTON SERVICES" in human.stdout and "TEKTON INSTALLATIONS" in human.stdout
+    assert "pipelines v0.11.3" in human.stdout and "applied=3" in human.stdout
     assert all(name[:60] in human.stdout for name in owned)
 
 
@@ -179,17 +206,24 @@ def test_plan_writes_nothing_and_shows_a_tool_deleted_by_hand(env: Env) -> None:
     code, plan = env.json("plan")
     assert code == 0 and plan["changes"] == 0, plan
     assert {s["action"] for s in plan["steps"]} == {"unchanged"}
-    victim = next(t for t in asyncio.run(env.tools()) if t["tool_type_id"] == "customtool")
-    asyncio.run(env.otc("DELETE", f"{OTC_PREFIX}/toolchains/{env.toolchain}/tools/{victim['id']}"))
+    # Trigger tools and Tekton cards are computed from otc-writer's projection, as it does.
+    by_kind = {k: [s for s in plan["steps"] if s["purpose"] == k] for k in ("trigger", "tekton")}
+    assert (len(by_kind["trigger"]), len(by_kind["tekton"])) == (2, 3)
+    victims = {by_kind["trigger"][0]["tool_id"], by_kind["tekton"][0]["tool_id"]}
+    for tool_id in victims:
+        asyncio.run(env.otc("DELETE", f"{OTC_PREFIX}/toolchains/{env.toolchain}/tools/{tool_id}"))
     before = asyncio.run(env.writes())
     code, plan = env.json("plan", "--toolchain", env.toolchain)
     assert code == 1
-    assert [(s["action"], s["name"]) for s in plan["steps"] if s["action"] != "unchanged"] == [
-        ("create", victim["name"])
+    assert sorted(
+        (s["action"], s["purpose"], s["name"]) for s in plan["steps"] if s["action"] != "unchanged"
+    ) == [
+        ("create", "tekton", by_kind["tekton"][0]["name"]),
+        ("create", "trigger", by_kind["trigger"][0]["name"]),
     ]
     assert asyncio.run(env.writes()) == before  # plan wrote nothing
     human = env.cli("plan")
-    assert human.returncode == 1 and "would change: 1 create" in human.stdout
+    assert human.returncode == 1 and "would change: 2 create" in human.stdout
 
 
 def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
@@ -373,8 +407,11 @@ def test_resync_gets_fresh_snapshots_and_waits_for_otc_writer(env: Env) -> None:
     assert code == 0, out
     assert out["caught_up"] and set(out["leaders"]) == {"default"}
     assert "default/kabanero" in out["snapshots"]
+    # The watcher's Tekton family answers too: otc-writer caught up with its card snapshot.
+    assert "tekton:default/kabanero" in out["snapshots"]
     again = env.json("resync", "--namespace", "kabanero")[1]
     assert again["snapshots"]["default/kabanero"] > out["snapshots"]["default/kabanero"]
+    assert again["snapshots"]["tekton:default/kabanero"] > out["snapshots"]["tekton:default/kabanero"]
     code, out = env.json("resync", "--cluster", "elsewhere", "--timeout", "3")
     assert code == 1 and "no leading watcher answered" in out["problems"][0]
 
@@ -470,6 +507,7 @@ def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> No
         "mongodb indexes",
         "kubernetes api",
         "watcher rbac",
+        "watcher tekton rbac",
         "cluster identity",
         "otc iam",
         "broker-api auth",
