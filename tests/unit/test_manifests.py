@@ -33,6 +33,13 @@ SERVICES = {
     "github-linker": "github_linker",
 }
 REPLICAS = {"broker-api": 2, "kabanero-watcher": 2, "otc-writer": 2, "github-linker": 1}
+# docker-compose.yml's tekton profile: the Tekton install on its own (no github-linker).
+TEKTON_SERVICES = {
+    "tekton-broker-api": "broker_api",
+    "tekton-watcher": "kabanero_watcher",
+    "tekton-otc-writer": "otc_writer",
+}
+TEKTON_SAMPLE = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 SECRET_NAME = "kabanero-otc-secrets"
 SECRET_ENVS = {"AMQP_URL", "MONGODB_URL", "BROKER_ID", "BROKER_SECRET", "CREDENTIALS_KEY", "OTC_API_KEY"}
 INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -209,7 +216,7 @@ def test_compose_publishes_loopback_ports_each_changeable_by_env(compose: Doc) -
             assert m, f"{name}: {port!r} is not 127.0.0.1:${{NAME_PORT:-default}}:container"
             assert f"#{m.group(1)}={m.group(2)}" in env_example, f".env.example does not show {m.group(1)}"
             published += 1
-    assert published == 6
+    assert published == 9  # 6 of the default and demo services, 3 of the tekton profile
 
 
 def test_compose_probe_healthchecks_name_urls_the_probe_accepts(compose: Doc) -> None:
@@ -230,11 +237,11 @@ def test_compose_check_override_only_stands_in_for_the_two_infra_images(compose:
     Loader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
     override = yaml.load((ROOT / "docker-compose.check.yml").read_text(), Loader=Loader)
     services = override["services"]
-    assert set(services) == {"rabbitmq", "mongo", *SERVICES}
+    assert set(services) == {"rabbitmq", "mongo", *SERVICES, *TEKTON_SERVICES}
     assert set(services["rabbitmq"]) == {"image"}
     assert services["mongo"]["command"][0] == "emulators.mongo"
     assert services["mongo"]["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "shared.probe"]
-    for name in SERVICES:
+    for name in [*SERVICES, *TEKTON_SERVICES]:
         assert services[name] == {
             "environment": {"MONGODB_URL": "mongodb://mongo:27017/kabanero_otc?directConnection=true"}
         }
@@ -251,7 +258,7 @@ def test_readme_states_the_compose_version_and_the_docker_command() -> None:
 
 
 def test_compose_env_names_are_settings_and_required_ones_are_set(compose: Doc) -> None:
-    for name, module in SERVICES.items():
+    for name, module in {**SERVICES, **TEKTON_SERVICES}.items():
         known, required = _settings_fields(module)
         env = set(compose["services"][name]["environment"])
         assert env <= known, f"{name}: unknown settings {sorted(env - known)}"
@@ -310,6 +317,62 @@ def test_compose_demo_profile_runs_emulators_with_flags_their_cli_accepts(
     assert "http://otc:8090" in writer["environment"]["OTC_API_URL"]
     assert watcher["depends_on"]["kube"] == {"condition": "service_healthy", "required": False}
     assert writer["depends_on"]["otc"] == {"condition": "service_healthy", "required": False}
+
+
+def test_compose_tekton_profile_is_the_tekton_install_on_its_own(compose: Doc) -> None:
+    """broker-api serving only the Tekton broker, a Tekton-only watcher, otc-writer, their emulators."""
+    services = compose["services"]
+    tekton = {n for n, s in services.items() if "tekton" in s.get("profiles", [])}
+    assert tekton == {*TEKTON_SERVICES, "kube-tekton", "otc-tekton"}, "no github-linker, no Kabanero service"
+    assert all(s.get("profiles") == ["tekton"] for n, s in services.items() if n in tekton)
+    default = services["broker-api"]
+    for name, module in TEKTON_SERVICES.items():
+        svc = services[name]
+        assert svc["command"] == [f"services.{module}"] and svc["build"]["target"] == "runtime"
+        # The same image, hardening and healthcheck as the default install's services.
+        for key in ("image", "read_only", "cap_drop", "security_opt", "healthcheck", "tmpfs", "init"):
+            assert svc[key] == default[key], f"{name}: {key}"
+        for infra in ("rabbitmq", "mongo"):
+            assert svc["depends_on"][infra] == {"condition": "service_healthy"}
+    infra = {"amqp_url": "amqp://u:p@rabbitmq:5672/", "mongodb_url": "mongodb://mongo:27017/kabanero_otc"}
+    broker_env = services["tekton-broker-api"]["environment"]
+    broker_settings = importlib.import_module("services.broker_api.settings").Settings(
+        brokers=broker_env["BROKERS"],
+        broker_id="b",
+        broker_secret="s",
+        credentials_key="A" * 43 + "=",
+        **infra,
+    )
+    assert broker_settings.served == ("tekton-broker",)
+    watcher_env = {k: _interpolate(str(v)) for k, v in services["tekton-watcher"]["environment"].items()}
+    watcher_settings = importlib.import_module("services.kabanero_watcher.settings").Settings(
+        watch_families=watcher_env["WATCH_FAMILIES"], lease_name=watcher_env["LEASE_NAME"], **infra
+    )
+    assert watcher_settings.watch_families == ("tekton",)
+    watcher, writer = services["tekton-watcher"], services["tekton-otc-writer"]
+    assert "tekton-pipelines,openshift-pipelines" in watcher["environment"]["TEKTON_INSTALL_NAMESPACES"]
+    # Its own Lease: a Kabanero watcher of the same cluster must not take its leadership.
+    assert watcher_settings.lease_name != services["kabanero-watcher"]["environment"].get(
+        "LEASE_NAME", "kabanero-watcher"
+    )
+    # By default against the profile's own emulators, waited for only when the profile runs.
+    assert "http://kube-tekton:8001" in watcher["environment"]["KUBE_API_URL"]
+    assert "http://otc-tekton:8090" in writer["environment"]["OTC_API_URL"]
+    assert watcher["depends_on"]["kube-tekton"] == {"condition": "service_healthy", "required": False}
+    assert writer["depends_on"]["otc-tekton"] == {"condition": "service_healthy", "required": False}
+    # The cluster: Kabanero 0.9's Tekton and OpenShift Pipelines operator, no Kabanero CRD.
+    kube_args = importlib.import_module("emulators.kube.__main__").parse_args(
+        [_interpolate(a) for a in services["kube-tekton"]["command"][1:]]
+    )
+    assert kube_args.tekton == "v0.11.3" and kube_args.crds == ["openshift-pipelines-operator"]
+    assert kube_args.kabanero is False
+    assert [Path(p).name for p in kube_args.seed] == [TEKTON_SAMPLE.name]
+    otc_cmd = services["otc-tekton"]["command"]
+    assert otc_cmd[otc_cmd.index("--broker-url") + 1] == "http://tekton-broker-api:8080"
+    # `make compose-check` runs the profile on its own, with the Tekton scenario.
+    check = (ROOT / "scripts" / "compose-check.sh").read_text()
+    assert "PROFILE=tekton" in check and "CHECK_SCENARIO=tekton" in check
+    assert all(name in check for name in tekton)
 
 
 # --- demo sample ---------------------------------------------------------------------------------
