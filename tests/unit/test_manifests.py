@@ -524,6 +524,11 @@ def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Do
     assert watcher_env["LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     lease_names = {n for r in roles.values() for rule in r["rules"] for n in rule.get("resourceNames", [])}
     assert lease_names == {watcher_env["LEASE_NAME"]["value"]}
+    # The base is the Kabanero install: its watcher runs what these grants cover, its broker-api the
+    # Kabanero brokers (the Tekton install is k8s/overlays/tekton).
+    config = _config_env()
+    assert config["WATCH_FAMILIES"] == "kabanero"
+    assert set(config["BROKERS"].split(",")) == {"kabanero-broker", "kabanero-events-broker"}
 
 
 def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> None:
