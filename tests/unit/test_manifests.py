@@ -334,8 +334,8 @@ def test_compose_tekton_profile_is_the_tekton_install_on_its_own(compose: Doc) -
         # The same image, hardening and healthcheck as the default install's services.
         for key in ("image", "read_only", "cap_drop", "security_opt", "healthcheck", "tmpfs", "init"):
             assert svc[key] == default[key], f"{name}: {key}"
-        for infra in ("rabbitmq", "mongo"):
-            assert svc["depends_on"][infra] == {"condition": "service_healthy"}
+        for dependency in ("rabbitmq", "mongo"):
+            assert svc["depends_on"][dependency] == {"condition": "service_healthy"}
     infra = {"amqp_url": "amqp://u:p@rabbitmq:5672/", "mongodb_url": "mongodb://mongo:27017/kabanero_otc"}
     broker_env = services["tekton-broker-api"]["environment"]
     broker_settings = importlib.import_module("services.broker_api.settings").Settings(
