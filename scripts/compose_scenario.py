@@ -224,7 +224,7 @@ class Scenario:
                 raise ScenarioError(f"bind tekton-broker: HTTP {status}")
 
         await self.step(
-            f"OTC: provision + bind a Tekton service ({n} Pipelines and EventListeners)",
+            f"OTC: provision + bind a Tekton service ({n} cards)",
             provision_and_bind(),
             lambda cards, github: cards == n and github == 0,
             n,
