@@ -33,10 +33,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from bson.errors import InvalidDocument
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, DeleteMany, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
+from services.kabanero_watcher.refusals import StorageRefused, refusal
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -180,30 +183,45 @@ class PublishedState:
     async def commit_many(self, records: Iterable[Record]) -> None:
         """Persist (pending before the publish, done after the confirm), then advance the mirror:
         the changed chunks of each namespace touched, in one ordered ``bulk_write`` (a batch is
-        one namespace's)."""
-        by_ns: dict[str, dict[Ident, Record]] = {}
-        for record in records:
-            stored = record.model_copy(update={"data": {}}) if record.kind in SNAPSHOT_KINDS else record
-            by_ns.setdefault(stored.namespace, {})[(stored.kind, stored.key)] = stored
+        one namespace's). Raises :class:`StorageRefused` when MongoDB refuses it for good (the
+        mirror unchanged: the same batch would be refused again)."""
+        by_ns = _by_namespace(records)
         if not by_ns:
             return
-        now = datetime.now(UTC)
         texts = {i: r.model_dump_json() for changed in by_ns.values() for i, r in changed.items()}
-        ops: list[ReplaceOne[Document] | DeleteMany] = []
-        layouts: dict[str, list[set[Ident]]] = {}
-        for namespace, changed in by_ns.items():
-            layouts[namespace], written = self._plan(namespace, changed, texts)
-            ops.extend(self._replace(namespace, n, layouts[namespace], changed, texts, now) for n in written)
-            stale = set(self._stale.get(namespace, ())) | self._superseded(namespace, layouts[namespace])
-            stale -= {self._chunk_id(namespace, n, len(layouts[namespace])) for n in written}
-            if stale:
-                ops.append(DeleteMany({"_id": {"$in": sorted(stale)}}))
-        await self._coll.bulk_write(ops, ordered=True)
+        layouts = {ns: self._plan(ns, changed, texts) for ns, changed in by_ns.items()}
+        now = datetime.now(UTC)
+        ops = [op for ns, changed in by_ns.items() for op in self._ops(ns, layouts[ns], changed, texts, now)]
+        try:
+            await self._coll.bulk_write(ops, ordered=True)
+        except (PyMongoError, InvalidDocument) as exc:
+            if (reason := refusal(exc)) is None:
+                raise
+            raise StorageRefused(sorted(by_ns), reason) from exc
         for namespace, changed in by_ns.items():
             self._stale.pop(namespace, None)
-            self._chunks[namespace] = layouts[namespace]
+            self._chunks[namespace] = layouts[namespace][0]
             for ident, stored in changed.items():
                 self._remember(stored, texts[ident])
+
+    def _ops(
+        self,
+        namespace: str,
+        layout: tuple[list[set[Ident]], list[int]],
+        changed: dict[Ident, Record],
+        texts: dict[Ident, str],
+        now: datetime,
+    ) -> list[ReplaceOne[Document] | DeleteMany]:
+        """The chunks to write, then (once they are) the documents they supersede."""
+        chunks, written = layout
+        ops: list[ReplaceOne[Document] | DeleteMany] = [
+            self._replace(namespace, n, chunks, changed, texts, now) for n in written
+        ]
+        stale = set(self._stale.get(namespace, ())) | self._superseded(namespace, chunks)
+        stale -= {self._chunk_id(namespace, n, len(chunks)) for n in written}
+        if stale:
+            ops.append(DeleteMany({"_id": {"$in": sorted(stale)}}))
+        return ops
 
     def _plan(
         self, namespace: str, changed: dict[Ident, Record], texts: dict[Ident, str]
@@ -280,6 +298,15 @@ class PublishedState:
     async def commit(self, record: Record) -> None:
         """As :meth:`commit_many`, for one record."""
         await self.commit_many([record])
+
+
+def _by_namespace(records: Iterable[Record]) -> dict[str, dict[Ident, Record]]:
+    """The records to store, per namespace (a snapshot's without its data: never read back)."""
+    by_ns: dict[str, dict[Ident, Record]] = {}
+    for record in records:
+        stored = record.model_copy(update={"data": {}}) if record.kind in SNAPSHOT_KINDS else record
+        by_ns.setdefault(stored.namespace, {})[(stored.kind, stored.key)] = stored
+    return by_ns
 
 
 def _slot(ident: Ident, count: int) -> int:
