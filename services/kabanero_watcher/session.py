@@ -243,7 +243,7 @@ class FamilyLoop:
         try:
             self.mark(self.family.prepare())
             await self.reconcile_dirty()
-            await self.family.after_pass()
+            await self._after_pass()
             if self._snapshot_due:
                 await self._snapshots()
                 self._snapshot_due = False
@@ -293,6 +293,13 @@ class FamilyLoop:
             self._dirty.add(namespace)
             raise
         self.session.accepted(namespace)
+
+    async def _after_pass(self) -> None:
+        """The family's cluster-wide publishing (Tekton's installation), set aside as a namespace."""
+        try:
+            await self.family.after_pass()
+        except StorageRefused as exc:
+            self.session.refuse(self.family.name, exc)
 
     async def _snapshot_one(self, namespace: str) -> None:
         try:
