@@ -16,9 +16,10 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from scripts.driver import (
+    BROKERS,
     EVENTS_TOOL,
     GITHUB,
     LISTENER_CARD,
@@ -36,10 +37,6 @@ from scripts.driver import (
 )
 from scripts.stack import CLUSTER, LOGS, ROOT, Stack
 
-BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str], ...] = (
-    ("kabanero-events-broker", "demo-events"),
-    ("kabanero-broker", "demo-kabanero"),
-)
 EVENTS_CRD = "/apis/events.kabanero.io/v1alpha1/namespaces/kabanero/eventmediators/webhook"
 PIPELINES = f"{TEKTON_GROUP}/namespaces/kabanero/pipelines"
 LISTENERS = f"{TRIGGERS_GROUP}/namespaces/kabanero/eventlisteners"

@@ -35,6 +35,11 @@ from emulators.otc.platform import BrokerName, BrokerReply, OtcPlatform
 from scripts.expected import CRS, connection, differences, expected_repos, expected_triggers, mediation
 from scripts.stack import API_KEY, BROKER_ID, Stack, cluster_suffix, mgmt
 
+BROKERS: tuple[tuple[BrokerName, str], ...] = (
+    ("kabanero-events-broker", "demo-events"),
+    ("kabanero-broker", "demo-kabanero"),
+)
+"""The two Kabanero services (broker, instance id) the demo and the fault tests provision."""
 TOOL_WRITE_METHODS = frozenset({"POST", "PATCH", "DELETE"})
 TEKTON_GROUP = "/apis/tekton.dev/v1beta1"
 TRIGGERS_GROUP = "/apis/triggers.tekton.dev/v1alpha1"
@@ -272,13 +277,13 @@ class Driver:
         url = f"{self.otc}/_emulator/faults"
         await (self.request("POST", url, config) if config else self.request("DELETE", url))
 
-    async def toolchains(self) -> dict[str, list[dict[str, Any]]]:
+    async def tools_by_toolchain(self) -> dict[str, list[dict[str, Any]]]:
         """Every toolchain's tools, by toolchain id."""
         state = await self.request("GET", f"{self.otc}/_emulator/state")
         return {t["id"]: list(t["tools"]) for t in state["toolchains"]}
 
     async def tools(self, toolchain: str | None = None) -> list[dict[str, Any]]:
-        return (await self.toolchains())[toolchain or self.toolchain]
+        return (await self.tools_by_toolchain())[toolchain or self.toolchain]
 
     async def calls(self, since: int = 0) -> tuple[int, list[dict[str, Any]]]:
         """(the call log's length, the OTC writes since index ``since``)."""
