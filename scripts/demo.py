@@ -259,8 +259,7 @@ class Demo:
         return shown
 
     async def absent(self, path: str) -> bool:
-        async with self.driver.http.get(self.driver.kube_url(path)) as r:
-            return r.status == 404
+        return (await self.driver.get(self.driver.kube_url(path)))[0] == 404
 
 
 def _outcome(page: dict[str, Any]) -> str:

@@ -126,6 +126,11 @@ class Driver:
                 raise DriverError(f"{method} {url}: {r.status} {await r.text()}")
             return await r.json() if r.content_type == "application/json" else None
 
+    async def get(self, url: str) -> tuple[int, Any]:
+        """(status, JSON or None) of a GET, whatever the status."""
+        async with self.http.get(url) as r:
+            return r.status, (await r.json() if r.content_type == "application/json" else None)
+
     # --- the clusters ------------------------------------------------------------------------
 
     def kube_url(self, path: str, cluster: str | None = None) -> str:
