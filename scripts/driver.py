@@ -247,7 +247,7 @@ class Driver:
                 reply = await call(self.platform)
                 if reply.status < 500:
                     break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
         if reply is None or reply.status != expect:
             raise DriverError(f"broker answered {reply}, expected {expect}")
         return reply
