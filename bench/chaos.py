@@ -50,7 +50,7 @@ import bson
 from pymongo import AsyncMongoClient
 
 from emulators.otc.platform import BrokerName
-from scripts.driver import DeadLetter, Driver
+from scripts.driver import DeadLetter, Driver, fault_env
 from scripts.expected import NS
 from scripts.stack import API_KEY, BROKER_ID, LOGS, SERVICES, Stack
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE
@@ -63,22 +63,10 @@ KABANERO_BROKER: BrokerName = "kabanero-broker"
 SIDS: dict[BrokerName, str] = {EVENTS_BROKER: "chaos-events", KABANERO_BROKER: "chaos-kabanero"}
 MEDIATIONS = 4
 """Mediations the load rotates through (each change bumps one's revision)."""
-ENV = {
-    "kabanero-watcher": {
-        "SNAPSHOT_INTERVAL_S": "60",
-        "LEASE_DURATION_S": "3",
-        "LEASE_RENEW_S": "1",
-        "RECONNECT_BACKOFF_S": "0.2",
-        "RECONNECT_BACKOFF_MAX_S": "2",
-    },
-    "otc-writer": {
-        "LEASE_TTL_S": "6",
-        "LEASE_WAIT_S": "10",
-        "OTC_BREAKER_RESET_S": "5",
-        "OTC_BACKOFF_CAP_S": "2",
-        "OTC_AUDIT_INTERVAL_S": "0",
-    },
-}
+ENV = fault_env(
+    kabanero_watcher={"SNAPSHOT_INTERVAL_S": "60"},
+    otc_writer={"OTC_BREAKER_RESET_S": "5", "OTC_AUDIT_INTERVAL_S": "0"},
+)
 
 
 # --- the desired state, computed independently (the user-visible rules of scripts/expected.py) ---

@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 
-from scripts.driver import Driver
+from scripts.driver import Driver, wait_for
 from scripts.stack import LOGS, SERVICES, Stack, mgmt, wait_http
 
 TIMEOUT_S = 600.0
@@ -176,15 +176,6 @@ class World(Driver):
         return str(body["parameters"].get("additional-properties", ""))
 
 
-async def until(check: Any, what: str, timeout: float = TIMEOUT_S, poll_s: float = 0.5) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(poll_s)
-    return time.monotonic() - started
-
-
 def _service_rss(stack: Stack) -> dict[str, float]:
     return {name: rss_mb(stack.proc(name).pid) for name in SERVICES}
 
@@ -227,6 +218,7 @@ async def run(
         "triggers": namespaces * mediations,
     }
     poll_s = poll_ms / 1000
+    world: World | None = None
     try:
         await stack.start()
         await asyncio.sleep(2.0)
@@ -255,7 +247,7 @@ async def run(
                     return False
                 return len(await world.tools()) >= total
 
-            await until(loaded, f"{total} trigger tools", timeout=LOAD_TIMEOUT_S, poll_s=1.0)
+            await wait_for(loaded, f"{total} trigger tools", timeout=LOAD_TIMEOUT_S, interval=1.0)
             out["load_seconds"] = round(time.monotonic() - t0, 2)
             await stack.quiet(timeout=TIMEOUT_S)
             await world.learn_tool_ids()
@@ -350,6 +342,8 @@ async def run(
     except Exception as exc:  # the phases measured so far still reach results.json (stack_error)
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        if world is not None:
+            await world.close()
         await asyncio.to_thread(stack.stop)
         await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
     return out

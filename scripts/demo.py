@@ -241,7 +241,12 @@ class Demo:
             counts(0, 0),
         )
         await self.settle(
-            "OTC: delete the Tekton service (nothing left to remove)",
+            "OTC: bind it again (its cards are back)",
+            d.bind("tekton-broker", sid),
+            counts(0, 0, pipelines=2, listeners=2),
+        )
+        await self.settle(
+            "OTC: delete the Tekton service (its cards go)",
             d.deprovision("tekton-broker", sid),
             counts(0, 0),
         )

@@ -26,6 +26,7 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -360,6 +361,36 @@ class Driver:
         finally:
             await conn.close()
         return out
+
+
+FAULT_ENV: dict[str, dict[str, str]] = {
+    "kabanero-watcher": {
+        "LEASE_DURATION_S": "3",
+        "LEASE_RENEW_S": "1",
+        "RECONNECT_BACKOFF_S": "0.2",
+        "RECONNECT_BACKOFF_MAX_S": "2",
+    },
+    "otc-writer": {"LEASE_TTL_S": "6", "LEASE_WAIT_S": "10", "OTC_BACKOFF_CAP_S": "2"},
+}
+"""Short leases and backoffs for fault harnesses: a killed process's work is taken over, and a
+broken watch or OTC is retried, within seconds (the defaults take tens of seconds)."""
+
+
+def fault_env(**more: dict[str, str]) -> dict[str, dict[str, str]]:
+    """:data:`FAULT_ENV` with ``more`` per process (``fault_env(otc_writer={...})``: ``_`` for ``-``)."""
+    env = {name: dict(values) for name, values in FAULT_ENV.items()}
+    for name, values in more.items():
+        env.setdefault(name.replace("_", "-"), {}).update(values)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def driven(name: str, logs: Path, **stack_kw: Any) -> AsyncIterator[Driver]:
+    """A new stack (vhost ``kotc-<name>-<random>``, logs in ``logs``, ``stack_kw`` as for
+    :class:`Stack`) started and driven, with a new toolchain named ``name``."""
+    stack = Stack(f"kotc-{name}-{uuid.uuid4().hex[:8]}", logs=logs, **stack_kw)
+    async with driving(stack, toolchain=name) as driver:
+        yield driver
 
 
 @contextlib.asynccontextmanager

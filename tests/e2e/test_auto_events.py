@@ -10,15 +10,13 @@ Under commit-then-drop and a SIGKILL of otc-writer there is still exactly one au
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scripts.driver import EVENTS_TOOL, GITHUB, TRIGGER, Driver, count, driving, tool_kind
-from scripts.stack import Stack
+from scripts.driver import EVENTS_TOOL, GITHUB, TRIGGER, Driver, count, driven, tool_kind
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -44,12 +42,8 @@ async def hand_add_events_tool(w: Driver) -> dict[str, Any]:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[Driver]:
-    stack = Stack(
-        f"kotc-test-auto-events-{uuid.uuid4().hex[:8]}",
-        extra_env={"otc-writer": {"LEASE_TTL_S": "2", "LEASE_WAIT_S": "10"}},
-        logs=tmp_path / ".run",
-    )
-    async with driving(stack, toolchain="auto-events") as w:
+    env = {"otc-writer": {"LEASE_TTL_S": "2", "LEASE_WAIT_S": "10"}}
+    async with driven("test-auto-events", tmp_path / ".run", extra_env=env) as w:
         yield w
 
 

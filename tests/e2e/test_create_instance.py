@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.driver import GITHUB, Driver, driving, tool_kind
+from scripts.driver import GITHUB, Driver, driven, tool_kind
 from scripts.stack import Stack, free_port, wait_http, write_run_file
 from tests.helpers import wait_until
 
@@ -88,12 +87,8 @@ def status(stack: Stack) -> dict[str, Any]:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[Driver]:
-    stack = Stack(
-        f"kotc-test-create-{uuid.uuid4().hex[:8]}",
-        extra_env={"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}},
-        logs=tmp_path / ".run",
-    )
-    async with driving(stack, toolchain="create") as w:
+    env = {"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}}
+    async with driven("test-create", tmp_path / ".run", extra_env=env) as w:
         yield w
 
 

@@ -65,7 +65,8 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         "cluster: Route exposes it (its card shows the external URL)": 1,
         "cluster: Pipeline status-only change (expect 0 writes)": 0,
         "OTC: unbind the Tekton service (its cards go)": 2 + 2,
-        "OTC: delete the Tekton service (nothing left to remove)": 0,
+        "OTC: bind it again (its cards are back)": 2 + 2,
+        "OTC: delete the Tekton service (its cards go)": 2 + 2,
     }
     dead = proc.stdout.split("dead letters: ")[1].splitlines()[0]
     assert dead.startswith("{'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, ")
@@ -91,6 +92,7 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
     exposed = steps["cluster: Route exposes it (its card shows the external URL)"]
     assert "demo-listener ff59fbc7  (https://el-demo-listener-kabanero.apps.acme.example)" in exposed
     assert "toolchain: no tools" in steps["OTC: unbind the Tekton service (its cards go)"]
+    assert "toolchain: no tools" in steps["OTC: delete the Tekton service (its cards go)"]
     status = proc.stdout.split("$ kabanero-otc status   (exit 0)")[1]
     assert "SERVICES" in status and "QUEUES" in status and "no problems found" in status
 

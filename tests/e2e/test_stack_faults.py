@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.driver import BROKERS, TRIGGER, Driver, driving, tool_kind
+from scripts.driver import BROKERS, TRIGGER, Driver, driving, fault_env, tool_kind
 from scripts.expected import connection
 from scripts.stack import Stack
 from tests.helpers import EventTap, wait_until
@@ -29,21 +29,9 @@ from tests.helpers import EventTap, wait_until
 pytestmark = pytest.mark.e2e
 
 SNAPSHOT_S = 4
-EXTRA_ENV = {
-    "kabanero-watcher": {
-        "SNAPSHOT_INTERVAL_S": str(SNAPSHOT_S),
-        "LEASE_DURATION_S": "3",
-        "LEASE_RENEW_S": "1",
-        "RECONNECT_BACKOFF_S": "0.2",
-        "RECONNECT_BACKOFF_MAX_S": "2",
-    },
-    "otc-writer": {
-        "LEASE_TTL_S": "6",
-        "LEASE_WAIT_S": "10",
-        "OTC_BREAKER_RESET_S": "2",
-        "OTC_BACKOFF_CAP_S": "2",
-    },
-}
+EXTRA_ENV = fault_env(
+    kabanero_watcher={"SNAPSHOT_INTERVAL_S": str(SNAPSHOT_S)}, otc_writer={"OTC_BREAKER_RESET_S": "2"}
+)
 OTC_FAULTS = {"seed": 7, "error_rate": 0.3, "error_status": 503, "drop_after_commit": 2}
 PARAMS = {"cluster": "default", "namespace": "kabanero"}
 
