@@ -37,7 +37,6 @@ from scripts.driver import (
 )
 from scripts.stack import CLUSTER, LOGS, ROOT, Stack
 
-EVENTS_CRD = "/apis/events.kabanero.io/v1alpha1/namespaces/kabanero/eventmediators/webhook"
 PIPELINES = f"{TEKTON_GROUP}/namespaces/kabanero/pipelines"
 LISTENERS = f"{TRIGGERS_GROUP}/namespaces/kabanero/eventlisteners"
 ROUTES = f"{ROUTES_GROUP}/namespaces/kabanero/routes"
@@ -102,22 +101,22 @@ class Demo:
         # deploy/samples/kabanero-sample.yaml yields 2 triggers and 4 repositories (its header).
         await self.settle("OTC: provision + bind both services", provision_and_bind(), counts(2, 4))
         gh = count(await d.tools(), GITHUB)
-        current = (await d.kube("GET", EVENTS_CRD))["spec"]["mediations"]
+        current = (await d.kube("GET", "mediator"))["spec"]["mediations"]
         release = {**current[0], "name": "release", "selector": {"urlPattern": "release"}}
         await self.settle(
             "cluster: mediation 'release' added",
-            d.kube("PATCH", EVENTS_CRD, {"spec": {"mediations": [*current, release]}}),
+            d.kube("PATCH", "mediator", {"spec": {"mediations": [*current, release]}}),
             counts(3, gh),
         )
         kept = [m for m in current if m["name"] != "gitops"] + [release]
         await self.settle(
             "cluster: mediation 'gitops' removed",
-            d.kube("PATCH", EVENTS_CRD, {"spec": {"mediations": kept}}),
+            d.kube("PATCH", "mediator", {"spec": {"mediations": kept}}),
             counts(2, gh),
         )
         await self.settle(
             "cluster: status-only change (expect 0 writes)",
-            d.kube("PATCH", EVENTS_CRD, {"status": {"summary": [{"operation": "noop"}]}}),
+            d.kube("PATCH", "mediator", {"status": {"summary": [{"operation": "noop"}]}}),
             counts(2, gh),
         )
         await self.settle(

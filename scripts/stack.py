@@ -47,7 +47,6 @@ AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
 MGMT = "http://127.0.0.1:15672/api"
 API_KEY = "demo-otc-api-key"
 BROKER_ID = "kabanero-otc"
-EVENTS_CRD = "/apis/events.kabanero.io/v1alpha1/namespaces/kabanero/eventmediators/webhook"
 BROKERS: tuple[tuple[Literal["kabanero-broker", "kabanero-events-broker"], str], ...] = (
     ("kabanero-events-broker", "demo-events"),
     ("kabanero-broker", "demo-kabanero"),
