@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from emulators.otc.platform import BrokerName, OtcPlatform
+from scripts.driver import is_tool_write
 
 MEDIATORS = "/apis/events.kabanero.io/v1alpha1/eventmediators"
 KABANEROS = "/apis/kabanero.io/v1alpha2/kabaneros"
@@ -76,9 +77,8 @@ class Scenario:
         return list((await self._json("GET", f"{self.otc}/_emulator/calls"))["calls"])
 
     async def tool_writes(self) -> int:
-        return sum(
-            c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"] for c in await self.calls()
-        )
+        """OTC writes so far, as the stack driver counts them (``scripts.driver.is_tool_write``)."""
+        return sum(is_tool_write(c) for c in await self.calls())
 
     async def quiet(self) -> None:
         """Wait until the OTC emulator has seen no call for QUIET_S (retries and stragglers landed)."""

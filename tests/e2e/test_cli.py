@@ -29,7 +29,8 @@ import yaml
 
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.stack import API_KEY, BROKER_ID, BROKERS, SERVICES, Demo, Stack, write_run_file
+from scripts.driver import BROKERS, Driver
+from scripts.stack import BROKER_ID, SERVICES, Stack, write_run_file
 from services.otc_writer.desired import trigger_tool_name
 from shared.events import TriggerKey
 from shared.health import VERSION
@@ -60,46 +61,34 @@ class Env:
         return proc.returncode, json.loads(proc.stdout)
 
     async def otc(self, method: str, path: str, body: Any = None) -> Any:
+        """The Toolchain API as a user calls it."""
         async with aiohttp.ClientSession() as s:
-            async with s.post(
-                f"{self.stack.url('otc')}/identity/token",
-                data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": API_KEY},
-            ) as r:
-                token = (await r.json())["access_token"]
-            async with s.request(
-                method,
-                f"{self.stack.url('otc')}{path}",
-                json=body,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as r:
-                return await r.json() if r.content_type == "application/json" else None
+            return (await Driver(self.stack, s).otc_api(method, path, body))[1]
 
     async def control(self, method: str, path: str, body: Any = None) -> Any:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.request(method, f"{self.stack.url('otc')}{path}", json=body) as r,
-        ):
-            assert r.status < 400, await r.text()
-            return await r.json()
-
-    async def demo(self) -> Demo:
-        demo = Demo(self.stack, aiohttp.ClientSession())
-        demo.toolchain = self.toolchain
-        return demo
+        async with aiohttp.ClientSession() as s:
+            return await Driver(self.stack, s).request(method, f"{self.stack.url('otc')}{path}", body)
 
     async def tools(self) -> list[dict[str, Any]]:
-        demo = await self.demo()
-        try:
-            return await demo.tools()
-        finally:
-            await demo.http.close()
+        async with aiohttp.ClientSession() as s:
+            return await Driver(self.stack, s, toolchain=self.toolchain).tools()
+
+    async def set_mediations(self, change: Any) -> None:
+        """The seeded EventMediator's mediations become ``change(current mediations)``."""
+        async with aiohttp.ClientSession() as s:
+            d = Driver(self.stack, s)
+            current = (await d.kube("GET", "mediator"))["spec"]["mediations"]
+            await d.kube("PATCH", "mediator", {"spec": {"mediations": change(current)}})
 
     async def writes(self) -> int:
-        demo = await self.demo()
-        try:
-            return await demo.writes()
-        finally:
-            await demo.http.close()
+        """OTC writes so far (scripts.driver.is_tool_write)."""
+        async with aiohttp.ClientSession() as s:
+            return len((await Driver(self.stack, s).calls())[1])
+
+
+def _extra(current: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One more mediation like the first, named (and matching) ``name``."""
+    return {**current[0], "name": name, "selector": {"urlPattern": name}}
 
 
 async def _wait(check: Any, what: str, timeout: float = 60) -> None:
@@ -246,13 +235,7 @@ def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
     )
 
     async def add_mediation() -> None:
-        demo = await env.demo()
-        try:
-            current = await demo.mediations()
-            extra = {**current[0], "name": "cli-extra", "selector": {"urlPattern": "cli-extra"}}
-            await demo.kube_patch({"spec": {"mediations": [*current, extra]}})
-        finally:
-            await demo.http.close()
+        await env.set_mediations(lambda current: [*current, _extra(current, "cli-extra")])
 
     asyncio.run(add_mediation())
 
@@ -366,13 +349,11 @@ def test_a_tool_otc_refuses_shows_as_refused_with_otcs_message(env: Env) -> None
     asyncio.run(env.control("POST", "/_emulator/faults", {"rules": [rule]}))
 
     async def mediations(add: bool) -> None:
-        demo = await env.demo()
-        try:
-            current = [m for m in await demo.mediations() if m["name"] != "cli-refused"]
-            extra = {**current[0], "name": "cli-refused", "selector": {"urlPattern": "cli-refused"}}
-            await demo.kube_patch({"spec": {"mediations": [*current, extra] if add else current}})
-        finally:
-            await demo.http.close()
+        def change(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            kept = [m for m in current if m["name"] != "cli-refused"]
+            return [*kept, _extra(kept, "cli-refused")] if add else kept
+
+        await env.set_mediations(change)
 
     asyncio.run(mediations(True))
 
