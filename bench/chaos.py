@@ -8,9 +8,10 @@ through a TCP gate that can refuse connections (OTC down, not merely failing).
 Per round: inject one fault; while it lasts, keep changing the cluster (mediations, pipeline
 repositories) and calling the broker API (binding toolchains); end the fault; time until OTC equals
 the desired state; then wait for the queues to drain. The desired state is computed from the final
-Kubernetes objects and the bindings this harness made, by the user-visible rules (kabanero.md §6/§7,
-``scripts/expected.py``), never from the product's own records. The stack is driven, and OTC writes
-counted, by the stack driver (``scripts/driver.py``). One row per round goes to ``bench/chaos.json``:
+Kubernetes objects and the bindings this harness made, by the user-visible rules
+(docs/reference/kabanero.md §6/§7, ``scripts/expected.py``), never from the product's own records. The
+stack is driven, and OTC writes counted, by the stack driver (``scripts/driver.py``). One row per round
+goes to ``bench/chaos.json``:
 
     changes, expected/present tools, missing, duplicated, dead letters (with reasons; poison
     separately), OTC tool writes and writes per change, seconds to converge after the fault ended.

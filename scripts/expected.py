@@ -1,6 +1,6 @@
 """The desired OTC state of the seeded Kabanero namespace, computed from the cluster's objects by the
-user-visible rules (kabanero.md §6, §7), never by the product's own derivation: what the e2e fault
-tests and ``bench/chaos.py`` compare OTC's tools against. Also the mediations those harnesses write
+user-visible rules (docs/reference/kabanero.md §6, §7), never by the product's own derivation: what the
+e2e fault tests and ``bench/chaos.py`` compare OTC's tools against. Also the mediations those harnesses write
 (one EventConnections entry each, whose URL carries the mediation's revision)."""
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ class InstanceData(_Data):
 
 
 class TriggerKey(_Data):
-    """Stable identity of one event trigger (kabanero.md §6)."""
+    """Stable identity of one event trigger (docs/reference/kabanero.md §6)."""
 
     cluster: str
     namespace: str

@@ -1,4 +1,4 @@
-"""OTC's rules for tools that both tool producers must follow (otc-api.md §4.4).
+"""OTC's rules for tools that both tool producers must follow (docs/reference/otc-api.md §5).
 
 github-linker names GitHub tools and otc-writer names trigger tools; both hash a tool's content to
 detect changes. One definition keeps the names valid for OTC and the hashes comparable.

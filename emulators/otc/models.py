@@ -1,4 +1,4 @@
-"""Pydantic models: stored records, wire shapes of Toolchain API v2 (otc-api.md §4.4), request bodies.
+"""Pydantic models: stored records, Toolchain API v2 wire shapes (docs/reference/otc-api.md §5), bodies.
 
 Records are what the store keeps; wire models are what clients see. Rendering needs the public base
 URL (for ``href``), which is known per request, so hrefs are never stored.

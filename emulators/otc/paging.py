@@ -1,4 +1,4 @@
-"""Paging of collections with ``limit`` and an opaque ``start`` cursor (otc-api.md §4.5).
+"""Paging of collections with ``limit`` and an opaque ``start`` cursor (docs/reference/otc-api.md §6).
 
 The cursor encodes the creation sequence number of the last item before the page, so deleting items
 while a client pages never makes it skip or repeat one. ``first``/``last`` are always present (the

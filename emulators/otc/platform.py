@@ -1,4 +1,5 @@
-"""The "OTC platform" driver: calls a broker's API the way OTC does (docs/architecture.md §3, otc-api.md §2).
+"""The "OTC platform" driver: calls a broker's API the way OTC does (docs/architecture.md §3,
+docs/reference/otc-api.md §1).
 
 :class:`OtcPlatform` is usable on its own (``async with OtcPlatform(url, id, secret) as otc: ...``);
 ``platform_routes`` exposes it as ``POST /_emulator/platform/<action>`` so non-Python drivers (the

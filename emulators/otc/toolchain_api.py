@@ -1,4 +1,4 @@
-"""Toolchain API v2 under ``/toolchain/v2`` (otc-api.md §4.3-§4.7), with its middleware.
+"""Toolchain API v2 under ``/toolchain/v2`` (docs/reference/otc-api.md §4-§8), with its middleware.
 
 The middleware, for every ``/toolchain/v2`` call: injects faults (``faults.py``), checks the bearer
 token (401), turns :class:`ApiError` and aiohttp's 404/405 into IBM error bodies, tells the lies

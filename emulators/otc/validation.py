@@ -1,4 +1,4 @@
-"""OTC's validation rules (otc-api.md §4.4, §4.7): names, ids, and required parameters per tool type.
+"""OTC's validation rules (docs/reference/otc-api.md §5, §8): names, ids, required parameters per tool type.
 
 Every failure raises :class:`ApiError` 400 with a message in IBM's style, before anything is stored.
 """

@@ -43,7 +43,7 @@ _SHAPE_ERRORS = (Malformed, TypeError, KeyError, AttributeError, ValueError)
 
 
 class ClusterCache(ObjectCache):
-    """The Kabanero family's objects, and what they mean per namespace (kabanero.md §2-§7)."""
+    """The Kabanero family's objects, and what they mean per namespace (docs/reference/kabanero.md §2-§7)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The Kabanero family: instances and event triggers per namespace -> ``kabanero.*`` events.
 
-Derivation is :class:`~.cache.ClusterCache`'s (kabanero.md §2-§7); this module diffs it against the
-published state: the instance record (``kabanero.instance.changed|deleted``), one record per
+Derivation is :class:`~.cache.ClusterCache`'s (docs/reference/kabanero.md §2-§7); this module diffs it
+against the published state: the instance record (``kabanero.instance.changed|deleted``), one record per
 trigger (``kabanero.trigger.*``), and the per-instance ``kabanero.snapshot``.
 """
 

@@ -1,4 +1,4 @@
-"""List-then-watch of one custom resource type (kabanero.md §9), feeding the cluster cache.
+"""List-then-watch of one resource type (docs/reference/kubernetes-watch.md §1), feeding the cluster cache.
 
 - LIST gives the collection resourceVersion; WATCH resumes from the last RV seen (events and
   BOOKMARKs), with a new ``Watch`` per connect (an exception closes a ``Watch`` for good).

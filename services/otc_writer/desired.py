@@ -79,7 +79,7 @@ class TriggerToolStyle:
 
 
 def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle) -> dict[str, Any]:
-    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content.
+    """``customtool`` parameters (docs/reference/otc-api.md §8), derived from the trigger's content alone.
 
     URLs are cleaned again (no userinfo, query or fragment): the watcher strips them at the source,
     this keeps a trigger stored or published by an older watcher from carrying them into OTC."""

@@ -21,7 +21,7 @@ from shared.events import TektonCardData, TektonCardKey
 
 TEKTON_PURPOSE = "tekton"
 DESCRIPTION_MAX = 500
-"""OTC's bound on a description (otc-api.md §4, Toolchain ``description``), kept for cards too."""
+"""OTC's bound on a toolchain ``description`` (docs/reference/otc-api.md §5), kept for cards too."""
 CARD_TYPES = {"Pipeline": "Tekton Pipeline", "EventListener": "Tekton EventListener"}
 
 
@@ -85,7 +85,7 @@ def _bounded(head: str, listed: tuple[str, list[str]], tail: str) -> str:
 
 
 def card_parameters(card: TektonCardData, style: TektonCardStyle) -> dict[str, Any]:
-    """``customtool`` parameters (otc-api.md §4.7): the object named ``<cluster>/<namespace>/<name>``."""
+    """``customtool`` parameters (docs/reference/otc-api.md §8) of one object, ``<cluster>/<ns>/<name>``."""
     key = card.key
     extra = {
         "cluster": key.cluster,

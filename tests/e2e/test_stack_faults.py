@@ -4,9 +4,10 @@ The stack of ``scripts/stack.py`` (four services, the Kubernetes, OTC and Mongo 
 processes, the real RabbitMQ) runs a burst of cluster changes while OTC answers 30 % 5xx, 429 storms
 and commit-then-drop, otc-writer and kabanero-watcher are SIGKILLed and restarted, the Kubernetes
 history expires and watch streams drop. Once the faults stop, OTC's tools must equal the desired
-state, computed from the final Kubernetes objects by the user-visible rules (kabanero.md §6, §7;
-``scripts/expected.py``), not by the product's own derivation; no tool may be duplicated and nothing dead-lettered. Then an
-unchanged world (restarts of all four services, snapshots, a 410 re-list) must cost zero OTC writes.
+state, computed from the final Kubernetes objects by the user-visible rules
+(docs/reference/kabanero.md §6, §7; ``scripts/expected.py``), not by the product's own derivation; no tool
+may be duplicated and nothing dead-lettered. Then an unchanged world (restarts of all four services,
+snapshots, a 410 re-list) must cost zero OTC writes.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from tests.integration.test_broker_api import make_settings, raw_docs, running
 
 SEED = 20240601
 MAX_EXAMPLES = 20
-# OTC's contract (otc-api.md §2.7): with broker credentials, a message for an unknown instance is
+# OTC's contract (docs/reference/otc-api.md §2): with broker credentials, a message for an unknown instance is
 # a 400. Generated instance ids are never provisioned, so this one answer to valid data is expected.
 UNKNOWN_INSTANCE = "invalid request: unknown 'instance_id'"
 STATELESS_CHECKS = (

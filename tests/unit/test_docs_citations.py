@@ -1,28 +1,72 @@
-"""Every architecture citation in code and docs points at docs/architecture.md, at a section it has."""
+"""Every citation in code and docs points into the repository, at a section the cited document has."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 from tests.conftest import ROOT
 
-CITATION = re.compile(r"docs/architecture\.md §(\d+)")
+# "docs/x.md §3", "docs/reference/x.md §2-§7", "§6, §7", "§6/§7", "§1.5"; JSON escapes § as \u00a7.
+CITATION = re.compile(r"(docs/(?:reference/)?[\w-]+\.md)((?:(?:, | ?[-/] ?| )§\d+(?:\.\d+)*)+)")
+SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
+# Documents kept outside the repository (the team's shared notes), which no reader of the repository has.
+OUTSIDE = re.compile(
+    r"(?<![\w/.-])(?:shared/reference/|shared/design/|/work/shared|ARCHITECTURE(?:\.md| §)|"
+    r"(?:kabanero|otc-api|tekton|reliability-security-performance|style-anchors)\.md)"
+)
+THIS = "tests/unit/test_docs_citations.py"
 
 
 def _tracked() -> list[str]:
     out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [p for p in out.splitlines() if p.endswith((".py", ".md", ".yaml", ".yml", ".toml", "Dockerfile"))]
+    suffixes = (".py", ".md", ".yaml", ".yml", ".toml", ".json", "Dockerfile", ".cfg", ".ini", ".sh")
+    return [p for p in out.splitlines() if p.endswith(suffixes) and (ROOT / p).is_file()]
 
 
-def test_architecture_citations_point_into_the_repository() -> None:
-    sections = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs" / "architecture.md").read_text(), re.M))
-    assert sections == {str(n) for n in range(1, 10)}
-    stale, cited = [], set()
-    for path in _tracked():
-        text = (ROOT / path).read_text(errors="replace")
-        if path != "tests/unit/test_docs_citations.py" and "ARCHITECTURE §" in text:
-            stale.append(path)
-        cited |= {(path, n) for n in CITATION.findall(text)}
-    assert stale == [], "cite docs/architecture.md §N instead"
-    assert cited and {(p, n) for p, n in cited if n not in sections} == set()
+def _texts() -> dict[str, str]:
+    return {
+        p: (ROOT / p).read_text(errors="replace").replace("\\u00a7", "§") for p in _tracked() if p != THIS
+    }
+
+
+def sections(doc: Path) -> set[str]:
+    """The numbered headings of a document: "## 3. Messages" gives 3, "### 1.5 The Tekton install" 1.5."""
+    return set(re.findall(r"^#+ (\d+(?:\.\d+)*)\.? ", doc.read_text(), re.M))
+
+
+def test_architecture_has_its_nine_sections() -> None:
+    assert sections(ROOT / "docs" / "architecture.md") == {str(n) for n in range(1, 10)}
+
+
+def test_no_citation_of_a_document_outside_the_repository() -> None:
+    outside = {
+        (path, line.strip()[:100])
+        for path, text in _texts().items()
+        for line in text.splitlines()
+        if OUTSIDE.search(line)
+    }
+    assert outside == set(), "cite docs/reference/X.md §N or docs/architecture.md §N (in the repository)"
+
+
+def test_section_citations_point_at_sections_that_exist() -> None:
+    cited: set[tuple[str, str, str]] = set()
+    for path, text in _texts().items():
+        for doc, tail in CITATION.findall(text):
+            cited |= {(path, doc, n) for n in SECTION.findall(tail)}
+    docs = {doc for _, doc, _ in cited}
+    assert {"docs/architecture.md", "docs/reference/kabanero.md", "docs/reference/otc-api.md"} <= docs
+    missing = {doc for doc in docs if not (ROOT / doc).is_file()}
+    assert missing == set(), f"cited documents that do not exist: {missing}"
+    known = {doc: sections(ROOT / doc) for doc in docs}
+    assert {(p, d, n) for p, d, n in cited if n not in known[d]} == set()
+
+
+def test_the_outside_pattern_catches_what_it_must() -> None:
+    """The guard itself: bare names of the shared notes are caught, citations into docs/ are not."""
+    caught = ["(kabanero.md §9)", "otc-api.md §4.7", "ARCHITECTURE §10", "`shared/reference/otc-api.md`"]
+    fine = ["docs/reference/kabanero.md §6", "docs/reference/tekton.md", "docs/architecture.md §3"]
+    assert all(OUTSIDE.search(s) for s in caught)
+    assert not any(OUTSIDE.search(s) for s in fine)
+    assert SECTION.findall(CITATION.findall("(docs/reference/kabanero.md §2-§7)")[0][1]) == ["2", "7"]

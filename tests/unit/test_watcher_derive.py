@@ -1,4 +1,4 @@
-"""Derivation of repositories and triggers (kabanero.md §6, §7) and the cache's Desired state."""
+"""Derivation of repositories and triggers (docs/reference/kabanero.md §6, §7) and the cache's Desired."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def test_names_valid_deterministic_and_distinct() -> None:
 def test_customtool_parameters_pass_otc_validation() -> None:
     tool = desired_trigger_tool(_trigger(owner="my mediator"), "tc", TriggerToolStyle())
     assert tool.tool_type_id == "customtool"
-    # Required customtool parameters (otc-api.md §4.7); the integration tests post them to the emulator.
+    # Required customtool parameters (docs/reference/otc-api.md §8); integration tests post them to OTC.
     for key in ("type", "lifecyclePhase", "name", "dashboard_url"):
         assert tool.parameters[key]
     assert tool.parameters["lifecyclePhase"] in (

@@ -90,7 +90,7 @@ class OtcClientConfig:
 
 
 class Tool(BaseModel):
-    """A Toolchain API v2 tool (otc-api.md §4.4); only the fields we use are required."""
+    """A Toolchain API v2 tool (docs/reference/otc-api.md §5); only the fields we use are required."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -109,7 +109,7 @@ class _Cursor(BaseModel):
 
 
 class _ToolsPage(BaseModel):
-    """One page of ``GET /toolchains/{id}/tools`` (otc-api.md §4.5): ``tools`` is required."""
+    """One page of ``GET /toolchains/{id}/tools`` (docs/reference/otc-api.md §6): ``tools`` is required."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -112,7 +112,7 @@ class OtcNotFoundError(OtcError):
 
 
 def ibm_message(body: Any) -> tuple[str | None, str | None]:
-    """(message, code) from an IBM error body, parsed defensively (otc-api.md §4.6)."""
+    """(message, code) from an IBM error body, parsed defensively (docs/reference/otc-api.md §7)."""
     if not isinstance(body, dict):
         return None, None
     errors = body.get("errors")
