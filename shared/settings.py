@@ -19,23 +19,62 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
-    amqp_url: SecretStr = Field(default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"))
-    mongodb_url: SecretStr = Field(default=SecretStr("mongodb://127.0.0.1:27017/kabanero_otc"))
-    http_host: str = "0.0.0.0"
-    http_port: int = Field(default=8080, ge=0, le=65535)
-    log_format: Literal["json", "text", "auto"] = "auto"
-    log_level: str = "INFO"
-    # Bounded first connection: a service that cannot reach its dependencies at start fails loudly.
-    connect_timeout_s: float = Field(default=30.0, gt=0)
-    publish_timeout_s: float = Field(default=10.0, gt=0)
-    # A message waits unacked at most this long (an outage being held), then it is put back in its
-    # queue: below RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
-    consumer_hold_limit_s: float = Field(default=900.0, gt=0)
-    # The cyclic GC skips what has lived this long (shared/heap.py); 0 turns it off.
-    gc_freeze_interval_s: float = Field(default=10.0, ge=0)
-    gc_full_interval_s: float = Field(default=3600.0, ge=0)
-    # One deadline for the whole shutdown, below the pods' terminationGracePeriodSeconds (30 s, k8s/).
-    shutdown_timeout_s: float = Field(default=25.0, gt=0)
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ (secret: holds the password; `amqps://` for TLS)",
+    )
+    mongodb_url: SecretStr = Field(
+        default=SecretStr("mongodb://127.0.0.1:27017/kabanero_otc"),
+        description="MongoDB; the database is `kabanero_otc` (secret: holds the password)",
+    )
+    http_host: str = Field(default="0.0.0.0", description="address of the HTTP listener")
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="/healthz /readyz /metrics (broker-api: also the API); 0 = any free port. Each service "
+        "has its own default so that one host runs all four as processes; the image sets 8080 for all four",
+    )
+    log_format: Literal["json", "text", "auto"] = Field(
+        default="auto",
+        description="`json`, `text`, or `auto` (text on a TTY, else JSON); the image sets `json`",
+    )
+    log_level: str = Field(
+        default="INFO", description="level of the root logger (`DEBUG`, `INFO`, `WARNING`, ...)"
+    )
+    connect_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="bound on reaching RabbitMQ and MongoDB at start (then the service exits non-zero): "
+        "a service that cannot reach its dependencies fails loudly",
+    )
+    publish_timeout_s: float = Field(default=10.0, gt=0, description="bound on a publisher confirm")
+    consumer_hold_limit_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="longest a consumed message waits unacked (an outage being held); then it is put back "
+        "at the tail of its queue as a copy (no attempt spent). Keep it below RabbitMQ's "
+        '`consumer_timeout` (30 min by default), which closes the channel (docs/design.md, "Faults")',
+    )
+    gc_freeze_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="every so often what has survived is moved out of the cyclic GC's reach "
+        "(`gc.freeze()`, `shared/heap.py`), so full collections stay short on a large heap; 0 turns it off",
+    )
+    gc_full_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="one full collection over the frozen objects too (reclaims garbage in reference cycles "
+        "among them): one long pause per interval; 0 never",
+    )
+    shutdown_timeout_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="one deadline for the whole shutdown after SIGTERM, below the pods' "
+        "`terminationGracePeriodSeconds` (30-40 in k8s/); otc-writer's two consumers wait together for 40 % "
+        "of it for their running handlers, then what still runs goes back to the queue unacked",
+    )
 
 
 class SettingsError(Exception):

@@ -1,26 +1,6 @@
-"""broker-api settings (environment names are contracts, docs/architecture.md §2; extra ones in README).
+"""broker-api settings (environment names are contracts, docs/architecture.md §2).
 
-| env | default | meaning |
-|---|---|---|
-| ``BROKER_ID`` / ``BROKER_SECRET`` | required | HTTP Basic credentials OTC presents |
-| ``CREDENTIALS_KEY`` | required | Fernet key (urlsafe base64, 32 bytes) encrypting stored credentials |
-| ``HTTP_PORT`` | 8080 | API + /healthz /readyz /metrics /openapi.json (0 = any free port) |
-| ``ALLOWED_CLUSTERS`` | ``default`` | comma-separated cluster names accepted in ``parameters.cluster``; the
-  first one is the default |
-| ``DEFAULT_NAMESPACE`` | ``kabanero`` | ``parameters.namespace`` when omitted |
-| ``KABANERO_DASHBOARD_URL_PATTERN`` | see below | ``dashboard_url`` template; placeholders ``{cluster}``,
-  ``{namespace}``, ``{name}`` (Kabanero CR name, ``kabanero`` when unset), ``{instance_id}``, ``{service_id}`` |
-| ``BROKER_PUBLIC_URL`` | unset | the base URL browsers reach broker-api at (e.g. ``https://kotc.example.com``):
-  a Kabanero service with ``parameters.create`` then gets ``<it>/dashboard/<sid>/<token>`` as its
-  ``dashboard_url`` (the cluster side's outcome); unset, it gets the landing page pattern like the others |
-| ``TEKTON_DASHBOARD_URL_PATTERN`` | see below | a Tekton service's ``dashboard_url`` when ``BROKER_PUBLIC_URL``
-  is unset; placeholders ``{cluster}``, ``{instance_id}``, ``{service_id}`` |
-| ``BROKERS`` | all three | comma-separated brokers this deployment serves (``kabanero-broker``,
-  ``kabanero-events-broker``, ``tekton-broker``); the routes of the others answer 404 |
-| ``AUTO_EVENTS_SERVICE`` | ``manual`` | ``parameters.events`` of a Kabanero service that omits it:
-  ``auto`` (binding adds a Kabanero Events tool to the toolchain) or ``manual`` |
-| ``OUTBOX_DRAIN_INTERVAL_S`` | 5 | how often unpublished events are retried |
-| ``BUILD_VERSION`` | package version | reported by ``GET /version`` |
+Each field's description is its row in docs/deployment.md §2.2 (``python -m scripts.settings_doc``).
 """
 
 from __future__ import annotations
@@ -64,35 +44,95 @@ def _check_pattern(v: str, placeholders: dict[str, str]) -> str:
 class Settings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
-    broker_id: str = Field(min_length=1)
-    broker_secret: SecretStr
-    credentials_key: SecretStr
-    allowed_clusters: str = "default"
-    default_namespace: str = "kabanero"
-    kabanero_dashboard_url_pattern: str = DEFAULT_DASHBOARD_PATTERN
-    tekton_dashboard_url_pattern: str = DEFAULT_TEKTON_DASHBOARD_PATTERN
-    broker_public_url: str | None = None
-    brokers: str = ",".join(BROKERS)
-    auto_events_service: Literal["auto", "manual"] = "manual"
-    outbox_drain_interval_s: float = Field(default=5.0, gt=0)
-    build_version: str = "0.1.0"
-    max_body_bytes: int = Field(default=64 * 1024, gt=0)
-    max_connections: int = Field(default=512, ge=1, description="open HTTP connections, in total")
+    broker_id: str = Field(min_length=1, description="HTTP Basic user name OTC presents (secret)")
+    broker_secret: SecretStr = Field(description="HTTP Basic password OTC presents (secret)")
+    credentials_key: SecretStr = Field(
+        description="Fernet key (urlsafe base64 of 32 bytes) encrypting stored OTC credentials (secret)"
+    )
+    allowed_clusters: str = Field(
+        default="default",
+        description="comma-separated cluster names accepted in `parameters.cluster`; the first is the "
+        "default. Must contain the watcher's `CLUSTER_NAME`",
+    )
+    default_namespace: str = Field(default="kabanero", description="`parameters.namespace` when omitted")
+    kabanero_dashboard_url_pattern: str = Field(
+        default=DEFAULT_DASHBOARD_PATTERN,
+        description="`dashboard_url` template; placeholders `{cluster}`, `{namespace}`, `{name}` (the "
+        "Kabanero CR's name, `kabanero` when unset), `{instance_id}`, `{service_id}`",
+    )
+    tekton_dashboard_url_pattern: str = Field(
+        default=DEFAULT_TEKTON_DASHBOARD_PATTERN,
+        description="a Tekton service's `dashboard_url` when `BROKER_PUBLIC_URL` is unset (the Tekton "
+        "Dashboard's Route as Kabanero installed it: `tekton-dashboard` in `tekton-pipelines`); placeholders "
+        "`{cluster}`, `{instance_id}`, `{service_id}`",
+    )
+    broker_public_url: str | None = Field(
+        default=None,
+        description="base URL at which browsers reach broker-api (e.g. `https://kotc.example.com`); set, a "
+        "Kabanero service with `parameters.create` gets `<it>/dashboard/<sid>/<token>` as its "
+        "`dashboard_url`: the cluster side's outcome, no credentials needed (docs/design.md, \"The "
+        "service's dashboard\"), and every Tekton service `<it>/dashboard/tekton/<sid>/<token>`: the "
+        'installation the watcher found (docs/design.md, "The Tekton broker"); unset, the kind\'s landing '
+        "pattern. Expose `/dashboard/` of broker-api to the users' browsers (the broker routes need not be)",
+    )
+    brokers: str = Field(
+        default=",".join(BROKERS),
+        description="the brokers this deployment serves (comma-separated); the routes of the others answer "
+        "404 (§1.3). An unknown name stops the service at start",
+    )
+    auto_events_service: Literal["auto", "manual"] = Field(
+        default="manual",
+        description="`parameters.events` of a Kabanero service that omits it: `auto` adds a Kabanero Events "
+        'tool to each toolchain the service is bound to (docs/design.md, "An auto-created Kabanero '
+        'Events service")',
+    )
+    outbox_drain_interval_s: float = Field(
+        default=5.0, gt=0, description="retry interval of events not yet published"
+    )
+    build_version: str = Field(default="0.1.0", description="reported by `GET /version`")
+    max_body_bytes: int = Field(default=64 * 1024, gt=0, description="larger request bodies get 413")
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="open HTTP connections in total. At the cap a new connection displaces one still "
+        'waiting for its request head (docs/design.md, "broker-api below the routes"); when every one is '
+        "busy it is admitted over the cap: probes and `/status` served, anything else 503 with `Retry-After`",
+    )
     max_connections_per_client: int = Field(
-        default=256, ge=1, description="per client address (OTC behind its NAT is one; docs/design.md)"
+        default=256,
+        ge=1,
+        description="open HTTP connections per client address; past it the client's further requests get "
+        "429 with `Retry-After` (probes and `/status` still served). Everything OTC sends comes from one "
+        "address (its NAT, or the ingress in front of broker-api): keep it at least OTC's concurrency and "
+        "below `MAX_CONNECTIONS`",
     )
     overflow_connections: int = Field(
-        default=256, ge=1, description="over a cap, while every connection under it is busy: probes only"
+        default=256,
+        ge=1,
+        description="connections admitted over a cap at once (each answered and closed at once); only past "
+        "these, with every one busy, is a connection reset. Descriptors: at most `MAX_CONNECTIONS` + "
+        "`OVERFLOW_CONNECTIONS` for HTTP",
     )
     header_timeout_s: float = Field(
-        default=15.0, gt=0, description="to deliver a request head after connecting or the last answer"
+        default=15.0,
+        gt=0,
+        description="a connection must deliver a complete request head within this after connecting or "
+        "after its previous answer, else it is closed",
     )
-    body_timeout_s: float = Field(default=15.0, gt=0, description="to deliver a request body")
+    body_timeout_s: float = Field(
+        default=15.0, gt=0, description="a request body not received within this gets 408"
+    )
     store_timeout_s: float = Field(
-        default=5.0, gt=0, description="bound of one request's MongoDB work; /status's checks get 1 s"
+        default=5.0,
+        gt=0,
+        description="bound of one request's MongoDB work (server selection included): a down or hung "
+        "MongoDB answers 503 within it; `/status`'s checks get 1 s",
     )
     auth_failures_per_minute: int = Field(
-        default=20, ge=1, description="failed authentications per client before 429"
+        default=20,
+        ge=1,
+        description="failed authentications per client address and minute before further failures get 429 "
+        "with `Retry-After` (the right credentials always pass)",
     )
 
     @field_validator("broker_secret")

@@ -13,15 +13,20 @@ class Settings(CommonSettings):
     # Each service its own default port, so all four run side by side on one host (the images set 8080).
     http_port: int = Field(default=8083, ge=0, le=65535)
 
-    # OTC's git_id for public GitHub.
-    github_git_id: str = "github"
-    # Hosts served by public GitHub (JSON list in the environment).
-    github_hosts: tuple[str, ...] = ("github.com", "www.github.com")
-    # GitHub Enterprise: host -> the git_id (Enterprise GUID) OTC knows it by (JSON object).
-    ghe_hosts: dict[str, str] = Field(default_factory=dict)
-    # Which repositories of an instance get a tool: one whose kinds (a repository can have several)
-    # meet this set. docs/architecture.md §1 names trigger and pipeline repos; stack hubs hold the stacks and,
-    # before 0.9, their pipelines, so they are linked by default too; "gitops" is the GitOps pipelines
-    # and the gitops-map repository. Leave a kind out to stop linking it ("unknown" never links).
-    github_repo_kinds: tuple[str, ...] = ("stack-hub", "pipeline", "gitops", "trigger")
-    prefetch: int = Field(default=16, ge=1)
+    github_git_id: str = Field(default="github", description="OTC's `git_id` for public GitHub")
+    github_hosts: tuple[str, ...] = Field(
+        default=("github.com", "www.github.com"), description="JSON list of hosts served by public GitHub"
+    )
+    ghe_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: GitHub Enterprise host -> the `git_id` (Enterprise GUID) OTC knows it by",
+    )
+    # docs/architecture.md §1 names trigger and pipeline repos; stack hubs hold the stacks and, before
+    # 0.9, their pipelines, so they are linked by default too.
+    github_repo_kinds: tuple[str, ...] = Field(
+        default=("stack-hub", "pipeline", "gitops", "trigger"),
+        description="JSON list: a repository of an instance gets a GitHub tool when one of its kinds (it can "
+        "have several) is listed; `gitops` is the GitOps pipelines and the gitops-map repository. Leave a "
+        "kind out to stop linking it (`unknown` never links)",
+    )
+    prefetch: int = Field(default=16, ge=1, description="AMQP prefetch")
