@@ -93,7 +93,7 @@ class RoutingKeys:
     TRIGGER_UPDATED = "kabanero.trigger.updated"
     TRIGGER_DELETED = "kabanero.trigger.deleted"
     SNAPSHOT = "kabanero.snapshot"
-    # The Tekton family (docs/architecture.md, "The Tekton broker").
+    # The Tekton family (docs/architecture.md §4; docs/design.md, "The Tekton broker").
     TEKTON_INSTALLATION = "tekton.installation.changed"
     CARD_CREATED = "tekton.card.created"
     CARD_UPDATED = "tekton.card.updated"

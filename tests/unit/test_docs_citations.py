@@ -70,3 +70,31 @@ def test_the_outside_pattern_catches_what_it_must() -> None:
     assert all(OUTSIDE.search(s) for s in caught)
     assert not any(OUTSIDE.search(s) for s in fine)
     assert SECTION.findall(CITATION.findall("(docs/reference/kabanero.md §2-§7)")[0][1]) == ["2", "7"]
+
+
+# 'docs/design.md, "Faults"', 'docs/design.md "Messaging"', 'docs/design.md, *Tekton cards*'.
+NAMED = re.compile(r"(docs/(?:reference/)?[\w-]+\.md),? (?:\"([^\"\n]{3,80})\"|\*([^*\n]{3,80})\*)")
+
+
+def titles(doc: Path) -> list[str]:
+    """What a named citation may point at: headings, and the bold leads of paragraphs and items."""
+    text = doc.read_text()
+    heads = re.findall(r"^#+ (.+)$", text, re.M)
+    leads = re.findall(r"\*\*([^*\n]+)\*\*", text)
+    return [t.lower() for t in heads + leads]
+
+
+def test_named_citations_point_at_a_heading_or_lead_that_exists() -> None:
+    cited = {
+        (path, doc, (quoted or starred).strip().rstrip(".:"))
+        for path, text in _texts().items()
+        for doc, quoted, starred in NAMED.findall(text)
+    }
+    assert {d for _, d, _ in cited} >= {"docs/design.md", "docs/operations.md"}
+    known = {doc: titles(ROOT / doc) for doc in {d for _, d, _ in cited} if (ROOT / doc).is_file()}
+    dangling = {
+        (path, doc, name)
+        for path, doc, name in cited
+        if not any(name.lower() in title for title in known.get(doc, []))
+    }
+    assert dangling == set(), "name a heading (or a bold lead) the cited document has"
