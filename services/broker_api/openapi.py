@@ -45,30 +45,32 @@ _ERRORS = {
 _AUTH_ERRORS = (408, 429)
 
 
+def _page_op(path: str, summary: str, view: type[BaseModel]) -> Op:
+    """A service's own page: no credentials (the URL's token is the capability), HTML or JSON."""
+    return Op(
+        "get",
+        path,
+        f"{summary}; HTML, or JSON with Accept: application/json. No credentials: the URL's token "
+        "is the capability",
+        200,
+        response=view,
+        auth=False,
+        errors=(404,),
+        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    )
+
+
 # The services' own pages, each served with the broker whose services have one.
 PAGE_OPS: dict[str, Op] = {
-    "kabanero-broker": Op(
-        "get",
+    "kabanero-broker": _page_op(
         DASHBOARD_ROUTE,
-        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome; HTML, or JSON "
-        "with Accept: application/json. No credentials: the URL's token is the capability",
-        200,
-        response=DashboardView,
-        auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome",
+        DashboardView,
     ),
-    "tekton-broker": Op(
-        "get",
+    "tekton-broker": _page_op(
         TEKTON_ROUTE,
-        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster "
-        "found; HTML, or JSON with Accept: application/json. No credentials: the URL's token is the "
-        "capability",
-        200,
-        response=TektonDashboardView,
-        auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster found",
+        TektonDashboardView,
     ),
 }
 ROOT_OPS = (
