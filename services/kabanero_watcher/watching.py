@@ -25,10 +25,16 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
+from services.kabanero_watcher.kube import (
+    ApiClient,
+    ApiException,
+    ApisApi,
+    CoreV1Api,
+    CustomObjectsApi,
+    Watch,
+)
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
 
@@ -73,7 +79,7 @@ class ResourceWatcher:
     def __init__(
         self,
         *,
-        api: client.CustomObjectsApi,
+        api: CustomObjectsApi,
         resource: ResourceSpec,
         namespace: str | None,
         cache: ObjectCache,
@@ -84,7 +90,7 @@ class ResourceWatcher:
     ) -> None:
         self.api = api
         # The ApiClient the CustomObjectsApi wraps (undeclared in its stubs): core types use it too.
-        self._api_client: client.ApiClient | None = getattr(api, "api_client", None)
+        self._api_client: ApiClient | None = getattr(api, "api_client", None)
         self.resource = resource
         self.namespace = namespace
         self.cache = cache
@@ -126,7 +132,7 @@ class ResourceWatcher:
             kwargs["label_selector"] = r.label_selector
         if not group:
             assert self._api_client is not None, "core types need a CustomObjectsApi with its ApiClient"
-            core = client.CoreV1Api(self._api_client)
+            core = CoreV1Api(self._api_client)
             if self.namespace is None:
                 return core.list_config_map_for_all_namespaces, (), kwargs
             return core.list_namespaced_config_map, (self.namespace,), kwargs
@@ -140,7 +146,7 @@ class ResourceWatcher:
         None served is a 404, as for a missing CRD (Tekton not installed yet)."""
         if not self.resource.alternatives or self._api_client is None:
             return
-        typed = await client.ApisApi(self._api_client).get_api_versions(
+        typed = await ApisApi(self._api_client).get_api_versions(
             _request_timeout=self.settings.kube_request_timeout_s
         )
         body = self._api_client.sanitize_for_serialization(typed)
@@ -193,7 +199,7 @@ class ResourceWatcher:
         inactivity = self.settings.inactivity_timeout_s
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(inactivity) as deadline:
-            async with watch.Watch().stream(
+            async with Watch().stream(
                 fn,
                 *args,
                 **kwargs,
