@@ -37,6 +37,7 @@ from services.kabanero_watcher.kube import (
 )
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +56,6 @@ class WatchMetrics:
         self.reconnects = Counter(
             "kotc_watcher_reconnects_total", "watch reconnects", ["resource", "reason"], registry=registry
         )
-
-
-class _Backoff:
-    """Exponential reconnect delay: doubles after each wait up to ``cap``, back to ``base`` on success."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self.delay = base
-
-    def reset(self) -> None:
-        self.delay = self.base
-
-    async def sleep(self, *, at_most: float | None = None) -> None:
-        await asyncio.sleep(self.delay if at_most is None else min(self.delay, at_most))
-        self.delay = min(self.delay * 2, self.cap)
 
 
 class ResourceWatcher:
@@ -107,7 +92,7 @@ class ResourceWatcher:
         # A 404 was seen after a successful list; one more (after a re-probe interval) confirms it.
         self.absence_suspected = False
         self.name = resource.name + (f"@{namespace}" if namespace else "")
-        self._backoff = _Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
+        self._backoff = Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
         self._reason = "initial"  # why the next connection lists again ("resume": it does not)
         # The (group, version) the cluster serves this kind in (resolved by discovery on each list).
         self.served: tuple[str, str] = (resource.group, resource.version)
