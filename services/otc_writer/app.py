@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ from services.otc_writer.projection import Projection
 from services.otc_writer.reconcile import (
     Metrics,
     Reconciler,
+    decode_command,
+    decode_event,
     key_of_command,
     key_of_event,
     revision_of_event,
@@ -32,8 +34,7 @@ from services.otc_writer.reconcile import (
 from services.otc_writer.settings import Settings
 from services.otc_writer.tekton_cards import TektonCardStyle
 from shared.amqp import Consumer, Topology
-from shared.amqp.consumer import Handler
-from shared.events import CloudEvent
+from shared.amqp.consuming.decode import Decoder
 from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service, step
@@ -89,7 +90,7 @@ class OtcWriter(Runtime):
         self.auditor = auditor
         self.http = http
         self.iam = iam
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Consumer[Any]] = []
         self.handled: dict[str, int] = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
         """Messages handled successfully per queue (acked right after): tests wait on it."""
 
@@ -101,9 +102,11 @@ class OtcWriter(Runtime):
         """One audit pass now (the periodic task runs the same, every ``OTC_AUDIT_INTERVAL_S``)."""
         return await self.auditor.audit_once()
 
-    def counted(self, queue: str, handler: Handler) -> Handler:
-        async def run(event: CloudEvent) -> None:
-            await handler(event)
+    def counted[M](
+        self, queue: str, handler: Callable[[M], Awaitable[None]]
+    ) -> Callable[[M], Awaitable[None]]:
+        async def run(message: M) -> None:
+            await handler(message)
             self.handled[queue] += 1
 
         return run
@@ -183,12 +186,15 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.add("otc-http-session", lambda: session)
     infra.attach(runtime)
     runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
-    consume: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
-    for queue, handler, key_of, revision_of in (
-        (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event, revision_of_event),
-        (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command, None),
-    ):
-        consumer = Consumer(
+
+    def consumer[M](
+        queue: str,
+        handler: Callable[[M], Awaitable[None]],
+        decode: Decoder[M],
+        key_of: Callable[[M], str],
+        revision_of: Callable[[M], tuple[str, int] | None] | None = None,
+    ) -> Consumer[M]:
+        return Consumer(
             infra.amqp,
             infra.publisher,
             queue,
@@ -203,10 +209,18 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             concurrency=settings.handler_concurrency,
             hold_limit_s=settings.consumer_hold_limit_s,
             drain_timeout=DRAIN_SHARE * settings.shutdown_timeout_s,
+            decode=decode,
         )
-        runtime.consumers.append(consumer)
-        health.add_readiness(f"queue:{queue}", consumer.readiness)
-        consume[f"consume:{queue}"] = consumer.run
+
+    events = consumer(
+        EVENTS_QUEUE, runtime.reconciler.handle_event, decode_event, key_of_event, revision_of_event
+    )
+    commands = consumer(COMMANDS_QUEUE, runtime.reconciler.handle_command, decode_command, key_of_command)
+    consume: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+    for each in (events, commands):
+        runtime.consumers.append(each)
+        health.add_readiness(f"queue:{each.queue_name}", each.readiness)
+        consume[f"consume:{each.queue_name}"] = each.run
     # Stopped together: the two drains overlap (one after the other they took 2 x 10 s).
     runtime.add_tasks(consume)
     if settings.otc_audit_interval_s > 0:
