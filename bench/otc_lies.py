@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,25 +36,15 @@ from typing import Any
 import aiohttp
 
 from bench.common import ROOT, BenchInfra, bench_infra
+from bench.stack_scale import rss_mb
+from scripts.stack import free_port
 from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
 from shared.events import CloudEvent, RoutingKeys, ToolCommand
 from tests.integration.writer_support import service_event, trigger, trigger_event
 
 KEY = "bench-lies-key"
+
 LISTING = r"/toolchain/v2/toolchains/[^/]+/tools"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def apply(key: str, toolchain_id: str) -> CloudEvent:
@@ -201,9 +190,9 @@ async def sample_rss(w: World, seconds: float) -> tuple[float, float]:
     assert w.writer is not None
     peak, ended = 0.0, time.monotonic() + seconds
     while time.monotonic() < ended:
-        peak = max(peak, rss_mib(w.writer.pid))
+        peak = max(peak, rss_mb(w.writer.pid))
         await asyncio.sleep(0.1)
-    return peak, rss_mib(w.writer.pid)
+    return peak, rss_mb(w.writer.pid)
 
 
 async def truncate(w: World, seconds: float) -> dict[str, Any]:
@@ -221,7 +210,7 @@ async def endless(w: World, seconds: float) -> dict[str, Any]:
     w.start_writer(OTC_AUDIT_INTERVAL_S="2")
     await w.six_tools()
     assert w.writer is not None
-    before = rss_mib(w.writer.pid)
+    before = rss_mb(w.writer.pid)
     mark = await w.call_count()
     await w.control("POST", "faults", {"lies": [{"path": LISTING, "lie": "self_next"}]})
     peak, _ = await sample_rss(w, seconds)
@@ -233,7 +222,7 @@ async def huge(w: World, seconds: float) -> dict[str, Any]:
     w.start_writer(OTC_AUDIT_INTERVAL_S="3")
     await w.six_tools()
     assert w.writer is not None
-    before = rss_mib(w.writer.pid)
+    before = rss_mb(w.writer.pid)
     await w.control("POST", "faults", {"lies": [{"path": LISTING, "lie": "huge"}]})
     peak, last = await sample_rss(w, seconds)
     return {"rss_mib_before": round(before), "rss_mib_peak": round(peak), "rss_mib_after": round(last)}

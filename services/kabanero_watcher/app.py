@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kubernetes_asyncio import client
 from prometheus_client import Gauge
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
 from services.kabanero_watcher.families import make_families
 from services.kabanero_watcher.identity import ClusterIdentity
-from services.kabanero_watcher.kube import KubeClient
+from services.kabanero_watcher.kube import ApiClient, KubeClient
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.owned_instances import (
     Message,
@@ -46,7 +45,7 @@ NAME = "kabanero-watcher"
 class Deps:
     """Optional overrides for tests and benchmarks."""
 
-    api_client: client.ApiClient | None = None
+    api_client: ApiClient | None = None
     publish: PublishFn | None = None
 
 

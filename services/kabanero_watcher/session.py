@@ -15,11 +15,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from kubernetes_asyncio import client
 from pymongo.errors import PyMongoError
 
 from services.kabanero_watcher.emitting import Emitter
 from services.kabanero_watcher.family import Family
+from services.kabanero_watcher.kube import CustomObjectsApi
 from services.kabanero_watcher.refusals import StorageRefused
 from services.kabanero_watcher.resources import ResourceSpec
 from services.kabanero_watcher.settings import Settings
@@ -37,7 +37,7 @@ class Session:
         self,
         *,
         settings: Settings,
-        api: client.CustomObjectsApi,
+        api: CustomObjectsApi,
         emitter: Emitter,
         families: Sequence[Family],
         metrics: WatchMetrics | None = None,

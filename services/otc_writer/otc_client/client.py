@@ -51,10 +51,10 @@ from services.otc_writer.otc_client.resilience import (
     NotBeforeGate,
     Sleep,
     TokenBucket,
-    full_jitter,
     parse_retry_after,
     read_bounded,
 )
+from shared.backoff import full_jitter
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ Each piece takes an injectable monotonic clock so unit tests run without real wa
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
@@ -126,11 +125,6 @@ class CircuitBreaker:
         if self._opened_at is None:
             return 0.0
         return max(0.0, self.reset_s - (self._clock() - self._opened_at))
-
-
-def full_jitter(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """AWS 'full jitter': uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
-    return rng.uniform(0.0, min(cap, base * (2**attempt)))
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
