@@ -98,3 +98,29 @@ def test_named_citations_point_at_a_heading_or_lead_that_exists() -> None:
         if not any(name.lower() in title for title in known.get(doc, []))
     }
     assert dangling == set(), "name a heading (or a bold lead) the cited document has"
+
+
+def test_the_life_of_a_change_names_code_that_exists() -> None:
+    """docs/life-of-a-change.md walks the code by file and function: each must still be there."""
+    text = (ROOT / "docs" / "life-of-a-change.md").read_text()
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    paths = {s for s in spans if re.fullmatch(r"(?:services|shared)/[\w/]+\.py", s)}
+    assert paths and {p for p in paths if not (ROOT / p).is_file()} == set()
+    code = "\n".join(
+        (ROOT / p).read_text()
+        for p in _tracked()
+        if p.startswith(("services/", "shared/")) and p.endswith(".py")
+    )
+    # Functions, classes and attributes, and the collections, parameters and modules named with them.
+    defined = set(re.findall(r"\w+", code)) | {Path(p).stem for p in _tracked() if p.endswith(".py")}
+    named = {
+        part
+        for span in spans
+        if re.fullmatch(r"[A-Za-z_][\w.]*(?:\(\))?", span)
+        for part in span.rstrip("()").split(".")
+        if len(part) > 3 and not part.isupper() and ("_" in part.strip("_") or part[0].isupper())
+    }
+    assert len(named) > 30 and named - defined == set()
+    settings = {s for s in spans if re.fullmatch(r"[A-Z][A-Z0-9_]+_[A-Z0-9_]+", s)}
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    assert {s for s in settings if f"| `{s}` |" not in deployment} == set()
