@@ -324,9 +324,9 @@ class BrokerApi:
         return handle
 
     async def accept_message(self, request: web.Request) -> web.Response:
-        """Lifecycle messages (otc-api §2.7). Auth: the broker credentials, or the Basic value
-        equal to the ``toolchain_credentials`` stored for that instance and toolchain (TIAM
-        introspection is not available here)."""
+        """Lifecycle messages (docs/reference/otc-api.md §2). Auth: the broker credentials, or the
+        Basic value equal to the ``toolchain_credentials`` stored for that instance and toolchain
+        (TIAM introspection is not available here)."""
         kind = request.config_dict[KIND]
         as_broker = request[AS_BROKER]
         header = request.headers.get("Authorization")

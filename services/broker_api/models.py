@@ -152,7 +152,7 @@ class BindRequest(_Request):
 
 
 class MessageRequest(_Request):
-    """Body of ``POST /messaging/accept`` (an OTC lifecycle message, otc-api §2.7)."""
+    """Body of ``POST /messaging/accept`` (an OTC lifecycle message, docs/reference/otc-api.md §2)."""
 
     service_id: str = Field(min_length=1, max_length=255)
     instance_id: str = Field(pattern=ID_PATTERN)

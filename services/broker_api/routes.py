@@ -153,7 +153,8 @@ MESSAGING = Op(
     auth=True,
     notes={
         400: "missing or malformed field, or an 'instance_id' this broker does not know "
-        "(OTC contract, otc-api §2.7: 400 also for valid data naming an unknown instance)",
+        "(OTC's contract, docs/reference/otc-api.md §2: 400 also for valid data naming an unknown "
+        "instance)",
         401: "neither the broker credentials nor the toolchain credentials stored for "
         "'instance_id' and 'toolchain_id'",
     },
