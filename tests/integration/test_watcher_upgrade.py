@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.state import PublishedState, Record, UnknownLayout
 from shared.events import InstanceData, InstanceRef, Repository, TriggerData, TriggerKey, content_hash
-from tests.helpers import EventTap
+from tests.helpers import EventTap, wait_until
 from tests.integration.test_watcher_events import (
     changes,
     connections,
@@ -173,9 +173,13 @@ async def test_upgrade_publishes_each_correction_once_then_nothing(
     assert sorted(d["_id"] for d in docs) == ["test|elsewhere|0/1", "test|kabanero|0/1"]
 
 
-async def test_a_document_of_another_layout_is_refused_by_name(mongodb_url: str) -> None:
+async def test_a_document_of_another_layout_stops_the_watcher_by_name(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
     """The product reads one ``watch_published`` layout: a document of another (a later release's,
-    or one written by hand) stops the load with its ``_id`` and layout, and is left as it is."""
+    or one written by hand) ends the leader's term and the process, naming its ``_id`` and layout,
+    and is left as it is; nothing is published over it."""
+    _cluster(kube)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     try:
         coll = client.get_default_database()["watch_published"]
@@ -191,6 +195,14 @@ async def test_a_document_of_another_layout_is_refused_by_name(mongodb_url: str)
             UnknownLayout, match=r"'test\|kabanero' has layout 2; this version reads layout 3"
         ):
             await PublishedState(client.get_default_database(), "test").load()
+        async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+            runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+            try:
+                await wait_until(runtime.supervisor.failed.is_set, timeout=20, what="the watcher failed")
+            finally:
+                await runtime.stop()
+            assert "has layout 2; this version reads layout 3" in (runtime.supervisor.failure or "")
+            assert tap.events == []
         assert await coll.find().to_list() == [foreign]
     finally:
         await client.close()
