@@ -397,7 +397,7 @@ def derive_legacy_trigger(
                 content_hash=content_hash(content),
                 version=_str(entry.get("sha256"), f"spec.triggers[{i}].sha256"),
                 url=without_credentials(url),
-                repositories=[repo] if repo and repo.kind != "unknown" else [],
+                repositories=[repo] if repo and repo.kinds != ["unknown"] else [],
                 destinations=[],
                 revision=0,
             )
