@@ -213,7 +213,13 @@ async def _lead(
     while True:
         while not elector.is_leader():
             await _wait_event(elector.changed, settings.lease_renew_s)
-        emitter = Emitter(runtime.state, publish, is_leader=elector.is_leader, metrics=emit_metrics)
+        emitter = Emitter(
+            runtime.state,
+            publish,
+            is_leader=elector.is_leader,
+            metrics=emit_metrics,
+            batch=settings.publish_batch,
+        )
         session = Session(
             settings=settings,
             api=runtime.kube.custom,

@@ -1,17 +1,25 @@
 """The watcher's view of the cluster: raw objects per resource type, and what it means per namespace.
 
 Watch loops feed it (``replace`` after a list, ``apply`` per event); the reconciler asks it for the
-:class:`~services.kabanero_watcher.derive.Desired` state of one namespace. Derivation happens here,
-synchronously, so one reconcile pass sees one consistent cluster state.
+:class:`~services.kabanero_watcher.derive.Desired` state of one namespace. Derivation is a generator
+of steps (:mod:`pacing`): the reconciler gives the event loop back between slices of it. It reads
+the namespace's objects once, at its start (objects are replaced by watch events, never changed in
+place), so one derivation sees one consistent cluster state even while it is suspended.
+
+Only what changed is derived again: a mediation whose content equals last time's reuses its trigger,
+and an EventConnections object that is the same object as last time reuses its checked, hashed
+items (issue 19: every mediation scanned every connection item, 14.6 s at 12,000 mediations).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from typing import Any, Literal
 
 from services.kabanero_watcher.derive import (
     GITOPS_MAP,
+    ConnectionIndex,
     Desired,
     DesiredTrigger,
     LegacyTriggerFields,
@@ -20,10 +28,12 @@ from services.kabanero_watcher.derive import (
     check_connections,
     derive_instance,
     derive_legacy_trigger,
-    derive_mediation_triggers,
     events_enabled,
+    mediation_triggers,
 )
+from services.kabanero_watcher.pacing import Pacer, run_steps
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
+from shared.events import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,11 @@ GITOPS_MAPS = ResourceSpec(
 RESOURCES = (KABANEROS, STACKS, MEDIATORS, CONNECTIONS, GITOPS_MAPS)
 
 _SHAPE_ERRORS = (Malformed, TypeError, KeyError, AttributeError, ValueError)
+
+Steps = Generator[None]
+"""A derivation in steps: each ``yield`` is a point where the event loop may run."""
+CheckedConnections = list[tuple[str, dict[str, Any]]] | Exception
+"""An EventConnections object's (content hash, item) pairs, or why it is malformed."""
 
 
 class ClusterCache(ObjectCache):
@@ -58,6 +73,8 @@ class ClusterCache(ObjectCache):
         super().__init__(RESOURCES)
         self._derived: dict[str, dict[str, dict[str, DesiredTrigger]]] = {}
         """namespace -> mediator name -> mediation name -> trigger derived last time."""
+        self._checked: dict[str, dict[str, tuple[dict[str, Any], CheckedConnections]]] = {}
+        """namespace -> EventConnections name -> (the object, what checking it gave) last time."""
 
     def _in(self, resource: ResourceSpec, namespace: str) -> list[dict[str, Any]]:
         return self.in_namespace(resource, namespace)
@@ -79,11 +96,18 @@ class ClusterCache(ObjectCache):
 
     def desired(self, namespace: str) -> Desired:
         """Derive the instance and triggers of one namespace; malformed objects freeze what they own."""
+        return run_steps(self.derive_steps(namespace))
+
+    async def derive(self, namespace: str, pacer: Pacer) -> Desired:
+        """:meth:`desired`, giving the event loop back between slices of the work."""
+        return await pacer.drive(self.derive_steps(namespace))
+
+    def derive_steps(self, namespace: str) -> Generator[None, None, Desired]:
         out = Desired(namespace=namespace)
         kabaneros = self._in(KABANEROS, namespace)
         legacy = self._legacy_trigger(out, namespace, kabaneros)
         self._instance(out, namespace, kabaneros, legacy)
-        self._mediations(out, namespace, kabaneros)
+        yield from self._mediations(out, namespace, kabaneros)
         return out
 
     def _legacy_trigger(
@@ -132,7 +156,7 @@ class ClusterCache(ObjectCache):
             )
             out.instance_frozen = True
 
-    def _mediations(self, out: Desired, namespace: str, kabaneros: list[dict[str, Any]]) -> None:
+    def _mediations(self, out: Desired, namespace: str, kabaneros: list[dict[str, Any]]) -> Steps:
         """0.9+: the events operator is deployed by a Kabanero CR with events enabled into its own
         namespace and watches only that one (config/orchestrations/events/0.2, WATCH_NAMESPACE):
         mediators anywhere else are inert."""
@@ -153,44 +177,57 @@ class ClusterCache(ObjectCache):
                     extra={"namespace": namespace},
                 )
             return
-        connections = self._connections(out, namespace)
+        connections = yield from self._connections(out, namespace)
         derived: dict[str, dict[str, DesiredTrigger]] = {}
         for mediator in mediators:
             name = mediator["metadata"]["name"]
-            derived[name] = self._mediator(out, namespace, mediator, connections, before.get(name))
+            derived[name] = yield from self._mediator(out, namespace, mediator, connections, before.get(name))
         self._derived[namespace] = derived
 
-    def _connections(self, out: Desired, namespace: str) -> list[tuple[str, dict[str, Any]]]:
-        """The namespace's EventConnections (name, item); a malformed one freezes every mediation."""
-        connections: list[tuple[str, dict[str, Any]]] = []
+    def _connections(self, out: Desired, namespace: str) -> Generator[None, None, ConnectionIndex]:
+        """The namespace's EventConnections items, indexed; a malformed object freezes every mediation.
+        An object seen last time (the same object: watch events replace objects) is not checked nor
+        hashed again."""
+        index = ConnectionIndex()
+        last = self._checked.pop(namespace, {})
+        checked: dict[str, tuple[dict[str, Any], CheckedConnections]] = {}
         for conn_obj in self._in(CONNECTIONS, namespace):
-            try:
-                items = check_connections(conn_obj)
-            except _SHAPE_ERRORS as exc:
+            name = conn_obj["metadata"]["name"]
+            seen = last.get(name)
+            if seen is not None and seen[0] is conn_obj:
+                result = seen[1]
+            else:
+                result = yield from _check_connections(conn_obj)
+            checked[name] = (conn_obj, result)
+            if isinstance(result, Exception):
                 self._skip(
                     "EventConnections",
                     namespace,
                     conn_obj,
-                    exc,
+                    result,
                     "mediations of this namespace left as published",
                 )
                 out.all_mediations_frozen = True
                 continue
-            connections.extend((conn_obj["metadata"]["name"], item) for item in items)
-        return connections
+            index.add(name, result)
+        self._checked[namespace] = checked
+        return index.seal()
 
     def _mediator(
         self,
         out: Desired,
         namespace: str,
         mediator: dict[str, Any],
-        connections: list[tuple[str, dict[str, Any]]],
+        connections: ConnectionIndex,
         previous: dict[str, DesiredTrigger] | None,
-    ) -> dict[str, DesiredTrigger]:
+    ) -> Generator[None, None, dict[str, DesiredTrigger]]:
         """Add the mediator's triggers to ``out``; returns them by mediation name (for the next pass)."""
         name = mediator["metadata"]["name"]
+        triggers: list[DesiredTrigger] = []
         try:
-            triggers = derive_mediation_triggers(self.cluster, mediator, connections, previous)
+            for trigger in mediation_triggers(self.cluster, mediator, connections, previous):
+                triggers.append(trigger)
+                yield
         except _SHAPE_ERRORS as exc:
             self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
             out.frozen_owners.add(("mediation", name))
@@ -201,3 +238,17 @@ class ClusterCache(ObjectCache):
                 continue
             out.triggers[trigger.key.id] = trigger
         return {t.key.name: t for t in triggers}
+
+
+def _check_connections(conn_obj: dict[str, Any]) -> Generator[None, None, CheckedConnections]:
+    """One EventConnections object's items with their content hashes (a step per item), or the
+    error that makes it malformed."""
+    try:
+        items = check_connections(conn_obj)
+    except _SHAPE_ERRORS as exc:
+        return exc
+    hashed: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        hashed.append((content_hash(item), item))
+        yield
+    return hashed

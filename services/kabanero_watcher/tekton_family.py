@@ -252,7 +252,7 @@ class TektonFamily:
             assert isinstance(item, TektonCardData)
             return item.model_copy(update={"revision": revision})
 
-        self.emitter.diff_items(
+        await self.emitter.diff_items(
             "card", namespace, desired.cards, CARD_KEYS, stamp, lambda prev: prev.key in desired.frozen
         )
         published = await self.emitter.flush()
