@@ -28,6 +28,7 @@ from services.kabanero_watcher.owned_instances import key_of as owned_key
 from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.stalls import LoopStalls
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
 from shared.amqp.consumer import Consumer
@@ -69,6 +70,7 @@ class WatcherRuntime(Runtime):
         self.http = http
         self.elector: LeaseElector | None = None
         self.session: Session | None = None
+        self.stalls = LoopStalls()
 
     @property
     def http_port(self) -> int:
@@ -104,29 +106,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         shutdown_timeout=settings.shutdown_timeout_s,
     )
 
-    def live() -> tuple[bool, str]:
-        session = runtime.session
-        if not runtime.leading or session is None:
-            return True, "standby"
-        age = session.oldest_activity_age()
-        return age <= settings.liveness_bound_s, f"last watch activity {age:.1f}s ago"
-
-    def ready() -> tuple[bool, str]:
-        session = runtime.session
-        if not runtime.leading or session is None:
-            return True, "standby"
-        pending = session.pending_families()
-        return not pending, f"initial sync pending: {', '.join(pending)}" if pending else "synced"
-
-    def storage() -> tuple[bool, str]:
-        session = runtime.session
-        if session is None or session.storage_error is None:
-            return True, ""
-        return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
-
-    def lease() -> tuple[bool, str]:
-        return runtime.elector.health() if runtime.elector is not None else (True, "starting")
-
+    _health_checks(health, runtime, settings)
     leader = Gauge(
         "kotc_watcher_leader",
         "1 while this watcher leads its cluster (holds the Lease)",
@@ -134,10 +114,6 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         registry=health.registry,
     )
     leader.labels(settings.cluster_name).set_function(lambda: float(runtime.leading))
-    health.add_liveness("watch", live)
-    health.add_readiness("initial-sync", ready)
-    health.add_readiness("reconcile", storage)
-    health.add_readiness("lease", lease)
 
     def elect() -> contextlib.AbstractAsyncContextManager[object]:
         custom = runtime.kube.custom
@@ -148,7 +124,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             holder=settings.holder_identity,
             timeout_s=settings.kube_request_timeout_s,
         )
-        runtime.elector = LeaseElector(custom, settings, precheck=identity.verify)
+        runtime.elector = LeaseElector(custom, settings, precheck=identity.verify, stalls=runtime.stalls)
         return runtime.supervisor.running("lease", runtime.elector.run())
 
     resync = ResyncListener(
@@ -195,7 +171,51 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     runtime.add("lease", elect)
     runtime.add("leadership", lead)
     runtime.add_task("resync-listener", resync.run)
+    runtime.add_task("loop-stalls", runtime.stalls.run)
     return runtime
+
+
+def _health_checks(health: Health, runtime: WatcherRuntime, settings: Settings) -> None:
+    """/healthz and /readyz: each check says what is wrong in words an operator acts on."""
+
+    def live() -> tuple[bool, str]:
+        session = runtime.session
+        if not runtime.leading or session is None:
+            return True, "standby"
+        age = session.oldest_activity_age()
+        return age <= settings.liveness_bound_s, f"last watch activity {age:.1f}s ago"
+
+    def ready() -> tuple[bool, str]:
+        session = runtime.session
+        if not runtime.leading or session is None:
+            return True, "standby"
+        pending = session.pending_families()
+        if not pending:
+            return True, "synced"
+        return False, (
+            f"initial sync pending: {', '.join(pending)} "
+            f"({session.emitter.published} events published in this term so far)"
+        )
+
+    def storage() -> tuple[bool, str]:
+        session = runtime.session
+        if session is None or session.storage_error is None:
+            return True, ""
+        return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
+
+    def lease() -> tuple[bool, str]:
+        return runtime.elector.health() if runtime.elector is not None else (True, "starting")
+
+    def event_loop() -> tuple[bool, str]:
+        # Held for more than a third of the Lease: renewals were at risk; said for one Lease duration.
+        bound = settings.lease_duration_s / 3
+        return runtime.stalls.health(bound_s=bound, window_s=float(settings.lease_duration_s))
+
+    health.add_liveness("watch", live)
+    health.add_readiness("initial-sync", ready)
+    health.add_readiness("reconcile", storage)
+    health.add_readiness("lease", lease)
+    health.add_readiness("event-loop", event_loop)
 
 
 async def _lead(
