@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.kabanero_watcher.derive import (
@@ -57,6 +58,16 @@ CheckedConnections = list[tuple[str, dict[str, Any]]] | Exception
 """An EventConnections object's (content hash, item) pairs, or why it is malformed."""
 
 
+@dataclass(frozen=True)
+class Derived:
+    """What one EventMediator gave last time, and from what: while neither the mediator object nor
+    the namespace's connection index changed, its triggers are reused without looking at them."""
+
+    source: dict[str, Any]
+    index: ConnectionIndex
+    triggers: list[DesiredTrigger]
+
+
 class ClusterCache(ObjectCache):
     """The Kabanero family's objects, and what they mean per namespace (kabanero.md §2-§7)."""
 
@@ -71,10 +82,12 @@ class ClusterCache(ObjectCache):
         self.legacy_triggers = legacy_triggers
         self.legacy_trigger_fields: LegacyTriggerFields = legacy_trigger_fields
         super().__init__(RESOURCES)
-        self._derived: dict[str, dict[str, dict[str, DesiredTrigger]]] = {}
-        """namespace -> mediator name -> mediation name -> trigger derived last time."""
+        self._derived: dict[str, dict[str, Derived]] = {}
+        """namespace -> mediator name -> what was derived from it last time."""
         self._checked: dict[str, dict[str, tuple[dict[str, Any], CheckedConnections]]] = {}
         """namespace -> EventConnections name -> (the object, what checking it gave) last time."""
+        self._indexes: dict[str, ConnectionIndex] = {}
+        """namespace -> its connection index last time (reused while every object is the same)."""
 
     def _in(self, resource: ResourceSpec, namespace: str) -> list[dict[str, Any]]:
         return self.in_namespace(resource, namespace)
@@ -162,41 +175,53 @@ class ClusterCache(ObjectCache):
         mediators anywhere else are inert."""
         before = self._derived.pop(namespace, {})  # rebuilt below for the mediators that derive
         mediators = self._in(MEDIATORS, namespace)
-        if not mediators:
+        if not mediators or not self._events_deployed(out, namespace, kabaneros):
             return
+        connections = yield from self._connections(out, namespace)
+        derived: dict[str, Derived] = {}
+        for mediator in mediators:
+            name = mediator["metadata"]["name"]
+            last = before.get(name)
+            if last is not None and last.source is mediator and last.index is connections:
+                triggers: list[DesiredTrigger] | None = last.triggers  # neither side changed
+                yield
+            else:
+                previous = {t.key.name: t for t in last.triggers} if last is not None else None
+                triggers = yield from self._mediator(out, namespace, mediator, connections, previous)
+            if triggers is not None:
+                self._add(out, triggers)
+                derived[name] = Derived(mediator, connections, triggers)
+        self._derived[namespace] = derived
+
+    def _events_deployed(self, out: Desired, namespace: str, kabaneros: list[dict[str, Any]]) -> bool:
         try:
             deployed = any(events_enabled(k, operator_0_9=True) for k in kabaneros)
         except _SHAPE_ERRORS as exc:
             self._skip("Kabanero CR", namespace, kabaneros[0], exc, "mediations left as published")
             out.all_mediations_frozen = True
-            return
-        if not deployed:
-            if kabaneros:
-                log.info(
-                    "events not enabled in this namespace; its mediators are inert",
-                    extra={"namespace": namespace},
-                )
-            return
-        connections = yield from self._connections(out, namespace)
-        derived: dict[str, dict[str, DesiredTrigger]] = {}
-        for mediator in mediators:
-            name = mediator["metadata"]["name"]
-            derived[name] = yield from self._mediator(out, namespace, mediator, connections, before.get(name))
-        self._derived[namespace] = derived
+            return False
+        if not deployed and kabaneros:
+            log.info(
+                "events not enabled in this namespace; its mediators are inert",
+                extra={"namespace": namespace},
+            )
+        return deployed
 
     def _connections(self, out: Desired, namespace: str) -> Generator[None, None, ConnectionIndex]:
         """The namespace's EventConnections items, indexed; a malformed object freezes every mediation.
         An object seen last time (the same object: watch events replace objects) is not checked nor
         hashed again."""
-        index = ConnectionIndex()
         last = self._checked.pop(namespace, {})
+        last_index = self._indexes.pop(namespace, None)
         checked: dict[str, tuple[dict[str, Any], CheckedConnections]] = {}
-        for conn_obj in self._in(CONNECTIONS, namespace):
+        objects = self._in(CONNECTIONS, namespace)
+        for conn_obj in objects:
             name = conn_obj["metadata"]["name"]
             seen = last.get(name)
             if seen is not None and seen[0] is conn_obj:
                 result = seen[1]
             else:
+                last_index = None  # a new or changed object
                 result = yield from _check_connections(conn_obj)
             checked[name] = (conn_obj, result)
             if isinstance(result, Exception):
@@ -208,10 +233,16 @@ class ClusterCache(ObjectCache):
                     "mediations of this namespace left as published",
                 )
                 out.all_mediations_frozen = True
-                continue
-            index.add(name, result)
         self._checked[namespace] = checked
-        return index.seal()
+        if last_index is None or len(last) != len(objects):  # an object is new, changed or gone
+            last_index = ConnectionIndex()
+            for name, (_, result) in checked.items():
+                if not isinstance(result, Exception):
+                    last_index.add(name, result)
+                    yield
+            last_index.seal()
+        self._indexes[namespace] = last_index
+        return last_index
 
     def _mediator(
         self,
@@ -220,8 +251,8 @@ class ClusterCache(ObjectCache):
         mediator: dict[str, Any],
         connections: ConnectionIndex,
         previous: dict[str, DesiredTrigger] | None,
-    ) -> Generator[None, None, dict[str, DesiredTrigger]]:
-        """Add the mediator's triggers to ``out``; returns them by mediation name (for the next pass)."""
+    ) -> Generator[None, None, list[DesiredTrigger] | None]:
+        """The mediator's triggers, or None (logged, its triggers frozen) when it is malformed."""
         name = mediator["metadata"]["name"]
         triggers: list[DesiredTrigger] = []
         try:
@@ -231,13 +262,16 @@ class ClusterCache(ObjectCache):
         except _SHAPE_ERRORS as exc:
             self._skip("EventMediator", namespace, mediator, exc, "its triggers left as published")
             out.frozen_owners.add(("mediation", name))
-            return {}
+            return None
+        return triggers
+
+    @staticmethod
+    def _add(out: Desired, triggers: list[DesiredTrigger]) -> None:
         for trigger in triggers:
             if trigger.key.id in out.triggers:
                 log.warning("duplicate mediation name; keeping the first", extra={"trigger": trigger.key.id})
                 continue
             out.triggers[trigger.key.id] = trigger
-        return {t.key.name: t for t in triggers}
 
 
 def _check_connections(conn_obj: dict[str, Any]) -> Generator[None, None, CheckedConnections]:

@@ -113,6 +113,31 @@ def test_an_unchanged_namespace_hashes_nothing_and_one_edit_hashes_one_mediation
     assert changed == [f"c/{NS}/mediation/webhook/m00000"]
 
 
+def test_an_edit_of_one_mediator_leaves_the_others_untouched() -> None:
+    """Counted in steps (a step is one mediation, item or object looked at): with the connections
+    and the other mediators the same objects as last time, only the edited mediator's mediations
+    are looked at."""
+    cache = _world(0)
+    groups = {f"w{g}": [f"m{g}-{i}" for i in range(100)] for g in range(4)}
+    for name, names in groups.items():
+        cache.apply(MEDIATORS, "ADDED", _named(name, names))
+    assert len(cache.desired(NS).triggers) == 400
+    assert sum(1 for _ in cache.derive_steps(NS)) <= 4 + 1  # nothing changed: one step per mediator
+    cache.apply(MEDIATORS, "MODIFIED", _named("w2", groups["w2"], "-edited"))
+    steps = cache.derive_steps(NS)
+    assert sum(1 for _ in steps) <= 100 + 4 + 1
+    edited = cache.desired(NS).triggers
+    assert (
+        edited[f"c/{NS}/mediation/w2/m2-0"].content["mediation"]["selector"]["urlPattern"].endswith("-edited")
+    )
+
+
+def _named(name: str, names: list[str], edited: str = "") -> dict[str, Any]:
+    mediator = _mediator(names, edited)
+    mediator["metadata"]["name"] = name
+    return mediator
+
+
 class _Collection:
     """The slice of a pymongo collection PublishedState writes through; it answers at once (without
     suspending), so any turn the loop gets comes from the watcher's own pacing."""
