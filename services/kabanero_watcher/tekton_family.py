@@ -13,12 +13,13 @@ every card; a status-only change re-derives an unchanged card, which costs nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from services.kabanero_watcher.emitting import Emitter, Hashed, ItemKeys
+from services.kabanero_watcher.pacing import run_steps
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.tekton_derive import (
@@ -174,12 +175,17 @@ class TektonCache(ObjectCache):
         )
 
     def desired(self, namespace: str, inst: Installation) -> TektonDesired:
+        return run_steps(self.desired_steps(namespace, inst))
+
+    def desired_steps(self, namespace: str, inst: Installation) -> Generator[None, None, TektonDesired]:
+        """The namespace's cards, a step per object (paced by the reconciler: :mod:`pacing`)."""
         out = TektonDesired(namespace=namespace)
         pipelines_api = self.served.get(PIPELINES.name, PIPELINES.group + "/" + PIPELINES.version)
         for pipeline in self.in_namespace(PIPELINES, namespace):
             self._card(
                 out, "Pipeline", pipeline, lambda p: pipeline_card(self.cluster, p, pipelines_api, inst)
             )
+            yield
         listeners = self.in_namespace(EVENTLISTENERS, namespace)
         if listeners:
             exposed = exposures(self.in_namespace(ROUTES, namespace), self.in_namespace(INGRESSES, namespace))
@@ -191,6 +197,7 @@ class TektonCache(ObjectCache):
                     listener,
                     lambda el: eventlistener_card(self.cluster, el, listeners_api, inst, exposed),
                 )
+                yield
         return out
 
     def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Any) -> None:
@@ -244,7 +251,8 @@ class TektonFamily:
             self.emitter.discard()
 
     async def _reconcile(self, namespace: str) -> bool:
-        desired = self.cache.desired(namespace, self.inst or self.cache.installation())
+        inst = self.inst or self.cache.installation()
+        desired = await self.emitter.pacer.drive(self.cache.desired_steps(namespace, inst))
         self.emitter.resolve_pending(namespace, CARD_KINDS, lambda prev: desired.cards.get(prev.key))
         was_live = self.state.live_in_namespace(namespace, CARD_KINDS)
 
