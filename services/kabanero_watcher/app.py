@@ -207,8 +207,9 @@ def _health_checks(health: Health, runtime: WatcherRuntime, settings: Settings) 
         return runtime.elector.health() if runtime.elector is not None else (True, "starting")
 
     def event_loop() -> tuple[bool, str]:
-        # Held for more than a third of the Lease: renewals were at risk; said for one Lease duration.
-        bound = settings.lease_duration_s / 3
+        # Held for more than a third of the Lease (at least 1 s: a busy node's scheduling is not a
+        # stall): renewals were at risk; said for one Lease duration.
+        bound = max(settings.lease_duration_s / 3, 1.0)
         return runtime.stalls.health(bound_s=bound, window_s=float(settings.lease_duration_s))
 
     health.add_liveness("watch", live)
