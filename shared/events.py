@@ -457,41 +457,6 @@ class ToolCommand(_Data):
     revision: int = Field(ge=0, description="monotonic per key; older commands are skipped")
 
 
-def event_scope(event: CloudEvent) -> str | None:
-    """The instance a service, instance, trigger or snapshot event concerns (``parameters`` of a
-    service event, ``instance`` of the others), read from the raw data before validation: the
-    consumers' per-instance serialisation key. None when the data names no instance."""
-    if event.routing_key.startswith(("service.tekton.", "tekton.")):
-        return _tekton_scope(event)
-    ref = (
-        event.data.get("parameters")
-        if event.routing_key.startswith("service.")
-        else event.data.get("instance")
-    )
-    if (
-        isinstance(ref, dict)
-        and isinstance(ref.get("cluster"), str)
-        and isinstance(ref.get("namespace"), str)
-    ):
-        return instance_scope(ref["cluster"], ref["namespace"])
-    return None
-
-
-def _tekton_scope(event: CloudEvent) -> str | None:
-    """Tekton events: a service's cluster scope, a card's or snapshot's namespace scope."""
-    data = event.data
-    if event.routing_key.startswith("service."):
-        params = data.get("parameters")
-        cluster = params.get("cluster") if isinstance(params, dict) else None
-        return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
-    key = data.get("key")
-    ref: dict[str, Any] = key if isinstance(key, dict) else data
-    cluster, namespace = ref.get("cluster"), ref.get("namespace")
-    if isinstance(cluster, str) and isinstance(namespace, str):
-        return tekton_scope(cluster, namespace)
-    return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
-
-
 # --- kabanero-otc CLI -> kabanero-watcher: control.resync ---------------------------------------
 
 

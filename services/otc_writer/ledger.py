@@ -49,6 +49,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.desired import DesiredTool
 from shared.amqp import PermanentError
+from shared.backoff import Backoff
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class Ledger:
             raise UnstorableKey(f"ledger key {doc_id!r} contains a NUL character; no entry is made for it")
         fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
-        delay = 0.01
+        backoff = Backoff(0.01, 0.2)
         while True:
             lease = await self._try_take(doc_id, owner, intent, fresh)
             if lease is not None:
@@ -256,8 +257,7 @@ class Ledger:
                 return None
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            await backoff.sleep()
 
     async def _try_take(
         self, doc_id: str, owner: str, intent: Intent | None, fresh: LedgerEntry | None

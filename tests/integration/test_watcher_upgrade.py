@@ -88,11 +88,37 @@ class _PerRecordLayout:
         await self._coll.replace_one({"_id": record.doc_id}, doc, upsert=True)
 
 
+class _PerNamespaceLayout:
+    """Writes records as the second storage layout did: one document per namespace, ``_id``
+    ``<cluster>|<namespace>``, every record's JSON text in ``records``."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]]) -> None:
+        self._coll = client.get_default_database()["watch_published"]
+        self._texts: dict[str, dict[str, str]] = {}
+
+    async def commit(self, record: Record) -> None:
+        texts = self._texts.setdefault(record.namespace, {})
+        texts[f"{record.kind}|{record.key}"] = record.model_dump_json()
+        doc_id = f"{record.cluster}|{record.namespace}"
+        doc = {
+            "_id": doc_id,
+            "layout": 2,
+            "cluster": record.cluster,
+            "namespace": record.namespace,
+            "pending": False,
+            "records": [texts[k] for k in sorted(texts)],
+            "updated_at": datetime.now(UTC),
+        }
+        await self._coll.replace_one({"_id": doc_id}, doc, upsert=True)
+
+
 async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str, Any], layout: str) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     try:
-        state: PublishedState | _PerRecordLayout = (
+        state: PublishedState | _PerRecordLayout | _PerNamespaceLayout = (
             PublishedState(client.get_default_database(), "test")
+            if layout == "chunked"
+            else _PerNamespaceLayout(client)
             if layout == "per-namespace"
             else _PerRecordLayout(client)
         )
@@ -139,12 +165,12 @@ async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str,
         await client.close()
 
 
-@pytest.mark.parametrize("layout", ["per-namespace", "per-record"])
+@pytest.mark.parametrize("layout", ["chunked", "per-namespace", "per-record"])
 async def test_upgrade_publishes_each_correction_once_then_nothing(
     kube: KubeEmulator, amqp_url: str, mongodb_url: str, layout: str
 ) -> None:
-    """``per-record``: the state was written in the first storage layout, which the watcher reads
-    and replaces, namespace by namespace, with its one document per namespace."""
+    """``per-record`` and ``per-namespace``: the state was written in the first or second storage
+    layout, which the watcher reads and replaces, namespace by namespace, with its chunks."""
     conns = _cluster(kube)
     await _seed_old_state(mongodb_url, kube, conns, layout)
     settings = watcher_settings(kube, amqp_url, mongodb_url)
@@ -188,5 +214,5 @@ async def test_upgrade_publishes_each_correction_once_then_nothing(
         docs = await client.get_default_database()["watch_published"].find().to_list()
     finally:
         await client.close()
-    # Both namespaces were written since: one document each, nothing left of the first layout.
-    assert sorted(d["_id"] for d in docs) == ["test|elsewhere", "test|kabanero"]
+    # Both namespaces were written since: one chunk each, nothing left of the earlier layouts.
+    assert sorted(d["_id"] for d in docs) == ["test|elsewhere|0/1", "test|kabanero|0/1"]
