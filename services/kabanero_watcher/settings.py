@@ -64,6 +64,9 @@ class Settings(CommonSettings):
     publish_retry_s: float = Field(default=2.0, gt=0)
     # Namespaces reconciled (or snapshotted) at once; within one namespace events stay sequential.
     publish_concurrency: int = Field(default=16, ge=1)
+    # Events of one namespace published (and recorded) per batch: a namespace of 20,000 triggers
+    # makes progress batch by batch instead of holding them all in one.
+    publish_batch: int = Field(default=1000, ge=1)
     # /healthz fails when the leading watcher saw nothing (event, bookmark, list, stream end) this long.
     liveness_bound_s: float = Field(default=180.0, gt=0)
     lease_name: str = "kabanero-watcher"
