@@ -54,6 +54,7 @@ FULL: dict[str, list[str]] = {
         "bench.stack_scale",
         *("--namespaces", "100", "--mediations", "100", "--seconds", "60", "--latency-seconds", "30"),
     ],
+    "tekton": ["bench.tekton_scale", "--namespaces", "100", "--per-namespace", "10", "--changes", "20"],
 }
 QUICK: dict[str, list[str]] = {
     "baseline": ["bench.baseline", "--messages", "200", "--docs", "100"],
@@ -75,6 +76,7 @@ QUICK: dict[str, list[str]] = {
         "bench.stack_scale",
         *("--namespaces", "2", "--mediations", "3", "--seconds", "2", "--workers", "2"),
     ],
+    "tekton": ["bench.tekton_scale", "--namespaces", "2", "--per-namespace", "2", "--changes", "2"],
 }
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -87,6 +89,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "otc.writes_per_change": ("<=", 1.0),
     "otc.writes_unchanged_resync": ("<=", 0),
     "resync.seconds_10k": ("<=", 10),
+    "tekton.writes_per_change": ("<=", 1.0),
+    "tekton.writes_unchanged_resync": ("<=", 0),
+    "tekton.resync_seconds_2k": ("<=", 5),
 }
 
 
@@ -170,6 +175,7 @@ def summarise(
             "writes_unchanged_resync": s["resync_writes"],
         },
         "resync": {"seconds_10k": s["resync_seconds"], "triggers": s["triggers"]},
+        "tekton": tekton_keys(raw.get("tekton", {})),
         "stack_error": s["error"],
         "rss_mb": {
             name: {"idle": (s["rss_idle"] or {}).get(name), "at_10k": (s["rss_loaded"] or {}).get(name)}
@@ -187,6 +193,17 @@ def summarise(
     }
     results["meta"]["load_average_after"] = os.getloadavg()[0]
     return results
+
+
+def tekton_keys(t: dict[str, Any]) -> dict[str, Any]:
+    """The keys of issue 18 from ``bench.tekton_scale``'s figures."""
+    return {
+        "writes_per_change": t.get("writes_per_change"),
+        "writes_unchanged_resync": t.get("resync_writes"),
+        "resync_seconds_2k": t.get("resync_seconds"),
+        "initial_sync_per_s": t.get("initial_sync_per_s"),
+        "error": t.get("error"),
+    }
 
 
 def lookup(results: dict[str, Any], dotted: str) -> Any:

@@ -128,11 +128,12 @@ async def test_two_clusters_and_sigkills_of_writer_and_watcher(
     await w.provision_and_bind(
         "kabanero-events-broker", "events", {"cluster": "default", "namespace": "kabanero"}
     )
-    for sid, params in {
+    services: dict[str, dict[str, Any]] = {
         "tekton-default": {"cluster": "default"},
         "tekton-east": {"cluster": "east"},
         "tekton-east-team": {"cluster": "east", "namespaces": [TEAM]},
-    }.items():
+    }
+    for sid, params in services.items():
         t.toolchains[sid] = await w.new_toolchain(sid)
         await w.provision_and_bind("tekton-broker", sid, params, t.toolchains[sid])
     want = {
