@@ -21,11 +21,8 @@ import argparse
 import asyncio
 import json
 import time
-import urllib.parse
 import uuid
 from typing import Any
-
-import aiohttp
 
 from bench.stack_scale import MemoryStack, _restart_all
 from scripts.driver import (
@@ -34,10 +31,11 @@ from scripts.driver import (
     TEKTON_GROUP,
     TRIGGERS_GROUP,
     Driver,
+    driving,
     tool_kind,
     wait_for,
 )
-from scripts.stack import LOGS, mgmt
+from scripts.stack import LOGS
 
 TIMEOUT_S = 600.0
 QUIET = {"LOG_LEVEL": "WARNING"}
@@ -110,19 +108,14 @@ async def run(namespaces: int, per_namespace: int, changes: int) -> dict[str, An
     )
     out: dict[str, Any] = {"namespaces": namespaces, "objects": 2 * namespaces * per_namespace}
     names = [f"tk-{n:03d}" for n in range(namespaces)]
-    w: Driver | None = None
     try:
-        await stack.start()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
-            w = Driver(stack, http)
-            w.toolchain = await w.new_toolchain("bench-tekton")
+        async with driving(stack, toolchain="bench-tekton") as w:
             t0 = time.monotonic()
             await seed(w, names, per_namespace)
             out["seed_seconds"] = round(time.monotonic() - t0, 2)
             await stack.quiet(timeout=TIMEOUT_S)
-            total = (
-                2 * namespaces * per_namespace + 3
-            )  # and deploy/samples/tekton-sample.yaml's 2 Pipelines, 1 EventListener
+            # and deploy/samples/tekton-sample.yaml's 2 Pipelines and 1 EventListener
+            total = 2 * namespaces * per_namespace + 3
 
             # 2. Initial sync: from the bind until every card is in OTC.
             mark = await w.mark()
@@ -181,11 +174,6 @@ async def run(namespaces: int, per_namespace: int, changes: int) -> dict[str, An
             stack.check_alive()
     except Exception as exc:  # the phases measured so far still reach results.json
         out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        if w is not None:
-            await w.close()
-        await asyncio.to_thread(stack.stop)
-        await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
     return out
 
 
