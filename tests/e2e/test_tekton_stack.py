@@ -139,8 +139,8 @@ async def test_two_clusters_and_sigkills_of_writer_and_watcher(world: tuple[Driv
     kabanero_tools = await w.tools()
     assert not [x for x in kabanero_tools if tool_kind(x) in (PIPELINE_CARD, LISTENER_CARD)]
 
-    # (b) otc-writer dies right after its first OTC write of a change of three cards; the cluster
-    # goes on changing while it is down.
+    # (b) otc-writer dies right after its first OTC write of a change of three cards (each in the
+    # tekton-east and tekton-east-team toolchains); the cluster goes on changing while it is down.
     args, env = stack.specs["otc-writer"]
     stack.specs["otc-writer"] = (["tests.e2e.crashing_writer", "1"], env)
     await stack.restart("otc-writer")
@@ -148,7 +148,9 @@ async def test_two_clusters_and_sigkills_of_writer_and_watcher(world: tuple[Driv
     for name in ("crash-a", "crash-b", "crash-c"):
         await w.kube("POST", pipelines(TEAM), pipeline(TEAM, name, "build"), cluster="east")
     assert await asyncio.to_thread(stack.proc("otc-writer").wait, 60) == -signal.SIGKILL
-    assert await w.writes_since(mark) == 1
+    # Mid-change: 3 cards in 2 toolchains are 6 writes; it died after its first (a write already in
+    # flight beside it may land too).
+    assert 1 <= await w.writes_since(mark) < 6
     await w.kube("DELETE", f"{pipelines(TEAM)}/team-build", cluster="east")
     await w.kube(
         "PATCH",
