@@ -28,6 +28,8 @@ a release that changes the layout bumps the number and migrates the older one ex
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -98,6 +100,9 @@ class PublishedState:
         self._by_ns: dict[str, set[Ident]] = {}
         self._chunks: dict[str, list[set[Ident]]] = {}  # namespace -> its chunks' records
         self._stale: dict[str, list[str]] = {}  # namespace -> _ids its next write deletes
+        self._writing: dict[str, asyncio.Lock] = {}
+        """One write of a namespace's chunks at a time: each family's loop commits on its own, and
+        two writes planned from the same chunks would each drop the other's new records."""
 
     async def ensure_indexes(self) -> None:
         # Lookups are by ``_id`` (cluster and namespace); this index serves operators' queries only.
@@ -179,6 +184,12 @@ class PublishedState:
         by_ns = _by_namespace(records)
         if not by_ns:
             return
+        async with contextlib.AsyncExitStack() as held:
+            for namespace in sorted(by_ns):
+                await held.enter_async_context(self._writing.setdefault(namespace, asyncio.Lock()))
+            await self._commit(by_ns)
+
+    async def _commit(self, by_ns: dict[str, dict[Ident, Record]]) -> None:
         texts = {i: r.model_dump_json() for changed in by_ns.values() for i, r in changed.items()}
         layouts = {ns: self._plan(ns, changed, texts) for ns, changed in by_ns.items()}
         now = datetime.now(UTC)
