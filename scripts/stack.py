@@ -101,6 +101,7 @@ class Stack:
         logs: Path = LOGS,
         amqp_host: str | None = None,
         clusters: tuple[str, ...] = (CLUSTER,),
+        tekton_only: tuple[str, ...] = (),
     ) -> None:
         """``extra_env``: more environment per process name (e.g. short intervals for fault tests).
         ``amqp_host``: another broker (e.g. a private node for broker faults) whose ``vhost`` exists
@@ -108,6 +109,8 @@ class Stack:
         ``clusters``: one Kubernetes emulator and one kabanero-watcher per cluster (the first is
         ``default``: ``kube`` and ``kabanero-watcher``; another ``east`` is ``kube-east`` and
         ``kabanero-watcher-east``), all of them in broker-api's ``ALLOWED_CLUSTERS``.
+        ``tekton_only``: clusters (not the first) whose Kubernetes emulator has Tekton and no Kabanero
+        (``--no-kabanero``, the Tekton seed only), watched by the Tekton family only.
 
         MongoDB (``emulators.mongo``) keeps its data in ``<logs>/mongo.sqlite``: a restart of the
         Mongo process loses nothing (memory-only, a restart would lose every record, ledger and
@@ -116,6 +119,9 @@ class Stack:
         """
         if not clusters or clusters[0] != CLUSTER or len(set(clusters)) != len(clusters):
             raise ValueError(f"clusters must start with {CLUSTER!r} and name each cluster once: {clusters}")
+        if not set(tekton_only) <= set(clusters[1:]):
+            raise ValueError(f"tekton_only must name clusters after the first: {tekton_only}")
+        self.tekton_only = tekton_only
         self.vhost = vhost
         self.clusters = clusters
         self.amqp_host = amqp_host or AMQP_HOST
@@ -218,9 +224,11 @@ class Stack:
                     str(self.ports[kube]),
                     "--crds",
                     *TEKTON_CRDS,
-                    "--seed",
-                    str(SEED),
-                    str(TEKTON_SEED),
+                    *(
+                        ("--no-kabanero", "--seed", str(TEKTON_SEED))
+                        if cluster in self.tekton_only
+                        else ("--seed", str(SEED), str(TEKTON_SEED))
+                    ),
                 ],
             )
         self.spawn(
@@ -267,6 +275,8 @@ class Stack:
                     # The Kubernetes emulator refuses objects in a missing namespace (as a real API
                     # server does): the demo's create=true service gets its namespace made for it.
                     "CREATE_NAMESPACES": "true",
+                    # A Tekton-only cluster's watcher watches no Kabanero kind (its API server has none).
+                    **({"WATCH_FAMILIES": "tekton"} if cluster in self.tekton_only else {}),
                 },
             )
         self.spawn(

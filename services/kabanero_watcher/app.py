@@ -27,6 +27,7 @@ from services.kabanero_watcher.owned_instances import key_of as owned_key
 from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.stalls import LoopStalls
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
 from shared.amqp.consumer import Consumer
@@ -68,6 +69,7 @@ class WatcherRuntime(Runtime):
         self.http = http
         self.elector: LeaseElector | None = None
         self.session: Session | None = None
+        self.stalls = LoopStalls()
 
     @property
     def http_port(self) -> int:
@@ -103,23 +105,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         shutdown_timeout=settings.shutdown_timeout_s,
     )
 
-    def live() -> tuple[bool, str]:
-        session = runtime.session
-        if not runtime.leading or session is None:
-            return True, "standby"
-        age = session.oldest_activity_age()
-        return age <= settings.liveness_bound_s, f"last watch activity {age:.1f}s ago"
-
-    def ready() -> tuple[bool, str]:
-        session = runtime.session
-        if not runtime.leading or session is None:
-            return True, "standby"
-        pending = session.pending_families()
-        return not pending, f"initial sync pending: {', '.join(pending)}" if pending else "synced"
-
-    def lease() -> tuple[bool, str]:
-        return runtime.elector.health() if runtime.elector is not None else (True, "starting")
-
+    _health_checks(health, runtime, settings)
     leader = Gauge(
         "kotc_watcher_leader",
         "1 while this watcher leads its cluster (holds the Lease)",
@@ -134,10 +120,6 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         registry=health.registry,
     )
     refused.labels(settings.cluster_name).set_function(lambda: float(len(_refused(runtime.session))))
-    health.add_liveness("watch", live)
-    health.add_readiness("initial-sync", ready)
-    health.add_readiness("reconcile", lambda: storage_health(runtime.session))
-    health.add_readiness("lease", lease)
 
     def elect() -> contextlib.AbstractAsyncContextManager[object]:
         custom = runtime.kube.custom
@@ -148,7 +130,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
             holder=settings.holder_identity,
             timeout_s=settings.kube_request_timeout_s,
         )
-        runtime.elector = LeaseElector(custom, settings, precheck=identity.verify)
+        runtime.elector = LeaseElector(custom, settings, precheck=identity.verify, stalls=runtime.stalls)
         return runtime.supervisor.running("lease", runtime.elector.run())
 
     resync = ResyncListener(
@@ -195,7 +177,46 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     runtime.add("lease", elect)
     runtime.add("leadership", lead)
     runtime.add_task("resync-listener", resync.run)
+    runtime.add_task("loop-stalls", runtime.stalls.run)
     return runtime
+
+
+def _health_checks(health: Health, runtime: WatcherRuntime, settings: Settings) -> None:
+    """/healthz and /readyz: each check says what is wrong in words an operator acts on."""
+
+    def live() -> tuple[bool, str]:
+        session = runtime.session
+        if not runtime.leading or session is None:
+            return True, "standby"
+        age = session.oldest_activity_age()
+        return age <= settings.liveness_bound_s, f"last watch activity {age:.1f}s ago"
+
+    def ready() -> tuple[bool, str]:
+        session = runtime.session
+        if not runtime.leading or session is None:
+            return True, "standby"
+        pending = session.pending_families()
+        if not pending:
+            return True, "synced"
+        return False, (
+            f"initial sync pending: {', '.join(pending)} "
+            f"({session.emitter.published} events published in this term so far)"
+        )
+
+    def lease() -> tuple[bool, str]:
+        return runtime.elector.health() if runtime.elector is not None else (True, "starting")
+
+    def event_loop() -> tuple[bool, str]:
+        # Held for more than a third of the Lease (at least 1 s: a busy node's scheduling is not a
+        # stall): renewals were at risk; said for one Lease duration.
+        bound = max(settings.lease_duration_s / 3, 1.0)
+        return runtime.stalls.health(bound_s=bound, window_s=float(settings.lease_duration_s))
+
+    health.add_liveness("watch", live)
+    health.add_readiness("initial-sync", ready)
+    health.add_readiness("reconcile", lambda: storage_health(runtime.session))
+    health.add_readiness("lease", lease)
+    health.add_readiness("event-loop", event_loop)
 
 
 def _refused(session: Session | None) -> dict[str, str]:
@@ -231,7 +252,13 @@ async def _lead(
     while True:
         while not elector.is_leader():
             await _wait_event(elector.changed, settings.lease_renew_s)
-        emitter = Emitter(runtime.state, publish, is_leader=elector.is_leader, metrics=emit_metrics)
+        emitter = Emitter(
+            runtime.state,
+            publish,
+            is_leader=elector.is_leader,
+            metrics=emit_metrics,
+            batch=settings.publish_batch,
+        )
         session = Session(
             settings=settings,
             api=runtime.kube.custom,

@@ -13,6 +13,11 @@ carries the same id and revision, which consumers skip as a duplicate. The id is
 What differs per family (which records, which routing keys, what a snapshot holds) lives in the
 family (:mod:`kabanero_family`, :mod:`tekton_family`); :meth:`Emitter.diff_items` is the one
 created/updated/deleted diff both use.
+
+At scale (issue 19: 20,000 triggers in one namespace) the emitter keeps the event loop free: the
+diff is paced (:mod:`pacing`), and a namespace's events are flushed in batches of at most
+``batch`` events, each its own pending write, publishes and done write, so progress is recorded as
+it is made and no single batch holds 20,000 publishes in flight.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
+from services.kabanero_watcher.pacing import Pacer
 from services.kabanero_watcher.state import PublishedState, Record, RecordKind
 from shared.events import CloudEvent, event_id
 
 log = logging.getLogger(__name__)
 
 PublishFn = Callable[[CloudEvent], Awaitable[None]]
+Queued = tuple[str, Record, str]
+"""(routing key, record, subject) of one event waiting for ``flush``."""
+PUBLISH_BATCH = 1000
 
 
 class NotLeader(Exception):
@@ -56,6 +65,8 @@ class Emitter:
         *,
         is_leader: Callable[[], bool],
         metrics: EmitMetrics | None = None,
+        batch: int = PUBLISH_BATCH,
+        pacer: Pacer | None = None,
     ) -> None:
         self.state = state
         self.cluster = state.cluster
@@ -64,26 +75,33 @@ class Emitter:
         self._metrics = metrics
         self.source = f"/kabanero-watcher/{state.cluster}"
         self.published = 0
-        self._queue: list[tuple[str, Record, str]] = []
+        self.batch = batch
+        self.pacer = pacer or Pacer()
+        self._queues: dict[asyncio.Task[Any] | None, list[Queued]] = {}
 
     def emit(self, routing_key: str, record: Record, subject: str) -> None:
         """Queue one event; ``flush`` publishes the queue (the events of one namespace's diff).
 
-        Reconciles of several namespaces and snapshots run at once on one emitter: the diff queues
-        its events without suspending (nothing between the first ``emit`` and ``flush`` awaits
-        I/O), and ``flush`` takes the whole queue before its first await, so a batch is always the
-        events of one namespace.
+        Reconciles of several namespaces (of several families) and snapshots run at once on one
+        emitter, each in its own task, and a paced diff suspends between its emits: each task has
+        its queue, so what one flushes (or discards) is always its own namespace's events.
         """
-        self._queue.append((routing_key, record, subject))
+        self._queues.setdefault(asyncio.current_task(), []).append((routing_key, record, subject))
 
     async def flush(self) -> list[tuple[str, str]]:
-        """Pending records in one bulk write, every event published with the confirms in flight,
-        then the done records in one more bulk write. A failed publish leaves its record pending
-        (re-published unchanged by the next reconcile); the confirmed ones are recorded done.
-        Returns the (routing key, subject) of each event published."""
-        batch, self._queue = self._queue, []
-        if not batch:
-            return []
+        """Publish this task's queue, ``batch`` events at a time, in order: per batch the pending
+        records in one bulk write, every event published with the confirms in flight, then the done
+        records in one more bulk write. A failed publish leaves its record pending (re-published
+        unchanged by the next reconcile) and ends the flush (later events are derived again by the
+        next reconcile); the confirmed ones are recorded done. Returns the (routing key, subject)
+        of each event published."""
+        queue = self._queues.pop(asyncio.current_task(), [])
+        published: list[tuple[str, str]] = []
+        for start in range(0, len(queue), self.batch):
+            published += await self._flush_batch(queue[start : start + self.batch])
+        return published
+
+    async def _flush_batch(self, batch: list[Queued]) -> list[tuple[str, str]]:
         if not self._is_leader():
             raise NotLeader("lease lost before publishing")
         events = [self._event(routing_key, record, subject) for routing_key, record, subject in batch]
@@ -105,9 +123,7 @@ class Emitter:
             data=record.data,
         )
 
-    def _count(
-        self, batch: list[tuple[str, Record, str]], events: list[CloudEvent], confirmed: list[int]
-    ) -> None:
+    def _count(self, batch: list[Queued], events: list[CloudEvent], confirmed: list[int]) -> None:
         for i in confirmed:
             (routing_key, record, subject), event = batch[i], events[i]
             self.published += 1
@@ -133,8 +149,8 @@ class Emitter:
         )
 
     def discard(self) -> None:
-        """Forget what is queued: an error left it unpublished, the next reconcile publishes it."""
-        self._queue = []
+        """Forget what this task queued: an error left it unpublished, the next reconcile publishes it."""
+        self._queues.pop(asyncio.current_task(), None)
 
     def deleted(self, routing_key: str, previous: Record) -> None:
         """The tombstone of a published key: the next revision, ``deleted``, its last data."""
@@ -158,7 +174,7 @@ class Emitter:
             if still and prev.routing_key:
                 self.emit(prev.routing_key, prev, prev.key)
 
-    def diff_items(
+    async def diff_items(
         self,
         kind: RecordKind,
         namespace: str,
@@ -168,8 +184,10 @@ class Emitter:
         frozen: Callable[[Record], bool],
     ) -> None:
         """Created and updated items in key order (``stamp`` makes the event data of a revision),
-        then the published items the cluster no longer derives, unless their source is ``frozen``."""
+        then the published items the cluster no longer derives, unless their source is ``frozen``.
+        Paced: one step per item."""
         for key_id, item in sorted(desired.items()):
+            await self.pacer.step()
             prev = self.state.get(kind, key_id)
             if prev is None or prev.deleted:
                 routing_key = keys.created
@@ -181,6 +199,7 @@ class Emitter:
             record = self.record(kind, key_id, namespace, item.content_hash, revision, stamp(item, revision))
             self.emit(routing_key, record, key_id)
         for prev in self.state.in_namespace(namespace, kind):
+            await self.pacer.step()
             if not prev.deleted and prev.key not in desired and not frozen(prev):
                 self.deleted(keys.deleted, prev)
 
@@ -208,7 +227,7 @@ def _raise_first(results: Sequence[object]) -> None:
             raise result
 
 
-def _pending(batch: list[tuple[str, Record, str]], done: list[Record]) -> list[Record]:
+def _pending(batch: list[Queued], done: list[Record]) -> list[Record]:
     """The pending records to write before publishing; a re-published one is pending already."""
     return [
         d.model_copy(update={"pending": True})

@@ -41,7 +41,7 @@ class KabaneroFamily:
     async def reconcile(self, namespace: str) -> bool:
         """Publish what differs; returns True when the instance just disappeared entirely."""
         try:
-            return await self._reconcile(self.cache.desired(namespace))
+            return await self._reconcile(await self.cache.derive(namespace, self.emitter.pacer))
         finally:
             self.emitter.discard()
 
@@ -61,7 +61,7 @@ class KabaneroFamily:
             assert isinstance(item, TriggerData)
             return item.model_copy(update={"instance": instance_ref, "revision": revision})
 
-        self.emitter.diff_items(
+        await self.emitter.diff_items(
             "trigger", ns, desired.triggers, TRIGGER_KEYS, stamp, lambda prev: _frozen(prev, desired)
         )
         if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
@@ -106,7 +106,11 @@ class KabaneroFamily:
         inst = self.state.get("instance", self._instance_key(namespace))
         live_inst = inst if inst is not None and not inst.deleted else None
         records = self.state.in_namespace(namespace, "trigger")
-        triggers = [TriggerData.model_validate(r.data) for r in records if not r.deleted]
+        triggers: list[TriggerData] = []
+        for r in records:  # paced: a namespace may hold 20,000 triggers
+            await self.emitter.pacer.step()
+            if not r.deleted:
+                triggers.append(TriggerData.model_validate(r.data))
         revision = self.state.next_revision("snapshot", self._instance_key(namespace))
         data = SnapshotData(
             instance=InstanceRef.model_validate(live_inst.data["instance"])

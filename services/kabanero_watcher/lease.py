@@ -22,6 +22,7 @@ from pymongo.errors import PyMongoError
 from services.kabanero_watcher.identity import IdentityConflict
 from services.kabanero_watcher.kube import ApiException, CustomObjectsApi
 from services.kabanero_watcher.settings import Settings
+from services.kabanero_watcher.stalls import LoopStalls
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,11 @@ class LeaseElector:
         *,
         clock: Callable[[], float] = time.monotonic,
         precheck: Callable[[], Awaitable[None]] | None = None,
+        stalls: LoopStalls | None = None,
     ) -> None:
         """``precheck`` runs before every round; an exception from it fails the round (the cluster
-        identity check raises :class:`~services.kabanero_watcher.identity.IdentityConflict`)."""
+        identity check raises :class:`~services.kabanero_watcher.identity.IdentityConflict`).
+        ``stalls`` tells a round that could not run (the event loop was held) from one that failed."""
         self.api = api
         self.identity = settings.holder_identity
         self.name = settings.lease_name
@@ -57,6 +60,7 @@ class LeaseElector:
         self.changed = asyncio.Event()
         self.leading_flag = False
         self._precheck = precheck
+        self._stalls = stalls
         self._last_ok = clock()
         """When a round last reached the API server (start: the grace of one lease duration)."""
         self.failed_rounds = 0
@@ -75,6 +79,19 @@ class LeaseElector:
         if self.refusal is not None:
             return False, self.refusal
         silent = self._clock() - self._last_ok
+        stalled = self._stalls.worst_since(self._last_ok) if self._stalls is not None else 0.0
+        if (
+            silent > self.duration
+            and self.failed_rounds < self.UNREACHABLE_AFTER
+            and stalled >= self.renew_period
+        ):
+            # Rounds did not fail: they did not run. Blaming the API server here sent operators
+            # to the wrong place (issue 19); the loop's stall is what to look at.
+            return False, (
+                f"no lease round for {silent:.0f}s: the event loop was blocked for {stalled:.1f}s, "
+                f"so renewals could not run (the last round reached the Kubernetes API; "
+                f"{self.failed_rounds} failed since)"
+            )
         if self.failed_rounds >= self.UNREACHABLE_AFTER or silent > self.duration:
             # Counted rounds catch fast failures (refused connections); the clock catches a hung
             # API server, whose every round takes the whole request timeout.

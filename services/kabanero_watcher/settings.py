@@ -112,6 +112,12 @@ class Settings(CommonSettings):
         description="namespaces reconciled (and published, or snapshotted) at once; within one namespace "
         "events stay sequential, and one key is never published concurrently",
     )
+    publish_batch: int = Field(
+        default=1000,
+        ge=1,
+        description="events of one namespace published and recorded per batch (a namespace of 20,000 "
+        "triggers progresses batch by batch instead of holding them all in one)",
+    )
     liveness_bound_s: float = Field(
         default=180.0,
         gt=0,

@@ -20,13 +20,16 @@ A crash between the two leaves both generations: load reads the newest *complete
 present; a batch not fully written was never published) and the next write deletes the other.
 A snapshot's record keeps only its revision: its content is never read back.
 
-Earlier layouts are read on load and replaced by their namespace's chunks on its first write:
-one document per record (``schema_version`` 1) and one document per namespace (``layout`` 2,
-``_id`` ``<cluster>|<namespace>``).
+Every document carries ``layout`` (:data:`LAYOUT_VERSION`). Load refuses a document of any other
+layout (:class:`UnknownLayout`, naming its ``_id`` and layout) rather than misread or overwrite it:
+a release that changes the layout bumps the number and migrates the older one explicitly
+(docs/design.md, "Stored shapes and their versions").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -56,6 +59,19 @@ Ident = tuple[str, str]  # (kind, key)
 SNAPSHOT_KINDS: frozenset[str] = frozenset({"snapshot", "tekton-snapshot"})
 
 
+class UnknownLayout(Exception):
+    """A ``watch_published`` document of a layout this version does not read: the term stops
+    (loudly) instead of republishing everything or overwriting what it cannot read."""
+
+    def __init__(self, doc_id: str, layout: object) -> None:
+        super().__init__(
+            f"{COLLECTION} document {doc_id!r} has layout {layout!r}; this version reads layout "
+            f'{LAYOUT_VERSION} only (docs/design.md, "Stored shapes and their versions")'
+        )
+        self.doc_id = doc_id
+        self.layout = layout
+
+
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -71,11 +87,6 @@ class Record(BaseModel):
     routing_key: str = ""
     pending: bool = False
 
-    @property
-    def doc_id(self) -> str:
-        """The ``_id`` of the record's own document in the first layout."""
-        return f"{self.cluster}|{self.kind}|{self.key}"
-
 
 class PublishedState:
     """In-memory mirror of ``watch_published`` for one cluster; writes go through to MongoDB."""
@@ -89,66 +100,51 @@ class PublishedState:
         self._by_ns: dict[str, set[Ident]] = {}
         self._chunks: dict[str, list[set[Ident]]] = {}  # namespace -> its chunks' records
         self._stale: dict[str, list[str]] = {}  # namespace -> _ids its next write deletes
+        self._writing: dict[str, asyncio.Lock] = {}
+        """One write of a namespace's chunks at a time: each family's loop commits on its own, and
+        two writes planned from the same chunks would each drop the other's new records."""
 
     async def ensure_indexes(self) -> None:
         # Lookups are by ``_id`` (cluster and namespace); this index serves operators' queries only.
         await self._coll.create_index([("cluster", ASCENDING), ("namespace", ASCENDING)], name="namespace")
 
     async def load(self) -> None:
-        """Read every layout: chunks (the newest complete generation of each namespace), else the
-        namespace document of layout 2, else the first layout's per-record documents."""
+        """Read the newest complete generation of chunks of each namespace (a crash while a
+        namespace doubled its chunks leaves two). Raises :class:`UnknownLayout` for a document of
+        another layout."""
         self._records.clear()
         self._texts.clear()
         self._by_ns.clear()
         self._chunks.clear()
         self._stale.clear()
         chunked: dict[str, dict[int, dict[int, list[str]]]] = {}  # ns -> chunks -> n -> texts
-        whole: dict[str, list[str]] = {}
-        first: dict[str, list[Record]] = {}
         ids: dict[str, list[str]] = {}
         async for doc in self._coll.find({"cluster": self.cluster}):
+            if doc.get("layout") != LAYOUT_VERSION:
+                raise UnknownLayout(str(doc["_id"]), doc.get("layout"))
             namespace = doc["namespace"]
             ids.setdefault(namespace, []).append(str(doc["_id"]))
-            if doc.get("layout") == LAYOUT_VERSION:
-                chunked.setdefault(namespace, {}).setdefault(doc["chunks"], {})[doc["chunk"]] = doc["records"]
-            elif doc.get("layout") == 2:
-                whole[namespace] = doc.get("records") or []
-            else:
-                doc.pop("_id", None)
-                doc.pop("updated_at", None)
-                first.setdefault(namespace, []).append(Record.model_validate(doc))
+            chunked.setdefault(namespace, {}).setdefault(doc["chunks"], {})[doc["chunk"]] = doc["records"]
         for namespace in ids:
-            kept = self._load_namespace(namespace, chunked.get(namespace, {}), whole, first)
+            kept = self._load_namespace(namespace, chunked[namespace])
             self._stale[namespace] = [i for i in ids[namespace] if i not in kept]
 
-    def _load_namespace(
-        self,
-        namespace: str,
-        generations: dict[int, dict[int, list[str]]],
-        whole: dict[str, list[str]],
-        first: dict[str, list[Record]],
-    ) -> set[str]:
+    def _load_namespace(self, namespace: str, generations: dict[int, dict[int, list[str]]]) -> set[str]:
         """Remember one namespace's records; returns the ``_id``s that hold them."""
         complete = [count for count, chunks in generations.items() if len(chunks) == count]
-        if complete:
-            count = max(complete)
-            for chunk in generations[count].values():
-                for text in chunk:
-                    self._remember(Record.model_validate_json(text), text)
-            self._chunks[namespace] = self._assign(self._by_ns.get(namespace, set()), count)
-            return {self._chunk_id(namespace, n, count) for n in range(count)}
-        if namespace in whole:
-            for text in whole[namespace]:
+        if not complete:
+            return set()  # only a batch never fully written (so never published): nothing to keep
+        count = max(complete)
+        for chunk in generations[count].values():
+            for text in chunk:
                 self._remember(Record.model_validate_json(text), text)
-        else:
-            for record in first.get(namespace, []):
-                self._remember(record)
-        return set()
+        self._chunks[namespace] = self._assign(self._by_ns.get(namespace, set()), count)
+        return {self._chunk_id(namespace, n, count) for n in range(count)}
 
-    def _remember(self, record: Record, text: str | None = None) -> None:
+    def _remember(self, record: Record, text: str) -> None:
         ident = (record.kind, record.key)
         self._records[ident] = record
-        self._texts[ident] = text if text is not None else record.model_dump_json()
+        self._texts[ident] = text
         self._by_ns.setdefault(record.namespace, set()).add(ident)
 
     def get(self, kind: RecordKind, key: str) -> Record | None:
@@ -188,6 +184,12 @@ class PublishedState:
         by_ns = _by_namespace(records)
         if not by_ns:
             return
+        async with contextlib.AsyncExitStack() as held:
+            for namespace in sorted(by_ns):
+                await held.enter_async_context(self._writing.setdefault(namespace, asyncio.Lock()))
+            await self._commit(by_ns)
+
+    async def _commit(self, by_ns: dict[str, dict[Ident, Record]]) -> None:
         texts = {i: r.model_dump_json() for changed in by_ns.values() for i, r in changed.items()}
         layouts = {ns: self._plan(ns, changed, texts) for ns, changed in by_ns.items()}
         now = datetime.now(UTC)

@@ -13,12 +13,13 @@ every card; a status-only change re-derives an unchanged card, which costs nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from services.kabanero_watcher.emitting import Emitter, Hashed, ItemKeys
+from services.kabanero_watcher.pacing import run_steps
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.tekton_derive import (
@@ -181,12 +182,17 @@ class TektonCache(ObjectCache):
         )
 
     def desired(self, namespace: str, inst: Installation) -> TektonDesired:
+        return run_steps(self.desired_steps(namespace, inst))
+
+    def desired_steps(self, namespace: str, inst: Installation) -> Generator[None, None, TektonDesired]:
+        """The namespace's cards, a step per object (paced by the reconciler: :mod:`pacing`)."""
         out = TektonDesired(namespace=namespace)
         pipelines_api = self.served.get(PIPELINES.name, PIPELINES.group + "/" + PIPELINES.version)
         for pipeline in self.in_namespace(PIPELINES, namespace):
             self._card(
                 out, "Pipeline", pipeline, lambda p: pipeline_card(self.cluster, p, pipelines_api, inst)
             )
+            yield
         listeners = self.in_namespace(EVENTLISTENERS, namespace)
         if listeners:
             exposed = exposures(self.in_namespace(ROUTES, namespace), self.in_namespace(INGRESSES, namespace))
@@ -198,6 +204,7 @@ class TektonCache(ObjectCache):
                     listener,
                     lambda el: eventlistener_card(self.cluster, el, listeners_api, inst, exposed),
                 )
+                yield
         return out
 
     def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Callable[[Obj], TektonCardData]) -> None:
@@ -254,7 +261,7 @@ class TektonFamily:
         if self.inst is None:
             self.prepare()  # a reconcile before the first pass's prepare (not the session's order)
         assert self.inst is not None
-        desired = self.cache.desired(namespace, self.inst)
+        desired = await self.emitter.pacer.drive(self.cache.desired_steps(namespace, self.inst))
         self.emitter.resolve_pending(namespace, CARD_KINDS, lambda prev: desired.cards.get(prev.key))
         was_live = self.state.live_in_namespace(namespace, CARD_KINDS)
 
@@ -262,7 +269,7 @@ class TektonFamily:
             assert isinstance(item, TektonCardData)
             return item.model_copy(update={"revision": revision})
 
-        self.emitter.diff_items(
+        await self.emitter.diff_items(
             "card", namespace, desired.cards, CARD_KEYS, stamp, lambda prev: prev.key in desired.frozen
         )
         published = await self.emitter.flush()

@@ -96,8 +96,8 @@ class Family[T: Item, N: Snapshot]:
     """What a snapshot lists (nothing when its scope is gone)."""
     snapshot_exists: Callable[[N], bool]
     """Whether the snapshot's scope exists (recorded with the applied snapshot revision)."""
-    snapshot_known: Callable[[N], dict[str, int] | None]
-    """Item key -> the revision the producer had published when it took the snapshot (None: unknown)."""
+    snapshot_known: Callable[[N], dict[str, int]]
+    """Item key -> the revision the producer had published when it took the snapshot."""
     service_scope: Callable[[str], str]
     """Item scope -> the scope of the services that may bind it."""
     admits: Callable[[Document, str], bool]

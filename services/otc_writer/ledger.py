@@ -9,7 +9,7 @@ Why each field exists:
   exactly two ledger round trips (lease and intent in one, the commit and release in one more).
   A release without an OTC write restores the intent the lease found.
 - ``pending``: the intent written *before* a mutating OTC call whose operation differs from the
-  one the lease announced (a recreate after a 404, an audit repair), and by older versions. If the process dies between the call
+  one the lease announced (a recreate after a 404, an audit repair). If the process dies between the call
   and the ledger commit, the next attempt sees it and reads OTC (by tool id or deterministic name)
   before writing: no duplicate create, no lost delete, no second identical write.
 - ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
@@ -55,8 +55,9 @@ from shared.mongo import Document
 log = logging.getLogger(__name__)
 
 LEDGER = "otc_writer_ledger"
-SCHEMA_VERSION = 2
-"""2: ``intent`` written with the lease. Version 1 documents read as they are (no ``intent``)."""
+SCHEMA_VERSION = 1
+"""The shape above; a release that changes it bumps this (docs/design.md, "Stored shapes and their
+versions")."""
 
 
 def ledger_id(purpose: str, key: str, toolchain_id: str) -> str:

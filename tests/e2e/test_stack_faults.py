@@ -12,7 +12,6 @@ snapshots, a 410 re-list) must cost zero OTC writes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -25,6 +24,7 @@ import pytest
 from scripts.driver import BROKERS, TRIGGER, Driver, driving, fault_env, tool_kind
 from scripts.expected import connection
 from scripts.stack import Stack
+from tests.e2e.blackhole import Blackhole
 from tests.helpers import EventTap, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,43 +49,6 @@ async def trigger_tools(w: Driver) -> dict[str, int]:
 
 async def dead_letters(w: Driver) -> list[str]:
     return [f"{d.queue}: {d.type}: {d.reason!r} {d.error!r}" for d in await w.drain_dead_letters()]
-
-
-class Blackhole:
-    """A TCP proxy that can stop forwarding what its clients send (their requests never arrive):
-    everything, or only the requests that contain ``swallow_matching``."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.swallow = False
-        self.swallow_matching: bytes | None = None
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            writer.close()
-            return
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    marker = self.swallow_matching
-                    if not (upstream and (self.swallow or (marker is not None and marker in data))):
-                        dst.write(data)
-                        await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 @contextlib.asynccontextmanager

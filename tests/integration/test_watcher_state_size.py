@@ -7,6 +7,7 @@ the embedded server now refuses as a real one does: one document per namespace f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import bson
@@ -125,3 +126,14 @@ async def test_an_interrupted_doubling_leaves_the_complete_generation(db: AsyncD
     assert reloaded.in_namespace("big", "trigger") == records
     await reloaded.commit(trigger(0, revision=2))
     assert [d["_id"] for d in await docs(coll)] == ["test|big|0/1"]
+
+
+async def test_two_writes_of_one_namespace_at_once_keep_both(db: AsyncDatabase[Document]) -> None:
+    """Each family's loop commits on its own: two batches of the same namespace at the same time
+    (here the first ever, planned from no chunks) must both be stored, not the last one alone."""
+    state = PublishedState(db, "test")
+    first, second = [trigger(n) for n in range(2)], [trigger(n) for n in range(2, 4)]
+    await asyncio.gather(state.commit_many(first), state.commit_many(second))
+    reloaded = PublishedState(db, "test")
+    await reloaded.load()
+    assert reloaded.in_namespace("big", "trigger") == sorted(first + second, key=lambda r: r.key)

@@ -76,7 +76,8 @@ async def test_trigger_tool_lifecycle_one_write_per_change(env: WriterEnv) -> No
         # Snapshot with a new trigger c and without a: create c, delete a, in each toolchain.
         mark = env.otc.call_count
         c = trigger("c")
-        await env.publish(snapshot_event([c], revision=2))
+        known = {c.key.id: 1, a.key.id: 2, b.key.id: 2}  # a's and b's last events were published
+        await env.publish(snapshot_event([c], revision=2, trigger_revisions=known))
         await env.wait_handled(w, 9)
         assert sorted(x.method for x in writes(env.otc.calls(mark))) == ["DELETE", "DELETE", "POST", "POST"]
         assert env.tool_names(tc1) == env.tool_names(tc2) == [trigger_tool_name(c.key)]

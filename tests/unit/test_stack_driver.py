@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scripts.driver import FAULT_ENV, fault_env, is_tool_write, tool_kind
+from scripts.stack import Stack
 
 TOOLS = "/toolchain/v2/toolchains/tc-1/tools"
 
@@ -54,3 +56,12 @@ def test_fault_env_adds_to_the_short_leases_without_changing_them() -> None:
     assert env["otc-writer"] == {**FAULT_ENV["otc-writer"], "OTC_BREAKER_RESET_S": "2"}
     assert env["kabanero-watcher"]["LEASE_RENEW_S"] == "2"
     assert FAULT_ENV["kabanero-watcher"]["LEASE_RENEW_S"] == "1"  # a copy was changed
+
+
+@pytest.mark.parametrize("tekton_only", [("default",), ("west",)])
+def test_a_tekton_only_cluster_is_one_of_the_later_clusters(
+    tmp_path: Path, tekton_only: tuple[str, ...]
+) -> None:
+    """The first cluster keeps Kabanero (the demo's and the Kabanero brokers' cluster)."""
+    with pytest.raises(ValueError, match="tekton_only"):
+        Stack("v", logs=tmp_path, clusters=("default", "east"), tekton_only=tekton_only)
