@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: rabbitmq promtool venv lint typecheck unit test test-real-mongo bench chaos demo run clean lock compose-check
+.PHONY: rabbitmq promtool kubectl venv lint typecheck unit test test-real-mongo bench chaos demo run clean lock compose-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
@@ -27,6 +27,11 @@ rabbitmq:
 promtool: venv
 	@bash scripts/ensure-promtool.sh $(VENV)/bin
 
+# kubectl >= 1.27 (the PATH's, else the official binary unpacked into .venv/bin): the tests render the
+# kustomizations and drive the Kubernetes emulator with it.
+kubectl: venv
+	@bash scripts/ensure-kubectl.sh $(VENV)/bin
+
 # ruff includes the complexity bound (C901, max 12 in services/, shared/ and kotc_cli/); scripts/complexity.py
 # holds the same bound by radon, which also counts boolean operators; lint-imports the layering
 # contracts of pyproject.toml [tool.importlinter].
@@ -41,7 +46,7 @@ typecheck: venv
 
 # The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
 # and the embedded MongoDB wire server (or MONGODB_URL when set), then the compose stack in containers.
-test: venv rabbitmq promtool lint typecheck
+test: venv rabbitmq promtool kubectl lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory compose-check
 
@@ -49,7 +54,7 @@ test: venv rabbitmq promtool lint typecheck
 compose-check: venv
 	bash scripts/compose-check.sh
 
-unit: venv
+unit: venv promtool kubectl
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: venv rabbitmq
