@@ -60,7 +60,8 @@ unit: venv promtool kubectl
 bench: venv rabbitmq
 	$(PY) -m bench.run
 
-# The stack under one fault at a time (its own private RabbitMQ node): .run/chaos-short.json
+# The stack under one fault at a time (its own private RabbitMQ node): .run/chaos-short.json;
+# `make test` runs only its poison round (tests/e2e/test_chaos.py)
 # (CHAOS_PROFILE=full writes the committed bench/chaos.json).
 # CHAOS_PROFILE=full runs every fault three times, OTC down for 5 minutes included (~1 h).
 chaos: venv
