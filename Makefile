@@ -46,8 +46,11 @@ typecheck: venv
 
 # The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
 # and the embedded MongoDB wire server (or MONGODB_URL when set), then the compose stack in containers.
+# Two workers (pytest-xdist), a test file each: every test has its own vhost, database and ports, and
+# a module's shared stack starts once (--dist loadfile). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: venv rabbitmq promtool kubectl lint typecheck
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory compose-check
 
 # docker-compose.yml built and run for real in containers (podman), scenario included (README).
