@@ -7,9 +7,10 @@ through a TCP gate that can refuse connections (OTC down, not merely failing).
 
 Per round: inject one fault; while it lasts, keep changing the cluster (mediations, pipeline
 repositories) and calling the broker API (binding toolchains); end the fault; time until OTC equals
-the desired state; then wait for the queues to drain. The desired state is computed here, from the
-final Kubernetes objects and the bindings this harness made, by the user-visible rules (kabanero.md
-§6/§7), never from the product's own records. One row per round goes to ``bench/chaos.json``:
+the desired state; then wait for the queues to drain. The desired state is computed from the final
+Kubernetes objects and the bindings this harness made, by the user-visible rules (kabanero.md §6/§7,
+``scripts/expected.py``), never from the product's own records. The stack is driven, and OTC writes
+counted, by the stack driver (``scripts/driver.py``). One row per round goes to ``bench/chaos.json``:
 
     changes, expected/present tools, missing, duplicated, dead letters (with reasons; poison
     separately), OTC tool writes and writes per change, seconds to converge after the fault ended.
@@ -50,47 +51,27 @@ import aiohttp
 import bson
 from pymongo import AsyncMongoClient
 
-from emulators.otc.platform import BrokerName, OtcPlatform
-from scripts.stack import API_KEY, BROKER_ID, LOGS, QUEUES, SERVICES, Stack
+from emulators.otc.platform import BrokerName
+from scripts.driver import DeadLetter, Driver, fault_env
+from scripts.expected import NS
+from scripts.stack import API_KEY, BROKER_ID, LOGS, SERVICES, Stack
 from shared.amqp.topology import DEAD_EXCHANGE, EXCHANGE
-from tests.e2e.test_stack_faults import connection, expected_repos, expected_triggers, mediation
 from tests.rabbit_node import RabbitNode
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "chaos.json"
-NS, MEDIATOR = "kabanero", "webhook"
-CRS = {
-    "mediator": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventmediators/{MEDIATOR}",
-    "connections": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventconnections/connections",
-    "kabanero": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/kabaneros/kabanero",
-    "stacks": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/stacks",
-    "gitops-map": f"/api/v1/namespaces/{NS}/configmaps/gitops-map",
-}
 EVENTS_BROKER: BrokerName = "kabanero-events-broker"
 KABANERO_BROKER: BrokerName = "kabanero-broker"
 SIDS: dict[BrokerName, str] = {EVENTS_BROKER: "chaos-events", KABANERO_BROKER: "chaos-kabanero"}
-TOOL_WRITE = ("POST", "PATCH", "DELETE")
 MEDIATIONS = 4
 """Mediations the load rotates through (each change bumps one's revision)."""
-ENV = {
-    "kabanero-watcher": {
-        "SNAPSHOT_INTERVAL_S": "60",
-        "LEASE_DURATION_S": "3",
-        "LEASE_RENEW_S": "1",
-        "RECONNECT_BACKOFF_S": "0.2",
-        "RECONNECT_BACKOFF_MAX_S": "2",
-    },
-    "otc-writer": {
-        "LEASE_TTL_S": "6",
-        "LEASE_WAIT_S": "10",
-        "OTC_BREAKER_RESET_S": "5",
-        "OTC_BACKOFF_CAP_S": "2",
-        "OTC_AUDIT_INTERVAL_S": "0",
-    },
-}
+ENV = fault_env(
+    kabanero_watcher={"SNAPSHOT_INTERVAL_S": "60"},
+    otc_writer={"OTC_BREAKER_RESET_S": "5", "OTC_AUDIT_INTERVAL_S": "0"},
+)
 
 
-# --- the desired state, computed independently (the user-visible rules of tests/e2e) -------------
+# --- the desired state, computed independently (the user-visible rules of scripts/expected.py) ---
 
 
 @dataclass
@@ -212,14 +193,14 @@ class Row:
     """What happened that is no invariant: a service that exited by itself and was restarted."""
 
 
-class Chaos:
+class Chaos(Driver):
+    """The stack driver with this harness's world: its toolchains, bindings, changes and secrets."""
+
     def __init__(self, stack: Stack, node: RabbitNode, gate: TcpGate, http: aiohttp.ClientSession) -> None:
-        self.stack = stack
+        super().__init__(stack, http)
         self.node = node
         self.gate = gate
-        self.http = http
         self.rng = random.Random(13)
-        self.revs: dict[str, int] = {}
         self.repos: list[str] = []
         self.toolchains: list[str] = []
         self.events_bound: set[str] = set()
@@ -228,7 +209,6 @@ class Chaos:
         self.changes = 0
         self.needed_writes = 0
         """OTC tool writes the changes call for (one per tool they create or alter)."""
-        self.platform: OtcPlatform | None = None
         token = uuid.uuid4().hex[:12]
         self.service_secret = f"chaos-svc-cred-{token}"
         self.toolchain_secret = f"chaos-tc-cred-{token}"
@@ -237,52 +217,8 @@ class Chaos:
         self._tap: aio_pika.abc.AbstractRobustConnection | None = None
         self._tap_parts: tuple[object, ...] = ()
 
-    # plumbing
-
-    async def request(self, method: str, url: str, body: Any = None, **kw: Any) -> Any:
-        async with self.http.request(method, url, json=body, **kw) as r:
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {url}: {r.status} {await r.text()}")
-            return await r.json() if r.content_type == "application/json" else None
-
-    async def kube(self, method: str, what: str, body: Any = None) -> Any:
-        url = self.stack.url("kube") + CRS[what]
-        if method != "PATCH":
-            return await self.request(method, url, body)
-        headers = {"Content-Type": "application/merge-patch+json"}
-        async with self.http.patch(url, data=json.dumps(body), headers=headers) as r:
-            if r.status != 200:
-                raise RuntimeError(f"PATCH {what}: {r.status} {await r.text()}")
-            return None
-
-    async def kube_fault(self, name: str, body: dict[str, Any] | None = None) -> None:
-        await self.request("POST", f"{self.stack.url('kube')}/_emulator/{name}", body or {})
-
-    async def otc_faults(self, config: dict[str, Any] | None) -> None:
-        url = f"{self.stack.url('otc')}/_emulator/faults"
-        await (self.request("POST", url, config) if config else self.request("DELETE", url))
-
-    async def otc_writes(self) -> int:
-        log = await self.request("GET", f"{self.stack.url('otc')}/_emulator/calls")
-        return sum(
-            1
-            for c in log["calls"]
-            if c["method"] in TOOL_WRITE
-            and "/tools" in c["path"]
-            and (c.get("dropped") or (c.get("status") is not None and c["status"] < 300))
-        )
-
-    # the world
-
     async def write_mediations(self) -> None:
-        await self.kube(
-            "PATCH", "mediator", {"spec": {"mediations": [mediation(n, r) for n, r in self.revs.items()]}}
-        )
-        await self.kube(
-            "PATCH",
-            "connections",
-            {"spec": {"connections": [connection(n, r) for n, r in self.revs.items()]}},
-        )
+        await self.set_mediations()
 
     async def tap(self) -> None:
         """Keep every event and dead letter (body and headers) for the secret scrape."""
@@ -292,7 +228,7 @@ class Chaos:
         # durable: a kill -9 of the node loses it, and the robust connection declares it again.
         queue = await channel.declare_queue(f"chaos-tap-{uuid.uuid4().hex[:8]}", durable=False)
         await queue.bind(EXCHANGE, "#")
-        for q in QUEUES:
+        for q in self.stack.queues:
             await queue.bind(DEAD_EXCHANGE, q)
 
         async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -304,48 +240,26 @@ class Chaos:
 
     async def setup(self) -> None:
         await self.tap()
-        self.platform = OtcPlatform(self.stack.url("broker"), BROKER_ID, self.stack.broker_secret)
-        await self.platform.__aenter__()
         for broker, sid in SIDS.items():
-            reply = await self.platform.provision(
-                broker,
-                sid,
-                parameters={"cluster": "default", "namespace": NS},
-                service_credentials=self.service_secret,
-            )
-            if reply.status != 200:
-                raise RuntimeError(f"provision {broker}: {reply.status}")
+            params = {"cluster": "default", "namespace": NS}
+            await self.provision(broker, sid, params, service_credentials=self.service_secret)
         await self.bind_new_toolchain(both=True)
         self.revs = {f"m{i}": 1 for i in range(MEDIATIONS)}
         await self.write_mediations()
         await self.converge("baseline", timeout=90)
 
     async def close(self) -> None:
-        if self.platform is not None:
-            await self.platform.close()
+        await super().close()
         if self._tap is not None:
             await self._tap.close()
 
     async def bind_new_toolchain(self, *, both: bool = False) -> None:
         """A provision/bind call of OTC's: a new toolchain bound to the events service (and kabanero)."""
-        assert self.platform is not None
-        tc = await self.request(
-            "POST", f"{self.stack.url('otc')}/_emulator/toolchains", {"name": f"chaos-{len(self.toolchains)}"}
-        )
-        tid = tc["id"]
+        tid = await self.new_toolchain(f"chaos-{len(self.toolchains)}")
         self.toolchains.append(tid)
         brokers = (EVENTS_BROKER, KABANERO_BROKER) if both else (EVENTS_BROKER,)
-        for broker in brokers:
-            for _ in range(60):  # broker-api may be restarting (a fault): OTC retries its calls too
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    reply = await self.platform.bind(
-                        broker, SIDS[broker], tid, toolchain_credentials=self.toolchain_secret
-                    )
-                    if reply.status == 204:
-                        break
-                await asyncio.sleep(0.5)
-            else:
-                raise RuntimeError(f"bind {broker} {tid} never answered 204")
+        for broker in brokers:  # broker-api may be restarting (a fault): retried as OTC retries
+            await self.bind(broker, SIDS[broker], tid, toolchain_credentials=self.toolchain_secret)
             (self.events_bound if broker == EVENTS_BROKER else self.kabanero_bound).add(tid)
 
     async def change(self) -> None:
@@ -369,15 +283,7 @@ class Chaos:
     async def add_repo(self) -> None:
         repo = f"chaos-{len(self.repos)}"
         self.repos.append(repo)
-        pipelines = (await self.kube("GET", "kabanero"))["spec"]["stacks"]["pipelines"]
-        pipelines.append(
-            {
-                "id": repo,
-                "sha256": uuid.uuid4().hex * 2,
-                "https": {"url": f"https://github.com/acme/{repo}/releases/download/1.0.0/{repo}.tar.gz"},
-            }
-        )
-        await self.kube("PATCH", "kabanero", {"spec": {"stacks": {"pipelines": pipelines}}})
+        await self.add_pipeline_repo(repo)
 
     async def stream(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         """Changes every ``interval`` seconds until ``stop``; a change the fault refuses is retried."""
@@ -389,16 +295,8 @@ class Chaos:
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def comparison(self) -> Comparison:
-        triggers = expected_triggers(
-            await self.kube("GET", "mediator"), await self.kube("GET", "connections")
-        )
-        repos = expected_repos(
-            await self.kube("GET", "kabanero"),
-            (await self.kube("GET", "stacks"))["items"],
-            await self.kube("GET", "gitops-map"),
-        )
-        state = await self.request("GET", f"{self.stack.url('otc')}/_emulator/state")
-        mine = {t["id"]: list(t["tools"]) for t in state["toolchains"] if t["id"] in self.toolchains}
+        triggers, repos = await self.desired()
+        mine = {tc: tools for tc, tools in (await self.tools_by_toolchain()).items() if tc in self.toolchains}
         return compare(mine, self.events_bound, self.kabanero_bound, triggers, repos)
 
     async def converge(self, what: str, timeout: float) -> float | None:
@@ -411,28 +309,13 @@ class Chaos:
             await asyncio.sleep(0.3)
         return None
 
-    async def dead_letters(self) -> list[tuple[str, str, str]]:
-        """(queue, message id, reason) of everything in the .dead queues, which are emptied."""
-        out = []
-        conn = await aio_pika.connect(self.stack.amqp_url)
-        try:
-            channel = await conn.channel()
-            for q in QUEUES:
-                queue = await channel.declare_queue(f"{q}.dead", passive=True)
-                while (msg := await queue.get(fail=False, no_ack=True)) is not None:
-                    reason = str((msg.headers or {}).get("x-kotc-dead-reason", "broker: delivery limit"))
-                    out.append((q, msg.message_id or "", reason))
-        finally:
-            await conn.close()
-        return out
-
     async def publish_poison(self) -> int:
         """Malformed, wrong-schema, huge and unknown-type messages straight into every consuming queue."""
         conn = await aio_pika.connect(self.stack.amqp_url)
         count = 0
         try:
             channel = await conn.channel(publisher_confirms=True)
-            for q in QUEUES:
+            for q in self.stack.queues:
                 rk = "kabanero.trigger.updated" if q == "otc-writer.events" else "otc.tool.apply"
                 if q == "github-linker.events":
                     rk = "kabanero.instance.changed"
@@ -735,7 +618,7 @@ PROFILES: dict[str, list[tuple[str, float, int]]] = {
 
 async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_timeout: float) -> Row:
     fault = FAULTS[name]
-    writes_before = await c.otc_writes()
+    mark = await c.mark()
     changes_before = c.changes
     needed_before = c.needed_writes
     stop = asyncio.Event()
@@ -756,10 +639,10 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
     with contextlib.suppress(RuntimeError):
         await c.stack.quiet(timeout=converge_timeout)
     comparison = await c.comparison()
-    dead = await c.dead_letters()
-    poisoned = [d for d in dead if d[1] in c.poison_ids]
-    others = [d for d in dead if d[1] not in c.poison_ids]
-    writes = await c.otc_writes() - writes_before
+    dead = await c.drain_dead_letters()
+    poisoned = [d for d in dead if d.message_id in c.poison_ids]
+    others = [_dead(d) for d in dead if d.message_id not in c.poison_ids]
+    writes = await c.writes_since(mark)
     changes = c.changes - changes_before
     needed = c.needed_writes - needed_before
     problems = []
@@ -787,7 +670,7 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
         missing=len(comparison.missing),
         duplicated=len(comparison.duplicated),
         dead_lettered=len(dead),
-        dead_letter_reasons=sorted({f"{q}: {r}" for q, _, r in dead}),
+        dead_letter_reasons=sorted({f"{d.queue}: {d.reason}" for d in dead}),
         poison_dead_lettered=len(poisoned),
         otc_writes=writes,
         needed_writes=needed,
@@ -799,6 +682,11 @@ async def run_round(c: Chaos, name: str, seconds: float, index: int, converge_ti
         problems=problems,
         notes=notes,
     )
+
+
+def _dead(d: DeadLetter) -> tuple[str, str, str]:
+    """How a dead letter that is no poison shows among a row's problems."""
+    return (d.queue, d.message_id, d.reason)
 
 
 def _selector(name: str, seconds: float) -> str:
@@ -853,7 +741,7 @@ async def chaos(
                 c = Chaos(stack, node, gate, http)
                 try:
                     await c.setup()
-                    await c.dead_letters()  # start counting from empty
+                    await c.drain_dead_letters()  # start counting from empty
                     await misuse(c)
                     for name, seconds, times in PROFILES[profile]:
                         if only and not any(o in _selector(name, seconds) for o in only):

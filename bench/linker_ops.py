@@ -41,7 +41,7 @@ class Sink:
 def _instance(urls: list[str], revision: int) -> CloudEvent:
     data = InstanceData(
         instance=REF,
-        repositories=[Repository(url=u, kind="pipeline") for u in urls],
+        repositories=[Repository.of(u, "pipeline") for u in urls],
         content_hash=json.dumps(urls),
         revision=revision,
     )
@@ -78,11 +78,10 @@ async def _run(mongodb_url: str) -> dict[str, Any]:
                 SnapshotData(
                     instance=REF,
                     exists=True,
-                    repositories=[
-                        Repository(url=u, kind="pipeline") for u in [*urls, "https://github.com/org/r3"]
-                    ],
+                    repositories=[Repository.of(u, "pipeline") for u in [*urls, "https://github.com/org/r3"]],
                     revision=1,
                     instance_revision=3,
+                    trigger_revisions={},
                 ),
                 source="bench",
             ),

@@ -28,8 +28,8 @@ import aio_pika
 import aiohttp
 
 from bench.common import BenchInfra, append_results
-from emulators.otc.platform import OtcPlatform
-from scripts.stack import BROKER_ID, BROKERS, EVENTS_CRD, LOGS, QUEUES, Stack, mgmt
+from scripts.driver import BROKERS, TRIGGER, Driver, tool_kind, wait_for
+from scripts.stack import LOGS, Stack, mgmt
 
 TIMEOUT_S = 30.0
 
@@ -43,43 +43,28 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(ordered), "p95": at(0.95), "max": ordered[-1]}
 
 
-class Probe:
-    def __init__(self, stack: Stack, http: aiohttp.ClientSession, poll_s: float) -> None:
-        self.stack = stack
-        self.http = http
-        self.poll_s = poll_s
-        self.toolchain = ""
+class Probe(Driver):
+    """The stack driver with this bench's polling: trigger tools' content hashes, idle waits."""
 
-    async def tools(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.stack.url('otc')}/_emulator/state") as r:
-            state = await r.json()
-        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
-        return list(tc["tools"])
+    def __init__(self, stack: Stack, http: aiohttp.ClientSession, poll_s: float) -> None:
+        super().__init__(stack, http)
+        self.poll_s = poll_s
 
     async def trigger_hashes(self) -> dict[str, str]:
         """Mediation name -> the content hash its trigger tool carries."""
         out = {}
         for tool in await self.tools():
-            if tool["tool_type_id"] == "customtool":
+            if tool_kind(tool) == TRIGGER:
                 props = json.loads(tool["parameters"]["additional-properties"])
                 out[props["trigger"]] = props["content_hash"]
         return out
 
-    async def writes(self) -> int:
-        async with self.http.get(f"{self.stack.url('otc')}/_emulator/calls") as r:
-            calls = (await r.json())["calls"]
-        return sum(1 for c in calls if c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"])
-
     async def until(self, check: Callable[[], Awaitable[bool]], what: str) -> float:
         """Seconds until ``check`` holds (polled every ``poll_s``)."""
-        started = time.monotonic()
-        while not await check():
-            if time.monotonic() - started > TIMEOUT_S:
-                raise TimeoutError(f"timed out waiting for {what}")
-            await asyncio.sleep(self.poll_s)
-        return time.monotonic() - started
+        return await wait_for(check, what, timeout=TIMEOUT_S, interval=self.poll_s)
 
-    async def set_mediations(self, patterns: dict[str, str]) -> None:
+    async def set_patterns(self, patterns: dict[str, str]) -> None:
+        """The seeded EventMediator's mediations: one per name, matching its pattern."""
         mediations = [
             {
                 "name": name,
@@ -89,26 +74,22 @@ class Probe:
             }
             for name, pattern in patterns.items()
         ]
-        async with self.http.patch(
-            f"{self.stack.url('kube')}{EVENTS_CRD}",
-            data=json.dumps({"spec": {"mediations": mediations}}),
-            headers={"Content-Type": "application/merge-patch+json"},
-        ) as r:
-            r.raise_for_status()
+        await self.kube("PATCH", "mediator", {"spec": {"mediations": mediations}})
 
     async def idle(self, quiet_s: float = 1.0) -> None:
         """Wait until no message is ready in any queue and OTC saw no tool write for ``quiet_s``."""
         connection = await aio_pika.connect(self.stack.amqp_url)
         try:
             channel = await connection.channel()
-            last, since = await self.writes(), time.monotonic()
+            mark = await self.mark()
+            last, since = 0, time.monotonic()
             deadline = since + TIMEOUT_S
             while True:
                 ready = 0
-                for queue in QUEUES:
+                for queue in self.stack.queues:
                     declared = await channel.declare_queue(queue, passive=True)
                     ready += declared.declaration_result.message_count or 0
-                now = await self.writes()
+                now = await self.writes_since(mark)
                 if ready or now != last:
                     last, since = now, time.monotonic()
                 elif time.monotonic() - since >= quiet_s:
@@ -126,17 +107,13 @@ async def run(changes: int, cycles: int, mediations: int, poll_ms: float) -> tup
         await stack.start()
         async with aiohttp.ClientSession() as http:
             p = Probe(stack, http, poll_ms / 1000)
-            async with http.post(f"{stack.url('otc')}/_emulator/toolchains", json={"name": "bench"}) as r:
-                p.toolchain = (await r.json())["id"]
+            p.toolchain = await p.new_toolchain("bench")
             names = [f"m{i}" for i in range(mediations)]
             patterns = {n: f"{n}-v0" for n in names}
-            await p.set_mediations(patterns)
-            async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
+            await p.set_patterns(patterns)
+            try:
                 for broker, sid in BROKERS:
-                    await otc.provision(
-                        broker, sid, parameters={"cluster": "default", "namespace": "kabanero"}
-                    )
-                    await otc.bind(broker, sid, p.toolchain)
+                    await p.provision_and_bind(broker, sid, {"cluster": "default", "namespace": "kabanero"})
 
                 async def all_present() -> bool:
                     return sorted(await p.trigger_hashes()) == sorted(names)
@@ -146,38 +123,38 @@ async def run(changes: int, cycles: int, mediations: int, poll_ms: float) -> tup
 
                 # 1. Content changes, one at a time, round-robin over the mediations.
                 change_s: list[float] = []
-                writes_before = await p.writes()
+                mark = await p.mark()
                 for i in range(changes):
                     name = names[i % len(names)]
                     old = (await p.trigger_hashes())[name]
                     patterns[name] = f"{name}-v{i + 1}"
-                    await p.set_mediations(patterns)
+                    await p.set_patterns(patterns)
 
                     async def shown(name: str = name, old: str = old) -> bool:
                         return (await p.trigger_hashes()).get(name, old) != old
 
                     change_s.append(await p.until(shown, f"change {i}"))
                 await p.idle()
-                change_writes = await p.writes() - writes_before
+                change_writes = await p.writes_since(mark)
 
                 # 2. Unbind / bind the Kabanero Events service.
                 unbind_s: list[float] = []
                 bind_s: list[float] = []
                 sid = dict((b, s) for b, s in BROKERS)["kabanero-events-broker"]
-                writes_before = await p.writes()
+                mark = await p.mark()
                 for _ in range(cycles):
-                    reply = await otc.unbind("kabanero-events-broker", sid, p.toolchain)
-                    assert reply.status == 204, reply
+                    await p.unbind("kabanero-events-broker", sid)
 
                     async def none_left() -> bool:
                         return not await p.trigger_hashes()
 
                     unbind_s.append(await p.until(none_left, "all trigger tools gone"))
-                    reply = await otc.bind("kabanero-events-broker", sid, p.toolchain)
-                    assert reply.status == 204, reply
+                    await p.bind("kabanero-events-broker", sid)
                     bind_s.append(await p.until(all_present, "all trigger tools back"))
                 await p.idle()
-                cycle_writes = await p.writes() - writes_before
+                cycle_writes = await p.writes_since(mark)
+            finally:
+                await p.close()
     finally:
         await asyncio.to_thread(stack.stop)
         await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")

@@ -41,8 +41,8 @@ from typing import Any
 
 import aiohttp
 
-from emulators.otc.platform import OtcPlatform
-from scripts.stack import API_KEY, BROKER_ID, LOGS, SERVICES, Stack, mgmt, wait_http
+from scripts.driver import Driver, wait_for
+from scripts.stack import LOGS, SERVICES, Stack, mgmt, wait_http
 
 TIMEOUT_S = 600.0
 LOAD_TIMEOUT_S = 1200.0  # a loaded shared machine: the load phase's figure, late, beats none
@@ -103,29 +103,18 @@ class MemoryStack(Stack):
         super().spawn(name, args, env)
 
 
-class World:
-    """What the bench drives: the cluster (kube emulator) and OTC (its API and control endpoints)."""
+class World(Driver):
+    """The stack driver with what this bench changes: its namespaces' mediators, one tool per trigger."""
 
     def __init__(self, stack: Stack, http: aiohttp.ClientSession, namespaces: int, mediations: int) -> None:
-        self.stack = stack
-        self.http = http
+        super().__init__(stack, http)
         self.namespaces = [f"team-{n:03d}" for n in range(namespaces)]
         self.patterns = {ns: [f"m{i}-v0" for i in range(mediations)] for ns in self.namespaces}
-        self.toolchain = ""
-        self.token = ""
         self.tool_ids: dict[tuple[str, str], str] = {}
         self.locks = {ns: asyncio.Lock() for ns in self.namespaces}
         self.content: dict[tuple[str, int], str] = {}
         """The additional-properties each trigger tool showed last."""
         self.busy: set[tuple[str, int]] = set()
-
-    async def kube(self, method: str, path: str, body: dict[str, Any]) -> None:
-        ctype = "application/merge-patch+json" if method == "PATCH" else "application/json"
-        async with self.http.request(
-            method, self.stack.url("kube") + path, data=json.dumps(body), headers={"Content-Type": ctype}
-        ) as r:
-            if r.status >= 300:
-                raise RuntimeError(f"kube {method} {path}: {r.status} {await r.text()}")
 
     async def seed_cluster(self) -> None:
         for ns in self.namespaces:  # a real API server refuses objects in a missing namespace
@@ -170,35 +159,8 @@ class World:
         finally:
             self.busy.discard(key)
 
-    async def state_tools(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.stack.url('otc')}/_emulator/state") as r:
-            state = await r.json()
-        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
-        return list(tc["tools"])
-
-    async def writes_since(self, index: int) -> tuple[int, int]:
-        """(tool writes since the call-log index, the log's length now)."""
-        async with self.http.get(
-            f"{self.stack.url('otc')}/_emulator/calls", params={"since": str(index)}
-        ) as r:
-            body = await r.json()
-        n = sum(
-            1 for c in body["calls"] if c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"]
-        )
-        return n, int(body["total"])
-
-    async def log_length(self) -> int:
-        return (await self.writes_since(1 << 62))[1]
-
-    async def login(self) -> None:
-        async with self.http.post(
-            f"{self.stack.url('otc')}/identity/token",
-            data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": API_KEY},
-        ) as r:
-            self.token = (await r.json())["access_token"]
-
     async def learn_tool_ids(self) -> None:
-        for tool in await self.state_tools():
+        for tool in await self.tools():
             if tool["tool_type_id"] == "customtool":
                 raw = tool["parameters"]["additional-properties"]
                 props = json.loads(raw)
@@ -208,36 +170,10 @@ class World:
     async def tool_content(self, ns: str, index: int) -> str | None:
         """The tool's additional-properties (its trigger's content), read through the Toolchain API."""
         tool_id = self.tool_ids[(ns, f"m{index}")]
-        url = f"{self.stack.url('otc')}/toolchain/v2/toolchains/{self.toolchain}/tools/{tool_id}"
-        async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"}) as r:
-            if r.status == 401:
-                await self.login()
-                return None
-            body = await r.json()
-        if r.status != 200:
+        status, body = await self.otc_api("GET", f"/toolchain/v2/toolchains/{self.toolchain}/tools/{tool_id}")
+        if status != 200:
             return None
         return str(body["parameters"].get("additional-properties", ""))
-
-
-async def until(check: Any, what: str, timeout: float = TIMEOUT_S, poll_s: float = 0.5) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(poll_s)
-    return time.monotonic() - started
-
-
-async def _retried(call: Any) -> None:
-    """As OTC does: a 5xx (e.g. 503 while the store is too busy to answer in time) is retried."""
-    for _ in range(60):
-        reply = await call()
-        if reply.status < 300:
-            return
-        if reply.status < 500:
-            raise RuntimeError(f"broker refused: {reply}")
-        await asyncio.sleep(1.0)
-    raise RuntimeError(f"broker kept failing: {reply}")
 
 
 def _service_rss(stack: Stack) -> dict[str, float]:
@@ -282,26 +218,20 @@ async def run(
         "triggers": namespaces * mediations,
     }
     poll_s = poll_ms / 1000
+    world: World | None = None
     try:
         await stack.start()
         await asyncio.sleep(2.0)
         out["rss_idle"] = _service_rss(stack)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
             world = World(stack, http, namespaces, mediations)
-            async with http.post(f"{stack.url('otc')}/_emulator/toolchains", json={"name": "bench"}) as r:
-                world.toolchain = (await r.json())["id"]
-            await world.login()
+            world.toolchain = await world.new_toolchain("bench")
             total = namespaces * mediations
             t0 = time.monotonic()
             await world.seed_cluster()
-            async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-                for ns in world.namespaces:
-                    sid = f"events-{ns}"
-                    params = {"cluster": "default", "namespace": ns}
-                    await _retried(
-                        lambda s=sid, p=params: otc.provision("kabanero-events-broker", s, parameters=p)
-                    )
-                    await _retried(lambda s=sid: otc.bind("kabanero-events-broker", s, world.toolchain))
+            for ns in world.namespaces:  # retried on 5xx as OTC does (the store may be too busy)
+                params = {"cluster": "default", "namespace": ns}
+                await world.provision_and_bind("kabanero-events-broker", f"events-{ns}", params)
 
             created, seen, polls = 0, 0, 0
 
@@ -311,19 +241,13 @@ async def run(
                 # last poll is cheap; the state is read when the creates add up (or every 10th poll).
                 nonlocal created, seen, polls
                 polls += 1
-                async with http.get(f"{stack.url('otc')}/_emulator/calls", params={"since": str(seen)}) as r:
-                    body = await r.json()
-                seen = int(body["total"])
-                created += sum(
-                    1
-                    for c in body["calls"]
-                    if c["method"] == "POST" and c["path"].endswith("/tools") and (c["status"] or 0) < 300
-                )
+                seen, writes = await world.calls(seen)
+                created += sum(1 for c in writes if c["method"] == "POST")
                 if created < total and polls % 10:
                     return False
-                return len(await world.state_tools()) >= total
+                return len(await world.tools()) >= total
 
-            await until(loaded, f"{total} trigger tools", timeout=LOAD_TIMEOUT_S, poll_s=1.0)
+            await wait_for(loaded, f"{total} trigger tools", timeout=LOAD_TIMEOUT_S, interval=1.0)
             out["load_seconds"] = round(time.monotonic() - t0, 2)
             await stack.quiet(timeout=TIMEOUT_S)
             await world.learn_tool_ids()
@@ -331,17 +255,17 @@ async def run(
             out["rss_loaded"] = _service_rss(stack)
 
             # 3. Restart over the unchanged world.
-            mark = await world.log_length()
+            mark = await world.mark()
             t0 = time.monotonic()
             out["resync_ready_seconds_by_service"] = ready = await _restart_all(stack)
             out["resync_ready_seconds"] = max(ready.values())
             await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
             out["resync_seconds"] = round(time.monotonic() - t0, 2)
-            out["resync_writes"], _ = await world.writes_since(mark)
+            out["resync_writes"] = await world.writes_since(mark)
 
             # 4. Sustained closed-loop changes.
             rng = random.Random(12)
-            mark = await world.log_length()
+            mark = await world.mark()
             done = 0
             stop_at = time.monotonic() + seconds
 
@@ -392,12 +316,12 @@ async def run(
                 "max": round(max(latencies) * 1000, 1),
             }
             await stack.quiet(timeout=TIMEOUT_S)
-            writes, _ = await world.writes_since(mark)
+            writes = await world.writes_since(mark)
             changes = done + len(latencies)
             out["writes_per_change"] = round(writes / changes, 3)
 
             # 6. Invariants: one tool per trigger, each with its last content; no dead letter.
-            tools = await world.state_tools()
+            tools = await world.tools()
             names = [t["name"] for t in tools if t["tool_type_id"] == "customtool"]
             latest = 0
             for tool in tools:
@@ -406,7 +330,7 @@ async def run(
                 raw = tool["parameters"]["additional-properties"]
                 props = json.loads(raw)
                 latest += world.content[(props["namespace"], int(props["trigger"][1:]))] == raw
-            dead = {q: n for q, n in (await stack.queue_depths()).items() if q.endswith(".dead") and n}
+            dead = {q: n for q, n in (await world.dead_letter_counts()).items() if n}
             out["invariants"] = {
                 "tools": len(names),
                 "duplicate_names": len(names) - len(set(names)),
@@ -418,6 +342,8 @@ async def run(
     except Exception as exc:  # the phases measured so far still reach results.json (stack_error)
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        if world is not None:
+            await world.close()
         await asyncio.to_thread(stack.stop)
         await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
     return out

@@ -153,6 +153,8 @@ async def run(
                     exists=True,
                     triggers=[_trigger(i, 2, ns) for i in range(per_ns)],
                     revision=1,
+                    instance_revision=0,
+                    trigger_revisions={_trigger(i, 2, ns).key.id: 2 for i in range(per_ns)},
                 )
                 await pub.publish(CloudEvent.for_data(RoutingKeys.SNAPSHOT, snap, source="bench"))
             await _wait(lambda: w.handled[EVENTS_QUEUE] >= handled + instances, 60)

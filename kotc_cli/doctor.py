@@ -36,8 +36,10 @@ from services.kabanero_watcher.identity import COLLECTION as CLUSTERS
 from services.kabanero_watcher.identity import IDENTITY_NAMESPACE, recorded_identity
 from services.kabanero_watcher.kube import make_api_client
 from services.kabanero_watcher.lease import GROUP, PLURAL, VERSION
+from services.kabanero_watcher.resources import ResourceSpec
 from services.kabanero_watcher.settings import Settings as WatcherSettings
 from services.kabanero_watcher.state import COLLECTION as WATCH_STATE
+from services.kabanero_watcher.tekton_family import InstallKinds, tekton_kinds
 from services.otc_writer.ledger import LEDGER
 from services.otc_writer.otc_client import IamTokenManager, OtcError, OtcPermanentError
 from services.otc_writer.projection import CARDS as WRITER_CARDS
@@ -68,22 +70,90 @@ class Check:
     fix: str = ""
 
 
+Where = Literal["cluster", "lease", "watched", "install"]
+
+
 @dataclass(frozen=True)
 class Access:
-    """One list request a service's RBAC must allow (``namespaced``: in the watcher's lease namespace)."""
+    """One kind a service's RBAC must let it list, and where: cluster-wide, in the watcher's lease
+    namespace, in each watched namespace (``WATCH_NAMESPACES``; none: cluster-wide), or in each
+    Tekton install namespace (``TEKTON_INSTALL_NAMESPACES``)."""
 
-    what: str
     group: str
     version: str
     plural: str
-    namespaced: bool = False
+    where: Where = "cluster"
+    verbs: tuple[str, ...] = ("get", "list", "watch")
+    """What the rule to grant names (the watcher lists, then watches)."""
+
+    @property
+    def resource(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+@dataclass(frozen=True)
+class Request:
+    """One list request (``limit=1``) of an :class:`Access`."""
+
+    access: Access
+    namespace: str | None
+
+    @property
+    def what(self) -> str:
+        return f"list {self.access.resource}" + (f" in {self.namespace}" if self.namespace else "")
+
+    @property
+    def path(self) -> str:
+        a = self.access
+        base = f"/apis/{a.group}/{a.version}" if a.group else f"/api/{a.version}"
+        return base + (f"/namespaces/{self.namespace}" if self.namespace else "") + f"/{a.plural}"
+
+    @property
+    def rule(self) -> str:
+        """The RBAC rule that allows it, exactly as the Role or ClusterRole must hold it."""
+        a = self.access
+        holder = f"Role in {self.namespace}" if self.namespace else "ClusterRole"
+        return (
+            f"{holder}: apiGroups [{a.group or chr(34) * 2}], resources [{a.plural}], "
+            f"verbs [{', '.join(a.verbs)}]"
+        )
+
+
+def requests(access: tuple[Access, ...], settings: WatcherSettings) -> list[Request]:
+    out = []
+    for a in access:
+        namespaces: tuple[str | None, ...] = {
+            "cluster": (None,),
+            "lease": (settings.lease_namespace,),
+            "watched": settings.watch_namespaces or (None,),
+            "install": settings.tekton_install_namespaces,
+        }[a.where]
+        out += [Request(a, ns) for ns in namespaces]
+    return out
 
 
 WATCHER_ACCESS = (
-    Access("list kabaneros.kabanero.io", "kabanero.io", "v1alpha2", "kabaneros"),
-    Access("list eventmediators.events.kabanero.io", "events.kabanero.io", "v1alpha1", "eventmediators"),
-    Access("list leases in {lease_namespace}", GROUP, VERSION, PLURAL, namespaced=True),
+    Access("kabanero.io", "v1alpha2", "kabaneros"),
+    Access("events.kabanero.io", "v1alpha1", "eventmediators"),
+    Access(GROUP, VERSION, PLURAL, where="lease", verbs=("get", "create", "update")),
 )
+
+
+def tekton_access(specs: tuple[ResourceSpec, ...]) -> tuple[Access, ...]:
+    """The watcher's Tekton kinds as list requests: each group a kind may be served in (RBAC rules
+    name groups, and Triggers moved from ``tekton.dev`` to ``triggers.tekton.dev``)."""
+    out: dict[tuple[str, str, str], Access] = {}
+    for spec in specs:
+        where: Where = (
+            "cluster" if spec.cluster_scoped else "install" if spec.namespaces is not None else "watched"
+        )
+        for group, version in ((spec.group, spec.version), *spec.alternatives):
+            out.setdefault((group, spec.plural, where), Access(group, version, spec.plural, where))
+    return tuple(out.values())
+
+
+TEKTON_ACCESS = tekton_access(tekton_kinds(InstallKinds.of(())))
+"""The install namespaces' kinds are listed in each ``TEKTON_INSTALL_NAMESPACES`` (``where``)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +162,8 @@ class RbacCheck:
     access: tuple[Access, ...]
     ok: str
     fix: str
+    family: str | None = None
+    """Checked only when the watcher's ``WATCH_FAMILIES`` names it (None: always)."""
 
 
 RBAC_CHECKS = (
@@ -102,8 +174,21 @@ RBAC_CHECKS = (
         "apply k8s/ (ClusterRole kabanero-watcher: get/list/watch kabaneros, eventmediators, "
         "eventconnections; get/create/update leases)",
     ),
+    RbacCheck(
+        "watcher tekton rbac",
+        TEKTON_ACCESS,
+        "get/list/watch on the Tekton kinds (a 404: not installed, fine)",
+        "grant the watcher's ServiceAccount get/list/watch on what it reads of Tekton (k8s/)",
+        family="tekton",
+    ),
 )
 """What a service's Kubernetes RBAC must allow, one check each (another family: another entry)."""
+
+
+@dataclass(frozen=True)
+class Denied:
+    what: str
+    rule: str
 
 
 def denial(what: str, status: int | None) -> str | None:
@@ -113,30 +198,35 @@ def denial(what: str, status: int | None) -> str | None:
     return None if status == 404 else f"{what} (HTTP {status})"
 
 
-async def denials(
-    custom: kube.CustomObjectsApi, access: tuple[Access, ...], settings: WatcherSettings
-) -> list[str]:
+async def denials(api_client: kube.ApiClient, wanted: list[Request]) -> list[Denied]:
     denied = []
-    for a in access:
-        what = a.what.format(lease_namespace=settings.lease_namespace)
+    for request in wanted:
         try:
-            if a.namespaced:
-                await custom.list_namespaced_custom_object(
-                    a.group, a.version, settings.lease_namespace, a.plural, limit=1, _request_timeout=5
-                )
-            else:
-                await custom.list_cluster_custom_object(
-                    a.group, a.version, a.plural, limit=1, _request_timeout=5
-                )
+            await api_client.call_api(
+                request.path,
+                "GET",
+                query_params=[("limit", 1)],
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=5,
+            )
         except ApiException as exc:
-            if (why := denial(what, exc.status)) is not None:
-                denied.append(why)
+            if (why := denial(request.what, exc.status)) is not None:
+                denied.append(Denied(why, request.rule))
     return denied
 
 
-def rbac_check(rbac: RbacCheck, denied: list[str]) -> Check:
+def rbac_check(rbac: RbacCheck, denied: list[Denied]) -> Check:
+    """Each denied request named, and the exact rules that would allow them."""
     if denied:
-        return Check(rbac.name, "problem", f"denied: {', '.join(denied)}", rbac.fix)
+        rules = "; ".join(dict.fromkeys(d.rule for d in denied))
+        return Check(
+            rbac.name,
+            "problem",
+            f"denied: {', '.join(d.what for d in denied)}",
+            f"{rbac.fix}; grant: {rules}",
+        )
     return Check(rbac.name, "ok", rbac.ok)
 
 
@@ -308,6 +398,9 @@ class Doctor:
             kube_api_url=c.get("KUBE_API_URL"),
             cluster_name=c.require("CLUSTER_NAME"),
             lease_namespace=c.require("LEASE_NAMESPACE"),
+            watch_families=c.settings.watch_families,
+            watch_namespaces=c.settings.watch_namespaces,
+            tekton_install_namespaces=c.settings.tekton_install_namespaces,
         )
         try:
             api_client = await make_api_client(settings)
@@ -321,9 +414,12 @@ class Doctor:
             return
         async with api_client:
             if await self.kube_version(api_client):
-                custom = kube.CustomObjectsApi(api_client)
                 for rbac in RBAC_CHECKS:
-                    self.checks.append(rbac_check(rbac, await denials(custom, rbac.access, settings)))
+                    if rbac.family is not None and rbac.family not in settings.watch_families:
+                        self.add(rbac.name, "skipped", f"{rbac.family} is not in WATCH_FAMILIES")
+                        continue
+                    wanted = requests(rbac.access, settings)
+                    self.checks.append(rbac_check(rbac, await denials(api_client, wanted)))
                 await self.cluster_identity(api_client)
 
     async def kube_version(self, api_client: kube.ApiClient) -> bool:

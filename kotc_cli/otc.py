@@ -9,25 +9,16 @@ import aiohttp
 from pydantic import SecretStr
 
 from kotc_cli.config import Config
-from services.otc_writer.desired import TriggerToolStyle
 from services.otc_writer.otc_client import IamTokenManager, OtcClient, OtcClientConfig
 from services.otc_writer.settings import Settings as WriterSettings
 
 
 def writer_settings(config: Config) -> WriterSettings:
-    """otc-writer's settings as the writer would read them (trigger tool style, limits)."""
+    """otc-writer's settings as the writer would read them (tool styles, limits)."""
     return WriterSettings(
         otc_api_key=SecretStr(config.require("OTC_API_KEY")),
         otc_api_url=config.require("OTC_API_URL"),
         otc_iam_url=config.require("OTC_IAM_URL"),
-    )
-
-
-def trigger_style(settings: WriterSettings) -> TriggerToolStyle:
-    return TriggerToolStyle(
-        tool_type_id=settings.trigger_tool_type,
-        lifecycle_phase=settings.trigger_lifecycle_phase,
-        dashboard_url=settings.trigger_dashboard_url,
     )
 
 
@@ -45,6 +36,10 @@ async def otc_client(config: Config) -> AsyncIterator[OtcClient]:
                 timeout_s=10,
                 deadline_s=20,
                 max_attempts=3,
+                max_body_bytes=settings.otc_max_body_bytes,
+                list_max_pages=settings.otc_list_max_pages,
+                list_max_items=settings.otc_list_max_items,
+                retry_after_max_s=settings.otc_retry_after_max_s,
             ),
             session,
             iam,

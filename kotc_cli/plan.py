@@ -1,9 +1,10 @@
 """``kabanero-otc plan``: what otc-writer would create, update or delete in OTC now; writes nothing.
 
-Desired state is computed with otc-writer's own code: trigger tools from its projection (the live
-triggers of every instance times the toolchains its Kabanero Events services are bound to, through
-``desired_trigger_tool``) and GitHub tools as the last ``otc.tool.apply`` otc-writer recorded in its
-ledger. Actual state is OTC's tools of those toolchains (GETs through otc-writer's client). The
+Desired state is computed with otc-writer's own code: the tools of each of its families from its
+projection (Kabanero triggers: the live triggers of every instance times the toolchains its Kabanero
+Events services are bound to; Tekton cards: the live cards of every namespace a Tekton service
+mirrors times the toolchains bound to it; each through ``Family.desired`` with the writer's tool
+styles) and GitHub tools as the last ``otc.tool.apply`` otc-writer recorded in its ledger. Actual state is OTC's tools of those toolchains (GETs through otc-writer's client). The
 comparison follows the writer and its audit: a tool is ours by the ledger's tool id, else by its
 deterministic name; it differs when its name or one of the parameter keys we set differs.
 Exit code 1 when something would change (like ``kubectl diff``), 0 when OTC matches.
@@ -14,6 +15,7 @@ desired tools otc-writer computes from its projection is one more entry of :data
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +25,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from kotc_cli.clients import Sources
 from kotc_cli.config import Config
 from kotc_cli.errors import OK, PROBLEM, CliError, Unreachable
-from kotc_cli.otc import trigger_style, writer_settings
+from kotc_cli.otc import writer_settings
 from kotc_cli.output import Report, column
-from kotc_cli.status import in_flight
+from kotc_cli.sync import in_flight
+from services.otc_writer.app import tool_styles
 from services.otc_writer.audit import find_ours
-from services.otc_writer.desired import TRIGGER_PURPOSE, DesiredTool, desired_trigger_tool
+from services.otc_writer.desired import DesiredTool
+from services.otc_writer.family import FAMILIES, Family, family_of_scope
 from services.otc_writer.ledger import LEDGER, LedgerEntry, ledger_id
 from services.otc_writer.otc_client import (
     OtcError,
@@ -37,7 +41,6 @@ from services.otc_writer.otc_client import (
     Tool,
 )
 from services.otc_writer.projection import Projection
-from shared.events import TEKTON_SCOPE_PREFIX
 from shared.mongo import Document
 
 CHANGES = ("create", "update", "delete", "delete-duplicate")
@@ -63,29 +66,32 @@ Wanted = dict[str, DesiredTool]
 """Ledger id -> the tool otc-writer wants."""
 
 
-async def trigger_tools(db: AsyncDatabase[Document], config: Config) -> Wanted:
-    """Every live trigger of every instance in every toolchain its Events services are bound to."""
-    style = trigger_style(writer_settings(config))
+async def family_tools(family: Family[Any, Any], db: AsyncDatabase[Document], config: Config) -> Wanted:
+    """Every live item of every scope a live service of the family stands for, in every toolchain
+    bound to that scope, as otc-writer computes them (``Family.desired`` with its tool styles)."""
+    styles = tool_styles(writer_settings(config))
     projection = Projection(db)
-    wanted: Wanted = {}
     services = await projection.services.distinct("scope", {"deleted": False})
-    # Trigger scopes only: Tekton services stand for a cluster; their cards count as applied (ledger).
-    scopes = {str(s) for s in services if not str(s).startswith(TEKTON_SCOPE_PREFIX)}
+    scopes = set()
+    for service_scope in {str(s) for s in services if family_of_scope(str(s)) is family}:
+        scopes.update(await projection.scopes_of(family, service_scope))
+    wanted: Wanted = {}
     for scope in sorted(scopes):
         toolchains = await projection.bound_toolchains(scope)
-        for trigger in await projection.live_triggers(scope):
+        for item in await projection.live_items(family, scope):
             for tc in sorted(toolchains):
-                want = desired_trigger_tool(trigger, tc, style)
+                want = family.desired(item, tc, styles)
                 wanted[ledger_id(want.purpose, want.key, tc)] = want
     return wanted
 
 
 COMPUTED: dict[str, Callable[[AsyncDatabase[Document], Config], Awaitable[Wanted]]] = {
-    TRIGGER_PURPOSE: trigger_tools,
+    family.purpose: functools.partial(family_tools, family) for family in FAMILIES
 }
-"""Tool purposes whose desired state otc-writer computes from its projection (with the function that
-computes it as the writer does); every other purpose's desired tool is the one last applied, as
-recorded in the ledger (GitHub tools: github-linker decides them)."""
+"""Tool purposes whose desired state otc-writer computes from its projection (Kabanero triggers,
+Tekton cards: its families), with the function that computes it as the writer does; every other
+purpose's desired tool is the one last applied, as recorded in the ledger (GitHub tools:
+github-linker decides them)."""
 
 
 async def desired_tools(db: AsyncDatabase[Document], config: Config) -> Wanted:

@@ -190,7 +190,7 @@ def render(found: Found, problems: list[str], *, vhost: str) -> Report:
         code=PROBLEM if problems else OK,
     )
     report.add("LEADERS", ("cluster", "holder"), sorted(leaders.items()))
-    report.add("SNAPSHOTS PUBLISHED", ("instance", "revision"), snapshots)
+    report.add("SNAPSHOTS PUBLISHED", ("scope", "revision"), snapshots)
     report.problems(problems, ok=f"otc-writer caught up in {found.seconds:.1f}s")
     return report
 

@@ -9,7 +9,7 @@ replaces the environment instead of being merged with it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -77,6 +77,14 @@ class CliSettings(BaseSettings):
     """broker-api's clusters; unset here (not broker-api's default) so only ``CLUSTER_NAME`` counts."""
     lease_namespace: str = Field(default=default_of(WatcherSettings, "lease_namespace"), min_length=1)
     lease_name: str = Field(default=default_of(WatcherSettings, "lease_name"), min_length=1)
+    watch_families: Annotated[tuple[Literal["kabanero", "tekton"], ...], NoDecode] = default_of(
+        WatcherSettings, "watch_families"
+    )
+    """The watcher's families: ``doctor`` checks the RBAC of each (comma-separated)."""
+    watch_namespaces: Annotated[tuple[str, ...], NoDecode] = default_of(WatcherSettings, "watch_namespaces")
+    tekton_install_namespaces: Annotated[tuple[str, ...], NoDecode] = default_of(
+        WatcherSettings, "tekton_install_namespaces"
+    )
     kotc_broker_api_url: ServiceUrls = _urls("broker-api")
     kotc_kabanero_watcher_url: ServiceUrls = _urls("kabanero-watcher")
     kotc_otc_writer_url: ServiceUrls = _urls("otc-writer")
@@ -96,6 +104,13 @@ class CliSettings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("watch_families", "watch_namespaces", "tekton_install_namespaces", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator(*SERVICE_FIELDS.values(), mode="before")
     @classmethod

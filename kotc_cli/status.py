@@ -1,8 +1,9 @@
-"""``kabanero-otc status``: services, queues, Kabanero services and the tools kabanero-otc owns.
+"""``kabanero-otc status``: services, queues, Kabanero and Tekton services, Tekton installations and
+the tools kabanero-otc owns.
 
 The command is :data:`SECTIONS`, one :class:`Section` per table: how its rows are collected (I/O),
 which rows are problems (pure), and how they show (pure). ``--json`` holds each section's rows under
-its key, then the problems. Another family of objects (Tekton services, cards) is another section.
+its key, then the problems. Another family of objects is another section (Tekton: :mod:`kotc_cli.tekton`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kotc_cli import tekton
 from kotc_cli.clients import Sources, declared, get_json
 from kotc_cli.errors import OK, PROBLEM
 from kotc_cli.output import Column, Report, Row, age, column
+from kotc_cli.sync import OWNED_TOOLS_QUERY, in_flight, sync_state
 from services.broker_api.models import InstanceRecord
 from services.broker_api.store import COLLECTION as SERVICE_INSTANCES
 from services.kabanero_watcher.owned_instances import OwnedInstanceStore
-from services.otc_writer.ledger import LEDGER, Intent, LedgerEntry
+from services.otc_writer.ledger import LEDGER, LedgerEntry
 from shared.amqp.topology import QUEUES, Topology
-from shared.mongo import Document
 
 
 def _none(row: Row) -> Iterable[str]:
@@ -145,10 +147,13 @@ def queue_problems(q: Row) -> Iterable[str]:
 
 
 async def kabanero_services(src: Sources) -> list[Row]:
-    """Active services; for one that creates its Kabanero CR, the watcher's last outcome too."""
+    """Active Kabanero and Kabanero Events services (Tekton services have their own section); for
+    one that creates its Kabanero CR, the watcher's last outcome too."""
     db = await src.db()
     owned = {o.instance_id: o for o in await OwnedInstanceStore(db).all()}
-    cursor = db[SERVICE_INSTANCES].find({"state": "active"}, {"outbox": 0, "service_credentials": 0})
+    cursor = db[SERVICE_INSTANCES].find(
+        {"state": "active", "kind": {"$ne": "tekton"}}, {"outbox": 0, "service_credentials": 0}
+    )
     rows = []
     async for doc in cursor:
         rec = InstanceRecord.model_validate(doc)
@@ -177,34 +182,6 @@ def instance_problems(i: Row) -> Iterable[str]:
 
 
 # --- tools owned ------------------------------------------------------------------------------
-
-
-def in_flight(entry: LedgerEntry) -> Intent | None:
-    """The OTC write that may have started for this entry (``intent``; ``pending`` in older ledgers)."""
-    return entry.intent or entry.pending
-
-
-def sync_state(entry: LedgerEntry) -> tuple[str, str | None]:
-    """applied / pending / refused / failing (retried) / removing, with OTC's message when relevant."""
-    if entry.refused_hash is not None:
-        return "refused", entry.last_error
-    if (started := in_flight(entry)) is not None:
-        return "pending", f"{started.op} in progress or interrupted" + (
-            f"; last error: {entry.last_error}" if entry.last_error else ""
-        )
-    if entry.last_error:
-        return "failing", entry.last_error
-    return "applied", None
-
-
-OWNED_TOOLS_QUERY: Document = {
-    "$or": [
-        {"present": True},
-        {"intent": {"$ne": None}},
-        {"pending": {"$ne": None}},
-        {"refused_hash": {"$ne": None}},
-    ]
-}
 
 
 def tool_row(entry: LedgerEntry) -> Row:
@@ -276,6 +253,35 @@ SECTIONS: tuple[Section, ...] = (
         ),
         instance_problems,
         order=lambda i: (i["kind"] or "", i["instance_id"] or ""),
+    ),
+    Section(
+        "tekton_services",
+        "TEKTON SERVICES",
+        tekton.tekton_services,
+        (
+            column("service", "instance_id"),
+            column("cluster"),
+            Column("namespaces", tekton.namespaces_cell),
+            Column("toolchains", lambda s: ",".join(s["toolchains"]) or "-"),
+            Column("otc-writer", tekton.writer_cell),
+            Column("cards", lambda s: tekton.counts_cell(s["cards"])),
+        ),
+    ),
+    Section(
+        "tekton_installations",
+        "TEKTON INSTALLATIONS (per cluster, as its watcher last reported)",
+        tekton.tekton_installations,
+        (
+            column("cluster"),
+            Column("found", tekton.found_cell),
+            Column("versions", tekton.versions_cell),
+            column("controllers", "controller_namespace"),
+            Column("cards", lambda i: tekton.counts_cell(i["cards"])),
+            Column("card tools", lambda i: tekton.counts_cell(i["tools"])),
+            Column("services", lambda i: ",".join(i["services"]) or "-"),
+            Column("detail", tekton.installation_detail),
+        ),
+        tekton.installation_problems,
     ),
     Section(
         "tools",

@@ -9,7 +9,10 @@
 #   up          docker-compose.yml + docker-compose.check.yml, profile demo, on free loopback ports
 #   healthy     every container healthy by its own healthcheck
 #   scenario    scripts/compose_scenario.py through the published ports
-#   down        `down -v`; nothing of this run may be left: containers, pod, network, volumes, images
+#   down        `down -v`
+#   *-tekton    the same for the tekton profile: the Tekton install on its own (its three services and
+#               emulators, nothing else), CHECK_SCENARIO=tekton; then nothing of this run may be left:
+#               containers, pod, network, volumes, images
 #
 # A step that cannot work on this machine says which and why (SKIP ...) and only it is skipped.
 # KOTC_CACHE (default ~/.cache/kabanero-otc) holds the wheelhouse and the podman configuration.
@@ -28,6 +31,7 @@ PHASE=setup
 PHASE_START=$SECONDS
 TIMES=()
 COMPOSE_UP=0
+PROFILE=demo  # the compose profile of the current `up` (demo, then tekton)
 WHEELS_LINKED=0
 
 say() { echo "compose-check: $*"; }
@@ -41,7 +45,7 @@ die() { echo "compose-check: FAILED in phase $PHASE: $*" >&2; exit 1; }
 
 compose() {
   "$ROOT/.venv/bin/podman-compose" --project-name "$PROJECT" --env-file "$WORK/check.env" \
-    -f docker-compose.yml -f docker-compose.check.yml --profile demo "$@"
+    -f docker-compose.yml -f docker-compose.check.yml --profile "$PROFILE" "$@"
 }
 
 project_containers() { podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'; }
@@ -175,8 +179,8 @@ say "image sizes: runtime $(size "$IMAGE")B, dev $(size "$DEV_IMAGE")B, base $(s
 
 # --- up ----------------------------------------------------------------------------------------
 phase up
-ports=$("$PY" -c 'from scripts.stack import free_port; print(*(free_port() for _ in range(6)))')
-read -r p_broker p_amqp p_mgmt p_mongo p_kube p_otc <<<"$ports"
+ports=$("$PY" -c 'from scripts.stack import free_port; print(*(free_port() for _ in range(9)))')
+read -r p_broker p_amqp p_mgmt p_mongo p_kube p_otc p_tbroker p_tkube p_totc <<<"$ports"
 secret() { "$PY" -c 'import secrets; print(secrets.token_hex(16))'; }
 broker_secret=$(secret)
 cat > "$WORK/check.env" <<EOF
@@ -198,6 +202,9 @@ RABBITMQ_MGMT_PORT=$p_mgmt
 MONGO_PORT=$p_mongo
 KUBE_EMULATOR_PORT=$p_kube
 OTC_EMULATOR_PORT=$p_otc
+TEKTON_BROKER_API_PORT=$p_tbroker
+TEKTON_KUBE_EMULATOR_PORT=$p_tkube
+TEKTON_OTC_EMULATOR_PORT=$p_totc
 EOF
 infra=(rabbitmq mongo kube otc)
 ordered=0
@@ -266,5 +273,31 @@ fi
 # --- down --------------------------------------------------------------------------------------
 phase down
 compose down -v -t 10 >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; die "compose down -v"; }
+COMPOSE_UP=0
+
+# --- the tekton profile: the Tekton install on its own, the same images -------------------------
+phase up-tekton
+PROFILE=tekton
+tekton_infra=(rabbitmq mongo kube-tekton otc-tekton)
+tekton_services=(tekton-broker-api tekton-watcher tekton-otc-writer)
+COMPOSE_UP=1
+if [ "$ordered" = 1 ]; then
+  compose up -d --no-build "${tekton_infra[@]}" >"$WORK/up-infra.log" 2>&1 || { cat "$WORK/up-infra.log"; die "compose up ${tekton_infra[*]}"; }
+  phase healthy-tekton-infra
+  wait_healthy "${tekton_infra[@]}"
+  phase up-tekton-services
+fi
+compose up -d --no-build "${tekton_infra[@]}" "${tekton_services[@]}" >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; die "compose up"; }
+phase healthy-tekton
+wait_healthy "${tekton_infra[@]}" "${tekton_services[@]}"
+mapfile -t running < <(project_containers)
+[ "${#running[@]}" -eq 7 ] || die "the Tekton install on its own is 7 containers, the project has ${#running[@]}: ${running[*]}"
+podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}' | sed 's/^/compose-check:   /'
+phase scenario-tekton
+CHECK_SCENARIO=tekton CHECK_BROKER_URL=http://127.0.0.1:$p_tbroker CHECK_KUBE_URL=http://127.0.0.1:$p_tkube \
+CHECK_OTC_URL=http://127.0.0.1:$p_totc BROKER_ID=kabanero-otc-check BROKER_SECRET=$broker_secret \
+CLUSTER_NAME=default "$PY" -m scripts.compose_scenario || die "tekton scenario"
+phase down-tekton
+compose down -v -t 10 >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; die "compose down -v (tekton)"; }
 COMPOSE_UP=0
 # cleanup (the EXIT trap) removes this run's images and fails when anything is left behind.

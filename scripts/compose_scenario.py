@@ -6,8 +6,14 @@ Kubernetes emulator's published port; after each step the OTC emulator's tools m
 cluster and its call log must show exactly one tool write per cluster change. The sample instance is
 read from the cluster, not assumed: one trigger tool per mediation, one GitHub tool per repository.
 
+CHECK_SCENARIO=tekton runs the tekton profile's scenario instead (the Tekton install on its own):
+the cluster serves no Kabanero CRD, broker-api serves only ``tekton-broker``; OTC provisions and
+binds a Tekton service, the seeded Pipelines and EventListeners appear as cards (one write each),
+and one Pipeline change is one write.
+
 Settings come from the environment: CHECK_BROKER_URL, CHECK_KUBE_URL, CHECK_OTC_URL, BROKER_ID,
-BROKER_SECRET, CLUSTER_NAME. Exit 0 when every step held, 1 with the reason otherwise.
+BROKER_SECRET, CLUSTER_NAME, CHECK_SCENARIO (``kabanero``, the default, or ``tekton``). Exit 0 when
+every step held, 1 with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from emulators.otc.platform import BrokerName, OtcPlatform
+from scripts.driver import is_tool_write
 
 MEDIATORS = "/apis/events.kabanero.io/v1alpha1/eventmediators"
 KABANEROS = "/apis/kabanero.io/v1alpha2/kabaneros"
@@ -31,6 +38,8 @@ TRIGGER, GITHUB = "customtool", "githubconsolidated"
 STEP_TIMEOUT_S = 90.0
 QUIET_S = 3.0  # no OTC call for this long = the services have caught up
 ADDED = "compose-check"
+PIPELINES = "/apis/tekton.dev/v1beta1/pipelines"
+EVENTLISTENERS = "/apis/triggers.tekton.dev/v1alpha1/eventlisteners"
 
 
 class ScenarioError(Exception):
@@ -68,9 +77,8 @@ class Scenario:
         return list((await self._json("GET", f"{self.otc}/_emulator/calls"))["calls"])
 
     async def tool_writes(self) -> int:
-        return sum(
-            c["method"] in ("POST", "PATCH", "DELETE") and "/tools" in c["path"] for c in await self.calls()
-        )
+        """OTC writes so far, as the stack driver counts them (``scripts.driver.is_tool_write``)."""
+        return sum(is_tool_write(c) for c in await self.calls())
 
     async def quiet(self) -> None:
         """Wait until the OTC emulator has seen no call for QUIET_S (retries and stragglers landed)."""
@@ -169,6 +177,78 @@ class Scenario:
                 1,
             )
 
+    async def tools_mention(self, text: str) -> bool:
+        state = await self._json("GET", f"{self.otc}/_emulator/state")
+        (chain,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
+        return any(text in json.dumps(tool) for tool in chain["tools"])
+
+    async def broker_call(self, method: str, broker: str, path: str, body: dict[str, Any]) -> int:
+        """One call of OTC's side of the broker contract (HTTP Basic); its status."""
+        headers = {"Authorization": aiohttp.encode_basic_auth(self.broker_id, self.broker_secret)}
+        url = f"{self.broker}/{broker}/api/v1{path}"
+        async with self.http.request(method, url, json=body, headers=headers) as reply:
+            return reply.status
+
+    async def run_tekton(self) -> None:
+        """The tekton profile: a Tekton-only cluster, broker-api serving only the Tekton broker."""
+        async with self.http.get(f"{self.kube}{KABANEROS}") as reply:
+            if reply.status != 404:
+                raise ScenarioError(f"the Tekton-only cluster serves the Kabanero CRDs (HTTP {reply.status})")
+        pipelines = (await self._json("GET", f"{self.kube}{PIPELINES}"))["items"]
+        listeners = (await self._json("GET", f"{self.kube}{EVENTLISTENERS}"))["items"]
+        if not pipelines:
+            raise ScenarioError("the emulated cluster holds no Pipeline (seed?)")
+        n = len(pipelines) + len(listeners)
+        self.toolchain = (
+            await self._json("POST", f"{self.otc}/_emulator/toolchains", {"name": "compose-check-tekton"})
+        )["id"]
+        provision = {
+            "service_id": "tekton",
+            "organization_guid": "compose-check",
+            "parameters": {"cluster": self.cluster},
+            "service_credentials": "compose-check-service-credentials",
+        }
+        status = await self.broker_call("PUT", "kabanero-broker", "/service_instances/check-k", provision)
+        if status != 404:
+            raise ScenarioError(f"BROKERS=tekton-broker, yet kabanero-broker answered HTTP {status}")
+
+        async def provision_and_bind() -> None:
+            status = await self.broker_call(
+                "PUT", "tekton-broker", "/service_instances/check-tekton", provision
+            )
+            if status not in (200, 201):
+                raise ScenarioError(f"provision tekton-broker: HTTP {status}")
+            path = f"/service_instances/check-tekton/toolchains/{self.toolchain}"
+            status = await self.broker_call("PUT", "tekton-broker", path, {"toolchain_credentials": "tc"})
+            if status not in (200, 201, 204):
+                raise ScenarioError(f"bind tekton-broker: HTTP {status}")
+
+        await self.step(
+            f"OTC: provision + bind a Tekton service ({n} cards)",
+            provision_and_bind(),
+            lambda cards, github: cards == n and github == 0,
+            n,
+        )
+        meta = pipelines[-1]["metadata"]
+        tasks = [*pipelines[-1]["spec"]["tasks"], {"name": ADDED, "taskRef": {"name": ADDED}}]
+        url = f"{self.kube}/apis/tekton.dev/v1beta1/namespaces/{meta['namespace']}/pipelines/{meta['name']}"
+
+        async def change_pipeline() -> None:
+            """Patch the Pipeline, then wait until its card shows the new task (the count stays)."""
+            await self._json("PATCH", url, {"spec": {"tasks": tasks}}, "application/merge-patch+json")
+            deadline = time.monotonic() + STEP_TIMEOUT_S
+            while not await self.tools_mention(ADDED):
+                if time.monotonic() > deadline:
+                    raise ScenarioError(f"no OTC card shows task '{ADDED}' after {STEP_TIMEOUT_S:.0f}s")
+                await asyncio.sleep(0.5)
+
+        await self.step(
+            f"cluster: Pipeline {meta['name']} gets a task",
+            change_pipeline(),
+            lambda cards, github: cards == n and github == 0,
+            1,
+        )
+
 
 async def main() -> int:
     env = os.environ
@@ -183,7 +263,7 @@ async def main() -> int:
             cluster=env.get("CLUSTER_NAME", "default"),
         )
         try:
-            await scenario.run()
+            await (scenario.run_tekton() if env.get("CHECK_SCENARIO") == "tekton" else scenario.run())
         except (ScenarioError, aiohttp.ClientError, OSError) as exc:
             print(f"compose scenario FAILED: {exc}", file=sys.stderr)
             return 1

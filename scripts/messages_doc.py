@@ -48,7 +48,7 @@ REF = InstanceRef(cluster="default", namespace="kabanero", name="kabanero")
 KEY = TriggerKey(
     cluster="default", namespace="kabanero", generation="mediation", owner="webhook", name="build"
 )
-REPO = Repository(url="https://github.com/example/app", kind="trigger", ref="main", source="spec.mediations")
+REPO = Repository.of("https://github.com/example/app", "trigger", ref="main", source="spec.mediations")
 TRIGGER = TriggerData(
     key=KEY,
     instance=REF,

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.urls import without_credentials
+
 TYPE_PREFIX = "io.kabanero.otc."
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_EVENT_ID_BYTES = 255  # the CloudEvent id is also the AMQP message_id, a shortstr
@@ -62,12 +64,14 @@ def tekton_cluster_scope(cluster: str) -> str:
 
 
 def normalize_repository_url(url: str) -> str:
-    """One spelling per repository (``Repository.url``): lower-case scheme and host, no query or
-    fragment (nor a token in one), no ``.git``, no trailing ``/``. Text that is no URL (no
-    scheme) only loses the ``.git`` and trailing ``/``."""
-    parts = urlsplit(url.strip())
+    """One spelling per repository (``Repository.url``): lower-case scheme and host, no userinfo,
+    query or fragment (nor a credential in one: docs/design.md, "What never leaves the cluster"),
+    no ``.git``, no trailing ``/``. Text that is no URL (no scheme) only loses a ``user@`` prefix,
+    the ``.git`` and trailing ``/``."""
+    url = without_credentials(url.strip())
+    parts = urlsplit(url)
     if not parts.scheme:
-        return url.strip().rstrip("/").removesuffix(".git")
+        return url.rstrip("/").removesuffix(".git")
     path = parts.path.rstrip("/").removesuffix(".git").rstrip("/")
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 
@@ -153,10 +157,9 @@ class ServiceParameters(_Data):
     namespace: str = ""
     name: str | None = None
     label: str = ""
-    # Added (optional, schema_version stays 1): a Kabanero service's ``parameters.events``; None for
-    # Events services and producers that predate it.
+    # A Kabanero service's ``parameters.events``; None for the other kinds.
     events: Literal["auto", "manual"] | None = None
-    # Added (optional): a Kabanero service that creates its Kabanero CR (``parameters.create``).
+    # A Kabanero service that creates its Kabanero CR (``parameters.create``).
     create: bool = False
     # Tekton services only: the namespaces whose cards are mirrored (None: every namespace).
     namespaces: list[str] | None = None
@@ -184,8 +187,8 @@ class ServiceEventData(_Data):
     toolchain_id: str | None = Field(default=None, description="the toolchain a bind/unbind concerns")
     revision: int = Field(ge=0, description="record revision; monotonic per instance")
     deleted: bool = False
-    # Added (optional, schema_version stays 1): with ``parameters.create``, the Kabanero spec the
-    # watcher of ``parameters.cluster`` creates or applies (validated against the CRD by broker-api).
+    # With ``parameters.create``, the Kabanero spec the watcher of ``parameters.cluster`` creates or
+    # applies (validated against the CRD by broker-api).
     instance_spec: dict[str, Any] | None = None
 
     @property
@@ -217,35 +220,27 @@ RepositoryKind = Literal["stack-hub", "pipeline", "gitops", "trigger", "unknown"
 class Repository(_Data):
     """A git repository an instance uses (docs/design.md, "Kabanero semantics").
 
-    One entry per URL. ``kinds`` and ``refs`` list every kind and ref the repository appears with
-    (a stack hub that also holds pipelines is both); they were added within schema_version 1, so
-    ``kind``/``ref``/``source`` stay the first ones for consumers that predate them, and a consumer
-    reading an older producer (``kinds`` empty) falls back to ``[kind]`` (:meth:`all_kinds`).
+    One entry per URL: ``kinds`` and ``refs`` list every kind and ref the repository appears with
+    (a stack hub that also holds pipelines is both), in the order seen; ``source`` is where it was
+    first seen.
     """
 
     url: str = Field(description="normalized https URL of the repository (no .git, no trailing /)")
-    kind: RepositoryKind = "unknown"
-    ref: str | None = None
-    source: str | None = Field(default=None, description="where in the cluster it came from (first)")
-    kinds: list[RepositoryKind] = Field(default_factory=list, description="every kind, in order seen")
+    kinds: list[RepositoryKind] = Field(min_length=1, description="every kind, in order seen")
     refs: list[str] = Field(default_factory=list, description="every tag/ref, in order seen")
+    source: str | None = Field(default=None, description="where in the cluster it came from (first)")
 
     @classmethod
     def of(
         cls, url: str, kind: RepositoryKind, *, ref: str | None = None, source: str | None = None
     ) -> Repository:
-        return cls(url=url, kind=kind, ref=ref, source=source, kinds=[kind], refs=[ref] if ref else [])
-
-    def all_kinds(self) -> list[RepositoryKind]:
-        return self.kinds or [self.kind]
+        return cls(url=url, kinds=[kind], refs=[ref] if ref else [], source=source)
 
     def merged(self, other: Repository) -> Repository:
-        """This repository also seen as ``other`` (same URL): first kind/ref/source kept, lists unioned."""
-        kinds = list(self.all_kinds())
-        kinds += [k for k in other.all_kinds() if k not in kinds]
-        refs = list(self.refs or ([self.ref] if self.ref else []))
-        refs += [r for r in (other.refs or ([other.ref] if other.ref else [])) if r not in refs]
-        return self.model_copy(update={"kinds": kinds, "refs": refs, "ref": self.ref or other.ref})
+        """This repository also seen as ``other`` (same URL): first source kept, lists unioned."""
+        kinds = self.kinds + [k for k in other.kinds if k not in self.kinds]
+        refs = self.refs + [r for r in other.refs if r not in self.refs]
+        return self.model_copy(update={"kinds": kinds, "refs": refs})
 
 
 class InstanceData(_Data):
@@ -301,17 +296,15 @@ class SnapshotData(_Data):
     repositories: list[Repository] = Field(default_factory=list)
     triggers: list[TriggerData] = Field(default_factory=list)
     revision: int = Field(ge=0, description="snapshot sequence per instance")
-    # Added (optional, schema_version stays 1): a snapshot is a separate sequence, so without these
-    # a consumer cannot tell whether a snapshot processed late (e.g. from a retry queue) is older
-    # than the instance or trigger events it has already applied. None: a producer that predates them.
-    instance_revision: int | None = Field(
-        default=None,
+    # A snapshot is a separate sequence, so without these a consumer could not tell whether a
+    # snapshot processed late (e.g. from a retry queue) is older than the instance or trigger
+    # events it has already applied.
+    instance_revision: int = Field(
         ge=0,
         description="revision of the last kabanero.instance.* event published for this instance when "
         "the snapshot was taken (0: none yet); `repositories` are that revision's",
     )
-    trigger_revisions: dict[str, int] | None = Field(
-        default=None,
+    trigger_revisions: dict[str, int] = Field(
         description="TriggerKey.id -> revision of the last kabanero.trigger.* event published for "
         "every trigger key of this instance when the snapshot was taken, deleted keys included",
     )
@@ -453,41 +446,6 @@ class ToolCommand(_Data):
     revision: int = Field(ge=0, description="monotonic per key; older commands are skipped")
 
 
-def event_scope(event: CloudEvent) -> str | None:
-    """The instance a service, instance, trigger or snapshot event concerns (``parameters`` of a
-    service event, ``instance`` of the others), read from the raw data before validation: the
-    consumers' per-instance serialisation key. None when the data names no instance."""
-    if event.routing_key.startswith(("service.tekton.", "tekton.")):
-        return _tekton_scope(event)
-    ref = (
-        event.data.get("parameters")
-        if event.routing_key.startswith("service.")
-        else event.data.get("instance")
-    )
-    if (
-        isinstance(ref, dict)
-        and isinstance(ref.get("cluster"), str)
-        and isinstance(ref.get("namespace"), str)
-    ):
-        return instance_scope(ref["cluster"], ref["namespace"])
-    return None
-
-
-def _tekton_scope(event: CloudEvent) -> str | None:
-    """Tekton events: a service's cluster scope, a card's or snapshot's namespace scope."""
-    data = event.data
-    if event.routing_key.startswith("service."):
-        params = data.get("parameters")
-        cluster = params.get("cluster") if isinstance(params, dict) else None
-        return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
-    key = data.get("key")
-    ref: dict[str, Any] = key if isinstance(key, dict) else data
-    cluster, namespace = ref.get("cluster"), ref.get("namespace")
-    if isinstance(cluster, str) and isinstance(namespace, str):
-        return tekton_scope(cluster, namespace)
-    return tekton_cluster_scope(cluster) if isinstance(cluster, str) else None
-
-
 # --- kabanero-otc CLI -> kabanero-watcher: control.resync ---------------------------------------
 
 
@@ -509,7 +467,7 @@ class ResyncReply(_Data):
     cluster: str
     holder: str = Field(description="lease holder identity of the answering watcher")
     snapshots: dict[str, int] = Field(default_factory=dict, description="namespace -> snapshot revision")
-    # Added (optional): the Tekton family's snapshots (tekton.snapshot), namespace -> revision.
+    # The Tekton family's snapshots (tekton.snapshot), namespace -> revision.
     tekton_snapshots: dict[str, int] = Field(
         default_factory=dict, description="namespace -> tekton.snapshot revision"
     )

@@ -26,7 +26,7 @@ import inspect
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -85,15 +85,26 @@ class Supervisor:
     ) -> AsyncIterator[asyncio.Task[Any]]:
         """The task as a part: spawned on entry; on exit cancelled and awaited (the runtime bounds
         the wait by its shutdown deadline)."""
-        task = self.spawn(name, coro, vital=vital)
-        try:
+        async with self.running_all({name: coro}, vital=vital) as (task,):
             yield task
+
+    @contextlib.asynccontextmanager
+    async def running_all(
+        self, coros: Mapping[str, Coroutine[Any, Any, Any]], *, vital: bool = True
+    ) -> AsyncIterator[list[asyncio.Task[Any]]]:
+        """Tasks as one part: spawned on entry; on exit all cancelled at once and awaited together
+        (the runtime bounds the wait by its shutdown deadline), so tasks that each drain their
+        work on cancel (consumers) drain in parallel, not one after the other."""
+        tasks = [self.spawn(name, coro, vital=vital) for name, coro in coros.items()]
+        try:
+            yield tasks
         finally:
             self.stopping = True
-            task.cancel()
-            # ``wait`` neither raises the task's error (its done callback logged it) nor swallows
+            for task in tasks:
+                task.cancel()
+            # ``wait`` neither raises a task's error (its done callback logged it) nor swallows
             # our own cancellation (the shutdown deadline's).
-            await asyncio.wait([task])
+            await asyncio.wait(tasks)
 
 
 class Runtime:
@@ -117,7 +128,19 @@ class Runtime:
         self, name: str, coro: Callable[[], Coroutine[Any, Any, Any]], *, vital: bool = True
     ) -> None:
         """A background task started at this point of the start order and cancelled at its turn."""
-        self.add(f"task {name}", lambda: self.supervisor.running(name, coro(), vital=vital))
+        self.add_tasks({name: coro}, vital=vital)
+
+    def add_tasks(
+        self, coros: Mapping[str, Callable[[], Coroutine[Any, Any, Any]]], *, vital: bool = True
+    ) -> None:
+        """Background tasks started together at this point and cancelled together at their turn:
+        their stops overlap instead of adding up (otc-writer's two consumers, each draining up
+        to its drain timeout, took the sum of both to stop: 20 s)."""
+        names = ", ".join(coros)
+        self.add(
+            f"task {names}" if len(coros) == 1 else f"tasks {names}",
+            lambda: self.supervisor.running_all({n: c() for n, c in coros.items()}, vital=vital),
+        )
 
     async def start(self) -> None:
         stack = AsyncExitStack()

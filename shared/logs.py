@@ -1,7 +1,8 @@
 """Logging set-up: JSON lines in production, readable text on a terminal.
 
 Log records carry context through ``extra={...}``; the JSON formatter emits every extra field.
-Keys that look like secrets are masked as a second line of defence (callers never log secrets).
+Keys that look like secrets are masked, and every URL in a line loses its userinfo, query and
+fragment (``shared.urls``), as a second line of defence (callers never log secrets).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.urls import scrub_urls, scrub_values
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _SECRET_HINTS = ("secret", "password", "credential", "token", "apikey", "api_key", "authorization")
 
@@ -19,7 +22,12 @@ _SECRET_HINTS = ("secret", "password", "credential", "token", "apikey", "api_key
 def _mask(key: str, value: Any) -> Any:
     if any(h in key.lower() for h in _SECRET_HINTS):
         return "***"
-    return value
+    return scrub_values(list(value) if isinstance(value, tuple) else value)
+
+
+def _as_text(value: Any) -> str:
+    """What ``json.dumps`` writes for a value it cannot encode: its text, URLs cleaned."""
+    return scrub_urls(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,14 +38,15 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub_urls(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = _mask(key, value)
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+            payload["exc"] = scrub_urls(self.formatException(record.exc_info))
+        # Values are cleaned before encoding: cleaning the line could eat a JSON escape.
+        return json.dumps(payload, default=_as_text)
 
 
 class TextFormatter(logging.Formatter):
@@ -50,7 +59,7 @@ class TextFormatter(logging.Formatter):
             for k, v in record.__dict__.items()
             if k not in _STANDARD and not k.startswith("_")
         )
-        return f"{base} {extras}" if extras else base
+        return scrub_urls(f"{base} {extras}" if extras else base)
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:

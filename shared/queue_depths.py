@@ -9,6 +9,7 @@ reports the same figures, so dashboards and alerts take ``max by (queue)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -41,12 +42,17 @@ class QueueDepths:
                 queue = await channel.declare_queue(name, passive=True)
                 self.gauge.labels(name).set(queue.declaration_result.message_count or 0)
         finally:
-            await channel.close()
+            if not channel.is_closed:  # a passive declare of a missing queue closed it already
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await channel.close()
 
     async def run(self, interval_s: float = 15.0) -> None:
         while True:
             try:
-                await self.poll()
+                # Bounded: a poll stuck on a broken channel must neither stall the gauge nor the stop.
+                async with asyncio.timeout(max(interval_s, 5.0)):
+                    await self.poll()
             except Exception as exc:  # metrics only: never let a poll end the task
                 log.debug("queue depths not polled: %s", exc)  # readiness reports RabbitMQ itself
             await asyncio.sleep(interval_s)

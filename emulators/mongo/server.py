@@ -14,9 +14,29 @@ from mongoeco.core.query_plan import EqualsCondition
 from mongoeco.engines.memory import MemoryEngine
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.wire import AsyncMongoEcoProxyServer
+from mongoeco.wire.protocol import OP_MSG
+
+from emulators.mongo.limits import check_op_msg, check_stored, writing
 
 
-class IdLookupMemoryEngine(MemoryEngine):
+class LimitedWrites:
+    """Marks each engine write as an insert or an update, for :func:`check_stored` (the engines
+    check every document they are about to store in one place: their unique-index validation)."""
+
+    async def insert_document(self, *args: Any, **kwargs: Any) -> Any:
+        with writing("insert"):
+            return await super().insert_document(*args, **kwargs)  # type: ignore[misc]
+
+    async def insert_documents(self, *args: Any, **kwargs: Any) -> Any:
+        with writing("insert"):
+            return await super().insert_documents(*args, **kwargs)  # type: ignore[misc]
+
+    async def update_with_operation(self, *args: Any, **kwargs: Any) -> Any:
+        with writing("update"):
+            return await super().update_with_operation(*args, **kwargs)  # type: ignore[misc]
+
+
+class IdLookupMemoryEngine(LimitedWrites, MemoryEngine):
     """mongoeco's in-memory engine, with string ``_id`` misses answered from the primary key.
 
     mongoeco 4.11 scans the whole collection when an ``_id`` equality finds no document (every
@@ -29,6 +49,7 @@ class IdLookupMemoryEngine(MemoryEngine):
     """
 
     def _ensure_unique_indexes(self, db_name: str, coll_name: str, candidate: Any, **kwargs: Any) -> None:
+        check_stored(candidate, replaces_existing=kwargs.get("exclude_storage_key") is not None)
         if isinstance(candidate.get("_id"), str):
             kwargs["scan_payload_id"] = False
         super()._ensure_unique_indexes(db_name, coll_name, candidate, **kwargs)
@@ -44,7 +65,7 @@ class IdLookupMemoryEngine(MemoryEngine):
         return super()._candidate_items_for_plan_locked(coll, query_plan, **kwargs)
 
 
-class IdLookupSQLiteEngine(SQLiteEngine):
+class IdLookupSQLiteEngine(LimitedWrites, SQLiteEngine):
     """mongoeco's SQLite engine (``--file``), with the same two shortcuts for string ``_id``s.
 
     mongoeco 4.11 looks an ``_id`` equality up by its storage key but, on a miss (every upsert of
@@ -61,6 +82,7 @@ class IdLookupSQLiteEngine(SQLiteEngine):
     def _validate_document_against_unique_indexes(
         self, db_name: str, coll_name: str, document: Any, **kwargs: Any
     ) -> None:
+        check_stored(document, replaces_existing=kwargs.get("exclude_storage_key") is not None)
         if isinstance(document.get("_id"), str):
             kwargs["scan_payload_id"] = False
         super()._validate_document_against_unique_indexes(db_name, coll_name, document, **kwargs)
@@ -101,10 +123,19 @@ class IdLookupSQLiteEngine(SQLiteEngine):
         return super()._open_scan_documents_sync(reader)
 
 
+class LimitedProxyServer(AsyncMongoEcoProxyServer):  # type: ignore[misc]
+    """mongoeco's wire server, refusing a command or statement over the server's parse limit."""
+
+    def _decode_wire_context(self, header: Any, payload: bytes, connection: Any, state: Any) -> Any:
+        if header.op_code == OP_MSG:
+            check_op_msg(payload)
+        return super()._decode_wire_context(header, payload, connection, state)
+
+
 @contextlib.asynccontextmanager
 async def running(host: str = "127.0.0.1", port: int = 0, path: str | None = None) -> AsyncIterator[str]:
     """Serve until the context exits; yields a ``mongodb://`` URL naming the ``kabanero_otc`` db."""
     engine = IdLookupSQLiteEngine(path) if path else IdLookupMemoryEngine()
-    async with AsyncMongoEcoProxyServer(engine=engine, host=host, port=port) as server:
+    async with LimitedProxyServer(engine=engine, host=host, port=port) as server:
         address = server.address
         yield f"mongodb://{address.host}:{address.port}/kabanero_otc?directConnection=true"

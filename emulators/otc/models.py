@@ -157,7 +157,8 @@ class CallRecord(BaseModel):
     body: Any = None
     trace: str | None = None
     fault: str | None = None
-    """Which injected fault answered (``5xx``, ``429``, ``rule``) or ``drop`` for commit-then-drop."""
+    """Which injected fault answered (``5xx``, ``429``, ``rule``, ``lie:<kind>``) or ``drop`` for
+    commit-then-drop."""
     dropped: bool = False
     """The change was applied, then the connection was closed without a response."""
     early: bool | None = None

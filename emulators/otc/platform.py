@@ -16,8 +16,12 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-BrokerName = Literal["kabanero-broker", "kabanero-events-broker"]
-SERVICE_IDS: dict[str, str] = {"kabanero-broker": "kabanero", "kabanero-events-broker": "kabanero-events"}
+BrokerName = Literal["kabanero-broker", "kabanero-events-broker", "tekton-broker"]
+SERVICE_IDS: dict[str, str] = {
+    "kabanero-broker": "kabanero",
+    "kabanero-events-broker": "kabanero-events",
+    "tekton-broker": "tekton",
+}
 
 
 @dataclass(frozen=True)

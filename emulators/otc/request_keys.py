@@ -7,7 +7,7 @@ from aiohttp import web
 TRACE = web.RequestKey("otc_trace", str)
 """The ``X-Global-Transaction-ID`` of this call (also the error body's ``trace``)."""
 FAULT = web.RequestKey("otc_fault", str)
-"""Which injected fault answered: ``429``, ``5xx`` or ``rule``."""
+"""Which injected fault answered: ``429``, ``5xx``, ``rule`` or ``lie:<kind>``."""
 EARLY = web.RequestKey("otc_early", bool)
 """Whether the call came before the time a previous 429 advertised (unset: none advertised)."""
 DROPPED = web.RequestKey("otc_dropped", bool)

@@ -1,8 +1,9 @@
 """Toolchain API v2 under ``/toolchain/v2`` (otc-api.md §4.3-§4.7), with its middleware.
 
 The middleware, for every ``/toolchain/v2`` call: injects faults (``faults.py``), checks the bearer
-token (401), turns :class:`ApiError` and aiohttp's 404/405 into IBM error bodies, stamps
-``X-Global-Transaction-ID``, and performs "commit then drop" after a successful mutation.
+token (401), turns :class:`ApiError` and aiohttp's 404/405 into IBM error bodies, tells the lies
+asked for, stamps ``X-Global-Transaction-ID``, and performs "commit then drop" after a successful
+mutation.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class ToolchainApi:
                 if exc.status < 400:
                     raise
                 response = error_response(request, ApiError(exc.status, exc.reason))
+            response = self._faults.lie(request, response)
             response.headers[TRANSACTION_HEADER] = trace
             if response.status < 400 and self._faults.take_drop(request):
                 request[DROPPED] = True

@@ -98,6 +98,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         max_connections=settings.max_connections,
         max_connections_per_client=settings.max_connections_per_client,
         header_timeout_s=settings.header_timeout_s,
+        overflow_connections=settings.overflow_connections,
     )
     http = HttpServer(
         app,

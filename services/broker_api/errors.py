@@ -50,6 +50,13 @@ class RequestTimeout(BrokerError):
     status = 408
 
 
+class ClientClosedRequest(BrokerError):
+    """The client went away before its request was read (nginx's 499): its doing, not a 5xx; the
+    answer is never sent, the status labels the request in the metrics."""
+
+    status = 499
+
+
 class TooManyRequests(BrokerError):
     status = 429
 

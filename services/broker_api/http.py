@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,12 +22,12 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, SecretStr, ValidationError
 from pymongo.errors import PyMongoError
 
-from services.broker_api import instances
 from services.broker_api.auth import AuthThrottle, basic_credentials, basic_value
 from services.broker_api.crypto import CredentialsCipher
 from services.broker_api.errors import (
     BadRequest,
     BrokerError,
+    ClientClosedRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -38,24 +37,22 @@ from services.broker_api.errors import (
     Unavailable,
     from_validation,
 )
-from services.broker_api.instances import Change, Policy, record_key
+from services.broker_api.instances import Policy, record_key
 from services.broker_api.kinds import RULES
 from services.broker_api.models import (
     BROKERS,
     ID_PATTERN,
     ID_RE,
-    BindRequest,
     InstanceRecord,
     InstanceResponse,
     MessageRequest,
     ParametersOut,
-    ProvisionRequest,
     StatusResponse,
-    UpdateRequest,
     VersionResponse,
 )
 from services.broker_api.openapi import openapi_spec
 from services.broker_api.outbox import Lease, Outbox
+from services.broker_api.routes import MESSAGING, MUTATIONS, Call, Mutation
 from services.broker_api.settings import Settings
 from services.broker_api.store import Commit, InstanceStore
 from shared.events import ServiceKind
@@ -137,6 +134,10 @@ class BrokerApi:
             log.warning("storage unavailable", extra={"route": route_name, "error": type(exc).__name__})
             status = Unavailable.status
             return web.json_response({"description": "storage unavailable, retry later"}, status=status)
+        except ClientClosedRequest as exc:  # the client's doing: one line, no traceback, no 5xx
+            log.info(exc.description, extra={"route": route_name, "client": request.remote})
+            status = exc.status
+            return web.Response(status=status)  # nobody reads it
         except BrokerError as exc:
             status = exc.status
             answer = web.json_response(
@@ -210,6 +211,10 @@ class BrokerApi:
             raw = await asyncio.wait_for(request.read(), timeout_s)
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {timeout_s:g}s") from None
+        except ConnectionError:  # the peer closed mid-body (aiohttp's "Connection lost")
+            raise ClientClosedRequest(
+                "client closed the connection before its request body was complete"
+            ) from None
         if not raw.strip():
             if optional:
                 return model.model_validate({})
@@ -383,94 +388,13 @@ class BrokerApi:
         return web.json_response(openapi_spec(s.build_version, s.clusters, s.served))
 
 
-@dataclass(frozen=True)
-class Call:
-    """What a mutation's change function may use: the path ids, the parsed body, policy, cipher, time."""
-
-    kind: ServiceKind
-    sid: str
-    tid: str | None
-    req: Any
-    policy: Policy
-    cipher: CredentialsCipher
-    now: datetime
-
-
-@dataclass(frozen=True)
-class Mutation:
-    """One ``service_instances`` route (below ``/<broker>/api/v1``) of the broker contract (§3)."""
-
-    method: str
-    path: str
-    message: str
-    change: Callable[[Call, InstanceRecord | None], Change | None]
-    body: type[BaseModel] | None = None
-    checks_service_id: bool = False
-    answers_instance: bool = False
-    """200 with the instance (PUT and PATCH answer §3's shape); otherwise 204."""
-    likely_new: bool = False
-    """Try the insert of a new record first, unread (PUT of an instance: usually a new sid)."""
-
-
-INSTANCE = "/service_instances/{sid}"
-TOOLCHAIN = "/service_instances/{sid}/toolchains/{tid}"
-MUTATIONS: tuple[Mutation, ...] = (
-    Mutation(
-        "PUT",
-        INSTANCE,
-        "service instance provisioned or updated",
-        lambda c, rec: instances.provision(
-            rec, kind=c.kind, sid=c.sid, req=c.req, policy=c.policy, cipher=c.cipher, now=c.now
-        ),
-        body=ProvisionRequest,
-        checks_service_id=True,
-        answers_instance=True,
-        likely_new=True,
-    ),
-    Mutation(
-        "PATCH",
-        INSTANCE,
-        "service instance updated",
-        lambda c, rec: instances.update(
-            rec, kind=c.kind, sid=c.sid, req=c.req, policy=c.policy, cipher=c.cipher, now=c.now
-        ),
-        body=UpdateRequest,
-        checks_service_id=True,
-        answers_instance=True,
-    ),
-    Mutation(
-        "DELETE", INSTANCE, "service instance deleted", lambda c, rec: instances.deprovision(rec, now=c.now)
-    ),
-    Mutation(
-        "PUT",
-        TOOLCHAIN,
-        "toolchain bound",
-        lambda c, rec: instances.bind(rec, tid=c.tid or "", req=c.req, cipher=c.cipher, now=c.now),
-        body=BindRequest,
-    ),
-    Mutation(
-        "DELETE",
-        TOOLCHAIN,
-        "toolchain unbound",
-        lambda c, rec: instances.unbind(rec, tid=c.tid or "", now=c.now),
-    ),
-    Mutation(
-        "DELETE",
-        "/service_instances/{sid}/toolchains",
-        "all toolchains unbound",
-        lambda c, rec: instances.unbind_all(rec, now=c.now),
-    ),
-)
-MESSAGING = "/messaging/accept"
-
-
 def broker_app(api: BrokerApi, kind: ServiceKind) -> web.Application:
     """One broker (§3): its kind for every handler, its auth middleware, the route table."""
     app = web.Application(middlewares=[api.authenticate])
     app[KIND] = kind
     for route in MUTATIONS:
         app.router.add_route(route.method, route.path, api.mutation(route))
-    app.router.add_post(MESSAGING, api.accept_message, name=SELF_AUTHENTICATING)
+    app.router.add_post(MESSAGING.path, api.accept_message, name=SELF_AUTHENTICATING)
     return app
 
 

@@ -1,6 +1,6 @@
 """What differs between the brokers, as data: one :class:`KindRules` per service kind.
 
-Every broker runs the same code (the routes of ``http.MUTATIONS``, the pure functions of
+Every broker runs the same code (the routes of ``routes.MUTATIONS``, the pure functions of
 ``instances``, the store and its outbox); a kind's rules only say which parameters apply to its
 services, which are refused, how their label reads and where their ``dashboard_url`` points
 (docs/architecture.md §3, docs/design.md "The Tekton broker").

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
 from services.broker_api.dashboard import DashboardView
 from services.broker_api.kinds import RULES
 from services.broker_api.models import (
@@ -25,12 +25,12 @@ from services.broker_api.models import (
     UpdateRequest,
     VersionResponse,
 )
+from services.broker_api.routes import BROKER_OPS, PER_BROKER, Op
+from services.broker_api.tekton_page import ROUTE as TEKTON_ROUTE
 from services.broker_api.tekton_page import TektonDashboardView
 from shared.events import ServiceKind
 
 BROKER_ROOTS = tuple(BROKERS)
-# Request bodies whose ``service_id`` must be the broker's own id: one schema per broker.
-PER_BROKER: tuple[type[BaseModel], ...] = (ProvisionRequest, UpdateRequest)
 _ERRORS = {
     400: "bad input: malformed JSON, wrong types, missing or mismatched field, bad id",
     401: "missing or wrong HTTP Basic credentials",
@@ -45,93 +45,32 @@ _ERRORS = {
 _AUTH_ERRORS = (408, 429)
 
 
-@dataclass(frozen=True)
-class Op:
-    method: Literal["get", "put", "patch", "delete", "post"]
-    path: str
-    summary: str
-    success: int
-    request: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    auth: bool = True
-    errors: tuple[int, ...] = (400, 401, 405, 413, 503)
-    request_optional: bool = False
-    notes: Mapping[int, str] = field(default_factory=dict)  # per-operation error descriptions
+def _page_op(path: str, summary: str, view: type[BaseModel]) -> Op:
+    """A service's own page: no credentials (the URL's token is the capability), HTML or JSON."""
+    return Op(
+        "get",
+        path,
+        f"{summary}; HTML, or JSON with Accept: application/json. No credentials: the URL's token "
+        "is the capability",
+        200,
+        response=view,
+        auth=False,
+        errors=(404,),
+        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    )
 
 
-BROKER_OPS = (
-    Op(
-        "put",
-        "/service_instances/{sid}",
-        "Provision or update (upsert) a service instance",
-        200,
-        ProvisionRequest,
-        InstanceResponse,
-    ),
-    Op(
-        "patch",
-        "/service_instances/{sid}",
-        "Update parameters of a service instance",
-        200,
-        UpdateRequest,
-        InstanceResponse,
-        errors=(400, 401, 404, 405, 413, 503),
-    ),
-    Op("delete", "/service_instances/{sid}", "Delete a service instance (204 also when unknown)", 204),
-    Op(
-        "put",
-        "/service_instances/{sid}/toolchains/{tid}",
-        "Bind to a toolchain (repeat: 204)",
-        204,
-        BindRequest,
-        errors=(400, 401, 404, 405, 413, 503),
-    ),
-    Op(
-        "delete",
-        "/service_instances/{sid}/toolchains/{tid}",
-        "Unbind from a toolchain (204 also when not bound)",
-        204,
-    ),
-    Op("delete", "/service_instances/{sid}/toolchains", "Unbind from every toolchain", 204),
-    Op(
-        "post",
-        "/messaging/accept",
-        "Accept an OTC lifecycle message (Basic: broker or toolchain credentials)",
-        204,
-        MessageRequest,
-        auth=True,
-        notes={
-            400: "missing or malformed field, or an 'instance_id' this broker does not know "
-            "(OTC contract, otc-api §2.7: 400 also for valid data naming an unknown instance)",
-            401: "neither the broker credentials nor the toolchain credentials stored for "
-            "'instance_id' and 'toolchain_id'",
-        },
-    ),
-)
 # The services' own pages, each served with the broker whose services have one.
 PAGE_OPS: dict[str, Op] = {
-    "kabanero-broker": Op(
-        "get",
-        "/dashboard/{sid}/{token}",
-        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome; HTML, or JSON "
-        "with Accept: application/json. No credentials: the URL's token is the capability",
-        200,
-        response=DashboardView,
-        auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    "kabanero-broker": _page_op(
+        DASHBOARD_ROUTE,
+        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome",
+        DashboardView,
     ),
-    "tekton-broker": Op(
-        "get",
-        "/dashboard/tekton/{sid}/{token}",
-        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster "
-        "found; HTML, or JSON with Accept: application/json. No credentials: the URL's token is the "
-        "capability",
-        200,
-        response=TektonDashboardView,
-        auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+    "tekton-broker": _page_op(
+        TEKTON_ROUTE,
+        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster found",
+        TektonDashboardView,
     ),
 }
 ROOT_OPS = (

@@ -78,7 +78,12 @@ class Settings(CommonSettings):
     build_version: str = "0.1.0"
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     max_connections: int = Field(default=512, ge=1, description="open HTTP connections, in total")
-    max_connections_per_client: int = Field(default=64, ge=1, description="per client address")
+    max_connections_per_client: int = Field(
+        default=256, ge=1, description="per client address (OTC behind its NAT is one; docs/design.md)"
+    )
+    overflow_connections: int = Field(
+        default=256, ge=1, description="over a cap, while every connection under it is busy: probes only"
+    )
     header_timeout_s: float = Field(
         default=15.0, gt=0, description="to deliver a request head after connecting or the last answer"
     )

@@ -115,14 +115,13 @@ class Linker:
             case InstanceData() as inst:
                 deleted = inst.deleted or message.routing_key == RoutingKeys.INSTANCE_DELETED
                 repos = () if deleted else inst.repositories
-                await self._on_instance(inst.instance, repos, revision=inst.revision, snapshot=False)
+                await self._on_instance(inst.instance, repos, revision=inst.revision)
             case SnapshotData() as snap:
                 repos = snap.repositories if snap.exists else ()
                 await self._on_instance(
                     snap.instance,
                     repos,
                     revision=snap.revision,
-                    snapshot=True,
                     instance_revision=snap.instance_revision,
                 )
             case None:
@@ -165,33 +164,28 @@ class Linker:
         repos: Iterable[Repository],
         *,
         revision: int,
-        snapshot: bool,
         instance_revision: int | None = None,
     ) -> None:
         """Store an instance's repositories and reconcile the toolchains of its services.
 
-        A snapshot has its own sequence (``revision``, against ``snapshot_revision``); its
-        repositories are instance data at ``instance_revision``, so they are ignored when an instance
-        event newer than that was applied already (a snapshot delayed by a retry must not undo it).
-        The toolchains are still reconciled then, from the stored repositories (drift repair).
-        A snapshot without ``instance_revision`` (an older watcher) replaces them as before.
+        A snapshot (``instance_revision`` given) has its own sequence (``revision``, against
+        ``snapshot_revision``); its repositories are instance data at ``instance_revision``, so they
+        are ignored when an instance event newer than that was applied already (a snapshot delayed
+        by a retry must not undo it). The toolchains are still reconciled then, from the stored
+        repositories (drift repair).
         """
         key = ref.scope
         old = await self._store.instance(key) or InstanceState(key=key)
-        last = old.snapshot_revision if snapshot else old.revision
+        last = old.revision if instance_revision is None else old.snapshot_revision
         if revision < last:
             self._skip_stale(key, revision, last)
             return
         urls = tuple(
-            sorted(
-                {normalize_repository_url(r.url) for r in repos if self._kinds.intersection(r.all_kinds())}
-            )
+            sorted({normalize_repository_url(r.url) for r in repos if self._kinds.intersection(r.kinds)})
         )
         changes: dict[str, object]
-        if not snapshot:
+        if instance_revision is None:
             changes = {"repos": urls, "revision": revision}
-        elif instance_revision is None:
-            changes = {"repos": urls, "snapshot_revision": revision}
         elif instance_revision < old.revision:
             log.info(
                 "snapshot older than the applied instance event: keeping its repositories",

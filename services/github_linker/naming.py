@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, sanitize_tool_name
+from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, fit_tool_name, sanitize_tool_name, tool_name_fits
 
 PURPOSE = "github"
 TOOL_TYPE_ID = "githubconsolidated"
@@ -51,14 +51,13 @@ def tool_name(url: str, *, github_hosts: Collection[str]) -> str:
     name = sanitize_tool_name(raw)
     lossy = (
         name != raw
-        or len(name) > NAME_MAX
+        or not tool_name_fits(name)
         or len(segments) != 2
         or host not in github_hosts
         or "-" in segments[0]
     )
     if lossy:
-        suffix = " " + _digest(url)[:8]
-        name = name[: NAME_MAX - len(suffix)].rstrip() + suffix
+        name = fit_tool_name(name, _digest(url)[:8])
     return name
 
 

@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kubernetes_asyncio import client
 from prometheus_client import Gauge
 
 from services.kabanero_watcher.emitting import EmitMetrics, Emitter, NotLeader, PublishFn
 from services.kabanero_watcher.families import make_families
 from services.kabanero_watcher.identity import ClusterIdentity
-from services.kabanero_watcher.kube import KubeClient
+from services.kabanero_watcher.kube import ApiClient, KubeClient
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.owned_instances import (
     Message,
@@ -46,7 +45,7 @@ NAME = "kabanero-watcher"
 class Deps:
     """Optional overrides for tests and benchmarks."""
 
-    api_client: client.ApiClient | None = None
+    api_client: ApiClient | None = None
     publish: PublishFn | None = None
 
 
@@ -118,12 +117,6 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         pending = session.pending_families()
         return not pending, f"initial sync pending: {', '.join(pending)}" if pending else "synced"
 
-    def storage() -> tuple[bool, str]:
-        session = runtime.session
-        if session is None or session.storage_error is None:
-            return True, ""
-        return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
-
     def lease() -> tuple[bool, str]:
         return runtime.elector.health() if runtime.elector is not None else (True, "starting")
 
@@ -134,9 +127,16 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
         registry=health.registry,
     )
     leader.labels(settings.cluster_name).set_function(lambda: float(runtime.leading))
+    refused = Gauge(
+        "kotc_watcher_namespaces_refused",
+        "Namespaces whose published state MongoDB refuses for good (set aside until they change)",
+        ["cluster"],
+        registry=health.registry,
+    )
+    refused.labels(settings.cluster_name).set_function(lambda: float(len(_refused(runtime.session))))
     health.add_liveness("watch", live)
     health.add_readiness("initial-sync", ready)
-    health.add_readiness("reconcile", storage)
+    health.add_readiness("reconcile", lambda: storage_health(runtime.session))
     health.add_readiness("lease", lease)
 
     def elect() -> contextlib.AbstractAsyncContextManager[object]:
@@ -196,6 +196,24 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     runtime.add("leadership", lead)
     runtime.add_task("resync-listener", resync.run)
     return runtime
+
+
+def _refused(session: Session | None) -> dict[str, str]:
+    return session.refused if session is not None else {}
+
+
+def storage_health(session: Session | None) -> tuple[bool, str]:
+    """Not ready while MongoDB refuses a namespace for good (named), or an error left namespaces
+    pending (retried)."""
+    if session is None:
+        return True, ""
+    if session.refused:
+        names = ", ".join(repr(ns) for ns in sorted(session.refused))
+        reason = next(iter(session.refused.values()))
+        return False, f"MongoDB refuses the published state of {names}, set aside until it changes: {reason}"
+    if session.storage_error is None:
+        return True, ""
+    return False, f"namespaces pending, retried: MongoDB {session.storage_error}"
 
 
 async def _lead(

@@ -10,6 +10,7 @@ ordering noise never reach it. Objects that do not have the documented shape rai
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from shared.events import (
     content_hash,
     normalize_repository_url,
 )
+from shared.urls import scrub_urls, scrub_values, without_credentials
 
 Obj = Mapping[str, Any]
 LegacyTriggerFields = Literal["url", "any"]
@@ -40,6 +42,11 @@ _EVENTS_0_1_RELEASES = re.compile(r"^v?0\.[678](\.|$)")
 
 class Malformed(ValueError):
     """A custom object whose shape does not match its CRD schema."""
+
+
+def _quoted(value: Any) -> str:
+    """A value for a Malformed message (logged): its repr, URL credentials removed, then cut."""
+    return f"{scrub_urls(repr(value)):.40}"
 
 
 # --- shape checks ---------------------------------------------------------------------------------
@@ -67,8 +74,22 @@ def _str(value: Any, where: str, *, optional: bool = True) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or (not optional and not value):
-        raise Malformed(f"{where}: expected a string, got {value!r:.40}")
+        raise Malformed(f"{where}: expected a string, got {_quoted(value)}")
     return value
+
+
+def _identity(value: Any, where: str) -> str:
+    """A name that becomes part of a trigger's key: a non-empty string without control characters.
+
+    Kubernetes checks object names but not names inside a spec, so a mediation name can hold a NUL
+    or a newline. Such a name cannot be an identity in keys, stores, logs and tool names (a NUL
+    left otc-writer retrying its tool forever): the object is Malformed, and the reason names the
+    field and the character, never the name itself."""
+    text = _str(value, where, optional=False)
+    assert text is not None
+    if bad := next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None):
+        raise Malformed(f"{where}: contains the control character U+{ord(bad):04X}")
+    return text
 
 
 def object_id(obj: Obj) -> tuple[str, str]:
@@ -120,7 +141,8 @@ def archive_repository(ref: Obj, *, kind: RepositoryKind, source: str) -> Reposi
     else its ``https.url`` (kabanero-operator ``utils/pipelines.go``, ``stack/resolver.go``)."""
     if usable := _usable_git_release(ref, source):
         host, org, project, release, _ = usable
-        return Repository.of(f"https://{host}/{org}/{project}", kind, ref=release, source=source)
+        repo_url = without_credentials(f"https://{host}/{org}/{project}")
+        return Repository.of(repo_url, kind, ref=release, source=source)
     url = _https_url(ref, source)
     return repository_of_url(url, kind=kind, source=source) if url else None
 
@@ -252,7 +274,7 @@ def events_enabled(kabanero: Obj, *, operator_0_9: bool) -> bool:
     enable = events.get("enable")
     if enable is not None:
         if not isinstance(enable, bool):
-            raise Malformed(f"spec.events.enable: expected a boolean, got {enable!r:.40}")
+            raise Malformed(f"spec.events.enable: expected a boolean, got {_quoted(enable)}")
         return enable
     if not operator_0_9:
         return False
@@ -358,22 +380,24 @@ def derive_legacy_trigger(
             if not url:
                 continue
             trigger_id = _str(entry.get("id"), f"spec.triggers[{i}].id") or str(i)
+            _identity(trigger_id, f"spec.triggers[{i}].id")
             source = f"kabaneros/{name}.spec.triggers[{trigger_id}]"
             repo = (
                 repository_of_url(url, kind="trigger", source=source)
                 if flat
                 else archive_repository(entry, kind="trigger", source=source)
             )
+            content = scrub_values(dict(entry))  # no URL credentials in what we publish
             return DesiredTrigger(
                 key=TriggerKey(
                     cluster=cluster, namespace=namespace, generation="legacy", owner=name, name=trigger_id
                 ),
                 instance=InstanceRef(cluster=cluster, namespace=namespace),
-                content=dict(entry),
-                content_hash=content_hash(entry),
+                content=content,
+                content_hash=content_hash(content),
                 version=_str(entry.get("sha256"), f"spec.triggers[{i}].sha256"),
-                url=url,
-                repositories=[repo] if repo and repo.kind != "unknown" else [],
+                url=without_credentials(url),
+                repositories=[repo] if repo and repo.kinds != ["unknown"] else [],
                 destinations=[],
                 revision=0,
             )
@@ -389,7 +413,7 @@ def check_mediator(mediator: Obj) -> list[dict[str, Any]]:
     spec = _dict(mediator.get("spec"), "spec", optional=False)
     mediations = _list_of_dicts(spec.get("mediations"), "spec.mediations")
     for i, item in enumerate(mediations):
-        _str(item.get("name"), f"spec.mediations[{i}].name", optional=False)
+        _identity(item.get("name"), f"spec.mediations[{i}].name")
         if item.get("sendTo") is not None and not (
             isinstance(item["sendTo"], list) and all(isinstance(s, str) for s in item["sendTo"])
         ):
@@ -457,8 +481,11 @@ def derive_mediation_triggers(
     for item in mediations:
         mediation = item["name"]
         conns = _connections_of(name, item, connections)
-        content = {"mediation": item, "mediator": mediator_level, "connections": conns}
+        raw: dict[str, Any] = {"mediation": item, "mediator": mediator_level, "connections": conns}
         before = previous.get(mediation) if previous else None
+        # No URL credentials in what we publish: a destination is its URL without userinfo or query.
+        # ``before.content`` was scrubbed here: equal to it, ``raw`` is clean (the memo costs no scrub).
+        content = raw if before is not None and before.content == raw else scrub_values(raw)
         if before is not None and before.content == content and before.key.cluster == cluster:
             out.append(before)
             continue
@@ -474,7 +501,7 @@ def derive_mediation_triggers(
                 version=digest,
                 url=None,
                 repositories=[],
-                destinations=_destinations(conns),
+                destinations=_destinations(content["connections"]),
                 revision=0,
             )
         )

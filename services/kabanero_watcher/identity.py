@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.kabanero_watcher.kube import ApiClient, ApiException, CoreV1Api
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class ClusterIdentity:
     def __init__(
         self,
         db: AsyncDatabase[Document],
-        api_client: client.ApiClient,
+        api_client: ApiClient,
         cluster_name: str,
         *,
         holder: str,
@@ -60,7 +59,7 @@ class ClusterIdentity:
     ) -> None:
         self._db = db
         self._coll = db[COLLECTION]
-        self._core = client.CoreV1Api(api_client)
+        self._core = CoreV1Api(api_client)
         self.cluster_name = cluster_name
         self._holder = holder
         self._timeout = timeout_s

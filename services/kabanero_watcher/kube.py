@@ -1,4 +1,10 @@
-"""The Kubernetes API client: KUBE_API_URL (emulator), in-cluster config, or a kubeconfig file."""
+"""The Kubernetes API client: KUBE_API_URL (emulator), in-cluster config, or a kubeconfig file.
+
+The one module of the watcher that imports ``kubernetes_asyncio`` (an import-linter contract holds
+it to that): the others take from here the API classes they call (custom objects, core config maps
+and namespaces, discovery, the watch stream) and the library's error, so a library upgrade or a
+change of client touches this module only.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,36 @@ import logging
 from typing import Self
 
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client import ApiClient, ApisApi, CoreV1Api, CustomObjectsApi
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.watch import Watch
 
 from services.kabanero_watcher.settings import Settings
 
+__all__ = [
+    "ApiClient",
+    "ApiException",
+    "ApisApi",
+    "CoreV1Api",
+    "CustomObjectsApi",
+    "KubeClient",
+    "Watch",
+    "delete_if_uid",
+    "make_api_client",
+    "namespace_named",
+]
+
 log = logging.getLogger(__name__)
+
+
+def namespace_named(name: str) -> client.V1Namespace:
+    """The body of a namespace to create."""
+    return client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+
+
+def delete_if_uid(uid: str | None) -> client.V1DeleteOptions:
+    """Delete options that make the API server refuse (409) when the object is no longer ``uid``."""
+    return client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
 
 
 async def make_api_client(settings: Settings) -> client.ApiClient:

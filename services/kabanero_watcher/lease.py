@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from pymongo.errors import PyMongoError
 
 from services.kabanero_watcher.identity import IdentityConflict
+from services.kabanero_watcher.kube import ApiException, CustomObjectsApi
 from services.kabanero_watcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def _micro_time(when: datetime) -> str:
 class LeaseElector:
     def __init__(
         self,
-        api: client.CustomObjectsApi,
+        api: CustomObjectsApi,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -35,11 +35,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.kabanero_watcher.kube import (
+    ApiClient,
+    ApiException,
+    CoreV1Api,
+    CustomObjectsApi,
+    delete_if_uid,
+    namespace_named,
+)
 from shared.amqp import DataModel, Delivery, RetryableError
 from shared.events import (
     CloudEvent,
@@ -153,7 +159,7 @@ class OwnedInstances:
         self,
         *,
         cluster: str,
-        api_client: Callable[[], client.ApiClient],
+        api_client: Callable[[], ApiClient],
         store: OwnedInstanceStore,
         create_namespaces: bool,
         is_leader: Callable[[], bool],
@@ -235,8 +241,8 @@ class OwnedInstances:
                 return "failed", f"the API server refused it ({exc.status}): {_api_message(exc)}"
             raise RetryableError(f"Kubernetes API {exc.status}: {_api_message(exc)}") from None
 
-    def _custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self._api_client())
+    def _custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self._api_client())
 
     async def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -292,9 +298,9 @@ class OwnedInstances:
         return "updated", f"Kabanero {namespace}/{name} spec replaced"
 
     async def _ensure_namespace(self, namespace: str) -> None:
-        core = client.CoreV1Api(self._api_client())
+        core = CoreV1Api(self._api_client())
         try:
-            await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+            await core.create_namespace(namespace_named(namespace))
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -313,7 +319,7 @@ class OwnedInstances:
                 namespace,
                 PLURAL,
                 name,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                body=delete_if_uid(uid),
             )
         except ApiException as exc:
             if exc.status == 404:

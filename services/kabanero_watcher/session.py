@@ -15,11 +15,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from kubernetes_asyncio import client
 from pymongo.errors import PyMongoError
 
 from services.kabanero_watcher.emitting import Emitter
 from services.kabanero_watcher.family import Family
+from services.kabanero_watcher.kube import CustomObjectsApi
+from services.kabanero_watcher.refusals import StorageRefused
 from services.kabanero_watcher.resources import ResourceSpec
 from services.kabanero_watcher.settings import Settings
 from services.kabanero_watcher.state import PublishedState
@@ -36,7 +37,7 @@ class Session:
         self,
         *,
         settings: Settings,
-        api: client.CustomObjectsApi,
+        api: CustomObjectsApi,
         emitter: Emitter,
         families: Sequence[Family],
         metrics: WatchMetrics | None = None,
@@ -64,6 +65,9 @@ class Session:
             loop.watchers = [w for w in self.watchers if w.cache is loop.family.cache]
         # The last MongoDB error that left namespaces pending (None once a reconcile succeeded).
         self.storage_error: str | None = None
+        # Namespaces whose published state MongoDB refuses for good -> why; each is set aside
+        # (not retried) until it changes, so the others proceed (/readyz names them).
+        self.refused: dict[str, str] = {}
         # Set while every reconcile loop waits with nothing to do (benchmarks and tests use it).
         self.idle = asyncio.Event()
 
@@ -87,7 +91,17 @@ class Session:
         return max(times) if times else None
 
     def pending_families(self) -> list[str]:
-        return [loop.family.name for loop in self.loops if not loop.synced]
+        """The families whose initial sync is pending, each with what its unlisted kinds answered
+        (``kabanero (kabaneros.kabanero.io: 404 Not Found)``: the CRD is missing)."""
+        out = []
+        for loop in self.loops:
+            if loop.synced:
+                continue
+            errors = [
+                f"{w.name}: {w.last_error}" for w in loop.watchers if not w.synced.is_set() and w.last_error
+            ]
+            out.append(f"{loop.family.name} ({'; '.join(errors)})" if errors else loop.family.name)
+        return out
 
     def _update_idle(self) -> None:
         if all(loop.idle for loop in self.loops):
@@ -98,6 +112,21 @@ class Session:
     def request_snapshot(self) -> None:
         for loop in self.loops:
             loop.request_snapshot()
+
+    def refuse(self, family: str, error: StorageRefused) -> None:
+        for namespace in error.namespaces:
+            if self.refused.get(namespace) != error.reason:
+                log.error(
+                    "MongoDB refuses the published state of namespace %r; set aside until it changes: %s",
+                    namespace,
+                    error.reason,
+                    extra={"family": family, "namespace": namespace, "reason": error.reason},
+                )
+            self.refused[namespace] = error.reason
+
+    def accepted(self, namespace: str) -> None:
+        if self.refused.pop(namespace, None) is not None:
+            log.info("the published state of namespace %r is stored again", namespace)
 
     async def resync(self, namespace: str | None = None) -> dict[str, dict[str, int]]:
         """Fresh snapshots now (of one namespace, or all) from every family, taken by the reconcile
@@ -224,7 +253,7 @@ class FamilyLoop:
         try:
             self.mark(self.family.prepare())
             await self.reconcile_dirty()
-            await self.family.after_pass()
+            await self._after_pass()
             if self._snapshot_due:
                 await self._snapshots()
                 self._snapshot_due = False
@@ -262,18 +291,37 @@ class FamilyLoop:
         self.last_reconcile_ms = (time.monotonic() - started) * 1000
 
     async def _reconcile_one(self, namespace: str) -> None:
+        """A namespace MongoDB refuses for good is set aside, not left dirty: it is tried again
+        when it changes (a retry of the same batch fails the same way)."""
         try:
             if await self.family.reconcile(namespace):
                 await self.family.snapshot(namespace)
+        except StorageRefused as exc:
+            self.session.refuse(self.family.name, exc)
+            return
         except BaseException:
             self._dirty.add(namespace)
             raise
+        self.session.accepted(namespace)
+
+    async def _after_pass(self) -> None:
+        """The family's cluster-wide publishing (Tekton's installation), set aside as a namespace."""
+        try:
+            await self.family.after_pass()
+        except StorageRefused as exc:
+            self.session.refuse(self.family.name, exc)
+
+    async def _snapshot_one(self, namespace: str) -> None:
+        try:
+            await self.family.snapshot(namespace)
+        except StorageRefused as exc:
+            self.session.refuse(self.family.name, exc)
 
     def _live(self) -> list[str]:
         return [ns for ns in self.family.snapshot_namespaces() if self.session.in_scope(ns)]
 
     async def _snapshots(self) -> None:
-        await self.session.bounded([functools.partial(self.family.snapshot, ns) for ns in self._live()])
+        await self.session.bounded([functools.partial(self._snapshot_one, ns) for ns in self._live()])
 
     async def _answer_resyncs(self) -> None:
         requests, self._resyncs = self._resyncs, []
@@ -281,7 +329,7 @@ class FamilyLoop:
         wanted = set() if any(ns is None for ns, _ in requests) else {ns for ns, _ in requests}
         namespaces = sorted(live if not wanted else live & wanted)
         try:
-            await self.session.bounded([functools.partial(self.family.snapshot, ns) for ns in namespaces])
+            await self.session.bounded([functools.partial(self._snapshot_one, ns) for ns in namespaces])
         except BaseException:
             self._resyncs = requests + self._resyncs  # answered after the retry
             raise

@@ -13,7 +13,7 @@ every card; a status-only change re-derives an unchanged card, which costs nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -120,6 +120,14 @@ class InstallKinds:
         return (self.config_maps, self.deployments, self.routes, self.ingresses)
 
 
+INSTALL_CRS = (OPENSHIFT_CONFIGS, TEKTON_CONFIGS, TEKTON_PIPELINE_CRS)
+
+
+def tekton_kinds(install: InstallKinds) -> tuple[ResourceSpec, ...]:
+    """Every kind the family lists and watches (``kabanero-otc doctor`` checks the RBAC of each)."""
+    return (PIPELINES, EVENTLISTENERS, ROUTES, INGRESSES, *INSTALL_CRS, *install.all())
+
+
 @dataclass
 class TektonDesired:
     namespace: str
@@ -134,9 +142,8 @@ class TektonCache(ObjectCache):
         self.install = InstallKinds.of(settings.tekton_install_namespaces)
         self._searched = settings.tekton_install_namespaces
         self._dashboard_url = settings.tekton_dashboard_url
-        cluster_wide = (OPENSHIFT_CONFIGS, TEKTON_CONFIGS, TEKTON_PIPELINE_CRS)
-        super().__init__((PIPELINES, EVENTLISTENERS, ROUTES, INGRESSES, *cluster_wide, *self.install.all()))
-        self._install_names = {r.name for r in (*cluster_wide, *self.install.all())}
+        super().__init__(tekton_kinds(self.install))
+        self._install_names = {r.name for r in (*INSTALL_CRS, *self.install.all())}
         self.installation_dirty = True
 
     def replace(self, resource: ResourceSpec, scope: str | None, items: Iterable[dict[str, Any]]) -> set[str]:
@@ -193,7 +200,7 @@ class TektonCache(ObjectCache):
                 )
         return out
 
-    def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Any) -> None:
+    def _card(self, out: TektonDesired, kind: str, obj: Obj, derive: Callable[[Obj], TektonCardData]) -> None:
         try:
             card: TektonCardData = derive(obj)
         except (Malformed, TypeError, AttributeError, ValueError) as exc:
@@ -244,7 +251,10 @@ class TektonFamily:
             self.emitter.discard()
 
     async def _reconcile(self, namespace: str) -> bool:
-        desired = self.cache.desired(namespace, self.inst or self.cache.installation())
+        if self.inst is None:
+            self.prepare()  # a reconcile before the first pass's prepare (not the session's order)
+        assert self.inst is not None
+        desired = self.cache.desired(namespace, self.inst)
         self.emitter.resolve_pending(namespace, CARD_KINDS, lambda prev: desired.cards.get(prev.key))
         was_live = self.state.live_in_namespace(namespace, CARD_KINDS)
 

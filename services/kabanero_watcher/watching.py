@@ -25,12 +25,19 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
+from services.kabanero_watcher.kube import (
+    ApiClient,
+    ApiException,
+    ApisApi,
+    CoreV1Api,
+    CustomObjectsApi,
+    Watch,
+)
 from services.kabanero_watcher.resources import ObjectCache, ResourceSpec
 from services.kabanero_watcher.settings import Settings
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +58,13 @@ class WatchMetrics:
         )
 
 
-class _Backoff:
-    """Exponential reconnect delay: doubles after each wait up to ``cap``, back to ``base`` on success."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self.delay = base
-
-    def reset(self) -> None:
-        self.delay = self.base
-
-    async def sleep(self, *, at_most: float | None = None) -> None:
-        await asyncio.sleep(self.delay if at_most is None else min(self.delay, at_most))
-        self.delay = min(self.delay * 2, self.cap)
-
-
 class ResourceWatcher:
     """Keeps the cache's view of one resource type (in one namespace, or all) up to date."""
 
     def __init__(
         self,
         *,
-        api: client.CustomObjectsApi,
+        api: CustomObjectsApi,
         resource: ResourceSpec,
         namespace: str | None,
         cache: ObjectCache,
@@ -84,7 +75,7 @@ class ResourceWatcher:
     ) -> None:
         self.api = api
         # The ApiClient the CustomObjectsApi wraps (undeclared in its stubs): core types use it too.
-        self._api_client: client.ApiClient | None = getattr(api, "api_client", None)
+        self._api_client: ApiClient | None = getattr(api, "api_client", None)
         self.resource = resource
         self.namespace = namespace
         self.cache = cache
@@ -101,10 +92,12 @@ class ResourceWatcher:
         # A 404 was seen after a successful list; one more (after a re-probe interval) confirms it.
         self.absence_suspected = False
         self.name = resource.name + (f"@{namespace}" if namespace else "")
-        self._backoff = _Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
+        self._backoff = Backoff(settings.reconnect_backoff_s, settings.reconnect_backoff_max_s)
         self._reason = "initial"  # why the next connection lists again ("resume": it does not)
         # The (group, version) the cluster serves this kind in (resolved by discovery on each list).
         self.served: tuple[str, str] = (resource.group, resource.version)
+        # Why the last connection failed (None once a list or stream worked): /readyz says it.
+        self.last_error: str | None = None
 
     def _alive(self) -> None:
         self.last_alive = time.monotonic()
@@ -124,7 +117,7 @@ class ResourceWatcher:
             kwargs["label_selector"] = r.label_selector
         if not group:
             assert self._api_client is not None, "core types need a CustomObjectsApi with its ApiClient"
-            core = client.CoreV1Api(self._api_client)
+            core = CoreV1Api(self._api_client)
             if self.namespace is None:
                 return core.list_config_map_for_all_namespaces, (), kwargs
             return core.list_namespaced_config_map, (self.namespace,), kwargs
@@ -138,7 +131,7 @@ class ResourceWatcher:
         None served is a 404, as for a missing CRD (Tekton not installed yet)."""
         if not self.resource.alternatives or self._api_client is None:
             return
-        typed = await client.ApisApi(self._api_client).get_api_versions(
+        typed = await ApisApi(self._api_client).get_api_versions(
             _request_timeout=self.settings.kube_request_timeout_s
         )
         body = self._api_client.sanitize_for_serialization(typed)
@@ -163,6 +156,7 @@ class ResourceWatcher:
         self.cache.served[self.resource.name] = "/".join(p for p in self.served if p)
         self.rv = body.get("metadata", {}).get("resourceVersion")
         self.lists += 1
+        self.last_error = None
         self._present = True
         self.absence_suspected = False
         self._count("relists", self.resource.name, reason)
@@ -190,7 +184,7 @@ class ResourceWatcher:
         inactivity = self.settings.inactivity_timeout_s
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(inactivity) as deadline:
-            async with watch.Watch().stream(
+            async with Watch().stream(
                 fn,
                 *args,
                 **kwargs,
@@ -262,6 +256,7 @@ class ResourceWatcher:
             await self._backoff.sleep(at_most=0.2)
 
     async def _on_api_error(self, exc: ApiException) -> None:
+        self.last_error = f"{exc.status} {exc.reason}"
         if exc.status == 410:
             log.warning("history expired (410); re-listing", extra={"resource": self.name, "rv": self.rv})
             self._reason = "410"
@@ -317,6 +312,7 @@ class ResourceWatcher:
             extra={"resource": self.name, "error": str(exc)[:200]},
         )
         self._count("reconnects", self.resource.name, "error")
+        self.last_error = type(exc).__name__
         if self.rv is None:
             self._reason = "error"
         await self._backoff.sleep()

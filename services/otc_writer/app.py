@@ -8,8 +8,9 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -24,6 +25,8 @@ from services.otc_writer.projection import Projection
 from services.otc_writer.reconcile import (
     Metrics,
     Reconciler,
+    decode_command,
+    decode_event,
     key_of_command,
     key_of_event,
     revision_of_event,
@@ -31,8 +34,7 @@ from services.otc_writer.reconcile import (
 from services.otc_writer.settings import Settings
 from services.otc_writer.tekton_cards import TektonCardStyle
 from shared.amqp import Consumer, Topology
-from shared.amqp.consumer import Handler
-from shared.events import CloudEvent
+from shared.amqp.consuming.decode import Decoder
 from shared.health import Health, HttpServer, health_app
 from shared.infra import Infra
 from shared.lifecycle import Runtime, run_service, step
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 NAME = "otc-writer"
 EVENTS_QUEUE = "otc-writer.events"
 COMMANDS_QUEUE = "otc-writer.commands"
+DRAIN_SHARE = 0.4
+"""Share of ``SHUTDOWN_TIMEOUT_S`` the consumers wait for running handlers at SIGTERM; what still
+runs then is cancelled, its message left unacked (the broker redelivers it: nothing is lost)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class OtcWriter(Runtime):
         self.auditor = auditor
         self.http = http
         self.iam = iam
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Consumer[Any]] = []
         self.handled: dict[str, int] = {EVENTS_QUEUE: 0, COMMANDS_QUEUE: 0}
         """Messages handled successfully per queue (acked right after): tests wait on it."""
 
@@ -97,9 +102,11 @@ class OtcWriter(Runtime):
         """One audit pass now (the periodic task runs the same, every ``OTC_AUDIT_INTERVAL_S``)."""
         return await self.auditor.audit_once()
 
-    def counted(self, queue: str, handler: Handler) -> Handler:
-        async def run(event: CloudEvent) -> None:
-            await handler(event)
+    def counted[M](
+        self, queue: str, handler: Callable[[M], Awaitable[None]]
+    ) -> Callable[[M], Awaitable[None]]:
+        async def run(message: M) -> None:
+            await handler(message)
             self.handled[queue] += 1
 
         return run
@@ -117,6 +124,10 @@ def otc_config(settings: Settings) -> OtcClientConfig:
         backoff_cap_s=settings.otc_backoff_cap_s,
         breaker_threshold=settings.otc_breaker_threshold,
         breaker_reset_s=settings.otc_breaker_reset_s,
+        max_body_bytes=settings.otc_max_body_bytes,
+        list_max_pages=settings.otc_list_max_pages,
+        list_max_items=settings.otc_list_max_items,
+        retry_after_max_s=settings.otc_retry_after_max_s,
     )
 
 
@@ -166,7 +177,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         iam=iam,
         shutdown_timeout=settings.shutdown_timeout_s,
     )
-    health.add_readiness("otc", lambda: (client.breaker.state != "open", client.breaker.state))
+    health.add_readiness("otc", client.readiness)
     health.add_readiness("iam", lambda: (iam.rejected is None, iam.rejected or ""))
     probes = {**infra.probes(), "otc": client.probe, "iam": client.probe}
     health.add_liveness("consumers", lambda: all(not t.done() for t in runtime.supervisor.tasks))
@@ -175,11 +186,15 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.add("otc-http-session", lambda: session)
     infra.attach(runtime)
     runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
-    for queue, handler, key_of, revision_of in (
-        (EVENTS_QUEUE, runtime.reconciler.handle_event, key_of_event, revision_of_event),
-        (COMMANDS_QUEUE, runtime.reconciler.handle_command, key_of_command, None),
-    ):
-        consumer = Consumer(
+
+    def consumer[M](
+        queue: str,
+        handler: Callable[[M], Awaitable[None]],
+        decode: Decoder[M],
+        key_of: Callable[[M], str],
+        revision_of: Callable[[M], tuple[str, int] | None] | None = None,
+    ) -> Consumer[M]:
+        return Consumer(
             infra.amqp,
             infra.publisher,
             queue,
@@ -193,10 +208,21 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
             revision_of=revision_of,
             concurrency=settings.handler_concurrency,
             hold_limit_s=settings.consumer_hold_limit_s,
+            drain_timeout=DRAIN_SHARE * settings.shutdown_timeout_s,
+            decode=decode,
         )
-        runtime.consumers.append(consumer)
-        health.add_readiness(f"queue:{queue}", consumer.readiness)
-        runtime.add_task(f"consume:{queue}", consumer.run)
+
+    events = consumer(
+        EVENTS_QUEUE, runtime.reconciler.handle_event, decode_event, key_of_event, revision_of_event
+    )
+    commands = consumer(COMMANDS_QUEUE, runtime.reconciler.handle_command, decode_command, key_of_command)
+    consume: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+    for each in (events, commands):
+        runtime.consumers.append(each)
+        health.add_readiness(f"queue:{each.queue_name}", each.readiness)
+        consume[f"consume:{each.queue_name}"] = each.run
+    # Stopped together: the two drains overlap (one after the other they took 2 x 10 s).
+    runtime.add_tasks(consume)
     if settings.otc_audit_interval_s > 0:
         runtime.add_task("otc-audit", functools.partial(runtime.auditor.run, settings.otc_audit_interval_s))
     runtime.add("iam-check", lambda: _first_token(iam))

@@ -1,11 +1,11 @@
 """Desired tools: what one trigger (or one command) must look like in one toolchain.
 
-Trigger tool names are deterministic and valid for OTC (≤128 characters, charset
-``^([^\\x00-\\x7F]|[a-zA-Z0-9-._ ])+$``): ``kabanero-trigger <namespace> <owner> <name> <hash8>``,
-disallowed ASCII replaced by ``-``, shortened when too long. The 8-hex suffix (sha256 of the
-trigger's full key, cluster and generation included) keeps names unique per toolchain even when
-sanitizing or truncating merges two triggers or two clusters share a namespace name; determinism is
-what lets an ambiguous create be resolved by looking the name up.
+Trigger tool names are deterministic, safe to display and valid for OTC (≤128 characters however
+counted, charset ``^([^\\x00-\\x7F]|[a-zA-Z0-9-._ ])+$``): ``kabanero-trigger <namespace> <owner>
+<name> <hash8>``, made safe and shortened by ``shared.otc_tools.fit_tool_name``. The 8-hex suffix
+(sha256 of the trigger's full key, cluster and generation included) keeps names unique per toolchain
+even when sanitizing or truncating merges two triggers or two clusters share a namespace name;
+determinism is what lets an ambiguous create be resolved by looking the name up.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from typing import Any
 from urllib.parse import quote
 
 from shared.events import InstanceRef, TriggerData, TriggerKey
-from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, sanitize_tool_name, tool_content_hash
+from shared.otc_tools import (
+    TOOL_NAME_MAX,
+    TOOL_NAME_RE,
+    display_safe,
+    fit_tool_name,
+    sanitize_tool_name,
+    tool_content_hash,
+    tool_name_fits,
+)
+from shared.urls import scrub_urls
 
 NAME_MAX = TOOL_NAME_MAX
 NAME_RE = TOOL_NAME_RE
@@ -45,16 +54,19 @@ def instance_scope(instance: InstanceRef) -> str:
     return instance.scope
 
 
-def trigger_tool_name(key: TriggerKey) -> str:
-    suffix = hashlib.sha256(key.id.encode()).hexdigest()[:8]
-    base = (
-        sanitize_tool_name(f"kabanero-trigger {key.namespace} {key.owner} {key.name}").strip()
-        or "kabanero-trigger"
-    )
-    base = base[: NAME_MAX - len(suffix) - 1].rstrip()
-    name = f"{base} {suffix}"
-    assert NAME_RE.match(name) and len(name) <= NAME_MAX
+def hashed_tool_name(text: str, key_id: str, fallback: str) -> str:
+    """``<text> <hash8>``, safe to display and within OTC's limits; the suffix (sha256 of the item's
+    full key) keeps names unique per toolchain when sanitizing or shortening merges two items."""
+    suffix = hashlib.sha256(key_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    name = fit_tool_name(sanitize_tool_name(text).strip() or fallback, suffix)
+    assert NAME_RE.match(name) and tool_name_fits(name)
     return name
+
+
+def trigger_tool_name(key: TriggerKey) -> str:
+    return hashed_tool_name(
+        f"kabanero-trigger {key.namespace} {key.owner} {key.name}", key.id, "kabanero-trigger"
+    )
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,10 @@ class TriggerToolStyle:
 
 
 def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle) -> dict[str, Any]:
-    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content."""
+    """``customtool`` parameters (otc-api.md §4.7); everything derives from the trigger's content.
+
+    URLs are cleaned again (no userinfo, query or fragment): the watcher strips them at the source,
+    this keeps a trigger stored or published by an older watcher from carrying them into OTC."""
     key = trigger.key
     dashboard = style.dashboard_url.format(
         cluster=quote(key.cluster, safe=""),
@@ -85,16 +100,16 @@ def trigger_parameters(trigger: TriggerData, name: str, style: TriggerToolStyle)
         "trigger": key.name,
         "version": trigger.version,
         "content_hash": trigger.content_hash,
-        "url": trigger.url,
-        "destinations": sorted(trigger.destinations),
-        "repositories": sorted(r.url for r in trigger.repositories),
+        "url": scrub_urls(trigger.url) if trigger.url else trigger.url,
+        "destinations": sorted({scrub_urls(d) for d in trigger.destinations}),
+        "repositories": sorted({scrub_urls(r.url) for r in trigger.repositories}),
     }
     return {
         "type": "Kabanero Event Trigger",
         "lifecyclePhase": style.lifecycle_phase,
         "name": name,
         "dashboard_url": dashboard,
-        "description": (
+        "description": display_safe(
             f"Kabanero event trigger ({kind}) {key.owner}/{key.name} in {key.cluster}/{key.namespace}. "
             "Read-only mirror: the trigger is managed by gitops in the cluster."
         )[:500],

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, cast
+
+from pydantic import BaseModel
 
 from services.otc_writer.desired import TRIGGER_PURPOSE, DesiredTool, TriggerToolStyle, desired_trigger_tool
 from services.otc_writer.tekton_cards import TEKTON_PURPOSE, TektonCardStyle, desired_card_tool
 from shared.events import (
     TEKTON_SCOPE_PREFIX,
     RoutingKeys,
+    ServiceEventData,
     ServiceKind,
     SnapshotData,
     TektonCardData,
-    TektonCardKey,
     TektonSnapshotData,
     TriggerData,
-    TriggerKey,
     tekton_cluster_scope,
 )
 from shared.mongo import Document
@@ -82,11 +83,10 @@ class Family[T: Item, N: Snapshot]:
     service_kind: ServiceKind
     items: str
     """Collection of its items (``_id`` = the item key)."""
-    parse_key: Callable[[Any], Keyed]
-    """Validate an item's raw ``key`` (the consumer's lane, before the item is validated)."""
-    parse_item: Callable[[Any], T]
-    """Validate an item (event data, a stored item's ``data``); raises ``ValueError``."""
-    parse_snapshot: Callable[[Any], N]
+    item_model: type[BaseModel]
+    """The model of its items (event data, a stored item's ``data``): a ``T``."""
+    snapshot_model: type[BaseModel]
+    """The model of its snapshots: an ``N``."""
     item_routing: tuple[str, str, str]
     """created, updated, deleted."""
     snapshot_routing: str
@@ -96,8 +96,8 @@ class Family[T: Item, N: Snapshot]:
     """What a snapshot lists (nothing when its scope is gone)."""
     snapshot_exists: Callable[[N], bool]
     """Whether the snapshot's scope exists (recorded with the applied snapshot revision)."""
-    snapshot_known: Callable[[N], dict[str, int] | None]
-    """Item key -> the revision the producer had published when it took the snapshot (None: unknown)."""
+    snapshot_known: Callable[[N], dict[str, int]]
+    """Item key -> the revision the producer had published when it took the snapshot."""
     service_scope: Callable[[str], str]
     """Item scope -> the scope of the services that may bind it."""
     admits: Callable[[Document, str], bool]
@@ -106,6 +106,18 @@ class Family[T: Item, N: Snapshot]:
     """Services stand for many item scopes: the projection lists them per service scope."""
     desired: Callable[[T, str, ToolStyles], DesiredTool]
     """The tool an item must be in one toolchain."""
+
+    def parse_item(self, raw: Any) -> T:
+        """Validate a stored item's ``data`` (events arrive decoded); raises ``ValueError``."""
+        return cast(T, self.item_model.model_validate(raw))
+
+    def data_models(self) -> dict[str, type[BaseModel]]:
+        """Routing-key pattern -> model of every event of the family (the consumer's decoder)."""
+        return {
+            f"service.{self.service_kind}.*": ServiceEventData,
+            **dict.fromkeys(self.item_routing, self.item_model),
+            self.snapshot_routing: self.snapshot_model,
+        }
 
 
 def _trigger_tool(trigger: TriggerData, toolchain_id: str, styles: ToolStyles) -> DesiredTool:
@@ -138,9 +150,8 @@ TRIGGERS: Family[TriggerData, SnapshotData] = Family(
     purpose=TRIGGER_PURPOSE,
     service_kind="kabanero-events",
     items="otc_writer_triggers",
-    parse_key=TriggerKey.model_validate,
-    parse_item=TriggerData.model_validate,
-    parse_snapshot=SnapshotData.model_validate,
+    item_model=TriggerData,
+    snapshot_model=SnapshotData,
     item_routing=(RoutingKeys.TRIGGER_CREATED, RoutingKeys.TRIGGER_UPDATED, RoutingKeys.TRIGGER_DELETED),
     snapshot_routing=RoutingKeys.SNAPSHOT,
     item_scope=lambda t: t.instance.scope,
@@ -160,9 +171,8 @@ TEKTON: Family[TektonCardData, TektonSnapshotData] = Family(
     purpose=TEKTON_PURPOSE,
     service_kind="tekton",
     items="otc_writer_tekton_cards",
-    parse_key=TektonCardKey.model_validate,
-    parse_item=TektonCardData.model_validate,
-    parse_snapshot=TektonSnapshotData.model_validate,
+    item_model=TektonCardData,
+    snapshot_model=TektonSnapshotData,
     item_routing=(RoutingKeys.CARD_CREATED, RoutingKeys.CARD_UPDATED, RoutingKeys.CARD_DELETED),
     snapshot_routing=RoutingKeys.TEKTON_SNAPSHOT,
     item_scope=lambda c: c.scope,

@@ -9,7 +9,7 @@ Why each field exists:
   exactly two ledger round trips (lease and intent in one, the commit and release in one more).
   A release without an OTC write restores the intent the lease found.
 - ``pending``: the intent written *before* a mutating OTC call whose operation differs from the
-  one the lease announced (a recreate after a 404, an audit repair), and by older versions. If the process dies between the call
+  one the lease announced (a recreate after a 404, an audit repair). If the process dies between the call
   and the ledger commit, the next attempt sees it and reads OTC (by tool id or deterministic name)
   before writing: no duplicate create, no lost delete, no second identical write.
 - ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
@@ -19,6 +19,11 @@ Why each field exists:
   Before each OTC write the holder checks that at least a quarter of the TTL is left (renewals keep
   two thirds or more), so a holder whose renewals failed aborts before writing, with that margin
   against clock skew between replicas; commits are fenced on the owner.
+- ``_id`` never holds a NUL: a new entry whose key has one is refused (:class:`UnstorableKey`, the
+  message dead-letters with that reason). MongoDB stores such a string, but the SQLite store of the
+  MongoDB emulator the stack runs on matches it by ``_id`` alone and by no other filter, so every
+  fenced update missed and the tool was retried forever (``LeaseLost``, then ``LeaseBusy``). No
+  producer of ours emits one (kabanero-watcher refuses such a mediation name at the source).
 - ``refused_hash`` / ``refused_at`` / ``refused_by`` (with ``last_error``): OTC refused this content
   for good (a 4xx on the write). The same content is not sent again until it changes, the tool is
   removed, or another attempt on the entry succeeds or fails otherwise; ``refused_by`` (the CloudEvent
@@ -43,13 +48,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.desired import DesiredTool
+from shared.amqp import PermanentError
+from shared.backoff import Backoff
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
 
 LEDGER = "otc_writer_ledger"
-SCHEMA_VERSION = 2
-"""2: ``intent`` written with the lease. Version 1 documents read as they are (no ``intent``)."""
+SCHEMA_VERSION = 1
+"""The shape above; a release that changes it bumps this (docs/design.md, "Stored shapes and their
+versions")."""
 
 
 def ledger_id(purpose: str, key: str, toolchain_id: str) -> str:
@@ -138,6 +146,10 @@ _NOT_REFUSED: dict[str, Any] = {
     "last_error": None,
 }
 _UNLEASED: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+
+
+class UnstorableKey(PermanentError):
+    """A key no ledger entry can be made for (a NUL in it): retrying cannot help."""
 
 
 class LeaseBusy(Exception):
@@ -233,9 +245,11 @@ class Ledger:
         upsert: bool,
     ) -> Lease | None:
         doc_id = ledger_id(purpose, key, toolchain_id)
+        if upsert and "\x00" in doc_id:
+            raise UnstorableKey(f"ledger key {doc_id!r} contains a NUL character; no entry is made for it")
         fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
-        delay = 0.01
+        backoff = Backoff(0.01, 0.2)
         while True:
             lease = await self._try_take(doc_id, owner, intent, fresh)
             if lease is not None:
@@ -244,8 +258,7 @@ class Ledger:
                 return None
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"ledger key {doc_id} is leased by another writer")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            await backoff.sleep()
 
     async def _try_take(
         self, doc_id: str, owner: str, intent: Intent | None, fresh: LedgerEntry | None

@@ -10,8 +10,8 @@ One machinery for every family of items (``family.py``: Kabanero triggers, Tekto
   namespace ``tekton:cluster/namespace``).
 - ``otc_writer_bindings``: per item scope, the toolchains bound to it (the union over the services
   that bind it). Derived from ``otc_writer_services``; written with a compare-and-set on ``rev`` so
-  two replicas handling two services of one scope never lose one. A missing document (data of an
-  older version, a scope seen for the first time) is derived on first read.
+  two replicas handling two services of one scope never lose one. A scope seen for the first time
+  has none: it is derived on first read.
 - ``otc_writer_scopes`` (families whose services stand for many scopes: Tekton): per service scope
   (``tekton:cluster``), the item scopes seen so far, so a bind finds them by ``_id``. A scope is
   listed right before its bindings document is first derived (a bindings document therefore means
@@ -19,8 +19,8 @@ One machinery for every family of items (``family.py``: Kabanero triggers, Tekto
   sees the scope, or the scope's first derive sees the bind's service.
 - Each item document carries a copy of its scope's bindings (``bindings``, with their ``rev``): the
   revision compare-and-set of an item change returns them, so a change costs one projection round
-  trip. A bind or unbind updates the copies (one ``update_many`` per scope); a new item (or one
-  stored by an older version) reads the bindings once and keeps a copy unless a newer one arrived
+  trip. A bind or unbind updates the copies (one ``update_many`` per scope); a new item reads the
+  bindings once and keeps a copy unless a newer one arrived
   meanwhile. Either the item handler sees the new bindings, or its write came first and the bind's
   own scope reconcile, which reads the items after updating the copies, sees the item.
 
@@ -212,11 +212,10 @@ class Projection:
         reconcile), or None when the snapshot is stale.
 
         A snapshot may be handled after item events published after it was taken (it came back
-        from a retry queue). With the producer's known revisions (``trigger_revisions``,
-        ``card_revisions``) an item it does not list is tombstoned only if the producer had already
-        published that item's stored revision when it took the snapshot: an item created (or
-        re-created) later is left alone. Without them (an older watcher) every unlisted trigger is
-        tombstoned, and then only on the first delivery.
+        from a retry queue). So an item it does not list is tombstoned only if the producer had
+        already published that item's stored revision when it took the snapshot (its known
+        revisions: ``trigger_revisions``, ``card_revisions``): an item created (or re-created) later
+        is left alone, and a redelivery tombstones nothing the first delivery did not.
         """
         scope = family.snapshot_scope(snap)
         listed = family.snapshot_items(snap)
@@ -228,10 +227,6 @@ class Projection:
         stored: dict[str, T] = {t.key.id: t for t in await self.items_in_scope(family, scope)}
         await self._store_newer(family, listed, stored)
         known = family.snapshot_known(snap)
-        if state == "same" and known is None:
-            # A redelivery: tombstones were written by the first delivery, and repeating them now
-            # could delete an item created after this snapshot was taken. Reconcile only.
-            return list(stored.values())
         await self._tombstone_unlisted(family, {t.key.id for t in listed}, stored, known)
         return list(stored.values())
 
@@ -251,7 +246,7 @@ class Projection:
         family: Family[T, Any],
         listed: set[str],
         stored: dict[str, T],
-        known: dict[str, int] | None,
+        known: dict[str, int],
     ) -> None:
         """Tombstone the live stored items the snapshot does not list; ``stored`` is updated in place."""
         for key_id, item in list(stored.items()):
@@ -261,17 +256,13 @@ class Projection:
             if tomb is not None:
                 stored[key_id] = tomb
 
-    async def _tombstone[T: Item](
-        self, family: Family[T, Any], item: T, known: dict[str, int] | None
-    ) -> T | None:
-        """Absent from a newer snapshot: gone, at least at the stored revision (so a replayed older
-        ``created`` stays stale). None when the snapshot is not the one to judge, or it changed."""
-        revision = item.revision
-        if known is not None:
-            seen = known.get(item.key.id)
-            if seen is None or seen < revision:
-                return None  # published after the snapshot was taken: not the snapshot's to judge
-            revision = seen  # the producer's delete: older events of the key become stale
+    async def _tombstone[T: Item](self, family: Family[T, Any], item: T, known: dict[str, int]) -> T | None:
+        """Absent from a newer snapshot: gone, at the revision the producer knew (so a replayed
+        older ``created`` stays stale). None when the snapshot is not the one to judge, or it changed."""
+        revision = known.get(item.key.id)
+        if revision is None or revision < item.revision:
+            return None  # published after the snapshot was taken: not the snapshot's to judge
+        # The producer's revision of the key: its older events become stale.
         tomb = item.model_copy(update={"deleted": True, "revision": revision})
         result = await self.items(family).update_one(
             {"_id": item.key.id, "revision": item.revision},
@@ -332,7 +323,7 @@ class Projection:
 
     async def _bindings(self, family: Family[Any, Any], scope: str) -> tuple[int, set[str]]:
         doc = await self.bindings.find_one({"_id": scope})
-        if doc is None:  # a new scope (or an older version's data): listed first, then derived
+        if doc is None:  # a new scope: listed first, then derived
             await self.list_scope(family, scope)
             return await self._derive_bindings(family, scope)
         return int(doc.get("rev", 0)), set(doc.get("toolchains", []))

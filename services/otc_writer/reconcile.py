@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel
 
 from services.otc_writer.applier import Outcome, ToolApplier, is_unchanged
 from services.otc_writer.desired import DesiredTool
@@ -30,9 +31,9 @@ from services.otc_writer.family import FAMILIES, Family, Item, Snapshot, ToolSty
 from services.otc_writer.ledger import Ledger, LedgerEntry
 from services.otc_writer.otc_client import OtcPermanentError
 from services.otc_writer.projection import Projection
-from shared.amqp import PermanentError, RetryableError
-from shared.dependencies import unavailable_dependency
-from shared.events import CloudEvent, RoutingKeys, ServiceEventData, ToolCommand, event_scope
+from shared.amqp import DataModel, DataModels, Delivery, PermanentError, RetryableError
+from shared.dependencies import never_succeeds, unavailable_dependency
+from shared.events import RoutingKeys, ServiceEventData, ToolCommand
 
 log = logging.getLogger(__name__)
 
@@ -61,41 +62,64 @@ def _routes() -> tuple[dict[str, Family[Any, Any]], dict[str, Family[Any, Any]],
 _ITEMS, _SNAPSHOTS, _SERVICES = _routes()
 
 
-def key_of_event(event: CloudEvent) -> str:
+def _decoder() -> DataModels[BaseModel]:
+    models: dict[str, type[BaseModel]] = {}
+    for family in FAMILIES:
+        models |= family.data_models()
+    return DataModels(models)
+
+
+decode_event = _decoder()
+"""The events consumer's decoder, built from the families: each event's data is validated once, for
+the lane, the coalescing and the handler; invalid data is dead-lettered by the consumer with the
+reason naming the field (``invalid TriggerData: data.revision: ...``)."""
+
+decode_command = DataModel(ToolCommand)
+"""The commands consumer's decoder."""
+
+type EventMessage = Delivery[BaseModel | None]
+"""An event and its data as :data:`decode_event` made it (None: a routing key no family reads)."""
+type CommandMessage = Delivery[ToolCommand]
+
+
+def key_of_event(message: EventMessage) -> str:
     """Order what must be ordered, no more: item events (triggers, Tekton cards) per item key,
     service and snapshot events per scope (a Kabanero instance, a Tekton namespace; a Tekton
     service: its cluster). Revisions (projection) and leases (ledger) make the rest safe to run at
     once, as they already must be between two replicas."""
-    family = _ITEMS.get(event.routing_key)
-    if family is not None:
-        try:
-            return f"{family.name}:" + family.parse_key(event.data.get("key") or {}).id
-        except ValueError:
-            pass  # invalid: the handler rejects it with the reason
-    return event_scope(event) or event.subject or event.id
+    data, rk = message.data, message.routing_key
+    family = _ITEMS.get(rk)
+    if family is not None and data is not None:
+        return f"{family.name}:" + cast(Item, data).key.id
+    family = _SNAPSHOTS.get(rk)
+    if family is not None and data is not None:
+        return family.snapshot_scope(data)
+    if isinstance(data, ServiceEventData):
+        return data.scope
+    return message.event.subject or message.id
 
 
-def revision_of_event(event: CloudEvent) -> tuple[str, int] | None:
+def revision_of_event(message: EventMessage) -> tuple[str, int] | None:
     """The consumer's coalescing hook: item events (lane: the item key) and snapshots (lane: the
     scope) carry the whole state of their key with a monotonic revision, so a newer one waiting in
     the lane makes an older one obsolete (the projection would skip it as stale anyway). Service
-    events and commands are never coalesced. Raises on invalid data (then nothing is coalesced)."""
-    rk = event.routing_key
+    events and commands are never coalesced."""
+    data, rk = message.data, message.routing_key
     family = _ITEMS.get(rk)
-    if family is not None:
-        return family.name, family.parse_item(event.data).revision
+    if family is not None and data is not None:
+        return family.name, cast(Item, data).revision
     family = _SNAPSHOTS.get(rk)
-    if family is not None:
-        return family.snapshot_label, family.parse_snapshot(event.data).revision
+    if family is not None and data is not None:
+        return family.snapshot_label, cast(Snapshot, data).revision
     return None
 
 
 _TOOL_FIELDS = {"purpose", "key", "toolchain_id", "tool_type_id", "name", "parameters", "revision"}
 
 
-def key_of_command(event: CloudEvent) -> str:
-    data = event.data
-    return f"{data.get('purpose')}|{data.get('toolchain_id')}|{data.get('key')}"
+def key_of_command(message: CommandMessage) -> str:
+    cmd = message.data
+    return f"{cmd.purpose}|{cmd.toolchain_id}|{cmd.key}"
 
 
 class Reconciler:
@@ -115,41 +139,40 @@ class Reconciler:
 
     # --- entry points (consumer handlers) ---
 
-    async def handle_event(self, event: CloudEvent) -> None:
-        rk = event.routing_key
+    async def handle_event(self, message: EventMessage) -> None:
+        rk, data = message.routing_key, message.data
         family = _ITEMS.get(rk)
-        if family is not None:
-            item = family.parse_item(event.data)
+        if family is not None and data is not None:
+            item = cast(Item, data)
             if rk == family.item_routing[2] and not item.deleted:
                 item = item.model_copy(update={"deleted": True})
-            await self._on_item(family, item, event.id)
+            await self._on_item(family, item, message.id)
             return
         family = _SNAPSHOTS.get(rk)
-        if family is not None:
-            await self._on_snapshot(family, family.parse_snapshot(event.data), event.id)
+        if family is not None and data is not None:
+            await self._on_snapshot(family, cast(Snapshot, data), message.id)
             return
-        prefix, _, kind = rk.rpartition(".")[0].partition(".")
-        family = _SERVICES.get(kind) if prefix == "service" else None
-        if family is not None:
-            data = ServiceEventData.model_validate(event.data)
-            if data.kind != family.service_kind:  # its scope would be read the wrong way
-                raise PermanentError(f"kind: {data.kind!r} in a {rk} event")
-            await self._on_service(family, data, rk.rsplit(".", 1)[1], event.id)
-            return
-        log.info("ignoring event", extra={"type": event.type, "event_id": event.id})
+        if isinstance(data, ServiceEventData):
+            family = _SERVICES.get(rk.split(".")[1])
+            if family is not None:
+                if data.kind != family.service_kind:  # its scope would be read the wrong way
+                    raise PermanentError(f"kind: {data.kind!r} in a {rk} event")
+                await self._on_service(family, data, rk.rsplit(".", 1)[1], message.id)
+                return
+        log.info("ignoring event", extra={"type": message.event.type, "event_id": message.id})
 
-    async def handle_command(self, event: CloudEvent) -> None:
-        cmd = ToolCommand.model_validate(event.data)
-        if event.routing_key == RoutingKeys.TOOL_APPLY:
+    async def handle_command(self, message: CommandMessage) -> None:
+        cmd, rk = message.data, message.routing_key
+        if rk == RoutingKeys.TOOL_APPLY:
             want = DesiredTool(**cmd.model_dump(include=_TOOL_FIELDS))
-            await self._run([self._count(cmd.purpose, self._applier.apply(want, cause=event.id))])
-        elif event.routing_key == RoutingKeys.TOOL_REMOVE:
+            await self._run([self._count(cmd.purpose, self._applier.apply(want, cause=message.id))])
+        elif rk == RoutingKeys.TOOL_REMOVE:
             job = self._applier.remove(
                 cmd.purpose, cmd.key, cmd.toolchain_id, revision=cmd.revision, name=cmd.name
             )
             await self._run([self._count(cmd.purpose, job)])
         else:
-            raise PermanentError(f"unknown command {event.routing_key}")
+            raise PermanentError(f"unknown command {rk}")
 
     # --- projection updates ---
 
@@ -328,14 +351,23 @@ def _overriding(errors: list[BaseException]) -> BaseException | None:
     return down if isinstance(down, Exception) else None
 
 
+def _permanent(error: BaseException) -> str | None:
+    """Why retrying ``error`` cannot help (OTC refused, the message's own data, a value MongoDB
+    cannot store), else None."""
+    if isinstance(error, OtcPermanentError | PermanentError):
+        return str(error)
+    why = never_succeeds(error)
+    return f"can never succeed: {why}: {error}" if why is not None else None
+
+
 def _combined(errors: list[BaseException]) -> BaseException:
     """Permanent only when every failure is: transient failures of other tools must be retried,
     not dead-lettered along with a permanent one (after the bounded attempts the message
     dead-letters with all reasons)."""
-    permanent = [e for e in errors if isinstance(e, OtcPermanentError)]
-    if len(permanent) == len(errors):
-        return PermanentError("; ".join(str(e) for e in permanent))
     first = errors[0]
-    if len(errors) == 1 and isinstance(first, Exception):
-        return first
+    if len(errors) == 1 and isinstance(first, Exception) and not isinstance(first, OtcPermanentError):
+        return first  # the consumer classifies it itself
+    reasons = [why for e in errors if (why := _permanent(e)) is not None]
+    if len(reasons) == len(errors):
+        return PermanentError("; ".join(reasons))
     return RetryableError(f"{len(errors)} tool operations failed: " + "; ".join(str(e) for e in errors))

@@ -25,6 +25,14 @@ class Settings(CommonSettings):
     otc_backoff_cap_s: float = Field(default=10.0, gt=0)
     otc_breaker_threshold: int = Field(default=5, ge=1)
     otc_breaker_reset_s: float = Field(default=10.0, gt=0)
+    otc_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=4096, description="largest OTC answer read; larger: retried"
+    )
+    otc_list_max_pages: int = Field(default=200, ge=1, description="pages of one tools listing")
+    otc_list_max_items: int = Field(default=10_000, ge=1, description="tools of one tools listing")
+    otc_retry_after_max_s: float = Field(
+        default=300.0, gt=0, le=3600, description="longest hold a 429's Retry-After can impose"
+    )
 
     trigger_tool_type: str = "customtool"
     trigger_lifecycle_phase: Literal["THINK", "CODE", "DELIVER", "RUN", "MANAGE", "LEARN", "CULTURE"] = (

@@ -4,22 +4,20 @@ A card is a read-only ``customtool`` (docs/design.md, *Tekton cards*: the Tekton
 parameters derive only from what the card shows, so a change of the card's source that shows nothing
 new (status, ``resourceVersion``, the watcher's ``content_hash``) costs no OTC write.
 
-Names follow the trigger tools' rule (``desired.trigger_tool_name``): ``tekton pipeline <namespace>
-<name> <hash8>`` or ``tekton eventlistener ...``, sanitized for OTC and shortened to 128 characters;
+Names follow the trigger tools' rule (``desired.hashed_tool_name``): ``tekton pipeline <namespace>
+<name> <hash8>`` or ``tekton eventlistener ...``, safe to display and within OTC's 128 however counted;
 the 8-hex suffix (sha256 of the card's key, cluster included) keeps them unique per toolchain.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from services.otc_writer.desired import NAME_MAX, NAME_RE, DesiredTool
+from services.otc_writer.desired import DesiredTool, hashed_tool_name
 from shared.events import TektonCardData, TektonCardKey
-from shared.otc_tools import sanitize_tool_name
 
 TEKTON_PURPOSE = "tekton"
 DESCRIPTION_MAX = 500
@@ -36,13 +34,8 @@ class TektonCardStyle:
 
 
 def card_tool_name(key: TektonCardKey) -> str:
-    suffix = hashlib.sha256(key.id.encode()).hexdigest()[:8]
     prefix = f"tekton {key.kind.lower()}"
-    base = sanitize_tool_name(f"{prefix} {key.namespace} {key.name}").strip() or prefix
-    base = base[: NAME_MAX - len(suffix) - 1].rstrip()
-    name = f"{base} {suffix}"
-    assert NAME_RE.match(name) and len(name) <= NAME_MAX
-    return name
+    return hashed_tool_name(f"{prefix} {key.namespace} {key.name}", key.id, prefix)
 
 
 def card_dashboard_url(card: TektonCardData, style: TektonCardStyle) -> str:

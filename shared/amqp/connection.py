@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class AmqpConnection:
 
     async def connect(self) -> None:
         deadline = time.monotonic() + self._connect_timeout
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 self._conn = await aio_pika.connect_robust(
@@ -39,13 +40,12 @@ class AmqpConnection:
                 log.info("connected to RabbitMQ", extra={"connection": self._name})
                 return
             except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + backoff.delay > deadline:
                     raise ConnectionError(
                         f"RabbitMQ unreachable after {self._connect_timeout:.0f}s: {exc!r}"
                     ) from exc
                 log.warning("RabbitMQ not reachable yet, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()
 
     @property
     def connection(self) -> AbstractRobustConnection:

@@ -7,7 +7,7 @@ Per consuming queue ``Q`` (a quorum queue):
   It is bounded (``x-max-length``, default 100,000) with ``x-overflow: drop-head``: when full, the
   oldest dead letter is dropped to keep the newest, and the consumers keep running; the alert on
   ``Q.dead`` depth (deploy/ alert rules, docs/design.md "Faults") fires long before that. A ``.dead``
-  queue declared by an older version without the limit cannot be redeclared with other arguments
+  queue declared with another limit, or none (by hand), cannot be redeclared with other arguments
   (RabbitMQ answers PRECONDITION_FAILED): it is then used as it is, and a warning names the policy
   that bounds it (``rabbitmqctl set_policy``; a policy applies to existing queues).
 - ``Q.retry.<N>s`` are delay queues: a message published there expires after N seconds and is
@@ -122,7 +122,7 @@ async def _declare_dead_queue(channel: AbstractChannel, name: str, limit: int) -
     except aiormq.exceptions.ChannelPreconditionFailed:
         await channel.reopen()  # the broker closed the channel over the mismatch
         log.warning(
-            "%s exists without a length limit (declared by an older version); bound it with: %s",
+            "%s exists with another length limit, or none; bound it with: %s",
             name,
             DEAD_POLICY.format(limit=limit),
             extra={"queue": name},

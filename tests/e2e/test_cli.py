@@ -29,7 +29,8 @@ import yaml
 
 from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.stack import API_KEY, BROKER_ID, BROKERS, SERVICES, Demo, Stack, write_run_file
+from scripts.driver import BROKERS, Driver
+from scripts.stack import BROKER_ID, SERVICES, Stack, write_run_file
 from services.otc_writer.desired import trigger_tool_name
 from shared.events import TriggerKey
 from shared.health import VERSION
@@ -38,6 +39,7 @@ from tests.conftest import _mgmt
 pytestmark = pytest.mark.e2e
 CLI = Path(sys.executable).parent / "kabanero-otc"
 OTC_PREFIX = "/toolchain/v2"
+TEKTON_SID = "cli-tekton"
 
 
 class Env:
@@ -59,46 +61,34 @@ class Env:
         return proc.returncode, json.loads(proc.stdout)
 
     async def otc(self, method: str, path: str, body: Any = None) -> Any:
+        """The Toolchain API as a user calls it."""
         async with aiohttp.ClientSession() as s:
-            async with s.post(
-                f"{self.stack.url('otc')}/identity/token",
-                data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": API_KEY},
-            ) as r:
-                token = (await r.json())["access_token"]
-            async with s.request(
-                method,
-                f"{self.stack.url('otc')}{path}",
-                json=body,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as r:
-                return await r.json() if r.content_type == "application/json" else None
+            return (await Driver(self.stack, s).otc_api(method, path, body))[1]
 
     async def control(self, method: str, path: str, body: Any = None) -> Any:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.request(method, f"{self.stack.url('otc')}{path}", json=body) as r,
-        ):
-            assert r.status < 400, await r.text()
-            return await r.json()
-
-    async def demo(self) -> Demo:
-        demo = Demo(self.stack, aiohttp.ClientSession())
-        demo.toolchain = self.toolchain
-        return demo
+        async with aiohttp.ClientSession() as s:
+            return await Driver(self.stack, s).request(method, f"{self.stack.url('otc')}{path}", body)
 
     async def tools(self) -> list[dict[str, Any]]:
-        demo = await self.demo()
-        try:
-            return await demo.tools()
-        finally:
-            await demo.http.close()
+        async with aiohttp.ClientSession() as s:
+            return await Driver(self.stack, s, toolchain=self.toolchain).tools()
+
+    async def set_mediations(self, change: Any) -> None:
+        """The seeded EventMediator's mediations become ``change(current mediations)``."""
+        async with aiohttp.ClientSession() as s:
+            d = Driver(self.stack, s)
+            current = (await d.kube("GET", "mediator"))["spec"]["mediations"]
+            await d.kube("PATCH", "mediator", {"spec": {"mediations": change(current)}})
 
     async def writes(self) -> int:
-        demo = await self.demo()
-        try:
-            return await demo.writes()
-        finally:
-            await demo.http.close()
+        """OTC writes so far (scripts.driver.is_tool_write)."""
+        async with aiohttp.ClientSession() as s:
+            return len((await Driver(self.stack, s).calls())[1])
+
+
+def _extra(current: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One more mediation like the first, named (and matching) ``name``."""
+    return {**current[0], "name": name, "selector": {"urlPattern": name}}
 
 
 async def _wait(check: Any, what: str, timeout: float = 60) -> None:
@@ -140,10 +130,15 @@ def test_status_shows_services_bindings_and_owned_tools(env: Env) -> None:
             for broker, sid in BROKERS:
                 assert (await otc.provision(broker, sid, parameters=params)).status == 200
                 assert (await otc.bind(broker, sid, env.toolchain)).status == 204
+            # A Tekton service mirroring the seeded namespace (2 Pipelines, 1 EventListener).
+            tekton = {"cluster": "default", "namespaces": ["kabanero"]}
+            assert (await otc.provision("tekton-broker", TEKTON_SID, parameters=tekton)).status == 200
+            assert (await otc.bind("tekton-broker", TEKTON_SID, env.toolchain)).status == 204
 
         async def converged() -> bool:
             kinds = [t["tool_type_id"] for t in await env.tools()]
-            return kinds.count("customtool") == 2 and kinds.count("githubconsolidated") >= 1
+            # 2 trigger tools and 3 Tekton cards (both customtool), the GitHub tool(s).
+            return kinds.count("customtool") == 5 and kinds.count("githubconsolidated") >= 1
 
         await _wait(converged, "tools in OTC")
         await env.stack.quiet()
@@ -168,10 +163,31 @@ def test_status_shows_services_bindings_and_owned_tools(env: Env) -> None:
     owned = {
         t["name"] for t in status["tools"] if t["state"] == "applied" and t["toolchain_id"] == env.toolchain
     }
-    assert owned == in_otc and len(owned) >= 3
+    assert owned == in_otc and len(owned) >= 6
     assert all(q["consumers"] == 1 and q["dead"] == 0 for q in status["queues"])
+    # Tekton: the service (its filter, its bindings as broker-api and otc-writer hold them, the
+    # cards otc-writer mirrors for it), the cluster's installation and the card tools' sync state.
+    (service,) = status["tekton_services"]
+    assert service == {
+        "instance_id": TEKTON_SID,
+        "cluster": "default",
+        "namespaces": ["kabanero"],
+        "toolchains": [env.toolchain],
+        "writer_toolchains": [env.toolchain],
+        "cards": {"kabanero": 3},
+    }
+    (installation,) = status["tekton_installations"]
+    assert installation["cluster"] == "default" and installation["found"], installation
+    assert installation["pipelines_version"] == "v0.11.3"
+    assert installation["controller_namespace"] == "openshift-pipelines"
+    assert installation["cards"] == {"kabanero": 3} and installation["services"] == [TEKTON_SID]
+    assert installation["tools"] == {"applied": 3}
+    cards = [t for t in status["tools"] if t["purpose"] == "tekton"]
+    assert len(cards) == 3 and {t["state"] for t in cards} == {"applied"}
     human = env.cli("status")
     assert human.returncode == 0 and "TOOLS OWNED BY KABANERO-OTC" in human.stdout
+    assert "TEKTON SERVICES" in human.stdout and "TEKTON INSTALLATIONS" in human.stdout
+    assert "pipelines v0.11.3" in human.stdout and "applied=3" in human.stdout
     assert all(name[:60] in human.stdout for name in owned)
 
 
@@ -179,17 +195,24 @@ def test_plan_writes_nothing_and_shows_a_tool_deleted_by_hand(env: Env) -> None:
     code, plan = env.json("plan")
     assert code == 0 and plan["changes"] == 0, plan
     assert {s["action"] for s in plan["steps"]} == {"unchanged"}
-    victim = next(t for t in asyncio.run(env.tools()) if t["tool_type_id"] == "customtool")
-    asyncio.run(env.otc("DELETE", f"{OTC_PREFIX}/toolchains/{env.toolchain}/tools/{victim['id']}"))
+    # Trigger tools and Tekton cards are computed from otc-writer's projection, as it does.
+    by_kind = {k: [s for s in plan["steps"] if s["purpose"] == k] for k in ("trigger", "tekton")}
+    assert (len(by_kind["trigger"]), len(by_kind["tekton"])) == (2, 3)
+    victims = {by_kind["trigger"][0]["tool_id"], by_kind["tekton"][0]["tool_id"]}
+    for tool_id in victims:
+        asyncio.run(env.otc("DELETE", f"{OTC_PREFIX}/toolchains/{env.toolchain}/tools/{tool_id}"))
     before = asyncio.run(env.writes())
     code, plan = env.json("plan", "--toolchain", env.toolchain)
     assert code == 1
-    assert [(s["action"], s["name"]) for s in plan["steps"] if s["action"] != "unchanged"] == [
-        ("create", victim["name"])
+    assert sorted(
+        (s["action"], s["purpose"], s["name"]) for s in plan["steps"] if s["action"] != "unchanged"
+    ) == [
+        ("create", "tekton", by_kind["tekton"][0]["name"]),
+        ("create", "trigger", by_kind["trigger"][0]["name"]),
     ]
     assert asyncio.run(env.writes()) == before  # plan wrote nothing
     human = env.cli("plan")
-    assert human.returncode == 1 and "would change: 1 create" in human.stdout
+    assert human.returncode == 1 and "would change: 2 create" in human.stdout
 
 
 def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
@@ -212,13 +235,7 @@ def test_dead_letter_listed_replayed_and_purged(env: Env) -> None:
     )
 
     async def add_mediation() -> None:
-        demo = await env.demo()
-        try:
-            current = await demo.mediations()
-            extra = {**current[0], "name": "cli-extra", "selector": {"urlPattern": "cli-extra"}}
-            await demo.kube_patch({"spec": {"mediations": [*current, extra]}})
-        finally:
-            await demo.http.close()
+        await env.set_mediations(lambda current: [*current, _extra(current, "cli-extra")])
 
     asyncio.run(add_mediation())
 
@@ -332,13 +349,11 @@ def test_a_tool_otc_refuses_shows_as_refused_with_otcs_message(env: Env) -> None
     asyncio.run(env.control("POST", "/_emulator/faults", {"rules": [rule]}))
 
     async def mediations(add: bool) -> None:
-        demo = await env.demo()
-        try:
-            current = [m for m in await demo.mediations() if m["name"] != "cli-refused"]
-            extra = {**current[0], "name": "cli-refused", "selector": {"urlPattern": "cli-refused"}}
-            await demo.kube_patch({"spec": {"mediations": [*current, extra] if add else current}})
-        finally:
-            await demo.http.close()
+        def change(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            kept = [m for m in current if m["name"] != "cli-refused"]
+            return [*kept, _extra(kept, "cli-refused")] if add else kept
+
+        await env.set_mediations(change)
 
     asyncio.run(mediations(True))
 
@@ -373,8 +388,11 @@ def test_resync_gets_fresh_snapshots_and_waits_for_otc_writer(env: Env) -> None:
     assert code == 0, out
     assert out["caught_up"] and set(out["leaders"]) == {"default"}
     assert "default/kabanero" in out["snapshots"]
+    # The watcher's Tekton family answers too: otc-writer caught up with its card snapshot.
+    assert "tekton:default/kabanero" in out["snapshots"]
     again = env.json("resync", "--namespace", "kabanero")[1]
     assert again["snapshots"]["default/kabanero"] > out["snapshots"]["default/kabanero"]
+    assert again["snapshots"]["tekton:default/kabanero"] > out["snapshots"]["tekton:default/kabanero"]
     code, out = env.json("resync", "--cluster", "elsewhere", "--timeout", "3")
     assert code == 1 and "no leading watcher answered" in out["problems"][0]
 
@@ -470,6 +488,7 @@ def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> No
         "mongodb indexes",
         "kubernetes api",
         "watcher rbac",
+        "watcher tekton rbac",
         "cluster identity",
         "otc iam",
         "broker-api auth",

@@ -14,19 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
-from emulators.otc.platform import OtcPlatform
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.stack import BROKER_ID, Stack, free_port, wait_http, write_run_file
-from tests.conftest import _mgmt
+from scripts.driver import GITHUB, Driver, driven, tool_kind
+from scripts.stack import Stack, free_port, wait_http, write_run_file
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -52,38 +49,29 @@ def spec(*repos: str) -> dict[str, Any]:
     }
 
 
-class World:
-    def __init__(self, stack: Stack, http: aiohttp.ClientSession) -> None:
-        self.stack = stack
-        self.http = http
-        self.toolchain = ""
+async def cr_of(w: Driver, ns: str, name: str = "kabanero") -> dict[str, Any] | None:
+    status, body = await w.get(w.kube_url(CR.format(ns=ns, name=name)))
+    return body if status == 200 else None
 
-    async def get(self, url: str) -> tuple[int, Any]:
-        async with self.http.get(url) as r:
-            return r.status, (await r.json() if r.content_type == "application/json" else None)
 
-    async def cr(self, ns: str, name: str = "kabanero") -> dict[str, Any] | None:
-        status, body = await self.get(self.stack.url("kube") + CR.format(ns=ns, name=name))
-        return body if status == 200 else None
+async def outcome_of(w: Driver, sid: str, watcher: str | None = None) -> dict[str, Any] | None:
+    status, body = await w.get(f"{watcher or w.stack.url('watcher')}/instances")
+    if status != 200:
+        return None
+    return next((i for i in body["instances"] if i["instance_id"] == sid), None)
 
-    async def outcome(self, sid: str, watcher: str | None = None) -> dict[str, Any] | None:
-        status, body = await self.get(f"{watcher or self.stack.url('watcher')}/instances")
-        if status != 200:
-            return None
-        return next((i for i in body["instances"] if i["instance_id"] == sid), None)
 
-    async def dashboard(self, url: str, *, html: bool = False) -> Any:
-        """The service's dashboard page as a browser (HTML) or a script (JSON) gets it: no credentials."""
-        accept = "text/html" if html else "application/json"
-        async with self.http.get(url, headers={"Accept": accept}) as r:
-            assert r.status == 200, await r.text()
-            assert r.headers["Referrer-Policy"] == "no-referrer"
-            return await (r.text() if html else r.json())
+async def dashboard_of(w: Driver, url: str, *, html: bool = False) -> Any:
+    """The service's dashboard page as a browser (HTML) or a script (JSON) gets it: no credentials."""
+    accept = "text/html" if html else "application/json"
+    async with w.http.get(url, headers={"Accept": accept}) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+        return await (r.text() if html else r.json())
 
-    async def github_repos(self) -> set[str]:
-        _, state = await self.get(f"{self.stack.url('otc')}/_emulator/state")
-        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
-        return {t["parameters"]["repo_url"] for t in tc["tools"] if t["tool_type_id"] == "githubconsolidated"}
+
+async def github_repos(w: Driver) -> set[str]:
+    return {t["parameters"]["repo_url"] for t in await w.tools() if tool_kind(t) == GITHUB}
 
 
 def status(stack: Stack) -> dict[str, Any]:
@@ -98,144 +86,123 @@ def status(stack: Stack) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    vhost = f"kotc-test-create-{uuid.uuid4().hex[:8]}"
-    stack = Stack(
-        vhost,
-        extra_env={"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}},
-        logs=tmp_path / ".run",
-    )
-    try:
-        await stack.start()
-        async with aiohttp.ClientSession() as http:
-            w = World(stack, http)
-            async with http.post(f"{stack.url('otc')}/_emulator/toolchains", json={"name": "create"}) as r:
-                w.toolchain = (await r.json())["id"]
-            yield w
-    finally:
-        stack.stop()
-        _mgmt("DELETE", f"vhosts/{vhost}")
+async def world(tmp_path: Path) -> AsyncIterator[Driver]:
+    env = {"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}}
+    async with driven("test-create", tmp_path / ".run", extra_env=env) as w:
+        yield w
 
 
 async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watcher_kill(
-    world: World,
+    world: Driver,
 ) -> None:
     w, stack = world, world.stack
-    seeded = await w.cr("kabanero")
+    seeded = await cr_of(w, "kabanero")
     assert seeded is not None and MARK not in (seeded["metadata"].get("annotations") or {})
-    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-        # A spec the CRD refuses: 400 naming the field, nothing stored.
-        bad = {"namespace": "team-new", "create": True, "instance": {"stacks": {"repositories": "x"}}}
-        reply = await otc.provision("kabanero-broker", "kab-new", parameters=bad)
-        assert reply.status == 400 and "parameters.instance.stacks.repositories" in reply.body["description"]
-        assert (await otc.update("kabanero-broker", "kab-new", parameters={})).status == 404
+    otc = w.platform
+    # A spec the CRD refuses: 400 naming the field, nothing stored.
+    bad = {"namespace": "team-new", "create": True, "instance": {"stacks": {"repositories": "x"}}}
+    reply = await otc.provision("kabanero-broker", "kab-new", parameters=bad)
+    assert reply.status == 400 and "parameters.instance.stacks.repositories" in reply.body["description"]
+    assert (await otc.update("kabanero-broker", "kab-new", parameters={})).status == 404
 
-        # Created: the answer comes at once; the watcher creates the CR with our mark.
-        params = {"namespace": "team-new", "create": True, "instance": spec("hub-a")}
-        reply = await otc.provision("kabanero-broker", "kab-new", parameters=params)
-        assert reply.status == 200 and reply.body["parameters"]["create"] is True, reply
-        dashboard = reply.body["dashboard_url"]
-        assert dashboard.startswith(f"{stack.url('broker')}/dashboard/kab-new/"), dashboard
-        await wait_until(lambda: _outcome_is(w, "kab-new", "created"), timeout=45, what="CR created")
-        # The service's dashboard (no credentials: a browser opens it) shows the outcome.
-        await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
-        page = await w.dashboard(dashboard, html=True)
-        assert "created" in page and "team-new" in page and "Kabanero landing page" in page
-        assert stack.broker_secret not in page and "kab-new" in page
-        async with w.http.get(dashboard.rsplit("/", 1)[0] + "/AAAAAAAAAAAAAAAAAAAAAA") as r:
-            assert r.status == 404  # a wrong token: no such dashboard
-        created = await w.cr("team-new")
-        assert created is not None and created["spec"] == spec("hub-a")
-        assert created["metadata"]["annotations"][MARK] == "kab-new"
-        assert created["metadata"]["labels"][MARK] == "kab-new"
-        # Its repositories flow to OTC like any instance's.
-        assert (await otc.bind("kabanero-broker", "kab-new", w.toolchain)).status == 204
-        await wait_until(lambda: _repos(w, {"https://github.com/acme/hub-a"}), timeout=45, what="GitHub tool")
+    # Created: the answer comes at once; the watcher creates the CR with our mark.
+    params = {"namespace": "team-new", "create": True, "instance": spec("hub-a")}
+    reply = await otc.provision("kabanero-broker", "kab-new", parameters=params)
+    assert reply.status == 200 and reply.body["parameters"]["create"] is True, reply
+    dashboard = reply.body["dashboard_url"]
+    assert dashboard.startswith(f"{stack.url('broker')}/dashboard/kab-new/"), dashboard
+    await wait_until(lambda: _outcome_is(w, "kab-new", "created"), timeout=45, what="CR created")
+    # The service's dashboard (no credentials: a browser opens it) shows the outcome.
+    await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
+    page = await dashboard_of(w, dashboard, html=True)
+    assert "created" in page and "team-new" in page and "Kabanero landing page" in page
+    assert stack.broker_secret not in page and "kab-new" in page
+    async with w.http.get(dashboard.rsplit("/", 1)[0] + "/AAAAAAAAAAAAAAAAAAAAAA") as r:
+        assert r.status == 404  # a wrong token: no such dashboard
+    created = await cr_of(w, "team-new")
+    assert created is not None and created["spec"] == spec("hub-a")
+    assert created["metadata"]["annotations"][MARK] == "kab-new"
+    assert created["metadata"]["labels"][MARK] == "kab-new"
+    # Its repositories flow to OTC like any instance's.
+    assert (await otc.bind("kabanero-broker", "kab-new", w.toolchain)).status == 204
+    await wait_until(lambda: _repos(w, {"https://github.com/acme/hub-a"}), timeout=45, what="GitHub tool")
 
-        # A pre-existing CR (the seeded one, made by someone else) is refused and left unchanged.
-        reply = await otc.provision(
-            "kabanero-broker",
-            "kab-foreign",
-            parameters={"namespace": "kabanero", "create": True, "instance": spec("x")},
-        )
-        assert reply.status == 200
-        await wait_until(lambda: _outcome_is(w, "kab-foreign", "refused"), timeout=45, what="refused")
-        outcome = await w.outcome("kab-foreign")
-        assert outcome is not None and "not created by this service" in outcome["message"]
-        foreign_dashboard = reply.body["dashboard_url"]
-        await wait_until(
-            lambda: _dashboard_says(w, foreign_dashboard, "refused"), timeout=30, what="refusal shown"
-        )
-        shown = await w.dashboard(foreign_dashboard)
-        assert "not created by this service" in shown["outcome"]["message"]
-        after = await w.cr("kabanero")
-        assert (
-            after is not None
-            and after["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
-        )
+    # A pre-existing CR (the seeded one, made by someone else) is refused and left unchanged.
+    reply = await otc.provision(
+        "kabanero-broker",
+        "kab-foreign",
+        parameters={"namespace": "kabanero", "create": True, "instance": spec("x")},
+    )
+    assert reply.status == 200
+    await wait_until(lambda: _outcome_is(w, "kab-foreign", "refused"), timeout=45, what="refused")
+    outcome = await outcome_of(w, "kab-foreign")
+    assert outcome is not None and "not created by this service" in outcome["message"]
+    foreign_dashboard = reply.body["dashboard_url"]
+    await wait_until(
+        lambda: _dashboard_says(w, foreign_dashboard, "refused"), timeout=30, what="refusal shown"
+    )
+    shown = await dashboard_of(w, foreign_dashboard)
+    assert "not created by this service" in shown["outcome"]["message"]
+    after = await cr_of(w, "kabanero")
+    assert after is not None and after["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
 
-        # Both outcomes show in `kabanero-otc status` (the refusal as a problem, with its reason).
-        report = await asyncio.to_thread(status, stack)
-        rows = {i["instance_id"]: i for i in report["kabanero_services"]}
-        assert (rows["kab-new"]["creates_instance"], rows["kab-new"]["instance_outcome"]) == (True, "created")
-        assert rows["kab-foreign"]["instance_outcome"] == "refused"
-        assert any("kab-foreign" in p and "not created by this service" in p for p in report["problems"])
+    # Both outcomes show in `kabanero-otc status` (the refusal as a problem, with its reason).
+    report = await asyncio.to_thread(status, stack)
+    rows = {i["instance_id"]: i for i in report["kabanero_services"]}
+    assert (rows["kab-new"]["creates_instance"], rows["kab-new"]["instance_outcome"]) == (True, "created")
+    assert rows["kab-foreign"]["instance_outcome"] == "refused"
+    assert any("kab-foreign" in p and "not created by this service" in p for p in report["problems"])
 
-        # The watcher is SIGKILLed; a PATCH of the spec and a delete are committed while it is down.
-        assert stack.kill("kabanero-watcher") == -signal.SIGKILL
-        reply = await otc.update(
-            "kabanero-broker", "kab-new", parameters={"instance": spec("hub-a", "hub-b")}
-        )
-        assert reply.status == 200, reply
-        assert (await otc.deprovision("kabanero-broker", "kab-foreign")).status == 204
-        await stack.restart("kabanero-watcher", sig=None)
-        await wait_until(lambda: _outcome_is(w, "kab-new", "updated"), timeout=60, what="spec patched")
-        await wait_until(lambda: _dashboard_says(w, dashboard, "updated"), timeout=30, what="dashboard")
-        patched = await w.cr("team-new")
-        assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
-        assert patched["metadata"]["uid"] == created["metadata"]["uid"]  # the same CR, replaced in place
-        await wait_until(
-            lambda: _repos(w, {"https://github.com/acme/hub-a", "https://github.com/acme/hub-b"}),
-            timeout=45,
-            what="second GitHub tool",
-        )
-        # Deleting the foreign service's record deleted nothing in the cluster.
-        await wait_until(lambda: _says(w, "kab-foreign", "not deleted"), timeout=30, what="delete refused")
-        still = await w.cr("kabanero")
-        assert (
-            still is not None
-            and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
-        )
+    # The watcher is SIGKILLed; a PATCH of the spec and a delete are committed while it is down.
+    assert stack.kill("kabanero-watcher") == -signal.SIGKILL
+    reply = await otc.update("kabanero-broker", "kab-new", parameters={"instance": spec("hub-a", "hub-b")})
+    assert reply.status == 200, reply
+    assert (await otc.deprovision("kabanero-broker", "kab-foreign")).status == 204
+    await stack.restart("kabanero-watcher", sig=None)
+    await wait_until(lambda: _outcome_is(w, "kab-new", "updated"), timeout=60, what="spec patched")
+    await wait_until(lambda: _dashboard_says(w, dashboard, "updated"), timeout=30, what="dashboard")
+    patched = await cr_of(w, "team-new")
+    assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
+    assert patched["metadata"]["uid"] == created["metadata"]["uid"]  # the same CR, replaced in place
+    await wait_until(
+        lambda: _repos(w, {"https://github.com/acme/hub-a", "https://github.com/acme/hub-b"}),
+        timeout=45,
+        what="second GitHub tool",
+    )
+    # Deleting the foreign service's record deleted nothing in the cluster.
+    await wait_until(lambda: _says(w, "kab-foreign", "not deleted"), timeout=30, what="delete refused")
+    still = await cr_of(w, "kabanero")
+    assert still is not None and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
 
-        # Deprovision deletes the CR it created (and its GitHub tools go).
-        assert (await otc.deprovision("kabanero-broker", "kab-new")).status == 204
-        await wait_until(lambda: _outcome_is(w, "kab-new", "deleted"), timeout=45, what="CR deleted")
-        assert await w.cr("team-new") is None
-        await wait_until(lambda: _dashboard_says(w, dashboard, "deleted"), timeout=30, what="dashboard")
-        assert (await w.dashboard(dashboard))["state"] == "deleted"
-        await wait_until(lambda: _repos(w, set()), timeout=45, what="GitHub tools removed")
+    # Deprovision deletes the CR it created (and its GitHub tools go).
+    assert (await otc.deprovision("kabanero-broker", "kab-new")).status == 204
+    await wait_until(lambda: _outcome_is(w, "kab-new", "deleted"), timeout=45, what="CR deleted")
+    assert await cr_of(w, "team-new") is None
+    await wait_until(lambda: _dashboard_says(w, dashboard, "deleted"), timeout=30, what="dashboard")
+    assert (await dashboard_of(w, dashboard))["state"] == "deleted"
+    await wait_until(lambda: _repos(w, set()), timeout=45, what="GitHub tools removed")
 
 
-async def _outcome_is(w: World, sid: str, outcome: str, watcher: str | None = None) -> bool:
-    got = await w.outcome(sid, watcher)
+async def _outcome_is(w: Driver, sid: str, outcome: str, watcher: str | None = None) -> bool:
+    got = await outcome_of(w, sid, watcher)
     return got is not None and got["outcome"] == outcome
 
 
-async def _dashboard_says(w: World, url: str, outcome: str) -> bool:
-    shown = (await w.dashboard(url))["outcome"]
+async def _dashboard_says(w: Driver, url: str, outcome: str) -> bool:
+    shown = (await dashboard_of(w, url))["outcome"]
     return shown is not None and shown["outcome"] == outcome
 
 
-async def _says(w: World, sid: str, text: str) -> bool:
-    got = await w.outcome(sid)
+async def _says(w: Driver, sid: str, text: str) -> bool:
+    got = await outcome_of(w, sid)
     return got is not None and got["outcome"] == "refused" and text in got["message"]
 
 
-async def _repos(w: World, want: set[str]) -> bool:
-    return await w.github_repos() == want
+async def _repos(w: Driver, want: set[str]) -> bool:
+    return await github_repos(w) == want
 
 
-async def test_commands_continue_after_a_lease_handover(world: World) -> None:
+async def test_commands_continue_after_a_lease_handover(world: Driver) -> None:
     """Two watcher replicas: the leader is stopped (it releases its Lease), the standby takes over
     and carries out the PATCH and the delete committed meanwhile; the CR is the same one."""
     w, stack = world, world.stack
@@ -244,124 +211,114 @@ async def test_commands_continue_after_a_lease_handover(world: World) -> None:
     stack.spawn("kabanero-watcher-2", args, {**env, "HTTP_PORT": str(port), "HOLDER_IDENTITY": "watcher-2"})
     second = f"http://127.0.0.1:{port}"
     await wait_http(f"{second}/healthz", "second watcher", timeout=60)
-    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-        params = {"namespace": "team-ho", "create": True, "instance": spec("hub-a")}
-        assert (await otc.provision("kabanero-broker", "kab-ho", parameters=params)).status == 200
-        await wait_until(lambda: _outcome_is(w, "kab-ho", "created", second), timeout=45, what="CR created")
-        created = await w.cr("team-ho")
-        assert created is not None
-        lease_url = (
-            stack.url("kube") + "/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher"
-        )
-        assert (await w.get(lease_url))[1]["spec"]["holderIdentity"] != "watcher-2"  # the first one leads
-        # The leader stops (it releases the Lease); the PATCH lands during the handover.
-        assert stack.kill("kabanero-watcher", signal.SIGTERM) == 0
-        reply = await otc.update("kabanero-broker", "kab-ho", parameters={"instance": spec("hub-a", "hub-b")})
-        assert reply.status == 200
-        await wait_until(lambda: _outcome_is(w, "kab-ho", "updated", second), timeout=60, what="patched")
-        patched = await w.cr("team-ho")
-        assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
-        assert patched["metadata"]["uid"] == created["metadata"]["uid"]
-        lease = await w.get(
-            stack.url("kube") + "/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher"
-        )
-        assert lease[1]["spec"]["holderIdentity"] == "watcher-2"
-        assert (await otc.deprovision("kabanero-broker", "kab-ho")).status == 204
-        await wait_until(lambda: _outcome_is(w, "kab-ho", "deleted", second), timeout=45, what="deleted")
-        assert await w.cr("team-ho") is None
+    otc = w.platform
+    params = {"namespace": "team-ho", "create": True, "instance": spec("hub-a")}
+    assert (await otc.provision("kabanero-broker", "kab-ho", parameters=params)).status == 200
+    await wait_until(lambda: _outcome_is(w, "kab-ho", "created", second), timeout=45, what="CR created")
+    created = await cr_of(w, "team-ho")
+    assert created is not None
+    lease_url = w.kube_url("/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher")
+    assert (await w.get(lease_url))[1]["spec"]["holderIdentity"] != "watcher-2"  # the first one leads
+    # The leader stops (it releases the Lease); the PATCH lands during the handover.
+    assert stack.kill("kabanero-watcher", signal.SIGTERM) == 0
+    reply = await otc.update("kabanero-broker", "kab-ho", parameters={"instance": spec("hub-a", "hub-b")})
+    assert reply.status == 200
+    await wait_until(lambda: _outcome_is(w, "kab-ho", "updated", second), timeout=60, what="patched")
+    patched = await cr_of(w, "team-ho")
+    assert patched is not None and patched["spec"] == spec("hub-a", "hub-b")
+    assert patched["metadata"]["uid"] == created["metadata"]["uid"]
+    lease = await w.get(
+        w.kube_url("/apis/coordination.k8s.io/v1/namespaces/kabanero/leases/kabanero-watcher")
+    )
+    assert lease[1]["spec"]["holderIdentity"] == "watcher-2"
+    assert (await otc.deprovision("kabanero-broker", "kab-ho")).status == 204
+    await wait_until(lambda: _outcome_is(w, "kab-ho", "deleted", second), timeout=45, what="deleted")
+    assert await cr_of(w, "team-ho") is None
 
 
-async def test_namespace_creation_setting_both_values(world: World) -> None:
+async def test_namespace_creation_setting_both_values(world: Driver) -> None:
     """``CREATE_NAMESPACES`` through the real watcher and a Kubernetes emulator that, like a real API
     server, refuses an object in a missing namespace: allowed, the namespace and the CR are created;
     not allowed, the create is refused with the API server's own message, shown in the outcome and
     on the service's dashboard, and nothing is created."""
     w, stack = world, world.stack
-    namespaces = stack.url("kube") + "/api/v1/namespaces/{ns}"
+    namespaces = w.kube_url("/api/v1/namespaces") + "/{ns}"
     assert (await w.get(namespaces.format(ns="team-yes")))[0] == 404
-    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-        # Allowed (the stack's setting): the namespace first, then the CR.
-        params = {"namespace": "team-yes", "create": True, "instance": spec("hub-a")}
-        assert (await otc.provision("kabanero-broker", "kab-yes", parameters=params)).status == 200
-        await wait_until(lambda: _outcome_is(w, "kab-yes", "created"), timeout=45, what="CR created")
-        assert (await w.get(namespaces.format(ns="team-yes")))[0] == 200
-        assert await w.cr("team-yes") is not None
+    otc = w.platform
+    # Allowed (the stack's setting): the namespace first, then the CR.
+    params = {"namespace": "team-yes", "create": True, "instance": spec("hub-a")}
+    assert (await otc.provision("kabanero-broker", "kab-yes", parameters=params)).status == 200
+    await wait_until(lambda: _outcome_is(w, "kab-yes", "created"), timeout=45, what="CR created")
+    assert (await w.get(namespaces.format(ns="team-yes")))[0] == 200
+    assert await cr_of(w, "team-yes") is not None
 
-        # Not allowed: the watcher restarts with CREATE_NAMESPACES=false.
-        args, env = stack.specs["kabanero-watcher"]
-        stack.specs["kabanero-watcher"] = (args, {**env, "CREATE_NAMESPACES": "false"})
-        await stack.restart("kabanero-watcher")
-        params = {"namespace": "team-no", "create": True, "instance": spec("hub-a")}
-        reply = await otc.provision("kabanero-broker", "kab-no", parameters=params)
-        assert reply.status == 200
-        await wait_until(lambda: _outcome_is(w, "kab-no", "failed"), timeout=45, what="create refused")
-        outcome = await w.outcome("kab-no")
-        assert outcome is not None and 'namespaces "team-no" not found' in outcome["message"], outcome
-        assert "(404)" in outcome["message"]
-        await wait_until(
-            lambda: _dashboard_says(w, reply.body["dashboard_url"], "failed"), timeout=30, what="dashboard"
-        )
-        shown = await w.dashboard(reply.body["dashboard_url"])
-        assert 'namespaces "team-no" not found' in shown["outcome"]["message"]
-        assert (await w.get(namespaces.format(ns="team-no")))[0] == 404
-        assert await w.cr("team-no") is None
-        # The instance created before is untouched.
-        assert (await w.outcome("kab-yes") or {}).get("outcome") == "created"
+    # Not allowed: the watcher restarts with CREATE_NAMESPACES=false.
+    args, env = stack.specs["kabanero-watcher"]
+    stack.specs["kabanero-watcher"] = (args, {**env, "CREATE_NAMESPACES": "false"})
+    await stack.restart("kabanero-watcher")
+    params = {"namespace": "team-no", "create": True, "instance": spec("hub-a")}
+    reply = await otc.provision("kabanero-broker", "kab-no", parameters=params)
+    assert reply.status == 200
+    await wait_until(lambda: _outcome_is(w, "kab-no", "failed"), timeout=45, what="create refused")
+    outcome = await outcome_of(w, "kab-no")
+    assert outcome is not None and 'namespaces "team-no" not found' in outcome["message"], outcome
+    assert "(404)" in outcome["message"]
+    await wait_until(
+        lambda: _dashboard_says(w, reply.body["dashboard_url"], "failed"), timeout=30, what="dashboard"
+    )
+    shown = await dashboard_of(w, reply.body["dashboard_url"])
+    assert 'namespaces "team-no" not found' in shown["outcome"]["message"]
+    assert (await w.get(namespaces.format(ns="team-no")))[0] == 404
+    assert await cr_of(w, "team-no") is None
+    # The instance created before is untouched.
+    assert (await outcome_of(w, "kab-yes") or {}).get("outcome") == "created"
 
 
-async def test_sigkill_between_the_cr_write_and_its_record(world: World) -> None:
+async def test_sigkill_between_the_cr_write_and_its_record(world: Driver) -> None:
     """The watcher dies (SIGKILL, injected by tests/e2e/crashing_watcher.py) right after the API server
     created the CR and before the outcome was recorded or acked. The restarted watcher gets the command
     again, finds the CR with our mark and reports it created: one CR, never written again, nothing
     else changed, and later commands work as usual."""
     w, stack = world, world.stack
-    seeded = await w.cr("kabanero")
+    seeded = await cr_of(w, "kabanero")
     assert seeded is not None
     normal_args, env = stack.specs["kabanero-watcher"]
     stack.specs["kabanero-watcher"] = (["tests.e2e.crashing_watcher"], env)
     await stack.restart("kabanero-watcher")
-    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-        params = {"namespace": "team-crash", "create": True, "instance": spec("hub-a")}
-        reply = await _as_otc_retries(
-            lambda: otc.provision("kabanero-broker", "kab-crash", parameters=params)
-        )
-        assert reply.status == 200, reply
-        dashboard = reply.body["dashboard_url"]
-        proc = stack.proc("kabanero-watcher")
-        assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL
-        made = await w.cr("team-crash")
-        assert made is not None and made["metadata"]["annotations"][MARK] == "kab-crash"
-        assert await _owned_record(stack, "kab-crash") is None  # killed before the record
-        assert (await w.dashboard(dashboard))["outcome"] is None
+    params = {"namespace": "team-crash", "create": True, "instance": spec("hub-a")}
+    reply = await w.provision("kabanero-broker", "kab-crash", params)  # retried on 503 as OTC does
+    assert reply.status == 200, reply
+    dashboard = reply.body["dashboard_url"]
+    proc = stack.proc("kabanero-watcher")
+    assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL
+    made = await cr_of(w, "team-crash")
+    assert made is not None and made["metadata"]["annotations"][MARK] == "kab-crash"
+    assert await _owned_record(stack, "kab-crash") is None  # killed before the record
+    assert (await dashboard_of(w, dashboard))["outcome"] is None
 
-        stack.specs["kabanero-watcher"] = (normal_args, env)
-        await stack.restart("kabanero-watcher", sig=None)
-        await wait_until(lambda: _outcome_is(w, "kab-crash", "created"), timeout=60, what="reported created")
-        outcome = await w.outcome("kab-crash")
-        assert outcome is not None and outcome["message"] == (
-            "Kabanero team-crash/kabanero created for service kab-crash"
-        )
-        await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
-        # The CR the killed process made, once and unchanged; the other CR untouched.
-        _, listed = await w.get(
-            stack.url("kube") + "/apis/kabanero.io/v1alpha2/namespaces/team-crash/kabaneros"
-        )
-        assert [i["metadata"]["uid"] for i in listed["items"]] == [made["metadata"]["uid"]]
-        assert listed["items"][0]["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
-        still = await w.cr("kabanero")
-        assert (
-            still is not None
-            and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
-        )
-        # The command was not repeated: the next one (a PATCH) applies to the same CR.
-        reply = await _as_otc_retries(
-            lambda: otc.update("kabanero-broker", "kab-crash", parameters={"instance": spec("hub-b")})
-        )
-        assert reply.status == 200, reply
-        await wait_until(lambda: _outcome_is(w, "kab-crash", "updated"), timeout=45, what="patched")
-        patched = await w.cr("team-crash")
-        assert patched is not None and patched["metadata"]["uid"] == made["metadata"]["uid"]
-        assert patched["spec"] == spec("hub-b")
+    stack.specs["kabanero-watcher"] = (normal_args, env)
+    await stack.restart("kabanero-watcher", sig=None)
+    await wait_until(lambda: _outcome_is(w, "kab-crash", "created"), timeout=60, what="reported created")
+    outcome = await outcome_of(w, "kab-crash")
+    assert outcome is not None and outcome["message"] == (
+        "Kabanero team-crash/kabanero created for service kab-crash"
+    )
+    await wait_until(lambda: _dashboard_says(w, dashboard, "created"), timeout=30, what="dashboard")
+    # The CR the killed process made, once and unchanged; the other CR untouched.
+    _, listed = await w.get(w.kube_url("/apis/kabanero.io/v1alpha2/namespaces/team-crash/kabaneros"))
+    assert [i["metadata"]["uid"] for i in listed["items"]] == [made["metadata"]["uid"]]
+    assert listed["items"][0]["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+    still = await cr_of(w, "kabanero")
+    assert still is not None and still["metadata"]["resourceVersion"] == seeded["metadata"]["resourceVersion"]
+    # The command was not repeated: the next one (a PATCH) applies to the same CR.
+    reply = await w.broker(
+        lambda otc: otc.update("kabanero-broker", "kab-crash", parameters={"instance": spec("hub-b")}), 200
+    )
+    assert reply.status == 200, reply
+    await wait_until(lambda: _outcome_is(w, "kab-crash", "updated"), timeout=45, what="patched")
+    patched = await cr_of(w, "team-crash")
+    assert patched is not None and patched["metadata"]["uid"] == made["metadata"]["uid"]
+    assert patched["spec"] == spec("hub-b")
 
 
 async def _owned_record(stack: Stack, sid: str) -> dict[str, Any] | None:
@@ -371,14 +328,3 @@ async def _owned_record(stack: Stack, sid: str) -> dict[str, Any] | None:
         return await mongo.get_default_database()["watch_owned_instances"].find_one({"_id": sid})
     finally:
         await mongo.close()
-
-
-async def _as_otc_retries(call: Callable[[], Awaitable[Any]]) -> Any:
-    """A broker call retried on 503 as OTC retries it (the shared machine's MongoDB emulator can be
-    slower than broker-api's storage bound; a 503 commits nothing)."""
-    for _ in range(10):
-        reply = await call()
-        if reply.status != 503:
-            return reply
-        await asyncio.sleep(1)
-    return reply

@@ -1,13 +1,16 @@
 """The whole product as separate processes: `python -m scripts.stack demo` (what `make demo` runs).
 
 Four services, the Kubernetes and OTC emulators and the embedded MongoDB as real processes over
-real HTTP and the real RabbitMQ: OTC provisions and binds both services through broker-api, the
-cluster changes, and OTC's tools follow with one write per change and no dead letters. This is the
+real HTTP and the real RabbitMQ: OTC provisions and binds the Kabanero, Kabanero Events and Tekton
+services through broker-api, the cluster changes (mediations; Pipelines added, edited, deleted; an
+EventListener exposed by a Route), and OTC's tools follow with one write per change, none for a
+status-only change, and no dead letters. This is the
 only test where every cross-service contract is exercised by the real producer and consumer.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -52,13 +55,49 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         # create=true: the watcher creates the CR; its one stack hub becomes a GitHub tool, and goes.
         "OTC: create=true service: CR created, its stack hub linked": 1,
         "OTC: delete it (its CR is deleted, the GitHub tool goes)": 1,
+        # Tekton (deploy/samples/tekton-sample.yaml): a card per Pipeline (2) and EventListener (1),
+        # then one write per change of the cluster, none for a status-only change.
+        "OTC: Tekton service (cluster default) provisioned + bound": 2 + 1,
+        "cluster: Pipeline 'demo-build-pl' added": 1,
+        "cluster: Pipeline 'demo-build-pl' edited (a task added)": 1,
+        "cluster: Pipeline 'demo-build-pl' deleted": 1,
+        "cluster: EventListener 'demo-listener' added": 1,
+        "cluster: Route exposes it (its card shows the external URL)": 1,
+        "cluster: Pipeline status-only change (expect 0 writes)": 0,
+        "OTC: unbind the Tekton service (its cards go)": 2 + 2,
+        "OTC: bind it again (its cards are back)": 2 + 2,
+        "OTC: delete the Tekton service (its cards go)": 2 + 2,
     }
-    assert "dead letters: {'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, " in proc.stdout
+    dead = proc.stdout.split("dead letters: ")[1].splitlines()[0]
+    assert dead.startswith("{'otc-writer.events.dead': 0, 'otc-writer.commands.dead': 0, ")
+    assert ": 1" not in dead and "broker-api.tekton.dead': 0" in dead
+    assert [int(n) for n in re.findall(r": (\d+)", dead)] == [0] * dead.count(".dead")
     # After each step, the toolchain's tools by kind and name; the run ends with kabanero-otc status.
-    first = proc.stdout.split("[1] OTC: provision + bind both services")[1].split("[2]")[0]
+    steps = step_texts(proc.stdout)
+    first = steps["OTC: provision + bind both services"]
     assert "Kabanero Event Trigger (customtool), 2:" in first and "GitHub (githubconsolidated), 4:" in first
     assert first.count("      - kabanero-trigger ") == 2
-    last = proc.stdout.split("[6] OTC: delete the Kabanero service")[1].split("summary")[0]
-    assert "toolchain: no tools" in last
+    assert "toolchain: no tools" in steps["OTC: delete the Kabanero service"]
+    tekton = steps["OTC: Tekton service (cluster default) provisioned + bound"]
+    assert "Tekton Pipeline (customtool), 2:" in tekton and "Tekton EventListener (customtool), 1:" in tekton
+    assert "      - tekton pipeline kabanero nodejs-express-build-pl " in tekton
+    assert (
+        "listener-b4ef64ab " in tekton
+        and "(http://el-listener-b4ef64ab-kabanero.apps.acme.example)" in tekton
+    )
+    assert "    service page http://127.0.0.1:" in tekton and "/dashboard/tekton/demo-tekton/" in tekton
+    assert "Tekton Pipelines v0.11.3, Triggers v0.4.0" in tekton
+    assert "Tekton Pipeline (customtool), 3:" in steps["cluster: Pipeline 'demo-build-pl' added"]
+    assert "demo-listener ff59fbc7  (not exposed)" in steps["cluster: EventListener 'demo-listener' added"]
+    exposed = steps["cluster: Route exposes it (its card shows the external URL)"]
+    assert "demo-listener ff59fbc7  (https://el-demo-listener-kabanero.apps.acme.example)" in exposed
+    assert "toolchain: no tools" in steps["OTC: unbind the Tekton service (its cards go)"]
+    assert "toolchain: no tools" in steps["OTC: delete the Tekton service (its cards go)"]
     status = proc.stdout.split("$ kabanero-otc status   (exit 0)")[1]
     assert "SERVICES" in status and "QUEUES" in status and "no problems found" in status
+
+
+def step_texts(out: str) -> dict[str, str]:
+    """What the demo printed after each step ("[n] <step>  (converged ...)" up to the next)."""
+    parts = re.split(r"^\[\d+\] (.+?)  \(converged in [^)]*\)$", out.split("\nsummary\n")[0], flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))

@@ -4,8 +4,8 @@ The stack of ``scripts/stack.py`` (four services, the Kubernetes, OTC and Mongo 
 processes, the real RabbitMQ) runs a burst of cluster changes while OTC answers 30 % 5xx, 429 storms
 and commit-then-drop, otc-writer and kabanero-watcher are SIGKILLed and restarted, the Kubernetes
 history expires and watch streams drop. Once the faults stop, OTC's tools must equal the desired
-state, computed here from the final Kubernetes objects by the user-visible rules (kabanero.md §6, §7),
-not by the product's own derivation; no tool may be duplicated and nothing dead-lettered. Then an
+state, computed from the final Kubernetes objects by the user-visible rules (kabanero.md §6, §7;
+``scripts/expected.py``), not by the product's own derivation; no tool may be duplicated and nothing dead-lettered. Then an
 unchanged world (restarts of all four services, snapshots, a 410 re-list) must cost zero OTC writes.
 """
 
@@ -14,302 +14,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import signal
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from emulators.otc.platform import OtcPlatform
-from scripts.stack import BROKER_ID, BROKERS, QUEUES, SERVICES, Stack
-from tests.conftest import _mgmt
-from tests.helpers import EventTap, drain_queue, wait_until
+from scripts.driver import BROKERS, TRIGGER, Driver, driving, fault_env, tool_kind
+from scripts.expected import connection
+from scripts.stack import Stack
+from tests.helpers import EventTap, wait_until
 
 pytestmark = pytest.mark.e2e
 
-NS = "kabanero"
-MEDIATOR = "webhook"
-
-
-def mediation(name: str, rev: int) -> dict[str, Any]:
-    """Mediation ``name`` at revision ``rev`` (the revision is in its selector): also bench/chaos.py's."""
-    return {
-        "name": name,
-        "selector": {"urlPattern": f"{name}-r{rev}"},
-        "sendTo": ["dest"],
-        "body": [{"=": "sendEvent(dest, body, header)"}],
-    }
-
-
-def connection(name: str, rev: int) -> dict[str, Any]:
-    """The EventConnections entry of mediation ``name``; its URL carries the revision."""
-    url = f"https://el-{name}.{NS}.svc:8080/r{rev}"
-    return {
-        "from": {"mediator": {"name": MEDIATOR, "mediation": name, "destination": "dest"}},
-        "to": [{"https": [{"url": url, "insecure": True}]}],
-    }
-
-
-CRS = {
-    "mediator": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventmediators/{MEDIATOR}",
-    "connections": f"/apis/events.kabanero.io/v1alpha1/namespaces/{NS}/eventconnections/connections",
-    "kabanero": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/kabaneros/kabanero",
-    "stacks": f"/apis/kabanero.io/v1alpha2/namespaces/{NS}/stacks",
-    "gitops-map": f"/api/v1/namespaces/{NS}/configmaps/gitops-map",
-}
 SNAPSHOT_S = 4
-EXTRA_ENV = {
-    "kabanero-watcher": {
-        "SNAPSHOT_INTERVAL_S": str(SNAPSHOT_S),
-        "LEASE_DURATION_S": "3",
-        "LEASE_RENEW_S": "1",
-        "RECONNECT_BACKOFF_S": "0.2",
-        "RECONNECT_BACKOFF_MAX_S": "2",
-    },
-    "otc-writer": {
-        "LEASE_TTL_S": "6",
-        "LEASE_WAIT_S": "10",
-        "OTC_BREAKER_RESET_S": "2",
-        "OTC_BACKOFF_CAP_S": "2",
-    },
-}
+EXTRA_ENV = fault_env(
+    kabanero_watcher={"SNAPSHOT_INTERVAL_S": str(SNAPSHOT_S)}, otc_writer={"OTC_BREAKER_RESET_S": "2"}
+)
 OTC_FAULTS = {"seed": 7, "error_rate": 0.3, "error_status": 503, "drop_after_commit": 2}
-TOOL_WRITE = ("POST", "PATCH", "DELETE")
-_RELEASE = re.compile(r"^https://([^/]+)/([^/]+)/([^/]+)/releases/download/[^/]+/[^/]+$")
+PARAMS = {"cluster": "default", "namespace": "kabanero"}
 
 
-# --- the desired state, from the final cluster objects -----------------------------------------------
-
-
-def expected_triggers(mediator: dict[str, Any], connections: dict[str, Any]) -> dict[str, list[str]]:
-    """Mediation name -> its destination URLs: the EventConnections entries whose ``from.mediator``
-    names this mediator, this mediation and one of its ``sendTo`` destinations (eventEndpointMatch)."""
-    out: dict[str, list[str]] = {}
-    for mediation in mediator["spec"].get("mediations") or []:
-        urls: set[str] = set()
-        for conn in connections["spec"].get("connections") or []:
-            src = conn["from"]["mediator"]
-            if (
-                src["name"] == MEDIATOR
-                and src.get("mediation") == mediation["name"]
-                and src.get("destination") in (mediation.get("sendTo") or [])
-            ):
-                urls |= {h["url"] for to in conn.get("to") or [] for h in to.get("https") or []}
-        out[mediation["name"]] = sorted(urls)
+async def trigger_tools(w: Driver) -> dict[str, int]:
+    """Mediation name -> how many trigger tools reference it."""
+    out: dict[str, int] = {}
+    for tool in await w.tools():
+        if tool_kind(tool) == TRIGGER:
+            name = json.loads(tool["parameters"]["additional-properties"])["trigger"]
+            out[name] = out.get(name, 0) + 1
     return out
 
 
-def _repository(ref: dict[str, Any]) -> str:
-    """The repository of an archive reference: a complete gitRelease, else a release-download URL."""
-    g = ref.get("gitRelease") or {}
-    if all(g.get(f) for f in ("hostname", "organization", "project", "release", "assetName")):
-        return f"https://{g['hostname']}/{g['organization']}/{g['project']}"
-    m = _RELEASE.match(ref["https"]["url"])
-    assert m, ref
-    return "https://{}/{}/{}".format(*m.groups())
-
-
-def expected_repos(
-    kabanero: dict[str, Any], stacks: list[dict[str, Any]], gitops_map: dict[str, Any]
-) -> set[str]:
-    """Stack hubs, the pipelines they use (their own, else the instance's), GitOps pipelines, the
-    active Stack versions' pipelines and the gitops-map repository (docs/design.md, Kabanero semantics)."""
-    spec = kabanero["spec"]
-    assert not spec.get("triggers"), "this scenario has no legacy triggers"
-    repos = set()
-    for hub in spec["stacks"].get("repositories") or []:
-        repos.add(_repository(hub))
-        for p in hub.get("pipelines") or spec["stacks"].get("pipelines") or []:
-            repos.add(_repository(p))
-    for p in spec.get("gitops", {}).get("pipelines") or []:
-        repos.add(_repository(p))
-    for stack in stacks:
-        for version in stack["spec"].get("versions") or []:
-            if str(version.get("desiredState", "")).lower() != "inactive":
-                repos |= {_repository(p) for p in version.get("pipelines") or []}
-    repos.add(gitops_map["data"]["gitops-repository-url"].removesuffix(".git"))
-    return repos
-
-
-def differences(tools: list[dict[str, Any]], triggers: dict[str, list[str]], repos: set[str]) -> list[str]:
-    """Every way OTC's tools differ from the desired state (empty: converged, nothing duplicated)."""
-    problems: list[str] = []
-    names = [str(t.get("name")) for t in tools]
-    if len(set(names)) != len(names):
-        problems.append(f"duplicate tool names: {sorted(n for n in set(names) if names.count(n) > 1)}")
-    seen: dict[str, list[str]] = {}
-    for tool in (t for t in tools if t["tool_type_id"] == "customtool"):
-        props = json.loads(tool["parameters"]["additional-properties"])
-        mediation = props["trigger"]
-        seen.setdefault(mediation, []).append(tool["name"])
-        if not tool["name"].startswith(f"kabanero-trigger {NS} {MEDIATOR} {mediation} "):
-            problems.append(f"trigger tool name {tool['name']!r} does not name mediation {mediation!r}")
-        if (props["cluster"], props["namespace"], props["owner"]) != ("default", NS, MEDIATOR):
-            problems.append(f"trigger tool {tool['name']!r} references {props}")
-        if mediation in triggers and props["destinations"] != triggers[mediation]:
-            problems.append(f"{mediation}: destinations {props['destinations']} != {triggers[mediation]}")
-    for mediation, tool_names in seen.items():
-        if len(tool_names) > 1:
-            problems.append(f"{len(tool_names)} trigger tools for mediation {mediation!r}: {tool_names}")
-    if set(seen) != set(triggers):
-        problems.append(f"trigger tools for {sorted(seen)}, mediations {sorted(triggers)}")
-    urls = [t["parameters"]["repo_url"] for t in tools if t["tool_type_id"] == "githubconsolidated"]
-    if sorted(urls) != sorted(repos):
-        problems.append(f"GitHub tools {sorted(urls)} != repositories {sorted(repos)}")
-    if len(tools) != len(triggers) + len(repos):
-        problems.append(f"{len(tools)} tools, expected {len(triggers)} + {len(repos)}")
-    return problems
-
-
-def params_default() -> dict[str, str]:
-    return {"cluster": "default", "namespace": NS}
-
-
-# --- driving the stack --------------------------------------------------------------------------------
-
-
-class World:
-    """HTTP access to the emulators and the services of one running stack."""
-
-    def __init__(self, stack: Stack, http: aiohttp.ClientSession) -> None:
-        self.stack = stack
-        self.http = http
-        self.toolchain = ""
-        self.revs: dict[str, int] = {}
-        """The mediations this test manages: name -> content revision."""
-
-    async def request(self, method: str, url: str, body: Any = None, **kw: Any) -> Any:
-        async with self.http.request(method, url, json=body, **kw) as r:
-            assert r.status < 300, f"{method} {url}: {r.status} {await r.text()}"
-            return await r.json() if r.content_type == "application/json" else None
-
-    async def kube(self, method: str, what: str, body: Any = None) -> Any:
-        if method != "PATCH":
-            return await self.request(method, self.stack.url("kube") + CRS[what], body)
-        headers = {"Content-Type": "application/merge-patch+json"}
-        url = self.stack.url("kube") + CRS[what]
-        async with self.http.patch(url, data=json.dumps(body), headers=headers) as r:
-            assert r.status == 200, await r.text()
-
-    async def kube_fault(self, name: str, body: dict[str, Any] | None = None) -> None:
-        await self.request("POST", f"{self.stack.url('kube')}/_emulator/{name}", body or {})
-
-    async def otc_faults(self, config: dict[str, Any] | None) -> None:
-        url = f"{self.stack.url('otc')}/_emulator/faults"
-        await (self.request("POST", url, config) if config else self.request("DELETE", url))
-
-    async def tools(self) -> list[dict[str, Any]]:
-        state = await self.request("GET", f"{self.stack.url('otc')}/_emulator/state")
-        (tc,) = [t for t in state["toolchains"] if t["id"] == self.toolchain]
-        return list(tc["tools"])
-
-    async def calls(self, since: int = 0) -> tuple[int, list[dict[str, Any]]]:
-        """(next index, the tool writes since ``since``) of OTC's call log."""
-        log = await self.request("GET", f"{self.stack.url('otc')}/_emulator/calls?since={since}")
-        writes = [c for c in log["calls"] if c["method"] in TOOL_WRITE and "/tools" in c["path"]]
-        return log["total"], writes
-
-    async def trigger_tools(self) -> dict[str, int]:
-        """Mediation name -> how many trigger tools reference it."""
-        out: dict[str, int] = {}
-        for tool in await self.tools():
-            if tool["tool_type_id"] == "customtool":
-                name = json.loads(tool["parameters"]["additional-properties"])["trigger"]
-                out[name] = out.get(name, 0) + 1
-        return out
-
-    async def watching(self) -> None:
-        """The (new) leading watcher has its three watch streams open."""
-
-        async def streams() -> bool:
-            state = await self.request("GET", f"{self.stack.url('kube')}/_emulator/state")
-            return int(state["watches"]["open"]) >= 3
-
-        await wait_until(streams, timeout=20, interval=0.2, what="open watch streams")
-
-    async def processed(self, service: str, queue: str) -> int:
-        """Messages the service consumed from ``queue`` since it started (its /metrics)."""
-        return int(await self.stack.metric(self.http, service, "kotc_messages_total", queue=queue) or 0)
-
-    # The cluster: mediations m* with one EventConnections entry each, whose URL carries the revision.
-
-    def mediation(self, name: str) -> dict[str, Any]:
-        return mediation(name, self.revs[name])
-
-    def connection(self, name: str) -> dict[str, Any]:
-        return connection(name, self.revs[name])
-
-    async def set_mediations(
-        self, objects: tuple[str, ...] = ("mediator", "connections"), **changes: int | None
-    ) -> None:
-        """Set (revision) or remove (None) mediations, then write the mediator and its connections."""
-        for name, rev in changes.items():
-            if rev is None:
-                self.revs.pop(name, None)
-            else:
-                self.revs[name] = rev
-        if "mediator" in objects:
-            mediations = [self.mediation(n) for n in self.revs]
-            await self.kube("PATCH", "mediator", {"spec": {"mediations": mediations}})
-        if "connections" in objects:
-            conns = [self.connection(n) for n in self.revs]
-            await self.kube("PATCH", "connections", {"spec": {"connections": conns}})
-
-    async def add_pipeline_repo(self, repo: str) -> None:
-        pipelines = (await self.kube("GET", "kabanero"))["spec"]["stacks"]["pipelines"]
-        pipelines.append(
-            {
-                "id": repo,
-                "sha256": uuid.uuid4().hex * 2,
-                "https": {"url": f"https://github.com/acme/{repo}/releases/download/1.0.0/{repo}.tar.gz"},
-            }
-        )
-        await self.kube("PATCH", "kabanero", {"spec": {"stacks": {"pipelines": pipelines}}})
-
-    async def differences(self) -> list[str]:
-        triggers = expected_triggers(
-            await self.kube("GET", "mediator"), await self.kube("GET", "connections")
-        )
-        repos = expected_repos(
-            await self.kube("GET", "kabanero"),
-            (await self.kube("GET", "stacks"))["items"],
-            await self.kube("GET", "gitops-map"),
-        )
-        return differences(await self.tools(), triggers, repos)
-
-    async def converged(self, what: str, timeout: float) -> None:
-        last: list[str] = []
-
-        async def check() -> bool:
-            self.stack.check_alive()
-            last[:] = await self.differences()
-            return not last
-
-        try:
-            await wait_until(check, timeout=timeout, interval=0.3, what=what)
-        except AssertionError:
-            raise AssertionError(f"{what}: not converged after {timeout}s: {last}") from None
-
-    async def quiet(self, timeout: float) -> None:
-        """No message waits in any consuming or retry queue (the consumers are idle)."""
-        await self.stack.quiet(timeout)
-
-    async def dead_letters(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for q in QUEUES:
-            msgs = await drain_queue(self.stack.amqp_url, f"{q}.dead", timeout=0.3)
-            reasons = [
-                f"{m.type!s}: {m.headers.get('x-kotc-dead-reason')!r} {m.headers.get('x-kotc-error')!r}"
-                for m in msgs
-            ]
-            if reasons:
-                out[f"{q}.dead"] = reasons
-        return out
+async def dead_letters(w: Driver) -> list[str]:
+    return [f"{d.queue}: {d.type}: {d.reason!r} {d.error!r}" for d in await w.drain_dead_letters()]
 
 
 class Blackhole:
@@ -350,10 +88,9 @@ class Blackhole:
 
 
 @contextlib.asynccontextmanager
-async def running_world(logs: Path, *, watcher_proxy: Blackhole | None = None) -> AsyncIterator[World]:
-    vhost = f"kotc-test-faults-{uuid.uuid4().hex[:8]}"
+async def running_world(logs: Path, *, watcher_proxy: Blackhole | None = None) -> AsyncIterator[Driver]:
     env = {name: dict(values) for name, values in EXTRA_ENV.items()}
-    stack = Stack(vhost, extra_env=env, logs=logs)
+    stack = Stack(f"kotc-test-faults-{uuid.uuid4().hex[:8]}", extra_env=env, logs=logs)
     if watcher_proxy is not None:  # kabanero-watcher reaches MongoDB through the proxy
         watcher_proxy.port = stack.ports["mongo"]
         port = await watcher_proxy.start()
@@ -361,36 +98,31 @@ async def running_world(logs: Path, *, watcher_proxy: Blackhole | None = None) -
             f"mongodb://127.0.0.1:{port}/kabanero_otc?directConnection=true"
         )
     try:
-        await stack.start()
-        async with aiohttp.ClientSession() as http:
-            w = World(stack, http)
-            tc = await w.request("POST", f"{stack.url('otc')}/_emulator/toolchains", {"name": "faults"})
-            w.toolchain = tc["id"]
+        async with driving(stack, toolchain="faults") as w:
             yield w
     finally:
-        for name in reversed(SERVICES):  # the services first, while MongoDB still answers their goodbyes
-            await asyncio.to_thread(stack.kill, name, signal.SIGTERM)
-        await asyncio.to_thread(stack.stop)
-        _mgmt("DELETE", f"vhosts/{urllib.parse.quote(vhost, safe='')}")
         if watcher_proxy is not None:
             await watcher_proxy.close()
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path) -> AsyncIterator[Driver]:
     async with running_world(tmp_path / "logs") as w:
         yield w
 
 
-async def test_faults_converge_without_loss_or_duplicates_and_idle_costs_nothing(world: World) -> None:
-    w, stack = world, world.stack
-    async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-        for broker, sid in BROKERS:
-            assert (await otc.provision(broker, sid, parameters=params_default())).status == 200
-            assert (await otc.bind(broker, sid, w.toolchain)).status == 204
-    # Take over the seeded mediations (appsody, gitops) with connections this test can follow.
+async def bind_both(w: Driver) -> None:
+    """Both Kabanero services provisioned and bound; the seeded mediations taken over (appsody,
+    gitops, with connections the test can follow); OTC shows them."""
+    for broker, sid in BROKERS:
+        await w.provision_and_bind(broker, sid, PARAMS)
     await w.set_mediations(appsody=1, gitops=1)
     await w.converged("baseline", timeout=30)
+
+
+async def test_faults_converge_without_loss_or_duplicates_and_idle_costs_nothing(world: Driver) -> None:
+    w, stack = world, world.stack
+    await bind_both(w)
 
     # 1. OTC fails 30 % of calls, starts with a 429 storm, drops two committed answers; otc-writer is
     # SIGKILLed while it works through a burst of changes, which goes on while it is down.
@@ -436,12 +168,12 @@ async def test_faults_converge_without_loss_or_duplicates_and_idle_costs_nothing
 
     # Faults stop: OTC must equal the desired state, with nothing duplicated and nothing dead-lettered.
     await w.otc_faults(None)
-    log = await w.request("GET", f"{stack.url('otc')}/_emulator/calls?since={faults_from}")
-    assert {"429", "5xx", "drop"} <= {c["fault"] for c in log["calls"]}  # every OTC fault happened
+    log = await w.call_log(faults_from)
+    assert {"429", "5xx", "drop"} <= {c["fault"] for c in log}  # every OTC fault happened
     await w.converged("after the faults", timeout=60)
     await w.quiet(timeout=45)
     await w.converged("after the queues drained", timeout=5)
-    assert await w.dead_letters() == {}
+    assert await dead_letters(w) == []
 
     # One more change in a healthy world: exactly one OTC write.
     mark, _ = await w.calls()
@@ -477,27 +209,27 @@ async def test_faults_converge_without_loss_or_duplicates_and_idle_costs_nothing
     _, writes = await w.calls(mark)
     assert writes == [], f"an unchanged world wrote to OTC: {writes}"
     assert await w.differences() == []
-    assert await w.dead_letters() == {}
+    assert await dead_letters(w) == []
     stack.check_alive()
 
 
-async def _has_tools(w: World, *mediations: str) -> bool:
-    tools = await w.trigger_tools()
+async def _has_tools(w: Driver, *mediations: str) -> bool:
+    tools = await trigger_tools(w)
     return all(m in tools for m in mediations)
 
 
-async def _shown(w: World, *mediations: str) -> bool:
+async def _shown(w: Driver, *mediations: str) -> bool:
     """OTC's tools for ``mediations`` show their current revision (destination URL)."""
-    want = {m: [w.connection(m)["to"][0]["https"][0]["url"]] for m in mediations}
+    want = {m: [connection(m, w.revs[m])["to"][0]["https"][0]["url"]] for m in mediations}
     got: dict[str, list[str]] = {}
     for tool in await w.tools():
-        if tool["tool_type_id"] == "customtool":
+        if tool_kind(tool) == TRIGGER:
             props = json.loads(tool["parameters"]["additional-properties"])
             got[props["trigger"]] = props["destinations"]
     return all(got.get(m) == urls for m, urls in want.items())
 
 
-async def _writes_since(w: World, mark: int) -> bool:
+async def _writes_since(w: Driver, mark: int) -> bool:
     _, writes = await w.calls(mark)
     return bool(writes)
 
@@ -511,12 +243,7 @@ async def test_change_after_watcher_killed_between_publish_and_record(tmp_path: 
     proxy = Blackhole(0)
     async with running_world(tmp_path / "logs", watcher_proxy=proxy) as w:
         stack = w.stack
-        async with OtcPlatform(stack.url("broker"), BROKER_ID, stack.broker_secret) as otc:
-            for broker, sid in BROKERS:
-                assert (await otc.provision(broker, sid, parameters=params_default())).status == 200
-                assert (await otc.bind(broker, sid, w.toolchain)).status == 204
-        await w.set_mediations(appsody=1, gitops=1)
-        await w.converged("baseline", timeout=30)
+        await bind_both(w)
 
         # Open the crash window deterministically: the watcher records the event as pending, publishes
         # it (RabbitMQ confirms it), then its "done" write (a BSON `pending: false`) never reaches

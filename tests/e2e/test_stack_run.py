@@ -1,5 +1,6 @@
 """``make run`` (``python -m scripts.stack run``): one at a time, a run file for the CLI, one log per
-process, and no child outlives the stack, even when the stack itself is killed with SIGKILL."""
+process, the Tekton broker served, and no child outlives the stack, even when the stack itself is
+killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +31,31 @@ def _alive(pid: int) -> bool:
     # A zombie is dead for our purpose (it holds no port, consumes nothing).
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+TEKTON_SERVICE = {
+    "broker": "tekton-broker",
+    "instance_id": "tekton-run",
+    "parameters": {"cluster": "default"},
+}
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return dict(json.loads(r.read()))
+
+
+def _summary(page: str, timeout: float = 60) -> str:
+    """The Tekton service page's summary once the watcher of its cluster has reported."""
+    deadline = time.monotonic() + timeout
+    while True:
+        request = urllib.request.Request(page, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            summary = str(json.loads(r.read())["summary"])
+        if "has not reported" not in summary or time.monotonic() > deadline:
+            return summary
+        time.sleep(0.3)
 
 
 def test_run_is_single_instance_and_leaves_no_orphans_when_killed(tmp_path: Path) -> None:
@@ -57,6 +85,12 @@ def test_run_is_single_instance_and_leaves_no_orphans_when_killed(tmp_path: Path
             "github-linker",
         }
         assert all((run_dir / f"{name}.log").stat().st_size > 0 for name in pids)  # one log each
+        # broker-api serves the Tekton broker too; the OTC emulator's platform driver reaches it
+        # (as docs/deployment.md shows) and the watcher's report of the cluster shows on its page.
+        otc = info["OTC_API_URL"].removesuffix("/toolchain/v2")
+        reply = _post(f"{otc}/_emulator/platform/provision", TEKTON_SERVICE)
+        assert reply["status"] == 200 and reply["body"]["parameters"]["cluster"] == "default", reply
+        assert _summary(reply["body"]["dashboard_url"]).startswith("Tekton Pipelines v0.11.3")
 
         second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
         assert second.returncode == 1

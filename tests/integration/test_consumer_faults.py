@@ -380,3 +380,20 @@ async def test_invalid_data_is_decoded_once_and_dead_lettered_with_the_field_as_
     )
     assert "ValidationError" in str(letter.headers[ERROR_HEADER])
     assert await drain_queue(amqp_url, QUEUE, timeout=0.2) == []
+
+
+async def test_retry_and_dead_letter_headers_carry_no_url_credentials(
+    amqp: tuple[AmqpConnection, Publisher], amqp_url: str
+) -> None:
+    """A header is a message: an error quoting a URL keeps its host and path, never its secrets."""
+    conn, publisher = amqp
+
+    async def handler(event: CloudEvent) -> None:
+        raise RetryableError("GET https://user:ghp_TOKEN@github.com/o/r?access_token=s3cr3t failed")
+
+    async with consuming(_consumer(conn, publisher, handler, max_attempts=2)):
+        await publisher.publish(_event("leaky"))
+        dead = await wait_until(lambda: drain_queue(amqp_url, f"{QUEUE}.dead"), timeout=15)
+    error = str(dead[0].headers[ERROR_HEADER])
+    assert "https://github.com/o/r failed" in error
+    assert "ghp_TOKEN" not in error and "s3cr3t" not in error

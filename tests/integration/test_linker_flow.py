@@ -124,7 +124,7 @@ def service(
 
 
 def repos(*urls: str) -> list[Repository]:
-    return [Repository(url=u, kind="pipeline") for u in urls]
+    return [Repository.of(u, "pipeline") for u in urls]
 
 
 def instance(urls: Sequence[str], revision: int, *, namespace: str = "kabanero") -> CloudEvent:
@@ -138,7 +138,7 @@ def instance(urls: Sequence[str], revision: int, *, namespace: str = "kabanero")
 
 
 def snapshot(
-    urls: Sequence[str], revision: int, *, exists: bool = True, instance_revision: int | None = None
+    urls: Sequence[str], revision: int, *, exists: bool = True, instance_revision: int
 ) -> CloudEvent:
     data = SnapshotData(
         instance=InstanceRef(cluster="c1", namespace="kabanero"),
@@ -146,6 +146,7 @@ def snapshot(
         repositories=repos(*urls),
         revision=revision,
         instance_revision=instance_revision,
+        trigger_revisions={},
     )
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
 
@@ -158,14 +159,13 @@ def summary(commands: list[tuple[str, ToolCommand]]) -> set[tuple[str, str, str]
 
 
 def _kinds_instance(revision: int) -> CloudEvent:
-    """Repositories as the watcher reports them: several kinds per URL; and one from an older
-    producer (kind only, no kinds list)."""
+    """Repositories as the watcher reports them: several kinds per URL."""
     data = InstanceData(
         instance=InstanceRef(cluster="c1", namespace="kabanero", name="kabanero"),
         repositories=[
             Repository.of(REPO_A, "stack-hub").merged(Repository.of(REPO_A, "pipeline")),
             Repository.of(REPO_B, "stack-hub"),
-            Repository(url=REPO_C, kind="gitops"),
+            Repository.of(REPO_C, "gitops"),
             Repository.of("https://github.com/org/not-a-repo", "unknown"),
         ],
         content_hash=f"kinds-{revision}",
@@ -248,15 +248,17 @@ async def test_duplicates_stale_events_and_unchanged_snapshots_send_nothing(link
     await linker.publish(bound)
     await linker.publish(instance([REPO_A], 4))  # stale: older revision
     await linker.publish(service("sid-1", "unbound", [], 1))  # stale
-    await linker.publish(snapshot([REPO_B, REPO_A], 1))  # same state as a snapshot
-    await linker.publish(snapshot([REPO_B, REPO_A], 2))
+    await linker.publish(snapshot([REPO_B, REPO_A], 1, instance_revision=5))  # same state as a snapshot
+    await linker.publish(snapshot([REPO_B, REPO_A], 2, instance_revision=5))
     assert await linker.new_commands() == []
 
-    await linker.publish(snapshot([REPO_A, REPO_C], 3))  # a snapshot that differs reconciles
+    await linker.publish(
+        snapshot([REPO_A, REPO_C], 3, instance_revision=5)
+    )  # a snapshot that differs reconciles
     assert summary(await linker.new_commands()) == {("apply", "tc-1", REPO_C), ("remove", "tc-1", REPO_B)}
-    await linker.publish(snapshot([REPO_A], 2))  # stale snapshot
+    await linker.publish(snapshot([REPO_A], 2, instance_revision=5))  # stale snapshot
     assert await linker.new_commands() == []
-    await linker.publish(snapshot([], 4, exists=False))  # instance gone
+    await linker.publish(snapshot([], 4, exists=False, instance_revision=6))  # instance gone
     assert summary(await linker.new_commands()) == {("remove", "tc-1", REPO_A), ("remove", "tc-1", REPO_C)}
 
 
@@ -319,8 +321,8 @@ async def test_restart_sends_nothing_for_an_unchanged_world(amqp_url: str, mongo
         await first.publish(instance([REPO_A], 1))
         assert summary(await first.new_commands()) == {("apply", "tc-1", REPO_A)}
     async with running(amqp_url, mongodb_url) as second:
-        await second.publish(snapshot([REPO_A], 1))
+        await second.publish(snapshot([REPO_A], 1, instance_revision=1))
         await second.publish(service("sid-1", "bound", ["tc-1"], 1))  # redelivered after restart
         assert await second.new_commands() == []
-        await second.publish(snapshot([REPO_A, REPO_B], 2))
+        await second.publish(snapshot([REPO_A, REPO_B], 2, instance_revision=1))
         assert summary(await second.new_commands()) == {("apply", "tc-1", REPO_B)}

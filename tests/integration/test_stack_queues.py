@@ -1,9 +1,8 @@
-"""The demo's drain wait and dead-letter summary cover the watcher's per-cluster command queue
+"""The stack driver's drain wait and dead-letter counts (the demo's summary) cover the watcher's per-cluster command queue
 (``kabanero-watcher.<cluster>.instances``), on a real RabbitMQ vhost with the services' topology."""
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import aio_pika
 import aiohttp
 import pytest
 
-from scripts.stack import CLUSTER, Demo, Stack
+from scripts.driver import Driver
+from scripts.stack import CLUSTER, Stack
 from shared.amqp.topology import Topology, declare_topology, owned_instances_queue, with_owned_instances
 
 
@@ -50,10 +50,5 @@ async def test_dead_letter_summary_counts_the_watchers_command_queue(amqp_url: s
     dead = owned_instances_queue(CLUSTER) + ".dead"
     await _put(stack, dead)
     async with aiohttp.ClientSession() as session:
-        demo = Demo(stack, session)
-        for _ in range(50):  # the management API's counts lag a little behind the queue
-            counts = await demo.dead_letters()
-            if counts.get(dead):
-                break
-            await asyncio.sleep(0.2)
+        counts = await Driver(stack, session).dead_letter_counts()
     assert counts[dead] == 1 and sum(counts.values()) == 1

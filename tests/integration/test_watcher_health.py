@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import aiohttp
+import pytest
 
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import WatcherRuntime
@@ -72,23 +73,33 @@ async def test_watcher_whose_api_server_hangs_is_not_ready_within_a_lease_durati
             await runtime.stop()
 
 
+@pytest.mark.parametrize("family", ["kabanero", "tekton"])
 async def test_two_clusters_under_one_cluster_name_the_second_refuses_to_lead(
-    amqp_url: str, mongodb_url: str
+    amqp_url: str, mongodb_url: str, family: str
 ) -> None:
+    """Whatever the watcher mirrors: a Tekton-only install (WATCH_FAMILIES=tekton, clusters without
+    the Kabanero CRDs) is held to one cluster per CLUSTER_NAME like a Kabanero one."""
+    cluster: dict[str, Any] = {"crds": ["tekton-v0.11.3"], "kabanero": False} if family == "tekton" else {}
     async with (
-        KubeEmulator.running(auto_namespaces=True) as kube_a,
-        KubeEmulator.running(auto_namespaces=True) as kube_b,
+        KubeEmulator.running(auto_namespaces=True, **cluster) as kube_a,
+        KubeEmulator.running(auto_namespaces=True, **cluster) as kube_b,
     ):
-        kube_a.store.create(kabanero())
-        kube_b.store.create(kabanero())
+        if family == "kabanero":
+            kube_a.store.create(kabanero())
+            kube_b.store.create(kabanero())
         uid_a = kube_a.store.get("namespaces", None, "kube-system")["metadata"]["uid"]
         uid_b = kube_b.store.get("namespaces", None, "kube-system")["metadata"]["uid"]
         assert uid_a != uid_b
-        a = await started(watcher_settings(kube_a, amqp_url, mongodb_url, holder_identity="a"))
+        families = (family,)
+        a = await started(
+            watcher_settings(kube_a, amqp_url, mongodb_url, holder_identity="a", watch_families=families)
+        )
         b: WatcherRuntime | None = None
         try:
             await ready(a)
-            b = await started(watcher_settings(kube_b, amqp_url, mongodb_url, holder_identity="b"))
+            b = await started(
+                watcher_settings(kube_b, amqp_url, mongodb_url, holder_identity="b", watch_families=families)
+            )
 
             async def refused() -> bool:
                 assert b is not None

@@ -19,11 +19,18 @@ from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import WatcherRuntime
 from shared.events import TektonCardData, TektonInstallationData, TektonSnapshotData
 from tests.helpers import EventTap, wait_until
-from tests.integration.test_watcher_events import ready, started, watcher_settings
+from tests.integration.test_watcher_events import started, watcher_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 FIXTURES = ROOT / "tests" / "fixtures" / "tekton"
+
+
+async def ready(runtime: WatcherRuntime) -> None:
+    """Leading, synced and /readyz green (a Tekton watcher runs a dozen watches: allow a loaded machine)."""
+    await wait_until(
+        lambda: runtime.session is not None and runtime.session.synced, timeout=30, what="synced"
+    )
 
 
 def cards(tap: EventTap, change: str) -> list[TektonCardData]:
@@ -186,3 +193,36 @@ def _apply(kube: KubeEmulator, text: str, *, namespace: str) -> None:
         if isinstance(doc, dict) and doc.get("kind") in ("Pipeline", "EventListener"):
             doc.setdefault("metadata", {})["namespace"] = namespace
             kube.store.create(doc)
+
+
+async def test_a_tekton_only_cluster_under_both_families_mirrors_tekton_and_says_why_kabanero_waits(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    """The families do not wait for each other: a missing Kabanero CRD holds back only the Kabanero
+    family, and /readyz names it with what the API server answered."""
+    import aiohttp
+
+    settings = watcher_settings(kube, amqp_url, mongodb_url, watch_families=("kabanero", "tekton"))
+    async with EventTap(amqp_url, ("tekton.#",)) as tap:
+        runtime = await started(settings)
+        try:
+            await tap.wait_for(3, routing_key="tekton.card.created")
+
+            async def readyz() -> str:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{runtime.http_port}/readyz") as r,
+                ):
+                    return f"{r.status} {await r.text()}"
+
+            body = ""
+
+            async def explained() -> bool:
+                nonlocal body
+                body = await readyz()
+                return "kabaneros.kabanero.io: 404" in body
+
+            await wait_until(explained, what="/readyz naming the missing Kabanero CRD")
+            assert body.startswith("503") and "initial sync pending: kabanero" in body
+        finally:
+            await runtime.stop()

@@ -9,16 +9,15 @@ upgraded watcher publishes each corrected record once, then nothing for the unch
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
 from emulators.kube.testing import KubeEmulator
-from services.kabanero_watcher.state import PublishedState, Record
+from services.kabanero_watcher.state import PublishedState, Record, UnknownLayout
 from shared.events import InstanceData, InstanceRef, Repository, TriggerData, TriggerKey, content_hash
-from tests.helpers import EventTap
+from tests.helpers import EventTap, wait_until
 from tests.integration.test_watcher_events import (
     changes,
     connections,
@@ -77,26 +76,11 @@ def _old_trigger(key: TriggerKey, med: dict[str, Any], conns: list[dict[str, Any
     )
 
 
-class _PerRecordLayout:
-    """Writes records as the first storage layout did: one document per record, ``_id`` its identity."""
-
-    def __init__(self, client: AsyncMongoClient[dict[str, Any]]) -> None:
-        self._coll = client.get_default_database()["watch_published"]
-
-    async def commit(self, record: Record) -> None:
-        doc = {"_id": record.doc_id, **record.model_dump(mode="json"), "updated_at": datetime.now(UTC)}
-        await self._coll.replace_one({"_id": record.doc_id}, doc, upsert=True)
-
-
-async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str, Any], layout: str) -> None:
+async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str, Any]) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     try:
-        state: PublishedState | _PerRecordLayout = (
-            PublishedState(client.get_default_database(), "test")
-            if layout == "per-namespace"
-            else _PerRecordLayout(client)
-        )
-        old_repos = [Repository(url=PIPELINES, kind="pipeline", ref="1.0.0")]  # no stack hub
+        state = PublishedState(client.get_default_database(), "test")
+        old_repos = [Repository.of(PIPELINES, "pipeline", ref="1.0.0")]  # no stack hub
         hashed = {
             "name": "kabanero",
             "version": "0.9.2",
@@ -139,14 +123,11 @@ async def _seed_old_state(mongodb_url: str, kube: KubeEmulator, conns: dict[str,
         await client.close()
 
 
-@pytest.mark.parametrize("layout", ["per-namespace", "per-record"])
 async def test_upgrade_publishes_each_correction_once_then_nothing(
-    kube: KubeEmulator, amqp_url: str, mongodb_url: str, layout: str
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
 ) -> None:
-    """``per-record``: the state was written in the first storage layout, which the watcher reads
-    and replaces, namespace by namespace, with its one document per namespace."""
     conns = _cluster(kube)
-    await _seed_old_state(mongodb_url, kube, conns, layout)
+    await _seed_old_state(mongodb_url, kube, conns)
     settings = watcher_settings(kube, amqp_url, mongodb_url)
     async with EventTap(amqp_url, ("kabanero.#",)) as tap:
         runtime = await started(settings)
@@ -188,5 +169,40 @@ async def test_upgrade_publishes_each_correction_once_then_nothing(
         docs = await client.get_default_database()["watch_published"].find().to_list()
     finally:
         await client.close()
-    # Both namespaces were written since: one document each, nothing left of the first layout.
-    assert sorted(d["_id"] for d in docs) == ["test|elsewhere", "test|kabanero"]
+    # Both namespaces were written since: one chunk each.
+    assert sorted(d["_id"] for d in docs) == ["test|elsewhere|0/1", "test|kabanero|0/1"]
+
+
+async def test_a_document_of_another_layout_stops_the_watcher_by_name(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str
+) -> None:
+    """The product reads one ``watch_published`` layout: a document of another (a later release's,
+    or one written by hand) ends the leader's term and the process, naming its ``_id`` and layout,
+    and is left as it is; nothing is published over it."""
+    _cluster(kube)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        coll = client.get_default_database()["watch_published"]
+        foreign = {
+            "_id": "test|kabanero",
+            "layout": 2,
+            "cluster": "test",
+            "namespace": "kabanero",
+            "records": [],
+        }
+        await coll.insert_one(foreign)
+        with pytest.raises(
+            UnknownLayout, match=r"'test\|kabanero' has layout 2; this version reads layout 3"
+        ):
+            await PublishedState(client.get_default_database(), "test").load()
+        async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+            runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+            try:
+                await wait_until(runtime.supervisor.failed.is_set, timeout=20, what="the watcher failed")
+            finally:
+                await runtime.stop()
+            assert "has layout 2; this version reads layout 3" in (runtime.supervisor.failure or "")
+            assert tap.events == []
+        assert await coll.find().to_list() == [foreign]
+    finally:
+        await client.close()

@@ -402,3 +402,28 @@ async def test_refused_command_resent_unchanged_is_acked_without_a_call(env: Wri
         assert len(await dead_letters(env, COMMANDS_QUEUE, wait=True)) == 1
     assert refused_posts() == 2
     assert env.otc.tools(tc) == []
+
+
+async def test_invalid_trigger_data_is_dead_lettered_at_once_naming_model_and_field(env: WriterEnv) -> None:
+    """The events consumer decodes each event's data once: invalid data never reaches the handler
+    (no OTC call, no projection write) and dead-letters with a reason naming the model and field;
+    the valid events around it still run."""
+    tc = env.otc.seed_toolchain(name="decoded")
+    good = trigger("ok")
+    bad = trigger_event(trigger("bad"))
+    bad.data["revision"] = -1
+    async with env.writer() as w:
+        await env.publish(
+            bad,
+            snapshot_event([good], revision=1),
+            service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc),
+        )
+        (dead,) = await dead_letters(env, EVENTS_QUEUE, wait=True)
+        await env.wait_handled(w, 2)
+        assert await w.projection.get_trigger(trigger("bad").key.id) is None
+    headers = dead.headers or {}
+    assert (
+        headers[REASON_HEADER]
+        == "invalid TriggerData: data.revision: Input should be greater than or equal to 0"
+    )
+    assert env.tool_names(tc) == [trigger_tool_name(good.key)]

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from services.otc_writer.app import COMMANDS_QUEUE
+import asyncio
+import logging
+
+import pytest
+
+from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, OtcWriter
 from services.otc_writer.desired import trigger_tool_name
+from shared.amqp import AmqpConnection
 from tests.helpers import wait_until
 from tests.integration.writer_support import (
+    FAST,
     WriterEnv,
     command,
     service_event,
@@ -69,7 +76,8 @@ async def test_trigger_tool_lifecycle_one_write_per_change(env: WriterEnv) -> No
         # Snapshot with a new trigger c and without a: create c, delete a, in each toolchain.
         mark = env.otc.call_count
         c = trigger("c")
-        await env.publish(snapshot_event([c], revision=2))
+        known = {c.key.id: 1, a.key.id: 2, b.key.id: 2}  # a's and b's last events were published
+        await env.publish(snapshot_event([c], revision=2, trigger_revisions=known))
         await env.wait_handled(w, 9)
         assert sorted(x.method for x in writes(env.otc.calls(mark))) == ["DELETE", "DELETE", "POST", "POST"]
         assert env.tool_names(tc1) == env.tool_names(tc2) == [trigger_tool_name(c.key)]
@@ -185,3 +193,54 @@ async def test_tool_deleted_behind_our_back_is_recreated_on_change(env: WriterEn
         await wait_until(lambda: len(env.otc.tools(tc)) == 1, timeout=10)
         (tool,) = env.otc.tools(tc)
         assert tool.parameters["repo_url"] == "https://github.com/o/new"
+
+
+def held(writer: OtcWriter, queue: str) -> float:
+    value = writer.infra.health.registry.get_sample_value("kotc_consumer_held", {"queue": queue})
+    return value or 0.0
+
+
+async def waiting_in(amqp_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` and its delay queues (passive declarations: exact counts)."""
+    conn = AmqpConnection(amqp_url, name="test-depth", connect_timeout=5)
+    await conn.connect()
+    try:
+        channel = await conn.channel()
+        total = 0
+        for name in (queue, *(f"{queue}.retry.{d}s" for d in FAST.retry_delays_s)):
+            declared = await channel.declare_queue(name, passive=True)
+            total += declared.declaration_result.message_count or 0
+        return total
+    finally:
+        await conn.close()
+
+
+async def test_sigterm_with_both_queues_busy_and_otc_slow_ends_within_the_deadline(
+    env: WriterEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both consumers have handlers waiting on slow OTC calls: their drains overlap and end within
+    SHUTDOWN_TIMEOUT_S (before: one after the other, each up to 10 s, so the deadline cut the
+    second short: otc-writer took 20 s to stop). What did not finish goes back to the queue."""
+    tc = env.otc.seed_toolchain(name="busy")
+    n = 8
+    loop = asyncio.get_running_loop()
+    async with env.writer(shutdown_timeout_s=5.0) as w:
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        env.otc.set_faults(latency_ms=4_000)  # within OTC_TIMEOUT_S: one call per handler, no retry
+        await env.publish(*(command("apply", key=f"k{i}", toolchain_id=tc, revision=1) for i in range(n)))
+        await env.publish(*(trigger_event(trigger(f"t{i}")) for i in range(n)))
+        await wait_until(
+            lambda: held(w, EVENTS_QUEUE) == n and held(w, COMMANDS_QUEUE) == n,
+            timeout=20,
+            what="both queues busy",
+        )
+        caplog.set_level(logging.WARNING, logger="shared.lifecycle")
+        stopping = loop.time()
+    took = loop.time() - stopping
+    overran = [r.getMessage() for r in caplog.records if "did not close within" in r.getMessage()]
+    assert not overran, f"stopped in {took:.1f}s: {overran}"
+    # Nothing lost: every message was handled, or is back in its queue for the next writer.
+    handled = {EVENTS_QUEUE: w.handled[EVENTS_QUEUE] - 1, COMMANDS_QUEUE: w.handled[COMMANDS_QUEUE]}
+    for queue in (EVENTS_QUEUE, COMMANDS_QUEUE):
+        assert handled[queue] + await waiting_in(env.amqp_url, queue) == n, queue

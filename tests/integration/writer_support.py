@@ -116,12 +116,17 @@ def snapshot_event(
     namespace: str = NAMESPACE,
     trigger_revisions: dict[str, int] | None = None,
 ) -> CloudEvent:
+    """``trigger_revisions`` defaults to the listed triggers' own: a watcher that never published
+    any other trigger of the instance."""
     data = SnapshotData(
         instance=InstanceRef(cluster=CLUSTER, namespace=namespace),
         exists=True,
         triggers=triggers,
         revision=revision,
-        trigger_revisions=trigger_revisions,
+        instance_revision=0,
+        trigger_revisions=(
+            {t.key.id: t.revision for t in triggers} if trigger_revisions is None else trigger_revisions
+        ),
     )
     return CloudEvent.for_data(RoutingKeys.SNAPSHOT, data, source="test")
 

@@ -8,6 +8,7 @@ import json
 
 from kotc_cli import doctor
 from kotc_cli.errors import OK, PROBLEM, USAGE
+from services.kabanero_watcher.settings import Settings as WatcherSettings
 from services.otc_writer.otc_client import OtcError, OtcPermanentError
 
 
@@ -45,10 +46,59 @@ def test_rbac_denials_and_an_absent_optional_crd() -> None:
     assert doctor.denial("list x", 401) == "list x"
     assert doctor.denial("list x", 404) is None
     assert doctor.denial("list x", 500) == "list x (HTTP 500)"
-    (watcher,) = doctor.RBAC_CHECKS
+    watcher, _ = doctor.RBAC_CHECKS
     assert doctor.rbac_check(watcher, []).outcome == "ok"
-    denied = doctor.rbac_check(watcher, ["list x"])
-    assert (denied.outcome, denied.detail, denied.fix) == ("problem", "denied: list x", watcher.fix)
+    denied = doctor.rbac_check(watcher, [doctor.Denied("list x", "ClusterRole: rule")])
+    assert (denied.outcome, denied.detail) == ("problem", "denied: list x")
+    assert denied.fix == f"{watcher.fix}; grant: ClusterRole: rule"
+
+
+def _settings(**fields: object) -> WatcherSettings:
+    return WatcherSettings.model_validate({"cluster_name": "c", "lease_namespace": "kotc", **fields})
+
+
+def test_tekton_rbac_lists_every_kind_the_watcher_reads_where_it_reads_it() -> None:
+    (tekton,) = [c for c in doctor.RBAC_CHECKS if c.family == "tekton"]
+    wanted = doctor.requests(tekton.access, _settings(tekton_install_namespaces="tekton-pipelines"))
+    paths = {r.path for r in wanted}
+    assert {
+        "/apis/tekton.dev/v1/pipelines",
+        "/apis/triggers.tekton.dev/v1beta1/eventlisteners",
+        "/apis/tekton.dev/v1alpha1/eventlisteners",  # Triggers of Kabanero 0.6-0.8
+        "/apis/operator.tekton.dev/v1alpha1/config",
+        "/apis/operator.tekton.dev/v1alpha1/tektonconfigs",
+        "/api/v1/namespaces/tekton-pipelines/configmaps",
+        "/apis/apps/v1/namespaces/tekton-pipelines/deployments",
+        "/apis/route.openshift.io/v1/routes",
+    } <= paths
+    # Watching some namespaces only: the cards' kinds are listed in each of them.
+    narrow = doctor.requests(tekton.access, _settings(watch_namespaces="a,b"))
+    assert {r.path for r in narrow if r.access.plural == "pipelines"} == {
+        "/apis/tekton.dev/v1/namespaces/a/pipelines",
+        "/apis/tekton.dev/v1/namespaces/b/pipelines",
+    }
+
+
+def test_a_403_names_the_exact_rule_to_grant_and_a_404_is_not_installed() -> None:
+    (tekton,) = [c for c in doctor.RBAC_CHECKS if c.family == "tekton"]
+    pipelines = doctor.Request(doctor.Access("tekton.dev", "v1", "pipelines", "watched"), None)
+    config_maps = doctor.Request(doctor.Access("", "v1", "configmaps", "install"), "openshift-pipelines")
+    assert (
+        pipelines.rule
+        == "ClusterRole: apiGroups [tekton.dev], resources [pipelines], verbs [get, list, watch]"
+    )
+    assert config_maps.rule == (
+        'Role in openshift-pipelines: apiGroups [""], resources [configmaps], verbs [get, list, watch]'
+    )
+    denied = [
+        doctor.Denied(why, r.rule)
+        for r, status in ((pipelines, 403), (config_maps, 404))
+        if (why := doctor.denial(r.what, status)) is not None
+    ]
+    check = doctor.rbac_check(tekton, denied)
+    assert (check.outcome, check.detail) == ("problem", "denied: list pipelines.tekton.dev")
+    assert check.fix.endswith("grant: " + pipelines.rule)
+    assert "configmaps" not in check.fix
 
 
 def test_verdict_unreachable_beats_problem_beats_ok() -> None:

@@ -7,7 +7,7 @@ import json
 import re
 from datetime import UTC, datetime
 
-from kotc_cli import status
+from kotc_cli import status, sync, tekton
 from kotc_cli.errors import OK, PROBLEM
 from kotc_cli.output import Row
 from services.otc_writer.ledger import Intent, LedgerEntry
@@ -75,10 +75,10 @@ def _entry(**fields: object) -> LedgerEntry:
 
 
 def test_sync_state_of_a_ledger_entry() -> None:
-    assert status.sync_state(_entry(present=True)) == ("applied", None)
-    assert status.sync_state(_entry(refused_hash="h", last_error="no")) == ("refused", "no")
-    assert status.sync_state(_entry(last_error="502")) == ("failing", "502")
-    assert status.sync_state(_entry(intent=Intent(op="create", name="n"), last_error="502")) == (
+    assert sync.sync_state(_entry(present=True)) == ("applied", None)
+    assert sync.sync_state(_entry(refused_hash="h", last_error="no")) == ("refused", "no")
+    assert sync.sync_state(_entry(last_error="502")) == ("failing", "502")
+    assert sync.sync_state(_entry(intent=Intent(op="create", name="n"), last_error="502")) == (
         "pending",
         "create in progress or interrupted; last error: 502",
     )
@@ -103,6 +103,17 @@ def _found() -> dict[str, list[Row]]:
                 "instance_message": "quota",
             }
         ],
+        "tekton_services": [
+            {
+                "instance_id": "t1",
+                "cluster": "c",
+                "namespaces": None,
+                "toolchains": ["tc"],
+                "writer_toolchains": ["tc"],
+                "cards": {"kabanero": 2},
+            }
+        ],
+        "tekton_installations": [tekton.installation_row("c", None, ["t1"], {})],
         "tools": [refused],
     }
 
@@ -112,6 +123,8 @@ def test_problems_in_section_order_and_the_exit_code() -> None:
     problems = status.problems(found)
     assert problems == [
         "Kabanero service k1: its Kabanero CR was refused: quota",
+        "Tekton service(s) t1 of cluster c: no installation report from the cluster's watcher (is "
+        "tekton in its WATCH_FAMILIES and its CLUSTER_NAME c?)",
         "OTC refused tool 't1' in tc: name not allowed",
     ]
     report = status.render(found, problems, source="environment", vhost="v")
@@ -123,10 +136,27 @@ def test_json_keeps_its_keys_and_the_tables_their_titles() -> None:
     found = _found()
     report = status.render(found, status.problems(found), source="run file x", vhost="v")
     data = json.loads(report.render(as_json=True))
-    assert set(data) == {"source", "vhost", "services", "queues", "kabanero_services", "tools", "problems"}
+    assert set(data) == {
+        "source",
+        "vhost",
+        "services",
+        "queues",
+        "kabanero_services",
+        "tekton_services",
+        "tekton_installations",
+        "tools",
+        "problems",
+    }
     assert data["services"][0]["checks"] == {"amqp": "ok", "lease": "ok: leading"}
     text = report.render(as_json=False)
-    for title in ("SERVICES", "QUEUES (vhost v)", "KABANERO SERVICES", "TOOLS OWNED BY KABANERO-OTC"):
+    for title in (
+        "SERVICES",
+        "QUEUES (vhost v)",
+        "KABANERO SERVICES",
+        "TEKTON SERVICES",
+        "TEKTON INSTALLATIONS (per cluster, as its watcher last reported)",
+        "TOOLS OWNED BY KABANERO-OTC",
+    ):
         assert f"\n{title}\n" in f"\n{text}"
     assert "2 checks ok; leading" in text and "refused" in text
     assert text.endswith("  - OTC refused tool 't1' in tc: name not allowed")
@@ -141,7 +171,7 @@ def test_an_empty_section_says_none_and_no_problems_says_so() -> None:
 def test_tools_show_their_age() -> None:
     row = status.tool_row(_entry(present=True, tool_name="t", updated_at=datetime(2020, 1, 1, tzinfo=UTC)))
     text = status.render(
-        {"services": [], "queues": [], "kabanero_services": [], "tools": [row]}, [], source="e", vhost="/"
+        {**{s.key: [] for s in status.SECTIONS}, "tools": [row]}, [], source="e", vhost="/"
     ).render(as_json=False)
     (line,) = [line for line in text.splitlines() if " applied " in line]
     assert re.search(r" applied  \d+d  -$", line), line

@@ -83,8 +83,8 @@ def test_legacy_trigger_extension_takes_the_first_entry_with_any_location() -> N
         trigger.url
         == "https://github.com/kabanero-io/kabanero-events/releases/download/0.1.0/incubator.trigger.tar.gz"
     )
-    assert [(r.url, r.ref) for r in trigger.repositories] == [
-        ("https://github.com/kabanero-io/kabanero-events", "0.1.0")
+    assert [(r.url, r.refs) for r in trigger.repositories] == [
+        ("https://github.com/kabanero-io/kabanero-events", ["0.1.0"])
     ]
 
 

@@ -206,3 +206,31 @@ async def test_sigterm_during_start_abandons_it_and_closes_what_started() -> Non
     rt.add("slow", slow)
     assert await asyncio.wait_for(serve(rt), 5) == 0
     assert calls == ["start a", "start slow", "stop a"]
+
+
+async def test_tasks_added_together_stop_together(caplog: pytest.LogCaptureFixture) -> None:
+    """Each task, once cancelled, drains until the other one is cancelled too (as two consumers
+    each wait for their own running handlers): only stopped together can both finish."""
+    calls: list[str] = []
+    draining = {"a": asyncio.Event(), "b": asyncio.Event()}
+    started = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def consumer(me: str, other: str) -> None:
+        started[me].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            draining[me].set()
+            calls.append(f"draining {me}")
+            await draining[other].wait()
+            calls.append(f"drained {me}")
+            raise
+
+    rt = Runtime("t", shutdown_timeout=1)
+    rt.add_tasks({"a": lambda: consumer("a", "b"), "b": lambda: consumer("b", "a")})
+    async with rt:
+        await asyncio.gather(started["a"].wait(), started["b"].wait())
+        assert [t.get_name() for t in rt.supervisor.tasks] == ["t:a", "t:b"]
+    assert sorted(calls[:2]) == ["draining a", "draining b"]
+    assert sorted(calls[2:]) == ["drained a", "drained b"]
+    assert "did not close within the shutdown deadline" not in caplog.text

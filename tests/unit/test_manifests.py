@@ -24,6 +24,8 @@ from tests.helpers import kubectl_path
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s" / "base"  # what `kubectl apply -k k8s/` applies; overlays build on it
 MULTI = ROOT / "k8s" / "overlays" / "multi-cluster"
+TEKTON = ROOT / "k8s" / "overlays" / "tekton"
+TEKTON_MULTI = ROOT / "k8s" / "overlays" / "tekton-multi-cluster"
 KUBERNETES_VERSION = "1.32.0"  # the schemas the rendered manifests are validated against
 SAMPLE = ROOT / "deploy" / "samples" / "kabanero-sample.yaml"
 
@@ -34,6 +36,13 @@ SERVICES = {
     "github-linker": "github_linker",
 }
 REPLICAS = {"broker-api": 2, "kabanero-watcher": 2, "otc-writer": 2, "github-linker": 1}
+# docker-compose.yml's tekton profile: the Tekton install on its own (no github-linker).
+TEKTON_SERVICES = {
+    "tekton-broker-api": "broker_api",
+    "tekton-watcher": "kabanero_watcher",
+    "tekton-otc-writer": "otc_writer",
+}
+TEKTON_SAMPLE = ROOT / "deploy" / "samples" / "tekton-sample.yaml"
 SECRET_NAME = "kabanero-otc-secrets"
 SECRET_ENVS = {"AMQP_URL", "MONGODB_URL", "BROKER_ID", "BROKER_SECRET", "CREDENTIALS_KEY", "OTC_API_KEY"}
 INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -210,7 +219,7 @@ def test_compose_publishes_loopback_ports_each_changeable_by_env(compose: Doc) -
             assert m, f"{name}: {port!r} is not 127.0.0.1:${{NAME_PORT:-default}}:container"
             assert f"#{m.group(1)}={m.group(2)}" in env_example, f".env.example does not show {m.group(1)}"
             published += 1
-    assert published == 6
+    assert published == 9  # 6 of the default and demo services, 3 of the tekton profile
 
 
 def test_compose_probe_healthchecks_name_urls_the_probe_accepts(compose: Doc) -> None:
@@ -231,11 +240,11 @@ def test_compose_check_override_only_stands_in_for_the_two_infra_images(compose:
     Loader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))  # type: ignore[arg-type]
     override = yaml.load((ROOT / "docker-compose.check.yml").read_text(), Loader=Loader)
     services = override["services"]
-    assert set(services) == {"rabbitmq", "mongo", *SERVICES}
+    assert set(services) == {"rabbitmq", "mongo", *SERVICES, *TEKTON_SERVICES}
     assert set(services["rabbitmq"]) == {"image"}
     assert services["mongo"]["command"][0] == "emulators.mongo"
     assert services["mongo"]["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "shared.probe"]
-    for name in SERVICES:
+    for name in [*SERVICES, *TEKTON_SERVICES]:
         assert services[name] == {
             "environment": {"MONGODB_URL": "mongodb://mongo:27017/kabanero_otc?directConnection=true"}
         }
@@ -252,7 +261,7 @@ def test_readme_states_the_compose_version_and_the_docker_command() -> None:
 
 
 def test_compose_env_names_are_settings_and_required_ones_are_set(compose: Doc) -> None:
-    for name, module in SERVICES.items():
+    for name, module in {**SERVICES, **TEKTON_SERVICES}.items():
         known, required = _settings_fields(module)
         env = set(compose["services"][name]["environment"])
         assert env <= known, f"{name}: unknown settings {sorted(env - known)}"
@@ -311,6 +320,62 @@ def test_compose_demo_profile_runs_emulators_with_flags_their_cli_accepts(
     assert "http://otc:8090" in writer["environment"]["OTC_API_URL"]
     assert watcher["depends_on"]["kube"] == {"condition": "service_healthy", "required": False}
     assert writer["depends_on"]["otc"] == {"condition": "service_healthy", "required": False}
+
+
+def test_compose_tekton_profile_is_the_tekton_install_on_its_own(compose: Doc) -> None:
+    """broker-api serving only the Tekton broker, a Tekton-only watcher, otc-writer, their emulators."""
+    services = compose["services"]
+    tekton = {n for n, s in services.items() if "tekton" in s.get("profiles", [])}
+    assert tekton == {*TEKTON_SERVICES, "kube-tekton", "otc-tekton"}, "no github-linker, no Kabanero service"
+    assert all(s.get("profiles") == ["tekton"] for n, s in services.items() if n in tekton)
+    default = services["broker-api"]
+    for name, module in TEKTON_SERVICES.items():
+        svc = services[name]
+        assert svc["command"] == [f"services.{module}"] and svc["build"]["target"] == "runtime"
+        # The same image, hardening and healthcheck as the default install's services.
+        for key in ("image", "read_only", "cap_drop", "security_opt", "healthcheck", "tmpfs", "init"):
+            assert svc[key] == default[key], f"{name}: {key}"
+        for dependency in ("rabbitmq", "mongo"):
+            assert svc["depends_on"][dependency] == {"condition": "service_healthy"}
+    infra = {"amqp_url": "amqp://u:p@rabbitmq:5672/", "mongodb_url": "mongodb://mongo:27017/kabanero_otc"}
+    broker_env = services["tekton-broker-api"]["environment"]
+    broker_settings = importlib.import_module("services.broker_api.settings").Settings(
+        brokers=broker_env["BROKERS"],
+        broker_id="b",
+        broker_secret="s",
+        credentials_key="A" * 43 + "=",
+        **infra,
+    )
+    assert broker_settings.served == ("tekton-broker",)
+    watcher_env = {k: _interpolate(str(v)) for k, v in services["tekton-watcher"]["environment"].items()}
+    watcher_settings = importlib.import_module("services.kabanero_watcher.settings").Settings(
+        watch_families=watcher_env["WATCH_FAMILIES"], lease_name=watcher_env["LEASE_NAME"], **infra
+    )
+    assert watcher_settings.watch_families == ("tekton",)
+    watcher, writer = services["tekton-watcher"], services["tekton-otc-writer"]
+    assert "tekton-pipelines,openshift-pipelines" in watcher["environment"]["TEKTON_INSTALL_NAMESPACES"]
+    # Its own Lease: a Kabanero watcher of the same cluster must not take its leadership.
+    assert watcher_settings.lease_name != services["kabanero-watcher"]["environment"].get(
+        "LEASE_NAME", "kabanero-watcher"
+    )
+    # By default against the profile's own emulators, waited for only when the profile runs.
+    assert "http://kube-tekton:8001" in watcher["environment"]["KUBE_API_URL"]
+    assert "http://otc-tekton:8090" in writer["environment"]["OTC_API_URL"]
+    assert watcher["depends_on"]["kube-tekton"] == {"condition": "service_healthy", "required": False}
+    assert writer["depends_on"]["otc-tekton"] == {"condition": "service_healthy", "required": False}
+    # The cluster: Kabanero 0.9's Tekton and OpenShift Pipelines operator, no Kabanero CRD.
+    kube_args = importlib.import_module("emulators.kube.__main__").parse_args(
+        [_interpolate(a) for a in services["kube-tekton"]["command"][1:]]
+    )
+    assert kube_args.tekton == "v0.11.3" and kube_args.crds == ["openshift-pipelines-operator"]
+    assert kube_args.kabanero is False
+    assert [Path(p).name for p in kube_args.seed] == [TEKTON_SAMPLE.name]
+    otc_cmd = services["otc-tekton"]["command"]
+    assert otc_cmd[otc_cmd.index("--broker-url") + 1] == "http://tekton-broker-api:8080"
+    # `make compose-check` runs the profile on its own, with the Tekton scenario.
+    check = (ROOT / "scripts" / "compose-check.sh").read_text()
+    assert "PROFILE=tekton" in check and "CHECK_SCENARIO=tekton" in check
+    assert all(name in check for name in tekton)
 
 
 # --- demo sample ---------------------------------------------------------------------------------
@@ -460,6 +525,11 @@ def test_k8s_watcher_rbac_is_read_only_on_crds_plus_its_lease(manifests: list[Do
     assert watcher_env["LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     lease_names = {n for r in roles.values() for rule in r["rules"] for n in rule.get("resourceNames", [])}
     assert lease_names == {watcher_env["LEASE_NAME"]["value"]}
+    # The base is the Kabanero install: its watcher runs what these grants cover, its broker-api the
+    # Kabanero brokers (the Tekton install is k8s/overlays/tekton).
+    config = _config_env()
+    assert config["WATCH_FAMILIES"] == "kabanero"
+    assert set(config["BROKERS"].split(",")) == {"kabanero-broker", "kabanero-events-broker"}
 
 
 def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> None:
@@ -482,7 +552,11 @@ def _render(path: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-@pytest.mark.parametrize("path", [ROOT / "k8s", MULTI], ids=["k8s", "multi-cluster"])
+@pytest.mark.parametrize(
+    "path",
+    [ROOT / "k8s", MULTI, TEKTON, TEKTON_MULTI],
+    ids=["k8s", "multi-cluster", "tekton", "tekton-multi"],
+)
 def test_k8s_rendered_manifests_match_the_kubernetes_schemas(path: Path) -> None:
     """Strict: an unknown or misspelt field fails, not only a wrong type. CRDs are checked below."""
     import kubernetes_validate
@@ -633,6 +707,172 @@ def test_k8s_service_monitor_scrapes_every_service(multi: list[Doc]) -> None:
         ]
         names.add(labels["app.kubernetes.io/name"])
     assert names == set(SERVICES)
+
+
+# --- the Tekton install (k8s/overlays/tekton, tekton-multi-cluster) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tekton() -> list[Doc]:
+    return _render(TEKTON)
+
+
+def _tekton_reads(install_namespaces: tuple[str, ...]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(group, resource) the Tekton family reads: (cluster-wide or in the watched namespaces, in the
+    install namespaces only), from the watcher's own resource list, every group a kind may be served in."""
+    family = importlib.import_module("services.kabanero_watcher.tekton_family")
+    watcher = importlib.import_module("services.kabanero_watcher.settings")
+    settings = watcher.Settings(
+        amqp_url="amqp://u:p@rabbitmq:5672/",
+        mongodb_url="mongodb://mongo:27017/kabanero_otc",
+        tekton_install_namespaces=",".join(install_namespaces),
+    )
+    cache = family.TektonCache("c", settings)
+    pinned = set(cache.install.all())
+    wide: set[tuple[str, str]] = set()
+    install: set[tuple[str, str]] = set()
+    for spec in cache.resources:
+        assert spec.namespaces in (None, install_namespaces)
+        (install if spec in pinned else wide).update((group, spec.plural) for group, _ in spec.candidates)
+    return wide, install
+
+
+def _rules(role: Doc) -> set[tuple[str, str]]:
+    return {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+
+
+def test_k8s_tekton_overlay_is_the_tekton_install_with_least_privilege(tekton: list[Doc]) -> None:
+    """Only what the Tekton family reads, read-only; install-namespace kinds only in those namespaces."""
+    deployments = _by_kind(tekton, "Deployment")
+    assert set(deployments) == {"broker-api", "otc-writer", "kabanero-watcher"}, "no github-linker"
+    assert "github-linker" not in _by_kind(tekton, "ServiceAccount")
+    (config,) = _by_kind(tekton, "ConfigMap").values()
+    data = config["data"]
+    infra = {"amqp_url": "amqp://u:p@rabbitmq:5672/", "mongodb_url": "mongodb://mongo:27017/kabanero_otc"}
+    broker = importlib.import_module("services.broker_api.settings").Settings(
+        brokers=data["BROKERS"], broker_id="b", broker_secret="s", credentials_key="A" * 43 + "=", **infra
+    )
+    assert broker.served == ("tekton-broker",)
+    assert data["WATCH_FAMILIES"] == "tekton"
+    install_namespaces = tuple(data["TEKTON_INSTALL_NAMESPACES"].split(","))
+    wide, install = _tekton_reads(install_namespaces)
+
+    # Everything of the install in tekton-otc, apart from the install namespaces' Roles.
+    (namespace,) = _by_kind(tekton, "Namespace")
+    assert namespace == "tekton-otc"
+    rbac_kinds = {"Role", "RoleBinding"}
+    for doc in tekton:
+        ns = doc["metadata"].get("namespace")
+        if doc["kind"] in rbac_kinds and ns != "tekton-otc":
+            assert ns in install_namespaces, doc["metadata"]
+        elif doc["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+            assert ns == "tekton-otc", doc["metadata"]
+
+    cluster_roles = [d for d in tekton if d["kind"] == "ClusterRole"]
+    roles = [d for d in tekton if d["kind"] == "Role"]
+    for role in [*cluster_roles, *roles]:
+        for rule in role["rules"]:
+            assert not {"kabanero.io", "events.kabanero.io"} & set(rule["apiGroups"]), "no Kabanero grant"
+            assert "secrets" not in rule["resources"] and "*" not in rule["verbs"] + rule["resources"]
+            if rule["apiGroups"] != ["coordination.k8s.io"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    # Cluster-wide: exactly the watched kinds, and `get` of kube-system (the cluster identity).
+    (cluster_role,) = cluster_roles
+    assert _rules(cluster_role) == wide | {("", "namespaces")}
+    for rule in cluster_role["rules"]:
+        if "namespaces" in rule["resources"]:
+            assert rule["resources"] == ["namespaces"] and rule["verbs"] == ["get"]
+            assert rule["resourceNames"] == ["kube-system"]
+        else:
+            assert set(rule["verbs"]) == {"get", "list", "watch"}
+    assert not {("", "configmaps"), ("apps", "deployments")} & _rules(cluster_role), "install namespaces only"
+    # One read-only Role per install namespace, with exactly what is read there.
+    readers = [r for r in roles if r["metadata"]["namespace"] != "tekton-otc"]
+    assert sorted(r["metadata"]["namespace"] for r in readers) == sorted(install_namespaces)
+    for role in readers:
+        assert _rules(role) == install
+    # The Lease: in tekton-otc, only the watcher's own (not the Kabanero watcher's kabanero-watcher).
+    (lease,) = [r for r in roles if r["metadata"]["namespace"] == "tekton-otc"]
+    assert _rules(lease) == {("coordination.k8s.io", "leases")}
+    assert {v for rule in lease["rules"] for v in rule["verbs"]} <= {"get", "create", "update"}
+    watcher_env = {e["name"]: e for e in _container(deployments["kabanero-watcher"])["env"]}
+    lease_names = {n for rule in lease["rules"] for n in rule.get("resourceNames", [])}
+    assert lease_names == {watcher_env["LEASE_NAME"]["value"]} == {"tekton-watcher"}
+    assert watcher_env["LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Every binding: the watcher's ServiceAccount, to a role of this install, in the role's namespace.
+    bindings = [d for d in tekton if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
+    assert len(bindings) == len(cluster_roles) + len(roles)
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kabanero-watcher", "namespace": "tekton-otc"}
+        ]
+        ref = binding["roleRef"]
+        (role,) = [
+            r
+            for r in [*cluster_roles, *roles]
+            if r["kind"] == ref["kind"]
+            and r["metadata"]["name"] == ref["name"]
+            and r["metadata"].get("namespace") == binding["metadata"].get("namespace")
+        ]
+    # The Deployments: settings they read, the Secret by reference, a token only for the watcher.
+    for name, deployment in deployments.items():
+        module = SERVICES[name]
+        known, required = _settings_fields(module)
+        c = _container(deployment)
+        assert c["args"] == [f"services.{module}"] and c["image"] == "kabanero-otc:0.1.0"
+        assert c["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+        env = {e["name"]: e for e in c["env"]}
+        assert set(env) <= known and required <= set(env) | set(data), name
+        for key in set(env) & SECRET_ENVS:
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is (name == "kabanero-watcher")
+        assert pod["serviceAccountName"] == name
+    assert set(data) <= set().union(*(_settings_fields(m)[0] for m in SERVICES.values()))
+
+
+def test_k8s_tekton_install_can_run_beside_the_kabanero_install() -> None:
+    """Two installs in one cluster: no cluster-scoped name in common, no namespace in common."""
+    kabanero, tekton = _render(ROOT / "k8s"), _render(TEKTON)
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+
+    def names(docs: list[Doc]) -> set[tuple[str, str]]:
+        return {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in cluster_scoped}
+
+    def namespaces(docs: list[Doc]) -> set[str]:
+        return {d["metadata"]["namespace"] for d in docs if "namespace" in d["metadata"]}
+
+    assert not names(kabanero) & names(tekton)
+    assert not namespaces(kabanero) & namespaces(tekton)
+
+
+def test_k8s_tekton_multi_cluster_has_a_tekton_watcher_per_cluster(tekton: list[Doc]) -> None:
+    docs = _render(TEKTON_MULTI)
+    deployments = _by_kind(docs, "Deployment")
+    (config,) = _by_kind(docs, "ConfigMap").values()
+    data = config["data"]
+    assert data["BROKERS"] == "tekton-broker" and data["WATCH_FAMILIES"] == "tekton"
+    clusters = data["ALLOWED_CLUSTERS"].split(",")
+    assert len(clusters) >= 2 and len(set(clusters)) == len(clusters)
+    assert set(deployments) == {"broker-api", "otc-writer"} | {f"kabanero-watcher-{c}" for c in clusters}
+    known, _ = _settings_fields("kabanero_watcher")
+    for cluster in clusters:
+        watcher = deployments[f"kabanero-watcher-{cluster}"]
+        env = _pod_env(watcher)
+        assert set(env) <= known and env["CLUSTER_NAME"] == cluster
+        assert env["KUBERNETES_SERVICE_HOST"] == "" and env["KUBECONFIG"]
+        # Not the Lease of a Kabanero watcher of the same cluster (k8s/overlays/multi-cluster).
+        assert (env["LEASE_NAMESPACE"], env["LEASE_NAME"]) == ("tekton-otc", "tekton-watcher")
+        assert watcher["spec"]["selector"]["matchLabels"]["kabanero-otc.io/cluster"] == cluster
+        volume = next(v for v in watcher["spec"]["template"]["spec"]["volumes"] if "secret" in v)
+        assert volume["secret"]["secretName"] == f"kabanero-watcher-{cluster}-kubeconfig"
+        assert _container(watcher)["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    for deployment in deployments.values():
+        assert deployment["metadata"]["namespace"] == "tekton-otc"
+        assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # No API access in the cluster the install runs in; the watched clusters grant what ../tekton does.
+    assert not [d for d in docs if d["apiVersion"].startswith("rbac.authorization.k8s.io/")]
+    assert _by_kind(docs, "ServiceAccount").keys() == _by_kind(tekton, "ServiceAccount").keys()
 
 
 def test_deployment_doc_lists_every_setting() -> None:

@@ -1,16 +1,20 @@
-"""OtcClient against emulators.otc in-process over HTTP: IAM single flight, 401, paging, faults."""
+"""OtcClient against emulators.otc in-process over HTTP: IAM single flight, 401, paging, faults, and
+an OTC that lies (a 2xx that is cut off, of the wrong shape, endless or huge; a wild Retry-After)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from emulators.otc.faults import ErrorRule, FaultConfig, RateLimitFault
+from emulators.otc.faults import ErrorRule, FaultConfig, LieRule, RateLimitFault
 from emulators.otc.testing import OtcEmulator
 from services.otc_writer.otc_client import (
     IamTokenManager,
@@ -18,9 +22,12 @@ from services.otc_writer.otc_client import (
     OtcCircuitOpenError,
     OtcClient,
     OtcClientConfig,
+    OtcEndlessListingError,
+    OtcMalformedError,
     OtcNotFoundError,
     OtcPermanentError,
     OtcRetryableError,
+    OtcTooLargeError,
     OtcUnavailableError,
 )
 from shared.dependencies import unavailable_dependency
@@ -233,3 +240,169 @@ async def test_answers_below_500_do_not_open_the_breaker(ctx: Ctx) -> None:
         with pytest.raises(OtcNotFoundError):
             await client.get_tool(tc, "00000000-0000-4000-8000-000000000000")
     assert client.breaker.state == "closed"
+
+
+TOOLS = r".*/tools"
+ONE_TOOL = r".*/tools/[^/]+"
+
+
+def gets(otc: OtcEmulator, pattern: str = "/tools") -> int:
+    return sum(1 for c in otc.calls() if c.method == "GET" and c.path.endswith(pattern))
+
+
+def lies(*rules: LieRule) -> FaultConfig:
+    return FaultConfig(lies=list(rules))
+
+
+async def seed_tools(ctx: Ctx, count: int) -> str:
+    tc = ctx.otc.seed_toolchain()
+    for i in range(count):
+        await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name=f"t{i}", parameters=GH)
+    return tc
+
+
+@pytest.mark.parametrize("lie", ["truncate", "wrong_shape"])
+async def test_a_listing_that_is_not_one_is_retried_never_read_as_no_tools(ctx: Ctx, lie: str) -> None:
+    tc = await seed_tools(ctx, 3)
+    client, _ = make_client(ctx.otc, ctx.session, ctx.time, breaker_threshold=10)
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie=lie)))  # type: ignore[arg-type]
+    with pytest.raises(OtcMalformedError) as err:
+        await client.list_tools(tc)
+    assert isinstance(err.value, OtcRetryableError) and err.value.status == 200
+    assert "not the documented answer" in str(err.value) and err.value.transaction_id
+    assert "github.com" not in str(err.value)  # the body itself (parameters) is never echoed
+    assert gets(ctx.otc) == client.config.max_attempts  # retried like a 5xx
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie=lie, times=1)))  # type: ignore[arg-type]
+    assert [t.name for t in await client.list_tools(tc)] == ["t0", "t1", "t2"]
+
+
+async def test_a_cut_off_tool_is_retried_and_a_cut_off_create_adopts_the_tool(ctx: Ctx) -> None:
+    tc = await seed_tools(ctx, 1)
+    tool = ctx.otc.tools(tc)[0]
+    client, _ = make_client(ctx.otc, ctx.session, ctx.time, breaker_threshold=10)
+    ctx.otc.set_faults(lies(LieRule(path=ONE_TOOL, lie="truncate")))
+    with pytest.raises(OtcMalformedError):
+        await client.get_tool(tc, tool.id)
+    # A POST answered 201 with a cut-off body was applied: looked up by name, never posted twice.
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, method="POST", lie="truncate")))
+    made = await ctx.client.create_tool(tc, tool_type_id="githubconsolidated", name="once", parameters=GH)
+    assert [t.id for t in ctx.otc.tools(tc) if t.name == "once"] == [made.id]
+    posts = [c for c in ctx.otc.calls() if c.method == "POST" and c.path.endswith("/tools")]
+    assert len(posts) == 2  # t0, then "once" once
+
+
+async def test_lies_count_against_the_breaker(ctx: Ctx) -> None:
+    tc = ctx.otc.seed_toolchain()
+    client, _ = make_client(
+        ctx.otc, ctx.session, ctx.time, breaker_threshold=3, max_attempts=3, breaker_reset_s=60
+    )
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie="wrong_shape")))
+    with pytest.raises(OtcUnavailableError):  # the circuit opened on the way: OTC is unwell
+        await client.list_tools(tc)
+    assert client.breaker.state == "open"
+
+
+async def test_a_next_cursor_that_repeats_ends_the_listing(ctx: Ctx) -> None:
+    tc = await seed_tools(ctx, 2)
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie="self_next")))
+    with pytest.raises(OtcEndlessListingError, match="repeated"):
+        await ctx.client.list_tools(tc)
+    assert gets(ctx.otc) == 2  # the first page, then the page its cursor names, once
+
+
+@pytest.mark.parametrize(
+    ("bound", "match"), [({"list_max_pages": 3}, "more than 3 pages"), ({"list_max_items": 2}, "more than 2")]
+)
+async def test_a_listing_is_bounded_in_pages_and_items(ctx: Ctx, bound: dict[str, float], match: str) -> None:
+    tc = await seed_tools(ctx, 5)
+    small, _ = make_client(ctx.otc, ctx.session, ctx.time, page_limit=1, **bound)
+    with pytest.raises(OtcEndlessListingError, match=match):
+        await small.list_tools(tc)
+    assert gets(ctx.otc) == 3
+
+
+async def test_a_listing_has_one_deadline_for_all_its_pages(ctx: Ctx) -> None:
+    tc = await seed_tools(ctx, 5)
+    # 1 s per page after the first on the injected clock (the token bucket's wait), 1.5 s for the
+    # whole listing: each page is quick, the listing is not.
+    slow, _ = make_client(ctx.otc, ctx.session, ctx.time, page_limit=1, rate_limit=1.0, deadline_s=1.5)
+    with pytest.raises(OtcEndlessListingError, match=r"no end within 1.5s after 3 pages"):
+        await slow.list_tools(tc)
+    assert gets(ctx.otc) == 3
+
+
+async def test_a_body_over_the_cap_is_not_read_and_is_retryable(ctx: Ctx) -> None:
+    tc = await seed_tools(ctx, 1)
+    client, _ = make_client(ctx.otc, ctx.session, ctx.time, max_body_bytes=64 * 1024, max_attempts=2)
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie="huge", size_bytes=8 * 1024 * 1024)))
+    with pytest.raises(OtcTooLargeError) as err:
+        await client.list_tools(tc)
+    assert isinstance(err.value, OtcMalformedError) and "size cap" in str(err.value)
+    ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie="huge", size_bytes=1024)))  # within the cap
+    assert [t.name for t in await client.list_tools(tc)] == ["t0"]
+
+
+@pytest.mark.parametrize("header", ["3600", "inf", "1e308"])
+async def test_retry_after_is_clamped_and_readiness_says_until_when(ctx: Ctx, header: str) -> None:
+    tc = ctx.otc.seed_toolchain()
+    client, _ = make_client(ctx.otc, ctx.session, ctx.time, retry_after_max_s=30, deadline_s=10)
+    ctx.otc.set_faults(rate_limit=RateLimitFault(count=1, retry_after_header=header))
+    with pytest.raises(OtcUnavailableError):  # the hold ends after this call's deadline
+        await client.list_tools(tc)
+    assert client.gate.not_before - ctx.time.now == pytest.approx(30)
+    ready, detail = client.readiness()
+    assert not ready and detail.startswith("holding for OTC's rate limit until ")
+    until = client.holding_until()
+    assert until is not None and detail.endswith(f"{until:%Y-%m-%dT%H:%M:%SZ}")
+    ctx.time.advance(30)
+    assert client.readiness() == (True, "closed") and client.holding_until() is None
+    assert await client.list_tools(tc) == []
+
+
+async def test_the_emulator_tells_each_lie_on_the_wire(ctx: Ctx) -> None:
+    """Emulator-only feature: what each lie looks like to any HTTP client."""
+    tc = await seed_tools(ctx, 2)
+    token = await ctx.iam.token()
+    url = f"{ctx.otc.api_url}/toolchains/{tc}/tools"
+    seen: dict[str, tuple[int, bytes, str | None]] = {}
+    for lie in ("truncate", "wrong_shape", "self_next", "huge"):
+        ctx.otc.set_faults(lies(LieRule(path=TOOLS, lie=lie, size_bytes=100_000, times=1)))
+        async with ctx.session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+            seen[lie] = (resp.status, await resp.read(), resp.headers.get("Content-Length"))
+    assert seen["truncate"][0] == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(seen["truncate"][1])
+    assert json.loads(seen["wrong_shape"][1]) == []
+    listing = json.loads(seen["self_next"][1])
+    assert len(listing["tools"]) == 2 and listing["next"]["start"]
+    huge = json.loads(seen["huge"][1])
+    assert len(huge["padding"]) == 100_000 and len(huge["tools"]) == 2
+    assert seen["huge"][2] is None  # streamed: a client cannot tell its size up front
+    assert [c.fault for c in ctx.otc.calls()[-4:]] == [f"lie:{k}" for k in seen]
+    ctx.otc.set_faults(rate_limit=RateLimitFault(count=1, retry_after_header="inf"))
+    async with ctx.session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (429, "inf")
+
+
+@pytest.mark.parametrize("lie", ["huge", "truncate"])
+async def test_iam_that_lies_is_unavailable_never_a_token(lie: str) -> None:
+    """A token answer over the cap is not read; a cut-off one is no token (both: IAM unavailable)."""
+    token = b'{"access_token": "' + b"t" * 100 + b'", "expires_in": 3600}'
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if lie == "truncate":
+            return web.Response(body=token[:40], content_type="application/json")
+        resp = web.StreamResponse()  # chunked: no Content-Length to judge by
+        await resp.prepare(request)
+        for _ in range(64):
+            await resp.write(b" " * 65536)
+        await resp.write(token)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/identity/token", answer)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        iam = IamTokenManager(session, str(server.make_url("")), KEY, max_body_bytes=64 * 1024)
+        with pytest.raises(IamUnavailableError) as err:
+            await iam.token()
+    assert ("over 65536 bytes" if lie == "huge" else "no usable token") in str(err.value)

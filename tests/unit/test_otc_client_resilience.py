@@ -8,9 +8,9 @@ from services.otc_writer.otc_client.resilience import (
     CircuitBreaker,
     NotBeforeGate,
     TokenBucket,
-    full_jitter,
     parse_retry_after,
 )
+from shared.backoff import full_jitter
 
 
 class FakeTime:

@@ -51,7 +51,7 @@ def test_repository_pipelines_replace_the_instance_ones_and_git_release_wins() -
     repos = instance_repositories(_cr(spec))
     # featured_stacks.go: the hub's own pipelines (2.0) replace spec.stacks.pipelines (1.0); the
     # trigger entry is not a repository of the CR alone (only a namespace's legacy trigger is).
-    assert [(r.url, r.all_kinds(), r.refs) for r in repos] == [
+    assert [(r.url, r.kinds, r.refs) for r in repos] == [
         ("https://example.com/index.yaml", ["unknown"], []),
         ("https://github.com/acme/pipes", ["pipeline"], ["2.0"]),
         ("https://github.acme.com/platform/stacks", ["gitops"], ["v2"]),
@@ -65,9 +65,13 @@ def test_instance_pipelines_apply_per_repository_and_unused_ones_are_no_reposito
     assert instance_repositories(_cr({"stacks": {"pipelines": pipelines}})) == []
     hub = {"name": "hub", "https": {"url": "https://github.com/acme/hub/releases/download/1/i.yaml"}}
     hub_repo, pipe = instance_repositories(_cr({"stacks": {"pipelines": pipelines, "repositories": [hub]}}))
-    assert (hub_repo.url, hub_repo.kind, hub_repo.ref) == ("https://github.com/acme/hub", "stack-hub", "1")
+    assert (hub_repo.url, hub_repo.kinds, hub_repo.refs) == (
+        "https://github.com/acme/hub",
+        ["stack-hub"],
+        ["1"],
+    )
     # An incomplete gitRelease is not usable: https.url is read, and it names no repository.
-    assert (pipe.url, pipe.kind) == ("https://files.acme/p.tgz", "unknown")
+    assert (pipe.url, pipe.kinds) == ("https://files.acme/p.tgz", ["unknown"])
 
 
 def test_one_repository_keeps_every_kind_and_ref() -> None:
@@ -80,8 +84,8 @@ def test_one_repository_keeps_every_kind_and_ref() -> None:
         "gitops": {"pipelines": [{"id": "g", "https": {"url": url.format("p-2")}}]},
     }
     (repo,) = instance_repositories(_cr(spec))
-    assert (repo.url, repo.kind, repo.kinds, repo.refs) == (
-        "https://github.com/acme/everything", "stack-hub", ["stack-hub", "pipeline", "gitops"], ["hub-1", "p-2"]
+    assert (repo.url, repo.kinds, repo.refs) == (
+        "https://github.com/acme/everything", ["stack-hub", "pipeline", "gitops"], ["hub-1", "p-2"]
     )  # fmt: skip
 
 
@@ -90,9 +94,9 @@ def test_v1alpha1_collections_are_stack_hubs_after_the_stack_repositories() -> N
         "stacks": {"repositories": [{"name": "a", "https": {"url": "https://github.com/o/a/releases/download/1/i.yaml"}}]},
         "collections": {"repositories": [{"name": "c", "url": "https://github.com/o/c/releases/download/2/i.yaml"}]},
     }  # fmt: skip
-    assert [(r.url, r.kind, r.source) for r in instance_repositories(_cr(spec))] == [
-        ("https://github.com/o/a", "stack-hub", "spec.stacks.repositories[a]"),
-        ("https://github.com/o/c", "stack-hub", "spec.collections.repositories[c]"),
+    assert [(r.url, r.kinds, r.source) for r in instance_repositories(_cr(spec))] == [
+        ("https://github.com/o/a", ["stack-hub"], "spec.stacks.repositories[a]"),
+        ("https://github.com/o/c", ["stack-hub"], "spec.collections.repositories[c]"),
     ]
 
 
@@ -163,6 +167,21 @@ def test_connection_items_without_a_mediator_are_ignored_not_malformed() -> None
 def test_malformed_mediators_raise_malformed(mediations: Any) -> None:
     with pytest.raises(Malformed):
         derive_mediation_triggers("c", _mediator(mediations), [])
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\x1b", "\x85", "\ud800"])
+def test_names_that_cannot_be_an_identity_are_malformed_and_not_echoed(char: str) -> None:
+    """A name in a spec is free text (Kubernetes checks only object names): a control character
+    in a mediation name or legacy trigger id refuses the object, the reason naming the field."""
+    with pytest.raises(Malformed) as mediation:
+        derive_mediation_triggers("c", _mediator([{"name": "ok"}, {"name": f"bad{char}name"}]), [])
+    assert (
+        str(mediation.value) == f"spec.mediations[1].name: contains the control character U+{ord(char):04X}"
+    )
+    entry = {"id": f"t{char}", "url": "https://h/a.tgz"}
+    with pytest.raises(Malformed, match=r"spec\.triggers\[0\]\.id: contains the control character"):
+        derive_legacy_trigger("c", [_cr({"events": {"enable": True}, "triggers": [entry]})])
+    assert derive_mediation_triggers("c", _mediator([{"name": "tab\u00a0and émoji 😀"}]), [])
 
 
 def test_content_hash_ignores_key_order() -> None:

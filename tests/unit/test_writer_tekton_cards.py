@@ -9,7 +9,14 @@ import pytest
 
 from services.otc_writer.desired import NAME_MAX, NAME_RE
 from services.otc_writer.family import TEKTON, TRIGGERS, ToolStyles, family_of_scope, tekton_namespace
-from services.otc_writer.reconcile import Reconciler, key_of_event, revision_of_event
+from services.otc_writer.reconcile import (
+    Reconciler,
+    decode_command,
+    decode_event,
+    key_of_command,
+    key_of_event,
+    revision_of_event,
+)
 from services.otc_writer.tekton_cards import (
     DESCRIPTION_MAX,
     TEKTON_PURPOSE,
@@ -19,6 +26,8 @@ from services.otc_writer.tekton_cards import (
     desired_card_tool,
 )
 from shared.amqp import PermanentError
+from shared.amqp.consuming.errors import InvalidMessage
+from shared.amqp.topology import QUEUES
 from shared.events import (
     CloudEvent,
     InstanceRef,
@@ -29,6 +38,7 @@ from shared.events import (
     TektonCardKey,
     TektonKind,
     TektonSnapshotData,
+    ToolCommand,
     TriggerData,
     TriggerKey,
 )
@@ -171,11 +181,11 @@ def test_family_dispatch_by_scope_and_routing_key() -> None:
     assert family_of_scope("tekton:prod/a") is TEKTON
     assert family_of_scope("prod/a") is TRIGGERS
     card = _card(revision=7)
-    ev = CloudEvent.for_data(RoutingKeys.CARD_UPDATED, card, source="test")
+    ev = decode_event(CloudEvent.for_data(RoutingKeys.CARD_UPDATED, card, source="test"))
     assert key_of_event(ev) == "card:" + card.key.id
     assert revision_of_event(ev) == ("card", 7)
     snap = TektonSnapshotData(cluster="prod", namespace="kabanero", cards=[card], revision=3)
-    sev = CloudEvent.for_data(RoutingKeys.TEKTON_SNAPSHOT, snap, source="test")
+    sev = decode_event(CloudEvent.for_data(RoutingKeys.TEKTON_SNAPSHOT, snap, source="test"))
     assert key_of_event(sev) == "tekton:prod/kabanero"
     assert revision_of_event(sev) == ("card-snapshot", 3)
     service = ServiceEventData(
@@ -185,7 +195,7 @@ def test_family_dispatch_by_scope_and_routing_key() -> None:
         parameters=ServiceParameters(cluster="prod", namespaces=["kabanero"]),
         revision=1,
     )
-    tev = CloudEvent.for_data(RoutingKeys.service("tekton", "bound"), service, source="test")
+    tev = decode_event(CloudEvent.for_data(RoutingKeys.service("tekton", "bound"), service, source="test"))
     assert key_of_event(tev) == "tekton:prod"
     assert revision_of_event(tev) is None
     # The trigger family keeps its lanes and sequences.
@@ -195,7 +205,7 @@ def test_family_dispatch_by_scope_and_routing_key() -> None:
         content_hash="h",
         revision=4,
     )
-    trev = CloudEvent.for_data(RoutingKeys.TRIGGER_CREATED, trigger, source="test")
+    trev = decode_event(CloudEvent.for_data(RoutingKeys.TRIGGER_CREATED, trigger, source="test"))
     assert key_of_event(trev) == "trigger:" + trigger.key.id
     assert revision_of_event(trev) == ("trigger", 4)
 
@@ -217,6 +227,57 @@ async def test_a_service_event_of_another_kind_is_refused_naming_the_field() -> 
         parameters=ServiceParameters(cluster="prod", namespace="kabanero"),
         revision=1,
     )
-    event = CloudEvent.for_data(RoutingKeys.service("tekton", "bound"), wrong, source="test")
+    event = decode_event(CloudEvent.for_data(RoutingKeys.service("tekton", "bound"), wrong, source="test"))
     with pytest.raises(PermanentError, match=r"kind: 'kabanero-events' in a service\.tekton\.bound event"):
         await reconciler.handle_event(event)
+
+
+def test_the_decoder_reads_every_event_the_writer_binds() -> None:
+    """Built from the families: every routing key of otc-writer.events has its model, and commands
+    are one model."""
+    for pattern in QUEUES["otc-writer.events"]:
+        rk = pattern.replace("*", "provisioned" if pattern.startswith("service.") else "created")
+        assert decode_event.model_for(rk) is not None, rk
+    assert decode_event.model_for("kabanero.trigger.deleted") is TriggerData
+    assert decode_event.model_for("tekton.card.updated") is TektonCardData
+    assert decode_event.model_for("service.tekton.bound") is ServiceEventData
+    assert decode_event.model_for("kabanero.instance.changed") is None
+
+
+def test_invalid_item_data_is_an_invalid_message_naming_the_model_and_field() -> None:
+    bad = CloudEvent(
+        id="e1",
+        type="io.kabanero.otc.kabanero.trigger.updated",
+        source="test",
+        data={"key": {"cluster": "prod"}, "revision": -1},
+    )
+    with pytest.raises(InvalidMessage, match=r"^invalid TriggerData: data\.key\.namespace"):
+        decode_event(bad)
+
+
+async def test_the_deleted_routing_key_forces_the_tombstone() -> None:
+    seen: list[Any] = []
+
+    class Capture(Reconciler):
+        async def _on_item(self, family: Any, item: Any, cause: str) -> None:
+            seen.append((family, item.deleted, cause))
+
+    reconciler = Capture(cast(Any, None), cast(Any, None), cast(Any, None), ToolStyles(), cast(Any, None))
+    card = _card(revision=3)
+    assert not card.deleted
+    event = CloudEvent.for_data(RoutingKeys.CARD_DELETED, card, source="test", id="e-del")
+    await reconciler.handle_event(decode_event(event))
+    assert seen == [(TEKTON, True, "e-del")]
+
+
+def test_commands_are_keyed_by_tool() -> None:
+    cmd = ToolCommand(
+        purpose="github",
+        key="repo",
+        toolchain_id="tc",
+        tool_type_id="githubconsolidated",
+        name="n",
+        revision=2,
+    )
+    message = decode_command(CloudEvent.for_data(RoutingKeys.TOOL_APPLY, cmd, source="test"))
+    assert key_of_command(message) == "github|tc|repo"

@@ -5,6 +5,13 @@ total timeout. 429 pushes the shared "not before" gate by ``Retry-After``; 5xx a
 back off with capped exponential backoff and full jitter; a 401 forces one token refresh. A POST that
 got no clean answer (timeout, dropped connection, 5xx) may have been committed: :meth:`create_tool`
 then looks the deterministic name up before it posts again, so retries never duplicate a tool.
+
+What OTC answers is input too, bounded like any other: a body is read up to ``max_body_bytes``; a
+2xx is parsed into its documented shape (a tool, a page of tools) or it is an
+:class:`OtcMalformedError`, retried like a 5xx (never ``{}`` read as "no tools", which made the audit
+recreate every tool); a listing stops at a repeated ``next`` cursor, at ``list_max_pages`` /
+``list_max_items`` and at one deadline for all its pages; ``Retry-After`` is clamped to
+``retry_after_max_s`` (``inf`` and ``1e308`` parse as floats).
 """
 
 from __future__ import annotations
@@ -14,20 +21,25 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.otc_writer.otc_client.errors import (
     TRANSACTION_HEADER,
     OtcAmbiguousError,
     OtcCircuitOpenError,
+    OtcEndlessListingError,
     OtcError,
+    OtcMalformedError,
     OtcPermanentError,
     OtcRetryableError,
+    OtcTooLargeError,
     OtcUnavailableError,
     classify,
     ibm_message,
@@ -39,9 +51,10 @@ from services.otc_writer.otc_client.resilience import (
     NotBeforeGate,
     Sleep,
     TokenBucket,
-    full_jitter,
     parse_retry_after,
+    read_bounded,
 )
+from shared.backoff import full_jitter
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,13 @@ class OtcClientConfig:
     breaker_threshold: int = 5
     breaker_reset_s: float = 10.0
     page_limit: int = 100
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Largest answer body read; a larger 2xx is an :class:`OtcTooLargeError`."""
+    list_max_pages: int = 200
+    list_max_items: int = 10_000
+    """Bounds of one listing (all its pages); past them it is an :class:`OtcEndlessListingError`."""
+    retry_after_max_s: float = 300.0
+    """Longest hold a ``Retry-After`` can impose (a larger or non-finite one is clamped to it)."""
 
 
 class Tool(BaseModel):
@@ -80,6 +100,33 @@ class Tool(BaseModel):
     name: str | None = None
     parameters: dict[str, Any] = {}
     state: str | None = None
+
+
+class _Cursor(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    start: str | None = None
+
+
+class _ToolsPage(BaseModel):
+    """One page of ``GET /toolchains/{id}/tools`` (otc-api.md §4.5): ``tools`` is required."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tools: list[Tool]
+    next: _Cursor | None = None
+
+
+def _tool(raw: bytes) -> Tool:
+    return Tool.model_validate_json(raw)
+
+
+def _page(raw: bytes) -> _ToolsPage:
+    return _ToolsPage.model_validate_json(raw)
+
+
+def _nothing(raw: bytes) -> None:
+    """A DELETE's answer: its status says it all (204, no body)."""
 
 
 class OtcClient:
@@ -116,25 +163,46 @@ class OtcClient:
     # --- tools API ---
 
     async def list_tools(self, toolchain_id: str) -> list[Tool]:
-        """All tools of a toolchain, following ``next.start`` until the last page."""
+        """All tools of a toolchain, following ``next.start`` until the last page.
+
+        One deadline (``deadline_s``) for all the pages; a cursor seen before, more than
+        ``list_max_pages`` pages or ``list_max_items`` tools end it with
+        :class:`OtcEndlessListingError`: a listing that does not end is never returned in part.
+        """
+        cfg = self.config
         tools: list[Tool] = []
+        seen: set[str] = set()
         start: str | None = None
         path = f"/toolchains/{quote(toolchain_id, safe='')}/tools"
-        while True:
-            params = {"limit": str(self.config.page_limit)} | ({"start": start} if start else {})
-            body = await self._call("GET", path, params=params)
-            tools.extend(Tool.model_validate(t) for t in body.get("tools", []))
-            nxt = body.get("next")
-            start = nxt.get("start") if isinstance(nxt, dict) else None
+        deadline = self._clock() + cfg.deadline_s
+        for pages in range(1, cfg.list_max_pages + 1):
+            params = {"limit": str(cfg.page_limit)} | ({"start": start} if start else {})
+            page = await self._call("GET", path, parse=_page, params=params, deadline=deadline)
+            tools.extend(page.tools)
+            start = page.next.start if page.next else None
             if not start:
                 return tools
+            why = self._endless(start, seen, len(tools), deadline)
+            if why:
+                raise OtcEndlessListingError(f"{why} after {pages} pages", method="GET", path=path)
+            seen.add(start)
+        raise OtcEndlessListingError(f"more than {cfg.list_max_pages} pages", method="GET", path=path)
+
+    def _endless(self, start: str, seen: set[str], items: int, deadline: float) -> str | None:
+        """Why a listing must stop before fetching the page at ``start``, if it must."""
+        if start in seen:
+            return "the next cursor repeated an earlier one"
+        if items > self.config.list_max_items:
+            return f"more than {self.config.list_max_items} tools"
+        if self._clock() >= deadline:
+            return f"no end within {self.config.deadline_s:g}s"
+        return None
 
     async def find_tool_by_name(self, toolchain_id: str, name: str) -> list[Tool]:
         return [t for t in await self.list_tools(toolchain_id) if t.name == name]
 
     async def get_tool(self, toolchain_id: str, tool_id: str) -> Tool:
-        body = await self._call("GET", self._tool_path(toolchain_id, tool_id))
-        return Tool.model_validate(body)
+        return await self._call("GET", self._tool_path(toolchain_id, tool_id), parse=_tool)
 
     async def create_tool(
         self, toolchain_id: str, *, tool_type_id: str, name: str, parameters: dict[str, Any]
@@ -146,10 +214,15 @@ class OtcClient:
         attempt = 0
         while True:
             try:
-                body = await self._call(
-                    "POST", path, payload=payload, idempotent=False, deadline=deadline, write=True
+                return await self._call(
+                    "POST",
+                    path,
+                    parse=_tool,
+                    payload=payload,
+                    idempotent=False,
+                    deadline=deadline,
+                    write=True,
                 )
-                return Tool.model_validate(body)
             except OtcAmbiguousError as exc:
                 attempt += 1
                 log.warning(
@@ -165,17 +238,17 @@ class OtcClient:
 
     async def update_tool(self, toolchain_id: str, tool_id: str, patch: dict[str, Any]) -> Tool:
         """Merge-patch (RFC 7386): a key set to None is removed."""
-        body = await self._call(
+        return await self._call(
             "PATCH",
             self._tool_path(toolchain_id, tool_id),
+            parse=_tool,
             payload=patch,
             content_type=MERGE_PATCH,
             write=True,
         )
-        return Tool.model_validate(body)
 
     async def delete_tool(self, toolchain_id: str, tool_id: str) -> None:
-        await self._call("DELETE", self._tool_path(toolchain_id, tool_id))
+        await self._call("DELETE", self._tool_path(toolchain_id, tool_id), parse=_nothing)
 
     @staticmethod
     def _tool_path(toolchain_id: str, tool_id: str) -> str:
@@ -189,20 +262,23 @@ class OtcClient:
         )
         await self._sleep(max(0.0, min(delay, deadline - self._clock())))
 
-    async def _call(
+    async def _call[T](
         self,
         method: str,
         path: str,
         *,
+        parse: Callable[[bytes], T],
         payload: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         content_type: str = JSON,
         idempotent: bool = True,
         deadline: float | None = None,
         write: bool = False,
-    ) -> dict[str, Any]:
-        """One logical call with retries; returns the JSON body (``{}`` for 204).
+    ) -> T:
+        """One logical call with retries; returns the 2xx body as ``parse`` reads it.
 
+        ``parse`` raises ``ValueError`` (pydantic's ``ValidationError`` is one) for a body that is not
+        the documented answer: an :class:`OtcMalformedError`, retried here like a 5xx.
         ``write``: a tool write, whose permanent answer is a refusal of its content (``OtcRefusedError``).
         """
         deadline = deadline if deadline is not None else self._clock() + self.config.deadline_s
@@ -213,7 +289,7 @@ class OtcClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(request)
+                return await self._attempt(request, parse)
             except _Unauthorized as exc:
                 if refreshed:
                     raise OtcPermanentError(
@@ -291,7 +367,7 @@ class OtcClient:
         self.breaker.success()
         return True
 
-    async def _attempt(self, request: _Request) -> dict[str, Any]:
+    async def _attempt[T](self, request: _Request, parse: Callable[[bytes], T]) -> T:
         if not self.breaker.allow():
             raise OtcCircuitOpenError(
                 f"circuit open after repeated failures; retry in {self.breaker.retry_in():.1f}s",
@@ -307,13 +383,13 @@ class OtcClient:
                 token = await self._iam.token()
                 # A 429 answered while we waited for a token binds us too (Retry-After is global).
                 await self.gate.wait(self._sleep)
-                result = await self._send(request, token)
+                result = await self._send(request, token, parse)
             self.breaker.success()
             verdict = True
             return result
         except OtcError as exc:
-            if exc.status is None or exc.status >= 500 or exc.status == 408:
-                self.breaker.failure()  # OTC unreachable or unhealthy
+            if exc.status is None or exc.status >= 500 or exc.status == 408 or _lied(exc):
+                self.breaker.failure()  # OTC unreachable or unhealthy (a 2xx it cannot mean)
                 verdict = True
             elif exc.status != 429:
                 self.breaker.success()  # OTC answered (404, 409, 4xx): it is healthy
@@ -323,7 +399,7 @@ class OtcClient:
             if not verdict:
                 self.breaker.release_probe()
 
-    async def _send(self, request: _Request, token: str) -> dict[str, Any]:
+    async def _send[T](self, request: _Request, token: str, parse: Callable[[bytes], T]) -> T:
         method, path = request.method, request.path
         headers = {"Authorization": f"Bearer {token}", "Accept": JSON}
         data: bytes | None = None
@@ -345,12 +421,11 @@ class OtcClient:
                 method=method,
                 path=path,
             ) from None
-        body = _json_or_none(answer.raw)
         if 200 <= answer.status < 300:
-            return body if isinstance(body, dict) else {}
+            return _parsed(request, answer, parse)
         if answer.status == 401:
             raise _Unauthorized(token, answer.trace)
-        raise self._failure(request, answer, body)
+        raise self._failure(request, answer, _json_or_none(answer.raw))
 
     async def _exchange(
         self,
@@ -361,7 +436,7 @@ class OtcClient:
         data: bytes | None,
         headers: dict[str, str],
     ) -> _Answer:
-        """One HTTP request within the total timeout, read to the end."""
+        """One HTTP request within the total timeout, its body read up to ``max_body_bytes``."""
         async with self._session.request(
             method,
             self._base + path,
@@ -370,11 +445,13 @@ class OtcClient:
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
         ) as resp:
+            raw, whole = await read_bounded(resp, self.config.max_body_bytes)
             return _Answer(
                 status=resp.status,
                 trace=resp.headers.get(TRANSACTION_HEADER),
                 retry_after=resp.headers.get("Retry-After"),
-                raw=await resp.read(),
+                raw=raw,
+                whole=whole,
             )
 
     def _failure(self, request: _Request, answer: _Answer, body: Any) -> OtcError:
@@ -402,10 +479,31 @@ class OtcClient:
         return err
 
     def _hold_off(self, retry_after: str | None) -> float:
-        """Push the Retry-After gate that every call waits for; returns the wait."""
-        wait = parse_retry_after(retry_after, default=self.config.default_retry_after_s)
+        """Push the Retry-After gate that every call waits for (clamped); returns the wait."""
+        cfg = self.config
+        wait = parse_retry_after(retry_after, default=cfg.default_retry_after_s)
+        if wait > cfg.retry_after_max_s:
+            log.warning(
+                "OTC asked to wait %r; holding for %.0fs (OTC_RETRY_AFTER_MAX_S)",
+                retry_after,
+                cfg.retry_after_max_s,
+            )
+            wait = cfg.retry_after_max_s
         self.gate.push(wait)
         return wait
+
+    def holding_until(self) -> datetime | None:
+        """Until when every call waits for OTC's rate limit (a 429's ``Retry-After``), if it does."""
+        left = self.gate.not_before - self._clock()
+        return datetime.now(UTC) + timedelta(seconds=left) if left > 0 else None
+
+    def readiness(self) -> tuple[bool, str]:
+        """Not ready while the circuit is open or while holding for OTC's rate limit (and until when)."""
+        until = self.holding_until()
+        if until is not None:
+            return False, f"holding for OTC's rate limit until {until:%Y-%m-%dT%H:%M:%SZ}"
+        state = self.breaker.state
+        return state != "open", state
 
 
 @dataclass(frozen=True)
@@ -429,6 +527,39 @@ class _Answer:
     """OTC's transaction id (``TRANSACTION_HEADER``)."""
     retry_after: str | None
     raw: bytes
+    whole: bool = True
+    """False: the body was longer than the cap and ``raw`` is its beginning only."""
+
+
+def _parsed[T](request: _Request, answer: _Answer, parse: Callable[[bytes], T]) -> T:
+    """A 2xx body as ``parse`` reads it, else a malformed answer (ambiguous for a POST: it may
+    have been applied, so :meth:`OtcClient.create_tool` looks the name up before it posts again)."""
+    where: dict[str, Any] = {"status": answer.status, "transaction_id": answer.trace}
+    where |= {"method": request.method, "path": request.path}
+    if not answer.whole:
+        what = "a body over the size cap (OTC_MAX_BODY_BYTES)"
+        err: OtcRetryableError = OtcTooLargeError(what, **where)
+    else:
+        try:
+            return parse(answer.raw)
+        except ValueError as exc:  # pydantic's ValidationError included (cut-off JSON, wrong shape)
+            what = f"a body that is not the documented answer ({_why(exc)})"
+            err = OtcMalformedError(what, **where)
+    if not request.idempotent:
+        raise OtcAmbiguousError(f"{what}; the request may have been applied", **where)
+    raise err
+
+
+def _why(exc: ValueError) -> str:
+    """Where and what, never the body itself (a tool's parameters may hold secrets)."""
+    if not isinstance(exc, ValidationError):
+        return type(exc).__name__
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def _lied(exc: OtcError) -> bool:
+    """A 2xx OTC cannot have meant: a failure of OTC's, for the breaker like a 5xx."""
+    return isinstance(exc, OtcMalformedError)
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -1,7 +1,8 @@
 """One error hierarchy for everything the Toolchain API and IAM answer (docs/architecture.md §5).
 
-Callers only distinguish *retryable* (try again later: 429, 5xx, network, open breaker, 409) from
-*permanent* (the request can never succeed as sent: 4xx other than 404/409/429) and *not found*
+Callers only distinguish *retryable* (try again later: 429, 5xx, network, open breaker, 409, a 2xx
+that is malformed, huge or endless) from *permanent* (the request can never succeed as sent: 4xx
+other than 404/409/429) and *not found*
 (404: the caller decides, e.g. a vanished tool is recreated or counts as deleted). The IBM error
 message and ``X-Global-Transaction-ID`` are kept for the dead-letter reason; tokens never are.
 """
@@ -43,7 +44,23 @@ class OtcError(Exception):
 
 
 class OtcRetryableError(OtcError):
-    """Transient: 429, 5xx, network trouble, timeouts, an open circuit, a 409."""
+    """Transient: 429, 5xx, network trouble, timeouts, an open circuit, a 409, a malformed answer."""
+
+
+class OtcMalformedError(OtcRetryableError):
+    """OTC answered 2xx with something that is not the documented answer (cut-off or non-JSON body,
+    wrong shape, a field missing), or a body over the size cap: never read as an empty result or a
+    guess. OTC's fault, not the message's: retried like a 5xx, and it counts against the breaker."""
+
+
+class OtcTooLargeError(OtcMalformedError):
+    """The answer's body was larger than ``OtcClientConfig.max_body_bytes``: not read further."""
+
+
+class OtcEndlessListingError(OtcMalformedError):
+    """A paged listing did not end: a ``next`` cursor came back again, or the listing passed its
+    page, item or time bound. Its partial result is never used (a tool missing from it would look
+    deleted)."""
 
 
 class OtcAmbiguousError(OtcRetryableError):

@@ -23,7 +23,7 @@ from services.otc_writer.otc_client.errors import (
     IamUnavailableError,
     ibm_message,
 )
-from services.otc_writer.otc_client.resilience import Clock
+from services.otc_writer.otc_client.resilience import Clock, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,15 @@ class IamTokenManager:
         api_key: str,
         *,
         timeout_s: float = 10.0,
+        max_body_bytes: int = 64 * 1024,
         clock: Clock = time.monotonic,
     ) -> None:
         self._session = session
         self._url = iam_url.rstrip("/") + "/identity/token"
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_body = max_body_bytes
+        """A token answer is a few KiB: a larger one is not read (IAM is unwell, or not IAM)."""
         self._clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
@@ -95,18 +98,17 @@ class IamTokenManager:
                 self._url, data=form, headers={"Accept": "application/json"}, timeout=self._timeout
             ) as resp:
                 trace = resp.headers.get(TRANSACTION_HEADER)
-                try:
-                    body: Any = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
+                raw, whole = await read_bounded(resp, self._max_body)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise IamUnavailableError(
                 f"IAM unreachable: {type(exc).__name__}", method="POST", path="/identity/token"
             ) from None
+        body = _json_or_none(raw) if whole else None
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             message, code = ibm_message(body)
-            reason = f"IAM token request failed: {message or 'no usable token in the answer'}"
+            usable = "no usable token in the answer" if whole else f"an answer over {self._max_body} bytes"
+            reason = f"IAM token request failed: {message or usable}"
             if status in (400, 401, 403):
                 self.rejected = f"{status} {reason}"
             raise IamUnavailableError(
@@ -126,3 +128,10 @@ class IamTokenManager:
         self.rejected = None
         log.info("IAM token obtained", extra={"lifetime_s": lifetime})
         return _Token(value=value, refresh_at=started + REFRESH_AT * lifetime, expires_at=started + lifetime)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None

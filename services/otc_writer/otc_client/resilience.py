@@ -1,4 +1,5 @@
-"""Client-side protection of OTC: token bucket, Retry-After gate, circuit breaker, backoff.
+"""Client-side protection of OTC: token bucket, Retry-After gate, circuit breaker, backoff, and
+a bounded read of what OTC and IAM answer.
 
 Each piece takes an injectable monotonic clock so unit tests run without real waiting where they can.
 """
@@ -6,10 +7,11 @@ Each piece takes an injectable monotonic clock so unit tests run without real wa
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
+
+import aiohttp
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -125,6 +127,22 @@ class CircuitBreaker:
         return max(0.0, self.reset_s - (self._clock() - self._opened_at))
 
 
-def full_jitter(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """AWS 'full jitter': uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
-    return rng.uniform(0.0, min(cap, base * (2**attempt)))
+async def read_bounded(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the (decoded) body, and whether that is all of it.
+
+    A ``Content-Length`` over the cap is not read at all; a body without one is read in chunks
+    and abandoned as soon as it passes the cap (leaving the context closes the connection). Of a
+    2xx over the cap nothing is kept (it is an error whatever it says); of an error status, the
+    beginning, for its message.
+    """
+    if resp.content_length is not None and resp.content_length > cap:
+        return b"", False
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > cap:
+            if 200 <= resp.status < 300:
+                return b"", False
+            del buf[cap:]
+            return bytes(buf), False
+    return bytes(buf), True

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from shared.urls import scrub_urls
+
 
 class RetryableError(Exception):
     """A transient failure: try again later."""
@@ -25,4 +27,5 @@ class InvalidMessage(PermanentError):
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """The error a retry or dead letter carries in its headers (a message: no URL credentials)."""
+    return scrub_urls(f"{type(exc).__name__}: {exc}")
