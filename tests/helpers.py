@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Self
 
 import aio_pika
+import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.amqp.topology import EXCHANGE
@@ -33,6 +37,15 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
+
+
+def kubectl_path() -> str:
+    """The kubectl the tests run: the one ``make test`` unpacked beside this interpreter (when the
+    PATH had none recent enough), else the PATH's. A missing one fails the test: never a silent skip."""
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is missing: `make test` installs it (scripts/ensure-kubectl.sh)", pytrace=False)
+    return found
 
 
 class EventTap:

@@ -99,8 +99,12 @@ async def test_a_dependency_down_holds_messages_in_order_without_spending_attemp
             await publisher.publish(_event("a", revision))
         await publisher.publish(_event("b"))
         await wait_until(lambda: consumer.outage == "otc", what="the consumer pausing")
-        await asyncio.sleep(4)  # twice what max_attempts=2 with 1 s delays would take to give up
-        assert consumer.outage == "otc" and probes >= 3
+        # The barrier is the consumer's own clock: five failed probes (0.2 s growing 1.5-fold: 2.6 s) are
+        # twice what max_attempts=2 with 1 s delays would take to give up.
+        await wait_until(lambda: probes >= 5, what="five failed probes")
+        assert consumer.outage == "otc"
+        spent = [consumer._metrics.outcomes.labels(QUEUE, o)._value.get() for o in ("retry", "dead")]
+        assert spent == [0, 0]
         # While paused the handler is not called again: at most one call per message in hand.
         assert calls <= 4
         assert await drain_queue(amqp_url, f"{QUEUE}.dead", timeout=0.2) == []

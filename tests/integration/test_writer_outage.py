@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, Deps
+from services.otc_writer.app import COMMANDS_QUEUE, EVENTS_QUEUE, Deps, OtcWriter
 from services.otc_writer.desired import trigger_tool_name
 from tests.helpers import drain_queue, wait_until
 from tests.integration.writer_support import (
@@ -27,6 +27,22 @@ from tests.integration.writer_support import (
 async def _ready(port: int, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as resp:
         return resp.status, await resp.json()
+
+
+def _spent(w: OtcWriter) -> float:
+    """Attempts the consumers spent on both queues: messages retried or dead-lettered."""
+    outcomes = w.infra.consumer_metrics.outcomes
+    return float(
+        sum(
+            outcomes.labels(q, o)._value.get()
+            for q in (EVENTS_QUEUE, COMMANDS_QUEUE)
+            for o in ("retry", "dead")
+        )
+    )
+
+
+def _held(w: OtcWriter, queue: str) -> float | None:
+    return w.infra.health.registry.get_sample_value("kotc_consumer_held", {"queue": queue})
 
 
 async def test_otc_down_longer_than_all_attempts_dead_letters_nothing(env: WriterEnv) -> None:
@@ -49,7 +65,16 @@ async def test_otc_down_longer_than_all_attempts_dead_letters_nothing(env: Write
         await wait_until(
             lambda: all(c.outage == "otc" for c in w.consumers), timeout=30, what="both consumers holding"
         )
-        await asyncio.sleep(8)
+        await wait_until(
+            lambda: (_held(w, EVENTS_QUEUE), _held(w, COMMANDS_QUEUE)) == (len(later), 4),
+            timeout=10,
+            what="every message in hand",
+        )
+        # The barrier is the consumers' own clock: three failed probes each (0.5 + 0.75 + 1.1 s) outlast
+        # the two 1 s retry delays of three attempts. No attempt was spent, so none can run out.
+        probed = w.client.probes
+        await wait_until(lambda: w.client.probes >= probed + 6, timeout=30, what="three failed probes each")
+        assert _spent(w) == 0
         status, body = await _ready(w.http_port)
         assert status == 503 and "open" in str(body["checks"])
         assert (await _ready(w.http_port, "/healthz"))[0] == 200  # alive: waiting is its job now
@@ -62,6 +87,7 @@ async def test_otc_down_longer_than_all_attempts_dead_letters_nothing(env: Write
         converged = loop.time() - back
         await env.wait_handled(w, 2 + len(later))
         await env.wait_handled(w, 4, COMMANDS_QUEUE)
+        assert _spent(w) == 0  # the whole outage long
     assert converged < 10
     expected = sorted(
         [trigger_tool_name(t.key) for t in first + later] + [f"kabanero-repo r{i}" for i in range(4)]
@@ -84,7 +110,10 @@ async def test_iam_rejecting_the_key_makes_the_writer_unready_and_dead_letters_n
         assert "a-key-iam-does-not-know" not in str(body)
         await env.publish(command("apply", key="k1", toolchain_id=tc, revision=1))
         await wait_until(lambda: w.consumers[1].outage == "iam", timeout=10, what="commands held")
-        await asyncio.sleep(3)
+        # The barrier: two more failed probes of the holding consumer (1.25 s, past a 1 s retry delay).
+        probed = w.client.probes
+        await wait_until(lambda: w.client.probes >= probed + 2, timeout=30, what="two failed probes")
+        assert _held(w, COMMANDS_QUEUE) == 1 and _spent(w) == 0
         assert await drain_queue(env.amqp_url, f"{COMMANDS_QUEUE}.dead", timeout=0.2) == []
     assert env.otc.tools(tc) == []
     # Stopping while messages are held closes every part within the deadline (held messages do no
@@ -122,6 +151,7 @@ async def test_a_backlog_of_many_changes_to_few_triggers_costs_one_write_per_too
         await env.publish(
             snapshot_event([trigger(n, revision=last, body=f"v{last}") for n in names], revision=2)
         )
+        sent = len(tcs) + 1 + len(revisions) * len(names) + 1
         await wait_until(lambda: w.consumers[0].outage == "otc", timeout=30, what="events held")
         superseded = w.infra.consumer_metrics.outcomes.labels(EVENTS_QUEUE, "superseded")
         # While held, the consumer keeps receiving and acks what is superseded: about one per trigger
@@ -140,7 +170,14 @@ async def test_a_backlog_of_many_changes_to_few_triggers_costs_one_write_per_too
             return len(tools) == 6 and all(final in str(t.parameters) for t in tools)
 
         await wait_until(converged, timeout=20, what="OTC at the latest revision")
-        await asyncio.sleep(1.0)  # anything still to come would be a superfluous write
+
+        def settled() -> bool:  # every message acked or superseded: no write can still come
+            outcomes = w.infra.consumer_metrics.outcomes
+            return bool(
+                sum(outcomes.labels(EVENTS_QUEUE, o)._value.get() for o in ("ack", "superseded")) >= sent
+            )
+
+        await wait_until(settled, timeout=20, what="the backlog settled")
         after = writes(env.otc.calls())[before:]
     assert len(after) == len(names) * len(tcs), [(c.method, c.path) for c in after]
     assert {c.method for c in after} == {"PATCH"}

@@ -142,7 +142,11 @@ async def test_messages_that_carry_no_revision_are_never_coalesced_and_stay_in_o
     w.deliver(
         bad, event("a", 4)
     )  # bad data is no whole state: it supersedes nothing, is superseded by nothing
-    await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: w.calls == [("a", 1)] and len(w.consumer._inflight) == 5,
+        timeout=5,
+        what="all five in the lane",
+    )
     w.gate.set()
     await asyncio.wait_for(asyncio.gather(*w.tasks, return_exceptions=True), 10)
     assert w.calls == [("a", 1), ("a", 2), ("a", 3), ("a", 4)]

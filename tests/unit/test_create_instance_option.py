@@ -3,7 +3,6 @@ the field), the broker's rules, the watcher's ownership mark, and the opt-in RBA
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from services.broker_api.instance_spec import CRD, spec_errors
 from services.broker_api.models import InstanceRecord, ProvisionRequest, UpdateRequest
 from services.broker_api.settings import Settings
 from services.kabanero_watcher.owned_instances import label_value
+from tests.helpers import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Fernet.generate_key().decode()
@@ -114,11 +114,14 @@ def _rules(docs: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
     return list(found["rules"])
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the kustomizations")
 def test_write_verbs_on_kabaneros_only_in_the_opt_in_overlay() -> None:
     def render(path: str) -> list[dict[str, Any]]:
         out = subprocess.run(
-            ["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True, timeout=60
+            [kubectl_path(), "kustomize", str(ROOT / path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         ).stdout
         return [d for d in yaml.safe_load_all(out) if d]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s" / "base"  # what `kubectl apply -k k8s/` applies; overlays build on it
@@ -543,18 +544,14 @@ def test_k8s_broker_api_service_and_disruption_budget(manifests: list[Doc]) -> N
     assert pdb["spec"]["minAvailable"] == 1
 
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-
-
 def _render(path: Path) -> list[Doc]:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=30, check=False
+        [kubectl_path(), "kustomize", str(path)], capture_output=True, text=True, timeout=30, check=False
     )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-@needs_kubectl
 @pytest.mark.parametrize(
     "path",
     [ROOT / "k8s", MULTI, TEKTON, TEKTON_MULTI],
@@ -573,7 +570,6 @@ def test_k8s_rendered_manifests_match_the_kubernetes_schemas(path: Path) -> None
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
 
 
-@needs_kubectl
 def test_k8s_kustomization_renders_into_one_namespace() -> None:
     docs = _render(ROOT / "k8s")
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
@@ -592,8 +588,6 @@ def test_k8s_kustomization_renders_into_one_namespace() -> None:
 
 @pytest.fixture(scope="module")
 def multi() -> list[Doc]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl not installed")
     return _render(MULTI)
 
 
@@ -720,8 +714,6 @@ def test_k8s_service_monitor_scrapes_every_service(multi: list[Doc]) -> None:
 
 @pytest.fixture(scope="module")
 def tekton() -> list[Doc]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl not installed")
     return _render(TEKTON)
 
 
@@ -839,7 +831,6 @@ def test_k8s_tekton_overlay_is_the_tekton_install_with_least_privilege(tekton: l
     assert set(data) <= set().union(*(_settings_fields(m)[0] for m in SERVICES.values()))
 
 
-@needs_kubectl
 def test_k8s_tekton_install_can_run_beside_the_kabanero_install() -> None:
     """Two installs in one cluster: no cluster-scoped name in common, no namespace in common."""
     kabanero, tekton = _render(ROOT / "k8s"), _render(TEKTON)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from emulators.kube.testing import KubeEmulator, client_configuration
+from tests.helpers import kubectl_path
 
 GROUP, VERSION, PLURAL = "kabanero.io", "v1alpha2", "kabaneros"
 EVENTS, EVENTS_VERSION = "events.kabanero.io", "v1alpha1"
@@ -479,7 +479,7 @@ async def test_kubeconfig_loads_in_kubernetes_asyncio(kube: KubeEmulator, tmp_pa
 async def run_kubectl(kubeconfig: Path, home: Path, *args: str) -> tuple[int, str]:
     """kubectl against the emulator: (exit code, stdout then stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        "kubectl",
+        kubectl_path(),
         "--kubeconfig",
         str(kubeconfig),
         "--cache-dir",
@@ -493,7 +493,6 @@ async def run_kubectl(kubeconfig: Path, home: Path, *args: str) -> tuple[int, st
     return int(proc.returncode or 0), (out + err).decode()
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 async def test_kubectl_get_apply_delete(kube: KubeEmulator, tmp_path: Path) -> None:
     kube.store.create(
         kabanero("other", version="0.8.0") | {"metadata": {"name": "other", "namespace": "dev"}}
@@ -623,7 +622,6 @@ async def test_writes_are_validated_against_the_real_crd_schemas(crs: Any) -> No
     await crs.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, bad_v1)  # unknown field, kept
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 async def test_kubectl_applies_v1alpha1_and_reports_schema_errors(kube: KubeEmulator, tmp_path: Path) -> None:
     kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
     manifest = tmp_path / "kabanero.yaml"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,12 +25,12 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from emulators.kube import crd
 from emulators.kube.testing import KubeEmulator, client_configuration
+from tests.helpers import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "tekton"
 SAMPLES = ROOT / "deploy" / "samples"
 WAIT = 5.0
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 
 
 def pipeline(name: str, api_version: str = "tekton.dev/v1beta1", ns: str = "ci") -> dict[str, Any]:
@@ -482,7 +481,7 @@ async def test_cli_installs_a_release_without_kabanero_and_seeds_the_sample(tmp_
 
 async def run_kubectl(kubeconfig: Path, home: Path, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        "kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(home / "cache"), *args,
+        kubectl_path(), "--kubeconfig", str(kubeconfig), "--cache-dir", str(home / "cache"), *args,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HOME": str(home)},
     )  # fmt: skip
     out, err = await proc.communicate()
@@ -511,7 +510,6 @@ def test_every_fixture_names_its_source_and_is_listed() -> None:
         assert f"`{name}`" in readme, name
 
 
-@needs_kubectl
 @pytest.mark.parametrize(
     ("fixture", "bundle", "ns", "created"), FIXTURE_CASES, ids=[c[0] for c in FIXTURE_CASES]
 )
@@ -535,7 +533,6 @@ async def test_kubectl_applies_each_fixture(
         assert code == 0 and name in out, out
 
 
-@needs_kubectl
 async def test_kubectl_create_namespace_and_configmap_send_protobuf_and_succeed(tmp_path: Path) -> None:
     async with KubeEmulator.running() as kube:
         kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig")
@@ -560,7 +557,6 @@ async def test_kubectl_create_namespace_and_configmap_send_protobuf_and_succeed(
         assert code == 0, out
 
 
-@needs_kubectl
 async def test_kubectl_installs_and_deletes_a_release_of_crds(tmp_path: Path) -> None:
     release = str(ROOT / "emulators" / "kube" / "crds" / "tekton" / "triggers-v0.37.0.yaml")
     async with KubeEmulator.running(auto_namespaces=True) as kube:
