@@ -135,8 +135,8 @@ def requests(access: tuple[Access, ...], settings: WatcherSettings) -> list[Requ
 WATCHER_ACCESS = (
     Access("kabanero.io", "v1alpha2", "kabaneros"),
     Access("events.kabanero.io", "v1alpha1", "eventmediators"),
-    Access(GROUP, VERSION, PLURAL, where="lease", verbs=("get", "create", "update")),
 )
+LEASE_ACCESS = (Access(GROUP, VERSION, PLURAL, where="lease", verbs=("get", "create", "update")),)
 
 
 def tekton_access(specs: tuple[ResourceSpec, ...]) -> tuple[Access, ...]:
@@ -168,11 +168,18 @@ class RbacCheck:
 
 RBAC_CHECKS = (
     RbacCheck(
+        "watcher lease rbac",
+        LEASE_ACCESS,
+        "get/create/update on its Lease",
+        "apply k8s/ (Role kabanero-watcher-lease: create leases; get/update the watcher's Lease)",
+    ),
+    RbacCheck(
         "watcher rbac",
         WATCHER_ACCESS,
-        "get/list/watch on the CRDs and leases",
+        "get/list/watch on the Kabanero CRDs",
         "apply k8s/ (ClusterRole kabanero-watcher: get/list/watch kabaneros, eventmediators, "
-        "eventconnections; get/create/update leases)",
+        "eventconnections)",
+        family="kabanero",
     ),
     RbacCheck(
         "watcher tekton rbac",
@@ -183,6 +190,13 @@ RBAC_CHECKS = (
     ),
 )
 """What a service's Kubernetes RBAC must allow, one check each (another family: another entry)."""
+
+
+def applicable(families: tuple[str, ...]) -> tuple[list[RbacCheck], list[RbacCheck]]:
+    """The checks a watcher of ``families`` (its ``WATCH_FAMILIES``) needs, and the ones it does not:
+    a Tekton-only watcher is granted no Kabanero kind, and must not be told it lacks them."""
+    run = [c for c in RBAC_CHECKS if c.family is None or c.family in families]
+    return run, [c for c in RBAC_CHECKS if c not in run]
 
 
 @dataclass(frozen=True)
@@ -414,10 +428,10 @@ class Doctor:
             return
         async with api_client:
             if await self.kube_version(api_client):
-                for rbac in RBAC_CHECKS:
-                    if rbac.family is not None and rbac.family not in settings.watch_families:
-                        self.add(rbac.name, "skipped", f"{rbac.family} is not in WATCH_FAMILIES")
-                        continue
+                run, skipped = applicable(settings.watch_families)
+                for rbac in skipped:
+                    self.add(rbac.name, "skipped", f"{rbac.family} is not in WATCH_FAMILIES")
+                for rbac in run:
                     wanted = requests(rbac.access, settings)
                     self.checks.append(rbac_check(rbac, await denials(api_client, wanted)))
                 await self.cluster_identity(api_client)

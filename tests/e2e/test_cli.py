@@ -487,6 +487,7 @@ def test_doctor_all_green_then_names_the_dependency_that_is_down(env: Env) -> No
         "mongodb",
         "mongodb indexes",
         "kubernetes api",
+        "watcher lease rbac",
         "watcher rbac",
         "watcher tekton rbac",
         "cluster identity",

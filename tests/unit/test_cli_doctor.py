@@ -46,11 +46,23 @@ def test_rbac_denials_and_an_absent_optional_crd() -> None:
     assert doctor.denial("list x", 401) == "list x"
     assert doctor.denial("list x", 404) is None
     assert doctor.denial("list x", 500) == "list x (HTTP 500)"
-    watcher, _ = doctor.RBAC_CHECKS
+    (watcher,) = [c for c in doctor.RBAC_CHECKS if c.name == "watcher rbac"]
     assert doctor.rbac_check(watcher, []).outcome == "ok"
     denied = doctor.rbac_check(watcher, [doctor.Denied("list x", "ClusterRole: rule")])
     assert (denied.outcome, denied.detail) == ("problem", "denied: list x")
     assert denied.fix == f"{watcher.fix}; grant: ClusterRole: rule"
+
+
+def test_a_watcher_is_checked_for_what_its_families_read_and_its_lease_always() -> None:
+    def names(checks: list[doctor.RbacCheck]) -> list[str]:
+        return [c.name for c in checks]
+
+    run, skipped = doctor.applicable(("tekton",))
+    assert names(run) == ["watcher lease rbac", "watcher tekton rbac"] and names(skipped) == ["watcher rbac"]
+    run, skipped = doctor.applicable(("kabanero",))
+    assert names(run) == ["watcher lease rbac", "watcher rbac"] and names(skipped) == ["watcher tekton rbac"]
+    run, skipped = doctor.applicable(("kabanero", "tekton"))
+    assert len(run) == len(doctor.RBAC_CHECKS) and not skipped
 
 
 def _settings(**fields: object) -> WatcherSettings:
