@@ -25,7 +25,7 @@ from services.broker_api.settings import Settings as BrokerSettings
 from services.github_linker.settings import Settings as LinkerSettings
 from services.kabanero_watcher.settings import Settings as WatcherSettings
 from services.otc_writer.settings import Settings as WriterSettings
-from shared.settings import CommonSettings, secrets_dir
+from shared.settings import CommonSettings, secrets_dir, split_comma_list
 
 SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
     "broker-api": BrokerSettings,
@@ -108,9 +108,7 @@ class CliSettings(BaseSettings):
     @field_validator("watch_families", "watch_namespaces", "tekton_install_namespaces", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return split_comma_list(value)
 
     @field_validator(*SERVICE_FIELDS.values(), mode="before")
     @classmethod

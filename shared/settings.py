@@ -85,6 +85,17 @@ SECRETS_DIR = "/run/secrets"
 """Where Kubernetes Secret volumes and compose secrets are usually mounted (``SECRETS_DIR`` overrides)."""
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated setting (``WATCH_NAMESPACES``, ``ALLOWED_CLUSTERS``, ``BROKERS``...) as its
+    items: whitespace around them and empty items dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def split_comma_list(value: object) -> object:
+    """A ``mode="before"`` validator body for a tuple setting given as one comma-separated string."""
+    return comma_list(value) if isinstance(value, str) else value
+
+
 def secrets_dir() -> Path | None:
     """The directory of secret files, one per setting named like its variable (``BROKER_SECRET``,
     ``OTC_API_KEY``, ...); None when it does not exist. The environment wins over a file."""

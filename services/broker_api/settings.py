@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.broker_api.models import BROKERS
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, comma_list
 from shared.settings import load_settings as shared_load_settings
 
 DEFAULT_DASHBOARD_PATTERN = "https://kabanero-landing-{namespace}.apps.{cluster}.example.com/"
@@ -156,7 +156,7 @@ class Settings(CommonSettings):
     @field_validator("allowed_clusters")
     @classmethod
     def _clusters(cls, v: str) -> str:
-        if not [c for c in v.split(",") if c.strip()]:
+        if not comma_list(v):
             raise ValueError("must name at least one cluster")
         return v
 
@@ -173,7 +173,7 @@ class Settings(CommonSettings):
     @field_validator("brokers")
     @classmethod
     def _brokers(cls, v: str) -> str:
-        names = [b.strip() for b in v.split(",") if b.strip()]
+        names = comma_list(v)
         if not names:
             raise ValueError(f"must name at least one broker of: {', '.join(BROKERS)}")
         unknown = [b for b in names if b not in BROKERS]
@@ -195,7 +195,7 @@ class Settings(CommonSettings):
 
     @property
     def clusters(self) -> tuple[str, ...]:
-        return tuple(c.strip() for c in self.allowed_clusters.split(",") if c.strip())
+        return comma_list(self.allowed_clusters)
 
     @property
     def default_cluster(self) -> str:
@@ -204,7 +204,7 @@ class Settings(CommonSettings):
     @property
     def served(self) -> tuple[str, ...]:
         """The brokers (context roots) this deployment serves, in :data:`BROKERS` order."""
-        names = {b.strip() for b in self.brokers.split(",")}
+        names = set(comma_list(self.brokers))
         return tuple(b for b in BROKERS if b in names)
 
     def serves(self, broker: str) -> bool:

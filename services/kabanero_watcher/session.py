@@ -103,7 +103,7 @@ class Session:
             out.append(f"{loop.family.name} ({'; '.join(errors)})" if errors else loop.family.name)
         return out
 
-    def _update_idle(self) -> None:
+    def update_idle(self) -> None:
         if all(loop.idle for loop in self.loops):
             self.idle.set()
         else:
@@ -243,7 +243,7 @@ class FamilyLoop:
                 continue
             if not self._dirty and not self._snapshot_due and not self._resyncs:
                 self.idle = True
-                self.session._update_idle()
+                self.session.update_idle()
             await self._wake.wait()
 
     async def _pass(self) -> bool:

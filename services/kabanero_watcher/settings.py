@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, split_comma_list
 
 
 def _default_identity() -> str:
@@ -142,9 +142,7 @@ class Settings(CommonSettings):
     @field_validator("watch_namespaces", "watch_families", "tekton_install_namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return split_comma_list(value)
 
     @field_validator("watch_families")
     @classmethod
