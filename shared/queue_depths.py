@@ -48,6 +48,7 @@ class QueueDepths:
                         await channel.close()
 
     async def run(self, interval_s: float = 15.0) -> None:
+        task = asyncio.current_task()
         while True:
             try:
                 # Bounded: a poll stuck on a broken channel must neither stall the gauge nor the stop.
@@ -55,4 +56,8 @@ class QueueDepths:
                     await self.poll()
             except Exception as exc:  # metrics only: never let a poll end the task
                 log.debug("queue depths not polled: %s", exc)  # readiness reports RabbitMQ itself
+            if task is not None and task.cancelling():
+                # The stop's cancel landed inside aio-pika, which turned it into a channel error (or
+                # swallowed it): honour it, or the stop waits the whole shutdown deadline (CI, 25 s).
+                raise asyncio.CancelledError
             await asyncio.sleep(interval_s)
