@@ -213,6 +213,7 @@ class Chaos(Driver):
         token = uuid.uuid4().hex[:12]
         self.service_secret = f"chaos-svc-cred-{token}"
         self.toolchain_secret = f"chaos-tc-cred-{token}"
+        self.url_secret = f"ghp_chaosUrlCred{token}"
         self.error_bodies: list[bytes] = []
         self.seen_messages: list[bytes] = []
         self._tap: aio_pika.abc.AbstractRobustConnection | None = None
@@ -247,6 +248,7 @@ class Chaos(Driver):
         await self.bind_new_toolchain(both=True)
         self.revs = {f"m{i}": 1 for i in range(MEDIATIONS)}
         await self.write_mediations()
+        await self.add_pipeline_repo("chaos-private", credentials=True)
         await self.converge("baseline", timeout=90)
 
     async def close(self) -> None:
@@ -419,6 +421,7 @@ async def scrape(c: Chaos) -> dict[str, Any]:
         "OTC API key": API_KEY,
         "service credentials": c.service_secret,
         "toolchain credentials": c.toolchain_secret,
+        "credentials in cluster URLs": c.url_secret,
     }
     places: dict[str, list[bytes]] = {
         "logs": [],
@@ -445,9 +448,10 @@ async def scrape(c: Chaos) -> dict[str, Any]:
     finally:
         await mongo.close()
     found = []
+    folded = {place: [item.lower() for item in items] for place, items in places.items()}
     for what, value in secrets.items():
-        needle = value.encode()
-        for place, items in places.items():
+        needle = value.lower().encode()  # case-blind: a repository URL reaches OTC lowercased
+        for place, items in folded.items():
             hits = sum(1 for item in items if needle in item)
             if hits:
                 found.append(f"{what} in {place}: {hits}")

@@ -112,6 +112,10 @@ class Driver:
         """The mediations of the seeded EventMediator this driver manages: name -> revision."""
         self._platform: OtcPlatform | None = None
         self._token = ""
+        self.url_secret = ""
+        """When set, a credential the cluster's URLs carry (every EventConnections destination's
+        ``?access_token=``, the userinfo of :meth:`add_pipeline_repo`'s ``credentials`` repository):
+        one that must never leave the cluster."""
 
     async def close(self) -> None:
         if self._platform is not None:
@@ -184,12 +188,19 @@ class Driver:
             await self.kube("PATCH", "mediator", {"spec": {"mediations": mediations}})
         if "connections" in objects:
             conns = [connection(n, r) for n, r in self.revs.items()]
+            if self.url_secret:
+                for conn in conns:
+                    for to in conn["to"]:
+                        for h in to["https"]:
+                            h["url"] += f"?access_token={self.url_secret}"
             await self.kube("PATCH", "connections", {"spec": {"connections": conns}})
 
-    async def add_pipeline_repo(self, repo: str) -> None:
-        """The seeded instance's pipelines get one more repository (one more GitHub tool)."""
+    async def add_pipeline_repo(self, repo: str, *, credentials: bool = False) -> None:
+        """The seeded instance's pipelines get one more repository (one more GitHub tool); with
+        ``credentials``, its archive URL carries :attr:`url_secret` as userinfo."""
         pipelines = (await self.kube("GET", "kabanero"))["spec"]["stacks"]["pipelines"]
-        url = f"https://github.com/acme/{repo}/releases/download/1.0.0/{repo}.tar.gz"
+        userinfo = f"chaos:{self.url_secret}@" if credentials and self.url_secret else ""
+        url = f"https://{userinfo}github.com/acme/{repo}/releases/download/1.0.0/{repo}.tar.gz"
         pipelines.append({"id": repo, "sha256": uuid.uuid4().hex * 2, "https": {"url": url}})
         await self.kube("PATCH", "kabanero", {"spec": {"stacks": {"pipelines": pipelines}}})
 

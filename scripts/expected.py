@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 NS = "kabanero"
 MEDIATOR = "webhook"
@@ -40,6 +41,13 @@ def connection(name: str, rev: int) -> dict[str, Any]:
     }
 
 
+def shown(url: str) -> str:
+    """A URL as OTC may show it (docs/design.md, "What never leaves the cluster"): without its
+    userinfo, query and fragment."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 def expected_triggers(mediator: dict[str, Any], connections: dict[str, Any]) -> dict[str, list[str]]:
     """Mediation name -> its destination URLs: the EventConnections entries whose ``from.mediator``
     names this mediator, this mediation and one of its ``sendTo`` destinations (eventEndpointMatch)."""
@@ -53,7 +61,7 @@ def expected_triggers(mediator: dict[str, Any], connections: dict[str, Any]) -> 
                 and src.get("mediation") == item["name"]
                 and src.get("destination") in (item.get("sendTo") or [])
             ):
-                urls |= {h["url"] for to in conn.get("to") or [] for h in to.get("https") or []}
+                urls |= {shown(h["url"]) for to in conn.get("to") or [] for h in to.get("https") or []}
         out[item["name"]] = sorted(urls)
     return out
 
@@ -63,7 +71,7 @@ def _repository(ref: dict[str, Any]) -> str:
     g = ref.get("gitRelease") or {}
     if all(g.get(f) for f in ("hostname", "organization", "project", "release", "assetName")):
         return f"https://{g['hostname']}/{g['organization']}/{g['project']}"
-    m = _RELEASE.match(ref["https"]["url"])
+    m = _RELEASE.match(shown(ref["https"]["url"]))
     if m is None:
         raise ValueError(f"no repository in {ref}")
     return "https://{}/{}/{}".format(*m.groups())
