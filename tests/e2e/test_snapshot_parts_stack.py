@@ -57,7 +57,8 @@ async def test_snapshots_in_parts_keep_otc_exact_and_delete_nothing_in_between(w
     w = world
     for broker, sid in BROKERS:
         await w.provision_and_bind(broker, sid, PARAMS)
-    await w.set_mediations(**{f"m{n:02d}": 1 for n in range(MEDIATIONS)})
+    mediations: dict[str, int | None] = {f"m{n:02d}": 1 for n in range(MEDIATIONS)}
+    await w.set_mediations(("mediator", "connections"), **mediations)
     await w.converged("60 mediations", timeout=90)
     await w.quiet(timeout=60)
 
