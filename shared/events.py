@@ -12,10 +12,10 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.urls import without_credentials
 
@@ -25,14 +25,16 @@ MAX_EVENT_ID_BYTES = 255  # the CloudEvent id is also the AMQP message_id, a sho
 TEKTON_SCOPE_PREFIX = "tekton:"
 
 
-def event_id(kind: str, key: str, revision: int) -> str:
+def event_id(kind: str, key: str, revision: int, part: int | None = None) -> str:
     """Deterministic CloudEvent id of one revision of one record (the same on every replay, so
     consumers can dedupe): ``<kind>:<key>:<revision>``, or ``<kind>:sha256-<hex of key>:<revision>``
-    when that would not fit an AMQP message_id (the event's subject still names the key)."""
-    readable = f"{kind}:{key}:{revision}"
+    when that would not fit an AMQP message_id (the event's subject still names the key). A
+    snapshot published in several parts (:mod:`shared.snapshot_parts`) adds ``:<part>``."""
+    tail = f":{revision}" if part is None else f":{revision}:{part}"
+    readable = f"{kind}:{key}{tail}"
     if len(readable.encode()) <= MAX_EVENT_ID_BYTES:
         return readable
-    return f"{kind}:sha256-{hashlib.sha256(key.encode()).hexdigest()}:{revision}"
+    return f"{kind}:sha256-{hashlib.sha256(key.encode()).hexdigest()}{tail}"
 
 
 def canonical_json(value: Any) -> str:
@@ -144,6 +146,24 @@ class CloudEvent(BaseModel):
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Parted(_Data):
+    """A snapshot, published whole or, over the watcher's ``SNAPSHOT_PART_BYTES``, as ``parts``
+    events of one revision, each with its share of the two ``split_fields`` (items, known
+    revisions) and every other field whole (docs/design.md, "Snapshots over RabbitMQ's message
+    size"). A consumer applies a revision only once it holds all its parts; absent = 1 of 1."""
+
+    split_fields: ClassVar[tuple[str, str]]
+
+    part: int = Field(default=1, ge=1, description="this event's part of the snapshot, 1..parts")
+    parts: int = Field(default=1, ge=1, description="how many events carry this snapshot revision")
+
+    @model_validator(mode="after")
+    def _part_within_parts(self) -> Self:
+        if self.part > self.parts:
+            raise ValueError(f"part: {self.part} is beyond parts: {self.parts}")
+        return self
 
 
 # --- broker-api: service.<kind>.<event> -------------------------------------------------------
@@ -286,8 +306,10 @@ class TriggerData(_Data):
     deleted: bool = False
 
 
-class SnapshotData(_Data):
+class SnapshotData(_Parted):
     """``kabanero.snapshot``: the whole derived state of one instance, for level-triggered reconcile."""
+
+    split_fields: ClassVar[tuple[str, str]] = ("triggers", "trigger_revisions")
 
     schema_version: Literal[1] = 1
     instance: InstanceRef
@@ -406,9 +428,11 @@ class TektonCardData(_Data):
         return tekton_scope(self.key.cluster, self.key.namespace)
 
 
-class TektonSnapshotData(_Data):
+class TektonSnapshotData(_Parted):
     """``tekton.snapshot``: every card of one namespace of a cluster, for level-triggered reconcile
     (the Tekton counterpart of :class:`SnapshotData`)."""
+
+    split_fields: ClassVar[tuple[str, str]] = ("cards", "card_revisions")
 
     schema_version: Literal[1] = 1
     cluster: str

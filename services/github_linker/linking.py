@@ -123,6 +123,7 @@ class Linker:
                     repos,
                     revision=snap.revision,
                     instance_revision=snap.instance_revision,
+                    parts=snap.parts,
                 )
             case None:
                 self._metrics.events.labels("ignored").inc()
@@ -165,6 +166,7 @@ class Linker:
         *,
         revision: int,
         instance_revision: int | None = None,
+        parts: int = 1,
     ) -> None:
         """Store an instance's repositories and reconcile the toolchains of its services.
 
@@ -173,11 +175,16 @@ class Linker:
         are ignored when an instance event newer than that was applied already (a snapshot delayed
         by a retry must not undo it). The toolchains are still reconciled then, from the stored
         repositories (drift repair).
+
+        A snapshot in several ``parts`` (``shared.snapshot_parts``) splits only its triggers, which
+        the linker does not read: every part carries the whole of what it reads (``exists``,
+        ``repositories``, ``instance_revision``), so the first part of a revision to arrive applies
+        it and the others are skipped, with no part to keep.
         """
         key = ref.scope
         old = await self._store.instance(key) or InstanceState(key=key)
         last = old.revision if instance_revision is None else old.snapshot_revision
-        if revision < last:
+        if revision < last or (parts > 1 and revision == last):
             self._skip_stale(key, revision, last)
             return
         urls = tuple(

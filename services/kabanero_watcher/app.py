@@ -258,6 +258,7 @@ async def _lead(
             is_leader=elector.is_leader,
             metrics=emit_metrics,
             batch=settings.publish_batch,
+            part_bytes=settings.snapshot_part_bytes,
         )
         session = Session(
             settings=settings,

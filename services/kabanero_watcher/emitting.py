@@ -26,14 +26,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
 from services.kabanero_watcher.pacing import Pacer
-from services.kabanero_watcher.state import PublishedState, Record, RecordKind
-from shared.events import CloudEvent, event_id
+from services.kabanero_watcher.state import SNAPSHOT_KINDS, PublishedState, Record, RecordKind
+from shared.amqp.messages import to_message
+from shared.events import MAX_EVENT_ID_BYTES, TYPE_PREFIX, CloudEvent, event_id
+from shared.snapshot_parts import split_steps
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ PublishFn = Callable[[CloudEvent], Awaitable[None]]
 Queued = tuple[str, Record, str]
 """(routing key, record, subject) of one event waiting for ``flush``."""
 PUBLISH_BATCH = 1000
+SNAPSHOT_PART_BYTES = 4 * 1024 * 1024
+# What the envelope of a snapshot part measures at most: the longest id, a time with microseconds,
+# part numbers of six digits.
+_WIDEST_TIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_WIDEST_PART = 999_999
 
 
 class NotLeader(Exception):
@@ -67,6 +75,7 @@ class Emitter:
         metrics: EmitMetrics | None = None,
         batch: int = PUBLISH_BATCH,
         pacer: Pacer | None = None,
+        part_bytes: int = SNAPSHOT_PART_BYTES,
     ) -> None:
         self.state = state
         self.cluster = state.cluster
@@ -77,6 +86,7 @@ class Emitter:
         self.published = 0
         self.batch = batch
         self.pacer = pacer or Pacer()
+        self.part_bytes = part_bytes
         self._queues: dict[asyncio.Task[Any] | None, list[Queued]] = {}
 
     def emit(self, routing_key: str, record: Record, subject: str) -> None:
@@ -115,10 +125,11 @@ class Emitter:
         return [(batch[i][0], batch[i][2]) for i in confirmed]
 
     def _event(self, routing_key: str, record: Record, subject: str) -> CloudEvent:
+        parted = record.kind in SNAPSHOT_KINDS and record.data.get("parts", 1) > 1
         return CloudEvent(
-            id=event_id(record.kind, record.key, record.revision),
+            id=event_id(record.kind, record.key, record.revision, record.data["part"] if parted else None),
             source=self.source,
-            type=f"io.kabanero.otc.{routing_key}",
+            type=TYPE_PREFIX + routing_key,
             subject=subject,
             data=record.data,
         )
@@ -147,6 +158,30 @@ class Emitter:
             revision=revision,
             data=data.model_dump(mode="json"),
         )
+
+    async def emit_snapshot(self, routing_key: str, record: Record, fields: tuple[str, str]) -> int:
+        """Queue a snapshot as one event, or as the parts that keep each body within
+        ``part_bytes`` (RabbitMQ refuses a message over 16 MiB): ids ``<kind>:<key>:<revision>:<part>``,
+        one revision, one record. Measuring is paced. Returns the number of parts."""
+        budget = self.part_bytes - self._part_envelope(routing_key, record, fields)
+        parts = await self.pacer.drive(split_steps(record.data, fields, budget=budget))
+        for data in parts:
+            self.emit(routing_key, record.model_copy(update={"data": data}), record.key)
+        return len(parts)
+
+    def _part_envelope(self, routing_key: str, record: Record, fields: tuple[str, str]) -> int:
+        """The bytes of a part's body without its share of ``fields``, at their widest."""
+        items_field, known_field = fields
+        data = record.data | {items_field: [], known_field: {}, "part": _WIDEST_PART, "parts": _WIDEST_PART}
+        event = CloudEvent(
+            id="x" * MAX_EVENT_ID_BYTES,
+            source=self.source,
+            type=TYPE_PREFIX + routing_key,
+            time=_WIDEST_TIME,
+            subject=record.key,
+            data=data,
+        )
+        return len(to_message(event).body)
 
     def discard(self) -> None:
         """Forget what this task queued: an error left it unpublished, the next reconcile publishes it."""

@@ -125,7 +125,7 @@ class KabaneroFamily:
             trigger_revisions={r.key: r.revision for r in records},
         )
         record = self.emitter.record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
-        self.emitter.emit(RoutingKeys.SNAPSHOT, record, record.key)
+        await self.emitter.emit_snapshot(RoutingKeys.SNAPSHOT, record, SnapshotData.split_fields)
         await self.emitter.flush()
 
 

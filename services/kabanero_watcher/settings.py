@@ -105,6 +105,14 @@ class Settings(CommonSettings):
     snapshot_interval_s: float = Field(
         default=600.0, gt=0, description="period of the full per-instance snapshot (also sent at start)"
     )
+    snapshot_part_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=16 * 1024,
+        le=8 * 1024 * 1024,
+        description="a `kabanero.snapshot` or `tekton.snapshot` whose body would pass this many bytes is "
+        "published as several parts of one revision, each within it (RabbitMQ refuses messages over 16 MiB; "
+        "a consumer stores each part as its own document, within MongoDB's 16 MiB)",
+    )
     publish_retry_s: float = Field(default=2.0, gt=0, description="retry interval of a failed publish")
     publish_concurrency: int = Field(
         default=16,

@@ -361,5 +361,5 @@ class TektonFamily:
             card_revisions={r.key: r.revision for r in records},
         )
         record = self.emitter.record("tekton-snapshot", key, namespace, "", revision, data)
-        self.emitter.emit(RoutingKeys.TEKTON_SNAPSHOT, record, key)
+        await self.emitter.emit_snapshot(RoutingKeys.TEKTON_SNAPSHOT, record, TektonSnapshotData.split_fields)
         await self.emitter.flush()

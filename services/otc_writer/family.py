@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self, cast
+from typing import Any, ClassVar, Protocol, Self, cast
 
 from pydantic import BaseModel
 
@@ -59,8 +59,18 @@ class Item(Protocol):
 
 
 class Snapshot(Protocol):
+    """A snapshot, or one part of one (``shared.snapshot_parts``)."""
+
+    split_fields: ClassVar[tuple[str, str]]
+
     @property
     def revision(self) -> int: ...
+    @property
+    def part(self) -> int: ...
+    @property
+    def parts(self) -> int: ...
+    def model_copy(self, *, update: Mapping[str, Any] | None = ..., deep: bool = ...) -> Self: ...
+    def model_dump_json(self) -> str: ...
 
 
 @dataclass(frozen=True)

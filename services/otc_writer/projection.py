@@ -8,6 +8,10 @@ One machinery for every family of items (``family.py``: Kabanero triggers, Tekto
   cluster), ``namespaces`` (Tekton) and bound toolchains.
 - ``otc_writer_instances``: the last snapshot revision applied per item scope (an instance, a Tekton
   namespace ``tekton:cluster/namespace``).
+- ``otc_writer_snapshot_parts``: the parts of a snapshot revision published in several
+  (``shared.snapshot_parts``), one document per part slot (``<scope>|<part>``, the part's data as
+  its JSON text, within the watcher's ``SNAPSHOT_PART_BYTES``), until every part of the revision is
+  here; then the whole snapshot is applied, and its parts deleted once OTC converged.
 - ``otc_writer_bindings``: per item scope, the toolchains bound to it (the union over the services
   that bind it). Derived from ``otc_writer_services``; written with a compare-and-set on ``rev`` so
   two replicas handling two services of one scope never lose one. A scope seen for the first time
@@ -32,8 +36,9 @@ reconciles, since the first delivery may have failed after the projection write.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, ReturnDocument
@@ -45,6 +50,7 @@ from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot,
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
 from shared.events import ServiceEventData, TriggerData
 from shared.mongo import Document
+from shared.snapshot_parts import IncompleteParts, join
 
 TRIGGERS = TRIGGER_FAMILY.items
 CARDS = TEKTON.items
@@ -52,6 +58,7 @@ SERVICES = "otc_writer_services"
 INSTANCES = "otc_writer_instances"
 BINDINGS = "otc_writer_bindings"
 SCOPES = "otc_writer_scopes"
+SNAPSHOT_PARTS = "otc_writer_snapshot_parts"
 SCHEMA_VERSION = 1
 
 State = Literal["stored", "same", "stale"]
@@ -75,6 +82,7 @@ class Projection:
         self.instances: AsyncCollection[Document] = db[INSTANCES]
         self.bindings: AsyncCollection[Document] = db[BINDINGS]
         self.scopes: AsyncCollection[Document] = db[SCOPES]
+        self.snapshot_parts: AsyncCollection[Document] = db[SNAPSHOT_PARTS]
 
     def items(self, family: Family[Any, Any]) -> AsyncCollection[Document]:
         return self._items[family.name]
@@ -83,6 +91,7 @@ class Projection:
         for coll in self._items.values():
             await coll.create_index([("scope", ASCENDING)], name="scope")
         await self.services.create_index([("scope", ASCENDING)], name="scope")
+        await self.snapshot_parts.create_index([("scope", ASCENDING)], name="scope")
 
     @staticmethod
     async def _cas(
@@ -201,6 +210,62 @@ class Projection:
         return await self.live_items(TRIGGER_FAMILY, scope)
 
     # --- snapshots ---
+
+    async def whole_snapshot[N: Snapshot](self, family: Family[Any, N], snap: N) -> N | None:
+        """The whole snapshot ``snap`` is a part of, once every part of its revision is stored; None
+        while some are missing, or when the part is stale (a newer revision was applied).
+
+        Each part is stored first, in its slot (``<scope>|<part>``: a newer revision overwrites an
+        incomplete older one part by part; a redelivered part changes nothing). A part of a revision
+        already applied is stored no more, but completes the revision again while its parts are
+        still here (a redelivery after a crash between the apply and the converge). Commands: a
+        read of the applied revision, the part's write, a read of the slots' revisions, and, once
+        complete, one read of the parts.
+        """
+        if snap.parts == 1:
+            return snap
+        scope = family.snapshot_scope(snap)
+        applied = await self.instances.find_one({"_id": scope}, {"revision": 1})
+        applied_revision = int(applied.get("revision", -1)) if applied else -1
+        if applied_revision > snap.revision:
+            return None
+        if applied_revision < snap.revision:
+            await self._store_part(scope, snap)
+        slots = [_slot(scope, n) for n in range(1, snap.parts + 1)]
+        held = await self.snapshot_parts.find(
+            {"_id": {"$in": slots}, "revision": snap.revision, "parts": snap.parts}, {"_id": 1}
+        ).to_list()
+        if len(held) < snap.parts:
+            return None
+        docs = await self.snapshot_parts.find({"_id": {"$in": slots}, "revision": snap.revision}).to_list()
+        try:
+            return join([cast(N, family.snapshot_model.model_validate_json(d["body"])) for d in docs])
+        except IncompleteParts:
+            return None  # a slot overwritten by a newer revision between the two reads
+
+    async def _store_part(self, scope: str, snap: Snapshot) -> None:
+        """The part in its slot, unless the slot holds this revision or a newer one already."""
+        # A duplicate key: a redelivered part, or one of a revision already superseded.
+        with contextlib.suppress(DuplicateKeyError):
+            await self.snapshot_parts.update_one(
+                {"_id": _slot(scope, snap.part), "revision": {"$lt": snap.revision}},
+                {
+                    "$set": {
+                        "scope": scope,
+                        "revision": snap.revision,
+                        "part": snap.part,
+                        "parts": snap.parts,
+                        "body": snap.model_dump_json(),
+                        "schema_version": SCHEMA_VERSION,
+                        "updated_at": datetime.now(UTC),
+                    }
+                },
+                upsert=True,
+            )
+
+    async def drop_snapshot_parts(self, scope: str, revision: int) -> None:
+        """Forget the parts of an applied revision and of any older one that never completed."""
+        await self.snapshot_parts.delete_many({"scope": scope, "revision": {"$lte": revision}})
 
     async def put_family_snapshot[T: Item, N: Snapshot](
         self, family: Family[T, N], snap: N
@@ -357,6 +422,10 @@ class Projection:
                 {"$set": {"bindings": {"toolchains": toolchains, "rev": rev}}},
             )
             return rev, set(toolchains)
+
+
+def _slot(scope: str, part: int) -> str:
+    return f"{scope}|{part}"
 
 
 def _older_copy(rev: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from services.otc_writer.projection import Projection
 from shared.amqp import DataModel, DataModels, Delivery, PermanentError, RetryableError
 from shared.dependencies import never_succeeds, unavailable_dependency
 from shared.events import RoutingKeys, ServiceEventData, ToolCommand
+from shared.snapshot_parts import sequence
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def revision_of_event(message: EventMessage) -> tuple[str, int] | None:
         return family.name, cast(Item, data).revision
     family = _SNAPSHOTS.get(rk)
     if family is not None and data is not None:
-        return family.snapshot_label, cast(Snapshot, data).revision
+        snap = cast(Snapshot, data)  # parts of one revision never supersede each other
+        return sequence(family.snapshot_label, snap.part), snap.revision
     return None
 
 
@@ -203,14 +205,23 @@ class Reconciler:
             return
         await self.reconcile_item(family, item, cause, toolchains)
 
-    async def _on_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], snap: N, cause: str) -> None:
+    async def _on_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], part: N, cause: str) -> None:
+        scope = family.snapshot_scope(part)
+        snap = await self._projection.whole_snapshot(family, part)
+        if snap is None:  # a part kept until its revision is whole (nothing applied), or stale
+            log.info(
+                "snapshot part held or stale",
+                extra={"scope": scope, "revision": part.revision, "part": part.part, "parts": part.parts},
+            )
+            return
         items = await self._projection.put_family_snapshot(family, snap)
-        scope = family.snapshot_scope(snap)
         if items is None:
             self._metrics.skipped.labels(family.snapshot_label).inc()
             log.info("stale snapshot skipped", extra={"scope": scope})
             return
         await self.reconcile_scope(family, scope, cause, items)
+        if part.parts > 1:
+            await self._projection.drop_snapshot_parts(scope, part.revision)
 
     # --- convergence ---
 
