@@ -193,7 +193,7 @@ def _table(v: ToolsView) -> str:
             rows.append(f"<tr><th colspan=3 scope=colgroup>Toolchain {e(current)}</th></tr>")
         name = f"<a href='{e(t.link)}' rel=noreferrer>{e(t.name)}</a>" if t.link else e(t.name)
         rows.append(
-            f"<tr class={e(t.state)}><td>{name}</td><td><strong>{e(WORDS[t.state])}</strong></td>"
+            f"<tr class={e(t.state)}><td>{name}</td><td class=st><strong>{e(WORDS[t.state])}</strong></td>"
             f"<td>{e(t.summary)}</td></tr>"
         )
     return (
