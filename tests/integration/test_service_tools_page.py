@@ -14,7 +14,7 @@ import aiohttp
 
 from shared.amqp.publisher import to_message
 from shared.amqp.topology import EXCHANGE
-from shared.events import CloudEvent, RoutingKeys, ToolOutcomeData
+from shared.events import CloudEvent, RoutingKeys, ToolOutcomeData, ToolState
 from tests.helpers import wait_until
 from tests.integration.test_broker_api import KB, Client, make_settings, running
 from tests.integration.test_broker_dashboard import get
@@ -23,7 +23,7 @@ BIND = {"toolchain_credentials": "TC"}
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def outcome(name: str, state: str, revision: int, minute: int, **kw: Any) -> ToolOutcomeData:
+def outcome(name: str, state: ToolState, revision: int, minute: int, **kw: Any) -> ToolOutcomeData:
     base: dict[str, Any] = {
         "purpose": "kabanero-trigger",
         "key": f"default/team-a/{name}",
@@ -33,7 +33,7 @@ def outcome(name: str, state: str, revision: int, minute: int, **kw: Any) -> Too
     }
     return ToolOutcomeData(
         **{**base, **kw}, state=state, revision=revision, at=T0 + timedelta(minutes=minute)
-    )  # type: ignore[arg-type]
+    )
 
 
 async def publish(amqp_url: str, *outcomes: ToolOutcomeData) -> None:
