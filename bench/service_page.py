@@ -30,6 +30,7 @@ from cryptography.fernet import Fernet
 from bench.common import bench_infra
 from services.broker_api.app import build
 from services.broker_api.settings import Settings
+from services.broker_api.tool_states import COLLECTION
 from shared.amqp.publisher import to_message
 from shared.amqp.topology import EXCHANGE
 from shared.events import CloudEvent, RoutingKeys, ToolOutcomeData, ToolState
@@ -113,10 +114,9 @@ async def _run(mongodb_url: str, amqp_url: str, tools: int) -> dict[str, Any]:
             pass
         t0 = time.perf_counter()
         await publish_all(amqp_url, tools)
-        while True:
-            _, raw = await _get(session, url, "application/json")
-            if json.loads(raw)["tools"]["total"] >= tools:
-                break
+        # Ingest watched in the collection itself (the page is measured once it is all there).
+        collection = rt.infra.db[COLLECTION]
+        while await collection.count_documents({}) < tools:
             await asyncio.sleep(1)
         ingest_s = time.perf_counter() - t0
         html_times, json_times = [], []
