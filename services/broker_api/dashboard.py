@@ -31,13 +31,15 @@ from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
 
 from services.broker_api.errors import BadRequest, NotFound
+from services.broker_api.kabanero_instances import KabaneroInstanceStore, ShownKabanero, shown
+from services.broker_api.kabanero_instances import render as render_found
 from services.broker_api.models import ID_RE, InstanceRecord
 from services.broker_api.outcomes import OutcomeStore
 from services.broker_api.page_frame import frame
 from services.broker_api.service_tools import ToolsView, tools_view
 from services.broker_api.service_tools import render as render_tools
 from services.broker_api.tool_states import ToolStateStore
-from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind
+from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind, instance_scope
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +116,21 @@ class DashboardView(BaseModel):
     creates_instance: bool
     outcome: ShownOutcome | None = Field(description="the watcher's last outcome; null: none yet")
     kabanero_landing_url: str
+    found: ShownKabanero | None = Field(
+        default=None,
+        description="the instance as the watcher found it (version, repositories); null: not yet",
+    )
     tools: ToolsView | None = Field(
         default=None, description="the tools kept in its toolchains, and how they stand"
     )
 
 
 def view(
-    rec: InstanceRecord, outcome: CommandOutcomeData | None, landing: str, tools: ToolsView | None = None
+    rec: InstanceRecord,
+    outcome: CommandOutcomeData | None,
+    landing: str,
+    tools: ToolsView | None = None,
+    found: ShownKabanero | None = None,
 ) -> DashboardView:
     """The page's content (the JSON answer; the HTML shows the same)."""
     p = rec.parameters
@@ -139,6 +149,7 @@ def view(
         ),
         kabanero_landing_url=landing,
         tools=tools,
+        found=found,
     )
 
 
@@ -162,7 +173,7 @@ def render(v: DashboardView, rendered_at: datetime) -> str:
         "<section aria-labelledby=stands><h2 id=stands>What this service stands for</h2>"
         f"<p>The Kabanero instance {e(v.instance.name)} in namespace {e(v.instance.namespace)} of cluster "
         f"{e(v.instance.cluster)}. Service {e(v.instance_id)} ({e(v.state)}).</p>"
-        f"{result}"
+        f"{render_found(v.found) if v.tools is not None else ''}{result}"
         f"<p><a href='{e(v.kabanero_landing_url)}' rel=noreferrer>Kabanero landing page</a></p></section>"
         f"{render_tools(v.tools) if v.tools is not None else ''}"
     )
@@ -214,6 +225,7 @@ def dashboard_route(
     outcomes: OutcomeStore,
     landing: Callable[[InstanceRecord], str],
     tools: ToolStateStore,
+    instances: KabaneroInstanceStore,
     kind: ServiceKind = KIND,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """``GET /dashboard/{sid}/{token}``: a Kabanero service's page (``/dashboard/events/...``: a
@@ -221,7 +233,8 @@ def dashboard_route(
 
     async def present(rec: InstanceRecord, page: int) -> tuple[BaseModel, str]:
         outcome = await outcomes.get(rec.instance_id) if kind == KIND else None
-        v = view(rec, outcome, landing(rec), await tools_view(tools, rec, page))
+        found = shown(await instances.get(instance_scope(rec.parameters.cluster, rec.parameters.namespace)))
+        v = view(rec, outcome, landing(rec), await tools_view(tools, rec, page), found)
         return v, render(v, utc_now())
 
     return page_route(links, kind, record, present)

@@ -13,6 +13,8 @@ from aiohttp import web
 from services.broker_api.dashboard import EVENTS_ROUTE, dashboard_route
 from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
 from services.broker_api.instances import Policy
+from services.broker_api.kabanero_instances import QUEUE as INSTANCES_QUEUE
+from services.broker_api.kabanero_instances import KabaneroInstanceStore
 from services.broker_api.latest import LatestStore
 from services.broker_api.models import InstanceRecord
 from services.broker_api.outcomes import QUEUE as OUTCOMES_QUEUE
@@ -61,12 +63,17 @@ def add_pages(
     def landing(rec: InstanceRecord) -> str:
         return policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
 
+    kabanero = KabaneroInstanceStore(infra.db)
+    if settings.serves("kabanero-broker") or settings.serves("kabanero-events-broker"):
+        consume("instances-consumer", INSTANCES_QUEUE, kabanero)
     if settings.serves("kabanero-broker"):
         outcomes = OutcomeStore(infra.db)
         consume("outcomes-consumer", OUTCOMES_QUEUE, outcomes)
         app.router.add_get(
             DASHBOARD_ROUTE,
-            dashboard_route(policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing, tools),
+            dashboard_route(
+                policy.links, lambda sid: store.get("kabanero", sid), outcomes, landing, tools, kabanero
+            ),
         )
     if settings.serves("kabanero-events-broker"):
         app.router.add_get(
@@ -77,6 +84,7 @@ def add_pages(
                 OutcomeStore(infra.db),
                 landing,
                 tools,
+                kabanero,
                 kind="kabanero-events",
             ),
         )

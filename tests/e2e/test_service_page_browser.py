@@ -140,6 +140,12 @@ async def test_the_page_reads_refused_pending_then_in_sync_in_a_real_browser(
         assert waiting in {t["name"] for t in await w.tools()}
         visit = await seen(b, w, url, "3-in-sync")
         assert "All 7 tools are in sync with OTC." in visit.text, visit.text
+        # What it stands for, as the watcher found it: the version, the repositories (gitops too).
+        assert (
+            "as the watcher of the cluster found it" in visit.text
+            and "Repositories it uses" in visit.headings
+        )
+        assert "gitops" in visit.text
         assert "Last change:" in visit.text and waiting in visit.text
         await seen(b, w, url, "4-in-sync-phone", mobile=True)
 
