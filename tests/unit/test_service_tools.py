@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from services.broker_api.dashboard import DashboardView, InstanceName
 from services.broker_api.dashboard import render as render_kabanero
 from services.broker_api.models import Binding, InstanceRecord, Parameters
+from services.broker_api.openapi import openapi_spec
 from services.broker_api.service_tools import PAGE_SIZE, concerns, view
 from services.broker_api.tool_states import ToolStateDoc, _newer
 from services.otc_writer.otc_client import (
@@ -154,3 +155,18 @@ def test_a_tools_link_is_an_http_url_only() -> None:
     assert link_of({"repo_url": "https://github.com/a/b"}) == "https://github.com/a/b"
     assert link_of({"dashboard_url": "javascript:alert(1)"}) is None
     assert link_of({"repo_url": 3, "dashboard_url": "http://x.example/d"}) == "http://x.example/d"
+
+
+def test_every_kinds_page_is_in_the_openapi_document() -> None:
+    spec = openapi_spec("test")
+    for path in (
+        "/dashboard/{sid}/{token}",
+        "/dashboard/events/{sid}/{token}",
+        "/dashboard/tekton/{sid}/{token}",
+    ):
+        op = spec["paths"][path]["get"]
+        assert op["security"] == [] and {"200", "400", "404"} <= set(op["responses"])
+        assert {"application/json", "text/html"} <= set(op["responses"]["200"]["content"])
+        assert any(p["name"] == "page" and p["in"] == "query" for p in op["parameters"])
+    schemas = spec["components"]["schemas"]
+    assert "ToolsView" in schemas and "ShownTool" in schemas
