@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: rabbitmq promtool kubectl venv lint typecheck unit test test-real-mongo bench chaos demo run clean lock compose-check
+.PHONY: rabbitmq promtool kubectl chromium venv lint typecheck unit test test-real-mongo bench chaos demo run clean lock compose-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PY313)" || { echo "Python 3.13 not found (pyenv 3.13 or python3.13 on PATH)"; exit 1; }
@@ -32,6 +32,11 @@ promtool: venv
 kubectl: venv
 	@bash scripts/ensure-kubectl.sh $(VENV)/bin
 
+# Debian's chromium at /usr/bin/chromium (installed with apt-get when absent): the e2e tests open the
+# services' pages in it, headless, over the DevTools protocol (tests/cdp.py).
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 # ruff includes the complexity bound (C901, max 12 in services/, shared/ and kotc_cli/); scripts/complexity.py
 # holds the same bound by radon, which also counts boolean operators; lint-imports the layering
 # contracts of pyproject.toml [tool.importlinter].
@@ -50,7 +55,7 @@ typecheck: venv
 # loadfile: a module's shared stack starts once), faster but with timing failures under load so far
 # (docs/design.md, "The test suite: faster, stricter").
 PYTEST_WORKERS ?= 0
-test: venv rabbitmq promtool kubectl lint typecheck
+test: venv rabbitmq promtool kubectl chromium lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory compose-check
 

@@ -93,13 +93,16 @@ class Demo:
         d = self.driver
         d.toolchain = await d.new_toolchain("demo-toolchain")
         params = {"cluster": CLUSTER, "namespace": "kabanero"}
+        pages: dict[str, str] = {}
 
         async def provision_and_bind() -> None:
             for broker, sid in BROKERS:
-                await d.provision_and_bind(broker, sid, params)
+                pages[sid] = (await d.provision_and_bind(broker, sid, params)).body["dashboard_url"]
 
         # deploy/samples/kabanero-sample.yaml yields 2 triggers and 4 repositories (its header).
         await self.settle("OTC: provision + bind both services", provision_and_bind(), counts(2, 4))
+        for sid, url in pages.items():
+            await self.show_page(sid, url, 6)
         gh = count(await d.tools(), GITHUB)
         current = (await d.kube("GET", "mediator"))["spec"]["mediations"]
         release = {**current[0], "name": "release", "selector": {"urlPattern": "release"}}
@@ -137,11 +140,15 @@ class Demo:
         """``parameters.events: auto``: binding adds a Kabanero Events tool, unbinding removes it."""
         d, sid = self.driver, "demo-kabanero-auto"
         params = {"cluster": CLUSTER, "namespace": "kabanero", "events": "auto"}
+        page: list[str] = []
+
+        async def bound() -> None:
+            page.append((await d.provision_and_bind("kabanero-broker", sid, params)).body["dashboard_url"])
+
         await self.settle(
-            "OTC: events=auto Kabanero service bound (+Events tool, 2 trig.)",
-            d.provision_and_bind("kabanero-broker", sid, params),
-            counts(2, 4, events=1),
+            "OTC: events=auto Kabanero service bound (+Events tool, 2 trig.)", bound(), counts(2, 4, events=1)
         )
+        await self.show_page(sid, page[0], 7)
         await self.settle(
             "OTC: unbind it (its Events tool and all it brought go)",
             d.unbind("kabanero-broker", sid),
@@ -168,7 +175,7 @@ class Demo:
         await d.kube("GET", cr)  # the Kabanero CR the service created (DriverError if it is not there)
         outcome = await self.page(dashboard[0], lambda page: _outcome(page).startswith("created"))
         if self.echo is not None:
-            self.echo(f"    service dashboard {dashboard[0]}\n      {_outcome(outcome)}")
+            self.echo(f"    page of service {sid}: {dashboard[0]}\n      {_outcome(outcome)}")
         await self.settle(
             "OTC: delete it (its CR is deleted, the GitHub tool goes)",
             d.deprovision("kabanero-broker", sid),
@@ -194,7 +201,7 @@ class Demo:
         )
         shown = await self.page(page[0], lambda p: "has not reported" not in p["summary"])
         if self.echo is not None:
-            self.echo(f"    service page {page[0]}\n      {shown['summary']}")
+            self.echo(f"    page of service {sid}: {page[0]}\n      {shown['summary']}")
         sample = await d.kube("GET", f"{PIPELINES}/{SAMPLE_PIPELINE}")
         added = {
             "apiVersion": "tekton.dev/v1beta1",
@@ -261,6 +268,12 @@ class Demo:
 
         await wait_for(check, f"the service page {url}")
         return shown
+
+    async def show_page(self, sid: str, url: str, tools: int) -> None:
+        """Print the service's page URL (its ``dashboard_url``) once it shows its ``tools`` in sync."""
+        shown = await self.page(url, lambda p: p["tools"]["in_sync"] and p["tools"]["total"] == tools)
+        if self.echo is not None:
+            self.echo(f"    page of service {sid}: {url}\n      {shown['tools']['total']} tools, all in sync")
 
     async def absent(self, path: str) -> bool:
         return (await self.driver.get(self.driver.kube_url(path)))[0] == 404

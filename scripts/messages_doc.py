@@ -36,6 +36,7 @@ from shared.events import (
     TektonInstallationData,
     TektonSnapshotData,
     ToolCommand,
+    ToolOutcomeData,
     TriggerData,
     TriggerKey,
 )
@@ -204,6 +205,25 @@ def _model(key: str) -> tuple[type[BaseModel], BaseModel, str, str]:
             "github-linker; broker-api (purpose `kabanero-events-auto`: the Events tool of an events=auto service)",
             "make one tool exist with this content, or not exist",
         )
+    if key == "otc.outcome.tool":
+        example = ToolOutcomeData(
+            purpose="kabanero-trigger",
+            key="default/team-a/mediation/webhook/appsody",
+            toolchain_id="9b7e5a10-toolchain",
+            scope="default/team-a",
+            name="kabanero trigger default/team-a appsody",
+            state="refused",
+            revision=3,
+            message="POST /toolchains/9b7e5a10-toolchain/tools: 400: Invalid parameters [bad_request]",
+            dead_letter="kabanero.trigger:default/team-a/mediation/webhook/appsody:3",
+            at=WHEN,
+        )
+        return (
+            ToolOutcomeData,
+            example,
+            "otc-writer",
+            "what became of one tool (applied, pending, held, refused...), for the services' pages",
+        )
     if key == "control.resync":
         return ResyncRequest, ResyncRequest(cluster="default"), "kabanero-otc CLI", "ask for fresh snapshots"
     raise KeyError(key)
@@ -216,7 +236,7 @@ def routing_keys() -> list[str]:
     keys += ["kabanero.snapshot", "kabanero.command.outcome"]
     keys += ["tekton.installation.changed", *(f"tekton.card.{e}" for e in ("created", "updated", "deleted"))]
     keys += ["tekton.snapshot"]
-    return [*keys, "otc.tool.apply", "otc.tool.remove", "control.resync"]
+    return [*keys, "otc.tool.apply", "otc.tool.remove", "otc.outcome.tool", "control.resync"]
 
 
 def consumers(key: str) -> list[str]:
@@ -265,7 +285,7 @@ def render() -> str:
         "1. Open http://127.0.0.1:15672 (guest/guest after `make run`) and pick the vhost (`kabanero-otc`,",
         "   top right).",
         "2. *Queues and Streams* → a queue (`otc-writer.events`, `otc-writer.commands`, `github-linker.events`,",
-        "   `broker-api.outcomes`, `broker-api.tekton`, `kabanero-watcher.<cluster>.instances`,",
+        "   `broker-api.outcomes`, `broker-api.tekton`, `broker-api.tools`, `kabanero-watcher.<cluster>.instances`,",
         "   their `.retry.<N>s` delay queues and `.dead` dead-letter queues) → *Get messages*, Ack mode",
         '   "Nack message requeue true": the payload is the CloudEvent as JSON, readable as-is.',
         "3. Properties show `message_id` and `type`; headers of a retried or dead message say why:",
@@ -307,6 +327,7 @@ def render() -> str:
         TektonCardData,
         TektonSnapshotData,
         ToolCommand,
+        ToolOutcomeData,
         ResyncRequest,
         ResyncReply,
     ]

@@ -104,6 +104,8 @@ class RoutingKeys:
     COMMAND_OUTCOME = "kabanero.command.outcome"
     TOOL_APPLY = "otc.tool.apply"
     TOOL_REMOVE = "otc.tool.remove"
+    # otc-writer -> broker-api: what became of one tool (not ``otc.tool.*``: that is the commands').
+    TOOL_OUTCOME = "otc.outcome.tool"
     CONTROL_RESYNC = "control.resync"
 
 
@@ -468,6 +470,53 @@ class ToolCommand(_Data):
     name: str = Field(min_length=1, max_length=128)
     parameters: dict[str, Any] = Field(default_factory=dict)
     revision: int = Field(ge=0, description="monotonic per key; older commands are skipped")
+
+
+# --- otc-writer -> broker-api: otc.outcome.tool ----------------------------------------------
+
+ToolState = Literal["applied", "removed", "pending", "held", "refused", "failed"]
+ToolChange = Literal["created", "updated", "adopted", "deleted", "absent"]
+MAX_OUTCOME_MESSAGE = 1000
+
+
+class ToolOutcomeData(_Data):
+    """``otc.outcome.tool``: what otc-writer's last attempt did with one tool of one toolchain, for
+    the page of the services that keep it (broker-api). Published after the attempt ended (the
+    ledger committed, recorded the refusal or the error), best effort: a lost one is corrected by
+    the tool's next outcome.
+
+    Ordered per tool by (``revision``, ``at``): a consumer keeps the newest and skips the rest, so a
+    replay changes nothing. No secrets: the message is OTC's (IBM message and transaction id)."""
+
+    schema_version: Literal[1] = 1
+    purpose: str = Field(description="ledger purpose, e.g. 'github', 'kabanero-trigger', 'tekton-card'")
+    key: str = Field(min_length=1, max_length=512)
+    toolchain_id: str
+    scope: str | None = Field(
+        default=None, description="what the tool belongs to (instance, Tekton namespace)"
+    )
+    name: str | None = Field(default=None, description="the OTC tool name")
+    state: ToolState = Field(
+        description="applied | removed | pending (a transient OTC error: retried) | held (OTC down or "
+        "rate limiting: retried after `until`) | refused (OTC refused this content: not retried until it "
+        "changes) | failed (a permanent error other than a refusal: dead-lettered)"
+    )
+    change: ToolChange | None = Field(default=None, description="what the write did, when applied or removed")
+    revision: int = Field(ge=0, description="the desired revision the attempt was for; monotonic per tool")
+    message: str | None = Field(default=None, max_length=MAX_OUTCOME_MESSAGE, description="OTC's message")
+    until: datetime | None = Field(default=None, description="held: OTC is not called before then")
+    dead_letter: str | None = Field(
+        default=None, description="the id of the message dead-lettered because of this tool, if any"
+    )
+    link: str | None = Field(
+        default=None, description="the tool's http(s) link (repository, Tekton Dashboard)"
+    )
+    at: datetime = Field(description="when the attempt ended (applied: when the tool reached OTC)")
+
+    @property
+    def id(self) -> str:
+        """The tool's identity: otc-writer's ledger id."""
+        return f"{self.purpose}|{self.toolchain_id}|{self.key}"
 
 
 # --- kabanero-otc CLI -> kabanero-watcher: control.resync ---------------------------------------

@@ -24,22 +24,38 @@ import hmac
 import html
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
 
-from services.broker_api.errors import NotFound
+from services.broker_api.errors import BadRequest, NotFound
+from services.broker_api.kabanero_instances import KabaneroInstanceStore, ShownKabanero, shown
+from services.broker_api.kabanero_instances import render as render_found
 from services.broker_api.models import ID_RE, InstanceRecord
 from services.broker_api.outcomes import OutcomeStore
-from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind
+from services.broker_api.page_frame import frame
+from services.broker_api.service_tools import ToolsView, tools_view
+from services.broker_api.service_tools import render as render_tools
+from services.broker_api.tool_states import ToolStateStore
+from shared.events import CommandOutcome, CommandOutcomeData, ServiceKind, instance_scope
 
 log = logging.getLogger(__name__)
 
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 ROUTE = "/dashboard/{sid}/{token}"
+EVENTS_ROUTE = "/dashboard/events/{sid}/{token}"
 KIND: ServiceKind = "kabanero"  # only Kabanero services create their instance
-PAGES: dict[ServiceKind, str] = {"kabanero": "/dashboard", "tekton": "/dashboard/tekton"}
+PAGES: dict[ServiceKind, str] = {
+    "kabanero": "/dashboard",
+    "kabanero-events": "/dashboard/events",
+    "tekton": "/dashboard/tekton",
+}
 """Where each kind's pages are (a Tekton service's: services.broker_api.tekton_page)."""
 HEADERS = {
     "Cache-Control": "no-store",
@@ -100,9 +116,22 @@ class DashboardView(BaseModel):
     creates_instance: bool
     outcome: ShownOutcome | None = Field(description="the watcher's last outcome; null: none yet")
     kabanero_landing_url: str
+    found: ShownKabanero | None = Field(
+        default=None,
+        description="the instance as the watcher found it (version, repositories); null: not yet",
+    )
+    tools: ToolsView | None = Field(
+        default=None, description="the tools kept in its toolchains, and how they stand"
+    )
 
 
-def view(rec: InstanceRecord, outcome: CommandOutcomeData | None, landing: str) -> DashboardView:
+def view(
+    rec: InstanceRecord,
+    outcome: CommandOutcomeData | None,
+    landing: str,
+    tools: ToolsView | None = None,
+    found: ShownKabanero | None = None,
+) -> DashboardView:
     """The page's content (the JSON answer; the HTML shows the same)."""
     p = rec.parameters
     return DashboardView(
@@ -119,10 +148,12 @@ def view(rec: InstanceRecord, outcome: CommandOutcomeData | None, landing: str) 
             else None
         ),
         kabanero_landing_url=landing,
+        tools=tools,
+        found=found,
     )
 
 
-def render(v: DashboardView) -> str:
+def render(v: DashboardView, rendered_at: datetime) -> str:
     e = html.escape
     label = f"{v.instance.cluster}/{v.instance.namespace}/{v.instance.name}"
     out = v.outcome
@@ -133,20 +164,20 @@ def render(v: DashboardView) -> str:
     else:
         at = out.at.isoformat()
         result = (
-            f"<p class='outcome {e(out.outcome)}'><b>{e(out.outcome)}</b> "
+            f"<p class='outcome {e(out.outcome)}'>The Kabanero CR: <b>{e(out.outcome)}</b> "
             f"<time datetime='{e(at)}'>{e(at)}</time></p><p>{e(out.message)}</p>"
         )
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>Kabanero service {e(label)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em;max-width:50em}.refused,.failed{color:#a00}"
-        ".created,.updated,.deleted{color:#070}.pending{color:#666}</style></head><body>"
-        f"<h1>Kabanero {e(label)}</h1>"
-        f"<p>Service {e(v.instance_id)} ({e(v.state)})</p>"
-        f"{result}"
-        f"<p><a href='{e(v.kabanero_landing_url)}' rel=noreferrer>Kabanero landing page</a></p>"
-        "</body></html>"
+    what = "Kabanero Events" if v.service == "kabanero-events" else "Kabanero"
+    body = (
+        f"<h1>{e(what)} {e(label)}</h1>"
+        "<section aria-labelledby=stands><h2 id=stands>What this service stands for</h2>"
+        f"<p>The Kabanero instance {e(v.instance.name)} in namespace {e(v.instance.namespace)} of cluster "
+        f"{e(v.instance.cluster)}. Service {e(v.instance_id)} ({e(v.state)}).</p>"
+        f"{render_found(v.found) if v.tools is not None else ''}{result}"
+        f"<p><a href='{e(v.kabanero_landing_url)}' rel=noreferrer>Kabanero landing page</a></p></section>"
+        f"{render_tools(v.tools) if v.tools is not None else ''}"
     )
+    return frame(f"{what} service {label}", body, rendered_at)
 
 
 def wants_json(request: web.Request) -> bool:
@@ -154,8 +185,16 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-Present = Callable[[InstanceRecord], Awaitable[tuple[BaseModel, str]]]
-"""A page's content for a record: the JSON view and the HTML showing the same."""
+Present = Callable[[InstanceRecord, int], Awaitable[tuple[BaseModel, str]]]
+"""A page's content for a record and a page of its tools: the JSON view and the HTML showing the same."""
+
+
+def page_number(request: web.Request) -> int:
+    """``?page=N`` (1 when absent); anything but a positive integer is a 400 naming it."""
+    raw = request.query.get("page", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise BadRequest("invalid request: 'page' must be a positive integer")
+    return int(raw)
 
 
 def page_route(
@@ -172,7 +211,7 @@ def page_route(
         rec = await record(sid) if ID_RE.fullmatch(sid) and links.valid(sid, token, kind) else None
         if rec is None:
             raise NotFound("no such dashboard")
-        v, page = await present(rec)
+        v, page = await present(rec, page_number(request))
         if wants_json(request):
             return web.json_response(v.model_dump(mode="json"), headers=HEADERS)
         return web.Response(text=page, content_type="text/html", headers=HEADERS)
@@ -185,11 +224,17 @@ def dashboard_route(
     record: Callable[[str], Awaitable[InstanceRecord | None]],
     outcomes: OutcomeStore,
     landing: Callable[[InstanceRecord], str],
+    tools: ToolStateStore,
+    instances: KabaneroInstanceStore,
+    kind: ServiceKind = KIND,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``GET /dashboard/{sid}/{token}``: a Kabanero service's page."""
+    """``GET /dashboard/{sid}/{token}``: a Kabanero service's page (``/dashboard/events/...``: a
+    Kabanero Events service's, the same page)."""
 
-    async def present(rec: InstanceRecord) -> tuple[BaseModel, str]:
-        v = view(rec, await outcomes.get(rec.instance_id), landing(rec))
-        return v, render(v)
+    async def present(rec: InstanceRecord, page: int) -> tuple[BaseModel, str]:
+        outcome = await outcomes.get(rec.instance_id) if kind == KIND else None
+        found = shown(await instances.get(instance_scope(rec.parameters.cluster, rec.parameters.namespace)))
+        v = view(rec, outcome, landing(rec), await tools_view(tools, rec, page), found)
+        return v, render(v, utc_now())
 
-    return page_route(links, KIND, record, present)
+    return page_route(links, kind, record, present)

@@ -61,9 +61,9 @@ class KindRules:
 
 _NOT_TEKTON = "a Tekton service stands for a cluster's installation"
 RULES: dict[ServiceKind, KindRules] = {
-    "kabanero": KindRules("kabanero", one_instance=True, events=True, creates=True, page="create"),
+    "kabanero": KindRules("kabanero", one_instance=True, events=True, creates=True, page="always"),
     # The Events broker validates and ignores events/create/instance (as it always has).
-    "kabanero-events": KindRules("kabanero-events", one_instance=True),
+    "kabanero-events": KindRules("kabanero-events", one_instance=True, page="always"),
     "tekton": KindRules(
         "tekton",
         one_instance=False,

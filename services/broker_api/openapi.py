@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from services.broker_api.dashboard import EVENTS_ROUTE, DashboardView
 from services.broker_api.dashboard import ROUTE as DASHBOARD_ROUTE
-from services.broker_api.dashboard import DashboardView
 from services.broker_api.kinds import RULES
 from services.broker_api.models import (
     BROKERS,
@@ -55,21 +55,39 @@ def _page_op(path: str, summary: str, view: type[BaseModel]) -> Op:
         200,
         response=view,
         auth=False,
-        errors=(404,),
-        notes={404: "unknown service instance, or a wrong token (the same answer)"},
+        errors=(400, 404),
+        notes={
+            400: "'page' is not a positive integer",
+            404: "unknown service instance, or a wrong token (the same answer)",
+        },
     )
 
 
+PAGE_PARAMETER: dict[str, Any] = {
+    "name": "page",
+    "in": "query",
+    "required": False,
+    "description": "the page of the service's tools (problems first, 100 per page); 400 if not a positive integer",
+    "schema": {"type": "integer", "minimum": 1, "default": 1},
+}
 # The services' own pages, each served with the broker whose services have one.
 PAGE_OPS: dict[str, Op] = {
     "kabanero-broker": _page_op(
         DASHBOARD_ROUTE,
-        "A Kabanero service's dashboard (dashboard_url): the cluster side's outcome",
+        "A Kabanero service's page (dashboard_url): what it stands for, the cluster side's outcome "
+        "when it creates its instance, and the tools kept in its toolchains with their sync state",
+        DashboardView,
+    ),
+    "kabanero-events-broker": _page_op(
+        EVENTS_ROUTE,
+        "A Kabanero Events service's page (dashboard_url): what it stands for and the tools kept in its "
+        "toolchains with their sync state",
         DashboardView,
     ),
     "tekton-broker": _page_op(
         TEKTON_ROUTE,
-        "A Tekton service's dashboard (dashboard_url): the installation the watcher of its cluster found",
+        "A Tekton service's page (dashboard_url): the installation the watcher of its cluster found, and "
+        "the cards kept in its toolchains with their sync state",
         TektonDashboardView,
     ),
 }
@@ -102,7 +120,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
+def _parameters(op: Op) -> list[dict[str, Any]]:
     params = []
     for name, what in (
         ("sid", "service instance id (OTC)"),
@@ -119,6 +137,11 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
                     "schema": {"type": "string", "pattern": ID_PATTERN, "maxLength": 255},
                 }
             )
+    return params
+
+
+def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
+    params = _parameters(op)
     out: dict[str, Any] = {
         "summary": op.summary,
         "operationId": f"{(root or 'root').replace('-', '_')}_{op.method}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_')}",
@@ -137,6 +160,8 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
     ok: dict[str, Any] = {"description": "success"}
     if op.response is not None:
         ok["content"] = {"application/json": {"schema": refs[(op.response, "serialization")]}}
+    if "{token}" in op.path:
+        _page_extras(params, ok)
     responses: dict[str, Any] = {str(op.success): ok}
     for code in sorted({*op.errors, *(_AUTH_ERRORS if op.auth else ())}):
         responses[str(code)] = {
@@ -145,6 +170,15 @@ def _operation(op: Op, root: str | None, refs: Mapping[Any, dict[str, Any]]) -> 
         }
     out["responses"] = responses
     return out
+
+
+def _page_extras(params: list[dict[str, Any]], ok: dict[str, Any]) -> None:
+    """A service's page: its tools are paged, and it is HTML by default."""
+    params.append(PAGE_PARAMETER)
+    ok.setdefault("content", {})["text/html"] = {
+        "schema": {"type": "string"},
+        "description": "the same content as a script-less page (the default)",
+    }
 
 
 def _per_broker_name(model: type[BaseModel], kind: str) -> str:

@@ -22,10 +22,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from services.broker_api.dashboard import PAGES, DashboardLinks, page_route
+from services.broker_api.dashboard import PAGES, DashboardLinks, page_route, utc_now
 from services.broker_api.kinds import RULES
 from services.broker_api.models import InstanceRecord
+from services.broker_api.page_frame import frame
+from services.broker_api.service_tools import ToolsView, tools_view
+from services.broker_api.service_tools import render as render_tools
 from services.broker_api.tekton_installations import InstallationStore
+from services.broker_api.tool_states import ToolStateStore
 from shared.events import ServiceParameters, TektonInstallationData
 
 KIND: Literal["tekton"] = "tekton"
@@ -59,6 +63,9 @@ class TektonDashboardView(BaseModel):
     installation: ShownInstallation | None = Field(
         description="the watcher's last report; null: it has not reported yet"
     )
+    tools: ToolsView | None = Field(
+        default=None, description="the cards kept in its toolchains, and how they stand"
+    )
 
 
 def _http_url(url: str | None) -> str | None:
@@ -78,7 +85,9 @@ def _summary(cluster: str, inst: ShownInstallation | None) -> str:
     return f"{versions}{where} on cluster {cluster}"
 
 
-def view(rec: InstanceRecord, found: TektonInstallationData | None) -> TektonDashboardView:
+def view(
+    rec: InstanceRecord, found: TektonInstallationData | None, tools: ToolsView | None = None
+) -> TektonDashboardView:
     p = rec.parameters
     scope = ServiceParameters(cluster=p.cluster, namespaces=p.namespaces)
     shown = (
@@ -110,6 +119,7 @@ def view(rec: InstanceRecord, found: TektonInstallationData | None) -> TektonDas
         label=RULES[KIND].label(p),
         summary=_summary(p.cluster, shown),
         installation=shown,
+        tools=tools,
     )
 
 
@@ -134,34 +144,33 @@ def _rows(inst: ShownInstallation) -> str:
     return f"<table>{cells}</table>{link}"
 
 
-def render(v: TektonDashboardView) -> str:
+def render(v: TektonDashboardView, rendered_at: datetime) -> str:
     e = html.escape
     inst = v.installation
     css = "pending" if inst is None else ("found" if inst.found else "missing")
     detail = _rows(inst) if inst is not None and inst.found else ""
     mirrored = ", ".join(v.namespaces) if v.namespaces else "every namespace"
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{e(v.label)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em;max-width:50em}.missing{color:#a00}"
-        ".found{color:#070}.pending{color:#666}th{text-align:left;padding-right:1em}</style></head><body>"
+    body = (
         f"<h1>{e(v.label)}</h1>"
+        "<section aria-labelledby=stands><h2 id=stands>What this service stands for</h2>"
         f"<p>Service {e(v.instance_id)} ({e(v.state)}), mirroring {e(mirrored)}</p>"
         f"<p class={css}>{e(v.summary)}</p>"
-        f"{detail}"
-        "</body></html>"
+        f"{detail}</section>"
+        f"{render_tools(v.tools) if v.tools is not None else ''}"
     )
+    return frame(v.label, body, rendered_at)
 
 
 def tekton_route(
     links: DashboardLinks,
     record: Callable[[str], Awaitable[InstanceRecord | None]],
     installations: InstallationStore,
+    tools: ToolStateStore,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """``GET /dashboard/tekton/{sid}/{token}``."""
 
-    async def present(rec: InstanceRecord) -> tuple[BaseModel, str]:
-        v = view(rec, await installations.get(rec.parameters.cluster))
-        return v, render(v)
+    async def present(rec: InstanceRecord, page: int) -> tuple[BaseModel, str]:
+        v = view(rec, await installations.get(rec.parameters.cluster), await tools_view(tools, rec, page))
+        return v, render(v, utc_now())
 
     return page_route(links, KIND, record, present)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from services.otc_writer.reconcile import (
 )
 from services.otc_writer.settings import Settings
 from services.otc_writer.tekton_cards import TektonCardStyle
+from services.otc_writer.tool_reports import ReportingApplier, tool_reporter
 from shared.amqp import Consumer, Topology
 from shared.amqp.consuming.decode import Decoder
 from shared.health import Health, HttpServer, health_app
@@ -163,7 +165,11 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     client_metrics.register(health.registry, lambda: client)
     ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
     projection = Projection(infra.db)
-    applier = ToolApplier(ledger, client, owner=owner, after_write=deps.after_otc_write)
+    # Every tool outcome is told to broker-api for the services' pages (services.otc_writer.tool_reports).
+    reporter = tool_reporter(infra.publisher.publish, health.registry, client, time.monotonic)
+    applier = ReportingApplier(
+        ledger, client, owner=owner, reporter=reporter, after_write=deps.after_otc_write
+    )
     styles = tool_styles(settings)
     runtime = OtcWriter(
         infra=infra,

@@ -44,6 +44,10 @@ QUEUES: dict[str, tuple[str, ...]] = {
     "broker-api.outcomes": ("kabanero.command.outcome",),
     # What the watchers found of each cluster's Tekton installation (the Tekton services' pages).
     "broker-api.tekton": ("tekton.installation.changed",),
+    # What the watchers found of each Kabanero instance (version, repositories), for its services' pages.
+    "broker-api.instances": ("kabanero.instance.*",),
+    # What otc-writer did with each tool, for every service's page (broker-api).
+    "broker-api.tools": ("otc.outcome.tool",),
 }
 
 

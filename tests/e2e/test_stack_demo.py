@@ -77,6 +77,12 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
     first = steps["OTC: provision + bind both services"]
     assert "Kabanero Event Trigger (customtool), 2:" in first and "GitHub (githubconsolidated), 4:" in first
     assert first.count("      - kabanero-trigger ") == 2
+    # Every service's page URL is printed once its tools are shown in sync (issue 22).
+    assert (
+        "    page of service demo-events: http://127.0.0.1:" in first
+        and "/dashboard/events/demo-events/" in first
+    )
+    assert "    page of service demo-kabanero: http://127.0.0.1:" in first and "6 tools, all in sync" in first
     assert "toolchain: no tools" in steps["OTC: delete the Kabanero service"]
     tekton = steps["OTC: Tekton service (cluster default) provisioned + bound"]
     assert "Tekton Pipeline (customtool), 2:" in tekton and "Tekton EventListener (customtool), 1:" in tekton
@@ -85,7 +91,8 @@ def test_demo_scenario_converges_with_one_write_per_change() -> None:
         "listener-b4ef64ab " in tekton
         and "(http://el-listener-b4ef64ab-kabanero.apps.acme.example)" in tekton
     )
-    assert "    service page http://127.0.0.1:" in tekton and "/dashboard/tekton/demo-tekton/" in tekton
+    assert "    page of service demo-tekton: http://127.0.0.1:" in tekton
+    assert "/dashboard/tekton/demo-tekton/" in tekton
     assert "Tekton Pipelines v0.11.3, Triggers v0.4.0" in tekton
     assert "Tekton Pipeline (customtool), 3:" in steps["cluster: Pipeline 'demo-build-pl' added"]
     assert "demo-listener ff59fbc7  (not exposed)" in steps["cluster: EventListener 'demo-listener' added"]

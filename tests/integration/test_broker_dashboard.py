@@ -72,11 +72,13 @@ async def test_dashboard_shows_the_watchers_outcome_idempotently_without_credent
         prefix = f"{public}/dashboard/kab-1/"
         assert url.startswith(prefix) and len(url) - len(prefix) >= 22, url  # >= 128 bits of token
         local = rt.url + urllib.parse.urlsplit(url).path.removeprefix("/base")
-        # A service that does not create its instance keeps the landing page as its dashboard.
+        # A service that does not create its instance has its page too (its tools; no outcome).
         status, plain = await c.call(
             "PUT", f"{KB}/service_instances/kab-plain", {"service_id": "kabanero", "parameters": {}}
         )
-        assert status == 200 and plain["dashboard_url"].startswith("https://kabanero-landing-kabanero.")
+        assert status == 200 and plain["dashboard_url"].startswith(f"{public}/dashboard/kab-plain/")
+        status, shown = await get(session, rt.url + urllib.parse.urlsplit(plain["dashboard_url"]).path[5:])
+        assert status == 200 and shown["creates_instance"] is False and shown["tools"]["total"] == 0
 
         status, shown = await get(session, local)
         assert status == 200 and shown["outcome"] is None and shown["creates_instance"] is True

@@ -396,7 +396,13 @@ async def test_the_page_shows_the_installation_of_the_services_cluster(
 
         for text in (html, json.dumps(shown)):
             assert "PLAINTEXT" not in text and "s3cret" not in text and KEY not in text
-            assert "toolchain-id-1" not in text and "SERVICE-CRED" not in text
+            assert "SERVICE-CRED" not in text
+        # Its own toolchain is shown (its tools are grouped by it); another service's never is.
+        assert shown["tools"]["toolchains"] == ["toolchain-id-1"]
+        _, other = await page(session, every_url)
+        _, other_html = await page(session, every_url, accept="text/html")
+        for text in (other_html, json.dumps(other)):
+            assert "toolchain-id-1" not in text
 
 
 async def _acked_at_least(rt: BrokerRuntime, count: float) -> bool:
