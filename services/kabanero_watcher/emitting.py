@@ -5,7 +5,8 @@ time within a namespace (see :mod:`state`): a crash anywhere in between leaves a
 that the next reconcile re-publishes unchanged or supersedes with the next revision, so no change
 is lost and no revision is ever reused for other content. The session reconciles several
 namespaces at once: their keys are disjoint, so per key there is still one event in flight, in
-revision order. CloudEvent ids are ``<kind>:<key>:<revision>``: a re-published pending event
+revision order. CloudEvent ids are ``<kind>:<key>:<revision>`` (a snapshot in parts adds
+``:<part>``: :meth:`Emitter.emit_snapshot`): a re-published pending event
 carries the same id and revision, which consumers skip as a duplicate. The id is also the AMQP
 ``message_id``, at most 255 bytes: a longer one (long names) becomes
 ``<kind>:sha256-<hash of key>:<revision>``, as deterministic.

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 from services.otc_writer.desired import trigger_tool_name
 from services.otc_writer.projection import SNAPSHOT_PARTS
-from shared.events import CloudEvent, InstanceRef, RoutingKeys, SnapshotData, TriggerData
+from shared.events import (
+    CloudEvent,
+    InstanceRef,
+    RoutingKeys,
+    SnapshotData,
+    TektonSnapshotData,
+    TriggerData,
+)
 from shared.mongo import make_client
 from shared.snapshot_parts import split
 from tests.integration.writer_support import (
     CLUSTER,
     NAMESPACE,
     WriterEnv,
+    card,
     service_event,
+    tekton_service_event,
     trigger,
     writes,
 )
@@ -108,3 +117,30 @@ async def test_a_snapshot_in_parts_applies_whole_once_every_part_is_here_and_a_p
         assert writes(env.otc.calls(mark)) == []
         assert await stored_parts(env) == []
         assert env.tool_names(tc) == want
+
+
+async def test_a_tekton_snapshot_in_parts_applies_once_whole(env: WriterEnv) -> None:
+    tc = env.otc.seed_toolchain(name="tekton-parts")
+    cards = [card(f"pipeline-{n:02d}", tasks=("build", "test", "deploy")) for n in range(10)]
+    data = TektonSnapshotData(
+        cluster=CLUSTER,
+        namespace=NAMESPACE,
+        cards=cards,
+        revision=1,
+        card_revisions={c.key.id: 1 for c in cards},
+    ).model_dump(mode="json")
+    events = [
+        CloudEvent.for_data(RoutingKeys.TEKTON_SNAPSHOT, TektonSnapshotData.model_validate(p), source="test")
+        for p in split(data, TektonSnapshotData.split_fields, budget=1200)
+    ]
+    assert len(events) >= 3
+    async with env.writer() as w:
+        await env.publish(tekton_service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 1)
+        for n, event in enumerate(reversed(events), 2):
+            assert writes(env.otc.calls()) == []  # nothing before the revision is whole
+            await env.publish(event)
+            await env.wait_handled(w, n)
+        assert len(env.otc.tools(tc)) == len(cards)
+        assert [c.method for c in writes(env.otc.calls())] == ["POST"] * len(cards)
+        assert await stored_parts(env) == []
