@@ -147,7 +147,8 @@ async def test_the_page_reads_refused_pending_then_in_sync_in_a_real_browser(
         )
         assert "gitops" in visit.text
         assert "Last change:" in visit.text and waiting in visit.text
-        await seen(b, w, url, "4-in-sync-phone", mobile=True)
+        phone = await seen(b, w, url, "4-in-sync-phone", mobile=True)
+        assert phone.overflow_px <= 0, f"{phone.overflow_px} px wider than a phone's screen"
 
         # The Kabanero service's page: the same instance, the same tools.
         await wait_until(lambda: all_in_sync(w, kab, 7), timeout=30, what="the Kabanero service's page")
