@@ -24,7 +24,15 @@ pytestmark = pytest.mark.e2e
 SHOTS = ROOT / ".run" / "page-screenshots"
 PARAMS = {"cluster": CLUSTER, "namespace": "kabanero"}
 REFUSAL = "Tool parameters are not valid (emulated refusal)"
-ENV = fault_env(otc_writer={"OTC_MAX_ATTEMPTS": "2", "OTC_DEADLINE_S": "5", "OTC_BREAKER_RESET_S": "3"})
+# Two failed calls open the circuit: OTC down is then "held" (until the half-open probe).
+ENV = fault_env(
+    otc_writer={
+        "OTC_MAX_ATTEMPTS": "2",
+        "OTC_DEADLINE_S": "5",
+        "OTC_BREAKER_THRESHOLD": "2",
+        "OTC_BREAKER_RESET_S": "3",
+    }
+)
 
 
 @pytest.fixture
