@@ -35,6 +35,7 @@ from shared.amqp.publisher import to_message
 from shared.amqp.topology import EXCHANGE
 from shared.events import CloudEvent, RoutingKeys, ToolOutcomeData, ToolState
 from tests.cdp import browser
+from tests.helpers import wait_until
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"bench:bench-secret").decode()}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -84,6 +85,10 @@ async def publish_all(amqp_url: str, n: int) -> None:
         await conn.close()
 
 
+async def _all_in(collection: Any, tools: int) -> bool:
+    return bool(await collection.count_documents({}) >= tools)
+
+
 async def _get(session: aiohttp.ClientSession, url: str, accept: str) -> tuple[float, bytes]:
     t0 = time.perf_counter()
     async with session.get(url, headers={"Accept": accept}) as r:
@@ -116,8 +121,9 @@ async def _run(mongodb_url: str, amqp_url: str, tools: int) -> dict[str, Any]:
         await publish_all(amqp_url, tools)
         # Ingest watched in the collection itself (the page is measured once it is all there).
         collection = rt.infra.db[COLLECTION]
-        while await collection.count_documents({}) < tools:
-            await asyncio.sleep(1)
+        await wait_until(
+            lambda: _all_in(collection, tools), timeout=3600, interval=1, what="the outcomes stored"
+        )
         ingest_s = time.perf_counter() - t0
         html_times, json_times = [], []
         for _ in range(5):

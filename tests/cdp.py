@@ -68,6 +68,8 @@ class Visit:
     headings: list[str] = field(default_factory=list)
     screenshot: Path | None = None
     status: int | None = None
+    overflow_px: int = 0
+    """How much wider than the viewport the page is (0: nothing to scroll sideways)."""
 
 
 class Session:
@@ -184,6 +186,7 @@ class Browser:
         visit.csp_violations += list(await value("window.__kotcCsp || []") or [])
         visit.text = str(await value("document.body ? document.body.innerText : ''"))
         visit.lang = str(await value("document.documentElement.lang"))
+        visit.overflow_px = int(await value("document.documentElement.scrollWidth - window.innerWidth") or 0)
         visit.headings = list(
             await value("Array.from(document.querySelectorAll('h1,h2,h3')).map(h => h.innerText)") or []
         )

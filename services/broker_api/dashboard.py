@@ -1,4 +1,4 @@
-"""The service's dashboard page (``dashboard_url`` of a Kabanero service that creates its instance).
+"""A Kabanero or Kabanero Events service's page (its ``dashboard_url`` with ``BROKER_PUBLIC_URL``).
 
 OTC opens a service's ``dashboard_url`` in the user's browser, which holds no broker credentials, so
 the page is served without authentication and its URL is the capability:
@@ -9,9 +9,11 @@ page says nothing about which sids exist. Rotating ``CREDENTIALS_KEY`` changes t
 PUT or PATCH returns the new one).
 
 What it shows is what the OTC tool card may show: the instance (cluster/namespace/name), whether the
-service is active, the watcher's last outcome (created, updated, deleted, refused... with its message,
-the API server's when it refused, and when), and a link to the Kabanero landing page. Never
-credentials, toolchain ids or the spec. HTML by default, JSON when the client asks for it (``Accept:
+service is active, the instance as the watcher found it (version, repositories), for a service that
+creates its instance the watcher's last outcome (created, updated, deleted, refused... with its
+message, the API server's when it refused, and when), a link to the Kabanero landing page, and the
+tools kept in the service's own toolchains with their sync state (services.broker_api.service_tools).
+Never credentials, another service's toolchain ids or the spec. HTML by default, JSON when the client asks for it (``Accept:
 application/json``). ``Referrer-Policy: no-referrer`` keeps the token out of the landing page's logs,
 ``Cache-Control: no-store`` out of shared caches.
 """

@@ -13,7 +13,7 @@ REFRESH_S = 30
 STYLE = (
     "body{font-family:system-ui,sans-serif;margin:1em auto;max-width:60em;padding:0 1em;line-height:1.4}"
     "table{border-collapse:collapse;width:100%}th,td{text-align:left;vertical-align:top;padding:.3em;"
-    "border-bottom:1px solid #ccc;overflow-wrap:anywhere}.st{overflow-wrap:normal}caption{text-align:left;font-weight:bold}"
+    "border-bottom:1px solid #ccc}td,h1,p,li{overflow-wrap:anywhere}td.st{overflow-wrap:normal}caption{text-align:left;font-weight:bold}"
     ".refused,.failed,.bad,.missing{color:#a00}.held,.pending{color:#7a4b00}.ok,.found,.applied,"
     ".created,.updated,.deleted{color:#060}footer{color:#555;font-size:.9em;margin-top:2em}"
 )

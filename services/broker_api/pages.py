@@ -63,9 +63,10 @@ def add_pages(
     def landing(rec: InstanceRecord) -> str:
         return policy.landing_url(rec.kind, rec.instance_id, rec.parameters)
 
+    # Consumed whatever brokers are served, like the tools: every service declares the queue
+    # (shared.amqp.topology), and the watchers report every Kabanero instance of their cluster.
     kabanero = KabaneroInstanceStore(infra.db)
-    if settings.serves("kabanero-broker") or settings.serves("kabanero-events-broker"):
-        consume("instances-consumer", INSTANCES_QUEUE, kabanero)
+    consume("instances-consumer", INSTANCES_QUEUE, kabanero)
     if settings.serves("kabanero-broker"):
         outcomes = OutcomeStore(infra.db)
         consume("outcomes-consumer", OUTCOMES_QUEUE, outcomes)

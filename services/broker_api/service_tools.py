@@ -11,7 +11,7 @@ the applied tools, ``PAGE_SIZE`` per page (``?page=N``); dead letters and links 
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -91,19 +91,23 @@ def concerns(rec: InstanceRecord, tool: ToolStateDoc) -> bool:
     return scope == f"{p.cluster}/{p.namespace}" or (not scope and tool.purpose == GITHUB_PURPOSE)
 
 
+def when(at: datetime) -> str:
+    """A time as a user reads it: ``2026-01-01 12:00:05 UTC``."""
+    utc = at.astimezone(UTC) if at.tzinfo is not None else at
+    return f"{utc:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def summary(t: ToolStateDoc) -> str:
     if t.state == "applied":
-        return (
-            f"in sync at revision {t.revision} ({t.change or 'applied'}), reached OTC at {t.at.isoformat()}"
-        )
+        return f"in sync at revision {t.revision} ({t.change or 'applied'}), reached OTC at {when(t.at)}"
     if t.state == "pending":
-        return f"pending since {t.since.isoformat()}: {t.message or 'OTC did not answer'}; retried"
+        return f"pending since {when(t.since)}: {t.message or 'OTC did not answer'}; retried"
     if t.state == "held":
-        until = f" until {t.until.isoformat()}" if t.until else ""
-        return f"held since {t.since.isoformat()}: OTC is down or rate limiting{until}; retried then"
+        until = f" until {when(t.until)}" if t.until else ""
+        return f"held since {when(t.since)}: OTC is down or rate limiting{until}; retried then"
     if t.state == "refused":
-        return f"refused by OTC at {t.at.isoformat()}: {t.message or ''}; not retried until it changes"
-    return f"failed at {t.at.isoformat()}: {t.message or ''}"
+        return f"refused by OTC at {when(t.at)}: {t.message or ''}; not retried until it changes"
+    return f"failed at {when(t.at)}: {t.message or ''}"
 
 
 def _shown(t: ToolStateDoc) -> ShownTool:

@@ -7,8 +7,9 @@ cluster last reported (``tekton.installation.changed``, kept per cluster by
 :mod:`services.broker_api.tekton_installations`): the Pipelines and Triggers versions, the
 controller namespace, how it was detected, the Tekton Dashboard URL, how many cards the service
 keeps (the live cards of the namespaces it mirrors) and the installation's last change; or that no
-installation was found and why; or that the watcher has not reported yet. Never credentials or
-toolchain ids.
+installation was found and why; or that the watcher has not reported yet; then the cards kept in the
+service's own toolchains with their sync state (services.broker_api.service_tools). Never credentials
+or another service's toolchain ids.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
     ledger = Ledger(infra.db, lease_ttl_s=settings.lease_ttl_s, lease_wait_s=settings.lease_wait_s)
     projection = Projection(infra.db)
     # Every tool outcome is told to broker-api for the services' pages (services.otc_writer.tool_reports).
-    reporter = tool_reporter(infra.publisher.publish, health.registry, client, time.monotonic)
+    reporter = tool_reporter(infra.publisher, health.registry, client, time.monotonic)
     applier = ReportingApplier(
         ledger, client, owner=owner, reporter=reporter, after_write=deps.after_otc_write
     )

@@ -30,6 +30,7 @@ from services.otc_writer.otc_client import (
     OtcRefusedError,
     OtcUnavailableError,
 )
+from shared.amqp.publisher import Publisher
 from shared.events import MAX_OUTCOME_MESSAGE, CloudEvent, RoutingKeys, ToolChange, ToolOutcomeData, ToolState
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class Reporter:
         *,
         until: Callable[[], datetime | None],
         clock: Clock,
+        online: Callable[[], bool] = lambda: True,
     ) -> None:
         self._publish = publish
+        self._online = online
         self._until = until
         self._clock = clock
         self.failures = Counter(
@@ -83,6 +86,10 @@ class Reporter:
 
     async def report(self, outcome: ToolOutcomeData) -> None:
         event = CloudEvent.for_data(RoutingKeys.TOOL_OUTCOME, outcome, source=SOURCE, subject=outcome.id)
+        if not self._online():  # RabbitMQ is away: do not hold the tool's message for a page
+            self.failures.inc()
+            log.info("tool outcome not published: RabbitMQ unavailable", extra={"ledger_id": outcome.id})
+            return
         try:
             await self._publish(event)
         except Exception as exc:  # best effort, see the module docstring
@@ -170,11 +177,17 @@ class ReportingApplier(ToolApplier):
 
 
 def tool_reporter(
-    publish: Publish, registry: CollectorRegistry, client: OtcClient, monotonic: Callable[[], float]
+    publisher: Publisher, registry: CollectorRegistry, client: OtcClient, monotonic: Callable[[], float]
 ) -> Reporter:
     """The reporter of a running otc-writer: its publisher, its OTC client's hold-off."""
 
     def now() -> datetime:
         return datetime.now(UTC)
 
-    return Reporter(publish, registry, until=lambda: held_until(client, now, monotonic), clock=now)
+    return Reporter(
+        publisher.publish,
+        registry,
+        until=lambda: held_until(client, now, monotonic),
+        clock=now,
+        online=lambda: publisher.ready,
+    )

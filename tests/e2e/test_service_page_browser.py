@@ -24,7 +24,15 @@ pytestmark = pytest.mark.e2e
 SHOTS = ROOT / ".run" / "page-screenshots"
 PARAMS = {"cluster": CLUSTER, "namespace": "kabanero"}
 REFUSAL = "Tool parameters are not valid (emulated refusal)"
-ENV = fault_env(otc_writer={"OTC_MAX_ATTEMPTS": "2", "OTC_DEADLINE_S": "5", "OTC_BREAKER_RESET_S": "3"})
+# Two failed calls open the circuit: OTC down is then "held" (until the half-open probe).
+ENV = fault_env(
+    otc_writer={
+        "OTC_MAX_ATTEMPTS": "2",
+        "OTC_DEADLINE_S": "5",
+        "OTC_BREAKER_THRESHOLD": "2",
+        "OTC_BREAKER_RESET_S": "3",
+    }
+)
 
 
 @pytest.fixture
@@ -147,7 +155,8 @@ async def test_the_page_reads_refused_pending_then_in_sync_in_a_real_browser(
         )
         assert "gitops" in visit.text
         assert "Last change:" in visit.text and waiting in visit.text
-        await seen(b, w, url, "4-in-sync-phone", mobile=True)
+        phone = await seen(b, w, url, "4-in-sync-phone", mobile=True)
+        assert phone.overflow_px <= 0, f"{phone.overflow_px} px wider than a phone's screen"
 
         # The Kabanero service's page: the same instance, the same tools.
         await wait_until(lambda: all_in_sync(w, kab, 7), timeout=30, what="the Kabanero service's page")

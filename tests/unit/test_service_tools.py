@@ -88,7 +88,7 @@ def test_problems_first_counted_and_paged() -> None:
     assert v.total == 253 and v.pages == 3 and len(v.tools) == PAGE_SIZE
     assert [t.name for t in v.tools[:3]] == ["bad", "held", "wait"]
     assert v.counts == {"applied": 250, "held": 1, "refused": 1, "pending": 1} and not v.in_sync
-    assert "until 2026-01-01T00:03:00" in v.tools[1].summary
+    assert "until 2026-01-01 00:03:00 UTC" in v.tools[1].summary
     last = view(record(), many, page=99)
     assert last.page == 3 and len(last.tools) == 53 and last.tools[-1].name == "ok-00249"
 
