@@ -6,15 +6,20 @@ Why each field exists:
 - ``revision``: compare-and-set; an apply or remove with an older revision is skipped, so a late or
   redelivered older event never overwrites a newer applied state.
 - ``intent``: written by the same conditional update that takes the lease, so the hot path costs
-  exactly two ledger round trips (lease and intent in one, the commit and release in one more).
+  two ledger writes (lease and intent in one, the commit and release in one more), batched across
+  the changes handled at once (``batching.py``: three round trips per batch, whatever its size).
   A release without an OTC write restores the intent the lease found.
 - ``pending``: the intent written *before* a mutating OTC call whose operation differs from the
   one the lease announced (a recreate after a 404, an audit repair). If the process dies between the call
   and the ledger commit, the next attempt sees it and reads OTC (by tool id or deterministic name)
   before writing: no duplicate create, no lost delete, no second identical write.
-- ``lease_owner`` / ``lease_until``: a per-key lease taken with one atomic conditional update, held
-  around the OTC call. Two replicas consuming one queue thus never act on the same tool at once; a
-  crashed holder's lease simply expires. While held it is renewed every third of its TTL (``kept``),
+- ``lease_owner`` / ``lease_until`` / ``lease_token``: a per-key lease taken with one conditional
+  update (in a batch of them: ``take_batch``), held around the OTC call; ``lease_token`` names the
+  take (one per batch) and fences what the holder writes after it. ``epoch`` counts every write
+  but a renewal, so a batch that read an entry free can take it with an update fenced on the
+  epoch it read: the entry as read is then the entry as it was right before the lease. Two
+  replicas consuming one queue thus never act on the same tool at once; a crashed holder's lease
+  simply expires. While held it is renewed every third of its TTL (``kept``),
   since one apply (a slow pending lookup, then a write, each with retries) can outlast the TTL.
   Before each OTC write the holder checks that at least a quarter of the TTL is left (renewals keep
   two thirds or more), so a holder whose renewals failed aborts before writing, with that margin
@@ -33,8 +38,10 @@ Why each field exists:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,14 +49,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
+from services.otc_writer.batching import GroupCommit
 from services.otc_writer.desired import DesiredTool
 from shared.amqp import PermanentError
 from shared.backoff import Backoff
+from shared.dependencies import never_succeeds
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -176,6 +185,46 @@ class Lease:
     """Committed or released by us: renewing it now would be a mistake, not a loss."""
     writing: bool = False
     """An OTC write may have started: a release keeps the intent, the outcome is unknown."""
+    token: str = ""
+    """``lease_token`` of this take: the holder's writes are fenced on it as on the owner."""
+
+    def fence(self) -> dict[str, Any]:
+        """Filter: the entry still under this lease."""
+        query: dict[str, Any] = {"_id": self.id, "lease_owner": self.owner}
+        if self.token:
+            query["lease_token"] = self.token
+        return query
+
+
+@dataclass(frozen=True)
+class _Take:
+    """One lease a handler asks for (``fresh``: the entry to insert when there is none)."""
+
+    doc_id: str
+    owner: str
+    intent: Intent | None
+    fresh: LedgerEntry | None
+
+
+class _Retry(enum.Enum):
+    """A take the batch did not make: the entry is leased, or changed between read and update."""
+
+    SINGLY = "singly"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class _End:
+    """A commit or release for the batch: ``fenced``: an update that misses means the lease is lost."""
+
+    lease: Lease
+    update: dict[str, Any]
+    fenced: bool
+
+
+BATCH_MAX = 64
+"""Most requests per batch (leases, commits): well under MongoDB's 100,000 writes and 48 MB per
+``bulk_write`` message for any tool the client accepts; a prefetch's worth of handlers fits."""
 
 
 class Ledger:
@@ -190,6 +239,16 @@ class Ledger:
         self._ttl = timedelta(seconds=lease_ttl_s)
         self._margin = self._ttl / 4
         self._wait_s = lease_wait_s
+        self.leases: GroupCommit[_Take, Lease | _Retry] = GroupCommit(
+            self.take_batch,
+            key_of=lambda t: t.doc_id,
+            max_batch=BATCH_MAX,
+            name="ledger-leases",
+            abandoned=self._abandon,
+        )
+        self.ends: GroupCommit[_End, None] = GroupCommit(
+            self.end_batch, key_of=lambda e: e.lease.id, max_batch=BATCH_MAX, name="ledger-commits"
+        )
 
     async def ensure_indexes(self) -> None:
         # Uniqueness of (purpose, key, toolchain) comes from ``_id`` = ledger_id(...). The scope index
@@ -249,6 +308,11 @@ class Ledger:
             raise UnstorableKey(f"ledger key {doc_id!r} contains a NUL character; no entry is made for it")
         fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
+        batched = await self.leases.submit(_Take(doc_id, owner, intent, fresh))
+        if isinstance(batched, Lease):
+            return batched
+        if batched is _Retry.ABSENT:
+            return None
         backoff = Backoff(0.01, 0.2)
         while True:
             lease = await self._try_take(doc_id, owner, intent, fresh)
@@ -267,9 +331,11 @@ class Ledger:
         no entry and ``fresh`` is given), else None."""
         now = datetime.now(UTC)
         until = now + self._ttl
-        update: dict[str, Any] = {"$set": {"lease_owner": owner, "lease_until": until}}
-        if intent is not None:
-            update["$set"]["intent"] = intent.model_copy(update={"since": now}).model_dump()
+        token = uuid.uuid4().hex
+        update: dict[str, Any] = {
+            "$set": self._lease_fields(owner, until, token, intent, now),
+            "$inc": {"epoch": 1},
+        }
         if fresh is not None:
             update["$setOnInsert"] = {
                 "purpose": fresh.purpose,
@@ -292,7 +358,72 @@ class Ledger:
         entry = LedgerEntry.model_validate(before) if before is not None else fresh  # fresh: inserted
         if entry is None:
             return None  # leased by someone else, or (no upsert) no entry
-        return Lease(doc_id, owner, entry, until=until, margin=self._margin)
+        return Lease(doc_id, owner, entry, until=until, margin=self._margin, token=token)
+
+    @staticmethod
+    def _lease_fields(
+        owner: str, until: datetime, token: str, intent: Intent | None, now: datetime
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"lease_owner": owner, "lease_until": until, "lease_token": token}
+        if intent is not None:
+            fields["intent"] = intent.model_copy(update={"since": now}).model_dump()
+        return fields
+
+    async def take_batch(self, takes: list[_Take]) -> list[Lease | _Retry | BaseException]:
+        """The leases of a batch (distinct entries) in two round trips, whatever its size.
+
+        (1) One ``find`` by ``_id $in`` reads the entries as they are. (2) One unordered
+        ``bulk_write``: an insert of each missing entry (leased, with its intent), and for each
+        unleased one an update fenced on the ``epoch`` read in (1) that takes the lease and writes
+        the intent. An update that matches proves nobody wrote the entry between (1) and (2), so
+        what (1) read is the entry as it was right before the lease, the prior intent included, as
+        ``find_one_and_update`` would have returned it. When the counts say some did not match (a
+        race, rare), one more ``find`` reads ``lease_token`` back to learn which. An entry leased
+        at (1), or not taken at (2), is left to the one-by-one path (``_Retry.SINGLY``), which
+        waits for the holder or takes an expired lease over.
+        """
+        found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": [t.doc_id for t in takes]}})}
+        now = datetime.now(UTC)
+        until, token = now + self._ttl, uuid.uuid4().hex
+        results: list[Lease | _Retry | BaseException] = [_Retry.SINGLY] * len(takes)
+        ops: list[InsertOne[Document] | UpdateOne] = []
+        planned: dict[str, tuple[int, LedgerEntry]] = {}
+        for i, take in enumerate(takes):
+            doc = found.get(take.doc_id)
+            fields = self._lease_fields(take.owner, until, token, take.intent, now)
+            if doc is None:
+                if take.fresh is None:
+                    results[i] = _Retry.ABSENT
+                    continue
+                ops.append(InsertOne(_inserted(take.fresh, fields)))
+                planned[take.doc_id] = (i, take.fresh)
+            elif doc.get("lease_owner") is None:
+                fence = {"_id": take.doc_id, "lease_owner": None, "epoch": doc.get("epoch")}
+                ops.append(UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}))
+                planned[take.doc_id] = (i, LedgerEntry.model_validate(doc))
+        for doc_id in await self._bulk(ops, list(planned), token):
+            i, entry = planned[doc_id]
+            results[i] = Lease(doc_id, takes[i].owner, entry, until=until, margin=self._margin, token=token)
+        return results
+
+    async def _bulk(self, ops: list[InsertOne[Document] | UpdateOne], ids: list[str], token: str) -> set[str]:
+        """Run the lease writes; the ids whose lease is now ``token``'s."""
+        if not ops:
+            return set()
+        try:
+            result = await self.coll.bulk_write(ops, ordered=False)
+            done = result.matched_count + result.inserted_count
+        except BulkWriteError as exc:  # an entry inserted meanwhile (duplicate key), say
+            done = int(exc.details.get("nMatched", 0)) + int(exc.details.get("nInserted", 0))
+        if done == len(ops):
+            return set(ids)
+        cursor = self.coll.find({"_id": {"$in": ids}}, {"lease_token": 1})
+        return {d["_id"] async for d in cursor if d.get("lease_token") == token}
+
+    async def _abandon(self, result: Lease | _Retry) -> None:
+        """A lease taken for a handler that was cancelled meanwhile: released, not left to expire."""
+        if isinstance(result, Lease):
+            await self.release(result)
 
     @asynccontextmanager
     async def kept(self, lease: Lease) -> AsyncIterator[Lease]:
@@ -319,9 +450,7 @@ class Ledger:
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease if it is still ours (atomic, fenced on the owner); False when lost."""
         until = datetime.now(UTC) + self._ttl
-        result = await self.coll.update_one(
-            {"_id": lease.id, "lease_owner": lease.owner}, {"$set": {"lease_until": until}}
-        )
+        result = await self.coll.update_one(lease.fence(), {"$set": {"lease_until": until}})
         if result.matched_count != 1:
             if not lease.released:
                 lease.lost = True
@@ -351,20 +480,19 @@ class Ledger:
     async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
         """Write the applied state and release the lease in one fenced update."""
         lease.released = True
-        await self._fenced(
-            lease,
-            {
-                "$set": {
-                    **fields,
-                    "pending": None,
-                    "intent": None,
-                    **_NOT_REFUSED,
-                    "updated_at": datetime.now(UTC),
-                    "schema_version": SCHEMA_VERSION,
-                    **_UNLEASED,
-                }
+        update = {
+            "$set": {
+                **fields,
+                "pending": None,
+                "intent": None,
+                **_NOT_REFUSED,
+                "updated_at": datetime.now(UTC),
+                "schema_version": SCHEMA_VERSION,
+                **_UNLEASED,
             },
-        )
+            "$inc": {"epoch": 1},
+        }
+        await self.ends.submit(_End(lease, update, fenced=True))
 
     async def fail(self, lease: Lease, error: str) -> None:
         """Keep the intents (the outcome may be unknown), record the error, release the lease.
@@ -373,14 +501,15 @@ class Ledger:
         """
         lease.released = True
         await self.coll.update_one(
-            {"_id": lease.id, "lease_owner": lease.owner},
+            lease.fence(),
             {
                 "$set": {
                     **_NOT_REFUSED,
                     "last_error": error[:2000],
                     "updated_at": datetime.now(UTC),
                     **_UNLEASED,
-                }
+                },
+                "$inc": {"epoch": 1},
             },
         )
 
@@ -395,7 +524,7 @@ class Ledger:
         lease.released = True
         now = datetime.now(UTC)
         await self.coll.update_one(
-            {"_id": lease.id, "lease_owner": lease.owner},
+            lease.fence(),
             {
                 "$set": {
                     "refused_hash": content_hash,
@@ -405,7 +534,8 @@ class Ledger:
                     "last_error": error[:2000],
                     "updated_at": now,
                     **_UNLEASED,
-                }
+                },
+                "$inc": {"epoch": 1},
             },
         )
 
@@ -421,18 +551,76 @@ class Ledger:
         if not lease.writing:
             found = lease.entry.intent
             restore["intent"] = found.model_dump() if found is not None else None
-        await self.coll.update_one(
-            {"_id": lease.id, "lease_owner": lease.owner},
-            {"$set": {**(fields or {}), **restore, **_UNLEASED}},
-        )
+        update = {"$set": {**(fields or {}), **restore, **_UNLEASED}, "$inc": {"epoch": 1}}
+        await self.ends.submit(_End(lease, update, fenced=False))
+
+    async def end_batch(self, ends: list[_End]) -> list[BaseException | None]:
+        """Commits and releases of a batch (distinct entries) in one unordered ``bulk_write``, each
+        fenced on its lease. When the counts say some missed, one ``find`` tells which: an entry
+        this lease ended is unleased and still carries its ``lease_token``; a fenced one that
+        missed lost its lease (``LeaseLost``: the message is retried, and the next holder reads
+        OTC first, as the intent is still there). A write MongoDB refuses fails its own request."""
+        errors: dict[int, BaseException] = {}
+        try:
+            result = await self.coll.bulk_write(
+                [UpdateOne(e.lease.fence(), e.update) for e in ends], ordered=False
+            )
+            matched = result.matched_count
+        except BulkWriteError as exc:
+            errors = {
+                int(e["index"]): WriteError(e.get("errmsg", ""), e.get("code"), e)
+                for e in exc.details.get("writeErrors", [])
+            }
+            matched = int(exc.details.get("nMatched", 0))
+        except Exception as exc:
+            if never_succeeds(exc) is None:
+                raise  # MongoDB unavailable, say: the whole batch fails with it, as each would have
+            return await self._end_singly(ends)  # one update BSON cannot encode: find which
+        if matched + len(errors) == len(ends):
+            return [errors.get(i) for i in range(len(ends))]
+        ended = await self._ended(ends)
+        return [errors.get(i) or self._outcome(end, ended) for i, end in enumerate(ends)]
+
+    async def _ended(self, ends: list[_End]) -> set[str]:
+        """The entries whose lease one of ``ends`` ended (unleased, its token still on them)."""
+        tokens = {e.lease.id: e.lease.token for e in ends}
+        cursor = self.coll.find({"_id": {"$in": list(tokens)}}, {"lease_owner": 1, "lease_token": 1})
+        return {
+            d["_id"]
+            async for d in cursor
+            if d.get("lease_owner") is None and d.get("lease_token") == tokens[d["_id"]]
+        }
+
+    @staticmethod
+    def _outcome(end: _End, ended: set[str]) -> LeaseLost | None:
+        if end.fenced and end.lease.id not in ended:
+            end.lease.lost = True
+            return LeaseLost(f"lease on {end.lease.id} lost or expired")
+        return None
+
+    async def _end_singly(self, ends: list[_End]) -> list[BaseException | None]:
+        """One update each (after a batch that could not be encoded as a whole)."""
+        out: list[BaseException | None] = []
+        for end in ends:
+            try:
+                result = await self.coll.update_one(end.lease.fence(), end.update)
+            except Exception as exc:
+                out.append(exc)
+                continue
+            if end.fenced and result.matched_count != 1:
+                end.lease.lost = True
+                out.append(LeaseLost(f"lease on {end.lease.id} lost or expired"))
+            else:
+                out.append(None)
+        return out
 
     async def _fenced(
         self, lease: Lease, update: dict[str, Any], *, unexpired_at: datetime | None = None
     ) -> None:
-        query: dict[str, Any] = {"_id": lease.id, "lease_owner": lease.owner}
+        query = lease.fence()
         if unexpired_at is not None:
             query["lease_until"] = {"$gt": unexpired_at}
-        result = await self.coll.update_one(query, update)
+        result = await self.coll.update_one(query, {**update, "$inc": {"epoch": 1}})
         if result.matched_count != 1:
             lease.lost = True
             raise LeaseLost(f"lease on {lease.id} lost or expired")
@@ -455,3 +643,19 @@ class Ledger:
 
     async def get(self, purpose: str, key: str, toolchain_id: str) -> Document | None:
         return await self.coll.find_one({"_id": ledger_id(purpose, key, toolchain_id)})
+
+
+def _inserted(fresh: LedgerEntry, lease: dict[str, Any]) -> Document:
+    """A new entry, leased: what ``_try_take``'s upsert inserts."""
+    return {
+        "_id": fresh.id,
+        "purpose": fresh.purpose,
+        "key": fresh.key,
+        "toolchain_id": fresh.toolchain_id,
+        "scope": fresh.scope,
+        "present": fresh.present,
+        "revision": fresh.revision,
+        "schema_version": SCHEMA_VERSION,
+        "epoch": 1,
+        **lease,
+    }
