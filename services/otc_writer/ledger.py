@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import bson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -58,7 +59,6 @@ from services.otc_writer.batching import GroupCommit
 from services.otc_writer.desired import DesiredTool
 from shared.amqp import PermanentError
 from shared.backoff import Backoff
-from shared.dependencies import never_succeeds
 from shared.mongo import Document
 
 log = logging.getLogger(__name__)
@@ -382,25 +382,23 @@ class Ledger:
         at (1), or not taken at (2), is left to the one-by-one path (``_Retry.SINGLY``), which
         waits for the holder or takes an expired lease over.
         """
-        found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": [t.doc_id for t in takes]}})}
+        ids = [t.doc_id for t in takes if _encodes({"_id": t.doc_id})]  # else: singly, its own error
+        found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": ids}})}
         now = datetime.now(UTC)
         until, token = now + self._ttl, uuid.uuid4().hex
         results: list[Lease | _Retry | BaseException] = [_Retry.SINGLY] * len(takes)
         ops: list[InsertOne[Document] | UpdateOne] = []
         planned: dict[str, tuple[int, LedgerEntry]] = {}
         for i, take in enumerate(takes):
-            doc = found.get(take.doc_id)
+            if take.doc_id not in ids:
+                continue
             fields = self._lease_fields(take.owner, until, token, take.intent, now)
-            if doc is None:
-                if take.fresh is None:
-                    results[i] = _Retry.ABSENT
-                    continue
-                ops.append(InsertOne(_inserted(take.fresh, fields)))
-                planned[take.doc_id] = (i, take.fresh)
-            elif doc.get("lease_owner") is None:
-                fence = {"_id": take.doc_id, "lease_owner": None, "epoch": doc.get("epoch")}
-                ops.append(UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}))
-                planned[take.doc_id] = (i, LedgerEntry.model_validate(doc))
+            plan = _plan(take, found.get(take.doc_id), fields)
+            if isinstance(plan, _Retry):
+                results[i] = plan
+            else:
+                ops.append(plan[0])
+                planned[take.doc_id] = (i, plan[1])
         for doc_id in await self._bulk(ops, list(planned), token):
             i, entry = planned[doc_id]
             results[i] = Lease(doc_id, takes[i].owner, entry, until=until, margin=self._margin, token=token)
@@ -560,6 +558,8 @@ class Ledger:
         this lease ended is unleased and still carries its ``lease_token``; a fenced one that
         missed lost its lease (``LeaseLost``: the message is retried, and the next holder reads
         OTC first, as the intent is still there). A write MongoDB refuses fails its own request."""
+        if not all(_encodes(e.update) for e in ends):
+            return await self._end_singly(ends)  # one fails with its own error, not the batch
         errors: dict[int, BaseException] = {}
         try:
             result = await self.coll.bulk_write(
@@ -572,10 +572,6 @@ class Ledger:
                 for e in exc.details.get("writeErrors", [])
             }
             matched = int(exc.details.get("nMatched", 0))
-        except Exception as exc:
-            if never_succeeds(exc) is None:
-                raise  # MongoDB unavailable, say: the whole batch fails with it, as each would have
-            return await self._end_singly(ends)  # one update BSON cannot encode: find which
         if matched + len(errors) == len(ends):
             return [errors.get(i) for i in range(len(ends))]
         ended = await self._ended(ends)
@@ -599,7 +595,7 @@ class Ledger:
         return None
 
     async def _end_singly(self, ends: list[_End]) -> list[BaseException | None]:
-        """One update each (after a batch that could not be encoded as a whole)."""
+        """One update each (a batch that cannot be encoded as a whole)."""
         out: list[BaseException | None] = []
         for end in ends:
             try:
@@ -643,6 +639,35 @@ class Ledger:
 
     async def get(self, purpose: str, key: str, toolchain_id: str) -> Document | None:
         return await self.coll.find_one({"_id": ledger_id(purpose, key, toolchain_id)})
+
+
+def _plan(
+    take: _Take, doc: Document | None, fields: dict[str, Any]
+) -> tuple[InsertOne[Document] | UpdateOne, LedgerEntry] | _Retry:
+    """The write that takes one lease of a batch and the entry as it was before, or why not."""
+    if doc is None:
+        if take.fresh is None:
+            return _Retry.ABSENT
+        inserted = _inserted(take.fresh, fields)
+        return (InsertOne(inserted), take.fresh) if _encodes(inserted) else _Retry.SINGLY
+    if doc.get("lease_owner") is not None:
+        return _Retry.SINGLY  # leased, or expired: the one-by-one path waits or takes it over
+    try:
+        entry = LedgerEntry.model_validate(doc)
+    except ValidationError:
+        return _Retry.SINGLY  # the one-by-one path fails with it, alone
+    fence = {"_id": take.doc_id, "lease_owner": None, "epoch": doc.get("epoch")}
+    return UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}), entry
+
+
+def _encodes(doc: Document) -> bool:
+    """BSON can encode ``doc``: one value it cannot (a lone surrogate, say) must fail only its own
+    request, never the batch it would have been sent with."""
+    try:
+        bson.encode(doc)
+    except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, UnicodeError):
+        return False
+    return True
 
 
 def _inserted(fresh: LedgerEntry, lease: dict[str, Any]) -> Document:
