@@ -99,7 +99,7 @@ async def test_a_batch_takes_its_leases_in_two_commands_and_keeps_the_prior_inte
 
 
 async def test_an_entry_written_between_the_read_and_the_update_is_not_taken(
-    world: tuple[Ledger, Commands],
+    world: tuple[Ledger, Commands], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The epoch fence: another writer leases and commits the entry between the batch's find and
     its bulk_write; the batch must not take it with a stale view of it."""
@@ -114,13 +114,13 @@ async def test_an_entry_written_between_the_read_and_the_update_is_not_taken(
         await other._fenced(lease, {"$set": {"revision": 9, "lease_owner": None}})
         return await real(ops, **kw)
 
-    ledger.coll.bulk_write = racing  # type: ignore[method-assign]
+    monkeypatch.setattr(ledger.coll, "bulk_write", racing)
     commands.names.clear()
     a, b = await ledger.take_batch([_take("a"), _take("b")])
     # find, the other writer's findAndModify + update, the bulk, then the read-back of the tokens
     assert commands.names == ["find", "findAndModify", "update", "update", "find"]
     assert a is _Retry.SINGLY and isinstance(b, Lease)
-    ledger.coll.bulk_write = real  # type: ignore[method-assign]
+    monkeypatch.setattr(ledger.coll, "bulk_write", real)
     lease = await ledger.acquire("github", "a", "tc", "me")  # the one-by-one path sees revision 9
     assert lease.entry.revision == 9
 
