@@ -128,6 +128,7 @@ async def run(
             for phase, events in (("create", creates), ("change", updates)):
                 start_calls, start_handled = otc.call_count, w.handled[EVENTS_QUEUE]
                 ops_before = COUNTER.snapshot()
+                batches_before = w.ledger.leases.batches
                 t0 = time.perf_counter()
                 await asyncio.gather(*(pub.publish(e) for e in events))
                 target = start_handled + len(events)
@@ -142,6 +143,9 @@ async def run(
                     "otc_calls_each": (otc.call_count - start_calls) / len(events) / toolchains,
                     "mongo_ops_each": sum(ops.values()) / len(events),
                     "mongo_ops_by_command": ops,
+                    "changes_per_lease_batch": len(events)
+                    * toolchains
+                    / max(1, w.ledger.leases.batches - batches_before),
                 }
             n_changes = len(updates)
             # Unchanged snapshot of every instance.
@@ -180,6 +184,8 @@ async def run(
         "mongo_ops_per_create": create["mongo_ops_each"],
         "mongo_ops_by_command": change["mongo_ops_by_command"],
         "mongo_ops_by_command_create": create["mongo_ops_by_command"],
+        "tools_per_lease_batch": change["changes_per_lease_batch"],
+        "largest_lease_batch": w.ledger.leases.largest,
         "mongo_ops_per_unchanged_snapshot": sum(snapshot_ops.values()) / instances,
         "triggers_per_snapshot": per_ns,
     }

@@ -370,7 +370,8 @@ class Ledger:
         return fields
 
     async def take_batch(self, takes: list[_Take]) -> list[Lease | _Retry | BaseException]:
-        """The leases of a batch (distinct entries) in two round trips, whatever its size.
+        """The leases of a batch (distinct entries) in two round trips, whatever its size (one
+        ``findAndModify`` for a batch of one).
 
         (1) One ``find`` by ``_id $in`` reads the entries as they are. (2) One unordered
         ``bulk_write``: an insert of each missing entry (leased, with its intent), and for each
@@ -382,6 +383,10 @@ class Ledger:
         at (1), or not taken at (2), is left to the one-by-one path (``_Retry.SINGLY``), which
         waits for the holder or takes an expired lease over.
         """
+        if len(takes) == 1:  # alone: one findAndModify, as before batches
+            take = takes[0]
+            lease = await self._try_take(take.doc_id, take.owner, take.intent, take.fresh)
+            return [lease if lease is not None else _Retry.SINGLY]
         ids = [t.doc_id for t in takes if _encodes({"_id": t.doc_id})]  # else: singly, its own error
         found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": ids}})}
         now = datetime.now(UTC)
@@ -558,8 +563,8 @@ class Ledger:
         this lease ended is unleased and still carries its ``lease_token``; a fenced one that
         missed lost its lease (``LeaseLost``: the message is retried, and the next holder reads
         OTC first, as the intent is still there). A write MongoDB refuses fails its own request."""
-        if not all(_encodes(e.update) for e in ends):
-            return await self._end_singly(ends)  # one fails with its own error, not the batch
+        if len(ends) == 1 or not all(_encodes(e.update) for e in ends):
+            return await self._end_singly(ends)  # alone; or one fails with its own error, not the batch
         errors: dict[int, BaseException] = {}
         try:
             result = await self.coll.bulk_write(
@@ -595,7 +600,7 @@ class Ledger:
         return None
 
     async def _end_singly(self, ends: list[_End]) -> list[BaseException | None]:
-        """One update each (a batch that cannot be encoded as a whole)."""
+        """One update each (a batch of one, or one that cannot be encoded as a whole)."""
         out: list[BaseException | None] = []
         for end in ends:
             try:
