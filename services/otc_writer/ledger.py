@@ -49,14 +49,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pymongo import ASCENDING, InsertOne, ReturnDocument, UpdateOne
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
 from services.otc_writer.batching import GroupCommit
 from services.otc_writer.desired import DesiredTool
+from services.otc_writer.entry_cache import EntryCache
 from shared.amqp import PermanentError
 from shared.backoff import Backoff
 from shared.mongo import Document
@@ -107,6 +108,8 @@ class LedgerEntry(BaseModel):
     refused_by: str | None = None
     last_error: str | None = None
     updated_at: datetime | None = None
+    epoch: int = 0
+    """Writes so far but renewals (absent: 0); what a batch's lease update is fenced on."""
 
     @property
     def interrupted(self) -> list[Intent]:
@@ -187,6 +190,8 @@ class Lease:
     """An OTC write may have started: a release keeps the intent, the outcome is unknown."""
     token: str = ""
     """``lease_token`` of this take: the holder's writes are fenced on it as on the owner."""
+    epoch: int = 0
+    """The entry's ``epoch`` after our last write under this lease (the take, ``mark_pending``)."""
 
     def fence(self) -> dict[str, Any]:
         """Filter: the entry still under this lease."""
@@ -207,10 +212,10 @@ class _Take:
 
 
 class _Retry(enum.Enum):
-    """A take the batch did not make: the entry is leased, or changed between read and update."""
+    """A take the batch did not make (the entry is not cached, leased, or changed since): the
+    one-by-one path takes it."""
 
     SINGLY = "singly"
-    ABSENT = "absent"
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,8 @@ class _End:
     lease: Lease
     update: dict[str, Any]
     fenced: bool
+    after: LedgerEntry | None = None
+    """The entry once this update is in (cached then), when known."""
 
 
 BATCH_MAX = 64
@@ -239,6 +246,7 @@ class Ledger:
         self._ttl = timedelta(seconds=lease_ttl_s)
         self._margin = self._ttl / 4
         self._wait_s = lease_wait_s
+        self.cache = EntryCache()
         self.leases: GroupCommit[_Take, Lease | _Retry] = GroupCommit(
             self.take_batch,
             key_of=lambda t: t.doc_id,
@@ -308,11 +316,10 @@ class Ledger:
             raise UnstorableKey(f"ledger key {doc_id!r} contains a NUL character; no entry is made for it")
         fresh = LedgerEntry.fresh(purpose, key, toolchain_id, scope) if upsert else None
         deadline = time.monotonic() + (self._wait_s if wait_s is None else wait_s)
-        batched = await self.leases.submit(_Take(doc_id, owner, intent, fresh))
-        if isinstance(batched, Lease):
-            return batched
-        if batched is _Retry.ABSENT:
-            return None
+        if self._batchable(doc_id):
+            batched = await self.leases.submit(_Take(doc_id, owner, intent, fresh))
+            if isinstance(batched, Lease):
+                return batched
         backoff = Backoff(0.01, 0.2)
         while True:
             lease = await self._try_take(doc_id, owner, intent, fresh)
@@ -358,7 +365,14 @@ class Ledger:
         entry = LedgerEntry.model_validate(before) if before is not None else fresh  # fresh: inserted
         if entry is None:
             return None  # leased by someone else, or (no upsert) no entry
-        return Lease(doc_id, owner, entry, until=until, margin=self._margin, token=token)
+        lease = Lease(doc_id, owner, entry, until=until, margin=self._margin, token=token)
+        lease.epoch = entry.epoch + 1
+        return lease
+
+    def _batchable(self, doc_id: str) -> bool:
+        """Known to this process unleased: a batch may take it without reading it (``take_batch``)."""
+        cached = self.cache.get(doc_id)
+        return cached is not None and cached.lease_owner is None
 
     @staticmethod
     def _lease_fields(
@@ -370,58 +384,60 @@ class Ledger:
         return fields
 
     async def take_batch(self, takes: list[_Take]) -> list[Lease | _Retry | BaseException]:
-        """The leases of a batch (distinct entries) in two round trips, whatever its size (one
-        ``findAndModify`` for a batch of one).
+        """The leases of a batch (distinct entries known to this process) in one round trip.
 
-        (1) One ``find`` by ``_id $in`` reads the entries as they are. (2) One unordered
-        ``bulk_write``: an insert of each missing entry (leased, with its intent), and for each
-        unleased one an update fenced on the ``epoch`` read in (1) that takes the lease and writes
-        the intent. An update that matches proves nobody wrote the entry between (1) and (2), so
-        what (1) read is the entry as it was right before the lease, the prior intent included, as
-        ``find_one_and_update`` would have returned it. When the counts say some did not match (a
-        race, rare), one more ``find`` reads ``lease_token`` back to learn which. An entry leased
-        at (1), or not taken at (2), is left to the one-by-one path (``_Retry.SINGLY``), which
-        waits for the holder or takes an expired lease over.
+        One unordered ``bulk_write`` of updates, each fenced on ``{_id, lease_owner: null, epoch:
+        <as cached>}``, that set the lease (``lease_token``: one per batch) and the intent and
+        increment ``epoch``. A match proves nobody wrote the entry since this process did (or read
+        it), so the cached entry is the entry as it was right before the lease, a crashed attempt's
+        intent included, as ``find_one_and_update`` would have returned it (``entry_cache.py``).
+        When the counts say some missed (another replica wrote them: rare), one ``find`` reads
+        ``lease_token`` back to learn which; those are dropped from the cache and left to the
+        one-by-one path (``_Retry.SINGLY``), as is an entry not cached, leased, or one BSON cannot
+        encode. A batch of one is one ``findAndModify``, as without batches.
         """
-        if len(takes) == 1:  # alone: one findAndModify, as before batches
+        if len(takes) == 1:
             take = takes[0]
             lease = await self._try_take(take.doc_id, take.owner, take.intent, take.fresh)
             return [lease if lease is not None else _Retry.SINGLY]
-        ids = [t.doc_id for t in takes if _encodes({"_id": t.doc_id})]  # else: singly, its own error
-        found = {d["_id"]: d async for d in self.coll.find({"_id": {"$in": ids}})}
         now = datetime.now(UTC)
         until, token = now + self._ttl, uuid.uuid4().hex
         results: list[Lease | _Retry | BaseException] = [_Retry.SINGLY] * len(takes)
-        ops: list[InsertOne[Document] | UpdateOne] = []
+        ops: list[UpdateOne] = []
         planned: dict[str, tuple[int, LedgerEntry]] = {}
         for i, take in enumerate(takes):
-            if take.doc_id not in ids:
-                continue
+            cached = self.cache.get(take.doc_id)
             fields = self._lease_fields(take.owner, until, token, take.intent, now)
-            plan = _plan(take, found.get(take.doc_id), fields)
-            if isinstance(plan, _Retry):
-                results[i] = plan
-            else:
-                ops.append(plan[0])
-                planned[take.doc_id] = (i, plan[1])
+            if cached is None or cached.lease_owner is not None or not _encodes(fields):
+                continue
+            # Epoch 0: a document written before epochs (no field; null matches a missing one).
+            fence = {"_id": take.doc_id, "lease_owner": None, "epoch": cached.epoch or None}
+            ops.append(UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}))
+            planned[take.doc_id] = (i, cached)
         for doc_id in await self._bulk(ops, list(planned), token):
             i, entry = planned[doc_id]
-            results[i] = Lease(doc_id, takes[i].owner, entry, until=until, margin=self._margin, token=token)
+            lease = Lease(doc_id, takes[i].owner, entry, until=until, margin=self._margin, token=token)
+            lease.epoch = entry.epoch + 1
+            results[i] = lease
         return results
 
-    async def _bulk(self, ops: list[InsertOne[Document] | UpdateOne], ids: list[str], token: str) -> set[str]:
-        """Run the lease writes; the ids whose lease is now ``token``'s."""
+    async def _bulk(self, ops: list[UpdateOne], ids: list[str], token: str) -> set[str]:
+        """Run the lease updates; the ids whose lease is now ``token``'s (the others leave the cache)."""
         if not ops:
             return set()
         try:
             result = await self.coll.bulk_write(ops, ordered=False)
-            done = result.matched_count + result.inserted_count
-        except BulkWriteError as exc:  # an entry inserted meanwhile (duplicate key), say
-            done = int(exc.details.get("nMatched", 0)) + int(exc.details.get("nInserted", 0))
+            done = result.matched_count
+        except BulkWriteError as exc:
+            done = -1
+            log.warning("a batch of lease updates failed in part", extra={"error": str(exc.details)[:500]})
         if done == len(ops):
             return set(ids)
         cursor = self.coll.find({"_id": {"$in": ids}}, {"lease_token": 1})
-        return {d["_id"] async for d in cursor if d.get("lease_token") == token}
+        taken = {d["_id"] async for d in cursor if d.get("lease_token") == token}
+        for doc_id in set(ids) - taken:
+            self.cache.drop(doc_id)
+        return taken
 
     async def _abandon(self, result: Lease | _Retry) -> None:
         """A lease taken for a handler that was cancelled meanwhile: released, not left to expire."""
@@ -483,19 +499,13 @@ class Ledger:
     async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
         """Write the applied state and release the lease in one fenced update."""
         lease.released = True
-        update = {
-            "$set": {
-                **fields,
-                "pending": None,
-                "intent": None,
-                **_NOT_REFUSED,
-                "updated_at": datetime.now(UTC),
-                "schema_version": SCHEMA_VERSION,
-                **_UNLEASED,
-            },
-            "$inc": {"epoch": 1},
-        }
-        await self.ends.submit(_End(lease, update, fenced=True))
+        now = datetime.now(UTC)
+        state = {**fields, "pending": None, "intent": None, **_NOT_REFUSED, "updated_at": now, **_UNLEASED}
+        update = {"$set": {**state, "schema_version": SCHEMA_VERSION}, "$inc": {"epoch": 1}}
+        after = None
+        if set(fields) <= set(LedgerEntry.model_fields):
+            after = lease.entry.model_copy(update={**state, "epoch": lease.epoch + 1})
+        await self.ends.submit(_End(lease, update, fenced=True, after=after))
 
     async def fail(self, lease: Lease, error: str) -> None:
         """Keep the intents (the outcome may be unknown), record the error, release the lease.
@@ -503,6 +513,7 @@ class Ledger:
         An earlier refusal is forgotten: this attempt was of other content (or a removal).
         """
         lease.released = True
+        self.cache.drop(lease.id)
         await self.coll.update_one(
             lease.fence(),
             {
@@ -525,6 +536,7 @@ class Ledger:
         only the lookup of its name still knows about.
         """
         lease.released = True
+        self.cache.drop(lease.id)
         now = datetime.now(UTC)
         await self.coll.update_one(
             lease.fence(),
@@ -555,6 +567,7 @@ class Ledger:
             found = lease.entry.intent
             restore["intent"] = found.model_dump() if found is not None else None
         update = {"$set": {**(fields or {}), **restore, **_UNLEASED}, "$inc": {"epoch": 1}}
+        self.cache.drop(lease.id)  # its state after is not worth computing: a release is rare
         await self.ends.submit(_End(lease, update, fenced=False))
 
     async def end_batch(self, ends: list[_End]) -> list[BaseException | None]:
@@ -578,8 +591,9 @@ class Ledger:
             }
             matched = int(exc.details.get("nMatched", 0))
         if matched + len(errors) == len(ends):
-            return [errors.get(i) for i in range(len(ends))]
-        ended = await self._ended(ends)
+            ended = {e.lease.id for i, e in enumerate(ends) if i not in errors}
+        else:
+            ended = await self._ended(ends)
         return [errors.get(i) or self._outcome(end, ended) for i, end in enumerate(ends)]
 
     async def _ended(self, ends: list[_End]) -> set[str]:
@@ -592,8 +606,11 @@ class Ledger:
             if d.get("lease_owner") is None and d.get("lease_token") == tokens[d["_id"]]
         }
 
-    @staticmethod
-    def _outcome(end: _End, ended: set[str]) -> LeaseLost | None:
+    def _outcome(self, end: _End, ended: set[str]) -> LeaseLost | None:
+        if end.lease.id in ended and end.after is not None:
+            self.cache.put(end.after)
+        else:
+            self.cache.drop(end.lease.id)
         if end.fenced and end.lease.id not in ended:
             end.lease.lost = True
             return LeaseLost(f"lease on {end.lease.id} lost or expired")
@@ -606,13 +623,10 @@ class Ledger:
             try:
                 result = await self.coll.update_one(end.lease.fence(), end.update)
             except Exception as exc:
+                self.cache.drop(end.lease.id)
                 out.append(exc)
                 continue
-            if end.fenced and result.matched_count != 1:
-                end.lease.lost = True
-                out.append(LeaseLost(f"lease on {end.lease.id} lost or expired"))
-            else:
-                out.append(None)
+            out.append(self._outcome(end, {end.lease.id} if result.matched_count == 1 else set()))
         return out
 
     async def _fenced(
@@ -624,12 +638,17 @@ class Ledger:
         result = await self.coll.update_one(query, {**update, "$inc": {"epoch": 1}})
         if result.matched_count != 1:
             lease.lost = True
+            self.cache.drop(lease.id)
             raise LeaseLost(f"lease on {lease.id} lost or expired")
+        lease.epoch += 1
 
     async def in_scope(self, purpose: str, scope: str) -> list[LedgerEntry]:
         """Every entry of one instance, in one query (an instance reconcile compares them in memory)."""
         cursor = self.coll.find({"purpose": purpose, "scope": scope})
-        return [LedgerEntry.model_validate(d) async for d in cursor]
+        entries = [LedgerEntry.model_validate(d) async for d in cursor]
+        for entry in entries:
+            self.cache.put(entry)
+        return entries
 
     async def with_tools(self) -> dict[str, list[LedgerEntry]]:
         """Entries that have, or may have (pending), a tool in OTC, per toolchain (for the audit)."""
@@ -646,25 +665,6 @@ class Ledger:
         return await self.coll.find_one({"_id": ledger_id(purpose, key, toolchain_id)})
 
 
-def _plan(
-    take: _Take, doc: Document | None, fields: dict[str, Any]
-) -> tuple[InsertOne[Document] | UpdateOne, LedgerEntry] | _Retry:
-    """The write that takes one lease of a batch and the entry as it was before, or why not."""
-    if doc is None:
-        if take.fresh is None:
-            return _Retry.ABSENT
-        inserted = _inserted(take.fresh, fields)
-        return (InsertOne(inserted), take.fresh) if _encodes(inserted) else _Retry.SINGLY
-    if doc.get("lease_owner") is not None:
-        return _Retry.SINGLY  # leased, or expired: the one-by-one path waits or takes it over
-    try:
-        entry = LedgerEntry.model_validate(doc)
-    except ValidationError:
-        return _Retry.SINGLY  # the one-by-one path fails with it, alone
-    fence = {"_id": take.doc_id, "lease_owner": None, "epoch": doc.get("epoch")}
-    return UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}), entry
-
-
 def _encodes(doc: Document) -> bool:
     """BSON can encode ``doc``: one value it cannot (a lone surrogate, say) must fail only its own
     request, never the batch it would have been sent with."""
@@ -673,19 +673,3 @@ def _encodes(doc: Document) -> bool:
     except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, UnicodeError):
         return False
     return True
-
-
-def _inserted(fresh: LedgerEntry, lease: dict[str, Any]) -> Document:
-    """A new entry, leased: what ``_try_take``'s upsert inserts."""
-    return {
-        "_id": fresh.id,
-        "purpose": fresh.purpose,
-        "key": fresh.key,
-        "toolchain_id": fresh.toolchain_id,
-        "scope": fresh.scope,
-        "present": fresh.present,
-        "revision": fresh.revision,
-        "schema_version": SCHEMA_VERSION,
-        "epoch": 1,
-        **lease,
-    }

@@ -36,14 +36,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot, family_of_scope
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
-from services.otc_writer.item_writes import ItemWrite, ItemWrites
 from shared.events import ServiceEventData, TriggerData
 from shared.mongo import Document
 
@@ -71,7 +70,6 @@ class AppliedSnapshot(BaseModel):
 class Projection:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._items: dict[str, AsyncCollection[Document]] = {f.name: db[f.items] for f in FAMILIES}
-        self._writes = {name: ItemWrites(coll, name) for name, coll in self._items.items()}
         self.triggers = self._items[TRIGGER_FAMILY.name]
         self.services: AsyncCollection[Document] = db[SERVICES]
         self.instances: AsyncCollection[Document] = db[INSTANCES]
@@ -142,8 +140,7 @@ class Projection:
     ) -> tuple[State, set[str]]:
         """As ``put_item``, and the toolchains bound to its scope (from the item's copy).
 
-        A newer revision: one ``find_one_and_update`` that returns the copy (with other handlers' at
-        once: two round trips for all, ``item_writes.py``). An item without a copy
+        A newer revision: one ``find_one_and_update`` that returns the copy. An item without a copy
         (new): one read of the bindings (derived, its scope listed first, when the scope is new) and
         one conditional update to keep the copy.
         """
@@ -157,8 +154,19 @@ class Projection:
             "schema_version": SCHEMA_VERSION,
             "updated_at": datetime.now(UTC),
         }
-        # Grouped with the other handlers' item writes (item_writes.py).
-        state, doc = await self._writes[family.name].put(ItemWrite(item.key.id, item.revision, fields))
+        doc: Document | None
+        try:
+            doc = await coll.find_one_and_update(
+                {"_id": item.key.id, "revision": {"$lt": item.revision}},
+                {"$set": fields},
+                projection={"bindings": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            state: State = "stored"
+        except DuplicateKeyError:  # the stored revision is as new or newer
+            doc = await coll.find_one({"_id": item.key.id}, {"revision": 1, "bindings": 1})
+            state = "same" if doc is not None and doc.get("revision") == item.revision else "stale"
         if not bindings or state == "stale":
             return state, set()
         copy = (doc or {}).get("bindings")

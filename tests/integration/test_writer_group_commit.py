@@ -1,6 +1,6 @@
 """The ledger's group commit against the MongoDB wire server: what a batch takes, in how many
-commands, and what it leaves to the one-by-one path (leased entries, a race between its read and
-its write)."""
+commands, and what it leaves to the one-by-one path (entries not known, leased, or written by
+another replica since this one knew them)."""
 
 from __future__ import annotations
 
@@ -67,70 +67,74 @@ def _take(key: str, *, new: bool = True) -> _Take:
     return _Take(ledger_id("github", key, "tc"), "me", Intent(op="apply", name=f"repo {key}"), fresh)
 
 
-async def test_a_batch_takes_its_leases_in_two_commands_and_keeps_the_prior_intent(
+async def test_a_batch_takes_its_leases_in_one_command_and_keeps_the_prior_intent(
     world: tuple[Ledger, Commands],
 ) -> None:
     ledger, commands = world
     crashed: dict[str, Any] = {"op": "apply", "name": "repo old-name", "since": datetime.now(UTC)}
     await ledger.coll.insert_many(
         [
-            _doc("free", present=False, revision=3, intent=crashed),
-            _doc("held", lease_owner="thief", lease_until=datetime.now(UTC) + timedelta(seconds=30)),
+            _doc("free", present=False, revision=3, intent=crashed, scope="s"),
+            _doc("done", present=True, revision=1, tool_id="t0", scope="s", epoch=4),
+            _doc(
+                "held", scope="s", lease_owner="thief", lease_until=datetime.now(UTC) + timedelta(seconds=30)
+            ),
         ]
     )
+    assert len(await ledger.in_scope("github", "s")) == 3  # what a reconcile reads: now known
     commands.names.clear()
-    takes = [_take("free"), _take("held"), _take("new"), _take("gone", new=False)]
-    free, held, new, gone = await ledger.take_batch(takes)
-    assert commands.names == ["find", "insert", "update"]  # one find, one bulk_write (two kinds)
-    assert isinstance(free, Lease) and isinstance(new, Lease) and free.token == new.token
+    free, done, held, new = await ledger.take_batch(
+        [_take("free"), _take("done"), _take("held"), _take("new")]
+    )
+    assert commands.names == ["update"]  # one bulk_write, no read
+    assert isinstance(free, Lease) and isinstance(done, Lease) and free.token == done.token
     # The entry as it was before the lease: the crashed attempt's intent is known to the holder.
     assert free.entry.intent is not None and free.entry.intent.name == "repo old-name"
-    assert free.entry.revision == 3 and new.entry.revision == -1  # fresh
-    assert held is _Retry.SINGLY and gone is _Retry.ABSENT
+    assert free.entry.revision == 3 and done.entry.tool_id == "t0" and done.epoch == 5
+    assert held is _Retry.SINGLY and new is _Retry.SINGLY  # leased; never seen: one by one
     doc = await ledger.coll.find_one({"_id": free.id})
     assert doc is not None and doc["lease_owner"] == "me" and doc["intent"]["name"] == "repo free"
-    assert doc["epoch"] == 1
+    assert doc["epoch"] == 1 and doc["lease_token"] == free.token
 
     commands.names.clear()
-    await asyncio.gather(ledger.commit(free, {"present": True, "tool_id": "t1"}), ledger.release(new))
+    await asyncio.gather(ledger.commit(free, {"present": True, "tool_id": "t1"}), ledger.release(done))
     assert commands.names == ["update"]  # one bulk_write for both
     doc = await ledger.coll.find_one({"_id": free.id})
     assert doc is not None and doc["present"] and doc["intent"] is None and doc["lease_owner"] is None
+    # The commit is known as written: the next batch takes it without reading it.
+    again = await ledger.take_batch([_take("free"), _take("done")])
+    assert isinstance(again[0], Lease) and again[0].entry.tool_id == "t1" and again[0].entry.intent is None
+    assert again[1] is _Retry.SINGLY  # a release is not cached
 
 
-async def test_an_entry_written_between_the_read_and_the_update_is_not_taken(
-    world: tuple[Ledger, Commands], monkeypatch: pytest.MonkeyPatch
+async def test_an_entry_another_replica_wrote_is_not_taken_from_the_cache(
+    world: tuple[Ledger, Commands],
 ) -> None:
-    """The epoch fence: another writer leases and commits the entry between the batch's find and
-    its bulk_write; the batch must not take it with a stale view of it."""
+    """The epoch fence: another replica leases and commits an entry this process knows; the batch
+    must not take it with its stale view, and the one-by-one path then sees the new state."""
     ledger, commands = world
-    await ledger.coll.insert_many([_doc(k, present=False, revision=1) for k in ("a", "b")])
-    real = ledger.coll.bulk_write
-
-    async def racing(ops: Any, **kw: Any) -> Any:
-        other = Ledger(ledger.coll.database, lease_ttl_s=30.0)
-        lease = await other._try_take(ledger_id("github", "a", "tc"), "other", None, None)
-        assert lease is not None
-        await other._fenced(lease, {"$set": {"revision": 9, "lease_owner": None}})
-        return await real(ops, **kw)
-
-    monkeypatch.setattr(ledger.coll, "bulk_write", racing)
+    await ledger.coll.insert_many([_doc(k, present=False, revision=1, scope="s") for k in ("a", "b")])
+    await ledger.in_scope("github", "s")
+    other = Ledger(ledger.coll.database, lease_ttl_s=30.0)
+    lease = await other.acquire("github", "a", "tc", "other")
+    await other.commit(lease, {"revision": 9})
     commands.names.clear()
     a, b = await ledger.take_batch([_take("a"), _take("b")])
-    # find, the other writer's findAndModify + update, the bulk, then the read-back of the tokens
-    assert commands.names == ["find", "findAndModify", "update", "update", "find"]
+    assert commands.names == ["update", "find"]  # the bulk, then the read-back of the tokens
     assert a is _Retry.SINGLY and isinstance(b, Lease)
-    monkeypatch.setattr(ledger.coll, "bulk_write", real)
-    lease = await ledger.acquire("github", "a", "tc", "me")  # the one-by-one path sees revision 9
-    assert lease.entry.revision == 9
+    mine = await ledger.acquire("github", "a", "tc", "me")  # one by one: sees revision 9
+    assert mine.entry.revision == 9
 
 
 async def test_a_commit_whose_lease_was_taken_over_fails_alone(world: tuple[Ledger, Commands]) -> None:
-    ledger, _ = world
+    ledger, commands = world
+    await ledger.coll.insert_many([_doc(k, present=False, revision=1, scope="s") for k in ("mine", "lost")])
+    await ledger.in_scope("github", "s")
+    commands.names.clear()
     mine, lost = await asyncio.gather(
         ledger.acquire("github", "mine", "tc", "me"), ledger.acquire("github", "lost", "tc", "me")
     )
-    assert mine.token == lost.token  # one batch
+    assert mine.token == lost.token and commands.names == ["update"]  # one batch
     await ledger.coll.update_one({"_id": lost.id}, {"$set": {"lease_owner": "thief", "lease_token": "x"}})
     results = await asyncio.gather(
         ledger.commit(mine, {"present": True}), ledger.commit(lost, {"present": True}), return_exceptions=True
