@@ -7,7 +7,7 @@ Why each field exists:
   redelivered older event never overwrites a newer applied state.
 - ``intent``: written by the same conditional update that takes the lease, so the hot path costs
   two ledger writes (lease and intent in one, the commit and release in one more), batched across
-  the changes handled at once (``batching.py``: three round trips per batch, whatever its size).
+  the changes handled at once (``batching.py``: one round trip each per batch, whatever its size).
   A release without an OTC write restores the intent the lease found.
 - ``pending``: the intent written *before* a mutating OTC call whose operation differs from the
   one the lease announced (a recreate after a 404, an audit repair). If the process dies between the call
@@ -411,7 +411,14 @@ class Ledger:
             if cached is None or cached.lease_owner is not None or not _encodes(fields):
                 continue
             # Epoch 0: a document written before epochs (no field; null matches a missing one).
-            fence = {"_id": take.doc_id, "lease_owner": None, "epoch": cached.epoch or None}
+            # ``updated_at`` too: a replica of the previous release, mid-upgrade, writes it on every
+            # commit, failure and refusal without incrementing the epoch.
+            fence = {
+                "_id": take.doc_id,
+                "lease_owner": None,
+                "epoch": cached.epoch or None,
+                "updated_at": cached.updated_at,
+            }
             ops.append(UpdateOne(fence, {"$set": fields, "$inc": {"epoch": 1}}))
             planned[take.doc_id] = (i, cached)
         for doc_id in await self._bulk(ops, list(planned), token):
@@ -499,7 +506,7 @@ class Ledger:
     async def commit(self, lease: Lease, fields: dict[str, Any]) -> None:
         """Write the applied state and release the lease in one fenced update."""
         lease.released = True
-        now = datetime.now(UTC)
+        now = _stored_time(datetime.now(UTC))  # cached as stored, for the fence above
         state = {**fields, "pending": None, "intent": None, **_NOT_REFUSED, "updated_at": now, **_UNLEASED}
         update = {"$set": {**state, "schema_version": SCHEMA_VERSION}, "$inc": {"epoch": 1}}
         after = None
@@ -673,3 +680,8 @@ def _encodes(doc: Document) -> bool:
     except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, UnicodeError):
         return False
     return True
+
+
+def _stored_time(when: datetime) -> datetime:
+    """``when`` as MongoDB stores it (milliseconds), so a cached copy compares equal to the stored."""
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)

@@ -142,3 +142,20 @@ async def test_a_commit_whose_lease_was_taken_over_fails_alone(world: tuple[Ledg
     assert results[0] is None and isinstance(results[1], LeaseLost) and lost.lost
     doc = await ledger.coll.find_one({"_id": lost.id})
     assert doc is not None and doc["lease_owner"] == "thief" and not doc.get("present")
+
+
+async def test_a_commit_by_a_replica_of_the_previous_release_is_not_missed(
+    world: tuple[Ledger, Commands],
+) -> None:
+    """Mid-upgrade, a replica without epochs commits (its update sets ``updated_at``, no epoch):
+    the cached entry is stale although its epoch matches, and the batch must see it."""
+    ledger, _ = world
+    await ledger.coll.insert_many([_doc(k, present=False, revision=1, scope="s") for k in ("a", "b")])
+    await ledger.in_scope("github", "s")
+    await ledger.coll.update_one(
+        {"_id": ledger_id("github", "a", "tc")},
+        {"$set": {"tool_id": "t-old", "present": True, "updated_at": datetime.now(UTC)}},
+    )
+    a, b = await ledger.take_batch([_take("a"), _take("b")])
+    assert a is _Retry.SINGLY and isinstance(b, Lease)
+    assert (await ledger.acquire("github", "a", "tc", "me")).entry.tool_id == "t-old"
