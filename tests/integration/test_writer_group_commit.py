@@ -5,6 +5,7 @@ another replica since this one knew them)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
+from services.otc_writer.family import TRIGGERS
 from services.otc_writer.ledger import (
     Intent,
     Lease,
@@ -22,7 +24,10 @@ from services.otc_writer.ledger import (
     _Take,
     ledger_id,
 )
+from services.otc_writer.projection import Projection
+from shared.events import ServiceEventData
 from shared.mongo import Document, database
+from tests.integration.writer_support import service_event, trigger
 
 
 class Commands(monitoring.CommandListener):
@@ -159,3 +164,43 @@ async def test_a_commit_by_a_replica_of_the_previous_release_is_not_missed(
     a, b = await ledger.take_batch([_take("a"), _take("b")])
     assert a is _Retry.SINGLY and isinstance(b, Lease)
     assert (await ledger.acquire("github", "a", "tc", "me")).entry.tool_id == "t-old"
+
+
+async def test_an_item_change_sees_a_bind_that_came_between(mongodb_url: str) -> None:
+    """Item changes of a known item are one fenced update (grouped); a bind that updated the item's
+    bindings copy since makes it miss, and the change goes one by one and sees the new toolchains."""
+    commands = Commands()
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        mongodb_url, tz_aware=True, event_listeners=[commands]
+    )
+    projection = Projection(database(client))
+    namespace = f"gc-{uuid.uuid4().hex[:8]}"
+
+    def bound(revision: int, toolchains: list[str]) -> ServiceEventData:
+        data = service_event("bound", revision=revision, toolchains=toolchains, namespace=namespace).data
+        return ServiceEventData.model_validate(data)
+
+    try:
+        await projection.put_service(TRIGGERS, bound(1, ["tc1"]), deleted=False)
+        assert await projection.put_item_bound(TRIGGERS, trigger("t", revision=1, namespace=namespace)) == (
+            "stored",
+            {"tc1"},
+        )
+        commands.names.clear()
+        two = await asyncio.gather(
+            projection.put_item_bound(TRIGGERS, trigger("t", revision=2, body="v2", namespace=namespace)),
+            projection.put_item_bound(TRIGGERS, trigger("u", revision=1, namespace=namespace)),
+        )
+        assert two[0] == ("stored", {"tc1"}) and two[1] == ("stored", {"tc1"})
+        assert commands.names.count("findAndModify") == 1  # u's, a new item; t: known, one fenced update
+        await projection.put_service(TRIGGERS, bound(2, ["tc1", "tc2"]), deleted=False)
+        commands.names.clear()
+        state = await projection.put_item_bound(
+            TRIGGERS, trigger("t", revision=3, body="v3", namespace=namespace)
+        )
+        assert state == ("stored", {"tc1", "tc2"})
+        assert commands.names == ["update", "findAndModify"]  # the fenced update missed
+        stored = await projection.get_trigger(trigger("t", namespace=namespace).key.id)
+        assert stored is not None and stored.revision == 3
+    finally:
+        await client.close()
