@@ -1,5 +1,8 @@
 """otc-writer throughput: trigger changes applied per second, OTC calls per change and per snapshot.
 
+``cpu_ms_per_change``: CPU time of this process (the writer and the OTC emulator; the MongoDB emulator
+runs apart) per change: unlike the rate it hardly moves with the load of a shared machine.
+
 Runs the real service in-process against the machine's RabbitMQ (a fresh vhost), the embedded
 mongoeco server (or MONGODB_URL) and emulators.otc at zero latency. Bounded: N trigger changes.
 
@@ -128,20 +131,26 @@ async def run(
             for phase, events in (("create", creates), ("change", updates)):
                 start_calls, start_handled = otc.call_count, w.handled[EVENTS_QUEUE]
                 ops_before = COUNTER.snapshot()
-                t0 = time.perf_counter()
+                batches_before = w.ledger.leases.batches
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 await asyncio.gather(*(pub.publish(e) for e in events))
                 target = start_handled + len(events)
                 await _wait(lambda t=target: w.handled[EVENTS_QUEUE] >= t, 600)
                 elapsed = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
                 ops = since(ops_before)
                 phases[phase] = {
                     "n": len(events),
                     "seconds": elapsed,
                     "per_s": len(events) / elapsed,
                     "ms_each": elapsed * 1000 / len(events),
+                    "cpu_ms_each": cpu * 1000 / len(events),
                     "otc_calls_each": (otc.call_count - start_calls) / len(events) / toolchains,
                     "mongo_ops_each": sum(ops.values()) / len(events),
                     "mongo_ops_by_command": ops,
+                    "changes_per_lease_batch": len(events)
+                    * toolchains
+                    / max(1, w.ledger.leases.batches - batches_before),
                 }
             n_changes = len(updates)
             # Unchanged snapshot of every instance.
@@ -174,12 +183,16 @@ async def run(
         "otc_calls_per_unchanged_snapshot": snapshot_calls / instances,
         "tools": tools,
         "ms_per_change": change["ms_each"],
+        "cpu_ms_per_change": change["cpu_ms_each"],
+        "cpu_ms_per_create": create["cpu_ms_each"],
         "ms_per_create": create["ms_each"],
         "creates_per_s": create["per_s"],
         "mongo_ops_per_change": change["mongo_ops_each"],
         "mongo_ops_per_create": create["mongo_ops_each"],
         "mongo_ops_by_command": change["mongo_ops_by_command"],
         "mongo_ops_by_command_create": create["mongo_ops_by_command"],
+        "tools_per_lease_batch": change["changes_per_lease_batch"],
+        "largest_lease_batch": w.ledger.leases.largest,
         "mongo_ops_per_unchanged_snapshot": sum(snapshot_ops.values()) / instances,
         "triggers_per_snapshot": per_ns,
     }

@@ -48,6 +48,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot, family_of_scope
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
+from services.otc_writer.item_batch import ItemBatch
 from shared.events import ServiceEventData, TriggerData
 from shared.mongo import Document
 from shared.snapshot_parts import IncompleteParts, join
@@ -77,6 +78,7 @@ class AppliedSnapshot(BaseModel):
 class Projection:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._items: dict[str, AsyncCollection[Document]] = {f.name: db[f.items] for f in FAMILIES}
+        self._batches = {name: ItemBatch(coll, name) for name, coll in self._items.items()}
         self.triggers = self._items[TRIGGER_FAMILY.name]
         self.services: AsyncCollection[Document] = db[SERVICES]
         self.instances: AsyncCollection[Document] = db[INSTANCES]
@@ -149,7 +151,9 @@ class Projection:
     ) -> tuple[State, set[str]]:
         """As ``put_item``, and the toolchains bound to its scope (from the item's copy).
 
-        A newer revision: one ``find_one_and_update`` that returns the copy. An item without a copy
+        A newer revision: one ``find_one_and_update`` that returns the copy, or, for an item whose
+        copy this process knows, a fenced update grouped with other handlers' (``item_batch.py``:
+        one round trip per batch). An item without a copy
         (new): one read of the bindings (derived, its scope listed first, when the scope is new) and
         one conditional update to keep the copy.
         """
@@ -163,6 +167,9 @@ class Projection:
             "schema_version": SCHEMA_VERSION,
             "updated_at": datetime.now(UTC),
         }
+        batch = self._batches[family.name]
+        if bindings and (known := await batch.put(item.key.id, item.revision, fields)) is not None:
+            return "stored", set(known.toolchains)  # grouped with other handlers' (item_batch.py)
         doc: Document | None
         try:
             doc = await coll.find_one_and_update(
@@ -179,13 +186,14 @@ class Projection:
         if not bindings or state == "stale":
             return state, set()
         copy = (doc or {}).get("bindings")
+        batch.saw(item.key.id, copy)
         if isinstance(copy, dict) and "rev" in copy:
             return state, set(copy.get("toolchains", []))
         rev, toolchains = await self._bindings(family, scope)
-        await coll.update_one(
-            {"_id": item.key.id, **_older_copy(rev)},
-            {"$set": {"bindings": {"toolchains": sorted(toolchains), "rev": rev}}},
-        )
+        kept = {"toolchains": sorted(toolchains), "rev": rev}
+        result = await coll.update_one({"_id": item.key.id, **_older_copy(rev)}, {"$set": {"bindings": kept}})
+        if result.matched_count == 1:
+            batch.saw(item.key.id, kept)
         return state, toolchains
 
     async def get_item[T: Item](self, family: Family[T, Any], key_id: str) -> T | None:

@@ -128,3 +128,58 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
         assert len(posts) == 1
         expected = "https://github.com/o/a2" if second == "change" else "https://github.com/o/a"
         assert tools[0].parameters["repo_url"] == expected  # no loss
+
+
+async def test_sigkill_between_a_batch_lease_and_its_commit(
+    amqp_url: str, mongodb_url: str, publisher: Publisher
+) -> None:
+    """Eight tools applied, then eight changes of them published at once: the writer knows the
+    entries, so it leases the changes in batches (one ``bulk_write`` each). It is killed after its
+    third write of a change, with leases of one batch taken and not committed, some of their tools
+    patched. The restart takes the expired leases over one by one, reads OTC for those with an
+    intent, and OTC ends with exactly the eight wanted tools, each POSTed once."""
+    keys = [f"k{i}" for i in range(8)]
+    async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
+        tc = otc.seed_toolchain(name="batch-kill")
+        mongo = make_client(mongodb_url)
+        ledger = Ledger(database(mongo))
+
+        async def at_revision(revision: int) -> bool:
+            docs = [await ledger.get("github", key, tc) for key in keys]
+            return all(
+                d and d["present"] and d["revision"] == revision and d.get("intent") is None for d in docs
+            )
+
+        proc = await _spawn(_env(amqp_url, mongodb_url, otc), "tests.e2e.crashing_writer", str(len(keys) + 3))
+        try:
+            for key in keys:
+                await publisher.publish(_apply(tc, key, 1, f"https://github.com/o/{key}"))
+            await wait_until(lambda: at_revision(1), timeout=30, what="the eight tools applied")
+            for key in keys:
+                await publisher.publish(_apply(tc, key, 2, f"https://github.com/o/{key}-2"))
+            assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        docs = [await ledger.get("github", key, tc) for key in keys]
+        leased = [d for d in docs if d is not None and d.get("intent") and d["revision"] == 1]
+        # Killed between lease and commit: leases taken by one batch (one token) are uncommitted.
+        tokens = [d["lease_token"] for d in leased]
+        assert tokens and max(tokens.count(t) for t in tokens) >= 2, docs
+        assert len(otc.tools(tc)) == len(keys)
+
+        restarted = await _spawn(_env(amqp_url, mongodb_url, otc))
+        try:
+            await wait_until(lambda: at_revision(2), timeout=40, what="every change committed after restart")
+        finally:
+            restarted.terminate()
+            await asyncio.wait_for(restarted.wait(), 20)
+            await mongo.close()
+        tools = otc.tools(tc)
+        assert sorted(str(t.name) for t in tools) == sorted(f"repo {key}" for key in keys)  # no duplicate
+        assert sorted(t.parameters["repo_url"] for t in tools) == sorted(
+            f"https://github.com/o/{key}-2" for key in keys
+        )  # no loss
+        posts = [c for c in otc.calls() if c.method == "POST" and "/tools" in c.path and c.status == 201]
+        assert len(posts) == len(keys)

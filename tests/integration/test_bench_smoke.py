@@ -23,7 +23,8 @@ def test_bench_parts_run_on_tiny_sizes_and_count_mongo_commands(tmp_path: Path) 
     assert raw["baseline"]["amqp_hop_per_s"] > 0 and raw["baseline"]["store_upsert_per_s"] > 0
     writer = raw["writer"]
     assert writer["changes"] > 0 and writer["otc_calls_per_change_per_toolchain"] == 1.0
-    assert writer["mongo_ops_per_change"] == 3.0  # the minimum docs/design.md argues
+    # Three when changes come one at a time (the minimum docs/design.md argues), fewer in batches.
+    assert writer["mongo_ops_per_change"] <= 3.0
     assert writer["otc_calls_per_unchanged_snapshot"] == 0
 
 
