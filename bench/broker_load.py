@@ -1,8 +1,11 @@
-"""Bounded load on broker-api: provision + bind pairs against an in-process service on loopback.
+"""Bounded load on broker-api: provision + bind pairs against a broker-api process on loopback.
 
 ``python -m bench.broker_load [--requests 2000] [--concurrency 32] [--broker tekton-broker]``: starts ``emulators.mongo``
 (unless MONGODB_URL is set) and uses the machine's RabbitMQ (AMQP_URL) in a throw-away vhost,
-then measures requests/s and p50/p99 latency of PUT service_instances and PUT toolchains.
+starts broker-api as a process of its own (``bench.broker_server``: the load generator and the
+service do not share an event loop), then measures requests/s and p50/p99 latency of PUT
+service_instances and PUT toolchains, and the MongoDB commands each request costs (counted in the
+server process).
 Prints the figures as JSON (``make bench`` gathers them into bench/results.json).
 """
 
@@ -11,10 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +35,6 @@ import aiohttp
 from cryptography.fernet import Fernet
 
 from bench.common import bench_infra
-from bench.counting import COUNTER, since
-from services.broker_api.app import build
-from services.broker_api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -44,30 +54,89 @@ PROVISION: dict[str, dict[str, Any]] = {
 }
 
 
-async def _run(
-    mongodb_url: str, amqp_url: str, requests: int, concurrency: int, broker: str = "kabanero-broker"
-) -> dict[str, Any]:
-    settings = Settings(
-        broker_id="bench",
-        broker_secret="bench-secret",  # type: ignore[arg-type]
-        credentials_key=Fernet.generate_key().decode(),  # type: ignore[arg-type]
-        mongodb_url=mongodb_url,  # type: ignore[arg-type]
-        amqp_url=amqp_url,  # type: ignore[arg-type]
-        http_host="127.0.0.1",
-        http_port=0,
-        outbox_drain_interval_s=3600,  # the periodic pass is no request's work: counted apart below
-    )
+@contextlib.contextmanager
+def broker_process(mongodb_url: str, amqp_url: str, workdir: Path) -> Iterator[ServerProcess]:
+    """broker-api as its own process (``bench.broker_server``: the service's ``main()`` plus the
+    command counter), as the e2e tests start it; logs go to ``workdir/broker-api.log``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    counts = workdir / "counts.json"
+    env = {
+        **os.environ,
+        "BROKER_ID": "bench",
+        "BROKER_SECRET": "bench-secret",
+        "CREDENTIALS_KEY": Fernet.generate_key().decode(),
+        "MONGODB_URL": mongodb_url,
+        "AMQP_URL": amqp_url,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": str(port),
+        "LOG_FORMAT": "json",
+        "OUTBOX_DRAIN_INTERVAL_S": "3600",  # the periodic pass is no request's work
+        "BENCH_COUNTS_FILE": str(counts),
+    }
+    log_path = workdir / "broker-api.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.broker_server"], cwd=ROOT, env=env, stderr=log, stdout=log
+        )
+        try:
+            server = ServerProcess(proc, f"http://127.0.0.1:{port}", counts, log_path)
+            server.wait_ready()
+            yield server
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    counts: Path
+    log: Path
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"broker-api exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"broker-api not ready within {timeout_s}s: {self.log.read_text()[-2000:]}")
+
+    async def commands(self) -> Counter[str]:
+        """The MongoDB commands the server process has sent so far (SIGUSR1, then its file)."""
+        done = self.counts.with_suffix(".done")
+        done.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        for _ in range(500):
+            if done.exists():
+                return Counter(json.loads(self.counts.read_text()))
+            await asyncio.sleep(0.01)
+        raise RuntimeError("broker-api did not write its command counts")
+
+
+async def _run(server: ServerProcess, requests: int, concurrency: int, broker: str) -> dict[str, Any]:
     latencies: dict[str, list[float]] = {"provision": [], "bind": [], "counted": []}
     errors = 0
     pairs = requests // 2
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(pairs):
         queue.put_nowait(i)
-    async with (
-        build(settings) as rt,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
-    ):
-        base = f"{rt.url}/{broker}/api/v1/service_instances"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        base = f"{server.url}/{broker}/api/v1/service_instances"
         provision = PROVISION[broker]
 
         async def timed(kind: str, url: str, body: dict[str, Any]) -> None:
@@ -89,19 +158,21 @@ async def _run(
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        # MongoDB commands per request, counted on sequential requests of new instances.
+        # MongoDB commands per request, counted on sequential requests of new instances, after the
+        # service's background work of the load (a lazy release) has settled.
         counted = 20
-        ops = COUNTER.snapshot()
-        for i in range(counted):
-            await timed("counted", f"{base}/count-{i}", provision)
-        provision_ops = since(ops)
-        ops = COUNTER.snapshot()
-        for i in range(counted):
-            await timed("counted", f"{base}/count-{i}/toolchains/tc-{i}", {"toolchain_credentials": "c"})
-        bind_ops = since(ops)
+        provision_ops = await _counted(
+            server, [(f"{base}/count-{i}", provision) for i in range(counted)], timed
+        )
+        bind_ops = await _counted(
+            server,
+            [(f"{base}/count-{i}/toolchains/tc-{i}", {"toolchain_credentials": "c"}) for i in range(counted)],
+            timed,
+        )
     every = latencies["provision"] + latencies["bind"]
     return {
         "broker": broker,
+        "server": "its own process (bench.broker_server)",
         "requests": len(every),
         "concurrency": concurrency,
         "errors": errors,
@@ -118,16 +189,46 @@ async def _run(
     }
 
 
+async def _counted(
+    server: ServerProcess,
+    calls: list[tuple[str, dict[str, Any]]],
+    timed: Callable[[str, str, dict[str, Any]], Awaitable[None]],
+) -> dict[str, int]:
+    """Commands the server sent for ``calls`` made one after the other (what a lazy release costs
+    is included: the server settles its background work before each count, see ``settle``)."""
+    await _settle(server)
+    before = await server.commands()
+    for url, body in calls:
+        await timed("counted", url, body)
+    await _settle(server)
+    after = await server.commands()
+    after.subtract(before)
+    return {k: v for k, v in sorted(after.items()) if v}
+
+
+async def _settle(server: ServerProcess) -> None:
+    """Wait until the server's command count stops moving (its background work is done)."""
+    last = -1
+    while True:
+        total = (await server.commands()).total()
+        if total == last:
+            return
+        last = total
+        await asyncio.sleep(0.3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--broker", choices=sorted(PROVISION), default="kabanero-broker")
     args = parser.parse_args()
-    with bench_infra("bench_broker") as infra:
-        result = asyncio.run(
-            _run(infra.mongodb_url, infra.amqp_url, args.requests, args.concurrency, args.broker)
-        )
+    with (
+        bench_infra("bench_broker") as infra,
+        tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp,
+        broker_process(infra.mongodb_url, infra.amqp_url, Path(tmp)) as server,
+    ):
+        result = asyncio.run(_run(server, args.requests, args.concurrency, args.broker))
     print(json.dumps(result))
 
 
