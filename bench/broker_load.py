@@ -55,7 +55,9 @@ PROVISION: dict[str, dict[str, Any]] = {
 
 
 @contextlib.contextmanager
-def broker_process(mongodb_url: str, amqp_url: str, workdir: Path) -> Iterator[ServerProcess]:
+def broker_process(
+    mongodb_url: str, amqp_url: str, workdir: Path, *, profile: Path | None = None
+) -> Iterator[ServerProcess]:
     """broker-api as its own process (``bench.broker_server``: the service's ``main()`` plus the
     command counter), as the e2e tests start it; logs go to ``workdir/broker-api.log``."""
     with socket.socket() as s:
@@ -77,8 +79,13 @@ def broker_process(mongodb_url: str, amqp_url: str, workdir: Path) -> Iterator[S
     }
     log_path = workdir / "broker-api.log"
     with log_path.open("w") as log:
+        profiling = ["-m", "cProfile", "-o", str(profile)] if profile else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.broker_server"], cwd=ROOT, env=env, stderr=log, stdout=log
+            [sys.executable, *profiling, "-m", "bench.broker_server"],
+            cwd=ROOT,
+            env=env,
+            stderr=log,
+            stdout=log,
         )
         try:
             server = ServerProcess(proc, f"http://127.0.0.1:{port}", counts, log_path)
@@ -115,6 +122,12 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"broker-api not ready within {timeout_s}s: {self.log.read_text()[-2000:]}")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used: what a request costs it,
+        whatever else the machine runs (wall-clock figures on a shared machine are mostly waits)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def commands(self) -> Counter[str]:
         """The MongoDB commands the server process has sent so far (SIGUSR1, then its file)."""
@@ -155,9 +168,9 @@ async def _run(server: ServerProcess, requests: int, concurrency: int, broker: s
                 await timed("provision", f"{base}/{sid}", provision)
                 await timed("bind", f"{base}/{sid}/toolchains/tc-{i}", {"toolchain_credentials": "c"})
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), server.cpu_s()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, server.cpu_s() - cpu
         # MongoDB commands per request, counted on sequential requests of new instances, after the
         # service's background work of the load (a lazy release) has settled.
         counted = 20
@@ -178,6 +191,7 @@ async def _run(server: ServerProcess, requests: int, concurrency: int, broker: s
         "errors": errors,
         "seconds": round(elapsed, 2),
         "requests_per_s": round(len(every) / elapsed, 1),
+        "server_cpu_ms_per_request": round(cpu * 1000 / len(every), 2),
         "p50_ms": round(statistics.median(every) * 1000, 2),
         "p99_ms": round(_pct(every, 0.99), 2),
         "provision_p99_ms": round(_pct(latencies["provision"], 0.99), 2),
@@ -214,7 +228,7 @@ async def _settle(server: ServerProcess) -> None:
         if total == last:
             return
         last = total
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # over OUTBOX_RELEASE_DELAY_S: a pending release shows
 
 
 def main() -> None:
@@ -222,11 +236,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--broker", choices=sorted(PROVISION), default="kabanero-broker")
+    parser.add_argument("--profile", type=Path, help="cProfile the server process into this file")
     args = parser.parse_args()
     with (
         bench_infra("bench_broker") as infra,
         tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp,
-        broker_process(infra.mongodb_url, infra.amqp_url, Path(tmp)) as server,
+        broker_process(infra.mongodb_url, infra.amqp_url, Path(tmp), profile=args.profile) as server,
     ):
         result = asyncio.run(_run(server, args.requests, args.concurrency, args.broker))
     print(json.dumps(result))
