@@ -1,20 +1,22 @@
 """Publishing the events committed in ``service_instances.outbox`` (at least once, in order per sid).
 
 A request handler takes the lease with its commit (:meth:`Outbox.holding` gives it; the store
-writes it in the same conditional update), publishes the outbox that update returned, then pulls
-the confirmed entries and releases the lease in one more update (:meth:`Outbox.publish_leased`):
-two round trips after the read, none of them a read-back. A background task (:meth:`Outbox.run`)
-retries every document that still has pending entries (index ``outbox_pending``). Entries are
-published in revision order and pulled only after the broker confirmed them, so RabbitMQ being
-down delays events but never loses or reorders them. A crash between confirm and pull
-re-publishes the same event id: consumers skip stale revisions.
+writes it in the same conditional update) and publishes the outbox that update left. The
+confirmed entries are not pulled at once: the next write of this process on the sid drops them in
+its own update, or the sweeper (:meth:`Outbox.release_pending`) pulls them and releases the lease
+for every sid of a short window in one ``bulk_write`` (docs/design.md, broker-api). A background
+task (:meth:`Outbox.run`) retries every document that still has pending entries (index
+``outbox_pending``). Entries are published in revision order and pulled only after the broker
+confirmed them, so RabbitMQ being down delays events but never loses or reorders them. A crash
+between confirm and pull re-publishes the same event id once the lease expired: consumers skip
+stale revisions.
 
 Replicas: a short lease on the document (``outbox_lease``, expires after ``lease_s``) lets one
 publisher at a time work on a sid, so two replicas do not publish the same events twice or out of
 order. A commit that finds the lease taken commits without it and leaves its events to the holder
-(whose release returns what is left, and which then flushes it) or, in the small window after the
-holder's release, to the drainer. Within one process, one commit-and-publish per sid at a time
-(the lease owner is the process).
+(whose release, one by one when its bulk release misses, returns what is left, and which then
+flushes it) or to the drainer. Within one process, one commit-and-publish per sid at a time (the
+lease owner is the process; each lease carries the token of the commit that took it).
 """
 
 from __future__ import annotations

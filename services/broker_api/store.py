@@ -8,9 +8,13 @@ never overwrite each other. An in-process lock per sid only cuts down useless re
 instance tries the insert first, unread (``likely_new``): a new sid costs no read, an existing one
 a failed insert more.
 
+A sid this process wrote a moment ago is changed unread (:mod:`.recent`): one update whose filter
+(the kept ``revision`` and lease token) fails if anything else wrote since, then the read path.
+
 No lost events: the same single-document write that commits the change appends its events to
 ``outbox`` and takes the publisher lease (:class:`services.broker_api.outbox.Lease`), and returns
-the outbox it left; :class:`services.broker_api.outbox.Outbox` publishes it and pulls the entries.
+the outbox it left; :class:`services.broker_api.outbox.Outbox` publishes it and pulls the entries
+(lazily: a later write of this process drops the confirmed ones in its own ``$set``).
 
 MongoDB errors propagate as they are: the HTTP error middleware maps them to 503, in one place.
 """
