@@ -77,3 +77,16 @@ def test_markdown_shows_every_run_and_the_load_average() -> None:
     assert "| `broker_api.ratio_to_ceiling` | 0.4 (median of 3: 0.5, 0.1, 0.4) | >= 0.4 met |" in text
     assert "ratio_to_ceiling_min" not in text
     assert "1.0 -> 2.0, 2.0 -> 3.0, 3.0 -> 1.5" in text
+
+
+def test_of_two_runs_the_headline_is_the_worse() -> None:
+    fast, slow = {"requests_per_s": 300}, {"requests_per_s": 100}
+    assert median_run("broker", _runs(fast, slow)["runs"]) == slow
+    low, high = {"latency_ms": {"p99": 40.0}}, {"latency_ms": {"p99": 90.0}}
+    assert median_run("stack", _runs(low, high)["runs"]) == high
+
+
+def test_markdown_leaves_the_per_run_figures_to_the_json() -> None:
+    results = _results()
+    results["runs"] = {"broker": [_broker(1, 1)]}
+    assert "runs.broker" not in markdown(results)
