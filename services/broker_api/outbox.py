@@ -85,7 +85,7 @@ class Outbox:
         lease_s: float = 30.0,
         online: Callable[[], bool] = lambda: True,
         recent: Recent | None = None,
-        release_delay_s: float = 0.02,
+        release_delay_s: float = 0.2,
     ) -> None:
         self._collection = collection
         self._recent = recent or Recent()
@@ -255,6 +255,9 @@ class Outbox:
                 await self.release_pending()
             except PyMongoError as exc:
                 log.warning("outbox release failed, will retry", extra={"error": type(exc).__name__})
+                await asyncio.sleep(1.0)
+            except Exception:  # never stop releasing: held leases would delay every later event
+                log.exception("outbox release failed unexpectedly, will retry")
                 await asyncio.sleep(1.0)
             if self._dirty:
                 self._wake.set()
