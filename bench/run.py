@@ -3,9 +3,12 @@
 The ceilings (``baseline``) are measured in the same run on the same machine, so the ratios hold
 on a noisy machine where absolute figures do not. Each part runs as its own process (its own
 MongoDB: ``MONGODB_URL`` when set, else an ``emulators.mongo`` process) and prints its figures as
-JSON; ``--quick`` runs every part on tiny sizes (the smoke test of the bench code).
+JSON; ``--quick`` runs every part on tiny sizes (the smoke test of the bench code). The parts a
+ratio or the e2e latency comes from run three times (``--repeats``, env ``BENCH_REPEATS``): each
+headline key holds the median run's figure, ``<key>_min``/``_max``/``_runs`` the spread beside it,
+``meta.load_average_per_run`` the load average before and after every run.
 
-    .venv/bin/python -m bench.run [--quick] [--out bench/results.json]
+    .venv/bin/python -m bench.run [--quick] [--repeats N] [--out bench/results.json]
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +104,19 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 
+REPEATED: dict[str, Callable[[dict[str, Any]], float]] = {
+    "baseline": lambda r: min(r["amqp_hop_per_s"], r["store_upsert_per_s"]),
+    "writer": lambda r: r["changes_per_s"],
+    "broker": lambda r: r["requests_per_s"],
+    "watcher": lambda r: r["initial_sync_events_per_s"],
+    "stack": lambda r: -((r.get("latency_ms") or {}).get("p99") or 0.0),  # worse first, as the rest
+}
+"""The parts a ratio (or the e2e latency) comes from, each run ``--repeats`` times (default 3, or
+``BENCH_REPEATS``), and the figure that picks the median run: one lucky or unlucky run does not
+decide a target (issue 21). Each figure orders the runs worse first (a latency negated)."""
+BASELINE_KEYS = ("amqp_hop_per_s", "store_upsert_per_s", "store_find_id_per_s")
+
+
 def part(args: list[str]) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
     proc = subprocess.run(
@@ -110,26 +128,119 @@ def part(args: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.monotonic() - started
 
 
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_part(name: str, args: list[str], repeats: int) -> dict[str, Any]:
+    """One part, ``repeats`` times if it is in :data:`REPEATED`: every run's figures, seconds and
+    the load average (1 min) before and after it."""
+    runs: list[dict[str, Any]] = []
+    for i in range(repeats if name in REPEATED else 1):
+        before = load()
+        figures, seconds = part(args)
+        runs.append(
+            {"figures": figures, "seconds": round(seconds, 1), "load_before": before, "load_after": load()}
+        )
+        print(
+            f"   run {i + 1}: {seconds:.0f} s, load {before} -> {runs[-1]['load_after']}: {json.dumps(figures)}",
+            flush=True,
+        )
+    return {"runs": runs}
+
+
+def median_run(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of the median run (by :data:`REPEATED`'s figure; of an even count, the worse of
+    the two middle ones); the baseline's ceilings are each the median over its runs."""
+    figures: list[dict[str, Any]] = [r["figures"] for r in runs]
+    if name == "baseline":
+        return {**figures[0], **{k: statistics.median(f[k] for f in figures) for k in BASELINE_KEYS}}
+    if name not in REPEATED:
+        return figures[0]
+    ordered = sorted(figures, key=REPEATED[name])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def collect(
-    parts: dict[str, list[str]], partial: Path, *, resume: bool = False
-) -> tuple[dict[str, Any], dict[str, float]]:
-    raw: dict[str, Any] = json.loads(partial.read_text()) if resume and partial.exists() else {}
-    seconds: dict[str, float] = {k: 0.0 for k in raw}
+    parts: dict[str, list[str]], partial: Path, *, repeats: int, resume: bool = False
+) -> dict[str, dict[str, Any]]:
+    """``{part: {"runs": [...]}}``, saved to ``partial`` after each part (what a failure leaves)."""
+    done: dict[str, dict[str, Any]] = json.loads(partial.read_text()) if resume and partial.exists() else {}
     for name, args in parts.items():
-        if name in raw:
+        if name in done:
             print(f"== {name}: kept from {partial}", flush=True)
             continue
-        print(f"== {name}: python -m {' '.join(args)}", flush=True)
-        raw[name], seconds[name] = part(args)
-        print(f"   {seconds[name]:.0f} s: {json.dumps(raw[name])}", flush=True)
-        partial.write_text(json.dumps(raw, indent=2) + "\n")  # what a later failure leaves
-    return raw, seconds
+        times = repeats if name in REPEATED else 1
+        print(f"== {name} (x{times}): python -m {' '.join(args)}", flush=True)
+        done[name] = run_part(name, args, repeats)
+        partial.write_text(json.dumps(done, indent=2) + "\n")
+    return done
 
 
-def gather(parts: dict[str, list[str]], partial: Path, *, resume: bool = False) -> dict[str, Any]:
+def gather(
+    parts: dict[str, list[str]], partial: Path, *, repeats: int, resume: bool = False
+) -> dict[str, Any]:
     load_before = os.getloadavg()[0]  # before the parts run: the machine they ran on
-    raw, seconds = collect(parts, partial, resume=resume)
-    return summarise(raw, seconds, parts, load_before=load_before)
+    done = collect(parts, partial, repeats=repeats, resume=resume)
+    raw = {name: median_run(name, d["runs"]) for name, d in done.items()}
+    seconds = {name: sum(r["seconds"] for r in d["runs"]) for name, d in done.items()}
+    results = summarise(raw, seconds, parts, load_before=load_before)
+    spread(done, results)
+    results["meta"]["load_average_per_run"] = {
+        name: [[r["load_before"], r["load_after"]] for r in d["runs"]] for name, d in done.items()
+    }
+    results["meta"]["repeats"] = repeats
+    results["runs"] = {
+        name: [r["figures"] for r in d["runs"]] for name, d in done.items() if len(d["runs"]) > 1
+    }
+    return results
+
+
+SPREAD: dict[tuple[str, ...], Callable[[str, dict[str, Any], float, float], float | None]] = {
+    ("writer", "ratio_to_ceiling"): lambda p, f, ceiling, _: (
+        round(f["changes_per_s"] / ceiling, 3) if p == "writer" else None
+    ),
+    ("broker_api", "ratio_to_ceiling"): lambda p, f, ceiling, _: (
+        round(f["requests_per_s"] / ceiling, 3) if p == "broker" else None
+    ),
+    ("broker_api", "p99_ms"): lambda p, f, *_: f["p99_ms"] if p == "broker" else None,
+    ("watcher", "ratio_to_amqp"): lambda p, f, _, amqp: (
+        round(f["initial_sync_events_per_s"] / amqp, 3) if p == "watcher" else None
+    ),
+    ("e2e", "latency_ms", "p99"): lambda p, f, *_: (
+        (f.get("latency_ms") or {}).get("p99") if p == "stack" else None
+    ),
+    ("resync", "seconds_10k"): lambda p, f, *_: f.get("resync_seconds") if p == "stack" else None,
+}
+"""Keys that get a spread, and each run's figure for them (None: another part's key)."""
+
+
+def spread(done: dict[str, dict[str, Any]], results: dict[str, Any]) -> None:
+    """Beside each key of :data:`SPREAD` (which holds the median run's figure): ``<key>_min``,
+    ``<key>_max`` and ``<key>_runs`` (every run, in run order). Each run's ratio is to the median
+    ceiling of the baseline runs."""
+    base = [r["figures"] for r in done["baseline"]["runs"]]
+    ceiling = statistics.median(min(b["amqp_hop_per_s"], b["store_upsert_per_s"]) for b in base)
+    amqp = statistics.median(b["amqp_hop_per_s"] for b in base)
+    for path, figure in SPREAD.items():
+        values = [
+            figure(name, r["figures"], ceiling, amqp)
+            for name, d in done.items()
+            if name in REPEATED
+            for r in d["runs"]
+        ]
+        known = [v for v in values if v is not None]
+        if len(known) < 2:
+            continue
+        *section, key = path
+        node = results
+        for step in section:
+            node = node[step]
+        extra = {f"{key}_min": min(known), f"{key}_max": max(known), f"{key}_runs": known}
+        items = list(node.items())
+        at = [k for k, _ in items].index(key) + 1
+        node.clear()
+        node.update(items[:at] + list(extra.items()) + items[at:])
 
 
 def summarise(
@@ -245,7 +356,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"Written by `make bench` (`python -m bench.run`) on {meta['date']}, {meta['machine']}, MongoDB: "
         f"{meta['mongodb']}, RabbitMQ: the local node; load average {meta['load_average_before']:.2f} before, "
         f"{meta['load_average_after']:.2f} after (the machine is shared: absolute figures are noisy, "
-        "ratios to the ceilings measured in the same run less so). Every figure: bench/results.json.",
+        "ratios to the ceilings measured in the same run less so). The parts a ratio or the e2e latency "
+        f"comes from ran {meta.get('repeats', 1)} times each: a key with a spread shows the median run's "
+        "figure and every run's (`<key>_min`, `_max`, `_runs` in bench/results.json); the load average "
+        "before and after each run is beside its command below. Every figure: bench/results.json.",
         "",
         "| key | value | target |",
         "|---|---|---|",
@@ -257,17 +371,32 @@ def markdown(results: dict[str, Any]) -> str:
             if isinstance(value, dict):
                 walk(dotted + ".", value)
                 continue
+            if key.endswith(("_min", "_max", "_runs")) and key.rsplit("_", 1)[0] in node:
+                continue  # shown with their key
+            runs = node.get(f"{key}_runs")
+            shown = f"{value} (median of {len(runs)}: {', '.join(map(str, runs))})" if runs else value
             target = TARGETS.get(dotted)
             mark = ""
             if target is not None and value is not None:
                 op, bound = target
                 ok = value >= bound if op == ">=" else value <= bound
                 mark = f"{op} {bound:g} {'met' if ok else '**missed**'}"
-            lines.append(f"| `{dotted}` | {value} | {mark} |")
+            lines.append(f"| `{dotted}` | {shown} | {mark} |")
 
-    walk("", {k: v for k, v in results.items() if k not in ("meta", "raw")})
+    walk("", {k: v for k, v in results.items() if k not in ("meta", "raw", "runs")})
     lines += ["", "Commands (each part its own process, in this order):", ""]
-    lines += [f"- {k}: `{v}` ({meta['seconds_per_part'][k]} s)" for k, v in meta["commands"].items()]
+    loads = meta.get("load_average_per_run", {})
+    lines += [
+        f"- {k}: `{v}` ({meta['seconds_per_part'][k]} s"
+        + (f" over {len(loads[k])} runs" if len(loads.get(k, ())) > 1 else "")
+        + (
+            f"; load average before -> after: {', '.join(f'{b} -> {a}' for b, a in loads[k])}"
+            if k in loads
+            else ""
+        )
+        + ")"
+        for k, v in meta["commands"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -279,15 +408,24 @@ def main() -> int:
     parser.add_argument(
         "--resume", action="store_true", help="keep the parts a failed run left in results.partial.json"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEATS", "0")) or None,
+        help="runs of each ratio part (default 3, 1 with --quick; env BENCH_REPEATS)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     parts = QUICK if args.quick else FULL
+    repeats = args.repeats or (1 if args.quick else 3)
     if args.only:
         parts = {k: v for k, v in parts.items() if k in args.only.split(",")}
-        raw, _ = collect(parts, args.out.with_suffix(".partial.json"))
+        done = collect(parts, args.out.with_suffix(".partial.json"), repeats=repeats)
+        raw: dict[str, Any] = {name: median_run(name, d["runs"]) for name, d in done.items()}
+        raw["runs"] = done
         args.out.write_text(json.dumps(raw, indent=2) + "\n")
         return 0
-    results = gather(parts, args.out.with_suffix(".partial.json"), resume=args.resume)
+    results = gather(parts, args.out.with_suffix(".partial.json"), repeats=repeats, resume=args.resume)
     results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))

@@ -82,6 +82,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> BrokerRuntime:
         health.registry,
         lease_s=3 * settings.publish_timeout_s,
         online=lambda: infra.amqp.ready,
+        recent=store.recent,
+        release_delay_s=settings.outbox_release_delay_s,
     )
     api = BrokerApi(
         settings,

@@ -257,10 +257,11 @@ class BrokerApi:
 
     def _instance(self, rec: InstanceRecord) -> web.Response:
         rules = RULES[rec.kind]
-        body = InstanceResponse(
+        # From the validated record: constructed, not validated again (once per request: the body).
+        body = InstanceResponse.model_construct(
             instance_id=rec.instance_id,
             dashboard_url=rec.dashboard_url,
-            parameters=ParametersOut(
+            parameters=ParametersOut.model_construct(
                 **rec.parameters.model_dump(
                     exclude={"create", "instance"}
                     if rules.one_instance

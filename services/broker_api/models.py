@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StrictBool,
     WithJsonSchema,
@@ -23,7 +24,7 @@ from pydantic import (
 )
 
 from services.broker_api.instance_spec import spec_schema
-from shared.events import ServiceKind
+from shared.events import CloudEvent, ServiceKind
 
 ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
 ID_RE = re.compile(ID_PATTERN)
@@ -265,6 +266,23 @@ class OutboxEntry(BaseModel):
     revision: int
     routing_key: str
     event: dict[str, Any]
+    _cloud: CloudEvent | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, event: CloudEvent, revision: int) -> OutboxEntry:
+        """The entry of an event this process just built (and validated): not validated again,
+        and published from ``event`` itself (:meth:`cloud_event`)."""
+        entry = cls.model_construct(
+            id=event.id, revision=revision, routing_key=event.routing_key, event=event.model_dump(mode="json")
+        )
+        entry._cloud = event
+        return entry
+
+    def cloud_event(self) -> CloudEvent:
+        """The event to publish: the one built in this process, else (read back) validated once."""
+        if self._cloud is None:
+            self._cloud = CloudEvent.model_validate(self.event)
+        return self._cloud
 
 
 class InstanceRecord(BaseModel):

@@ -89,6 +89,14 @@ class Settings(CommonSettings):
     outbox_drain_interval_s: float = Field(
         default=5.0, gt=0, description="retry interval of events not yet published"
     )
+    outbox_release_delay_s: float = Field(
+        default=0.2,
+        ge=0,
+        le=5,
+        description="how long published events stay in the outbox (and the publisher lease held) "
+        "before one bulk write releases those of every request of that window, unless the next "
+        "write on the same instance drops them first (docs/design.md)",
+    )
     build_version: str = Field(default="0.1.0", description="reported by `GET /version`")
     max_body_bytes: int = Field(default=64 * 1024, gt=0, description="larger request bodies get 413")
     max_connections: int = Field(

@@ -8,9 +8,13 @@ never overwrite each other. An in-process lock per sid only cuts down useless re
 instance tries the insert first, unread (``likely_new``): a new sid costs no read, an existing one
 a failed insert more.
 
+A sid this process wrote a moment ago is changed unread (:mod:`.recent`): one update whose filter
+(the kept ``revision`` and lease token) fails if anything else wrote since, then the read path.
+
 No lost events: the same single-document write that commits the change appends its events to
 ``outbox`` and takes the publisher lease (:class:`services.broker_api.outbox.Lease`), and returns
-the outbox it left; :class:`services.broker_api.outbox.Outbox` publishes it and pulls the entries.
+the outbox it left; :class:`services.broker_api.outbox.Outbox` publishes it and pulls the entries
+(lazily: a later write of this process drops the confirmed ones in its own ``$set``).
 
 MongoDB errors propagate as they are: the HTTP error middleware maps them to 503, in one place.
 """
@@ -37,6 +41,7 @@ from services.broker_api.instances import Change, record_key
 from services.broker_api.kinds import RULES
 from services.broker_api.models import BROKERS, InstanceRecord, OutboxEntry
 from services.broker_api.outbox import Lease
+from services.broker_api.recent import Known, Recent
 from shared.events import (
     CloudEvent,
     RoutingKeys,
@@ -106,12 +111,13 @@ def _event_entries(change: Change, base_revision: int, source: str, now: datetim
     entries = []
     for i, pending in enumerate(change.events):
         revision = base_revision + i + 1
-        data = ServiceEventData(
+        # Built from the validated record: constructed, not validated again (the event is, once).
+        data = ServiceEventData.model_construct(
             kind=rec.kind,
             instance_id=rec.instance_id,
             service_id=rec.service_id,
             organization_guid=rec.organization_guid,
-            parameters=ServiceParameters(
+            parameters=ServiceParameters.model_construct(
                 cluster=rec.parameters.cluster,
                 namespace=rec.parameters.namespace,
                 name=rec.parameters.name,
@@ -142,17 +148,15 @@ def _entry(
     """One outbox entry: the CloudEvent of ``data`` with the record's deterministic event id."""
     event_id = make_event_id(rec.kind, rec.instance_id, revision)
     event = CloudEvent.for_data(routing_key, data, source=source, subject=rec.instance_id, id=event_id)
-    event = event.model_copy(update={"time": now})
-    return OutboxEntry(
-        id=event_id, revision=revision, routing_key=routing_key, event=event.model_dump(mode="json")
-    )
+    return OutboxEntry.of(event.model_copy(update={"time": now}), revision)
 
 
 class InstanceStore:
-    def __init__(self, db: AsyncDatabase[Document], *, source: str) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, source: str, recent: Recent | None = None) -> None:
         self.collection: AsyncCollection[Document] = db[COLLECTION]
         self._source = source
         self._locks = KeyedLocks()
+        self.recent = recent or Recent()
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("outbox.id", ASCENDING)], name="outbox_pending")
@@ -179,13 +183,19 @@ class InstanceStore:
         """Commit ``compute(current)`` with its outbox events atomically; retry on a lost race.
 
         ``compute`` may raise a :class:`BrokerError` (e.g. 404): nothing is written then. With
-        ``lease``, a commit with events takes it unless another replica holds it. With
-        ``likely_new``, the first attempt inserts ``compute(None)`` without reading.
+        ``lease``, a commit with events takes it unless another replica holds it. A record this
+        process wrote a moment ago (:mod:`.recent`) is tried first, unread; with ``likely_new``,
+        the first attempt inserts ``compute(None)`` without reading.
         """
         key = record_key(kind, sid)
         lock = self._locks[key]
         async with lock:
-            if likely_new:
+            known = self.recent.current(key)
+            if known is not None:
+                commit = await self._try_known(key, known, compute, now(), lease)
+                if commit is not None:
+                    return commit
+            elif likely_new:
                 commit = await self._try_new(key, compute, now(), lease)
                 if commit is not None:
                     return commit
@@ -207,6 +217,39 @@ class InstanceStore:
             return None
         return await self._commit(key, None, change, now, lease)
 
+    async def _try_known(
+        self, key: str, known: Known, compute: Compute, now: datetime, lease: Lease | None
+    ) -> Commit | None:
+        """The change computed from the record this process wrote last, committed unread with one
+        update that matches only if nobody else wrote since (same ``revision``; our lease token
+        still on it, or no outbox left). It drops the confirmed entries and appends the new ones
+        in the same ``$set``. None: the read path decides (also for an error or a no-op, which
+        the stored record must confirm)."""
+        try:
+            change = compute(known.record)
+        except BrokerError:
+            change = None
+        if change is None:
+            return None
+        entries, record, fields = self._prepared(known.record, change, now)
+        fields.pop("_id")
+        match: dict[str, Any] = {"_id": key, "revision": known.record.revision}
+        after = known
+        if entries:
+            taken = _taking(known, entries, lease)
+            if taken is None:
+                return None
+            outbox_match, after = taken
+            match.update(outbox_match)
+            fields["outbox"] = [e.model_dump(mode="python") for e in after.outbox]
+            fields["outbox_lease"] = lease.document()  # type: ignore[union-attr]
+        result = await self.collection.update_one(match, {"$set": fields})
+        if result.matched_count == 0:
+            self.recent.forget(key)
+            return None
+        self.recent.put(key, Known(record, after.outbox, after.token, after.published))
+        return Commit(record, entries, after.outbox if entries else None)
+
     async def _attempt(self, key: str, compute: Compute, now: datetime, lease: Lease | None) -> Commit | None:
         doc = await self.collection.find_one({"_id": key})
         current = InstanceRecord.model_validate(doc) if doc else None
@@ -215,20 +258,28 @@ class InstanceStore:
             return Commit(current, ())
         return await self._commit(key, current, change, now, lease)
 
+    def _prepared(
+        self, current: InstanceRecord | None, change: Change, now: datetime
+    ) -> tuple[tuple[OutboxEntry, ...], InstanceRecord, Document]:
+        """The change's outbox entries, the record at its new revision and its stored fields
+        (without ``outbox``)."""
+        base = current.revision if current else 0
+        entries = tuple(_event_entries(change, base, self._source, now))
+        record = change.record.model_copy(update={"revision": base + max(1, len(entries)), "outbox": []})
+        fields = record.document()
+        fields.pop("outbox", None)
+        return entries, record, fields
+
     async def _commit(
         self, key: str, current: InstanceRecord | None, change: Change, now: datetime, lease: Lease | None
     ) -> Commit | None:
         """One conditional write of the record with its events (and the lease); None on a lost race."""
-        base = current.revision if current else 0
-        entries = tuple(_event_entries(change, base, self._source, now))
-        record = change.record.model_copy(update={"revision": base + max(1, len(entries))})
-        fields = record.document()
-        fields.pop("outbox", None)
+        entries, record, fields = self._prepared(current, change, now)
         lease = lease if entries else None  # only a commit with events takes the lease
         if current is None:
             return await self._insert(record, fields, entries, lease)
         fields.pop("_id")
-        return await self._update(key, base, record, fields, entries, lease)
+        return await self._update(key, current.revision, record, fields, entries, lease)
 
     async def _insert(
         self, record: InstanceRecord, fields: Document, entries: tuple[OutboxEntry, ...], lease: Lease | None
@@ -241,6 +292,7 @@ class InstanceStore:
             await self.collection.insert_one(doc)
         except DuplicateKeyError:
             return None
+        self.recent.put(record.key, Known(record, entries, lease.token if lease is not None else None))
         return Commit(record, entries, entries if lease is not None else None)
 
     async def _update(
@@ -258,17 +310,61 @@ class InstanceStore:
         if entries:
             update["$push"] = {"outbox": {"$each": [e.model_dump(mode="python") for e in entries]}}
         if lease is not None:
-            after = await self.collection.find_one_and_update(
-                {"_id": key, "revision": base, **lease.free()},
-                {**update, "$set": {**fields, "outbox_lease": lease.document()}},
-                projection={"outbox": 1},
-                return_document=ReturnDocument.AFTER,
-            )
-            if after is not None:
-                pending = tuple(OutboxEntry.model_validate(e) for e in after.get("outbox") or [])
-                return Commit(record, entries, pending)
+            commit = await self._update_leased(key, base, record, update, entries, lease)
+            if commit is not None:
+                return commit
             # Another replica holds the lease, or the race is lost: the plain write tells which.
         result = await self.collection.update_one({"_id": key, "revision": base}, update)
         if result.matched_count == 0:
             return None
+        before = self.recent.current(key)
+        if not entries and before is not None and before.record.revision == base:
+            self.recent.put(key, Known(record, before.outbox, before.token, before.published))
+        else:
+            self.recent.forget(key)
         return Commit(record, entries)
+
+    async def _update_leased(
+        self,
+        key: str,
+        base: int,
+        record: InstanceRecord,
+        update: dict[str, Any],
+        entries: tuple[OutboxEntry, ...],
+        lease: Lease,
+    ) -> Commit | None:
+        """The compare-and-set that also takes the lease (if free): the whole outbox comes back."""
+        after = await self.collection.find_one_and_update(
+            {"_id": key, "revision": base, **lease.free()},
+            {**update, "$set": {**update["$set"], "outbox_lease": lease.document()}},
+            projection={"outbox": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if after is None:
+            return None
+        fresh = {e.id: e for e in entries}
+        outbox = tuple(fresh.get(e["id"]) or OutboxEntry.model_validate(e) for e in after.get("outbox") or [])
+        # Entries this process confirmed before (not pulled yet) stay confirmed.
+        before = self.recent.get(key)
+        published = before.published if before is not None else frozenset()
+        known = Known(record, outbox, lease.token, published & {e.id for e in outbox})
+        self.recent.put(key, known)
+        return Commit(record, entries, known.kept)
+
+
+def _taking(
+    known: Known, entries: tuple[OutboxEntry, ...], lease: Lease | None
+) -> tuple[dict[str, Any], Known] | None:
+    """For a commit from ``known`` that takes ``lease``: the filter clause saying the outbox is
+    still as ``known`` says (our lease token on it, or empty and the lease free), and what the
+    document holds after it (the confirmed entries dropped, ``entries`` appended). None when the
+    outbox cannot be known unread."""
+    if lease is None:
+        return None
+    if known.token is not None:
+        match: dict[str, Any] = {"outbox_lease.token": known.token}
+    elif not known.kept:
+        match = {"outbox": {"$size": 0}, **lease.free()}
+    else:
+        return None
+    return match, Known(known.record, (*known.kept, *entries), lease.token)

@@ -24,6 +24,7 @@ from tests.integration.test_broker_api import (
     make_settings,
     raw_docs,
     running,
+    settled_docs,
 )
 
 SECRET = "Sup3r-S3cret-Credential-7f3a"
@@ -84,7 +85,7 @@ async def test_a_lone_surrogate_in_credentials_is_a_400_naming_the_field(
 ) -> None:
     _, c = broker
     assert (await c.call("PUT", f"{KB}/service_instances/sid-s", PROVISION))[0] == 200
-    before = await raw_docs(mongodb_url)
+    before = await settled_docs(mongodb_url)
     raw = b'{"' + field.encode() + b'": "\\ud800"}'
     if field == "service_credentials":
         body = json.dumps({k: v for k, v in PROVISION.items() if k != field}).encode()

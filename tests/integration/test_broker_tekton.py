@@ -22,7 +22,16 @@ from shared.amqp.publisher import to_message
 from shared.amqp.topology import EXCHANGE, owned_instances_queue
 from shared.events import CloudEvent, RoutingKeys, ServiceEventData, TektonInstallationData, content_hash
 from tests.helpers import EventTap, wait_until
-from tests.integration.test_broker_api import KB, KEB, KEY, Client, make_settings, raw_docs, running
+from tests.integration.test_broker_api import (
+    KB,
+    KEB,
+    KEY,
+    Client,
+    make_settings,
+    raw_docs,
+    running,
+    settled_docs,
+)
 
 TB = "/tekton-broker/api/v1"
 PUBLIC = "https://kotc.example.com/base"
@@ -169,7 +178,7 @@ async def test_bad_tekton_parameters_are_a_400_naming_the_field_and_change_nothi
         c = Client(session, rt.url)
         assert (await c.call("PUT", f"{TB}/service_instances/ok", _put({"namespaces": ["team-a"]})))[0] == 200
         await tap.wait_for(1)
-        before = await raw_docs(mongodb_url)
+        before = await settled_docs(mongodb_url)
         sid = "ok" if method == "PATCH" else "new"
         status, answer = await c.call(method, f"{TB}/service_instances/{sid}", body)
         assert status == 400, answer
