@@ -199,6 +199,9 @@ class FamilyLoop:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._snapshot_due = False
+        self._snapshotted: set[str] = set()
+        """Namespaces whose due snapshot went with their changes, in this pass or in one that failed
+        since the snapshot fell due: the snapshot round skips them."""
         self.synced = False
         self.idle = False
         self.last_reconcile_ms: float | None = None
@@ -254,11 +257,12 @@ class FamilyLoop:
             self.mark(self.family.prepare())
             # A namespace's published state changes only by its reconcile: the snapshot taken with
             # it answers every request of this pass, as the snapshots after the reconciles did.
-            covered = await self.reconcile_dirty(snapshot=self._snapshot_due)
+            await self.reconcile_dirty(snapshot=self._snapshot_due)
             await self._after_pass()
             if self._snapshot_due:
-                await self._snapshots(skip=covered)
+                await self._snapshots(skip=self._snapshotted)
                 self._snapshot_due = False
+            self._snapshotted.clear()
             if self._resyncs:
                 await self._answer_resyncs()
         except (PublishError, PyMongoError) as exc:
@@ -279,28 +283,27 @@ class FamilyLoop:
             )
         return True
 
-    async def reconcile_dirty(self, *, snapshot: bool = False) -> set[str]:
+    async def reconcile_dirty(self, *, snapshot: bool = False) -> None:
         """Diff every dirty namespace; on failure the namespace stays dirty. With ``snapshot`` (one
         is due), a namespace that changed publishes its snapshot with its diff, in the same batch
-        (one pending and one done write, not two of each: the initial sync's cost); returns those
-        namespaces (reconciled again later in the pass, a changed one publishes a snapshot again).
+        (one pending and one done write, not two of each: the initial sync's cost); they are kept
+        in ``_snapshotted`` (reconciled again while the snapshot is due, a changed one publishes
+        its snapshot again).
 
         Namespaces own disjoint keys, so up to ``publish_concurrency`` of them are reconciled at once;
         a namespace is never in two batches at a time (marks made meanwhile wait for the next batch).
         """
         started = time.monotonic()
-        covered: set[str] = set()
         while self._dirty:
             batch = sorted(self._dirty)
             self._dirty.clear()
             jobs: list[Callable[[], Awaitable[None]]] = [
-                functools.partial(self._reconcile_one, ns, snapshot, covered) for ns in batch
+                functools.partial(self._reconcile_one, ns, snapshot) for ns in batch
             ]
             await self.session.bounded(jobs)
         self.last_reconcile_ms = (time.monotonic() - started) * 1000
-        return covered
 
-    async def _reconcile_one(self, namespace: str, snapshot: bool, covered: set[str]) -> None:
+    async def _reconcile_one(self, namespace: str, snapshot: bool) -> None:
         """A namespace MongoDB refuses for good is set aside, not left dirty: it is tried again
         when it changes (a retry of the same batch fails the same way)."""
         revision = self.family.snapshot_revision(namespace)
@@ -314,7 +317,7 @@ class FamilyLoop:
             self._dirty.add(namespace)
             raise
         if snapshot and self.family.snapshot_revision(namespace) != revision:
-            covered.add(namespace)
+            self._snapshotted.add(namespace)
         self.session.accepted(namespace)
 
     async def _after_pass(self) -> None:

@@ -457,9 +457,9 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     coll = client.get_default_database()["watch_published"]
     try:
-        # instance + 2 triggers per healthy namespace; snapshots wait for a complete diff
+        # instance + 2 triggers per healthy namespace, and its snapshot in the same batch, after them
         await wait_until(
-            lambda: len(published) == 3 * (len(namespaces) - 1), what="healthy namespaces published"
+            lambda: len(published) == 4 * (len(namespaces) - 1), what="healthy namespaces published"
         )
         session = runtime.session
         assert session is not None and not session.synced
@@ -470,7 +470,7 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
         assert {d["namespace"] async for d in coll.find({"pending": True}, {"namespace": 1})} == failing
         failing.clear()
         await ready(runtime)
-        assert len(published) == 4 * len(namespaces)  # now with a snapshot each
+        assert len(published) == 4 * len(namespaces)  # the failed one now too, with its snapshot
         # One document per namespace: instance, two triggers and the snapshot, none pending.
         doc = await coll.find_one({"namespace": "ns-2", "pending": False})
         assert doc is not None and len(doc["records"]) == 4
