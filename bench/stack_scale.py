@@ -14,7 +14,9 @@ machine's RabbitMQ in a fresh vhost). Phases, each measured on its own:
    OTC's tool carries it, for ``--seconds``: changes/s, cluster-to-OTC;
 5. latency (once the stack has settled again): changes issued at half that rate for
    ``--latency-seconds``, each timed from the PATCH's answer until the tool in OTC carries the new
-   content hash (one GET of that tool every ``--poll-ms``);
+   content hash (one GET of that tool every ``--poll-ms``); beside its slowest changes
+   (``latency_slowest``), each service's longest event-loop hold over the phase
+   (``latency_loop_held_max_s``, the bucket of ``kotc_event_loop_held_seconds``, shared/loop_stalls.py);
 6. invariants: every trigger tool present exactly once with its last content, no dead letter,
    OTC tool writes per change.
 
@@ -42,7 +44,7 @@ from typing import Any
 import aiohttp
 
 from scripts.driver import Driver, wait_for
-from scripts.stack import LOGS, SERVICES, Stack, mgmt, wait_http
+from scripts.stack import LOGS, SERVICES, Stack, held_between, mgmt, wait_http
 
 TIMEOUT_S = 600.0
 LOAD_TIMEOUT_S = 1200.0  # a loaded shared machine: the load phase's figure, late, beats none
@@ -296,6 +298,7 @@ async def run(
                 timed.append((await world.change_and_wait(ns, index, poll_s), at, f"{ns}/m{index}"))
 
             tasks = []
+            holds_before = await stack.loop_holds(http)
             t0 = time.monotonic()
             while time.monotonic() - t0 < latency_seconds:
                 ns = world.namespaces[issued % namespaces]
@@ -303,6 +306,8 @@ async def run(
                 issued += 1
                 await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
             await asyncio.gather(*tasks)
+            # Beside latency_slowest: which process held its event loop, and for how long.
+            out["latency_loop_held_max_s"] = held_between(holds_before, await stack.loop_holds(http))
             latencies = [took for took, _, _ in timed]
             out["latency_slowest"] = [  # to match against the services' logs
                 {"ms": round(took * 1000, 1), "at": f"{at:.3f}", "trigger": what}

@@ -337,6 +337,24 @@ class Stack:
                     out[name] = value
         return out
 
+    async def loop_holds(self, http: aiohttp.ClientSession) -> dict[str, dict[float, float]]:
+        """Each answering service's ``kotc_event_loop_held_seconds`` buckets (upper bound ->
+        cumulative count), for :func:`held_between`."""
+        out: dict[str, dict[float, float]] = {}
+        for name, port in self.services.items():
+            try:
+                async with http.get(f"{self.url(port)}/metrics") as r:
+                    text = await r.text()
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+            out[name] = {
+                float(s.labels["le"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "kotc_event_loop_held_seconds_bucket"
+            }
+        return out
+
     async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> None:
         """Wait until no message waits in a consuming or delay queue, and no service holds one
         unsettled, on ``stable_polls`` polls in a row (the consumers have caught up, retries included)."""
@@ -390,6 +408,24 @@ class Stack:
                 print(f"{name} did not stop in time; killing")
                 proc.kill()
                 proc.wait()
+
+
+def held_between(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, str]:
+    """Per service, the bucket its longest loop hold between the two readings fell in
+    (``"0.3-0.5"`` seconds, ``">30"``): the process that stalled names itself."""
+    out: dict[str, str] = {}
+    for name, buckets in after.items():
+        grew = {le: n - before.get(name, {}).get(le, 0.0) for le, n in buckets.items()}
+        bounds = sorted(grew)
+        if not bounds:
+            continue
+        # The first cumulative bucket that holds every wake of the phase bounds its longest hold.
+        first = next(i for i, le in enumerate(bounds) if grew[le] >= grew[bounds[-1]])
+        lower = bounds[first - 1] if first else 0.0
+        out[name] = f">{lower:g}" if bounds[first] == float("inf") else f"{lower:g}-{bounds[first]:g}"
+    return out
 
 
 async def mgmt(method: str, path: str, body: Any = None) -> Any:

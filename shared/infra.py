@@ -22,6 +22,7 @@ from shared.amqp.consumer import ConsumerMetrics
 from shared.dependencies import MONGODB, RABBITMQ, Probe
 from shared.health import VERSION, Health
 from shared.lifecycle import Runtime
+from shared.loop_stalls import LoopStalls
 from shared.mongo import Document, database, make_client, ping
 from shared.queue_depths import QueueDepths
 from shared.settings import CommonSettings
@@ -50,6 +51,8 @@ class Infra:
         self.db: AsyncDatabase[Document] = database(self.mongo)
         self.consumer_metrics = ConsumerMetrics(health.registry)
         self.queue_depths = QueueDepths(self.amqp, self.topology, health.registry)
+        # How long the event loop was held, on /metrics: a latency tail names the process.
+        self.stalls = LoopStalls(registry=health.registry)
         health.add_readiness("rabbitmq", self.amqp.readiness)
         health.add_readiness("mongodb", self._mongo_ready)
 
@@ -111,6 +114,7 @@ class Infra:
         runtime.add("rabbitmq", self.rabbitmq)
         # Metrics only (not vital): the depth of every queue of the topology, for the alert rules.
         runtime.add_task("queue-depths", self.queue_depths.run, vital=False)
+        runtime.add_task("loop-stalls", self.stalls.run, vital=False)
         if self.settings.gc_freeze_interval_s:
             runtime.add_task(
                 "heap-settle",

@@ -27,7 +27,6 @@ from services.kabanero_watcher.owned_instances import key_of as owned_key
 from services.kabanero_watcher.resync import ResyncListener
 from services.kabanero_watcher.session import Session
 from services.kabanero_watcher.settings import Settings
-from services.kabanero_watcher.stalls import LoopStalls
 from services.kabanero_watcher.state import PublishedState
 from services.kabanero_watcher.watching import WatchMetrics
 from shared.amqp.consumer import Consumer
@@ -69,7 +68,7 @@ class WatcherRuntime(Runtime):
         self.http = http
         self.elector: LeaseElector | None = None
         self.session: Session | None = None
-        self.stalls = LoopStalls()
+        self.stalls = infra.stalls
 
     @property
     def http_port(self) -> int:
@@ -177,7 +176,6 @@ def build(settings: Settings, *, deps: Deps | None = None) -> WatcherRuntime:
     runtime.add("lease", elect)
     runtime.add("leadership", lead)
     runtime.add_task("resync-listener", resync.run)
-    runtime.add_task("loop-stalls", runtime.stalls.run)
     return runtime
 
 

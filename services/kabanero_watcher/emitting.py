@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
@@ -184,6 +184,13 @@ class Emitter:
         )
         return len(to_message(event).body)
 
+    def view(self) -> QueuedView:
+        """The published state as it will be once this task's queue is flushed: a snapshot queued
+        behind a namespace's changes describes them, and shares their pending and done writes."""
+        return QueuedView(
+            self.state, [record for _, record, _ in self._queues.get(asyncio.current_task(), [])]
+        )
+
     def discard(self) -> None:
         """Forget what this task queued: an error left it unpublished, the next reconcile publishes it."""
         self._queues.pop(asyncio.current_task(), None)
@@ -238,6 +245,50 @@ class Emitter:
             await self.pacer.step()
             if not prev.deleted and prev.key not in desired and not frozen(prev):
                 self.deleted(keys.deleted, prev)
+
+
+class StateView(Protocol):
+    """What a snapshot reads of the published state (:class:`PublishedState`, or a :class:`QueuedView`)."""
+
+    def get(self, kind: RecordKind, key: str) -> Record | None: ...
+
+    def in_namespace(self, namespace: str, kind: RecordKind) -> list[Record]: ...
+
+    def next_revision(self, kind: RecordKind, key: str) -> int: ...
+
+    def live_in_namespace(self, namespace: str, kinds: frozenset[str]) -> bool: ...
+
+
+class QueuedView:
+    """The published state with queued records applied (the latest queued per key wins)."""
+
+    def __init__(self, state: PublishedState, queued: list[Record]) -> None:
+        self._state = state
+        self._queued = {(r.kind, r.key): r for r in queued}
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything is queued (a flush will write and publish)."""
+        return bool(self._queued)
+
+    def get(self, kind: RecordKind, key: str) -> Record | None:
+        return self._queued.get((kind, key)) or self._state.get(kind, key)
+
+    def in_namespace(self, namespace: str, kind: RecordKind) -> list[Record]:
+        merged = {r.key: r for r in self._state.in_namespace(namespace, kind)}
+        merged.update(
+            {r.key: r for r in self._queued.values() if r.kind == kind and r.namespace == namespace}
+        )
+        return [merged[key] for key in sorted(merged)]
+
+    def next_revision(self, kind: RecordKind, key: str) -> int:
+        record = self.get(kind, key)
+        return 1 if record is None else record.revision + 1
+
+    def live_in_namespace(self, namespace: str, kinds: frozenset[str]) -> bool:
+        return any(
+            not r.deleted for kind in kinds for r in self.in_namespace(namespace, cast(RecordKind, kind))
+        )
 
 
 class Hashed(Protocol):

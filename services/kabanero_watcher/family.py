@@ -30,9 +30,12 @@ class Family(Protocol):
         """Before a reconcile pass: namespaces to reconcile because cluster-wide facts changed."""
         ...
 
-    async def reconcile(self, namespace: str) -> bool:
+    async def reconcile(self, namespace: str, *, snapshot: bool = False) -> bool:
         """Derive the namespace and publish the difference; True when everything the family
-        published there just went (the session then publishes a final snapshot)."""
+        published there just went (the session then publishes a final snapshot). With
+        ``snapshot`` (one is due), a family may publish the namespace's snapshot with the
+        difference (its snapshot revision advances): the session then takes no other snapshot of
+        it in this pass."""
         ...
 
     async def after_pass(self) -> None:

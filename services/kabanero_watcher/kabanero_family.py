@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from services.kabanero_watcher.cache import ClusterCache
 from services.kabanero_watcher.derive import Desired, DesiredInstance
-from services.kabanero_watcher.emitting import Emitter, Hashed, ItemKeys
+from services.kabanero_watcher.emitting import Emitter, Hashed, ItemKeys, StateView
 from services.kabanero_watcher.state import Record
 from shared.events import InstanceRef, RoutingKeys, SnapshotData, TriggerData, instance_scope
 
@@ -38,14 +38,15 @@ class KabaneroFamily:
     def _instance_key(self, namespace: str) -> str:
         return instance_scope(self.cluster, namespace)
 
-    async def reconcile(self, namespace: str) -> bool:
-        """Publish what differs; returns True when the instance just disappeared entirely."""
+    async def reconcile(self, namespace: str, *, snapshot: bool = False) -> bool:
+        """Publish what differs (and, with ``snapshot``, when anything differs, the instance's
+        snapshot in the same batch); returns True when the instance just disappeared entirely."""
         try:
-            return await self._reconcile(await self.cache.derive(namespace, self.emitter.pacer))
+            return await self._reconcile(await self.cache.derive(namespace, self.emitter.pacer), snapshot)
         finally:
             self.emitter.discard()
 
-    async def _reconcile(self, desired: Desired) -> bool:
+    async def _reconcile(self, desired: Desired, snapshot: bool) -> bool:
         ns = desired.namespace
         self.emitter.resolve_pending(ns, KINDS, lambda prev: _current(prev, desired))
         was_live = self.state.live_in_namespace(ns, KINDS)
@@ -66,6 +67,11 @@ class KabaneroFamily:
         )
         if desired.instance is None and not desired.instance_frozen and inst_prev is not None:
             self._instance_gone(ns)
+        # A due snapshot rides with the changes (sharing their two writes); without changes the
+        # session's snapshot round takes it, as before.
+        view = self.emitter.view()
+        if snapshot and view.changed and view.live_in_namespace(ns, KINDS):
+            await self._queue_snapshot(ns, view)
         await self.emitter.flush()
         return was_live and not self.state.live_in_namespace(ns, KINDS)
 
@@ -103,15 +109,21 @@ class KabaneroFamily:
         It carries the revisions of the instance and trigger events it reflects, so a consumer can
         tell that a snapshot processed late is older than events it has already applied.
         """
-        inst = self.state.get("instance", self._instance_key(namespace))
+        await self._queue_snapshot(namespace, self.state)
+        await self.emitter.flush()
+
+    async def _queue_snapshot(self, namespace: str, view: StateView) -> None:
+        """Queue the snapshot of the instance as ``view`` has it (the published state, or that state
+        with the changes queued before it: :meth:`Emitter.view`)."""
+        inst = view.get("instance", self._instance_key(namespace))
         live_inst = inst if inst is not None and not inst.deleted else None
-        records = self.state.in_namespace(namespace, "trigger")
+        records = view.in_namespace(namespace, "trigger")
         triggers: list[TriggerData] = []
         for r in records:  # paced: a namespace may hold 20,000 triggers
             await self.emitter.pacer.step()
             if not r.deleted:
                 triggers.append(TriggerData.model_validate(r.data))
-        revision = self.state.next_revision("snapshot", self._instance_key(namespace))
+        revision = view.next_revision("snapshot", self._instance_key(namespace))
         data = SnapshotData(
             instance=InstanceRef.model_validate(live_inst.data["instance"])
             if live_inst
@@ -126,7 +138,6 @@ class KabaneroFamily:
         )
         record = self.emitter.record("snapshot", self._instance_key(namespace), namespace, "", revision, data)
         await self.emitter.emit_snapshot(RoutingKeys.SNAPSHOT, record, SnapshotData.split_fields)
-        await self.emitter.flush()
 
 
 def _current(prev: Record, desired: Desired) -> Hashed | None:

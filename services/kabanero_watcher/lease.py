@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from services.kabanero_watcher.identity import IdentityConflict
 from services.kabanero_watcher.kube import ApiException, CustomObjectsApi
 from services.kabanero_watcher.settings import Settings
-from services.kabanero_watcher.stalls import LoopStalls
+from shared.loop_stalls import LoopStalls
 
 log = logging.getLogger(__name__)
 

@@ -199,6 +199,9 @@ class FamilyLoop:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._snapshot_due = False
+        self._snapshotted: set[str] = set()
+        """Namespaces whose due snapshot went with their changes, in this pass or in one that failed
+        since the snapshot fell due: the snapshot round skips them."""
         self.synced = False
         self.idle = False
         self.last_reconcile_ms: float | None = None
@@ -252,11 +255,14 @@ class FamilyLoop:
         policy). /readyz says so."""
         try:
             self.mark(self.family.prepare())
-            await self.reconcile_dirty()
+            # A namespace's published state changes only by its reconcile: the snapshot taken with
+            # it answers every request of this pass, as the snapshots after the reconciles did.
+            await self.reconcile_dirty(snapshot=self._snapshot_due)
             await self._after_pass()
             if self._snapshot_due:
-                await self._snapshots()
+                await self._snapshots(skip=self._snapshotted)
                 self._snapshot_due = False
+            self._snapshotted.clear()
             if self._resyncs:
                 await self._answer_resyncs()
         except (PublishError, PyMongoError) as exc:
@@ -277,8 +283,12 @@ class FamilyLoop:
             )
         return True
 
-    async def reconcile_dirty(self) -> None:
-        """Diff every dirty namespace; on failure the namespace stays dirty.
+    async def reconcile_dirty(self, *, snapshot: bool = False) -> None:
+        """Diff every dirty namespace; on failure the namespace stays dirty. With ``snapshot`` (one
+        is due), a namespace that changed publishes its snapshot with its diff, in the same batch
+        (one pending and one done write, not two of each: the initial sync's cost); they are kept
+        in ``_snapshotted`` (reconciled again while the snapshot is due, a changed one publishes
+        its snapshot again).
 
         Namespaces own disjoint keys, so up to ``publish_concurrency`` of them are reconciled at once;
         a namespace is never in two batches at a time (marks made meanwhile wait for the next batch).
@@ -287,14 +297,18 @@ class FamilyLoop:
         while self._dirty:
             batch = sorted(self._dirty)
             self._dirty.clear()
-            await self.session.bounded([functools.partial(self._reconcile_one, ns) for ns in batch])
+            jobs: list[Callable[[], Awaitable[None]]] = [
+                functools.partial(self._reconcile_one, ns, snapshot) for ns in batch
+            ]
+            await self.session.bounded(jobs)
         self.last_reconcile_ms = (time.monotonic() - started) * 1000
 
-    async def _reconcile_one(self, namespace: str) -> None:
+    async def _reconcile_one(self, namespace: str, snapshot: bool) -> None:
         """A namespace MongoDB refuses for good is set aside, not left dirty: it is tried again
         when it changes (a retry of the same batch fails the same way)."""
+        revision = self.family.snapshot_revision(namespace)
         try:
-            if await self.family.reconcile(namespace):
+            if await self.family.reconcile(namespace, snapshot=snapshot):
                 await self.family.snapshot(namespace)
         except StorageRefused as exc:
             self.session.refuse(self.family.name, exc)
@@ -302,6 +316,8 @@ class FamilyLoop:
         except BaseException:
             self._dirty.add(namespace)
             raise
+        if snapshot and self.family.snapshot_revision(namespace) != revision:
+            self._snapshotted.add(namespace)
         self.session.accepted(namespace)
 
     async def _after_pass(self) -> None:
@@ -320,8 +336,9 @@ class FamilyLoop:
     def _live(self) -> list[str]:
         return [ns for ns in self.family.snapshot_namespaces() if self.session.in_scope(ns)]
 
-    async def _snapshots(self) -> None:
-        await self.session.bounded([functools.partial(self._snapshot_one, ns) for ns in self._live()])
+    async def _snapshots(self, *, skip: set[str]) -> None:
+        live = [ns for ns in self._live() if ns not in skip]
+        await self.session.bounded([functools.partial(self._snapshot_one, ns) for ns in live])
 
     async def _answer_resyncs(self) -> None:
         requests, self._resyncs = self._resyncs, []

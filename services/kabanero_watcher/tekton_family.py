@@ -251,7 +251,9 @@ class TektonFamily:
         self._summary_due = True
         return self.cache.card_namespaces() | self.state.namespaces(CARD_KINDS)
 
-    async def reconcile(self, namespace: str) -> bool:
+    async def reconcile(self, namespace: str, *, snapshot: bool = False) -> bool:
+        """Publish what differs. A due snapshot (``snapshot``) is left to the session's snapshot
+        round: a namespace holds a handful of cards, not the thousands of triggers of Kabanero's."""
         try:
             return await self._reconcile(namespace)
         finally:

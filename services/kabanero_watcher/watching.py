@@ -184,7 +184,7 @@ class ResourceWatcher:
         inactivity = self.settings.inactivity_timeout_s
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(inactivity) as deadline:
-            async with Watch().stream(
+            async with Watch(self._api_client).stream(
                 fn,
                 *args,
                 **kwargs,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 from emulators.kube.testing import KubeEmulator
 from services.kabanero_watcher.app import Deps, WatcherRuntime, build
 from services.kabanero_watcher.settings import Settings
-from services.kabanero_watcher.state import Record
+from services.kabanero_watcher.state import PublishedState, Record
 from shared.amqp import PublishError
 from shared.events import CloudEvent, InstanceData, SnapshotData, TriggerData, event_id
 from tests.helpers import EventTap, wait_until
@@ -166,6 +166,51 @@ def update_spec(kube: KubeEmulator, resource: str, name: str, mutate: Any, ns: s
 
 
 TRIGGER = "test/kabanero/mediation/webhook/appsody"
+
+
+async def test_the_first_snapshot_rides_with_the_changes_and_describes_them(
+    kube: KubeEmulator, amqp_url: str, mongodb_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The initial sync's snapshot is queued behind its namespace's changes (issue 21: one pending
+    and one done write for both), built from the state as it is after them: it names their
+    revisions and holds their triggers, and it is published after them."""
+    kube.store.create(kabanero())
+    kube.store.create(mediator(mediations=("a", "b")))
+    writes: list[list[str]] = []
+    commit_many = PublishedState.commit_many
+
+    async def counted(self: PublishedState, records: Iterable[Record]) -> None:
+        records = list(records)
+        writes.append(sorted(r.kind for r in records))
+        await commit_many(self, records)
+
+    monkeypatch.setattr(PublishedState, "commit_many", counted)
+    async with EventTap(amqp_url, ("kabanero.#",)) as tap:
+        runtime = await started(watcher_settings(kube, amqp_url, mongodb_url))
+        try:
+            await ready(runtime)
+            (snap,) = await tap.wait_for(1, routing_key="kabanero.snapshot")
+            triggers = tap.of_type("kabanero.trigger.created")
+            (instance,) = tap.of_type("kabanero.instance.changed")
+            assert len(triggers) == 2
+            data = SnapshotData.model_validate(snap.data)
+            assert data.exists and data.revision == 1 and data.instance_revision == 1
+            assert data.trigger_revisions == {e.subject: 1 for e in triggers}
+            assert sorted(t.key.id for t in data.triggers) == sorted(e.subject or "" for e in triggers)
+            assert tap.events.index(snap) > max(tap.events.index(e) for e in [instance, *triggers])
+            assert runtime.session is not None and runtime.session.emitter.published == 4
+            # Pending before the publishes, done after the confirms: two writes for all four.
+            assert writes == [["instance", "snapshot", "trigger", "trigger"]] * 2
+        finally:
+            await runtime.stop()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        docs = [d async for d in client.get_default_database()["watch_published"].find({})]
+        records = [Record.model_validate_json(t) for d in docs for t in d["records"]]
+        assert sorted(r.kind for r in records) == ["instance", "snapshot", "trigger", "trigger"]
+        assert not any(r.pending for r in records)
+    finally:
+        await client.close()
 
 
 async def test_create_update_delete_publish_exactly_the_changes(
@@ -457,9 +502,9 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
     coll = client.get_default_database()["watch_published"]
     try:
-        # instance + 2 triggers per healthy namespace; snapshots wait for a complete diff
+        # instance + 2 triggers per healthy namespace, and its snapshot in the same batch, after them
         await wait_until(
-            lambda: len(published) == 3 * (len(namespaces) - 1), what="healthy namespaces published"
+            lambda: len(published) == 4 * (len(namespaces) - 1), what="healthy namespaces published"
         )
         session = runtime.session
         assert session is not None and not session.synced
@@ -470,7 +515,7 @@ async def test_concurrent_sync_records_only_confirmed_events_and_retries_the_fai
         assert {d["namespace"] async for d in coll.find({"pending": True}, {"namespace": 1})} == failing
         failing.clear()
         await ready(runtime)
-        assert len(published) == 4 * len(namespaces)  # now with a snapshot each
+        assert len(published) == 4 * len(namespaces)  # the failed one now too, with its snapshot
         # One document per namespace: instance, two triggers and the snapshot, none pending.
         doc = await coll.find_one({"namespace": "ns-2", "pending": False})
         assert doc is not None and len(doc["records"]) == 4

@@ -18,7 +18,7 @@ from services.kabanero_watcher.kabanero_family import KabaneroFamily
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.pacing import STEPS_PER_SLICE, Pacer
 from services.kabanero_watcher.settings import Settings
-from services.kabanero_watcher.stalls import LoopStalls
+from shared.loop_stalls import LoopStalls
 from services.kabanero_watcher.state import PublishedState
 from shared.events import CloudEvent, content_hash
 
