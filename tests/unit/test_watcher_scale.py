@@ -18,9 +18,9 @@ from services.kabanero_watcher.kabanero_family import KabaneroFamily
 from services.kabanero_watcher.lease import LeaseElector
 from services.kabanero_watcher.pacing import STEPS_PER_SLICE, Pacer
 from services.kabanero_watcher.settings import Settings
-from shared.loop_stalls import LoopStalls
 from services.kabanero_watcher.state import PublishedState
 from shared.events import CloudEvent, content_hash
+from shared.loop_stalls import LoopStalls
 
 NS = "big"
 
