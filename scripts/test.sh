@@ -24,7 +24,7 @@ cc_pid=
 cc_log=$(mktemp "${TMPDIR:-/tmp}/kotc-compose-check-log.XXXXXX")
 stop_check() {
   if [ -n "$cc_pid" ] && kill -0 "$cc_pid" 2>/dev/null; then
-    kill -TERM "$cc_pid" 2>/dev/null
+    kill -TERM -- "-$cc_pid" 2>/dev/null  # its process group: the step it waits on (a build) too
     wait "$cc_pid" 2>/dev/null
     cat "$cc_log"
   fi
@@ -34,8 +34,9 @@ trap 'stop_check; exit 130' INT
 trap 'stop_check; exit 143' TERM
 
 if [ "${COMPOSE_CHECK:-1}" = 1 ]; then
-  # A background job of a non-interactive shell ignores SIGINT: the traps above forward it as TERM.
-  bash scripts/compose-check.sh >"$cc_log" 2>&1 &
+  # In a session of its own (a terminal's Ctrl-C does not reach it): the traps above stop it, with
+  # whatever step it waits on, by a TERM to its process group.
+  setsid bash scripts/compose-check.sh >"$cc_log" 2>&1 &
   cc_pid=$!
   echo "test: compose check started in the background (pid $cc_pid); its output follows pytest's"
 else
