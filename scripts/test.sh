@@ -50,10 +50,10 @@ lint_s=$((SECONDS - START))
 pytest_rc=0
 pytest_start=$SECONDS
 if [ "$checks_rc" = 0 ]; then
-  # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
   # --no-loadscope-reorder: files in collection order, the e2e ones (a stack each, the longest) first;
   # xdist's default starts with the files of most tests and left the e2e files to the end, one worker
   # still running them when the other had nothing left.
+  # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
   "$VENV/bin/pytest" -q -p no:cacheprovider -n "$workers" --dist loadfile --no-loadscope-reorder ${PYTEST_ARGS:-} \
     || pytest_rc=$?
 else
