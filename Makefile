@@ -49,15 +49,14 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-# The test command (README, .ci/run): lint, types, then the whole suite against the real RabbitMQ
-# and the embedded MongoDB wire server (or MONGODB_URL when set), then the compose stack in containers.
-# One process by default (CI); PYTEST_WORKERS=2 runs a test file per worker (pytest-xdist, --dist
-# loadfile: a module's shared stack starts once), faster but with timing failures under load so far
-# (docs/design.md, "The test suite: faster, stricter").
+# The test command (README, .ci/run): lint and types side by side, then the whole suite against the real
+# RabbitMQ and the embedded MongoDB wire server (or MONGODB_URL when set); the compose stack in
+# containers runs beside them from the start (scripts/test.sh says why). PYTEST_WORKERS=0 runs pytest
+# in one process; N runs a test file per worker (pytest-xdist, --dist loadfile: a module's shared stack
+# starts once) (docs/design.md, "The test suite: faster, stricter").
 PYTEST_WORKERS ?= 0
-test: venv rabbitmq promtool kubectl chromium lint typecheck
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
-	@$(MAKE) --no-print-directory compose-check
+test: venv rabbitmq promtool kubectl chromium
+	@PYTEST_WORKERS=$(PYTEST_WORKERS) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test.sh
 
 # docker-compose.yml built and run for real in containers (podman), scenario included (README).
 compose-check: venv

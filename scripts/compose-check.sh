@@ -90,6 +90,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT  # stopped (scripts/test.sh sends TERM to its process group): clean up, fail
+trap 'exit 143' TERM
 
 # --- tools -------------------------------------------------------------------------------------
 phase tools

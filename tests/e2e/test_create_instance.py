@@ -9,21 +9,25 @@ GitHub tools like any instance's; a spec the CRD schema refuses is a 400 naming 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
 from kotc_cli.config import KEYS, SERVICE_ENV
-from scripts.driver import GITHUB, Driver, driven, tool_kind
-from scripts.stack import Stack, free_port, wait_http, write_run_file
+from scripts.driver import GITHUB, Driver, tool_kind
+from scripts.stack import Stack, free_port, mgmt, wait_http, write_run_file
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -85,11 +89,58 @@ def status(stack: Stack) -> dict[str, Any]:
     return dict(json.loads(proc.stdout))
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[Driver]:
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the module (a start costs seconds of CPU): each test uses its own namespaces,
+    service ids and toolchain, and ``world`` puts the watchers back as they were after each test."""
     env = {"kabanero-watcher": {"LEASE_DURATION_S": "3", "LEASE_RENEW_S": "1"}}
-    async with driven("test-create", tmp_path / ".run", extra_env=env) as w:
-        yield w
+    stack = Stack(
+        f"kotc-test-create-{uuid.uuid4().hex[:8]}",
+        logs=tmp_path_factory.mktemp("create") / ".run",
+        extra_env=env,
+    )
+    try:
+        asyncio.run(stack.start())
+        yield stack
+    finally:
+        asyncio.run(_stop(stack))
+
+
+async def _stop(stack: Stack) -> None:
+    """As ``scripts.driver.driving`` stops a stack: services first, then the rest, then the vhost."""
+    for name, _ in reversed(stack.procs):
+        if name not in ("mongo", "otc") and not name.startswith("kube"):
+            await asyncio.to_thread(stack.kill, name, signal.SIGTERM)
+    await asyncio.to_thread(stack.stop)
+    with contextlib.suppress(RuntimeError, aiohttp.ClientError, OSError):
+        await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
+
+
+@pytest.fixture
+async def world(shared_stack: Stack) -> AsyncIterator[Driver]:
+    """The module's stack with a toolchain of this test's own. Afterwards the processes are as the
+    stack started them: a second watcher a test spawned is stopped (SIGTERM: it releases the Lease),
+    and the watcher runs again with its own arguments and environment if a test changed, stopped or
+    replaced it."""
+    stack = shared_stack
+    stack.check_alive()
+    names = [n for n, _ in stack.procs]
+    watcher_spec = stack.specs["kabanero-watcher"]
+    async with aiohttp.ClientSession() as http:
+        w = Driver(stack, http)
+        try:
+            w.toolchain = await w.new_toolchain(f"test-create-{uuid.uuid4().hex[:6]}")
+            yield w
+        finally:
+            await w.close()
+            for name in [n for n, _ in stack.procs if n not in names]:
+                await asyncio.to_thread(stack.kill, name, signal.SIGTERM)
+                stack.procs = [(n, p) for n, p in stack.procs if n != name]
+                stack.specs.pop(name, None)
+            changed = stack.specs["kabanero-watcher"] != watcher_spec
+            stack.specs["kabanero-watcher"] = watcher_spec
+            if changed or stack.proc("kabanero-watcher").poll() is not None:
+                await stack.restart("kabanero-watcher", signal.SIGTERM if changed else None)
 
 
 async def test_instance_created_patched_deleted_foreign_cr_refused_survives_watcher_kill(

@@ -132,7 +132,7 @@ async def test_two_clusters_and_sigkills_of_writer_and_watcher(world: tuple[Driv
         "tekton-east": [*(f"east/{n}" for n in SAMPLE), f"east/{TEAM}/team-build"],
         "tekton-east-team": [f"east/{TEAM}/team-build"],
     }
-    await wait_until(lambda: t.showing(want), timeout=45, what="each service's cards")
+    await wait_until(lambda: t.showing(want), timeout=90, what="each service's cards")
     triggers, _ = await w.desired()
     await wait_until(lambda: _triggers_shown(w, len(triggers)), timeout=30, what="the Kabanero triggers")
     await w.quiet()

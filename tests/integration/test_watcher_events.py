@@ -144,7 +144,7 @@ async def ready(runtime: WatcherRuntime) -> None:
         ):
             return r.status == 200 and runtime.session is not None and runtime.session.synced
 
-    await wait_until(is_ready, timeout=10, what="watcher ready")
+    await wait_until(is_ready, timeout=30, what="watcher ready")
 
 
 def keys(tap: EventTap) -> list[tuple[str, str]]:
