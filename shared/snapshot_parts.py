@@ -11,7 +11,7 @@ message size"). Shared because the producer splits and two consumers join.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, Self, cast
 
 from pydantic_core import to_json
@@ -86,7 +86,7 @@ class Parted(Protocol):
     def part(self) -> int: ...
     @property
     def parts(self) -> int: ...
-    def model_copy(self, *, update: dict[str, Any] | None = ..., deep: bool = ...) -> Self: ...
+    def model_copy(self, *, update: Mapping[str, Any] | None = ..., deep: bool = ...) -> Self: ...
 
 
 class IncompleteParts(ValueError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Self, cast
+from typing import Any, Protocol, Self, cast
 
 from pydantic import BaseModel
 
@@ -37,6 +37,7 @@ from shared.events import (
     tekton_cluster_scope,
 )
 from shared.mongo import Document
+from shared.snapshot_parts import Parted
 
 
 class Keyed(Protocol):
@@ -58,18 +59,9 @@ class Item(Protocol):
     def model_copy(self, *, update: Mapping[str, Any] | None = ..., deep: bool = ...) -> Self: ...
 
 
-class Snapshot(Protocol):
-    """A snapshot, or one part of one (``shared.snapshot_parts``)."""
+class Snapshot(Parted, Protocol):
+    """A snapshot, or one part of one (``shared.snapshot_parts``), as the projection stores it."""
 
-    split_fields: ClassVar[tuple[str, str]]
-
-    @property
-    def revision(self) -> int: ...
-    @property
-    def part(self) -> int: ...
-    @property
-    def parts(self) -> int: ...
-    def model_copy(self, *, update: Mapping[str, Any] | None = ..., deep: bool = ...) -> Self: ...
     def model_dump_json(self) -> str: ...
 
 
