@@ -24,6 +24,7 @@ it is made and no single batch holds 20,000 publishes in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class Emitter:
         self._metrics = metrics
         self.source = f"/kabanero-watcher/{state.cluster}"
         self.published = 0
+        self.published_by_key: collections.Counter[str] = collections.Counter()
+        """Events published per routing key (a snapshot in parts counts each part)."""
         self.batch = batch
         self.pacer = pacer or Pacer()
         self.part_bytes = part_bytes
@@ -139,6 +142,7 @@ class Emitter:
         for i in confirmed:
             (routing_key, record, subject), event = batch[i], events[i]
             self.published += 1
+            self.published_by_key[routing_key] += 1
             if self._metrics is not None:
                 self._metrics.published.labels(routing_key).inc()
             log.info(
