@@ -91,16 +91,17 @@ async def _doc(mongodb_url: str, key: str) -> dict[str, Any]:
         await client.close()
 
 
-async def _provision(url: str, sid: str) -> None:
+async def _put(url: str, path: str, body: dict[str, Any], status: int) -> None:
+    """One PUT of OTC's to the Kabanero broker, answered ``status``."""
     async with (
         aiohttp.ClientSession() as s,
-        s.put(
-            f"{url}/kabanero-broker/api/v1/service_instances/{sid}",
-            data=json.dumps({"service_id": "kabanero"}),
-            headers=AUTH,
-        ) as r,
+        s.put(f"{url}/kabanero-broker/api/v1/{path}", data=json.dumps(body), headers=AUTH) as r,
     ):
-        assert r.status == 200, await r.text()
+        assert r.status == status, await r.text()
+
+
+async def _provision(url: str, sid: str) -> None:
+    await _put(url, f"service_instances/{sid}", {"service_id": "kabanero"}, 200)
 
 
 async def test_an_unreleased_event_is_published_again_after_a_kill(
@@ -149,15 +150,7 @@ async def test_the_next_write_drops_the_confirmed_entries_in_its_own_update(
     async with EventTap(amqp_url, ("service.#",)) as tap, broker(OUTBOX_RELEASE_DELAY_S="5") as (url, _):
         await _provision(url, "k3")
         await tap.wait_for(1)
-        async with (
-            aiohttp.ClientSession() as s,
-            s.put(
-                f"{url}/kabanero-broker/api/v1/service_instances/k3/toolchains/t1",
-                data=json.dumps({"toolchain_credentials": "c"}),
-                headers=AUTH,
-            ) as r,
-        ):
-            assert r.status == 204
+        await _put(url, "service_instances/k3/toolchains/t1", {"toolchain_credentials": "c"}, 204)
         await tap.wait_for(2)
         doc = await _doc(mongodb_url, "kabanero:k3")
         assert [e["id"] for e in doc["outbox"]] == ["kabanero:k3:2"]  # k3:1 dropped by the bind
