@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from services.otc_writer.ledger import Ledger
 from shared.amqp import AmqpConnection, Publisher, Topology, declare_topology
 from shared.events import CloudEvent, RoutingKeys, ToolCommand
 from shared.mongo import database, make_client
+from tests.e2e.blackhole import Blackhole
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -53,6 +56,17 @@ async def _spawn(env: dict[str, str], *module: str) -> asyncio.subprocess.Proces
     )
 
 
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Stop ``proc`` if it still runs (TERM, then KILL after 20 s)."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.fixture
 async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
     conn = AmqpConnection(amqp_url, name="kill-test", connect_timeout=5)
@@ -64,6 +78,18 @@ async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
     await pub.start()
     yield pub
     await conn.close()
+
+
+async def _none_ready(amqp_url: str, queue: str) -> bool:
+    """No message of ``queue`` waits in RabbitMQ: all were delivered (a passive declare's count)."""
+    conn = AmqpConnection(amqp_url, name="kill-test-depth", connect_timeout=5)
+    await conn.connect()
+    try:
+        channel = await conn.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count == 0
+    finally:
+        await conn.close()
 
 
 def _apply(tc: str, key: str, revision: int, repo: str) -> CloudEvent:
@@ -83,20 +109,18 @@ def _apply(tc: str, key: str, revision: int, repo: str) -> CloudEvent:
 async def test_sigkill_after_otc_write_no_duplicate_no_loss(
     amqp_url: str, mongodb_url: str, publisher: Publisher, second: str
 ) -> None:
-    async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
+    async with contextlib.AsyncExitStack() as stack:
+        otc = await stack.enter_async_context(OtcEmulator.running(port=0, api_keys=(API_KEY,)))
         tc = otc.seed_toolchain(name="kill")
+        mongo = make_client(mongodb_url)
+        stack.push_async_callback(mongo.close)
+        ledger = Ledger(database(mongo))
         proc = await _spawn(_env(amqp_url, mongodb_url, otc), "tests.e2e.crashing_writer", "1")
-        try:
-            await publisher.publish(_apply(tc, "a", 1, "https://github.com/o/a"))
-            assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        stack.push_async_callback(_reap, proc)
+        await publisher.publish(_apply(tc, "a", 1, "https://github.com/o/a"))
+        assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
         # The tool exists in OTC, but the ledger never recorded it and the message is unacked.
         assert len(otc.tools(tc)) == 1
-        mongo = make_client(mongodb_url)
-        ledger = Ledger(database(mongo))
         doc = await ledger.get("github", "a", tc)
         # The intent, written with the lease, survives: the restart reads OTC before writing.
         assert doc is not None and doc["intent"]["op"] == "apply" and not doc["present"]
@@ -104,24 +128,20 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
         if second == "change":
             await publisher.publish(_apply(tc, "a", 2, "https://github.com/o/a2"))
         restarted = await _spawn(_env(amqp_url, mongodb_url, otc))
-        try:
+        stack.push_async_callback(_reap, restarted)
 
-            async def committed() -> bool:
-                d = await ledger.get("github", "a", tc)
-                want = 2 if second == "change" else 1
-                return bool(
-                    d
-                    and d["present"]
-                    and d.get("intent") is None
-                    and d.get("pending") is None
-                    and d["revision"] == want
-                )
+        async def committed() -> bool:
+            d = await ledger.get("github", "a", tc)
+            want = 2 if second == "change" else 1
+            return bool(
+                d
+                and d["present"]
+                and d.get("intent") is None
+                and d.get("pending") is None
+                and d["revision"] == want
+            )
 
-            await wait_until(committed, timeout=30, what="ledger commit after restart")
-        finally:
-            restarted.terminate()
-            await asyncio.wait_for(restarted.wait(), 20)
-            await mongo.close()
+        await wait_until(committed, timeout=30, what="ledger commit after restart")
         tools = otc.tools(tc)
         assert len(tools) == 1  # no duplicate
         posts = [c for c in otc.calls() if c.method == "POST" and "/tools" in c.path and c.status == 201]
@@ -133,16 +153,27 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
 async def test_sigkill_between_a_batch_lease_and_its_commit(
     amqp_url: str, mongodb_url: str, publisher: Publisher
 ) -> None:
-    """Eight tools applied, then eight changes of them published at once: the writer knows the
-    entries, so it leases the changes in batches (one ``bulk_write`` each). It is killed after its
-    third write of a change, with leases of one batch taken and not committed, some of their tools
-    patched. The restart takes the expired leases over one by one, reads OTC for those with an
-    intent, and OTC ends with exactly the eight wanted tools, each POSTed once."""
+    """Eight tools applied, then eight changes of them at once: the writer knows the entries, so it
+    leases the changes in batches (one ``bulk_write`` each). It is killed after its third write of a
+    change, with leases of one batch taken and not committed, some of their tools patched. The restart
+    takes the expired leases over one by one, reads OTC for those with an intent, and OTC ends with
+    exactly the eight wanted tools, each POSTed once.
+
+    The batch is made, not hoped for: the writer reaches MongoDB through a proxy that holds the first
+    change's lease in flight until all eight changes are in the writer's hands (none ready in the
+    queue), so the seven others wait for the next round trip together, as under load."""
     keys = [f"k{i}" for i in range(8)]
-    async with OtcEmulator.running(port=0, api_keys=(API_KEY,)) as otc:
+    async with contextlib.AsyncExitStack() as stack:
+        otc = await stack.enter_async_context(OtcEmulator.running(port=0, api_keys=(API_KEY,)))
         tc = otc.seed_toolchain(name="batch-kill")
         mongo = make_client(mongodb_url)
+        stack.push_async_callback(mongo.close)
         ledger = Ledger(database(mongo))
+        parts = urllib.parse.urlsplit(mongodb_url)
+        proxy = Blackhole(parts.port or 27017)
+        proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{await proxy.start()}"))
+        stack.push_async_callback(proxy.close)
+        stack.callback(proxy.release)
 
         async def at_revision(revision: int) -> bool:
             docs = [await ledger.get("github", key, tc) for key in keys]
@@ -150,18 +181,22 @@ async def test_sigkill_between_a_batch_lease_and_its_commit(
                 d and d["present"] and d["revision"] == revision and d.get("intent") is None for d in docs
             )
 
-        proc = await _spawn(_env(amqp_url, mongodb_url, otc), "tests.e2e.crashing_writer", str(len(keys) + 3))
-        try:
-            for key in keys:
-                await publisher.publish(_apply(tc, key, 1, f"https://github.com/o/{key}"))
-            await wait_until(lambda: at_revision(1), timeout=30, what="the eight tools applied")
-            for key in keys:
-                await publisher.publish(_apply(tc, key, 2, f"https://github.com/o/{key}-2"))
-            assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        proc = await _spawn(_env(amqp_url, proxied, otc), "tests.e2e.crashing_writer", str(len(keys) + 3))
+        stack.push_async_callback(_reap, proc)
+        for key in keys:
+            await publisher.publish(_apply(tc, key, 1, f"https://github.com/o/{key}"))
+        await wait_until(lambda: at_revision(1), timeout=30, what="the eight tools applied")
+        proxy.hold_next = b"lease_until"
+        for key in keys:
+            await publisher.publish(_apply(tc, key, 2, f"https://github.com/o/{key}-2"))
+        await asyncio.wait_for(proxy.holding.wait(), 30)
+        await wait_until(
+            lambda: _none_ready(amqp_url, "otc-writer.commands"), timeout=30, what="all delivered"
+        )
+        await asyncio.sleep(0.3)  # the handlers of the deliveries ask for their leases meanwhile
+        proxy.release()
+        assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+
         docs = [await ledger.get("github", key, tc) for key in keys]
         leased = [d for d in docs if d is not None and d.get("intent") and d["revision"] == 1]
         # Killed between lease and commit: leases taken by one batch (one token) are uncommitted.
@@ -170,12 +205,8 @@ async def test_sigkill_between_a_batch_lease_and_its_commit(
         assert len(otc.tools(tc)) == len(keys)
 
         restarted = await _spawn(_env(amqp_url, mongodb_url, otc))
-        try:
-            await wait_until(lambda: at_revision(2), timeout=40, what="every change committed after restart")
-        finally:
-            restarted.terminate()
-            await asyncio.wait_for(restarted.wait(), 20)
-            await mongo.close()
+        stack.push_async_callback(_reap, restarted)
+        await wait_until(lambda: at_revision(2), timeout=40, what="every change committed after restart")
         tools = otc.tools(tc)
         assert sorted(str(t.name) for t in tools) == sorted(f"repo {key}" for key in keys)  # no duplicate
         assert sorted(t.parameters["repo_url"] for t in tools) == sorted(
