@@ -40,12 +40,13 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.otc_writer.converged import Converged
 from services.otc_writer.family import FAMILIES, TEKTON, Family, Item, Snapshot, family_of_scope
 from services.otc_writer.family import TRIGGERS as TRIGGER_FAMILY
 from services.otc_writer.item_batch import ItemBatch
@@ -73,6 +74,17 @@ class AppliedSnapshot(BaseModel):
     scope: str = Field(alias="_id")
     revision: int
     exists: bool = True
+    converged: Converged | None = None
+    """The last snapshot whose reconcile ended with every tool applied (``converged.py``)."""
+
+
+def _converged(doc: Document | None) -> Converged | None:
+    """The converged record of a scope document; None when absent or of another shape."""
+    raw = doc.get("converged") if doc is not None else None
+    try:
+        return Converged.model_validate(raw) if isinstance(raw, dict) else None
+    except ValidationError:
+        return None
 
 
 class Projection:
@@ -275,14 +287,58 @@ class Projection:
         """Forget the parts of an applied revision and of any older one that never completed."""
         await self.snapshot_parts.delete_many({"scope": scope, "revision": {"$lte": revision}})
 
+    async def note_snapshot[N: Snapshot](
+        self, family: Family[Any, N], snap: N
+    ) -> tuple[State, Converged | None]:
+        """The snapshot's revision compare-and-set on its scope's document, and the scope's
+        converged record (``converged.py``) as it was: one command for a new revision, two for a
+        redelivered or stale one."""
+        scope = family.snapshot_scope(snap)
+        fields = {
+            "exists": family.snapshot_exists(snap),
+            "revision": snap.revision,
+            "schema_version": SCHEMA_VERSION,
+            "updated_at": datetime.now(UTC),
+        }
+        try:
+            before = await self.instances.find_one_and_update(
+                {"_id": scope, "revision": {"$lt": snap.revision}},
+                {"$set": fields},
+                projection={"converged": 1},
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
+            )
+        except DuplicateKeyError:  # the stored revision is as new or newer
+            doc = await self.instances.find_one({"_id": scope}, {"revision": 1, "converged": 1})
+            state: State = "same" if doc is not None and doc.get("revision") == snap.revision else "stale"
+            return state, _converged(doc)
+        return "stored", _converged(before)
+
+    async def record_converged(self, scope: str, revision: int, converged: Converged) -> None:
+        """The scope converged on its snapshot ``revision`` (unless a newer one was noted since)."""
+        await self.instances.update_one(
+            {"_id": scope, "revision": revision}, {"$set": {"converged": converged.model_dump()}}
+        )
+
+    async def unconverge(self, scope: str) -> None:
+        """Some tool of the scope failed: its next snapshot runs in full, whatever it says."""
+        await self.instances.update_one(
+            {"_id": scope, "converged": {"$exists": True}}, {"$unset": {"converged": ""}}
+        )
+
     async def put_family_snapshot[T: Item, N: Snapshot](
         self, family: Family[T, N], snap: N
     ) -> list[T] | None:
-        """Apply a snapshot: its items (each by its own revision) and tombstones for the missing.
+        """Note the snapshot's revision and apply it (:meth:`store_snapshot`); None when stale."""
+        state, _ = await self.note_snapshot(family, snap)
+        return None if state == "stale" else await self.store_snapshot(family, snap)
+
+    async def store_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], snap: N) -> list[T]:
+        """Apply a noted snapshot: its items (each by its own revision) and tombstones for the missing.
 
         The scope's items are read once and compared in memory: only an item whose revision is newer
         than the stored one is written. Returns every item of the scope as stored now (for the
-        reconcile), or None when the snapshot is stale.
+        reconcile).
 
         A snapshot may be handled after item events published after it was taken (it came back
         from a retry queue). So an item it does not list is tombstoned only if the producer had
@@ -292,11 +348,6 @@ class Projection:
         """
         scope = family.snapshot_scope(snap)
         listed = family.snapshot_items(snap)
-        state = await self._cas_state(
-            self.instances, scope, snap.revision, {"exists": family.snapshot_exists(snap)}
-        )
-        if state == "stale":
-            return None
         stored: dict[str, T] = {t.key.id: t for t in await self.items_in_scope(family, scope)}
         await self._store_newer(family, listed, stored)
         known = family.snapshot_known(snap)
@@ -392,7 +443,11 @@ class Projection:
 
     async def bound_toolchains(self, scope: str) -> set[str]:
         """The toolchains bound to an item scope: one read by ``_id``."""
-        return (await self._bindings(family_of_scope(scope), scope))[1]
+        return (await self.bindings_of(scope))[1]
+
+    async def bindings_of(self, scope: str) -> tuple[int, set[str]]:
+        """The bindings of an item scope: their revision (moves with every change) and toolchains."""
+        return await self._bindings(family_of_scope(scope), scope)
 
     async def _bindings(self, family: Family[Any, Any], scope: str) -> tuple[int, set[str]]:
         doc = await self.bindings.find_one({"_id": scope})

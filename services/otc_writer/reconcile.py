@@ -24,8 +24,10 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
+from pymongo.errors import PyMongoError
 
 from services.otc_writer.applier import Outcome, ToolApplier, is_unchanged
+from services.otc_writer.converged import converged_for, styles_fingerprint
 from services.otc_writer.desired import DesiredTool
 from services.otc_writer.family import FAMILIES, Family, Item, Snapshot, ToolStyles
 from services.otc_writer.ledger import Ledger, LedgerEntry
@@ -49,6 +51,12 @@ class Metrics:
         )
         self.skipped = Counter(
             "kotc_otc_writer_stale_events_total", "Events skipped as stale", ["kind"], registry=registry
+        )
+        self.converged = Counter(
+            "kotc_otc_writer_converged_snapshots_total",
+            "Snapshots that said what the scope had converged on: compared in O(1), not item by item",
+            ["kind"],
+            registry=registry,
         )
 
 
@@ -137,6 +145,7 @@ class Reconciler:
         self._ledger = ledger
         self._applier = applier
         self._styles = styles
+        self._styles_fp = styles_fingerprint(styles)
         self._metrics = metrics
 
     # --- entry points (consumer handlers) ---
@@ -214,19 +223,37 @@ class Reconciler:
                 extra={"scope": scope, "revision": part.revision, "part": part.part, "parts": part.parts},
             )
             return
-        items = await self._projection.put_family_snapshot(family, snap)
-        if items is None:
+        state, converged = await self._projection.note_snapshot(family, snap)
+        if state == "stale":
             self._metrics.skipped.labels(family.snapshot_label).inc()
             log.info("stale snapshot skipped", extra={"scope": scope})
             return
-        await self.reconcile_scope(family, scope, cause, items)
+        bindings = await self._projection.bindings_of(scope)
+        now = converged_for(family, snap, bindings, self._styles_fp)
+        if now == converged:  # every entry holds what this snapshot says (converged.py)
+            self._metrics.converged.labels(family.snapshot_label).inc()
+            live = sum(1 for t in family.snapshot_items(snap) if not t.deleted)
+            if live and bindings[1]:
+                self._metrics.tools.labels(family.purpose, str(Outcome.UNCHANGED)).inc(
+                    live * len(bindings[1])
+                )
+        else:
+            items = await self._projection.store_snapshot(family, snap)
+            await self.reconcile_scope(family, scope, cause, items, toolchains=bindings[1])
+            await self._projection.record_converged(scope, snap.revision, now)
         if part.parts > 1:
             await self._projection.drop_snapshot_parts(scope, part.revision)
 
     # --- convergence ---
 
     async def reconcile_scope[T: Item](
-        self, family: Family[T, Any], scope: str, cause: str | None = None, items: list[T] | None = None
+        self,
+        family: Family[T, Any],
+        scope: str,
+        cause: str | None = None,
+        items: list[T] | None = None,
+        *,
+        toolchains: set[str] | None = None,
     ) -> None:
         """Every tool of one scope: create missing, patch changed, delete stale.
 
@@ -235,14 +262,15 @@ class Reconciler:
         Only entries of items this reconcile knows about are removed (an item created since the
         items were read is its own event's to apply).
         """
-        toolchains = await self._projection.bound_toolchains(scope)
+        if toolchains is None:
+            toolchains = await self._projection.bound_toolchains(scope)
         if items is None:
             items = await self._projection.items_in_scope(family, scope)
         entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(family.purpose, scope)}
         jobs = self._applies(family, items, toolchains, entries, cause) + self._removals(
             family, items, toolchains, entries
         )
-        await self._run(jobs)
+        await self._run(jobs, scope)
 
     def _applies[T: Item](
         self,
@@ -291,8 +319,9 @@ class Reconciler:
         self, family: Family[T, Any], item: T, cause: str | None = None, toolchains: set[str] | None = None
     ) -> None:
         """One item in every toolchain bound to its scope (``toolchains``, else read)."""
+        scope = family.item_scope(item)
         if toolchains is None:
-            toolchains = await self._projection.bound_toolchains(family.item_scope(item))
+            toolchains = await self._projection.bound_toolchains(scope)
         jobs: list[Awaitable[Outcome]]
         if item.deleted:
             jobs = [
@@ -317,7 +346,7 @@ class Reconciler:
                 )
                 for tc in sorted(toolchains)
             ]
-        await self._run(jobs)
+        await self._run(jobs, scope)
 
     async def _remove[T: Item](self, family: Family[T, Any], entry: LedgerEntry, item: T) -> Outcome:
         revision = max(entry.revision, item.revision) if item.deleted else item.revision
@@ -336,14 +365,25 @@ class Reconciler:
         self._metrics.tools.labels(purpose, str(outcome)).inc()
         return outcome
 
-    @staticmethod
-    async def _run(jobs: list[Awaitable[Outcome]]) -> None:
+    async def _run(self, jobs: list[Awaitable[Outcome]], scope: str | None = None) -> None:
+        """Run the tool jobs of one message; when some failed, the scope (if any) is no longer
+        converged (its next snapshot runs in full and retries them) and the message fails."""
         if not jobs:
             return
         results = await asyncio.gather(*jobs, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            if scope is not None:
+                await self._unconverge(scope)
             raise _message_error(errors)
+
+    async def _unconverge(self, scope: str) -> None:
+        try:
+            await self._projection.unconverge(scope)
+        except PyMongoError as exc:  # the message fails anyway; the record is only an optimisation
+            log.warning(
+                "could not unset a scope's converged record", extra={"scope": scope, "error": str(exc)}
+            )
 
 
 def _message_error(errors: list[BaseException]) -> BaseException:
