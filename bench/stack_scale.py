@@ -7,9 +7,10 @@ machine's RabbitMQ in a fresh vhost). Phases, each measured on its own:
 2. load: ``--namespaces`` namespaces with one Kabanero CR and one EventMediator of ``--mediations``
    mediations each, one Kabanero Events service provisioned and bound per namespace; timed until
    OTC holds every trigger tool; RSS at that size;
-3. resync: every service stopped (SIGTERM) and started again over the unchanged world; timed from
-   the restart until the watcher is synced again and every queue stays empty; OTC writes counted
-   (ideal 0);
+3. resync: every service stopped (SIGTERM, all at once) and started again over the unchanged world;
+   timed from the restart until the watcher is synced again and every queue is empty for good (the
+   start of the calm that five polls in a row confirm; the confirming polls are not resync work);
+   OTC writes counted (ideal 0);
 4. sustained: ``--workers`` closed loops, each changing one mediation's content and waiting until
    OTC's tool carries it, for ``--seconds``: changes/s, cluster-to-OTC;
 5. latency (once the stack has settled again): changes issued at half that rate for
@@ -39,12 +40,14 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
-from scripts.driver import Driver, wait_for
+from bench.latency_stages import Arrival, Change, OtcWrite, split, summary
+from scripts.driver import Driver, EventTap, wait_for
 from scripts.stack import LOGS, SERVICES, Stack, held_between, mgmt, wait_http
+from shared.events import RoutingKeys
 
 TIMEOUT_S = 600.0
 LOAD_TIMEOUT_S = 1200.0  # a loaded shared machine: the load phase's figure, late, beats none
@@ -105,6 +108,14 @@ class MemoryStack(Stack):
         super().spawn(name, args, env)
 
 
+class Timed(NamedTuple):
+    seconds: float
+    answered: float
+    """Wall clock of the PATCH's answer."""
+    mediation: int
+    """The mediation changed."""
+
+
 class World(Driver):
     """The stack driver with what this bench changes: its namespaces' mediators, one tool per trigger."""
 
@@ -137,8 +148,9 @@ class World(Driver):
             spec = mediator(ns, self.patterns[ns])["spec"]
             await self.kube("PATCH", f"{EVENTS_GROUP}/namespaces/{ns}/eventmediators/webhook", {"spec": spec})
 
-    async def change_and_wait(self, ns: str, index: int, poll_s: float) -> float:
-        """Change one mediation; seconds from the PATCH's answer until its OTC tool shows new content."""
+    async def change_and_wait(self, ns: str, index: int, poll_s: float) -> Timed:
+        """Change one mediation (``index``, or the next one not in flight); seconds from the PATCH's
+        answer until its OTC tool shows new content."""
         key = (ns, index)
         while key in self.busy:  # one change in flight per mediation: its latency stays its own
             await asyncio.sleep(poll_s)
@@ -148,13 +160,13 @@ class World(Driver):
         try:
             old = self.content[key]
             await self.change(ns, index)
-            t = time.monotonic()
+            t, answered = time.monotonic(), time.time()
             deadline = t + 60
             while True:
                 got = await self.tool_content(ns, index)
                 if got is not None and got != old:
                     self.content[key] = got
-                    return time.monotonic() - t
+                    return Timed(time.monotonic() - t, answered, index)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{ns}/m{index} never showed its change")
                 await asyncio.sleep(poll_s)
@@ -183,9 +195,9 @@ def _service_rss(stack: Stack) -> dict[str, float]:
 
 
 async def _restart_all(stack: Stack) -> dict[str, float]:
-    """SIGTERM every service, start them again: seconds from the restart until each is ready."""
-    for name in reversed(list(SERVICES)):
-        await asyncio.to_thread(stack.kill, name, signal.SIGTERM)
+    """SIGTERM every service at once (as a rollout of every Deployment would), start them again when
+    all have exited: seconds from the restart until each is ready."""
+    await asyncio.gather(*(asyncio.to_thread(stack.kill, name, signal.SIGTERM) for name in SERVICES))
     started = time.monotonic()
     for name in SERVICES:
         index = next(i for i, (n, _) in enumerate(stack.procs) if n == name)
@@ -261,8 +273,8 @@ async def run(
             t0 = time.monotonic()
             out["resync_ready_seconds_by_service"] = ready = await _restart_all(stack)
             out["resync_ready_seconds"] = max(ready.values())
-            await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
-            out["resync_seconds"] = round(time.monotonic() - t0, 2)
+            calm = await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
+            out["resync_seconds"] = round(calm - t0, 2)
             out["resync_writes"] = await world.writes_since(mark)
 
             # 4. Sustained closed-loop changes.
@@ -293,19 +305,27 @@ async def run(
             timed: list[tuple[float, float, str]] = []  # (seconds, wall-clock start, trigger)
             issued = 0
 
+            changes: list[Change] = []
+
             async def one(ns: str, index: int) -> None:
                 at = time.time()
-                timed.append((await world.change_and_wait(ns, index, poll_s), at, f"{ns}/m{index}"))
+                took = await world.change_and_wait(ns, index, poll_s)
+                timed.append((took.seconds, at, f"{ns}/m{took.mediation}"))
+                tool = world.tool_ids[(ns, f"m{took.mediation}")]
+                changes.append(Change(ns, f"m{took.mediation}", tool, took.answered, took.seconds))
 
             tasks = []
             holds_before = await stack.loop_holds(http)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < latency_seconds:
-                ns = world.namespaces[issued % namespaces]
-                tasks.append(asyncio.create_task(one(ns, rng.randrange(mediations))))
-                issued += 1
-                await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
-            await asyncio.gather(*tasks)
+            calls_mark = await world.mark()
+            async with EventTap(stack.amqp_url, (RoutingKeys.TRIGGER_UPDATED,)) as tap:
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < latency_seconds:
+                    ns = world.namespaces[issued % namespaces]
+                    tasks.append(asyncio.create_task(one(ns, rng.randrange(mediations))))
+                    issued += 1
+                    await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
+                await asyncio.gather(*tasks)
+            out.update(await _stages(world, changes, tap, calls_mark))
             # Beside latency_slowest: which process held its event loop, and for how long.
             out["latency_loop_held_max_s"] = held_between(holds_before, await stack.loop_holds(http))
             latencies = [took for took, _, _ in timed]
@@ -322,8 +342,7 @@ async def run(
             }
             await stack.quiet(timeout=TIMEOUT_S)
             writes = await world.writes_since(mark)
-            changes = done + len(latencies)
-            out["writes_per_change"] = round(writes / changes, 3)
+            out["writes_per_change"] = round(writes / (done + len(latencies)), 3)
 
             # 6. Invariants: one tool per trigger, each with its last content; no dead letter.
             tools = await world.tools()
@@ -352,6 +371,31 @@ async def run(
         await asyncio.to_thread(stack.stop)
         await mgmt("DELETE", f"vhosts/{urllib.parse.quote(stack.vhost, safe='')}")
     return out
+
+
+async def _stages(world: World, changes: list[Change], tap: EventTap, since: int) -> dict[str, Any]:
+    """The latency phase's changes split into stages (bench/latency_stages.py): per stage p50/p99,
+    and the split of the five slowest."""
+    arrivals = [
+        Arrival(e.data["key"]["namespace"], e.data["key"]["name"], e.time.timestamp(), at)
+        for e, at in zip(tap.events, tap.arrivals, strict=True)
+    ]
+    writes = [
+        OtcWrite(c["path"].rsplit("/", 1)[1], float(c["epoch"]), float(c.get("duration_ms", 0.0)) / 1000)
+        for c in await world.call_log(since)
+        if c["method"] == "PATCH" and "/tools/" in c["path"]
+    ]
+    splits = [(c, split(c, arrivals, writes)) for c in changes]
+    found = [s for _, s in splits if s is not None]
+    slowest = sorted(((c, s) for c, s in splits if s is not None), key=lambda cs: -cs[0].seconds)[:5]
+    return {
+        "latency_stages_ms": summary(found),
+        "latency_stages_matched": len(found),
+        "latency_slowest_stages_ms": [
+            {"trigger": f"{c.namespace}/{c.trigger}", **{k: round(v * 1000, 1) for k, v in s.items()}}
+            for c, s in slowest
+        ],
+    }
 
 
 def main() -> None:

@@ -159,8 +159,8 @@ async def run(namespaces: int, per_namespace: int, changes: int) -> dict[str, An
             mark = await w.mark()
             t0 = time.monotonic()
             out["resync_ready_seconds_by_service"] = await _restart_all(stack)
-            await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
-            out["resync_seconds"] = round(time.monotonic() - t0, 2)
+            calm = await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
+            out["resync_seconds"] = round(calm - t0, 2)
             out["resync_writes"] = await w.writes_since(mark)
             tools = cards(await w.tools())
             names_seen = [t["parameters"]["name"] for t in tools]

@@ -27,14 +27,17 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aio_pika
 import aiohttp
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from emulators.otc.platform import BrokerName, BrokerReply, OtcPlatform
 from scripts.expected import CRS, connection, differences, expected_repos, expected_triggers, mediation
 from scripts.stack import API_KEY, BROKER_ID, Stack, cluster_suffix, mgmt
+from shared.amqp.topology import EXCHANGE
+from shared.events import CloudEvent
 
 BROKERS: tuple[tuple[BrokerName, str], ...] = (
     ("kabanero-events-broker", "demo-events"),
@@ -73,6 +76,42 @@ EVENTS_TOOL = "kabanero-events"
 
 def count(tools: list[dict[str, Any]], kind: str) -> int:
     return sum(tool_kind(t) == kind for t in tools)
+
+
+class EventTap:
+    """A private queue bound to the events exchange: every event that matches, and when it arrived
+    (wall clock), as any consumer of the exchange sees it."""
+
+    def __init__(self, amqp_url: str, patterns: tuple[str, ...] = ("#",), exchange: str = EXCHANGE) -> None:
+        self._url = amqp_url
+        self._patterns = patterns
+        self._exchange = exchange
+        self._conn: AbstractRobustConnection | None = None
+        self.events: list[CloudEvent] = []
+        self.messages: list[AbstractIncomingMessage] = []
+        self.arrivals: list[float] = []
+
+    async def __aenter__(self) -> Self:
+        self._conn = await aio_pika.connect_robust(self._url)
+        channel = await self._conn.channel()
+        exchange = await channel.declare_exchange(self._exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for pattern in self._patterns:
+            await queue.bind(exchange, routing_key=pattern)
+        await queue.consume(self._on_message, no_ack=True)
+        return self
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.arrivals.append(time.time())
+        self.messages.append(message)
+        self.events.append(CloudEvent.model_validate_json(message.body))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    def of_type(self, routing_key: str) -> list[CloudEvent]:
+        return [e for e in self.events if e.routing_key == routing_key]
 
 
 class DriverError(RuntimeError):

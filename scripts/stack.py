@@ -355,20 +355,27 @@ class Stack:
             }
         return out
 
-    async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> None:
+    async def quiet(self, timeout: float = 45.0, *, stable_polls: int = 3) -> float:
         """Wait until no message waits in a consuming or delay queue, and no service holds one
-        unsettled, on ``stable_polls`` polls in a row (the consumers have caught up, retries included)."""
+        unsettled, on ``stable_polls`` polls in a row (the consumers have caught up, retries included).
+        Returns when (``time.monotonic()``) the calm began: the last busy poll's end, or the first
+        poll's start when none was busy (the polls after it only confirm it)."""
         deadline = time.monotonic() + timeout
         calm = 0
+        since = time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             while calm < stable_polls:
                 depths = await self.queue_depths()
                 busy = any(n for q, n in depths.items() if not q.endswith(".dead"))
                 held = {} if busy else await self.held(http)
-                calm = 0 if busy or any(held.values()) else calm + 1
+                if busy or any(held.values()):
+                    calm, since = 0, time.monotonic()
+                else:
+                    calm += 1
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"queues not drained after {timeout:.0f}s: {depths}, held: {held}")
                 await asyncio.sleep(0.2)
+        return since
 
     def describe(self) -> dict[str, Any]:
         """Everything ``kabanero-otc`` needs to reach this stack (the run file; secrets of a dev stack)."""

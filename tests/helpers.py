@@ -9,13 +9,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 
-from shared.amqp.topology import EXCHANGE
+from scripts.driver import EventTap as DriverTap
 from shared.events import CloudEvent
 
 
@@ -52,37 +52,8 @@ def kubectl_path() -> str:
     return found
 
 
-class EventTap:
-    """A private queue bound to the events exchange; collects every event that matches."""
-
-    def __init__(self, amqp_url: str, patterns: tuple[str, ...] = ("#",), exchange: str = EXCHANGE) -> None:
-        self._url = amqp_url
-        self._patterns = patterns
-        self._exchange = exchange
-        self._conn: AbstractRobustConnection | None = None
-        self.events: list[CloudEvent] = []
-        self.messages: list[AbstractIncomingMessage] = []
-
-    async def __aenter__(self) -> Self:
-        self._conn = await aio_pika.connect_robust(self._url)
-        channel = await self._conn.channel()
-        exchange = await channel.declare_exchange(self._exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for pattern in self._patterns:
-            await queue.bind(exchange, routing_key=pattern)
-        await queue.consume(self._on_message, no_ack=True)
-        return self
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self.messages.append(message)
-        self.events.append(CloudEvent.model_validate_json(message.body))
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-
-    def of_type(self, routing_key: str) -> list[CloudEvent]:
-        return [e for e in self.events if e.routing_key == routing_key]
+class EventTap(DriverTap):
+    """The driver's tap (scripts/driver.py), with a deadline-bounded wait for what it collects."""
 
     async def wait_for(
         self, count: int, *, routing_key: str | None = None, timeout: float = 30.0
