@@ -30,7 +30,7 @@ from shared.events import (
     TektonSnapshotData,
     TriggerData,
 )
-from shared.snapshot_parts import IncompleteParts, join, split
+from shared.snapshot_parts import WHOLE_CHECK_ENTRIES, IncompleteParts, join, split, split_steps
 from tests.integration.test_watcher_state_size import trigger
 from tests.unit.amqp_fakes import FakeMessage
 from tests.unit.test_watcher_scale import _Db
@@ -106,6 +106,23 @@ async def test_a_snapshot_within_the_bound_is_one_event_as_before() -> None:
     assert event.id == f"snapshot:test/big:{REVISION}"
     assert SnapshotData.model_validate(event.data) == snap
     assert (event.data["part"], event.data["parts"]) == (1, 1)
+
+
+def test_a_snapshot_that_fits_is_measured_whole_without_a_step() -> None:
+    """Nearly every snapshot fits one message: it costs one measurement, not one per trigger (the
+    paced steps are for the large ones), and is the same single part the steps would give."""
+    data = snapshot(200).model_dump(mode="json")
+    steps = split_steps(data, SnapshotData.split_fields, budget=SNAPSHOT_PART_BYTES - 2048)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    assert done.value.value == [{**data, "part": 1, "parts": 1}]
+    # Over the whole-check size it is measured entry by entry (paced), with the same result.
+    big = snapshot(WHOLE_CHECK_ENTRIES // 2 + 1).model_dump(mode="json")
+    stepped = split_steps(big, SnapshotData.split_fields, budget=SNAPSHOT_PART_BYTES - 2048)
+    next(stepped)
+    assert split(big, SnapshotData.split_fields, budget=SNAPSHOT_PART_BYTES - 2048) == [
+        {**big, "part": 1, "parts": 1}
+    ]
 
 
 def test_20000_realistic_triggers_take_six_parts_of_at_most_4_mib() -> None:
