@@ -314,11 +314,10 @@ class Projection:
             return state, _converged(doc)
         return "stored", _converged(before)
 
-    async def record_converged(self, scope: str, revision: int, converged: Converged) -> None:
-        """The scope converged on its snapshot ``revision`` (unless a newer one was noted since)."""
-        await self.instances.update_one(
-            {"_id": scope, "revision": revision}, {"$set": {"converged": converged.model_dump()}}
-        )
+    async def record_converged(self, scope: str, converged: Converged) -> None:
+        """Every tool of the scope ended applied (a scope no snapshot has described yet keeps no
+        record: only a snapshot reads it)."""
+        await self.instances.update_one({"_id": scope}, {"$set": {"converged": converged.model_dump()}})
 
     async def unconverge(self, scope: str) -> None:
         """Some tool of the scope failed: its next snapshot runs in full, whatever it says."""

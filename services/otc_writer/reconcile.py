@@ -229,18 +229,18 @@ class Reconciler:
             log.info("stale snapshot skipped", extra={"scope": scope})
             return
         bindings = await self._projection.bindings_of(scope)
-        now = converged_for(family, snap, bindings, self._styles_fp)
-        if now == converged:  # every entry holds what this snapshot says (converged.py)
+        listed = family.snapshot_items(snap)
+        if converged is not None and converged == converged_for(listed, bindings, self._styles_fp):
+            # It says what the scope converged on: nothing to store, every entry unchanged.
             self._metrics.converged.labels(family.snapshot_label).inc()
-            live = sum(1 for t in family.snapshot_items(snap) if not t.deleted)
+            live = sum(1 for t in listed if not t.deleted)
             if live and bindings[1]:
                 self._metrics.tools.labels(family.purpose, str(Outcome.UNCHANGED)).inc(
                     live * len(bindings[1])
                 )
         else:
             items = await self._projection.store_snapshot(family, snap)
-            await self.reconcile_scope(family, scope, cause, items, toolchains=bindings[1])
-            await self._projection.record_converged(scope, snap.revision, now)
+            await self.reconcile_scope(family, scope, cause, items, bindings=bindings)
         if part.parts > 1:
             await self._projection.drop_snapshot_parts(scope, part.revision)
 
@@ -253,17 +253,19 @@ class Reconciler:
         cause: str | None = None,
         items: list[T] | None = None,
         *,
-        toolchains: set[str] | None = None,
+        bindings: tuple[int, set[str]] | None = None,
     ) -> None:
         """Every tool of one scope: create missing, patch changed, delete stale.
 
         The scope's bindings, items and ledger entries are read once (three reads, whatever the
         size) and compared in memory: an applied, unchanged entry costs no further round trip.
         Only entries of items this reconcile knows about are removed (an item created since the
-        items were read is its own event's to apply).
+        items were read is its own event's to apply). When every tool ended applied, the scope's
+        converged record says so (``converged.py``): its next snapshot that says the same is O(1).
         """
-        if toolchains is None:
-            toolchains = await self._projection.bound_toolchains(scope)
+        if bindings is None:
+            bindings = await self._projection.bindings_of(scope)
+        toolchains = bindings[1]
         if items is None:
             items = await self._projection.items_in_scope(family, scope)
         entries = {(e.key, e.toolchain_id): e for e in await self._ledger.in_scope(family.purpose, scope)}
@@ -271,6 +273,7 @@ class Reconciler:
             family, items, toolchains, entries
         )
         await self._run(jobs, scope)
+        await self._projection.record_converged(scope, converged_for(items, bindings, self._styles_fp))
 
     def _applies[T: Item](
         self,

@@ -80,13 +80,14 @@ async def _record(env: WriterEnv) -> dict[str, object] | None:
 
 
 async def test_an_unchanged_snapshot_is_two_commands_and_no_scope_read(env: WriterEnv) -> None:
-    """200 triggers applied by a snapshot; the next one, the same but for its revision (a watcher
+    """An instance's 200 triggers, then its service bound: the bind's reconcile creates the tools
+    and records the scope converged. The next snapshot, the same but for its revision (a watcher
     restart, a periodic snapshot), touches neither the scope's items nor its ledger entries."""
     tc = env.otc.seed_toolchain(name="converged")
     triggers = [trigger(f"t{i:03}") for i in range(200)]
     async with env.writer() as w:
-        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
         await env.publish(snapshot_event(triggers, revision=1))
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
         await env.wait_handled(w, 2)
         await wait_until(lambda: len(env.otc.tools(tc)) == 200, timeout=30, what="200 tools")
         await wait_until(lambda: _record_present(env), timeout=10, what="the converged record")
