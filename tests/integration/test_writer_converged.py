@@ -12,14 +12,14 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient, monitoring
 
-from services.otc_writer.app import Deps, tool_styles
+from services.otc_writer.app import Deps, OtcWriter, tool_styles
 from services.otc_writer.applier import Outcome, ToolApplier
 from services.otc_writer.desired import DesiredTool
 from services.otc_writer.ledger import Ledger
 from services.otc_writer.projection import INSTANCES, Projection
 from services.otc_writer.reconcile import Metrics, Reconciler
 from shared.amqp.consuming.decode import Delivery
-from shared.events import SnapshotData
+from shared.events import SnapshotData, TriggerData
 from shared.mongo import Document, database
 from tests.helpers import wait_until
 from tests.integration.writer_support import (  # noqa: F401 (the env fixture)
@@ -116,6 +116,13 @@ async def test_an_unchanged_snapshot_is_two_commands_and_no_scope_read(env: Writ
         await client.close()
 
 
+async def _bound_then_snapshot(env: WriterEnv, w: OtcWriter, tc: str, triggers: list[TriggerData]) -> None:
+    """A service bound to ``tc``, then the instance's first snapshot, both handled."""
+    await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+    await env.publish(snapshot_event(triggers, revision=1))
+    await env.wait_handled(w, 2)
+
+
 async def _record_present(env: WriterEnv) -> bool:
     return await _record(env) is not None
 
@@ -124,9 +131,7 @@ async def test_a_changed_snapshot_runs_in_full_and_is_recorded_again(env: Writer
     tc = env.otc.seed_toolchain(name="changed")
     triggers = [trigger("a"), trigger("b")]
     async with env.writer() as w:
-        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
-        await env.publish(snapshot_event(triggers, revision=1))
-        await env.wait_handled(w, 2)
+        await _bound_then_snapshot(env, w, tc, triggers)
         first = await _record(env)
         assert first is not None
         # b changed while the writer was away (its event lost): only the snapshot says so.
@@ -146,9 +151,7 @@ async def test_a_failure_in_the_scope_unsets_the_record(env: WriterEnv) -> None:
     tc = env.otc.seed_toolchain(name="failing")
     triggers = [trigger("a")]
     async with env.writer(Deps(topology=FAST, max_attempts=1)) as w:
-        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
-        await env.publish(snapshot_event(triggers, revision=1))
-        await env.wait_handled(w, 2)
+        await _bound_then_snapshot(env, w, tc, triggers)
         assert await _record(env) is not None
         env.otc.set_faults(seed=1, error_rate=1.0)
         c = trigger("c")
@@ -170,9 +173,7 @@ async def test_new_tool_styles_make_the_same_snapshot_apply_them(env: WriterEnv)
     tc = env.otc.seed_toolchain(name="styles")
     triggers = [trigger("a"), trigger("b")]
     async with env.writer() as w:
-        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
-        await env.publish(snapshot_event(triggers, revision=1))
-        await env.wait_handled(w, 2)
+        await _bound_then_snapshot(env, w, tc, triggers)
         await wait_until(lambda: _record_present(env), timeout=10, what="the converged record")
     mark = env.otc.call_count
     url = "https://dashboard.example/{cluster}/{namespace}/{owner}/{name}"
