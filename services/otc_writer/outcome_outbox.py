@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[CloudEvent], Awaitable[None]]
 TASK = "tool-outcomes"
-CAPACITY = 10_000
-"""Events held at most (a few MB): a RabbitMQ that confirms slowly cannot grow the writer's memory."""
+CAPACITY = 2_000
+"""Events held at most (about 2 KB each, 3 KB with the longest OTC message: 4-6 MB of the pod's
+384 Mi): a RabbitMQ that confirms slowly cannot grow the writer's memory. The task drains about a
+thousand a second, so only a broker that stalls confirms fills it."""
 BATCH = 100
 """Publishes in flight at most; their confirms are awaited together."""
 
