@@ -192,6 +192,8 @@ def build(settings: Settings, *, deps: Deps | None = None) -> OtcWriter:
         runtime.add("otc-http-session", lambda: session)
     infra.attach(runtime)
     runtime.add("storage", lambda: step(functools.partial(_prepare_storage, ledger, projection)))
+    # Started before the consumers, so it closes after them: it publishes what they left in it.
+    runtime.add("tool-outcomes", lambda: reporter.outbox.running(runtime.supervisor))
 
     def consumer[M](
         queue: str,

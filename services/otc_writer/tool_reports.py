@@ -5,20 +5,22 @@ defined point: after an apply or a remove ended (the ledger committed, recorded 
 recorded the OTC error), it publishes one small :class:`~shared.events.ToolOutcomeData`. A tool
 skipped as stale, unchanged or refused before is not reported again: nothing changed.
 
-Best effort: a publish that fails is logged and counted, never fails the message (the tool write
-is done; failing would only repeat it). The tool's next outcome corrects the page; broker-api keeps
-the newest per tool by (revision, time), so a replay changes nothing.
+Best effort: the event goes to the :class:`~services.otc_writer.outcome_outbox.Outbox`, which
+publishes it in the background: the tool's message never waits for the outcome's confirm. One not
+published (outbox full, RabbitMQ away, publish failed, shutdown) is logged and counted, never fails
+the message (the tool write is done; failing would only repeat it). The tool's next outcome corrects
+the page; broker-api keeps the newest per tool by (revision, time), so a replay changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.otc_writer.applier import Outcome, ToolApplier, ToolRefused
 from services.otc_writer.desired import DesiredTool
@@ -30,12 +32,12 @@ from services.otc_writer.otc_client import (
     OtcRefusedError,
     OtcUnavailableError,
 )
+from services.otc_writer.outcome_outbox import Outbox
 from shared.amqp.publisher import Publisher
 from shared.events import MAX_OUTCOME_MESSAGE, CloudEvent, RoutingKeys, ToolChange, ToolOutcomeData, ToolState
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[CloudEvent], Awaitable[None]]
 Clock = Callable[[], datetime]
 SOURCE = "/otc-writer"
 _APPLIED: dict[Outcome, ToolChange] = {
@@ -63,38 +65,18 @@ def held_until(client: OtcClient, now: Clock, monotonic: Callable[[], float]) ->
 
 
 class Reporter:
-    """Builds and publishes the outcome events."""
+    """Builds the outcome events and hands them to the outbox."""
 
-    def __init__(
-        self,
-        publish: Publish,
-        registry: CollectorRegistry,
-        *,
-        until: Callable[[], datetime | None],
-        clock: Clock,
-        online: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._publish = publish
-        self._online = online
+    def __init__(self, outbox: Outbox, *, until: Callable[[], datetime | None], clock: Clock) -> None:
+        self.outbox = outbox
         self._until = until
         self._clock = clock
-        self.failures = Counter(
-            "kotc_tool_outcome_publish_failures_total",
-            "Tool outcome events not published (the services' pages wait for the tool's next outcome)",
-            registry=registry,
-        )
 
-    async def report(self, outcome: ToolOutcomeData) -> None:
-        event = CloudEvent.for_data(RoutingKeys.TOOL_OUTCOME, outcome, source=SOURCE, subject=outcome.id)
-        if not self._online():  # RabbitMQ is away: do not hold the tool's message for a page
-            self.failures.inc()
-            log.info("tool outcome not published: RabbitMQ unavailable", extra={"ledger_id": outcome.id})
-            return
-        try:
-            await self._publish(event)
-        except Exception as exc:  # best effort, see the module docstring
-            self.failures.inc()
-            log.warning("tool outcome not published", extra={"ledger_id": outcome.id, "error": repr(exc)})
+    def report(self, outcome: ToolOutcomeData) -> None:
+        """Never waits: the outbox publishes (or drops and counts) it, see the module docstring."""
+        self.outbox.put(
+            CloudEvent.for_data(RoutingKeys.TOOL_OUTCOME, outcome, source=SOURCE, subject=outcome.id)
+        )
 
     def of_error(self, exc: OtcError, cause: str | None) -> dict[str, Any]:
         """State, message, until and dead letter of an attempt that ended with ``exc``."""
@@ -138,10 +120,10 @@ class ReportingApplier(ToolApplier):
         except ToolRefused:
             raise  # reported when it was refused
         except OtcError as exc:
-            await self._send(base, self._reporter.of_error(exc, cause))
+            self._send(base, self._reporter.of_error(exc, cause))
             raise
         if outcome in _APPLIED:
-            await self._send(base, {"state": "applied", "change": _APPLIED[outcome]})
+            self._send(base, {"state": "applied", "change": _APPLIED[outcome]})
         return outcome
 
     async def remove(
@@ -166,14 +148,14 @@ class ReportingApplier(ToolApplier):
                 purpose, key, toolchain_id, revision=revision, name=name, create=create
             )
         except OtcError as exc:
-            await self._send(base, self._reporter.of_error(exc, None))
+            self._send(base, self._reporter.of_error(exc, None))
             raise
         if outcome in _REMOVED:
-            await self._send(base, {"state": "removed", "change": _REMOVED[outcome]})
+            self._send(base, {"state": "removed", "change": _REMOVED[outcome]})
         return outcome
 
-    async def _send(self, base: dict[str, Any], state: dict[str, Any]) -> None:
-        await self._reporter.report(ToolOutcomeData(**base, **state, at=self._reporter.now()))
+    def _send(self, base: dict[str, Any], state: dict[str, Any]) -> None:
+        self._reporter.report(ToolOutcomeData(**base, **state, at=self._reporter.now()))
 
 
 def tool_reporter(
@@ -185,9 +167,7 @@ def tool_reporter(
         return datetime.now(UTC)
 
     return Reporter(
-        publisher.publish,
-        registry,
+        Outbox(publisher.publish, registry, online=lambda: publisher.ready),
         until=lambda: held_until(client, now, monotonic),
         clock=now,
-        online=lambda: publisher.ready,
     )

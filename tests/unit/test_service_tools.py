@@ -23,10 +23,15 @@ from services.otc_writer.otc_client import (
     OtcRefusedError,
     OtcRetryableError,
 )
+from services.otc_writer.outcome_outbox import Outbox
 from services.otc_writer.tool_reports import Reporter, link_of
 from shared.events import CloudEvent, ToolOutcomeData
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def publish(event: CloudEvent) -> None:
+    raise AssertionError("not published here")
 
 
 def record(kind: str = "kabanero", toolchains: tuple[str, ...] = ("tc-1",), **params: Any) -> InstanceRecord:
@@ -139,13 +144,8 @@ def test_newest_outcome_kept_and_waiting_since_carried() -> None:
     ],
 )
 def test_an_attempts_error_is_reported_as_its_state(exc: Exception, state: str, dead: str | None) -> None:
-    sent: list[CloudEvent] = []
-
-    async def publish(event: CloudEvent) -> None:
-        sent.append(event)
-
     until = T0 + timedelta(seconds=7)
-    reporter = Reporter(publish, CollectorRegistry(), until=lambda: until, clock=lambda: T0)
+    reporter = Reporter(Outbox(publish, CollectorRegistry()), until=lambda: until, clock=lambda: T0)
     fields = reporter.of_error(exc, "ev-1")  # type: ignore[arg-type]
     assert fields["state"] == state and fields.get("dead_letter") == dead
     assert fields.get("until") == (until if state == "held" else None)

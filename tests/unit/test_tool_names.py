@@ -10,7 +10,14 @@ import pytest
 from services.github_linker import naming
 from services.otc_writer.desired import TriggerToolStyle, desired_trigger_tool, trigger_tool_name
 from shared.events import InstanceRef, TriggerData, TriggerKey
-from shared.otc_tools import TOOL_NAME_MAX, TOOL_NAME_RE, display_safe, fit_tool_name, sanitize_tool_name
+from shared.otc_tools import (
+    TOOL_NAME_MAX,
+    TOOL_NAME_RE,
+    display_safe,
+    fit_tool_name,
+    sanitize_tool_name,
+    tool_name_fits,
+)
 
 GITHUB = ("github.com",)
 
@@ -127,3 +134,23 @@ def test_description_is_safe_to_display() -> None:
     description = desired_trigger_tool(trigger, "tc", TriggerToolStyle()).parameters["description"]
     assert "\u202e" not in description and "\u200b" not in description
     assert "webhook/evil-gnp-" in description
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_every_ascii_character_follows_the_rule_on_the_fast_path(code: int) -> None:
+    """ASCII text skips the character-by-character pass (otc-writer names every trigger tool per
+    change); it must give what that pass gives: printable kept, controls ``-``, then only
+    ``[A-Za-z0-9-._ ]`` kept in a name."""
+    c = chr(code)
+    shown = c if c.isprintable() else "-"
+    assert display_safe(f"a{c}b") == f"a{shown}b"
+    allowed = c.isalnum() or c in "-._ "
+    assert sanitize_tool_name(f"a{c}b") == f"a{c if allowed else '-'}b"
+
+
+@pytest.mark.parametrize("length", [TOOL_NAME_MAX - 1, TOOL_NAME_MAX, TOOL_NAME_MAX + 1])
+def test_an_ascii_name_fits_by_its_length(length: int) -> None:
+    assert tool_name_fits("a" * length) == (max(_sizes("a" * length)) <= TOOL_NAME_MAX)
+    assert tool_name_fits("a" * (length - 1) + "é") == (
+        max(_sizes("a" * (length - 1) + "é")) <= TOOL_NAME_MAX
+    )
