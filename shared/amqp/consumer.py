@@ -242,6 +242,8 @@ class Consumer[M = CloudEvent]:
             result = await self._turn(entry, decoded, event.id)
         finally:
             self._lanes.leave(entry)
+            # Its slot (or the wake it was given for one it did not take) goes to the oldest heads.
+            self._lanes.wake_heads(self._concurrency - self._running)
         if result is Skip.REQUEUED:
             return  # a copy waits in the queue; the original was acked (or returned)
         if result is Skip.SUPERSEDED:
@@ -305,7 +307,6 @@ class Consumer[M = CloudEvent]:
         finally:
             entry.running = False
             self._running -= 1
-            self._lanes.wake_heads()
 
     async def _handle_once(self, decoded: M) -> Exception | None:
         started = asyncio.get_running_loop().time()

@@ -215,3 +215,33 @@ async def test_coalescing_keeps_the_newest_whole_state_per_sequence_and_never_a_
     assert late.skipped is Skip.SUPERSEDED and newest.skipped is None
     other_key = _join(lanes, "b", ("trigger", 1))
     assert other_key.skipped is None  # lanes never coalesce across keys
+
+
+async def test_a_freed_slot_wakes_the_oldest_live_heads_only() -> None:
+    """A handler's end frees one slot: waking every waiting head cost each of them a turn of the
+    loop per message (64 heads: 64 wake-ups for one runnable). Only as many as there are free slots
+    are woken, oldest first; a running or superseded head is never one of them; a dependency's
+    return (no count) wakes them all."""
+    lanes = Lanes()
+    running = _join(lanes, "a", None)
+    running.running = True
+    obsolete = _join(lanes, "b", ("trigger", 1))
+    _join(lanes, "b", ("trigger", 2))  # supersedes it (and wakes it, to leave)
+    c, d, e = _join(lanes, "c", None), _join(lanes, "d", None), _join(lanes, "e", None)
+    obsolete.wake.clear()
+    lanes.wake_heads(2)
+    assert [h.wake.is_set() for h in (running, obsolete, c, d, e)] == [False, False, True, True, False]
+    lanes.wake_heads(0)
+    assert not e.wake.is_set()
+    lanes.wake_heads()
+    assert all(h.wake.is_set() for h in (running, obsolete, c, d, e))
+
+
+async def test_one_slot_and_many_keys_run_each_once_in_arrival_order() -> None:
+    w = World(concurrency=1)
+    w.gate = asyncio.Event()
+    w.deliver(*(event(f"k{i}", 1) for i in range(20)))
+    await wait_until(lambda: len(w.calls) == 1, timeout=5)
+    w.gate.set()
+    await w.settle()
+    assert w.handled == [(f"k{i}", 1) for i in range(20)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -94,9 +95,20 @@ class Lanes:
     def at_head(self, entry: Entry) -> bool:
         return self._lanes[entry.lane_key][0] is entry
 
-    def wake_heads(self) -> None:
-        for lane in self._lanes.values():
-            lane[0].wake.set()
+    def wake_heads(self, slots: int | None = None) -> None:
+        """Wake the lanes' heads to try their turn: every head (``slots`` None: a dependency is
+        back), or only the ``slots`` oldest live heads not running (handler slots were freed: no
+        more can run, and waking all of them cost every waiting task a turn per handler end; a
+        head woken already and not yet run counts as one of them)."""
+        if slots is None:
+            for lane in self._lanes.values():
+                lane[0].wake.set()
+            return
+        if slots <= 0:
+            return
+        heads = (lane[0] for lane in self._lanes.values() if lane[0].live and not lane[0].running)
+        for head in heapq.nsmallest(slots, heads, key=lambda e: e.arrival):
+            head.wake.set()
 
     def waiting(self) -> list[Entry]:
         """Entries still to run and not running, in delivery order."""
