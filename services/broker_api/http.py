@@ -55,6 +55,7 @@ from services.broker_api.outbox import Lease, Outbox
 from services.broker_api.routes import MESSAGING, MUTATIONS, Call, Mutation
 from services.broker_api.settings import Settings
 from services.broker_api.store import Commit, InstanceStore
+from shared.dependencies import never_succeeds
 from shared.events import ServiceKind
 from shared.health import VERSION, Health
 
@@ -130,10 +131,6 @@ class BrokerApi:
             response = await handler(request)
             status = response.status
             return response
-        except PyMongoError as exc:  # the one place MongoDB trouble becomes an answer: retry later
-            log.warning("storage unavailable", extra={"route": route_name, "error": type(exc).__name__})
-            status = Unavailable.status
-            return web.json_response({"description": "storage unavailable, retry later"}, status=status)
         except ClientClosedRequest as exc:  # the client's doing: one line, no traceback, no 5xx
             log.info(exc.description, extra={"route": route_name, "client": request.remote})
             status = exc.status
@@ -158,9 +155,10 @@ class BrokerApi:
             }.get(exc.status, exc.reason)
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return web.json_response({"description": description}, status=exc.status, headers=allow)
-        except Exception:
-            log.exception("unexpected error", extra={"route": route_name, "method": request.method})
-            return web.json_response({"description": "internal error"}, status=500)
+        except Exception as exc:
+            failure = _failure(exc, route_name, request.method)
+            status = failure.status
+            return failure
         finally:
             method = request.method if request.method in METHODS else "other"
             self._requests.labels(method, route_name, str(status)).inc()
@@ -450,3 +448,19 @@ async def _answer_and_close(request: web.Request, answer: web.StreamResponse) ->
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _failure(exc: Exception, route_name: str, method: str) -> web.Response:
+    """What no handler answered: a value MongoDB can never store (400: what validation missed is
+    still the caller's; a retry cannot help), MongoDB trouble (503: the one place it becomes an
+    answer, retry later), else a bug (500, logged with its traceback)."""
+    if (refused := never_succeeds(exc)) is not None:
+        log.warning("request refused by storage", extra={"route": route_name, "error": refused})
+        return web.json_response({"description": f"invalid request: {refused}"}, status=400)
+    if isinstance(exc, PyMongoError):
+        log.warning("storage unavailable", extra={"route": route_name, "error": type(exc).__name__})
+        return web.json_response(
+            {"description": "storage unavailable, retry later"}, status=Unavailable.status
+        )
+    log.error("unexpected error", extra={"route": route_name, "method": method}, exc_info=exc)
+    return web.json_response({"description": "internal error"}, status=500)

@@ -42,6 +42,24 @@ def _where(path: list[str | int]) -> str:
     return out
 
 
+INT64 = (-(2**63), 2**63 - 1)
+"""What an API server stores of a JSON integer (and BSON, where the spec is kept): a wider one is a
+400 naming the field, never a storage error."""
+
+
+def _wide_integers(value: Any, path: list[str | int]) -> list[list[str | int]]:
+    """The paths of the integers outside ``INT64`` (an unknown field's too: they are kept as is)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [] if INT64[0] <= value <= INT64[1] else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _wide_integers(v, [*path, str(k)])]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _wide_integers(v, [*path, i])]
+    return []
+
+
 def spec_errors(spec: Any) -> list[str]:
     """Every violation of the CRD schema, as ``<field>: <problem>`` (no value echoed), field order."""
     if not isinstance(spec, dict):
@@ -51,7 +69,7 @@ def spec_errors(spec: Any) -> list[str]:
     except UnicodeEncodeError:  # JSON can carry a lone surrogate; no API server stores it
         return ["parameters.instance: must be valid Unicode text (a lone surrogate is not)"]
     errors = sorted(_validator().iter_errors(spec), key=lambda e: [str(p) for p in e.absolute_path])
-    out = []
+    out = [f"{_where(path)}: must be a 64-bit integer" for path in _wide_integers(spec, [])]
     for err in errors:
         problem = {
             "type": f"must be of type {err.validator_value}",
