@@ -205,37 +205,42 @@ class LostChange(AssertionError):
     """OTC keeps a trigger tool that no longer matches the cluster."""
 
 
-@pytest.mark.parametrize("later", ["delete", "update"])
-async def test_change_after_watcher_killed_between_publish_and_record(tmp_path: Path, later: str) -> None:
+async def test_change_after_watcher_killed_between_publish_and_record(tmp_path: Path) -> None:
+    """Both cases on one stack, one after the other (each starts from a converged world): the key
+    is later deleted, then another key is later updated."""
     proxy = Blackhole(0)
     async with running_world(tmp_path / "logs", watcher_proxy=proxy) as w:
-        stack = w.stack
         await bind_both(w)
+        for later in ("delete", "update"):
+            await _killed_between_publish_and_record(w, proxy, later)
 
-        # Open the crash window deterministically: the watcher records the event as pending, publishes
-        # it (RabbitMQ confirms it), then its "done" write (a BSON `pending: false`) never reaches
-        # MongoDB: it hangs there and dies. "delete": the event creates mediation x; "update": it
-        # changes appsody's selector.
-        subject = "default/kabanero/mediation/webhook/" + ("x" if later == "delete" else "appsody")
-        async with EventTap(stack.amqp_url, ("kabanero.trigger.*",)) as tap:
-            proxy.swallow_matching = b"\x08pending\x00\x00"
-            if later == "delete":
-                await w.set_mediations(("mediator",), x=1)
-            else:
-                await w.set_mediations(("mediator",), appsody=2)
-            await wait_until(lambda: any(e.subject == subject for e in tap.events), timeout=15)
-            assert stack.kill("kabanero-watcher") == -signal.SIGKILL
-            proxy.swallow_matching = None
-        # otc-writer applies that event. Then, while no watcher runs, the same key changes again:
-        # x is deleted, or appsody's connection changes (its tool's destinations must follow).
+
+async def _killed_between_publish_and_record(w: Driver, proxy: Blackhole, later: str) -> None:
+    stack = w.stack
+    # Open the crash window deterministically: the watcher records the event as pending, publishes
+    # it (RabbitMQ confirms it), then its "done" write (a BSON `pending: false`) never reaches
+    # MongoDB: it hangs there and dies. "delete": the event creates mediation x; "update": it
+    # changes appsody's selector.
+    subject = "default/kabanero/mediation/webhook/" + ("x" if later == "delete" else "appsody")
+    async with EventTap(stack.amqp_url, ("kabanero.trigger.*",)) as tap:
+        proxy.swallow_matching = b"\x08pending\x00\x00"
         if later == "delete":
-            await wait_until(lambda: _has_tools(w, "x"), timeout=30, what="x in OTC")
-            await w.set_mediations(("mediator",), x=None)
+            await w.set_mediations(("mediator",), x=1)
         else:
-            await w.set_mediations(("connections",))
-        async with EventTap(stack.amqp_url, ("kabanero.snapshot",)) as snapshots:
-            await stack.restart("kabanero-watcher", sig=None)
-            await snapshots.wait_for(2, timeout=3 * SNAPSHOT_S + 30)  # start-up + one periodic
-        await w.quiet(timeout=20)
-        if problems := await w.differences():
-            raise LostChange(f"not converged after a restart and two snapshots: {problems}")
+            await w.set_mediations(("mediator",), appsody=2)
+        await wait_until(lambda: any(e.subject == subject for e in tap.events), timeout=15)
+        assert stack.kill("kabanero-watcher") == -signal.SIGKILL
+        proxy.swallow_matching = None
+    # otc-writer applies that event. Then, while no watcher runs, the same key changes again:
+    # x is deleted, or appsody's connection changes (its tool's destinations must follow).
+    if later == "delete":
+        await wait_until(lambda: _has_tools(w, "x"), timeout=30, what="x in OTC")
+        await w.set_mediations(("mediator",), x=None)
+    else:
+        await w.set_mediations(("connections",))
+    async with EventTap(stack.amqp_url, ("kabanero.snapshot",)) as snapshots:
+        await stack.restart("kabanero-watcher", sig=None)
+        await snapshots.wait_for(2, timeout=3 * SNAPSHOT_S + 30)  # start-up + one periodic
+    await w.quiet(timeout=20)
+    if problems := await w.differences():
+        raise LostChange(f"{later}: not converged after a restart and two snapshots: {problems}")
