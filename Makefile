@@ -51,10 +51,10 @@ typecheck: venv
 
 # The test command (README, .ci/run): lint and types side by side, then the whole suite against the real
 # RabbitMQ and the embedded MongoDB wire server (or MONGODB_URL when set); the compose stack in
-# containers runs beside them from the start (scripts/test.sh says why). PYTEST_WORKERS=0 runs pytest
-# in one process; N runs a test file per worker (pytest-xdist, --dist loadfile: a module's shared stack
-# starts once) (docs/design.md, "The test suite: faster, stricter").
-PYTEST_WORKERS ?= 0
+# containers runs beside them from the start (scripts/test.sh says why). PYTEST_WORKERS=N (default 2)
+# runs a test file per worker (pytest-xdist, --dist loadfile: a module's shared stack starts once); 0
+# runs pytest in one process (docs/design.md, "The test suite: faster, stricter").
+PYTEST_WORKERS ?= 2
 test: venv rabbitmq promtool kubectl chromium
 	@PYTEST_WORKERS=$(PYTEST_WORKERS) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test.sh
 
