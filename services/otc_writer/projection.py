@@ -315,9 +315,18 @@ class Projection:
         return "stored", _converged(before)
 
     async def record_converged(self, scope: str, converged: Converged) -> None:
-        """Every tool of the scope ended applied (a scope no snapshot has described yet keeps no
-        record: only a snapshot reads it)."""
-        await self.instances.update_one({"_id": scope}, {"$set": {"converged": converged.model_dump()}})
+        """Every tool of the scope ended applied. A scope no snapshot has described yet (its items
+        came as events, then a bind applied them) gets its document at revision 0, below any
+        snapshot's, so its first snapshot is compared with the record too."""
+        update = {"$set": {"converged": converged.model_dump()}}
+        try:
+            await self.instances.update_one(
+                {"_id": scope},
+                {**update, "$setOnInsert": {"revision": 0, "schema_version": SCHEMA_VERSION}},
+                upsert=True,
+            )
+        except DuplicateKeyError:  # a snapshot's compare-and-set inserted it meanwhile
+            await self.instances.update_one({"_id": scope}, update)
 
     async def unconverge(self, scope: str) -> None:
         """Some tool of the scope failed: its next snapshot runs in full, whatever it says."""

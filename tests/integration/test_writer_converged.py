@@ -127,6 +127,25 @@ async def _record_present(env: WriterEnv) -> bool:
     return await _record(env) is not None
 
 
+async def test_items_known_by_events_then_bound_make_the_first_snapshot_o1(env: WriterEnv) -> None:
+    """The common start (and the bench's): the watcher publishes each trigger as an event, the
+    service is bound later and its reconcile creates the tools; no snapshot came yet. The first
+    one, after a watcher restart, says what the bind applied: settled by the record."""
+    tc = env.otc.seed_toolchain(name="events-first")
+    triggers = [trigger(f"t{i}") for i in range(5)]
+    async with env.writer() as w:
+        await env.publish(*(trigger_event(t) for t in triggers))
+        await env.wait_handled(w, 5)
+        await env.publish(service_event("bound", revision=1, toolchains=[tc], toolchain_id=tc))
+        await env.wait_handled(w, 6)
+        assert len(env.otc.tools(tc)) == 5
+        mark = env.otc.call_count
+        await env.publish(snapshot_event(triggers, revision=1))
+        await env.wait_handled(w, 7)
+        assert await _converged_count(w.http_port) == 1
+        assert env.otc.calls(mark) == []
+
+
 async def test_a_changed_snapshot_runs_in_full_and_is_recorded_again(env: WriterEnv) -> None:
     tc = env.otc.seed_toolchain(name="changed")
     triggers = [trigger("a"), trigger("b")]
