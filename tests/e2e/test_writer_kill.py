@@ -56,6 +56,16 @@ async def _spawn(env: dict[str, str], *module: str) -> asyncio.subprocess.Proces
     )
 
 
+async def _world(
+    stack: contextlib.AsyncExitStack, mongodb_url: str, name: str
+) -> tuple[OtcEmulator, str, Ledger]:
+    """An OTC emulator with one toolchain and the ledger as a test reads it, closed by ``stack``."""
+    otc = await stack.enter_async_context(OtcEmulator.running(port=0, api_keys=(API_KEY,)))
+    mongo = make_client(mongodb_url)
+    stack.push_async_callback(mongo.close)
+    return otc, otc.seed_toolchain(name=name), Ledger(database(mongo))
+
+
 async def _reap(proc: asyncio.subprocess.Process) -> None:
     """Stop ``proc`` if it still runs (TERM, then KILL after 20 s)."""
     if proc.returncode is None:
@@ -110,11 +120,7 @@ async def test_sigkill_after_otc_write_no_duplicate_no_loss(
     amqp_url: str, mongodb_url: str, publisher: Publisher, second: str
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        otc = await stack.enter_async_context(OtcEmulator.running(port=0, api_keys=(API_KEY,)))
-        tc = otc.seed_toolchain(name="kill")
-        mongo = make_client(mongodb_url)
-        stack.push_async_callback(mongo.close)
-        ledger = Ledger(database(mongo))
+        otc, tc, ledger = await _world(stack, mongodb_url, "kill")
         proc = await _spawn(_env(amqp_url, mongodb_url, otc), "tests.e2e.crashing_writer", "1")
         stack.push_async_callback(_reap, proc)
         await publisher.publish(_apply(tc, "a", 1, "https://github.com/o/a"))
@@ -164,11 +170,7 @@ async def test_sigkill_between_a_batch_lease_and_its_commit(
     queue), so the seven others wait for the next round trip together, as under load."""
     keys = [f"k{i}" for i in range(8)]
     async with contextlib.AsyncExitStack() as stack:
-        otc = await stack.enter_async_context(OtcEmulator.running(port=0, api_keys=(API_KEY,)))
-        tc = otc.seed_toolchain(name="batch-kill")
-        mongo = make_client(mongodb_url)
-        stack.push_async_callback(mongo.close)
-        ledger = Ledger(database(mongo))
+        otc, tc, ledger = await _world(stack, mongodb_url, "batch-kill")
         parts = urllib.parse.urlsplit(mongodb_url)
         proxy = Blackhole(parts.port or 27017)
         proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{await proxy.start()}"))
