@@ -334,13 +334,6 @@ class Projection:
             {"_id": scope, "converged": {"$exists": True}}, {"$unset": {"converged": ""}}
         )
 
-    async def put_family_snapshot[T: Item, N: Snapshot](
-        self, family: Family[T, N], snap: N
-    ) -> list[T] | None:
-        """Note the snapshot's revision and apply it (:meth:`store_snapshot`); None when stale."""
-        state, _ = await self.note_snapshot(family, snap)
-        return None if state == "stale" else await self.store_snapshot(family, snap)
-
     async def store_snapshot[T: Item, N: Snapshot](self, family: Family[T, N], snap: N) -> list[T]:
         """Apply a noted snapshot: its items (each by its own revision) and tombstones for the missing.
 
