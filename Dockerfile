@@ -4,8 +4,9 @@
 # Targets:
 #   runtime (default, production): the services and their runtime dependencies only, at the
 #           versions and hashes of requirements-runtime.lock; no emulators, tests, dev tools or pip.
-#   dev     the whole requirements.lock (test tools, mongoeco) plus the emulators and the sample
-#           instance, for the `demo` compose profile: `docker build --target dev -t kabanero-otc:dev .`
+#   dev     the runtime plus the emulators and what they need (requirements-emulators.lock: mongoeco;
+#           no test or lint tools) and the sample instances, for the `demo` compose profile:
+#           `docker build --target dev -t kabanero-otc:dev .`
 #
 # No network inside the build: the wheels come from ./wheels, downloaded beforehand and checked
 # against the lock's hashes (scripts/wheelhouse.sh; README "Docker Compose"). Any image with CPython
@@ -42,21 +43,17 @@ RUN --mount=type=bind,source=wheels,target=/wheels \
     /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \
  && /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" check
 
-# --- dev virtualenv: everything in the lock, plus the emulators ---
-FROM base AS build-dev
-WORKDIR /src
-RUN python3 -m venv --without-pip /opt/venv
-COPY requirements.lock pyproject.toml README.md ./
+# --- dev virtualenv: the runtime's plus what the emulators need (requirements-emulators.lock: no test
+# or lint tools), and the emulators ---
+FROM build-runtime AS build-dev
+COPY requirements-emulators.lock ./
 RUN --mount=type=bind,source=wheels,target=/wheels \
     /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
-      --require-hashes -r requirements.lock
-COPY shared ./shared
-COPY services ./services
-COPY kotc_cli ./kotc_cli
+      --require-hashes -r requirements-emulators.lock
 COPY emulators ./emulators
 RUN --mount=type=bind,source=wheels,target=/wheels \
-    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps . \
- && /opt/venv/bin/python -m pip check
+    /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels --no-deps --force-reinstall . \
+ && /opt/venv/bin/python "$(ls /wheels/pip-*.whl)/pip" check
 
 FROM base AS dev
 COPY --from=build-dev /opt/venv /opt/venv

@@ -168,10 +168,12 @@ version=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "r
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 source_url=$(git config --get remote.origin.url 2>/dev/null || echo "$ROOT")
 build() {  # TARGET TAG
-  podman build --quiet --format docker --layers=false --force-rm \
+  local start=$SECONDS
+  podman build --quiet --format docker --layers=true --force-rm \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$version" \
     --build-arg "REVISION=$revision" --build-arg "SOURCE=$source_url" \
     --target "$1" --tag "$2" . >"$WORK/build-$1.log" 2>&1 || { tail -n 30 "$WORK/build-$1.log"; die "podman build --target $1"; }
+  say "built $1 in $((SECONDS - start))s"
 }
 build runtime "$IMAGE"
 build dev "$DEV_IMAGE"

@@ -1,11 +1,12 @@
-"""``make lock``: write requirements.lock and requirements-runtime.lock, pinned and hashed.
+"""``make lock``: write requirements.lock and its runtime and emulators subsets, pinned and hashed.
 
 Run in the project's virtualenv after ``pip install -e '.[dev]'``. The pins are what is installed
 there (``pip freeze --all``: pip and setuptools too, because the image build runs pip from its wheel
 and builds the project with setuptools, offline). The hashes are those of the wheels for Linux
 x86_64 and aarch64, CPython 3.13, downloaded with pip itself: what ``pip install --require-hashes``
 checks in ``make venv`` and in the image build (Dockerfile). requirements-runtime.lock is the subset
-that ``[project.dependencies]`` needs, for the production image.
+that ``[project.dependencies]`` needs, for the production image; requirements-emulators.lock adds what
+the ``emulators`` extra needs, for the dev image (the emulators, no test or lint tools).
 """
 
 from __future__ import annotations
@@ -44,21 +45,26 @@ def pins() -> dict[str, str]:
     return found
 
 
-def runtime_closure() -> set[str]:
-    """Canonical names of what the project's own dependencies need, transitively, on Linux."""
-    seen: set[str] = set()
-    todo = [Requirement(r) for r in importlib.metadata.requires(PROJECT) or []]
+def closure(extras: frozenset[str] = frozenset()) -> set[str]:
+    """Canonical names of what the project needs on Linux, transitively: its dependencies and those
+    of ``extras`` (extras of a dependency, ``mongoeco[wire]``, are followed too)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    todo = [(PROJECT, extras)]
     while todo:
-        req = todo.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
-        name = canonicalize_name(req.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        dist = importlib.metadata.distribution(req.name)
-        todo.extend(Requirement(r) for r in dist.requires or [])
-    return seen
+        dist_name, wanted = todo.pop()
+        contexts = [{"extra": e} for e in ("", *sorted(wanted))]
+        for line in importlib.metadata.requires(dist_name) or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(req.marker.evaluate(c) for c in contexts):
+                continue
+            key = (canonicalize_name(req.name), frozenset(req.extras))
+            if key in seen:
+                continue
+            seen.add(key)
+            names.add(key[0])
+            todo.append((req.name, key[1]))
+    return names
 
 
 def wheel_hashes(pinned: dict[str, str]) -> dict[str, set[str]]:
@@ -95,12 +101,16 @@ def main() -> None:
     pinned = pins()
     hashes = wheel_hashes(pinned)
     (ROOT / "requirements.lock").write_text(render(pinned, hashes))
-    runtime = runtime_closure()
-    missing = runtime - {canonicalize_name(n) for n in pinned}
+    runtime = closure()
+    emulators = closure(frozenset({"emulators"}))
+    missing = emulators - {canonicalize_name(n) for n in pinned}
     if missing:
-        raise SystemExit(f"lock: runtime dependencies not installed: {sorted(missing)}")
+        raise SystemExit(f"lock: dependencies not installed: {sorted(missing)}")
     (ROOT / "requirements-runtime.lock").write_text(render(pinned, hashes, runtime))
-    print(f"lock: {len(pinned)} pins, {len(runtime)} of them for the runtime image")
+    (ROOT / "requirements-emulators.lock").write_text(render(pinned, hashes, emulators))
+    print(
+        f"lock: {len(pinned)} pins, {len(runtime)} of them for the runtime image, {len(emulators)} for the dev image"
+    )
 
 
 if __name__ == "__main__":

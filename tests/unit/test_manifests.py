@@ -105,7 +105,8 @@ def test_dockerfile_production_stage_is_default_non_root_and_without_dev_code() 
         assert f"COPY {path}" not in build + runtime, f"{path}/ must not reach the production image"
     assert "COPY --from=build-runtime /opt/venv" in runtime
     dev = "\n".join(stages["build-dev"])
-    assert "--require-hashes -r requirements.lock" in dev and "COPY emulators" in dev
+    assert "--require-hashes -r requirements-emulators.lock" in dev and "COPY emulators" in dev
+    assert "FROM build-runtime AS build-dev" in (ROOT / "Dockerfile").read_text(), "dev extends the runtime venv"
     # The liveness check is an argv list through the probe module (no shell, no spaces to split).
     health = re.search(r"^HEALTHCHECK .*\n\s*CMD (\[.*\])$", text, re.MULTILINE)
     assert health and json.loads(health.group(1)) == ["python", "-m", "shared.probe", "/healthz"]
@@ -139,13 +140,26 @@ def _run_commands(stage: str) -> list[str]:
 def test_locks_pin_and_hash_every_distribution_and_runtime_is_a_subset() -> None:
     full = _lock("requirements.lock")
     runtime = _lock("requirements-runtime.lock")
+    emulators = _lock("requirements-emulators.lock")
     assert runtime and runtime.items() <= full.items(), "the runtime lock is a subset of the full lock"
+    assert runtime.items() < emulators.items() <= full.items(), "the dev image's lock: runtime + emulators"
+    assert "mongoeco" in emulators and not {"pytest", "mypy", "ruff", "kubernetes-validate"} & set(emulators)
     # The image runs pip from its wheel and builds the project with setuptools, both offline.
     assert {"pip", "setuptools"} <= set(full)
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for requirement in declared:
         name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
         assert _canonical(name) in runtime, f"{name} (pyproject dependencies) missing from the runtime lock"
+
+
+def test_the_subset_locks_are_the_closures_make_lock_computes() -> None:
+    """The runtime and emulators locks hold exactly the closure of the project's dependencies (and of
+    its ``emulators`` extra), as the installed metadata says: a dependency added to pyproject.toml
+    without ``make lock`` fails here, not in an image build."""
+    from scripts.lock import closure
+
+    assert closure() == set(_lock("requirements-runtime.lock"))
+    assert closure(frozenset({"emulators"})) == set(_lock("requirements-emulators.lock"))
 
 
 def _canonical(name: str) -> str:
