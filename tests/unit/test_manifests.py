@@ -106,7 +106,9 @@ def test_dockerfile_production_stage_is_default_non_root_and_without_dev_code() 
     assert "COPY --from=build-runtime /opt/venv" in runtime
     dev = "\n".join(stages["build-dev"])
     assert "--require-hashes -r requirements-emulators.lock" in dev and "COPY emulators" in dev
-    assert "FROM build-runtime AS build-dev" in (ROOT / "Dockerfile").read_text(), "dev extends the runtime venv"
+    assert "FROM build-runtime AS build-dev" in (ROOT / "Dockerfile").read_text(), (
+        "dev extends the runtime venv"
+    )
     # The liveness check is an argv list through the probe module (no shell, no spaces to split).
     health = re.search(r"^HEALTHCHECK .*\n\s*CMD (\[.*\])$", text, re.MULTILINE)
     assert health and json.loads(health.group(1)) == ["python", "-m", "shared.probe", "/healthz"]
