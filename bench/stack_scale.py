@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import aiohttp
 
 from bench.latency_stages import Arrival, Change, OtcWrite, split, summary
+from bench.machine_pressure import MachineProbe
 from scripts.driver import Driver, EventTap, wait_for
 from scripts.stack import LOGS, SERVICES, Stack, held_between, mgmt, wait_http
 from shared.events import RoutingKeys
@@ -271,8 +272,13 @@ async def run(
             # 3. Restart over the unchanged world.
             mark = await world.mark()
             t0 = time.monotonic()
-            out["resync_ready_seconds_by_service"] = ready = await _restart_all(stack)
+            with MachineProbe(interval=0.25) as machine:
+                wall0 = time.time()
+                out["resync_ready_seconds_by_service"] = ready = await _restart_all(stack)
+                wall1 = time.time()
+                await asyncio.sleep(0.3)
             out["resync_ready_seconds"] = max(ready.values())
+            out["resync_ready_machine"] = machine.window(wall0, wall1)
             calm = await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
             out["resync_seconds"] = round(calm - t0, 2)
             out["resync_writes"] = await world.writes_since(mark)
@@ -317,22 +323,31 @@ async def run(
             tasks = []
             holds_before = await stack.loop_holds(http)
             calls_mark = await world.mark()
-            async with EventTap(stack.amqp_url, (RoutingKeys.TRIGGER_UPDATED,)) as tap:
-                t0 = time.monotonic()
-                while time.monotonic() - t0 < latency_seconds:
-                    ns = world.namespaces[issued % namespaces]
-                    tasks.append(asyncio.create_task(one(ns, rng.randrange(mediations))))
-                    issued += 1
-                    await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
-                await asyncio.gather(*tasks)
+            with MachineProbe() as machine:
+                async with EventTap(stack.amqp_url, (RoutingKeys.TRIGGER_UPDATED,)) as tap:
+                    t0, wall0 = time.monotonic(), time.time()
+                    while time.monotonic() - t0 < latency_seconds:
+                        ns = world.namespaces[issued % namespaces]
+                        tasks.append(asyncio.create_task(one(ns, rng.randrange(mediations))))
+                        issued += 1
+                        await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
+                    await asyncio.gather(*tasks)
+                    wall1 = time.time()
+                await asyncio.sleep(0.2)  # a sample after the last change's end
             out.update(await _stages(world, changes, tap, calls_mark))
             # Beside latency_slowest: which process held its event loop, and for how long.
             out["latency_loop_held_max_s"] = held_between(holds_before, await stack.loop_holds(http))
             latencies = [took for took, _, _ in timed]
-            out["latency_slowest"] = [  # to match against the services' logs
-                {"ms": round(took * 1000, 1), "at": f"{at:.3f}", "trigger": what}
+            out["latency_slowest"] = [  # to match against the services' logs, and what the machine did
+                {
+                    "ms": round(took * 1000, 1),
+                    "at": f"{at:.3f}",
+                    "trigger": what,
+                    "machine": machine.window(at, at + took),
+                }
                 for took, at, what in sorted(timed, reverse=True)[:5]
             ]
+            out["latency_machine"] = machine.window(wall0, wall1)
             out["latency_rate_per_s"] = round(rate, 2)
             out["latency_changes"] = len(latencies)
             out["latency_ms"] = {
