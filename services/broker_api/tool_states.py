@@ -3,8 +3,8 @@
 
 One document per tool (``_id`` = otc-writer's ledger id ``purpose|toolchain|key``) in broker-api's
 own collection ``service_tool_states``: never otc-writer's ledger. The newest outcome per tool by
-(revision, time) is kept, written by compare-and-set on what was read, so a replay, a redelivery or
-an outcome overtaken by a newer one changes nothing. ``since`` is when the tool started waiting
+(revision, time) is kept, written by an update conditional on the stored one being older, so a
+replay, a redelivery or an outcome overtaken by a newer one changes nothing. ``since`` is when the tool started waiting
 (pending or held, at the same revision), kept across the retries that report it again. A removed
 tool stays as a tombstone (ordering) and is not shown.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ConfigDict, Field
 from pymongo.asynchronous.collection import AsyncCollection
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 COLLECTION = "service_tool_states"
 QUEUE = "broker-api.tools"
 WAITING = frozenset({"pending", "held"})
-ATTEMPTS = 5
 
 
 def _ms(at: datetime) -> datetime:
@@ -50,16 +48,6 @@ class ToolStateDoc(ToolOutcomeData):
         return self.revision, _ms(self.at)
 
 
-def _newer(old: ToolStateDoc | None, outcome: ToolOutcomeData) -> dict[str, Any] | None:
-    """The document to store for ``outcome`` after ``old``; None when ``old`` is as new or newer."""
-    at = _ms(outcome.at)
-    if old is not None and old.order >= (outcome.revision, at):
-        return None
-    waiting = old is not None and old.state in WAITING and outcome.state in WAITING
-    since = old.since if old is not None and waiting and old.revision == outcome.revision else at
-    return {"_id": outcome.id, **outcome.model_dump(mode="python"), "at": at, "since": _ms(since)}
-
-
 class ToolStateStore:
     """The newest outcome per tool; read per bound toolchain."""
 
@@ -71,23 +59,38 @@ class ToolStateStore:
         await self.collection.create_index("toolchain_id")
 
     async def put(self, outcome: ToolOutcomeData) -> bool:
-        """Store ``outcome`` unless the stored one is as new or newer; True if stored."""
-        for _ in range(ATTEMPTS):
-            raw = await self.collection.find_one({"_id": outcome.id})
-            old = ToolStateDoc.model_validate(raw) if raw else None
-            doc = _newer(old, outcome)
-            if doc is None:
-                return False
-            try:
-                if raw is None:
-                    await self.collection.insert_one(doc)
+        """Store ``outcome`` unless the stored one is as new or newer; True if stored.
+
+        Conditional updates, no read: each matches the tool's document only while it is older (by
+        revision, then time). A waiting outcome first tries to keep ``since`` (the stored one waits
+        at the same revision); otherwise it is written with its own, upserted when the tool has no
+        document yet. An upsert that meets a document (as new or newer, or inserted by a concurrent
+        outcome of the tool) fails on the duplicate ``_id`` and is tried once more without upsert.
+        So one command per outcome, two when a tool starts waiting (it was a read and a
+        compare-and-set for every outcome)."""
+        at = _ms(outcome.at)
+        fields = {**outcome.model_dump(mode="python"), "at": at}
+        older = {
+            "$or": [
+                {"revision": {"$lt": outcome.revision}},
+                {"revision": outcome.revision, "at": {"$lt": at}},
+            ]
+        }
+        waiting = {"revision": outcome.revision, "state": {"$in": sorted(WAITING)}}
+        for upsert in (True, False):
+            if outcome.state in WAITING:
+                kept = await self.collection.update_one(
+                    {"_id": outcome.id, "$and": [older, waiting]}, {"$set": fields}
+                )
+                if kept.matched_count:
                     return True
-                result = await self.collection.replace_one({"_id": outcome.id, "at": raw["at"]}, doc)
+            try:
+                result = await self.collection.update_one(
+                    {"_id": outcome.id, **older}, {"$set": {**fields, "since": at}}, upsert=upsert
+                )
             except DuplicateKeyError:
-                continue  # inserted meanwhile: read again
-            if result.modified_count:
-                return True
-        log.warning("tool state kept changing under us: skipped", extra={"ledger_id": outcome.id})
+                continue
+            return bool(result.matched_count or result.upserted_id is not None)
         return False
 
     async def of_toolchains(self, toolchains: list[str]) -> list[ToolStateDoc]:

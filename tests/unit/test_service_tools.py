@@ -16,7 +16,7 @@ from services.broker_api.dashboard import render as render_kabanero
 from services.broker_api.models import Binding, InstanceRecord, Parameters
 from services.broker_api.openapi import openapi_spec
 from services.broker_api.service_tools import PAGE_SIZE, concerns, view
-from services.broker_api.tool_states import ToolStateDoc, _newer
+from services.broker_api.tool_states import ToolStateDoc
 from services.otc_writer.otc_client import (
     OtcCircuitOpenError,
     OtcPermanentError,
@@ -25,7 +25,7 @@ from services.otc_writer.otc_client import (
 )
 from services.otc_writer.outcome_outbox import Outbox
 from services.otc_writer.tool_reports import Reporter, link_of
-from shared.events import CloudEvent, ToolOutcomeData
+from shared.events import CloudEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -117,21 +117,6 @@ def test_the_page_is_script_less_and_escapes_what_otc_said() -> None:
     assert "<html lang=en>" in page and "http-equiv=refresh" in page and "Rendered at" in page
     assert re.search(r"<h1>.*</h1>", page) and "<h2 id=tools>Tools in OTC</h2>" in page
     assert "Dead letters" in page and "name=viewport" in page
-
-
-def test_newest_outcome_kept_and_waiting_since_carried() -> None:
-    pending = ToolOutcomeData(
-        purpose="p", key="k", toolchain_id="t", state="pending", revision=2, at=T0, message="503"
-    )
-    first = _newer(None, pending)
-    assert first is not None
-    old = ToolStateDoc.model_validate(first)
-    assert _newer(old, pending) is None  # a replay
-    assert _newer(old, pending.model_copy(update={"revision": 1, "at": T0 + timedelta(hours=1)})) is None
-    held = _newer(old, pending.model_copy(update={"state": "held", "at": T0 + timedelta(seconds=5)}))
-    assert held is not None and held["since"] == T0 and held["state"] == "held"
-    applied = _newer(old, pending.model_copy(update={"state": "applied", "at": T0 + timedelta(seconds=9)}))
-    assert applied is not None and applied["since"] == T0 + timedelta(seconds=9)
 
 
 @pytest.mark.parametrize(
