@@ -91,11 +91,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "writer.mongo_ops_per_change": ("<=", 3),
     "writer.ms_per_change_10k_over_1k": ("<=", 1.5),
     "broker_api.ratio_to_ceiling": (">=", 0.4),
-    "watcher.ratio_to_amqp": (">=", 0.3),
-    "e2e.latency_ms.p99": ("<=", 100),
+    "watcher.ratio_to_amqp": (">=", 0.5),
+    "e2e.latency_ms.p99": ("<=", 50),
     "otc.writes_per_change": ("<=", 1.0),
     "otc.writes_unchanged_resync": ("<=", 0),
-    "resync.seconds_10k": ("<=", 10),
+    "resync.seconds_10k": ("<=", 5),
     # A third of the 15 s Lease: the loop never held long enough to miss a renewal (issue 19).
     "scale.one_namespace_20k.loop_held_max_s": ("<=", 5),
     "tekton.writes_per_change": ("<=", 1.0),
@@ -103,6 +103,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "tekton.resync_seconds_2k": ("<=", 5),
 }
 
+
+EVERY_RUN = frozenset({"e2e.latency_ms.p99"})
+"""Targets each repeated run must meet, not only the median (issue 21: p99 <= 50 ms in every run)."""
 
 REPEATED: dict[str, Callable[[dict[str, Any]], float]] = {
     "baseline": lambda r: min(r["amqp_hop_per_s"], r["store_upsert_per_s"]),
@@ -283,6 +286,9 @@ def summarise(
             "changes_per_s": s["sustained_changes_per_s"],
             "latency_ms": s["latency_ms"],
             "latency_at_changes_per_s": s["latency_rate_per_s"],
+            "latency_stages_ms": s["latency_stages_ms"],
+            # The machine over the latency phase: PSI stall, steal, and who used the CPU.
+            "latency_machine": s["latency_machine"],
             "invariants_hold": (s["invariants"] or {}).get("hold"),
         },
         "otc": {
@@ -379,8 +385,10 @@ def markdown(results: dict[str, Any]) -> str:
             mark = ""
             if target is not None and value is not None:
                 op, bound = target
-                ok = value >= bound if op == ">=" else value <= bound
-                mark = f"{op} {bound:g} {'met' if ok else '**missed**'}"
+                judged = runs if dotted in EVERY_RUN and runs else [value]
+                ok = all(v >= bound if op == ">=" else v <= bound for v in judged)
+                every = " in every run" if len(judged) > 1 else ""
+                mark = f"{op} {bound:g}{every} {'met' if ok else '**missed**'}"
             lines.append(f"| `{dotted}` | {shown} | {mark} |")
 
     walk("", {k: v for k, v in results.items() if k not in ("meta", "raw", "runs")})
