@@ -10,7 +10,8 @@ profile explains. A thread samples, every ``interval`` seconds, Linux's own acco
 :meth:`MachineProbe.window` sums them over one slow change's interval, so a stall names its cause:
 a CPU queue and the processes that filled it, I/O, memory, or the hypervisor. Wall-clock times
 (``time.time()``), as the bench's ``latency_slowest`` records them. Linux only; where a file is
-missing (no PSI) its figures are absent, never guessed.
+missing (no PSI) its figures are absent, never guessed. A process that ended inside a window is
+not in its ``top_cpu_ms`` (its last ticks are not sampled); the machine's totals still count it.
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ class MachineProbe:
             self.names[pid] = _name(pid)
         self.samples.append(Sample(time.time(), _psi(), _cpu_ticks(), procs))
 
+    def _named(self, pid: int) -> str:
+        """Read again while the process lives: a name cached between a fork and its exec is the
+        parent's."""
+        name = _name(pid)
+        if name != str(pid):
+            self.names[pid] = name
+        return self.names.get(pid, name)
+
     def window(self, start: float, end: float, *, top: int = 4) -> dict[str, Any]:
         """Sums over the samples that bracket [start, end]: PSI stall and CPU time in ms, and the
         ``top`` processes by CPU (by name: a service's replicas add up)."""
@@ -129,6 +138,7 @@ class MachineProbe:
             out[f"{key}_ms"] = round((b.cpu_ticks[key] - a.cpu_ticks[key]) * TICK_S * 1000)
         used: Counter[str] = Counter()
         for pid, ticks in b.procs.items():
-            used[self.names.get(pid, str(pid))] += ticks - a.procs.get(pid, 0)
+            if ticks > a.procs.get(pid, 0):
+                used[self._named(pid)] += ticks - a.procs.get(pid, 0)
         out["top_cpu_ms"] = {name: round(t * TICK_S * 1000) for name, t in used.most_common(top) if t > 0}
         return out

@@ -90,3 +90,12 @@ def test_markdown_leaves_the_per_run_figures_to_the_json() -> None:
     results = _results()
     results["runs"] = {"broker": [_broker(1, 1)]}
     assert "runs.broker" not in markdown(results)
+
+
+def test_the_e2e_target_is_judged_on_every_run_not_the_median() -> None:
+    """Issue 21: p99 <= 50 ms in every one of three runs; the median run (45 ms) would pass."""
+    text = markdown(_results())
+    assert (
+        "| `e2e.latency_ms.p99` | 45.0 (median of 3: 40.0, 900.0, 45.0) | <= 50 in every run **missed** |"
+        in text
+    )
