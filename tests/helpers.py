@@ -14,6 +14,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from pymongo import monitoring
 
 from scripts.driver import EventTap as DriverTap
 from shared.events import CloudEvent
@@ -83,3 +84,29 @@ async def drain_queue(amqp_url: str, queue: str, *, timeout: float = 0.5) -> lis
         return out
     finally:
         await conn.close()
+
+
+class CommandLog(monitoring.CommandListener):
+    """The MongoDB commands a client sent, in order (handshakes and pings are not work): register it
+    with ``AsyncMongoClient(..., event_listeners=[log])`` to count a code path's round trips."""
+
+    NOT_WORK = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "buildInfo", "saslStart"})
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.collections: list[str] = []
+
+    def clear(self) -> None:
+        self.names.clear()
+        self.collections.clear()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in self.NOT_WORK:
+            self.names.append(event.command_name)
+            self.collections.append(str(event.command.get(event.command_name)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

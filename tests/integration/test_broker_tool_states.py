@@ -9,40 +9,27 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.broker_api.tool_states import COLLECTION, ToolStateStore
 from shared.events import ToolOutcomeData
 from shared.mongo import Document
+from tests.helpers import CommandLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name in ("update", "find", "insert", "findAndModify"):
-            self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
-async def store(mongodb_url: str) -> AsyncIterator[tuple[ToolStateStore, Commands]]:
-    commands = Commands()
+async def store(mongodb_url: str) -> AsyncIterator[tuple[ToolStateStore, CommandLog]]:
+    commands = CommandLog()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         mongodb_url, tz_aware=True, event_listeners=[commands]
     )
     db: AsyncDatabase[Document] = client.get_default_database()
     try:
         await db[COLLECTION].delete_many({})
+        commands.clear()
         yield ToolStateStore(db), commands
     finally:
         await client.close()
@@ -65,25 +52,27 @@ async def stored(st: ToolStateStore) -> Document:
     return doc
 
 
-async def test_newest_outcome_kept_and_waiting_since_carried(store: tuple[ToolStateStore, Commands]) -> None:
+async def test_newest_outcome_kept_and_waiting_since_carried(
+    store: tuple[ToolStateStore, CommandLog],
+) -> None:
     st, commands = store
     pending = outcome("pending", 2, 0, message="503")
     assert await st.put(pending)
     assert commands.names == ["update", "update"]  # no stored waiting outcome to keep: upserted
     assert (await stored(st))["since"] == T0
 
-    commands.names.clear()
+    commands.clear()
     assert not await st.put(pending)  # a replay: the upsert meets it, the update without upsert too
     assert not await st.put(outcome("applied", 1, 3600))  # an older revision, however late
     assert (await stored(st))["state"] == "pending"
 
-    commands.names.clear()
+    commands.clear()
     assert await st.put(outcome("held", 2, 5))  # still waiting at revision 2: since kept
     assert commands.names == ["update"]
     doc = await stored(st)
     assert (doc["state"], doc["since"], doc["at"]) == ("held", T0, T0 + timedelta(seconds=5))
 
-    commands.names.clear()
+    commands.clear()
     assert await st.put(outcome("applied", 2, 9))  # no longer waiting: its own since
     assert commands.names == ["update"]
     doc = await stored(st)
@@ -95,7 +84,7 @@ async def test_newest_outcome_kept_and_waiting_since_carried(store: tuple[ToolSt
     assert (await stored(st))["revision"] == 3
 
 
-async def test_outcomes_of_one_tool_at_once_keep_the_newest(store: tuple[ToolStateStore, Commands]) -> None:
+async def test_outcomes_of_one_tool_at_once_keep_the_newest(store: tuple[ToolStateStore, CommandLog]) -> None:
     """The queue's per-key order makes this rare (a redelivery beside its successor): whatever
     the interleaving, the newest wins and exactly one document remains."""
     st, _ = store

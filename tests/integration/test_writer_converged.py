@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import aiohttp
 from prometheus_client import CollectorRegistry
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from services.otc_writer.app import Deps, OtcWriter, tool_styles
 from services.otc_writer.applier import Outcome, ToolApplier
@@ -21,7 +21,7 @@ from services.otc_writer.reconcile import Metrics, Reconciler
 from shared.amqp.consuming.decode import Delivery
 from shared.events import SnapshotData, TriggerData
 from shared.mongo import Document, database
-from tests.helpers import wait_until
+from tests.helpers import CommandLog, wait_until
 from tests.integration.writer_support import (  # noqa: F401 (the env fixture)
     FAST,
     WriterEnv,
@@ -32,21 +32,6 @@ from tests.integration.writer_support import (  # noqa: F401 (the env fixture)
     writer_env_fixture,
     writes,
 )
-
-
-class _Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in {"hello", "ismaster", "isMaster", "ping", "endSessions"}:
-            self.seen.append((event.command_name, str(event.command.get(event.command_name))))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 class _NoWrites(ToolApplier):
@@ -98,7 +83,7 @@ async def test_an_unchanged_snapshot_is_two_commands_and_no_scope_read(env: Writ
         assert env.otc.calls(mark) == []
 
     # The same, counted: a reconciler on a client that sees every command, an applier that fails.
-    commands = _Commands()
+    commands = CommandLog()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         env.mongodb_url, tz_aware=True, event_listeners=[commands]
     )
@@ -110,8 +95,8 @@ async def test_an_unchanged_snapshot_is_two_commands_and_no_scope_read(env: Writ
         event = snapshot_event(triggers, revision=3)
         await reconciler.handle_event(Delivery(event, SnapshotData.model_validate(event.data)))
         assert applier.calls == 0
-        assert [name for name, _ in commands.seen] == ["findAndModify", "find"], commands.seen
-        assert [coll for _, coll in commands.seen] == [INSTANCES, "otc_writer_bindings"]
+        assert commands.names == ["findAndModify", "find"], commands.names
+        assert commands.collections == [INSTANCES, "otc_writer_bindings"]
     finally:
         await client.close()
 

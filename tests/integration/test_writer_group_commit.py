@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from services.otc_writer.family import TRIGGERS
 from services.otc_writer.ledger import (
@@ -27,27 +27,13 @@ from services.otc_writer.ledger import (
 from services.otc_writer.projection import Projection
 from shared.events import ServiceEventData
 from shared.mongo import Document, database
+from tests.helpers import CommandLog
 from tests.integration.writer_support import service_event, trigger
 
 
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in {"hello", "ismaster", "isMaster", "ping", "endSessions"}:
-            self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 @pytest.fixture
-async def world(mongodb_url: str) -> AsyncIterator[tuple[Ledger, Commands]]:
-    commands = Commands()
+async def world(mongodb_url: str) -> AsyncIterator[tuple[Ledger, CommandLog]]:
+    commands = CommandLog()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         mongodb_url, tz_aware=True, event_listeners=[commands]
     )
@@ -73,7 +59,7 @@ def _take(key: str, *, new: bool = True) -> _Take:
 
 
 async def test_a_batch_takes_its_leases_in_one_command_and_keeps_the_prior_intent(
-    world: tuple[Ledger, Commands],
+    world: tuple[Ledger, CommandLog],
 ) -> None:
     ledger, commands = world
     crashed: dict[str, Any] = {"op": "apply", "name": "repo old-name", "since": datetime.now(UTC)}
@@ -87,7 +73,7 @@ async def test_a_batch_takes_its_leases_in_one_command_and_keeps_the_prior_inten
         ]
     )
     assert len(await ledger.in_scope("github", "s")) == 3  # what a reconcile reads: now known
-    commands.names.clear()
+    commands.clear()
     free, done, held, new = await ledger.take_batch(
         [_take("free"), _take("done"), _take("held"), _take("new")]
     )
@@ -101,7 +87,7 @@ async def test_a_batch_takes_its_leases_in_one_command_and_keeps_the_prior_inten
     assert doc is not None and doc["lease_owner"] == "me" and doc["intent"]["name"] == "repo free"
     assert doc["epoch"] == 1 and doc["lease_token"] == free.token
 
-    commands.names.clear()
+    commands.clear()
     await asyncio.gather(ledger.commit(free, {"present": True, "tool_id": "t1"}), ledger.release(done))
     assert commands.names == ["update"]  # one bulk_write for both
     doc = await ledger.coll.find_one({"_id": free.id})
@@ -113,7 +99,7 @@ async def test_a_batch_takes_its_leases_in_one_command_and_keeps_the_prior_inten
 
 
 async def test_an_entry_another_replica_wrote_is_not_taken_from_the_cache(
-    world: tuple[Ledger, Commands],
+    world: tuple[Ledger, CommandLog],
 ) -> None:
     """The epoch fence: another replica leases and commits an entry this process knows; the batch
     must not take it with its stale view, and the one-by-one path then sees the new state."""
@@ -123,7 +109,7 @@ async def test_an_entry_another_replica_wrote_is_not_taken_from_the_cache(
     other = Ledger(ledger.coll.database, lease_ttl_s=30.0)
     lease = await other.acquire("github", "a", "tc", "other")
     await other.commit(lease, {"revision": 9})
-    commands.names.clear()
+    commands.clear()
     a, b = await ledger.take_batch([_take("a"), _take("b")])
     assert commands.names == ["update", "find"]  # the bulk, then the read-back of the tokens
     assert a is _Retry.SINGLY and isinstance(b, Lease)
@@ -131,11 +117,11 @@ async def test_an_entry_another_replica_wrote_is_not_taken_from_the_cache(
     assert mine.entry.revision == 9
 
 
-async def test_a_commit_whose_lease_was_taken_over_fails_alone(world: tuple[Ledger, Commands]) -> None:
+async def test_a_commit_whose_lease_was_taken_over_fails_alone(world: tuple[Ledger, CommandLog]) -> None:
     ledger, commands = world
     await ledger.coll.insert_many([_doc(k, present=False, revision=1, scope="s") for k in ("mine", "lost")])
     await ledger.in_scope("github", "s")
-    commands.names.clear()
+    commands.clear()
     mine, lost = await asyncio.gather(
         ledger.acquire("github", "mine", "tc", "me"), ledger.acquire("github", "lost", "tc", "me")
     )
@@ -150,7 +136,7 @@ async def test_a_commit_whose_lease_was_taken_over_fails_alone(world: tuple[Ledg
 
 
 async def test_a_commit_by_a_replica_of_the_previous_release_is_not_missed(
-    world: tuple[Ledger, Commands],
+    world: tuple[Ledger, CommandLog],
 ) -> None:
     """Mid-upgrade, a replica without epochs commits (its update sets ``updated_at``, no epoch):
     the cached entry is stale although its epoch matches, and the batch must see it."""
@@ -169,7 +155,7 @@ async def test_a_commit_by_a_replica_of_the_previous_release_is_not_missed(
 async def test_an_item_change_sees_a_bind_that_came_between(mongodb_url: str) -> None:
     """Item changes of a known item are one fenced update (grouped); a bind that updated the item's
     bindings copy since makes it miss, and the change goes one by one and sees the new toolchains."""
-    commands = Commands()
+    commands = CommandLog()
     client: AsyncMongoClient[Document] = AsyncMongoClient(
         mongodb_url, tz_aware=True, event_listeners=[commands]
     )
@@ -186,7 +172,7 @@ async def test_an_item_change_sees_a_bind_that_came_between(mongodb_url: str) ->
             "stored",
             {"tc1"},
         )
-        commands.names.clear()
+        commands.clear()
         two = await asyncio.gather(
             projection.put_item_bound(TRIGGERS, trigger("t", revision=2, body="v2", namespace=namespace)),
             projection.put_item_bound(TRIGGERS, trigger("u", revision=1, namespace=namespace)),
@@ -194,7 +180,7 @@ async def test_an_item_change_sees_a_bind_that_came_between(mongodb_url: str) ->
         assert two[0] == ("stored", {"tc1"}) and two[1] == ("stored", {"tc1"})
         assert commands.names.count("findAndModify") == 1  # u's, a new item; t: known, one fenced update
         await projection.put_service(TRIGGERS, bound(2, ["tc1", "tc2"]), deleted=False)
-        commands.names.clear()
+        commands.clear()
         state = await projection.put_item_bound(
             TRIGGERS, trigger("t", revision=3, body="v3", namespace=namespace)
         )
