@@ -4,9 +4,9 @@
 One document per tool (``_id`` = otc-writer's ledger id ``purpose|toolchain|key``) in broker-api's
 own collection ``service_tool_states``: never otc-writer's ledger. The newest outcome per tool by
 (revision, time) is kept, written by an update conditional on the stored one being older, so a
-replay, a redelivery or an outcome overtaken by a newer one changes nothing. ``since`` is when the tool started waiting
-(pending or held, at the same revision), kept across the retries that report it again. A removed
-tool stays as a tombstone (ordering) and is not shown.
+replay, a redelivery or an outcome overtaken by a newer one changes nothing. ``since`` is when the
+tool started waiting (pending or held, at the same revision), kept across the retries that report it
+again. A removed tool stays as a tombstone (ordering) and is not shown.
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ class ToolStateDoc(ToolOutcomeData):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     since: datetime = Field(description="when it entered its state (waiting: the first pending/held)")
-
-    @property
-    def order(self) -> tuple[int, datetime]:
-        return self.revision, _ms(self.at)
 
 
 class ToolStateStore:

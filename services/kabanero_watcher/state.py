@@ -53,9 +53,9 @@ CHUNK_BYTES = 64 * 1024
 """A chunk's record text, at most, before its namespace doubles its chunks. Far below MongoDB's
 16 MiB, and small because every change rewrites its chunk twice (pending, done): at 2 MiB a
 namespace of 100 triggers (about 1.2 KB each) was one 120 KB document, and its two rewrites cost the
-embedded server 12.5 ms of CPU per change (in one process); at 64 KiB it is 4 chunks and 6.3 ms. Smaller chunks cost
-per document where a namespace is written whole (20,000 triggers: 1,024 chunks, 2.3 s a write
-instead of 1.2 s for 16); docs/design.md, "watch_published of any size"."""
+embedded server 12.5 ms of CPU per change (in one process); at 64 KiB it is 4 chunks and 6.3 ms.
+Smaller chunks cost per document where a namespace is written whole (20,000 triggers: 1,024
+chunks, 2.3 s a write instead of 1.2 s for 16); docs/design.md, "watch_published of any size"."""
 MAX_CHUNKS = 4096
 
 RecordKind = Literal["instance", "trigger", "snapshot", "installation", "card", "tekton-snapshot"]
