@@ -276,7 +276,6 @@ async def run(
                 wall0 = time.time()
                 out["resync_ready_seconds_by_service"] = ready = await _restart_all(stack)
                 wall1 = time.time()
-                await asyncio.sleep(0.3)
             out["resync_ready_seconds"] = max(ready.values())
             out["resync_ready_machine"] = machine.window(wall0, wall1)
             calm = await stack.quiet(timeout=TIMEOUT_S, stable_polls=5)
@@ -333,7 +332,6 @@ async def run(
                         await asyncio.sleep(max(0.0, t0 + issued / rate - time.monotonic()))
                     await asyncio.gather(*tasks)
                     wall1 = time.time()
-                await asyncio.sleep(0.2)  # a sample after the last change's end
             out.update(await _stages(world, changes, tap, calls_mark))
             # Beside latency_slowest: which process held its event loop, and for how long.
             out["latency_loop_held_max_s"] = held_between(holds_before, await stack.loop_holds(http))

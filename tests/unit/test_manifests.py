@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from scripts.lock import closure
 from tests.helpers import kubectl_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,8 +159,6 @@ def test_the_subset_locks_are_the_closures_make_lock_computes() -> None:
     """The runtime and emulators locks hold exactly the closure of the project's dependencies (and of
     its ``emulators`` extra), as the installed metadata says: a dependency added to pyproject.toml
     without ``make lock`` fails here, not in an image build."""
-    from scripts.lock import closure
-
     assert closure() == set(_lock("requirements-runtime.lock"))
     assert closure(frozenset({"emulators"})) == set(_lock("requirements-emulators.lock"))
 
